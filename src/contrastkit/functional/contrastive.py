@@ -1,0 +1,312 @@
+"""Softmax and sigmoid contrastive objectives.
+
+Shape notation (used across contrastkit): B batch, V views, D embedding dim, M extra negatives,
+N corpus, Q queries, K neighbours.
+
+All softmax losses here go through one engine (:mod:`contrastkit.functional.engine`), compute the
+softmax in float32 (float64 for float64 inputs) and return a loss in the input dtype.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from contrastkit._checks import (
+    check_embeddings,
+    check_labels,
+    check_mask,
+    check_pair,
+    check_reduction,
+    check_temperature,
+    reduce,
+)
+from contrastkit.functional.engine import compute_dtype, softmax_contrastive_dense
+from contrastkit.functional.similarity import check_metric, similarity_matrix_unchecked
+
+__all__ = ["info_nce", "nt_xent", "sigmoid_contrastive", "supervised_contrastive"]
+
+
+def _check_negatives(negatives: Tensor, query: Tensor) -> None:
+    check_embeddings("negatives", negatives, ndim=(2, 3))
+    if negatives.shape[-1] != query.shape[-1]:
+        raise ValueError(
+            f"negatives must have embedding dimension {query.shape[-1]} like query, got shape "
+            f"{tuple(negatives.shape)}."
+        )
+    if negatives.ndim == 3 and negatives.shape[0] != query.shape[0]:
+        raise ValueError(
+            f"per-query negatives must have shape (B, M, D) with B={query.shape[0]} like query, "
+            f"got {tuple(negatives.shape)}; pass (M, D) to share negatives across queries."
+        )
+    if negatives.dtype != query.dtype:
+        raise TypeError(
+            f"negatives must have dtype {query.dtype} like query, got {negatives.dtype}."
+        )
+
+
+def info_nce(
+    query: Tensor,
+    key: Tensor,
+    negatives: Tensor | None = None,
+    *,
+    temperature: float | Tensor,
+    metric: str = "cosine",
+    symmetric: bool = False,
+    positive_mask: Tensor | None = None,
+    ignore_mask: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """InfoNCE with in-batch negatives (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
+
+    Key ``i`` is the positive of query ``i``; every other key is an in-batch negative, and any
+    ``negatives`` join the candidates after the B keys. For anchor ``i`` with positives ``P(i)``::
+
+        loss_i = -1/|P(i)| sum_{p in P(i)} log softmax_p(s(q_i, c) / temperature)
+
+    over the non-ignored candidates ``c``. With ``symmetric=True`` the key -> query direction over
+    the in-batch block is added and the two are averaged: the CLIP loss (Radford et al. 2021,
+    https://arxiv.org/abs/2103.00020). Extra negatives only enter the query -> key direction.
+
+    Related: :func:`nt_xent` is InfoNCE over 2B views with the partner as key;
+    :func:`supervised_contrastive` takes positives from labels; :func:`sigmoid_contrastive` replaces
+    the softmax by independent binary terms; ``MultipleNegativesRankingLoss`` of
+    sentence-transformers is ``info_nce(metric="cosine")`` with ``temperature = 1 / scale``.
+
+    Args:
+        query: (B, D) query embeddings.
+        key: (B, D) key embeddings, row i the positive of query i.
+        negatives: optional extra negatives, (M, D) shared by all queries (hard negatives, a
+            queue) or (B, M, D) per query. Logits are (B, B + M).
+        temperature: > 0, float or scalar tensor (e.g. a learnable temperature).
+        metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
+        symmetric: average with the key -> query direction.
+        positive_mask: (B, B) bool, extra positives among the keys (the diagonal always is one).
+        ignore_mask: (B, B + M) bool, True drops a candidate from the softmax (known false
+            negatives); positives are never dropped.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (one value per anchor, shape (B,)).
+
+    Returns:
+        Scalar loss, or (B,) with ``reduction="none"``, in the dtype of ``query``.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> q = torch.randn(8, 16, generator=g)
+    >>> float(info_nce(q, q, temperature=0.1)) < 0.01
+    True
+    >>> same = torch.ones(8, 16)
+    >>> round(float(info_nce(same, same, temperature=0.1)), 4)  # log B: nothing to tell apart
+    2.0794
+    """
+    check_embeddings("query", query)
+    check_embeddings("key", key)
+    check_pair("query", query, "key", key)
+    check_temperature(temperature)
+    metric = check_metric(metric)
+    reduction = check_reduction(reduction)
+    b = query.shape[0]
+    m = 0
+    if negatives is not None:
+        _check_negatives(negatives, query)
+        m = negatives.shape[-2]
+    positive = torch.zeros(b, b + m, dtype=torch.bool, device=query.device)
+    positive[:, :b] = torch.eye(b, dtype=torch.bool, device=query.device)
+    if positive_mask is not None:
+        check_mask("positive_mask", positive_mask, (b, b))
+        positive[:, :b] |= positive_mask
+    if ignore_mask is not None:
+        check_mask("ignore_mask", ignore_mask, (b, b + m))
+    loss, _ = softmax_contrastive_dense(
+        query,
+        key,
+        temperature=temperature,
+        metric=metric,
+        positive=positive,
+        ignore=ignore_mask,
+        negatives=negatives,
+        symmetric=symmetric,
+    )
+    return reduce(loss, reduction).to(query.dtype)
+
+
+def nt_xent(
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    temperature: float | Tensor,
+    metric: str = "cosine",
+    reduction: str = "mean",
+) -> Tensor:
+    """NT-Xent, the SimCLR loss (Chen et al. 2020, https://arxiv.org/abs/2002.05709).
+
+    The 2B views ``z = [z1; z2]`` are all anchors; the positive of view ``i`` is its partner
+    (``z1[i]`` <-> ``z2[i]``) and the other 2B - 2 views are negatives (self excluded)::
+
+        loss_i = -log( exp(s(z_i, z_partner)/t) / sum_{j != i} exp(s(z_i, z_j)/t) )
+
+    averaged over the 2B anchors. It is :func:`info_nce` with ``query = [z1; z2]``,
+    ``key = [z2; z1]`` and each view's own row ignored; with labels it generalises to
+    :func:`supervised_contrastive`. Matches pytorch-metric-learning's ``NTXentLoss``.
+
+    Args:
+        z1: (B, D) first views.
+        z2: (B, D) second views, row i the same example as ``z1[i]``.
+        temperature: > 0, float or scalar tensor.
+        metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` ((2B,) per view: z1 rows then z2 rows).
+
+    Returns:
+        Scalar loss, or (2B,) with ``reduction="none"``.
+
+    >>> same = torch.ones(4, 8)
+    >>> round(float(nt_xent(same, same, temperature=0.5)), 4)  # log(2B - 1)
+    1.9459
+    """
+    check_embeddings("z1", z1)
+    check_embeddings("z2", z2)
+    check_pair("z1", z1, "z2", z2)
+    check_temperature(temperature)
+    metric = check_metric(metric)
+    reduction = check_reduction(reduction)
+    b = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)  # (2B, D) anchors
+    partner = torch.cat([z2, z1], dim=0)  # (2B, D) row i is the positive of anchor i
+    eye = torch.eye(2 * b, dtype=torch.bool, device=z1.device)
+    # Candidate j of anchor i is partner[j] = z[(j + B) mod 2B]; it is anchor i itself when
+    # j = (i + B) mod 2B, which is removed from the softmax.
+    is_self = eye.roll(b, dims=1)  # (2B, 2B)
+    loss, _ = softmax_contrastive_dense(
+        z, partner, temperature=temperature, metric=metric, positive=eye, ignore=is_self
+    )
+    return reduce(loss, reduction).to(z1.dtype)
+
+
+def supervised_contrastive(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float | Tensor,
+    metric: str = "cosine",
+    reduction: str = "mean",
+) -> Tensor:
+    """Supervised contrastive loss, SupCon "outside" form (Khosla et al. 2020,
+    https://arxiv.org/abs/2004.11362).
+
+    Every other example with the same label is a positive; self is excluded from the softmax::
+
+        loss_i = -1/|P(i)| sum_{p in P(i)} log( exp(s_ip/t) / sum_{a != i} exp(s_ia/t) )
+
+    Anchors without a positive are left out of the mean. If no anchor has a positive the result is
+    a zero that still backpropagates (with a warning), never NaN. With one positive per anchor it
+    is :func:`nt_xent`; matches pytorch-metric-learning's ``SupConLoss``.
+
+    Args:
+        embeddings: (B, D), or (B, V, D) with V views sharing the label of their example.
+        labels: (B,) integer class labels.
+        temperature: > 0, float or scalar tensor.
+        metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
+        reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` ((B*V,), view-major:
+            all first views, then all second views; 0 for anchors without a positive).
+
+    Returns:
+        Scalar loss, or per-anchor losses with ``reduction="none"``.
+
+    >>> labels = torch.tensor([0, 0, 1, 1])
+    >>> round(float(supervised_contrastive(torch.ones(4, 3), labels, temperature=0.1)), 4)  # log 3
+    1.0986
+    """
+    check_embeddings("embeddings", embeddings, ndim=(2, 3))
+    check_labels("labels", labels, embeddings.shape[0])
+    check_temperature(temperature)
+    metric = check_metric(metric)
+    reduction = check_reduction(reduction)
+    z, lab = flatten_views(embeddings, labels)  # (B*V, D), (B*V,)
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    positive = (lab[:, None] == lab[None, :]) & ~eye
+    loss, valid = softmax_contrastive_dense(
+        z, z, temperature=temperature, metric=metric, positive=positive, ignore=eye
+    )
+    return reduce_valid(loss, valid, reduction, z).to(embeddings.dtype)
+
+
+def flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, V, D) -> (V*B, D) view-major, labels repeated to (V*B,); (B, D) passes through."""
+    if embeddings.ndim == 2:
+        return embeddings, labels
+    b, v, d = embeddings.shape
+    z = embeddings.transpose(0, 1).reshape(v * b, d)  # (V*B, D): view 0 of all, then view 1 ...
+    return z, labels.repeat(v)
+
+
+def reduce_valid(loss: Tensor, valid: Tensor, reduction: str, graph_source: Tensor) -> Tensor:
+    """Reduce per-anchor losses over valid anchors only; all-invalid gives a differentiable 0."""
+    if not bool(valid.any()):
+        warnings.warn(
+            "no anchor has a positive in this batch (every label is unique), so the loss is 0; "
+            "use an M-per-class sampler so each batch holds at least two examples per class.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        zero = graph_source.sum() * 0.0
+        return zero.expand(loss.shape).clone() if reduction == "none" else zero
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "mean":
+        return loss.sum() / valid.sum()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def sigmoid_contrastive(
+    a: Tensor,
+    b: Tensor,
+    *,
+    temperature: float | Tensor,
+    bias: float | Tensor,
+    metric: str = "cosine",
+    reduction: str = "mean",
+) -> Tensor:
+    """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, https://arxiv.org/abs/2303.15343).
+
+    Every pair (i, j) is an independent binary problem: logit ``s(a_i, b_j) / temperature + bias``
+    with label +1 on the diagonal and -1 elsewhere::
+
+        loss = -1/B sum_i sum_j log sigmoid(label_ij * logit_ij)
+
+    Unlike :func:`info_nce` there is no softmax over the batch, so no global normalisation is
+    needed across devices. SigLIP initialises ``temperature = 0.1`` and ``bias = -10``.
+
+    Args:
+        a: (B, D) e.g. image embeddings.
+        b: (B, D) e.g. text embeddings, row i matching ``a[i]``.
+        temperature: > 0, float or scalar tensor.
+        bias: float or scalar tensor (learnable in SigLIP).
+        metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
+        reduction: ``"mean"`` (sum over pairs / B, as in the paper), ``"sum"`` (over all pairs) or
+            ``"none"`` ((B,) per row of ``a``, summed over its B pairs).
+
+    >>> x = torch.eye(4)
+    >>> round(float(sigmoid_contrastive(x, x, temperature=0.1, bias=-5.0)), 4)
+    0.0269
+    """
+    check_embeddings("a", a)
+    check_embeddings("b", b)
+    check_pair("a", a, "b", b)
+    check_temperature(temperature)
+    if isinstance(bias, Tensor):
+        if bias.numel() != 1:
+            raise ValueError(f"bias tensor must have one element, got shape {tuple(bias.shape)}.")
+    elif not isinstance(bias, (int, float)) or isinstance(bias, bool):
+        raise TypeError(f"bias must be a float or a scalar tensor, got {type(bias).__name__}.")
+    metric = check_metric(metric)
+    reduction = check_reduction(reduction)
+    dtype = compute_dtype(a.dtype)
+    logits = similarity_matrix_unchecked(a.to(dtype), b.to(dtype), metric) / temperature + bias
+    n = a.shape[0]
+    sign = 2.0 * torch.eye(n, dtype=dtype, device=a.device) - 1.0  # +1 diagonal, -1 elsewhere
+    per_row = -F.logsigmoid(sign * logits).sum(dim=1)  # (B,)
+    out = per_row.sum() / n if reduction == "mean" else reduce(per_row, reduction)
+    return out.to(a.dtype)

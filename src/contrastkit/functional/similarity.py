@@ -1,0 +1,121 @@
+"""Similarity functions: larger always means more similar.
+
+Shapes: ``a: (N, D)``, ``b: (M, D)``. ``similarity_matrix`` returns all pairs ``(N, M)``;
+``paired_similarity`` returns row-wise ``(N,)``.
+
+| metric        | s(a, b)                     | range          |
+|---------------|-----------------------------|----------------|
+| ``cosine``    | a.b / (|a| |b|)             | [-1, 1]        |
+| ``dot``       | a.b                         | R              |
+| ``euclidean`` | -|a - b|_2                  | (-inf, 0]      |
+
+Cosine is safe for zero vectors: a zero row has similarity 0 to everything, and a finite
+(zero) gradient, never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from contrastkit._checks import check_embeddings, check_pair
+
+METRICS = ("cosine", "dot", "euclidean")
+_EPS = 1e-8
+
+
+def check_metric(metric: object) -> str:
+    """Validate a metric name."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+    return str(metric)
+
+
+def normalize(x: Tensor) -> Tensor:
+    """L2-normalise rows; zero rows stay zero (no NaN in value or gradient).
+
+    >>> normalize(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000]])
+    """
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    # Rows with (near) zero norm are divided by 1 instead of by eps: they stay ~0 and their
+    # gradient stays finite, where x / max(|x|, eps) would give gradients of order 1 / eps.
+    return x / torch.where(norm > _EPS, norm, torch.ones_like(norm))
+
+
+def prepare(x: Tensor, metric: str) -> Tensor:
+    """What a metric does to each side before the inner product (normalise for cosine)."""
+    return normalize(x) if metric == "cosine" else x
+
+
+def _safe_sqrt(x: Tensor) -> Tensor:
+    # sqrt with a zero (not infinite) gradient at 0, so identical points do not yield NaN.
+    positive = x > 0
+    return torch.where(
+        positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x)
+    )
+
+
+def similarity_matrix(a: Tensor, b: Tensor, metric: str = "cosine") -> Tensor:
+    """All-pairs similarity.
+
+    Args:
+        a: (N, D) embeddings.
+        b: (M, D) embeddings.
+        metric: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (negative L2 distance).
+
+    Returns:
+        (N, M) similarities; entry (i, j) compares ``a[i]`` with ``b[j]``.
+
+    >>> a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> similarity_matrix(a, a)
+    tensor([[1., 0.],
+            [0., 1.]])
+    >>> similarity_matrix(a, a, metric="euclidean")
+    tensor([[-0.0000, -2.2361],
+            [-2.2361, -0.0000]])
+    """
+    check_embeddings("a", a)
+    check_embeddings("b", b)
+    check_pair("a", a, "b", b, same_rows=False)
+    return similarity_matrix_unchecked(a, b, check_metric(metric))
+
+
+def similarity_matrix_unchecked(a: Tensor, b: Tensor, metric: str) -> Tensor:
+    """``similarity_matrix`` without input checks, for inner loops that already checked."""
+    if metric == "euclidean":
+        return -pairwise_distance(a, b)
+    return prepare(a, metric) @ prepare(b, metric).T
+
+
+def pairwise_distance(a: Tensor, b: Tensor) -> Tensor:
+    """(N, M) Euclidean distances through |a|^2 + |b|^2 - 2 a.b, clamped at 0 before the root."""
+    sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1)[None, :] - 2.0 * (a @ b.T)
+    return _safe_sqrt(sq.clamp_min(0.0))
+
+
+def paired_similarity(a: Tensor, b: Tensor, metric: str = "cosine") -> Tensor:
+    """Row-wise similarity: ``out[i] = s(a[i], b[i])``.
+
+    Args:
+        a: (N, D) embeddings.
+        b: (N, D) embeddings.
+        metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
+
+    Returns:
+        (N,) similarities.
+
+    >>> paired_similarity(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]]), "euclidean")
+    tensor([-3.1623])
+    """
+    check_embeddings("a", a)
+    check_embeddings("b", b)
+    check_pair("a", a, "b", b)
+    return paired_similarity_unchecked(a, b, check_metric(metric))
+
+
+def paired_similarity_unchecked(a: Tensor, b: Tensor, metric: str) -> Tensor:
+    if metric == "euclidean":
+        return -_safe_sqrt(((a - b) ** 2).sum(-1))
+    return (prepare(a, metric) * prepare(b, metric)).sum(-1)

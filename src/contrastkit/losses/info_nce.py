@@ -1,0 +1,68 @@
+"""InfoNCE / CLIP loss module; see :func:`contrastkit.functional.info_nce`."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from contrastkit.functional import info_nce
+from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.registry import register
+from contrastkit.losses.temperature import (
+    LearnableTemperature,
+    init_temperature,
+    resolve_temperature,
+)
+
+
+@register("info_nce")
+class InfoNCE(nn.Module):
+    """InfoNCE with in-batch negatives; ``symmetric=True`` gives the CLIP loss.
+
+    Args:
+        temperature: float > 0 or a :class:`LearnableTemperature`.
+        metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
+        symmetric: average with the key -> query direction.
+
+    >>> import torch
+    >>> loss = InfoNCE(temperature=0.1, symmetric=True)
+    >>> q = torch.randn(4, 8)
+    >>> loss(q, q + 0.01).shape
+    torch.Size([])
+    """
+
+    def __init__(
+        self,
+        temperature: float | LearnableTemperature = 0.07,
+        metric: str = "cosine",
+        symmetric: bool = False,
+    ) -> None:
+        super().__init__()
+        self.temperature = init_temperature(temperature)
+        self.metric = check_metric(metric)
+        self.symmetric = bool(symmetric)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        negatives: Tensor | None = None,
+        *,
+        positive_mask: Tensor | None = None,
+        ignore_mask: Tensor | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        return info_nce(
+            query,
+            key,
+            negatives,
+            temperature=resolve_temperature(self.temperature),
+            metric=self.metric,
+            symmetric=self.symmetric,
+            positive_mask=positive_mask,
+            ignore_mask=ignore_mask,
+            reduction=reduction,
+        )
+
+    def extra_repr(self) -> str:
+        t = self.temperature if isinstance(self.temperature, float) else "learnable"
+        return f"temperature={t}, metric={self.metric!r}, symmetric={self.symmetric}"

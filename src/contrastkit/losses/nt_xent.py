@@ -1,0 +1,44 @@
+"""NT-Xent (SimCLR) loss module; see :func:`contrastkit.functional.nt_xent`."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from contrastkit.functional import nt_xent
+from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.registry import register
+from contrastkit.losses.temperature import (
+    LearnableTemperature,
+    init_temperature,
+    resolve_temperature,
+)
+
+
+@register("nt_xent")
+class NTXent(nn.Module):
+    """SimCLR's NT-Xent over two views.
+
+    >>> import torch
+    >>> NTXent(temperature=0.5)(torch.ones(4, 8), torch.ones(4, 8)).item() > 1.9
+    True
+    """
+
+    def __init__(
+        self, temperature: float | LearnableTemperature = 0.5, metric: str = "cosine"
+    ) -> None:
+        super().__init__()
+        self.temperature = init_temperature(temperature)
+        self.metric = check_metric(metric)
+
+    def forward(self, z1: Tensor, z2: Tensor, *, reduction: str = "mean") -> Tensor:
+        return nt_xent(
+            z1,
+            z2,
+            temperature=resolve_temperature(self.temperature),
+            metric=self.metric,
+            reduction=reduction,
+        )
+
+    def extra_repr(self) -> str:
+        t = self.temperature if isinstance(self.temperature, float) else "learnable"
+        return f"temperature={t}, metric={self.metric!r}"

@@ -1,0 +1,44 @@
+"""Supervised contrastive loss module; see :func:`contrastkit.functional.supervised_contrastive`."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from contrastkit.functional import supervised_contrastive
+from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.registry import register
+from contrastkit.losses.temperature import (
+    LearnableTemperature,
+    init_temperature,
+    resolve_temperature,
+)
+
+
+@register("supcon")
+class SupCon(nn.Module):
+    """SupCon over (B, D) or (B, V, D) embeddings with (B,) labels.
+
+    >>> import torch
+    >>> SupCon(temperature=0.1)(torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 2, 2])).ndim
+    0
+    """
+
+    def __init__(
+        self, temperature: float | LearnableTemperature = 0.1, metric: str = "cosine"
+    ) -> None:
+        super().__init__()
+        self.temperature = init_temperature(temperature)
+        self.metric = check_metric(metric)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, reduction: str = "mean") -> Tensor:
+        return supervised_contrastive(
+            embeddings,
+            labels,
+            temperature=resolve_temperature(self.temperature),
+            metric=self.metric,
+            reduction=reduction,
+        )
+
+    def extra_repr(self) -> str:
+        t = self.temperature if isinstance(self.temperature, float) else "learnable"
+        return f"temperature={t}, metric={self.metric!r}"
