@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from contrastkit.functional import contrastive_margin
@@ -23,6 +24,14 @@ class ContrastiveMargin(nn.Module):
         super().__init__()
         self.margin = _check_margin(margin, allow_zero=False)
         self.metric = metric
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        g = generator
+        a = torch.randn(8, 16, generator=g, dtype=torch.float64)
+        b = torch.randn(8, 16, generator=g, dtype=torch.float64) * 0.1
+        return (a, b, torch.tensor([True, False] * 4))
 
     def forward(
         self, a: Tensor, b: Tensor, is_positive: Tensor, *, reduction: str = "mean"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from contrastkit.functional import info_nce
@@ -40,6 +41,15 @@ class InfoNCE(nn.Module):
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
         self.symmetric = bool(symmetric)
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        g = generator
+        return (
+            torch.randn(8, 16, generator=g, dtype=torch.float64),
+            torch.randn(8, 16, generator=g, dtype=torch.float64),
+        )
 
     def forward(
         self,

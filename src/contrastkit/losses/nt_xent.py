@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from contrastkit.functional import nt_xent
@@ -29,6 +30,15 @@ class NTXent(nn.Module):
         super().__init__()
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        g = generator
+        return (
+            torch.randn(8, 16, generator=g, dtype=torch.float64),
+            torch.randn(8, 16, generator=g, dtype=torch.float64),
+        )
 
     def forward(self, z1: Tensor, z2: Tensor, *, reduction: str = "mean") -> Tensor:
         return nt_xent(

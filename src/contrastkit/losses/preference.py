@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from contrastkit._checks import check_choice
@@ -23,6 +24,15 @@ class PreferenceLoss(nn.Module):
         super().__init__()
         self.kind = check_choice("kind", kind, PREFERENCE_KINDS)
         self.margin = _check_margin(margin)
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        g = generator
+        return (
+            torch.randn(8, generator=g, dtype=torch.float64),
+            torch.randn(8, generator=g, dtype=torch.float64),
+        )
 
     def forward(
         self, chosen_scores: Tensor, rejected_scores: Tensor, *, reduction: str = "mean"

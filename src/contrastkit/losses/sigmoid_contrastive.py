@@ -46,6 +46,15 @@ class SigmoidContrastive(nn.Module):
         else:
             self.register_buffer("bias", b)
 
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        g = generator
+        return (
+            torch.randn(8, 16, generator=g, dtype=torch.float64),
+            torch.randn(8, 16, generator=g, dtype=torch.float64),
+        )
+
     def forward(self, a: Tensor, b: Tensor, *, reduction: str = "mean") -> Tensor:
         return sigmoid_contrastive(
             a,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from contrastkit.functional import supervised_contrastive
@@ -29,6 +30,12 @@ class SupCon(nn.Module):
         super().__init__()
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        emb = torch.randn(8, 16, generator=generator, dtype=torch.float64)
+        return (emb, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
 
     def forward(self, embeddings: Tensor, labels: Tensor, *, reduction: str = "mean") -> Tensor:
         return supervised_contrastive(

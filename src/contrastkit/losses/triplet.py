@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from contrastkit.functional import triplet_margin
@@ -26,6 +27,12 @@ class TripletMargin(nn.Module):
         self.margin = _check_margin(margin)
         self.metric = check_metric(metric)
         self.mining = mining
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        emb = torch.randn(8, 16, generator=generator, dtype=torch.float64)
+        return (emb, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return triplet_margin(
