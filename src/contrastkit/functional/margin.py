@@ -22,6 +22,7 @@ from contrastkit._checks import (
     check_tensor,
     reduce,
 )
+from contrastkit.functional.engine import compute_dtype
 from contrastkit.functional.similarity import (
     check_metric,
     paired_similarity_unchecked,
@@ -294,6 +295,7 @@ def preference_loss(
     kind = check_choice("kind", kind, PREFERENCE_KINDS)
     margin = _check_margin(margin)
     reduction = check_reduction(reduction)
-    gap = chosen_scores.float() - rejected_scores.float()
+    dtype = compute_dtype(chosen_scores.dtype)
+    gap = chosen_scores.to(dtype) - rejected_scores.to(dtype)
     loss = -F.logsigmoid(gap - margin) if kind == "logistic" else F.relu(margin - gap)
     return reduce(loss, reduction).to(chosen_scores.dtype)
