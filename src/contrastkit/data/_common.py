@@ -1,0 +1,246 @@
+"""Plain data structures every loader returns, deterministic group splits and the cache dir.
+
+Two structures cover every source:
+
+* :class:`ImageDataset` - ``images: (N, C, H, W)`` **uint8** in [0, 255] (call
+  :meth:`ImageDataset.float` for float32 in [0, 1]), ``labels: (N,)`` long, ``classes``
+  (label names), ``groups: (N,)`` long (what a split keeps together), and for image-text data
+  ``texts`` (one caption per image).
+* :class:`TextPairs` - ``query``/``positive`` lists of N strings (row i pairs with row i),
+  optional ``negatives`` (N lists of strings), ``labels: (N,)`` long, ``classes``,
+  ``groups: (N,)`` long (rows sharing a group are duplicates of one concept: a synset, a verse;
+  mask them as false negatives) and ``ids`` (a stable string per row).
+
+Splits are by group: a group lands in train or test by a hash of its key and the seed, so the
+split is deterministic, independent of row order, and never puts one group on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SPLITS = ("train", "test", "all")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Raised when a dataset's files are missing; the message says what to install or pass."""
+
+
+@dataclass
+class ImageDataset:
+    """Images with integer labels (and optional captions).
+
+    Attributes:
+        images: (N, C, H, W) uint8 in [0, 255].
+        labels: (N,) long class index into ``classes``.
+        classes: label names.
+        groups: (N,) long; rows sharing a group never straddle a train/test split.
+        texts: N captions for image-text data, else ``None``.
+
+    >>> ds = ImageDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
+    >>> len(ds), ds.float().dtype, tuple(ds.groups.tolist())
+    (2, torch.float32, (0, 1))
+    """
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    groups: Tensor = field(default=None)  # type: ignore[assignment]
+    texts: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != torch.uint8:
+            raise ValueError(
+                f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} "
+                f"{tuple(self.images.shape)}."
+            )
+        n = self.images.shape[0]
+        if self.groups is None:
+            self.groups = torch.arange(n)
+        for name, t in (("labels", self.labels), ("groups", self.groups)):
+            if t.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}.")
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"texts must have {n} entries (one per image), got {len(self.texts)}.")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def float(self) -> Tensor:
+        """images as float32 in [0, 1]: (N, C, H, W)."""
+        return self.images.float().div_(255.0)
+
+    def subset(self, index: Tensor) -> ImageDataset:
+        """Rows ``index`` (a long or bool tensor) as a new dataset."""
+        idx = _as_index(index)
+        texts = None if self.texts is None else [self.texts[i] for i in idx.tolist()]
+        return ImageDataset(
+            self.images[idx], self.labels[idx], self.classes, self.groups[idx], texts
+        )
+
+
+@dataclass
+class TextPairs:
+    """Aligned text pairs: ``query[i]`` pairs with ``positive[i]``.
+
+    Attributes:
+        query: N strings.
+        positive: N strings.
+        labels: (N,) long class index into ``classes`` (-1 when unlabelled).
+        classes: label names (may be empty).
+        groups: (N,) long; rows sharing a group are the same concept (duplicates / false
+            negatives) and never straddle a train/test split.
+        ids: N stable row ids (e.g. ``"n:02084071"``, ``"Genesis 1:1"``).
+        negatives: N lists of hard-negative strings, or ``None``.
+
+    >>> p = TextPairs(["a dog"], ["a domestic canine"])
+    >>> len(p), p.labels.tolist(), p.ids
+    (1, [-1], ['0'])
+    """
+
+    query: list[str]
+    positive: list[str]
+    labels: Tensor = field(default=None)  # type: ignore[assignment]
+    classes: list[str] = field(default_factory=list)
+    groups: Tensor = field(default=None)  # type: ignore[assignment]
+    ids: list[str] = field(default_factory=list)
+    negatives: list[list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.query)
+        if len(self.positive) != n:
+            raise ValueError(
+                f"query and positive must have the same length, got {n} and {len(self.positive)}."
+            )
+        if self.labels is None:
+            self.labels = torch.full((n,), -1, dtype=torch.long)
+        if self.groups is None:
+            self.groups = torch.arange(n)
+        if not self.ids:
+            self.ids = [str(i) for i in range(n)]
+        for name, t in (("labels", self.labels), ("groups", self.groups)):
+            if t.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}.")
+        if len(self.ids) != n:
+            raise ValueError(f"ids must have {n} entries, got {len(self.ids)}.")
+        if self.negatives is not None and len(self.negatives) != n:
+            raise ValueError(f"negatives must have {n} entries, got {len(self.negatives)}.")
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def subset(self, index: Tensor) -> TextPairs:
+        """Rows ``index`` (a long or bool tensor) as a new set of pairs."""
+        rows = _as_index(index).tolist()
+        return TextPairs(
+            [self.query[i] for i in rows],
+            [self.positive[i] for i in rows],
+            self.labels[rows],
+            self.classes,
+            self.groups[rows],
+            [self.ids[i] for i in rows],
+            None if self.negatives is None else [self.negatives[i] for i in rows],
+        )
+
+
+def _as_index(index: Tensor) -> Tensor:
+    if index.dtype == torch.bool:
+        return index.nonzero().flatten()
+    return index.long()
+
+
+def check_split(split: object) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    return str(split)
+
+
+def check_fraction(test_fraction: object) -> float:
+    if (
+        not isinstance(test_fraction, (int, float))
+        or isinstance(test_fraction, bool)
+        or not 0.0 < test_fraction < 1.0
+    ):
+        raise ValueError(
+            f"test_fraction must be a float in (0, 1) (e.g. 0.1), got {test_fraction!r}."
+        )
+    return float(test_fraction)
+
+
+def held_out_mask(keys: Sequence[str], test_fraction: float = 0.1, seed: int = 0) -> Tensor:
+    """A bool mask, True for rows whose group ``key`` falls in the test split.
+
+    A key's side depends only on ``crc32(f"{seed}:{key}")``, so equal keys always land
+    together, the split does not depend on row order, and it is the same on every machine.
+
+    >>> held_out_mask(["a", "b", "a"], 0.5, seed=0).tolist()
+    [False, True, False]
+    """
+    check_fraction(test_fraction)
+    cut = int(test_fraction * 2**32)
+    cache: dict[str, bool] = {}
+    out = []
+    for key in keys:
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = zlib.crc32(f"{seed}:{key}".encode()) < cut
+        out.append(hit)
+    return torch.tensor(out, dtype=torch.bool)
+
+
+def select_split(data, keys: Sequence[str], split: str, test_fraction: float, seed: int):
+    """The ``split`` part of ``data`` (an ImageDataset or TextPairs), grouping rows by ``keys``."""
+    check_split(split)
+    if split == "all":
+        return data
+    mask = held_out_mask(keys, test_fraction, seed)
+    return data.subset(mask if split == "test" else ~mask)
+
+
+def group_ids(keys: Sequence[str]) -> Tensor:
+    """Dense integer ids for string group keys, in order of first appearance: (N,) long.
+
+    >>> group_ids(["x", "y", "x"]).tolist()
+    [0, 1, 0]
+    """
+    table: dict[str, int] = {}
+    return torch.tensor([table.setdefault(k, len(table)) for k in keys], dtype=torch.long)
+
+
+def cache_dir() -> Path:
+    """``$CONTRASTKIT_CACHE`` or ``$XDG_CACHE_HOME/contrastkit`` (default ``~/.cache/contrastkit``)."""
+    env = os.environ.get("CONTRASTKIT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "contrastkit"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file + rename (readers never see half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def missing(what: str, path: object, debian: str | None, arg: str) -> DataNotFoundError:
+    """The error for missing data: says which Debian package to install or which path to pass."""
+    fix = f"install it with `sudo apt-get install -y {debian}` (or `make setup`)" if debian else ""
+    alt = f"pass {arg}= pointing at your copy"
+    how = f"{fix}, or {alt}" if fix else alt
+    return DataNotFoundError(f"{what} not found at {path}: {how}.")
