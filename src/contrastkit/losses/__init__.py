@@ -1,25 +1,38 @@
 """Thin ``nn.Module`` wrappers over :mod:`contrastkit.functional`, one per file, and their registry."""
 
+from contrastkit.losses.barlow_twins import BarlowTwinsLoss
+from contrastkit.losses.byol import BYOLLoss
 from contrastkit.losses.contrastive_margin import ContrastiveMargin
+from contrastkit.losses.dino import DINOLoss
 from contrastkit.losses.info_nce import InfoNCE
 from contrastkit.losses.nt_xent import NTXent
 from contrastkit.losses.preference import PreferenceLoss
 from contrastkit.losses.registry import LOSSES, create_loss, list_losses, register
 from contrastkit.losses.sigmoid_contrastive import SigmoidContrastive
+from contrastkit.losses.simsiam import PredictionHead, SimSiamLoss
 from contrastkit.losses.supcon import SupCon
+from contrastkit.losses.swav import SwAVLoss
 from contrastkit.losses.temperature import LearnableTemperature
 from contrastkit.losses.triplet import TripletMargin
+from contrastkit.losses.vicreg import VICRegLoss
 
 __all__ = [
     "LOSSES",
+    "BYOLLoss",
+    "BarlowTwinsLoss",
     "ContrastiveMargin",
+    "DINOLoss",
     "InfoNCE",
     "LearnableTemperature",
     "NTXent",
+    "PredictionHead",
     "PreferenceLoss",
     "SigmoidContrastive",
+    "SimSiamLoss",
     "SupCon",
+    "SwAVLoss",
     "TripletMargin",
+    "VICRegLoss",
     "create_loss",
     "list_losses",
     "register",
