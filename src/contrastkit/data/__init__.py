@@ -1,0 +1,41 @@
+"""Datasets, pair files and views (augmentations).
+
+Every loader returns one of two plain structures (see ``docs/data.md``):
+:class:`ImageDataset` (``images: (N, C, H, W)`` uint8, ``labels``, ``groups``, optional
+``texts``) or :class:`TextPairs` (``query``/``positive`` strings, ``labels``, ``groups``, ``ids``,
+optional ``negatives``). Splits are deterministic and disjoint by group.
+"""
+
+from contrastkit.data._common import (
+    DataNotFoundError,
+    ImageDataset,
+    TextPairs,
+    cache_dir,
+    group_ids,
+    held_out_mask,
+)
+from contrastkit.data.bible import load_bible_pairs
+from contrastkit.data.emoji import load_emoji
+from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
+from contrastkit.data.files import PairFileError, load_image_folder, load_pairs
+from contrastkit.data.views import SimCLRViews
+from contrastkit.data.wordnet import LEXNAMES, load_wordnet
+
+__all__ = [
+    "LEXNAMES",
+    "DataNotFoundError",
+    "ImageDataset",
+    "PairFileError",
+    "SimCLRViews",
+    "TextPairs",
+    "cache_dir",
+    "group_ids",
+    "held_out_mask",
+    "load_bible_pairs",
+    "load_digits",
+    "load_emoji",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "load_pairs",
+    "load_wordnet",
+]

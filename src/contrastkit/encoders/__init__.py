@@ -1,5 +1,30 @@
-"""Encoders: backbones, projection heads, text towers, momentum (EMA) copies."""
+"""Encoders: backbones, projection heads, text towers, momentum (EMA) copies.
 
+Configs name encoders through the registry: ``create_encoder("small_cnn", in_channels=1)``.
+"""
+
+from contrastkit.encoders.heads import PredictionHead, ProjectionHead
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
+from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
+from contrastkit.encoders.text import TextEncoder, mean_pool, tiny_text_encoder
+from contrastkit.encoders.towers import DualEncoder, ImageTextModel
+from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
 
-__all__ = ["MomentumEncoder", "cosine_momentum"]
+__all__ = [
+    "ENCODERS",
+    "DualEncoder",
+    "ImageTextModel",
+    "MLPEncoder",
+    "MomentumEncoder",
+    "PredictionHead",
+    "ProjectionHead",
+    "SmallCNN",
+    "SmallResNet",
+    "TextEncoder",
+    "cosine_momentum",
+    "create_encoder",
+    "list_encoders",
+    "mean_pool",
+    "register",
+    "tiny_text_encoder",
+]

@@ -65,7 +65,11 @@ class MomentumEncoder(nn.Module):
 
 
 def check_momentum(momentum: object) -> float:
-    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0.0 <= momentum < 1.0:
+    if (
+        not isinstance(momentum, (int, float))
+        or isinstance(momentum, bool)
+        or not 0.0 <= momentum < 1.0
+    ):
         raise ValueError(f"momentum must be a float in [0, 1) (e.g. 0.996), got {momentum!r}.")
     return float(momentum)
 

@@ -1,0 +1,256 @@
+"""The user's own data: pair / triplet files (JSONL, CSV, Parquet) and labelled image folders.
+
+Pair files have one pair per row with these columns (extra columns are ignored):
+
+==============  ========  ===========================================================
+column          required  meaning
+==============  ========  ===========================================================
+``query``       yes       anchor text
+``positive``    yes       the text that pairs with ``query``
+``negative``    no        one hard negative (CSV/Parquet may also use ``negative_1``,
+                          ``negative_2``, ...; JSONL/Parquet may use a list ``negatives``)
+``id``          no        a group id: rows sharing it are one concept (kept on one side
+                          of a split, masked as false negatives); default: the query text
+``label``       no        a class (string or integer)
+==============  ========  ===========================================================
+
+A bad row raises :class:`PairFileError` naming the file and line (row for Parquet), e.g.
+``pairs.csv:7: empty 'positive'``.
+
+Image folders are ``root/<class name>/<image file>``; classes are the sorted folder names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contrastkit.data._common import (
+    ImageDataset,
+    TextPairs,
+    check_split,
+    group_ids,
+    missing,
+    select_split,
+)
+
+PAIR_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class PairFileError(ValueError):
+    """A malformed row in a pair file; the message starts with ``file:line:``."""
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PairFileError(f"{path}:{line_no}: invalid JSON ({err.msg}).") from None
+            if not isinstance(row, dict):
+                raise PairFileError(
+                    f"{path}:{line_no}: expected a JSON object with 'query' and 'positive', "
+                    f"got {type(row).__name__}."
+                )
+            yield line_no, row
+
+
+def _rows_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None:
+            raise PairFileError(f"{path}:1: empty file; expected a header with query,positive.")
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise PairFileError(
+                    f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells but the "
+                    f"header has {len(reader.fieldnames)} columns; quote cells containing commas."
+                )
+            if all(v in (None, "") for v in row.values()):
+                continue
+            yield reader.line_num, row
+
+
+def _rows_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover - pyarrow is in the data extra
+        raise ImportError("reading Parquet needs pyarrow: pip install pyarrow") from err
+    table = pq.read_table(path)
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def _negatives(row: dict[str, Any], where: str) -> list[str]:
+    out: list[str] = []
+    if "negatives" in row and row["negatives"] is not None:
+        value = row["negatives"]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise PairFileError(f"{where}: 'negatives' must be a list of strings, got {value!r}.")
+        out.extend(value)
+    numbered = [k for k in row if k.startswith("negative_") and k[9:].isdigit()]
+    keys = ["negative", *sorted(numbered, key=lambda k: int(k[9:]))]
+    for key in keys:
+        value = row.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise PairFileError(f"{where}: '{key}' must be a string, got {value!r}.")
+        out.append(value)
+    return out
+
+
+def load_pairs(
+    path: str | Path,
+    split: str = "all",
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> TextPairs:
+    """Pairs (or triplets) from a ``.jsonl``, ``.csv`` or ``.parquet`` file.
+
+    Args:
+        path: the file; its suffix picks the format.
+        split: ``"all"`` (default), ``"train"`` or ``"test"``, split by ``id`` (or by query).
+        test_fraction: share of groups held out.
+        seed: changes which groups are held out.
+
+    Returns:
+        :class:`TextPairs`; ``negatives`` is a list per row when any row has a negative, else
+        ``None``; ``labels: (N,)`` index into ``classes`` (sorted distinct labels), -1 where a
+        row has none; ``groups: (N,)`` from ``id`` (or the query text).
+
+    >>> import tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "p.jsonl")
+    >>> _ = open(f, "w").write('{"query": "hi", "positive": "hello", "label": "greet"}\\n')
+    >>> p = load_pairs(f)
+    >>> p.query, p.positive, p.classes, p.labels.tolist()
+    (['hi'], ['hello'], ['greet'], [0])
+    """
+    check_split(split)
+    path = Path(path)
+    fmt = PAIR_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"path must end in one of {sorted(PAIR_FORMATS)} (the suffix picks the format), "
+            f"got {str(path)!r}."
+        )
+    if not path.is_file():
+        raise missing("pair file", path, None, "path")
+    reader = {"jsonl": _rows_jsonl, "csv": _rows_csv, "parquet": _rows_parquet}[fmt]
+    query, positive, negatives, keys, raw_labels, ids = [], [], [], [], [], []
+    for line_no, row in reader(path):
+        where = f"{path}:{line_no}"
+        for col in ("query", "positive"):
+            value = row.get(col)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                have = ", ".join(map(repr, row)) or "none"
+                raise PairFileError(f"{where}: missing or empty {col!r} (columns here: {have}).")
+            if not isinstance(value, str):
+                raise PairFileError(f"{where}: {col!r} must be a string, got {value!r}.")
+        query.append(row["query"])
+        positive.append(row["positive"])
+        negatives.append(_negatives(row, where))
+        row_id = row.get("id")
+        ids.append(str(row_id) if row_id not in (None, "") else str(line_no))
+        keys.append(f"id:{row_id}" if row_id not in (None, "") else f"q:{row['query']}")
+        label = row.get("label")
+        if label is not None and not isinstance(label, (str, int)):
+            raise PairFileError(f"{where}: 'label' must be a string or an integer, got {label!r}.")
+        raw_labels.append(None if label in (None, "") else label)
+    if not query:
+        raise PairFileError(f"{path}:1: no rows; expected columns query, positive.")
+    distinct = {v for v in raw_labels if v is not None}
+    if any(isinstance(v, int) for v in distinct) and any(isinstance(v, str) for v in distinct):
+        distinct = {str(v) for v in distinct}
+        raw_labels = [None if v is None else str(v) for v in raw_labels]
+    classes = sorted(distinct)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([-1 if v is None else index[v] for v in raw_labels], dtype=torch.long)
+    pairs = TextPairs(
+        query,
+        positive,
+        labels,
+        [str(c) for c in classes],
+        group_ids(keys),
+        ids,
+        negatives if any(negatives) else None,
+    )
+    return select_split(pairs, keys, split, test_fraction, seed)
+
+
+def load_image_folder(
+    root: str | Path,
+    size: int | None = None,
+    channels: int = 3,
+    split: str = "all",
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> ImageDataset:
+    """Images from ``root/<class>/<file>`` (png, jpg, bmp, gif, webp, tiff).
+
+    Args:
+        root: the folder of class folders.
+        size: resize every image to ``size x size``; ``None`` requires all images to share one size.
+        channels: 3 (RGB) or 1 (grayscale).
+        split: ``"all"`` (default), ``"train"`` or ``"test"`` (split by file).
+        test_fraction: share of files held out.
+        seed: changes which files are held out.
+
+    Returns:
+        :class:`ImageDataset` with ``images: (N, channels, H, W)`` uint8, ``labels: (N,)`` the
+        class folder index into ``classes`` (sorted folder names).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    check_split(split)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
+    root = Path(root)
+    if not root.is_dir():
+        raise missing("image folder", root, None, "root")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"root {root} has no class folders; expected root/<class>/<image>.")
+    arrays, labels, keys = [], [], []
+    shape = None
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as img:
+                    img = img.convert("RGB" if channels == 3 else "L")
+                    if size is not None:
+                        img = img.resize((size, size), Image.Resampling.BILINEAR)
+                    array = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as err:
+                raise ValueError(f"{file}: not a readable image ({err}).") from None
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
+            if shape is None:
+                shape = array.shape
+            elif array.shape != shape:
+                raise ValueError(
+                    f"{file}: size {array.shape[1:]} differs from {shape[1:]}; pass size= to resize."
+                )
+            arrays.append(array)
+            labels.append(label)
+            keys.append(f"{name}/{file.name}")
+    if not arrays:
+        raise ValueError(f"root {root} has class folders but no images ({sorted(IMAGE_SUFFIXES)}).")
+    data = ImageDataset(
+        torch.from_numpy(np.stack(arrays)),
+        torch.tensor(labels, dtype=torch.long),
+        classes,
+    )
+    return select_split(data, keys, split, test_fraction, seed)

@@ -1,0 +1,115 @@
+"""SimCLR-style random views of an image batch, built on kornia's batched augmentations.
+
+SimCLR (Chen et al. 2020, https://arxiv.org/abs/2002.05709) makes a positive pair from two
+random augmentations of one image: random resized crop, horizontal flip, colour jitter (for
+grayscale: brightness and contrast), random grayscale, Gaussian blur; this pipeline adds
+Gaussian noise, which helps on small grayscale images. Each image in the batch gets its own
+random parameters (``same_on_batch=False``), and all V views are made in one batched call.
+
+For text, views come from the encoder instead: two forward passes with dropout on give two
+different embeddings of one sentence (SimCSE, Gao et al. 2021, https://arxiv.org/abs/2104.08821).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit._checks import check_positive_number
+
+
+class SimCLRViews(nn.Module):
+    """V random views of every image: ``images (B, C, H, W) -> views (V, B, C, size, size)``.
+
+    Args:
+        size: output side (e.g. 28 for Fashion-MNIST, 64 for emoji).
+        channels: 1 (grayscale: brightness/contrast jitter, no grayscale step) or 3 (RGB).
+        strength: scales every jitter, blur and noise amount (1.0 = SimCLR's colour
+            strength; 0.5 is milder). The crop scale range is set by ``crop_scale``.
+        crop_scale: range of the crop's area as a fraction of the image (SimCLR: (0.08, 1)).
+        blur: apply Gaussian blur with probability 0.5.
+        noise: apply Gaussian noise (std ``0.05 * strength``) with probability 0.5.
+
+    ``forward(images, n_views=2, seed=None)`` accepts uint8 in [0, 255] or float in [0, 1] and
+    returns float32 in [0, 1]. With an integer ``seed`` the views are reproducible and the
+    global RNG is left untouched (kornia samples from it inside ``torch.random.fork_rng``).
+
+    >>> views = SimCLRViews(size=8, channels=1)
+    >>> x = torch.rand(4, 1, 8, 8)
+    >>> v = views(x, n_views=3, seed=0)
+    >>> v.shape, bool(v.min() >= 0) and bool(v.max() <= 1)
+    (torch.Size([3, 4, 1, 8, 8]), True)
+    >>> torch.equal(v, views(x, n_views=3, seed=0))
+    True
+    """
+
+    def __init__(
+        self,
+        size: int,
+        channels: int = 3,
+        strength: float = 1.0,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        blur: bool = True,
+        noise: bool = True,
+    ) -> None:
+        super().__init__()
+        try:
+            import kornia.augmentation as K
+        except ImportError as err:  # pragma: no cover - kornia is in the vision extra
+            raise ImportError("SimCLRViews needs kornia: pip install kornia") from err
+        if not isinstance(size, int) or isinstance(size, bool) or size < 2:
+            raise ValueError(f"size must be an int >= 2 (the output side), got {size!r}.")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
+        check_positive_number("strength", strength, allow_zero=True)
+        lo, hi = crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}.")
+        self.size, self.channels, self.strength = size, channels, float(strength)
+        s = float(strength)
+        steps: list[nn.Module] = [
+            K.RandomResizedCrop((size, size), scale=(lo, hi), p=1.0),
+            K.RandomHorizontalFlip(p=0.5),
+        ]
+        if channels == 3:
+            steps += [
+                K.ColorJiggle(0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5), p=0.8),
+                K.RandomGrayscale(p=0.2),
+            ]
+        else:
+            steps.append(K.ColorJiggle(0.4 * s, 0.4 * s, 0.0, 0.0, p=0.8))
+        if blur and s > 0:
+            kernel = max(3, (size // 10) | 1)  # ~10% of the side, odd
+            steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0 * s), p=0.5))
+        if noise and s > 0:
+            steps.append(K.RandomGaussianNoise(mean=0.0, std=0.05 * s, p=0.5))
+        self.pipeline = nn.Sequential(*steps)
+
+    def forward(self, images: Tensor, n_views: int = 2, seed: int | None = None) -> Tensor:
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}.")
+        if images.shape[1] != self.channels:
+            raise ValueError(
+                f"images has {images.shape[1]} channels but the views were built for "
+                f"channels={self.channels}; build SimCLRViews(channels={images.shape[1]})."
+            )
+        if not isinstance(n_views, int) or isinstance(n_views, bool) or n_views < 1:
+            raise ValueError(f"n_views must be an int >= 1, got {n_views!r}.")
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        elif not images.dtype.is_floating_point:
+            raise TypeError(f"images must be uint8 or floating, got {images.dtype}.")
+        b = images.shape[0]
+        batch = images.repeat(n_views, 1, 1, 1)  # (V*B, C, H, W), view-major
+        if seed is None:
+            out = self.pipeline(batch)
+        else:
+            devices = [images.device] if images.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                out = self.pipeline(batch)
+        return out.clamp_(0.0, 1.0).reshape(n_views, b, *out.shape[1:])  # (V, B, C, S, S)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, channels={self.channels}, strength={self.strength:g}"

@@ -1,0 +1,87 @@
+"""Projection and prediction heads: small MLPs on top of a backbone's features.
+
+The projection head maps backbone features to the space the contrastive loss sees
+(SimCLR, Chen et al. 2020, https://arxiv.org/abs/2002.05709: the loss is computed on the head's
+output, while the backbone's features are what transfers). The prediction head is the extra
+MLP on the online branch of BYOL (Grill et al. 2020, https://arxiv.org/abs/2006.07733) and
+SimSiam (Chen & He 2021, https://arxiv.org/abs/2011.10566); with a stop-gradient on the other
+branch it prevents collapse without negatives.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from contrastkit.encoders.registry import register
+
+
+def mlp(
+    in_features: int, hidden_features: int, out_features: int, num_layers: int, batch_norm: bool
+) -> nn.Sequential:
+    """``num_layers`` linear layers; hidden ones followed by (BatchNorm and) ReLU."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(num_layers - 1):
+        layers.append(nn.Linear(width, hidden_features, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden_features))
+        layers.append(nn.ReLU(inplace=True))
+        width = hidden_features
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+@register("projection_head")
+class ProjectionHead(nn.Module):
+    """SimCLR's projection MLP: ``features (B, F) -> (B, out_features)``.
+
+    Args:
+        in_features: F, the backbone's ``out_features``.
+        hidden_features: width of the hidden layers.
+        out_features: D, the embedding the loss sees.
+        num_layers: linear layers (SimCLR: 2, SimCLR v2: 3).
+        batch_norm: BatchNorm after each hidden linear layer.
+
+    >>> import torch
+    >>> ProjectionHead(128, 256, 64)(torch.rand(4, 128)).shape
+    torch.Size([4, 64])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int = 512,
+        out_features: int = 128,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.net = mlp(in_features, hidden_features, out_features, num_layers, batch_norm)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+
+@register("prediction_head")
+class PredictionHead(nn.Module):
+    """BYOL / SimSiam predictor: a bottleneck MLP ``(B, D) -> (B, D)``.
+
+    Args:
+        dim: D, the projection's ``out_features`` (input and output width).
+        hidden_features: bottleneck width (SimSiam uses D / 4).
+
+    >>> import torch
+    >>> PredictionHead(64, 16)(torch.rand(4, 64)).shape
+    torch.Size([4, 64])
+    """
+
+    def __init__(self, dim: int = 128, hidden_features: int = 512) -> None:
+        super().__init__()
+        self.in_features = self.out_features = dim
+        self.net = mlp(dim, hidden_features, dim, 2, True)
+
+    def forward(self, projection: Tensor) -> Tensor:
+        return self.net(projection)
