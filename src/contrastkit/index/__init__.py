@@ -1,0 +1,40 @@
+"""Nearest-neighbour indexes over precomputed embeddings: one interface, several backends.
+
+>>> import torch
+>>> index = build_index(torch.eye(4), backend="exact", metric="cosine",
+...                     ids=["a", "b", "c", "d"], metadata=[{"n": i} for i in range(4)])
+>>> result = index.search(torch.tensor([[0.1, 0.0, 1.0, 0.0]]), k=2)
+>>> result.ids, result.metadata
+([['c', 'a']], [[{'n': 2}, {'n': 0}]])
+>>> list_indexes()
+['exact', 'faiss_flat', 'faiss_hnsw', 'faiss_ivf']
+"""
+
+from contrastkit.index.base import (
+    INDEXES,
+    Index,
+    SearchResult,
+    atomic_write,
+    build_index,
+    create_index,
+    list_indexes,
+    load_index,
+)
+from contrastkit.index.exact import ExactIndex, chunked_topk
+from contrastkit.index.faiss_backends import FaissFlatIndex, FaissHNSWIndex, FaissIVFIndex
+
+__all__ = [
+    "INDEXES",
+    "ExactIndex",
+    "FaissFlatIndex",
+    "FaissHNSWIndex",
+    "FaissIVFIndex",
+    "Index",
+    "SearchResult",
+    "atomic_write",
+    "build_index",
+    "chunked_topk",
+    "create_index",
+    "list_indexes",
+    "load_index",
+]

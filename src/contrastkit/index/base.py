@@ -1,0 +1,403 @@
+"""The index interface shared by every backend, the search result and the on-disk format.
+
+Shapes: ``vectors: (N, D)`` corpus, ``query: (Q, D)``, results ``(Q, K)`` with
+``K = min(k, len(index))``.
+
+Scores follow :mod:`contrastkit.functional.similarity`: larger always means more similar
+(``cosine`` and ``dot`` are inner products, cosine on L2-normalised vectors; ``euclidean`` is the
+negative L2 distance). The metric is fixed when the index is created, stored with it and applied to
+every query, so a query cannot be searched with the wrong one.
+
+File format (one file, written atomically): ``MAGIC``, an 8-byte little-endian header length, a
+UTF-8 JSON header (backend, metric, dim, params, ids, metadata) and the backend payload (raw
+float32 vectors or a serialised FAISS index). No pickle: loading a file never runs code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from contrastkit._checks import check_embeddings
+from contrastkit.functional.similarity import check_metric
+from contrastkit.registry import Registry
+
+__all__ = [
+    "INDEXES",
+    "Index",
+    "SearchResult",
+    "atomic_write",
+    "build_index",
+    "create_index",
+    "list_indexes",
+    "load_index",
+]
+
+MAGIC = b"CKINDEX1"
+FORMAT_VERSION = 1
+
+INDEXES: Registry[Any] = Registry("index backend")
+
+
+class SearchResult:
+    """Top-K neighbours of each query, best first.
+
+    Attributes:
+        scores: (Q, K) float32 similarities (larger is closer; ``-inf`` in empty slots).
+        indices: (Q, K) long positions in the index (insertion order); ``-1`` in empty slots
+            (an approximate backend may return fewer than K neighbours).
+
+    ``ids`` and ``metadata`` are looked up on first access only, so searching costs nothing
+    for callers that need positions alone.
+    """
+
+    def __init__(
+        self, scores: Tensor, indices: Tensor, ids: Sequence[str], metadata: Sequence[Any]
+    ) -> None:
+        self.scores = scores
+        self.indices = indices
+        self._all_ids = ids
+        self._all_metadata = metadata
+        self._ids: list[list[str | None]] | None = None
+        self._metadata: list[list[Any]] | None = None
+
+    @property
+    def ids(self) -> list[list[str | None]]:
+        """(Q, K) nested list of string ids; ``None`` in empty slots."""
+        if self._ids is None:
+            ids = self._all_ids
+            self._ids = [[ids[i] if i >= 0 else None for i in row] for row in self.indices.tolist()]
+        return self._ids
+
+    @property
+    def metadata(self) -> list[list[Any]]:
+        """(Q, K) nested list of the metadata stored with each neighbour; ``None`` in empty slots."""
+        if self._metadata is None:
+            meta = self._all_metadata
+            self._metadata = [
+                [meta[i] if i >= 0 else None for i in row] for row in self.indices.tolist()
+            ]
+        return self._metadata
+
+    def __repr__(self) -> str:
+        return f"SearchResult(queries={self.indices.shape[0]}, k={self.indices.shape[1]})"
+
+
+def as_float32_numpy(name: str, x: object, dim: int | None = None) -> np.ndarray:
+    """Check ``x`` is a finite (N, D) float tensor or array and return a contiguous float32 copy/view."""
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{name} must be a floating array, got dtype {x.dtype}.")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    x = check_embeddings(name, x)
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(
+            f"{name} has dimension {x.shape[1]} but the index was built for dimension {dim}; "
+            "encode the query with the same model (and projection) as the indexed vectors."
+        )
+    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+
+
+class Index(ABC):
+    """One interface over every backend: ``add`` / ``search`` / ``save`` / ``load``.
+
+    Args:
+        dim: D, the embedding dimension.
+        metric: ``"cosine"`` (inner product on L2-normalised vectors), ``"dot"`` or
+            ``"euclidean"`` (scores are negative L2 distances). Fixed for the index's lifetime.
+
+    Every vector carries a string id (default: its position as a string) and a JSON-serialisable
+    metadata value (default ``None``); both are saved with the vectors.
+    """
+
+    backend: ClassVar[str] = ""
+
+    def __init__(self, dim: int, metric: str = "cosine") -> None:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ValueError(f"dim must be a positive int (the embedding width D), got {dim!r}.")
+        self.dim = dim
+        self.metric = check_metric(metric)
+        self._ids: list[str] = []
+        self._metadata: list[Any] = []
+        self._id_set: set[str] = set()
+
+    # -- backend hooks -------------------------------------------------------------------
+    @abstractmethod
+    def _add_vectors(self, vectors: np.ndarray) -> None:
+        """Append (n, D) float32 vectors (already normalised for cosine)."""
+
+    @abstractmethod
+    def _search_vectors(self, query: np.ndarray, k: int) -> tuple[Tensor, Tensor]:
+        """(Q, K) scores and long positions for (Q, D) float32 queries (normalised for cosine)."""
+
+    @abstractmethod
+    def _payload(self) -> bytes:
+        """Backend state as bytes (the vectors or a serialised FAISS index)."""
+
+    @abstractmethod
+    def _restore(self, payload: bytes) -> None:
+        """Inverse of ``_payload`` on a freshly constructed index."""
+
+    def params(self) -> dict[str, Any]:
+        """Constructor keyword arguments other than ``dim`` and ``metric`` (saved with the index)."""
+        return {}
+
+    # -- public interface ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> list[str]:
+        """The string id of every stored vector, in insertion order (a copy)."""
+        return list(self._ids)
+
+    @property
+    def metadata(self) -> list[Any]:
+        """The metadata of every stored vector, in insertion order (a copy)."""
+        return list(self._metadata)
+
+    def add(
+        self,
+        vectors: Tensor | np.ndarray,
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[Any] | None = None,
+    ) -> None:
+        """Append vectors with their ids and metadata.
+
+        Args:
+            vectors: (N, D) floating, finite.
+            ids: N unique strings (default: ``str(position)``); must not repeat stored ids.
+            metadata: N JSON-serialisable values (default ``None`` each).
+        """
+        arr = as_float32_numpy("vectors", vectors, self.dim)
+        n = arr.shape[0]
+        ids = self._check_ids(ids, n)
+        metadata = self._check_metadata(metadata, n)
+        if n == 0:
+            return
+        if self.metric == "cosine":
+            arr = _normalize_rows(arr)
+        self._add_vectors(arr)
+        self._ids.extend(ids)
+        self._id_set.update(ids)
+        self._metadata.extend(metadata)
+
+    def search(
+        self, query: Tensor | np.ndarray, k: int, *, metric: str | None = None
+    ) -> SearchResult:
+        """The ``k`` most similar stored vectors for each query row.
+
+        Args:
+            query: (Q, D) floating, finite, with the index's D.
+            k: neighbours per query; K = min(k, len(index)) columns are returned.
+            metric: optional assertion: if given it must equal the index's metric (the metric
+                itself always comes from the index).
+
+        Returns:
+            A :class:`SearchResult` with (Q, K) ``scores`` and ``indices``.
+        """
+        if metric is not None and metric != self.metric:
+            raise ValueError(
+                f"this index was built with metric={self.metric!r}, got metric={metric!r}; "
+                f"search it with metric={self.metric!r} (or omit metric), or build a new index "
+                f"with metric={metric!r}."
+            )
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"k must be a positive int, got {k!r}.")
+        arr = as_float32_numpy("query", query, self.dim)
+        if len(self) == 0:
+            raise ValueError("the index is empty; call add(vectors) before search.")
+        if self.metric == "cosine":
+            arr = _normalize_rows(arr)
+        scores, indices = self._search_vectors(arr, min(k, len(self)))
+        return SearchResult(scores, indices, self._ids, self._metadata)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to one file atomically (temp file, fsync, ``os.replace``)."""
+        header = {
+            "format": FORMAT_VERSION,
+            "backend": self.backend,
+            "dim": self.dim,
+            "metric": self.metric,
+            "params": self.params(),
+            "ids": self._ids,
+            "metadata": self._metadata,
+        }
+        head = json.dumps(header).encode("utf-8")
+        payload = self._payload()
+        atomic_write(path, [MAGIC, struct.pack("<Q", len(head)), head, payload])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Index:
+        """Read an index written by :meth:`save` (any backend; see :func:`load_index`)."""
+        return load_index(path)
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}(dim={self.dim}, metric={self.metric!r}{extra}, size={len(self)})"
+
+    # -- helpers -------------------------------------------------------------------------
+    def _check_ids(self, ids: Sequence[str] | None, n: int) -> list[str]:
+        if ids is None:
+            start = len(self._ids)
+            ids = [str(start + i) for i in range(n)]
+        else:
+            ids = list(ids)
+            if len(ids) != n:
+                raise ValueError(f"ids must have one entry per vector ({n}), got {len(ids)}.")
+            bad = next((i for i in ids if not isinstance(i, str)), None)
+            if bad is not None:
+                raise TypeError(f"ids must be strings, got {bad!r} ({type(bad).__name__}).")
+        seen = set(ids)
+        if len(seen) != n:
+            raise ValueError("ids must be unique; the batch repeats an id.")
+        clash = seen & self._id_set
+        if clash:
+            raise ValueError(
+                f"ids already in the index: {sorted(clash)[:5]}; use new ids for new vectors."
+            )
+        return ids
+
+    @staticmethod
+    def _check_metadata(metadata: Sequence[Any] | None, n: int) -> list[Any]:
+        if metadata is None:
+            return [None] * n
+        metadata = list(metadata)
+        if len(metadata) != n:
+            raise ValueError(f"metadata must have one entry per vector ({n}), got {len(metadata)}.")
+        for i, m in enumerate(metadata):
+            try:
+                json.dumps(m)
+            except (TypeError, ValueError) as err:
+                raise TypeError(
+                    f"metadata[{i}] must be JSON-serialisable (dict/list/str/number/bool/None), "
+                    f"got {type(m).__name__}: {err}."
+                ) from None
+        return metadata
+
+
+def _normalize_rows(arr: np.ndarray) -> np.ndarray:
+    # Same rule as contrastkit.functional.similarity.normalize: zero rows stay zero.
+    norm = np.linalg.norm(arr, axis=1, keepdims=True)
+    return np.ascontiguousarray(arr / np.where(norm > 1e-8, norm, 1.0), dtype=np.float32)
+
+
+def _write_chunks(handle: Any, chunks: Sequence[bytes]) -> None:
+    for chunk in chunks:
+        handle.write(chunk)
+
+
+def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes]) -> None:
+    """Write ``chunks`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and the
+    file is renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows). On any error
+    the temporary file is removed and the previous ``path`` is left untouched.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _write_chunks(handle, chunks)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Persist the rename itself (best effort: not every platform can fsync a directory).
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
+    data = Path(path).read_bytes()
+    if not data.startswith(MAGIC):
+        raise ValueError(f"{os.fspath(path)!r} is not a contrastkit index file (bad magic bytes).")
+    (head_len,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
+    start = len(MAGIC) + 8
+    header = json.loads(data[start : start + head_len].decode("utf-8"))
+    if header.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{os.fspath(path)!r} has index format {header.get('format')!r}; this contrastkit "
+            f"reads format {FORMAT_VERSION}."
+        )
+    return header, data[start + head_len :]
+
+
+def _import_backends() -> None:
+    # The backends register themselves on import; importing here lets load_index work even when
+    # only this module was imported.
+    import contrastkit.index.exact
+    import contrastkit.index.faiss_backends  # noqa: F401
+
+
+def list_indexes(pattern: str = "*") -> list[str]:
+    """Registered backend names, e.g. ``['exact', 'faiss_flat', 'faiss_hnsw', 'faiss_ivf']``."""
+    _import_backends()
+    return INDEXES.list(pattern)
+
+
+def create_index(backend: str, dim: int, metric: str = "cosine", **params: Any) -> Index:
+    """An empty index of a registered backend.
+
+    >>> create_index("exact", dim=4, metric="dot")
+    ExactIndex(dim=4, metric='dot', chunk_size=16384, size=0)
+    """
+    _import_backends()
+    return INDEXES.get(backend)(dim=dim, metric=metric, **params)
+
+
+def build_index(
+    vectors: Tensor | np.ndarray,
+    backend: str = "exact",
+    metric: str = "cosine",
+    ids: Sequence[str] | None = None,
+    metadata: Sequence[Any] | None = None,
+    **params: Any,
+) -> Index:
+    """Create an index sized to ``vectors: (N, D)`` and add them (IVF trains on them first).
+
+    >>> index = build_index(torch.eye(3), metric="cosine", ids=["a", "b", "c"])
+    >>> index.search(torch.tensor([[0.0, 2.0, 0.1]]), k=2).ids
+    [['b', 'c']]
+    """
+    if not isinstance(vectors, (Tensor, np.ndarray)) or vectors.ndim != 2:
+        raise ValueError(
+            f"vectors must be a 2-D (N, D) tensor or array, got {type(vectors).__name__} "
+            f"with shape {tuple(getattr(vectors, 'shape', ()))}."
+        )
+    index = create_index(backend, dim=int(vectors.shape[1]), metric=metric, **params)
+    index.add(vectors, ids=ids, metadata=metadata)
+    return index
+
+
+def load_index(path: str | os.PathLike[str]) -> Index:
+    """Read any index written by ``Index.save``; it answers queries exactly as the saved one."""
+    header, payload = _read(path)
+    _import_backends()
+    index = INDEXES.get(header["backend"])(
+        dim=header["dim"], metric=header["metric"], **header["params"]
+    )
+    index._restore(payload)
+    index._ids = list(header["ids"])
+    index._id_set = set(index._ids)
+    index._metadata = list(header["metadata"])
+    return index

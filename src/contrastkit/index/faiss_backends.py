@@ -1,0 +1,192 @@
+"""FAISS backends: flat (exact), HNSW and IVF (approximate), behind :class:`~contrastkit.index.Index`.
+
+FAISS is optional (``pip install 'contrastkit[index]'``, i.e. ``faiss-cpu``) and imported only when
+a FAISS index is created. Metric mapping: ``cosine`` -> inner product on L2-normalised vectors,
+``dot`` -> inner product, ``euclidean`` -> L2 (FAISS returns squared distances; scores are
+reported as ``-sqrt(d2)`` to match :func:`contrastkit.functional.similarity_matrix`).
+
+Ties among equal scores are ordered as FAISS returns them (not guaranteed by lower index; use
+:class:`~contrastkit.index.ExactIndex` when tie order matters).
+
+References: HNSW, Malkov & Yashunin 2016, https://arxiv.org/abs/1603.09320; FAISS / IVF,
+Johnson, Douze & Jégou 2017, https://arxiv.org/abs/1702.08734.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from contrastkit.index.base import INDEXES, Index
+
+__all__ = ["FaissFlatIndex", "FaissHNSWIndex", "FaissIVFIndex"]
+
+
+def import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "FAISS backends need faiss: pip install 'contrastkit[index]' (faiss-cpu), or use "
+            "backend='exact'."
+        ) from err
+    return faiss
+
+
+def _check_int(name: str, value: object, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+class _FaissIndex(Index):
+    """Shared plumbing: a FAISS index object in ``self._faiss`` and metric conversions."""
+
+    def __init__(self, dim: int, metric: str = "cosine") -> None:
+        super().__init__(dim, metric)
+        self._lib = import_faiss()
+        self._faiss = self._new_index()
+
+    @property
+    def faiss_metric(self) -> int:
+        lib = self._lib
+        return lib.METRIC_L2 if self.metric == "euclidean" else lib.METRIC_INNER_PRODUCT
+
+    def _new_index(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def faiss_index(self) -> Any:
+        """The underlying FAISS index (for tuning or direct calls)."""
+        return self._faiss
+
+    def _add_vectors(self, vectors: np.ndarray) -> None:
+        self._faiss.add(vectors)
+
+    def _search_vectors(self, query: np.ndarray, k: int) -> tuple[Tensor, Tensor]:
+        distances, labels = self._faiss.search(query, k)
+        scores = torch.from_numpy(distances)
+        if self.metric == "euclidean":
+            scores = scores.clamp_min_(0.0).sqrt_().neg_()
+        indices = torch.from_numpy(labels)
+        empty = indices < 0
+        if empty.any():
+            scores = scores.masked_fill(empty, float("-inf"))
+        return scores, indices
+
+    def _payload(self) -> bytes:
+        return self._lib.serialize_index(self._faiss).tobytes()
+
+    def _restore(self, payload: bytes) -> None:
+        self._faiss = self._lib.deserialize_index(np.frombuffer(payload, dtype=np.uint8).copy())
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        """Re-apply search-time parameters that FAISS does not serialise."""
+
+
+@INDEXES.register("faiss_flat")
+class FaissFlatIndex(_FaissIndex):
+    """FAISS brute force (``IndexFlatIP`` / ``IndexFlatL2``): exact, multi-threaded BLAS."""
+
+    backend = "faiss_flat"
+
+    def _new_index(self) -> Any:
+        lib = self._lib
+        return (
+            lib.IndexFlatL2(self.dim) if self.metric == "euclidean" else lib.IndexFlatIP(self.dim)
+        )
+
+
+@INDEXES.register("faiss_hnsw")
+class FaissHNSWIndex(_FaissIndex):
+    """FAISS HNSW graph (``IndexHNSWFlat``): no training, fast approximate search.
+
+    Args:
+        m: graph degree (links per node; memory grows with it). Default 32.
+        ef_construction: candidate list while building (higher: better graph, slower build).
+        ef_search: candidate list while searching (higher: better recall, slower queries);
+            should be >= k.
+    """
+
+    backend = "faiss_hnsw"
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "cosine",
+        m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 64,
+    ) -> None:
+        self.m = _check_int("m", m, 2)
+        self.ef_construction = _check_int("ef_construction", ef_construction)
+        self.ef_search = _check_int("ef_search", ef_search)
+        super().__init__(dim, metric)
+
+    def params(self) -> dict[str, Any]:
+        return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+
+    def _new_index(self) -> Any:
+        index = self._lib.IndexHNSWFlat(self.dim, self.m, self.faiss_metric)
+        index.hnsw.efConstruction = self.ef_construction
+        index.hnsw.efSearch = self.ef_search
+        return index
+
+    def _apply_search_params(self) -> None:
+        self._faiss.hnsw.efSearch = self.ef_search
+
+
+@INDEXES.register("faiss_ivf")
+class FaissIVFIndex(_FaissIndex):
+    """FAISS inverted file (``IndexIVFFlat``): k-means cells, search visits ``nprobe`` of them.
+
+    The index is trained (k-means on the vectors) on the first ``add``; that batch should hold
+    at least ``39 * nlist`` vectors for good centroids (FAISS warns otherwise).
+
+    Args:
+        nlist: number of cells (rule of thumb: about ``4 * sqrt(N)``). Default 256.
+        nprobe: cells visited per query (higher: better recall, slower). Default 16.
+        seed: k-means seed, for reproducible builds.
+    """
+
+    backend = "faiss_ivf"
+
+    def __init__(
+        self, dim: int, metric: str = "cosine", nlist: int = 256, nprobe: int = 16, seed: int = 0
+    ) -> None:
+        self.nlist = _check_int("nlist", nlist)
+        self.nprobe = _check_int("nprobe", nprobe)
+        self.seed = _check_int("seed", seed, 0)
+        super().__init__(dim, metric)
+
+    def params(self) -> dict[str, Any]:
+        return {"nlist": self.nlist, "nprobe": self.nprobe, "seed": self.seed}
+
+    def _new_index(self) -> Any:
+        lib = self._lib
+        quantizer = (
+            lib.IndexFlatL2(self.dim) if self.metric == "euclidean" else lib.IndexFlatIP(self.dim)
+        )
+        index = lib.IndexIVFFlat(quantizer, self.dim, self.nlist, self.faiss_metric)
+        index.cp.seed = self.seed
+        index.nprobe = self.nprobe
+        self._quantizer = quantizer  # keep the Python wrapper alive as long as the index
+        return index
+
+    def _add_vectors(self, vectors: np.ndarray) -> None:
+        if not self._faiss.is_trained:
+            if vectors.shape[0] < self.nlist:
+                raise ValueError(
+                    f"the first add trains the IVF index and needs at least nlist={self.nlist} "
+                    f"vectors (ideally {39 * self.nlist}), got {vectors.shape[0]}; pass a larger "
+                    "first batch or a smaller nlist."
+                )
+            self._faiss.train(vectors)
+        self._faiss.add(vectors)
+
+    def _apply_search_params(self) -> None:
+        self._faiss.nprobe = self.nprobe
