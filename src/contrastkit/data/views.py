@@ -25,7 +25,8 @@ class SimCLRViews(nn.Module):
         size: output side (e.g. 28 for Fashion-MNIST, 64 for emoji).
         channels: 1 (grayscale: brightness/contrast jitter, no grayscale step) or 3 (RGB).
         strength: scales every jitter, blur and noise amount (1.0 = SimCLR's colour
-            strength; 0.5 is milder). The crop scale range is set by ``crop_scale``.
+            strength; 0.5 is milder; jitter factors are capped at 0.9). The crop scale range
+            is set by ``crop_scale``.
         crop_scale: range of the crop's area as a fraction of the image (SimCLR: (0.08, 1)).
         blur: apply Gaussian blur with probability 0.5.
         noise: apply Gaussian noise (std ``0.05 * strength``) with probability 0.5.
@@ -67,17 +68,18 @@ class SimCLRViews(nn.Module):
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}.")
         self.size, self.channels, self.strength = size, channels, float(strength)
         s = float(strength)
+        jitter = min(0.8 * s, 0.9)  # kornia keeps brightness/contrast/saturation factors in (0, 2)
         steps: list[nn.Module] = [
             K.RandomResizedCrop((size, size), scale=(lo, hi), p=1.0),
             K.RandomHorizontalFlip(p=0.5),
         ]
         if channels == 3:
             steps += [
-                K.ColorJiggle(0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5), p=0.8),
+                K.ColorJiggle(jitter, jitter, jitter, min(0.2 * s, 0.5), p=0.8),
                 K.RandomGrayscale(p=0.2),
             ]
         else:
-            steps.append(K.ColorJiggle(0.4 * s, 0.4 * s, 0.0, 0.0, p=0.8))
+            steps.append(K.ColorJiggle(min(0.4 * s, 0.9), min(0.4 * s, 0.9), 0.0, 0.0, p=0.8))
         if blur and s > 0:
             kernel = max(3, (size // 10) | 1)  # ~10% of the side, odd
             steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0 * s), p=0.5))

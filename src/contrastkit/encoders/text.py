@@ -50,6 +50,19 @@ def _transformers() -> Any:
     return transformers
 
 
+def _load_model(tf: Any, folder: Path) -> nn.Module:
+    """``AutoModel`` without BERT's unused pooler layer (mean pooling replaces it)."""
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()  # "pooler weights unused/missing" is expected here
+    try:
+        try:
+            return tf.AutoModel.from_pretrained(str(folder), add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler option
+            return tf.AutoModel.from_pretrained(str(folder))
+    finally:
+        tf.logging.set_verbosity(verbosity)
+
+
 def mean_pool(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
     """Average of the token embeddings where ``attention_mask`` is 1.
 
@@ -104,7 +117,7 @@ class TextEncoder(nn.Module):
                     "or omit path for the packaged all-MiniLM-L6-v2."
                 )
             tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
-            model = tf.AutoModel.from_pretrained(str(folder))
+            model = _load_model(tf, folder)
             if max_length is None:
                 st_config = folder / "sentence_bert_config.json"
                 if st_config.is_file():
