@@ -37,7 +37,7 @@ def test_fashion_mnist_counts_shapes_labels():
     # real images, not zeros: the mean pixel of Fashion-MNIST train is about 72.9 / 255
     assert 70 < float(train.images.float().mean()) < 76
     x = test.float()
-    assert x.dtype == torch.float32 and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert x.dtype == torch.float32 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert len(load_fashion_mnist("all")) == 70000
 
 
