@@ -9,10 +9,7 @@ softmax in float32 (float64 for float64 inputs) and return a loss in the input d
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from contrastkit._checks import (
@@ -24,10 +21,21 @@ from contrastkit._checks import (
     check_temperature,
     reduce,
 )
-from contrastkit.functional.engine import compute_dtype, softmax_contrastive_dense
-from contrastkit.functional.similarity import check_metric, similarity_matrix_unchecked
+from contrastkit.functional.engine import (
+    ContrastiveProblem,
+    reduce_valid,
+    sigmoid_contrastive_rows,
+    softmax_contrastive,
+)
+from contrastkit.functional.similarity import check_metric
 
-__all__ = ["info_nce", "nt_xent", "sigmoid_contrastive", "supervised_contrastive"]
+__all__ = [
+    "info_nce",
+    "nt_xent",
+    "reduce_valid",
+    "sigmoid_contrastive",
+    "supervised_contrastive",
+]
 
 
 def _check_negatives(negatives: Tensor, query: Tensor) -> None:
@@ -59,6 +67,11 @@ def info_nce(
     positive_mask: Tensor | None = None,
     ignore_mask: Tensor | None = None,
     reduction: str = "mean",
+    chunk_size: int | None = None,
+    query_labels: Tensor | None = None,
+    key_labels: Tensor | None = None,
+    query_ids: Tensor | None = None,
+    key_ids: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE with in-batch negatives (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
 
@@ -88,6 +101,13 @@ def info_nce(
         ignore_mask: (B, B + M) bool, True drops a candidate from the softmax (known false
             negatives); positives are never dropped.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (one value per anchor, shape (B,)).
+        chunk_size: None picks the path automatically (dense up to 2**22 logits, chunked
+            beyond); an int forces the memory-linear chunked path with that many query rows
+            per block. Both give the same value and gradients (:mod:`contrastkit.functional.engine`).
+        query_labels: (B,) and key_labels: (B,) integer labels: keys sharing the query's label
+            are extra positives, without a dense (B, B) mask.
+        query_ids: (B,) and key_ids: (B,) integer ids: keys sharing the query's id that are not
+            positives are ignored (duplicates / known false negatives), without a dense mask.
 
     Returns:
         Scalar loss, or (B,) with ``reduction="none"``, in the dtype of ``query``.
@@ -111,24 +131,26 @@ def info_nce(
     if negatives is not None:
         _check_negatives(negatives, query)
         m = negatives.shape[-2]
-    positive = torch.zeros(b, b + m, dtype=torch.bool, device=query.device)
-    positive[:, :b] = torch.eye(b, dtype=torch.bool, device=query.device)
     if positive_mask is not None:
         check_mask("positive_mask", positive_mask, (b, b))
-        positive[:, :b] |= positive_mask
     if ignore_mask is not None:
         check_mask("ignore_mask", ignore_mask, (b, b + m))
-    loss, _ = softmax_contrastive_dense(
+    problem = ContrastiveProblem(
         query,
         key,
-        temperature=temperature,
-        metric=metric,
-        positive=positive,
-        ignore=ignore_mask,
-        negatives=negatives,
+        negatives,
+        positive_offset=0,
+        query_labels=query_labels,
+        key_labels=key_labels,
+        query_ids=query_ids,
+        key_ids=key_ids,
+        positive_mask=positive_mask,
+        ignore_mask=ignore_mask,
         symmetric=symmetric,
     )
-    return reduce(loss, reduction).to(query.dtype)
+    return softmax_contrastive(
+        problem, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=reduction
+    )
 
 
 def nt_xent(
@@ -138,6 +160,7 @@ def nt_xent(
     temperature: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """NT-Xent, the SimCLR loss (Chen et al. 2020, https://arxiv.org/abs/2002.05709).
 
@@ -156,6 +179,7 @@ def nt_xent(
         temperature: > 0, float or scalar tensor.
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` ((2B,) per view: z1 rows then z2 rows).
+        chunk_size: None (automatic) or query rows per block of the chunked engine path.
 
     Returns:
         Scalar loss, or (2B,) with ``reduction="none"``.
@@ -171,16 +195,12 @@ def nt_xent(
     metric = check_metric(metric)
     reduction = check_reduction(reduction)
     b = z1.shape[0]
-    z = torch.cat([z1, z2], dim=0)  # (2B, D) anchors
-    partner = torch.cat([z2, z1], dim=0)  # (2B, D) row i is the positive of anchor i
-    eye = torch.eye(2 * b, dtype=torch.bool, device=z1.device)
-    # Candidate j of anchor i is partner[j] = z[(j + B) mod 2B]; it is anchor i itself when
-    # j = (i + B) mod 2B, which is removed from the softmax.
-    is_self = eye.roll(b, dims=1)  # (2B, 2B)
-    loss, _ = softmax_contrastive_dense(
-        z, partner, temperature=temperature, metric=metric, positive=eye, ignore=is_self
+    z = torch.cat([z1, z2], dim=0)  # (2B, D) anchors and keys at once
+    # The positive of anchor i is its partner z[(i + B) mod 2B]; key i is anchor i itself.
+    problem = ContrastiveProblem(z, z, positive_offset=b, self_offset=0)
+    return softmax_contrastive(
+        problem, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=reduction
     )
-    return reduce(loss, reduction).to(z1.dtype)
 
 
 def supervised_contrastive(
@@ -190,6 +210,7 @@ def supervised_contrastive(
     temperature: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Supervised contrastive loss, SupCon "outside" form (Khosla et al. 2020,
     https://arxiv.org/abs/2004.11362).
@@ -209,6 +230,8 @@ def supervised_contrastive(
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` ((B*V,), view-major:
             all first views, then all second views; 0 for anchors without a positive).
+        chunk_size: None (automatic) or query rows per block of the chunked engine path; the
+            positives come from the labels per block, never as a dense (BV, BV) mask.
 
     Returns:
         Scalar loss, or per-anchor losses with ``reduction="none"``.
@@ -223,13 +246,12 @@ def supervised_contrastive(
     metric = check_metric(metric)
     reduction = check_reduction(reduction)
     z, lab = flatten_views(embeddings, labels)  # (B*V, D), (B*V,)
-    n = z.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    positive = (lab[:, None] == lab[None, :]) & ~eye
-    loss, valid = softmax_contrastive_dense(
-        z, z, temperature=temperature, metric=metric, positive=positive, ignore=eye
+    problem = ContrastiveProblem(
+        z, z, positive_offset=None, self_offset=0, query_labels=lab, key_labels=lab
     )
-    return reduce_valid(loss, valid, reduction, z).to(embeddings.dtype)
+    return softmax_contrastive(
+        problem, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=reduction
+    )
 
 
 def flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -241,25 +263,6 @@ def flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return z, labels.repeat(v)
 
 
-def reduce_valid(loss: Tensor, valid: Tensor, reduction: str, graph_source: Tensor) -> Tensor:
-    """Reduce per-anchor losses over valid anchors only; all-invalid gives a differentiable 0."""
-    if not bool(valid.any()):
-        warnings.warn(
-            "no anchor has a positive in this batch (every label is unique), so the loss is 0; "
-            "use an M-per-class sampler so each batch holds at least two examples per class.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        zero = graph_source.sum() * 0.0
-        return zero.expand(loss.shape).clone() if reduction == "none" else zero
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
-    if reduction == "mean":
-        return loss.sum() / valid.sum()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
-
-
 def sigmoid_contrastive(
     a: Tensor,
     b: Tensor,
@@ -268,6 +271,7 @@ def sigmoid_contrastive(
     bias: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, https://arxiv.org/abs/2303.15343).
 
@@ -287,6 +291,8 @@ def sigmoid_contrastive(
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"`` (sum over pairs / B, as in the paper), ``"sum"`` (over all pairs) or
             ``"none"`` ((B,) per row of ``a``, summed over its B pairs).
+        chunk_size: None (automatic) or rows of ``a`` per block of the chunked path, which
+            never holds the (B, B) logits.
 
     >>> x = torch.eye(4)
     >>> round(float(sigmoid_contrastive(x, x, temperature=0.1, bias=-5.0)), 4)
@@ -303,10 +309,9 @@ def sigmoid_contrastive(
         raise TypeError(f"bias must be a float or a scalar tensor, got {type(bias).__name__}.")
     metric = check_metric(metric)
     reduction = check_reduction(reduction)
-    dtype = compute_dtype(a.dtype)
-    logits = similarity_matrix_unchecked(a.to(dtype), b.to(dtype), metric) / temperature + bias
+    per_row = sigmoid_contrastive_rows(
+        a, b, temperature=temperature, bias=bias, metric=metric, chunk_size=chunk_size
+    )  # (B,)
     n = a.shape[0]
-    sign = 2.0 * torch.eye(n, dtype=dtype, device=a.device) - 1.0  # +1 diagonal, -1 elsewhere
-    per_row = -F.logsigmoid(sign * logits).sum(dim=1)  # (B,)
     out = per_row.sum() / n if reduction == "mean" else reduce(per_row, reduction)
     return out.to(a.dtype)

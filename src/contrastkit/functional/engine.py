@@ -1,26 +1,88 @@
 """The one softmax-contrastive engine every softmax loss goes through.
 
-A *contrastive problem* is: queries ``q: (B, D)``, candidates ``k: (N, D)`` (in-batch keys, then
-any extra negatives), a boolean ``positive: (B, N)`` saying which candidates are positives of each
-query, and a boolean ``ignore: (B, N)`` removing candidates from the softmax. For an anchor ``i``
-with positive set ``P(i)`` and kept candidates ``C(i)``::
+A *contrastive problem* (:class:`ContrastiveProblem`) is: queries ``query: (B, D)``, keys
+``key: (N, D)`` with ``N >= B`` allowed (local queries against gathered keys), optional extra
+negatives ``negatives: (M, D)`` shared by all queries or ``(B, M, D)`` per query, appended after
+the N keys, and a description of which candidates are *positives* and which are *ignored*:
+
+* ``positive_offset``: key ``(positive_offset + i) mod N`` is the designated positive of query
+  ``i`` (0 for paired batches, ``rank * B`` for gathered keys, ``B`` for NT-Xent's ``[z1; z2]``
+  against itself); None for no designated positive;
+* ``query_labels: (B,)``, ``key_labels: (N,)``: a key with the query's label is a positive;
+* ``query_ids: (B,)``, ``key_ids: (N,)``: a key with the query's id that is not a positive is an
+  ignored false negative (e.g. the same document appearing twice in a batch);
+* ``self_offset``: key ``(self_offset + i) mod N`` is query ``i`` itself (NT-Xent, SupCon where
+  the queries are the keys): it is neither a positive nor a candidate;
+* ``positive_mask: (B, N)`` and ``ignore_mask: (B, N + M)`` dense booleans, for small problems.
+
+Negatives are never positives; a positive is never ignored. For an anchor ``i`` with positive
+set ``P(i)`` and kept candidates ``C(i)``::
 
     loss_i = -1/|P(i)| * sum_{p in P(i)} log( exp(s_ip / t) / sum_{c in C(i)} exp(s_ic / t) )
 
-(the SupCon "outside" form; a positive is never ignored). Anchors with no positive are not
-valid and are left out of the mean.
+(the SupCon "outside" form). Anchors with no positive are not valid: their loss is 0 and they are
+left out of the mean. With ``symmetric=True`` (requires ``N == B``) the key -> query direction
+over the (B, N) block is added: anchor ``i``'s loss is the mean of row ``i`` and column ``i``, and
+it is valid when both are.
 
-This module holds the dense reference path: it materialises the (B, N) logits. The softmax is
-always computed in float32 (or float64 for float64 inputs) so that half-precision inputs at small
-temperatures do not overflow.
+Two paths compute it, with the same value and gradients:
+
+* dense (:func:`softmax_contrastive_dense`, the reference oracle): materialises the (B, N + M)
+  logits; fastest for small problems;
+* chunked (:mod:`contrastkit.functional.tiled`): strips of ``chunk_size`` queries against all
+  candidates, exact online log-sum-exp, custom autograd Functions; peak extra memory
+  O(chunk_size * (N + M)) instead of O(B * (N + M)). The one-directional loss with
+  ``reduction="mean"``/``"sum"`` under autograd accumulates its gradient during the forward
+  pass (no recomputation); otherwise the backward pass recomputes each strip's logits from the
+  saved embeddings and the saved per-row / per-column log-sum-exp.
+
+:func:`softmax_contrastive` picks the path: ``chunk_size=None`` is automatic -- dense while
+``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in float32, i.e. B = N = 2048), chunked
+with ``DEFAULT_CHUNK_SIZE`` rows beyond; an integer forces the chunked path with that strip
+height. Softmaxes are computed in float32 (float64 for float64 inputs) so half-precision inputs
+at small temperatures do not overflow; the result has the input dtype.
+
+>>> g = torch.Generator().manual_seed(0)
+>>> q, k = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+>>> p = ContrastiveProblem(q, k, symmetric=True)
+>>> dense = softmax_contrastive(p, temperature=0.1)
+>>> chunked = softmax_contrastive(p, temperature=0.1, chunk_size=4)
+>>> torch.allclose(dense, chunked)
+True
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from contrastkit.functional.similarity import similarity_matrix_unchecked
+from contrastkit._checks import (
+    check_embeddings,
+    check_labels,
+    check_mask,
+    check_pair,
+    check_reduction,
+    check_temperature,
+)
+from contrastkit.functional.similarity import (
+    check_metric,
+    normalize,
+    similarity_matrix_unchecked,
+)
+from contrastkit.functional.tiled import (
+    FusedRowSoftmaxLoss,
+    Structure,
+    TiledSigmoidLoss,
+    TiledSoftmaxLoss,
+)
+
+DENSE_MAX_LOGITS = 2**22
+"""Automatic path selection: dense while the logit matrix has at most this many entries."""
+DEFAULT_CHUNK_SIZE = 256
+"""Strip height (query rows per block) of the automatic chunked path."""
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -106,3 +168,285 @@ def _per_query_similarity(q: Tensor, negatives: Tensor, metric: str) -> Tensor:
     b, m, d = negatives.shape
     q_rep = q[:, None, :].expand(b, m, d).reshape(b * m, d)  # (B*M, D)
     return paired_similarity_unchecked(q_rep, negatives.reshape(b * m, d), metric).view(b, m)
+
+
+@dataclass
+class ContrastiveProblem:
+    """Queries, candidates, and who is a positive / ignored (see the module docstring).
+
+    Args:
+        query: (B, D) anchors.
+        key: (N, D) in-batch candidates, N >= 1 (N > B for gathered keys).
+        negatives: (M, D) shared or (B, M, D) per-query extra negatives, or None.
+        positive_offset: key ``(positive_offset + i) mod N`` is the positive of query i; None
+            for no designated positive (then labels or ``positive_mask`` must give positives).
+        self_offset: key ``(self_offset + i) mod N`` is query i itself, removed; or None.
+        query_labels: (B,) and key_labels: (N,) integer labels, same label = positive.
+        query_ids: (B,) and key_ids: (N,) integer ids, same id (not a positive) = ignored.
+        positive_mask: (B, N) bool extra positives.
+        ignore_mask: (B, N + M) bool, True removes a candidate (never a positive).
+        symmetric: add the key -> query direction; requires N == B.
+
+    >>> q = torch.randn(3, 2)
+    >>> pos, ign = ContrastiveProblem(q, q, positive_offset=None, self_offset=0,
+    ...     query_labels=torch.tensor([0, 0, 1]), key_labels=torch.tensor([0, 0, 1])).to_dense()
+    >>> pos.int().tolist(), ign.int().tolist()
+    ([[0, 1, 0], [1, 0, 0], [0, 0, 0]], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    """
+
+    query: Tensor
+    key: Tensor
+    negatives: Tensor | None = None
+    positive_offset: int | None = 0
+    self_offset: int | None = None
+    query_labels: Tensor | None = None
+    key_labels: Tensor | None = None
+    query_ids: Tensor | None = None
+    key_ids: Tensor | None = None
+    positive_mask: Tensor | None = None
+    ignore_mask: Tensor | None = None
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        check_embeddings("query", self.query)
+        check_embeddings("key", self.key)
+        check_pair("query", self.query, "key", self.key, same_rows=False)
+        b, n, m = self.n_queries, self.n_keys, self.n_negatives
+        if self.negatives is not None:
+            check_embeddings("negatives", self.negatives, ndim=(2, 3))
+            check_pair("query", self.query, "negatives", self.negatives, same_rows=False)
+            if self.negatives.ndim == 3 and self.negatives.shape[0] != b:
+                raise ValueError(
+                    f"per-query negatives must have shape (B, M, D) with B={b} like query, got "
+                    f"{tuple(self.negatives.shape)}; pass (M, D) to share them across queries."
+                )
+        for name in ("positive_offset", "self_offset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be an int or None, got {value!r}.")
+        for q_name, k_name in (("query_labels", "key_labels"), ("query_ids", "key_ids")):
+            q_val, k_val = getattr(self, q_name), getattr(self, k_name)
+            if (q_val is None) != (k_val is None):
+                raise ValueError(
+                    f"{q_name} and {k_name} go together, got only "
+                    f"{q_name if q_val is not None else k_name}; pass both (the same tensor "
+                    "when the queries are the keys)."
+                )
+            if q_val is not None:
+                check_labels(q_name, q_val, b, what="query")
+                check_labels(k_name, k_val, n, what="key")
+        if self.positive_mask is not None:
+            check_mask("positive_mask", self.positive_mask, (b, n))
+        if self.ignore_mask is not None:
+            check_mask("ignore_mask", self.ignore_mask, (b, n + m))
+        if self.symmetric and n != b:
+            raise ValueError(
+                f"symmetric=True needs as many keys as queries, got B={b} queries and N={n} "
+                "keys; use symmetric=False for gathered or extra keys."
+            )
+
+    @property
+    def n_queries(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def n_keys(self) -> int:
+        return self.key.shape[0]
+
+    @property
+    def n_negatives(self) -> int:
+        return 0 if self.negatives is None else self.negatives.shape[-2]
+
+    def structure(self) -> Structure:
+        """The mask description the blocked kernels read (no dense tensor)."""
+        return Structure(
+            n_keys=self.n_keys,
+            positive_offset=self.positive_offset,
+            self_offset=self.self_offset,
+            query_labels=self.query_labels,
+            key_labels=self.key_labels,
+            query_ids=self.query_ids,
+            key_ids=self.key_ids,
+            positive_mask=self.positive_mask,
+            ignore_mask=self.ignore_mask,
+        )
+
+    def to_dense(self) -> tuple[Tensor, Tensor | None]:
+        """``(positive, ignore)``, both (B, N + M) bool (ignore None when nothing is ignored)."""
+        b, n, m = self.n_queries, self.n_keys, self.n_negatives
+        device = self.query.device
+        rows = torch.arange(b, device=device)
+        positive = torch.zeros(b, n + m, dtype=torch.bool, device=device)
+        if self.positive_offset is not None:
+            positive[rows, (rows + self.positive_offset) % n] = True
+        if self.query_labels is not None:
+            positive[:, :n] |= self.query_labels[:, None] == self.key_labels[None, :]
+        if self.positive_mask is not None:
+            positive[:, :n] |= self.positive_mask
+        ignore = torch.zeros(b, n + m, dtype=torch.bool, device=device)
+        if self.ignore_mask is not None:
+            ignore |= self.ignore_mask
+        if self.query_ids is not None:
+            ignore[:, :n] |= self.query_ids[:, None] == self.key_ids[None, :]
+        if self.self_offset is not None:
+            self_cols = (rows + self.self_offset) % n
+            positive[rows, self_cols] = False
+            ignore[rows, self_cols] = True
+        ignore &= ~positive
+        return positive, (ignore if bool(ignore.any()) else None)
+
+
+def resolve_chunk_size(chunk_size: object, rows: int, width: int) -> int | None:
+    """None -> automatic (dense up to ``DENSE_MAX_LOGITS`` logits); an int > 0 -> that strip."""
+    if chunk_size is None:
+        return DEFAULT_CHUNK_SIZE if rows * width > DENSE_MAX_LOGITS else None
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+        raise ValueError(
+            f"chunk_size must be a positive int (query rows per block, e.g. 256) or None for "
+            f"automatic selection, got {chunk_size!r}."
+        )
+    return min(chunk_size, max(rows, 1))
+
+
+def _logit_space(
+    problem: ContrastiveProblem, temperature: float | Tensor, metric: str
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Apply the metric's normalisation and the temperature once, outside the kernels.
+
+    cosine / dot: ``q / t . k``; euclidean: ``-|q/t - k/t|``. Autograd backpropagates through
+    this (normalisation and temperature included).
+    """
+    dtype = compute_dtype(problem.query.dtype)
+    q, k = problem.query.to(dtype), problem.key.to(dtype)
+    neg = None if problem.negatives is None else problem.negatives.to(dtype)
+    if metric == "cosine":
+        q, k = normalize(q), normalize(k)
+        neg = None if neg is None else normalize(neg)
+    q = q / temperature
+    if metric == "euclidean":
+        k = k / temperature
+        neg = None if neg is None else neg / temperature
+    return q, k, neg
+
+
+def softmax_contrastive(
+    problem: ContrastiveProblem,
+    *,
+    temperature: float | Tensor,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """The softmax-contrastive loss of a :class:`ContrastiveProblem`, dense or chunked.
+
+    Args:
+        problem: queries, candidates and the positive / ignore description.
+        temperature: > 0, float or scalar tensor (gradients flow to a tensor temperature).
+        metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
+        chunk_size: None for automatic selection, or the number of query rows per block of the
+            chunked path (any value, it need not divide B).
+        reduction: ``"mean"`` over valid anchors, ``"sum"`` over valid anchors, or ``"none"``
+            ((B,), 0 for anchors without a positive). If no anchor is valid the result is a
+            zero that still backpropagates, with a warning.
+
+    Returns:
+        Scalar, or (B,) with ``reduction="none"``, in the dtype of ``problem.query``.
+
+    >>> q = torch.ones(4, 8)
+    >>> round(float(softmax_contrastive(ContrastiveProblem(q, q), temperature=0.5)), 4)  # log 4
+    1.3863
+    """
+    check_temperature(temperature)
+    metric = check_metric(metric)
+    reduction = check_reduction(reduction)
+    p = problem
+    chunk = resolve_chunk_size(chunk_size, p.n_queries, p.n_keys + p.n_negatives)
+    if chunk is None:
+        positive, ignore = p.to_dense()
+        loss, valid = softmax_contrastive_dense(
+            p.query,
+            p.key,
+            temperature=temperature,
+            metric=metric,
+            positive=positive,
+            ignore=ignore,
+            negatives=p.negatives,
+            symmetric=p.symmetric,
+        )
+        return reduce_valid(loss, valid, reduction, p.query).to(p.query.dtype)
+    q, k, neg = _logit_space(p, temperature, metric)
+    kernel_metric = "euclidean" if metric == "euclidean" else "dot"
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, neg)
+    )
+    if wants_grad and not p.symmetric and reduction != "none":
+        total, valid = FusedRowSoftmaxLoss.apply(q, k, neg, p.structure(), kernel_metric, chunk)
+        n_valid = valid.sum()
+        if int(n_valid) == 0:
+            _warn_no_positive()
+            return (q.sum() * 0.0).to(p.query.dtype)
+        out = total / n_valid if reduction == "mean" else total
+        return out.to(p.query.dtype)
+    row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
+        q, k, neg, p.structure(), kernel_metric, chunk, p.symmetric
+    )
+    if p.symmetric:
+        loss, valid = 0.5 * (row + col), row_valid & col_valid
+    else:
+        loss, valid = row, row_valid
+    return reduce_valid(loss, valid, reduction, q).to(p.query.dtype)
+
+
+def _warn_no_positive() -> None:
+    warnings.warn(
+        "no anchor has a positive in this batch (every label is unique), so the loss is 0; "
+        "use an M-per-class sampler so each batch holds at least two examples per class.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def reduce_valid(loss: Tensor, valid: Tensor, reduction: str, graph_source: Tensor) -> Tensor:
+    """Reduce per-anchor losses over valid anchors only; all-invalid gives a differentiable 0."""
+    if not bool(valid.any()):
+        _warn_no_positive()
+        zero = graph_source.sum() * 0.0
+        return zero.expand(loss.shape).clone() if reduction == "none" else zero
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "mean":
+        return loss.sum() / valid.sum()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def sigmoid_contrastive_rows(
+    a: Tensor,
+    b: Tensor,
+    *,
+    temperature: float | Tensor,
+    bias: float | Tensor,
+    metric: str,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Per-row SigLIP loss ``sum_j -log sigmoid(label_ij * (s(a_i, b_j) / t + bias))``.
+
+    ``a: (B, D)``, ``b: (B, D)`` (inputs already checked); returns (B,) in the compute dtype.
+    ``chunk_size`` selects the path as in :func:`softmax_contrastive`; the chunked path never
+    holds the (B, B) logits (its per-logit gradient is local, so backward just recomputes).
+    """
+    dtype = compute_dtype(a.dtype)
+    chunk = resolve_chunk_size(chunk_size, a.shape[0], b.shape[0])
+    if chunk is None:
+        logits = similarity_matrix_unchecked(a.to(dtype), b.to(dtype), metric) / temperature + bias
+        n = a.shape[0]
+        sign = 2.0 * torch.eye(n, dtype=dtype, device=a.device) - 1.0  # +1 diagonal, -1 elsewhere
+        return -torch.nn.functional.logsigmoid(sign * logits).sum(dim=1)
+    problem = ContrastiveProblem(a, b)
+    q, k, _ = _logit_space(problem, temperature, metric)
+    if isinstance(bias, Tensor):
+        bias_t = bias.to(dtype).reshape(())
+    else:
+        bias_t = torch.tensor(float(bias), dtype=dtype, device=a.device)
+    kernel_metric = "euclidean" if metric == "euclidean" else "dot"
+    return TiledSigmoidLoss.apply(q, k, bias_t, kernel_metric, chunk)

@@ -1,0 +1,425 @@
+"""Blocked exact kernels behind :mod:`contrastkit.functional.engine` (memory O(chunk * N)).
+
+Everything here works in *logit space*: the engine has already applied the metric's
+normalisation and the temperature (``query / t`` for dot/cosine, both sides ``/ t`` for
+euclidean), so a logit is ``q_i . k_j`` (``metric="dot"``) or ``-|q_i - k_j|``
+(``metric="euclidean"``), and autograd differentiates that preparation outside these Functions.
+
+The queries are cut into strips of ``chunk`` rows; each strip is multiplied against all keys
+(and shared negatives, concatenated to the keys once), so a strip's row statistics are exact
+in one shot. Column statistics (the key -> query direction of the symmetric loss) are streamed
+across strips with an online log-sum-exp. Peak extra memory is a few ``(chunk, N + M)`` float32
+buffers plus the ``(N + M, D)`` gradient accumulators; the ``(B, N)`` matrix never exists.
+
+* :class:`TiledSoftmaxLoss` -- per-anchor row (and column) losses; the backward pass recomputes
+  each strip's logits from the saved embeddings and the saved log-sum-exp of every row/column.
+* :class:`FusedRowSoftmaxLoss` -- one direction, output ``sum over valid anchors``; the gradient
+  is accumulated during the forward pass (a strip holds its rows' exact statistics), so no
+  recomputation, and backward only scales the stored gradients.
+* :class:`TiledSigmoidLoss` -- SigLIP's pairwise sigmoid, whose per-logit gradient is local.
+
+>>> g = torch.Generator().manual_seed(0)
+>>> q, k = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+>>> s = Structure(n_keys=5, positive_offset=0)
+>>> row, col, vr, vc = TiledSoftmaxLoss.apply(q, k, None, s, "dot", 2, True)
+>>> dense = torch.logsumexp(q @ k.T, 1) - (q * k).sum(1)
+>>> torch.allclose(row, dense)
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["FusedRowSoftmaxLoss", "Structure", "TiledSigmoidLoss", "TiledSoftmaxLoss"]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Which candidates are positives / ignored, described without a dense (B, N) tensor.
+
+    Attributes mirror :class:`contrastkit.functional.engine.ContrastiveProblem`: ``n_keys`` (N),
+    ``positive_offset`` (key ``(offset + i) mod N`` is the positive of query i, or None),
+    ``self_offset`` (key ``(offset + i) mod N`` is query i itself: neither positive nor
+    candidate, or None), labels ``(B,)`` / ``(N,)``, ids ``(B,)`` / ``(N,)``, and the optional
+    dense ``positive_mask: (B, N)`` and ``ignore_mask: (B, N + M)``.
+    """
+
+    n_keys: int
+    positive_offset: int | None = 0
+    self_offset: int | None = None
+    query_labels: Tensor | None = None
+    key_labels: Tensor | None = None
+    query_ids: Tensor | None = None
+    key_ids: Tensor | None = None
+    positive_mask: Tensor | None = None
+    ignore_mask: Tensor | None = None
+
+    @property
+    def simple(self) -> bool:
+        """Only index-described positives / self-exclusion: no per-strip mask is built."""
+        return (
+            self.query_labels is None
+            and self.query_ids is None
+            and self.positive_mask is None
+            and self.ignore_mask is None
+        )
+
+
+class _Strip:
+    """Logits and positive / ignore description of query rows ``r0:r1`` against all candidates."""
+
+    def __init__(
+        self,
+        s: Structure,
+        r0: int,
+        r1: int,
+        q_s: Tensor,
+        kk: Tensor,
+        neg_s: Tensor | None,
+        metric: str,
+        kk_sq: Tensor | None,
+        buf: Tensor,
+    ) -> None:
+        n = s.n_keys
+        rows = r1 - r0
+        device = q_s.device
+        self.rows = rows
+        width = kk.shape[0]
+        logits = buf[: rows * width].view(rows, width)  # (R, N + M_shared)
+        torch.mm(q_s, kk.T, out=logits)
+        if metric == "euclidean":
+            q_sq = (q_s * q_s).sum(1)
+            logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, :])
+            logits.clamp_(min=0.0).sqrt_().neg_()
+        if neg_s is not None:  # per-query negatives (R, M, D)
+            extra = torch.bmm(neg_s, q_s[:, :, None]).squeeze(2)  # (R, M)
+            if metric == "euclidean":
+                sq = (q_s * q_s).sum(1)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
+                extra = -sq.clamp_(min=0.0).sqrt_()
+            logits = torch.cat([logits, extra], dim=1)  # (R, N + M)
+        self.logits = logits
+        self.pos_mask: Tensor | None = None
+        self.pos_rows: Tensor | None = None
+        self.pos_cols: Tensor | None = None
+        ar = torch.arange(rows, device=device)
+        gi = ar + r0  # global query index
+        self_cols = None if s.self_offset is None else (gi + s.self_offset) % n
+        if s.simple:
+            if self_cols is not None:
+                logits[ar, self_cols] = float("-inf")
+            if s.positive_offset is not None:
+                cols = (gi + s.positive_offset) % n
+                keep = ar if self_cols is None else ar[cols != self_cols]
+                self.pos_rows, self.pos_cols = keep, cols[keep]
+            return
+        pos = torch.zeros(rows, n, dtype=torch.bool, device=device)
+        if s.positive_offset is not None:
+            pos[ar, (gi + s.positive_offset) % n] = True
+        if s.query_labels is not None:
+            pos |= s.query_labels[r0:r1, None] == s.key_labels[None, :]
+        if s.positive_mask is not None:
+            pos |= s.positive_mask[r0:r1]
+        if self_cols is not None:
+            pos[ar, self_cols] = False
+        ignore = torch.zeros(rows, logits.shape[1], dtype=torch.bool, device=device)
+        if s.ignore_mask is not None:
+            ignore |= s.ignore_mask[r0:r1]
+        if s.query_ids is not None:
+            ignore[:, :n] |= s.query_ids[r0:r1, None] == s.key_ids[None, :]
+        ignore[:, :n] &= ~pos
+        if self_cols is not None:
+            ignore[ar, self_cols] = True
+        logits.masked_fill_(ignore, float("-inf"))
+        self.pos_mask = pos
+
+    def row_positive(self) -> tuple[Tensor, Tensor]:
+        """Sum of positive logits and number of positives per row, both (R,)."""
+        lg = self.logits
+        if self.pos_mask is not None:
+            k = self.pos_mask.shape[1]
+            pos_sum = torch.where(self.pos_mask, lg[:, :k], 0.0).sum(1)
+            return pos_sum, self.pos_mask.sum(1).to(lg.dtype)
+        pos_sum = torch.zeros(self.rows, dtype=lg.dtype, device=lg.device)
+        count = torch.zeros_like(pos_sum)
+        if self.pos_rows is not None:
+            pos_sum[self.pos_rows] = lg[self.pos_rows, self.pos_cols]
+            count[self.pos_rows] = 1.0
+        return pos_sum, count
+
+    def col_positive_add(self, col_sum: Tensor, col_count: Tensor, n: int) -> None:
+        """Add this strip's positive logits / counts per key column (key -> query direction)."""
+        lg = self.logits
+        if self.pos_mask is not None:
+            col_sum += torch.where(self.pos_mask, lg[:, :n], 0.0).sum(0)
+            col_count += self.pos_mask.sum(0).to(lg.dtype)
+        elif self.pos_rows is not None:
+            col_sum.index_add_(0, self.pos_cols, lg[self.pos_rows, self.pos_cols])
+            col_count.index_add_(0, self.pos_cols, torch.ones_like(self.pos_cols, dtype=lg.dtype))
+
+    def subtract_positive(self, grad: Tensor, row_w: Tensor | None, col_w: Tensor | None) -> None:
+        """grad[i, p] -= row_w[i] + col_w[p] for every positive p of row i (in place)."""
+        if self.pos_mask is not None:
+            n = self.pos_mask.shape[1]
+            w = torch.zeros(grad.shape[0], n, dtype=grad.dtype, device=grad.device)
+            if row_w is not None:
+                w += row_w[:, None]
+            if col_w is not None:
+                w += col_w[None, :]
+            grad[:, :n] -= torch.where(self.pos_mask, w, 0.0)
+        elif self.pos_rows is not None:
+            w = torch.zeros(self.pos_rows.shape[0], dtype=grad.dtype, device=grad.device)
+            if row_w is not None:
+                w += row_w[self.pos_rows]
+            if col_w is not None:
+                w += col_w[self.pos_cols]
+            grad[self.pos_rows, self.pos_cols] -= w
+
+
+def _keys(key: Tensor, negatives: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Shared negatives join the keys as extra columns; per-query ones stay apart."""
+    if negatives is not None and negatives.ndim == 2:
+        return torch.cat([key, negatives], dim=0), None  # (N + M, D)
+    return key, negatives
+
+
+def _buffer(chunk: int, width: int, like: Tensor) -> Tensor:
+    return torch.empty(chunk * width, dtype=like.dtype, device=like.device)
+
+
+def _backprop_strip(
+    grad: Tensor,
+    strip: _Strip,
+    q_s: Tensor,
+    kk: Tensor,
+    neg_s: Tensor | None,
+    metric: str,
+    dkk: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """Logit gradient (R, N + M) of a strip -> (dq_s, dneg_s); accumulates dkk in place."""
+    width = kk.shape[0]
+    g_keys = grad[:, :width]
+    if metric == "euclidean":
+        # logit = -d, dd/dq = (q - k) / d: scale by 1/d (0 where d = 0, like the safe sqrt).
+        dist = strip.logits.neg()
+        grad = torch.where(dist > 0, grad / dist, 0.0)
+        g_keys = grad[:, :width]
+    dq = g_keys @ kk  # (R, D)
+    dkk.addmm_(g_keys.T, q_s)
+    if metric == "euclidean":
+        dq -= g_keys.sum(1)[:, None] * q_s
+        dkk -= g_keys.sum(0)[:, None] * kk
+    dneg = None
+    if neg_s is not None:
+        g_neg = grad[:, width:]  # (R, M)
+        dq += torch.bmm(g_neg[:, None, :], neg_s).squeeze(1)
+        dneg = g_neg[:, :, None] * q_s[:, None, :]  # (R, M, D)
+        if metric == "euclidean":
+            dq -= g_neg.sum(1)[:, None] * q_s
+            dneg -= g_neg[:, :, None] * neg_s
+    return dq, dneg
+
+
+def _finite_floor(x: Tensor) -> Tensor:
+    """Replace -inf maxima (fully ignored rows) by the dtype's lowest finite value."""
+    return x.clamp(min=torch.finfo(x.dtype).min)
+
+
+class TiledSoftmaxLoss(torch.autograd.Function):
+    """Per-anchor softmax-contrastive losses, strip by strip, backward by recomputation.
+
+    ``apply(query, key, negatives, structure, metric, chunk, symmetric)`` with logit-space
+    ``query: (B, D)``, ``key: (N, D)``, ``negatives: (M, D) | (B, M, D) | None``. Returns
+    ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,), col_valid (N,) or empty)``; a
+    loss is ``lse - mean positive logit`` and 0 where the anchor has no positive.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, negatives, structure, metric, chunk, symmetric):
+        b, n = query.shape[0], key.shape[0]
+        kk, neg3 = _keys(key, negatives)
+        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
+        lowest = torch.finfo(query.dtype).min
+        row_lse = torch.empty(b, dtype=query.dtype, device=query.device)
+        row_pos = torch.empty_like(row_lse)
+        row_cnt = torch.empty_like(row_lse)
+        if symmetric:
+            col_max = torch.full((n,), lowest, dtype=query.dtype, device=query.device)
+            col_sum = torch.zeros_like(col_max)
+            col_pos = torch.zeros_like(col_max)
+            col_cnt = torch.zeros_like(col_max)
+        buf = _buffer(chunk, kk.shape[0], query)
+        for r0 in range(0, b, chunk):
+            r1 = min(r0 + chunk, b)
+            q_s = query[r0:r1]
+            neg_s = None if neg3 is None else neg3[r0:r1]
+            strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
+            lg = strip.logits
+            m = _finite_floor(lg.amax(1))
+            row_lse[r0:r1] = m + (lg - m[:, None]).exp_().sum(1).log_()
+            row_pos[r0:r1], row_cnt[r0:r1] = strip.row_positive()
+            if symmetric:
+                lk = lg[:, :n]
+                new_max = torch.maximum(col_max, lk.amax(0))
+                col_sum.mul_((col_max - new_max).exp_())
+                col_sum += (lk - new_max[None, :]).exp_().sum(0)
+                col_max = new_max
+                strip.col_positive_add(col_pos, col_cnt, n)
+        row_valid = row_cnt > 0
+        row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
+        # Rows / columns without a positive get lse = +inf: zero probability, never NaN.
+        row_lse = torch.where(row_valid, row_lse, float("inf"))
+        if symmetric:
+            col_valid = col_cnt > 0
+            col_lse = col_max + col_sum.log()
+            col_loss = torch.where(col_valid, col_lse - col_pos / col_cnt.clamp(min=1.0), 0.0)
+            col_lse = torch.where(col_valid, col_lse, float("inf"))
+        else:
+            col_valid = torch.zeros(0, dtype=torch.bool, device=query.device)
+            col_loss = col_lse = torch.zeros(0, dtype=query.dtype, device=query.device)
+            col_cnt = col_lse
+        ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
+        ctx.structure, ctx.metric, ctx.chunk, ctx.symmetric = structure, metric, chunk, symmetric
+        ctx.mark_non_differentiable(row_valid, col_valid)
+        return row_loss, col_loss, row_valid, col_valid
+
+    @staticmethod
+    def backward(ctx, g_row, g_col, _gv1, _gv2):
+        query, key, negatives, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
+        structure, metric, chunk, symmetric = ctx.structure, ctx.metric, ctx.chunk, ctx.symmetric
+        b, n = query.shape[0], key.shape[0]
+        kk, neg3 = _keys(key, negatives)
+        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
+        row_w = torch.zeros_like(row_lse) if g_row is None else g_row * (row_cnt > 0)
+        row_pw = row_w / row_cnt.clamp(min=1.0)
+        col_w = col_pw = None
+        if symmetric and g_col is not None:
+            col_w = g_col * (col_cnt > 0)
+            col_pw = col_w / col_cnt.clamp(min=1.0)
+        dq = torch.empty_like(query)
+        dkk = torch.zeros_like(kk)
+        dneg3 = None if neg3 is None else torch.empty_like(neg3)
+        buf = _buffer(chunk, kk.shape[0], query)
+        for r0 in range(0, b, chunk):
+            r1 = min(r0 + chunk, b)
+            q_s = query[r0:r1]
+            neg_s = None if neg3 is None else neg3[r0:r1]
+            strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
+            lg = strip.logits
+            grad = (lg - row_lse[r0:r1, None]).exp_().mul_(row_w[r0:r1, None])
+            if col_w is not None:
+                grad[:, :n] += (lg[:, :n] - col_lse[None, :]).exp_().mul_(col_w[None, :])
+            strip.subtract_positive(grad, row_pw[r0:r1], col_pw)
+            dq[r0:r1], dneg_s = _backprop_strip(grad, strip, q_s, kk, neg_s, metric, dkk)
+            if dneg3 is not None:
+                dneg3[r0:r1] = dneg_s
+        dkey = dkk[:n]
+        dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
+        return dq, dkey, dneg, None, None, None, None
+
+
+class FusedRowSoftmaxLoss(torch.autograd.Function):
+    """One-directional loss summed over valid anchors, gradients accumulated in the forward pass.
+
+    ``apply(query, key, negatives, structure, metric, chunk)`` (logit space, shapes as in
+    :class:`TiledSoftmaxLoss`) returns ``(loss_sum (), row_valid (B,))``. Only use it when a
+    gradient is wanted: the forward pass always computes it.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, negatives, structure, metric, chunk):
+        b, n = query.shape[0], key.shape[0]
+        kk, neg3 = _keys(key, negatives)
+        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
+        dq = torch.empty_like(query)
+        dkk = torch.zeros_like(kk)
+        dneg3 = None if neg3 is None else torch.empty_like(neg3)
+        valid = torch.empty(b, dtype=torch.bool, device=query.device)
+        total = torch.zeros((), dtype=query.dtype, device=query.device)
+        buf = _buffer(chunk, kk.shape[0], query)
+        for r0 in range(0, b, chunk):
+            r1 = min(r0 + chunk, b)
+            q_s = query[r0:r1]
+            neg_s = None if neg3 is None else neg3[r0:r1]
+            strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
+            lg = strip.logits
+            pos_sum, count = strip.row_positive()
+            ok = count > 0
+            m = _finite_floor(lg.amax(1))
+            # From here on the strip buffer holds exp(logit - max), then the logit gradient.
+            # euclidean keeps the logits: its backprop needs the distances.
+            probs = lg.sub_(m[:, None]) if metric == "dot" else lg - m[:, None]
+            probs.exp_()
+            denom = probs.sum(1)
+            lse = m + denom.log()
+            total += torch.where(ok, lse - pos_sum / count.clamp(min=1.0), 0.0).sum()
+            w = ok.to(lg.dtype)
+            probs.mul_((w / denom)[:, None])
+            strip.subtract_positive(probs, w / count.clamp(min=1.0), None)
+            dq[r0:r1], dneg_s = _backprop_strip(probs, strip, q_s, kk, neg_s, metric, dkk)
+            if dneg3 is not None:
+                dneg3[r0:r1] = dneg_s
+            valid[r0:r1] = ok
+        dkey = dkk[:n]
+        dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
+        ctx.save_for_backward(dq, dkey, dneg)
+        ctx.mark_non_differentiable(valid)
+        return total, valid
+
+    @staticmethod
+    def backward(ctx, g_total, _g_valid):
+        dq, dkey, dneg = ctx.saved_tensors
+        return (
+            dq * g_total,
+            dkey * g_total,
+            None if dneg is None else dneg * g_total,
+            None,
+            None,
+            None,
+        )
+
+
+class TiledSigmoidLoss(torch.autograd.Function):
+    """Per-row SigLIP loss ``sum_j softplus(l_ij) - l_ii`` with ``l = s(a_i, b_j) + bias``.
+
+    ``apply(a, b, bias, metric, chunk)`` with logit-space ``a: (B, D)``, ``b: (B, D)``, scalar
+    ``bias`` tensor; returns (B,). Uses ``-log sigmoid(x) = softplus(-x) = softplus(x) - x``.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, bias, metric, chunk):
+        s = Structure(n_keys=b.shape[0], positive_offset=0)
+        b_sq = (b * b).sum(1) if metric == "euclidean" else None
+        out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+        buf = _buffer(chunk, b.shape[0], a)
+        for r0 in range(0, a.shape[0], chunk):
+            r1 = min(r0 + chunk, a.shape[0])
+            strip = _Strip(s, r0, r1, a[r0:r1], b, None, metric, b_sq, buf)
+            lg = strip.logits.add_(bias)
+            pos_sum, _ = strip.row_positive()
+            out[r0:r1] = F.softplus(lg).sum(1) - pos_sum
+        ctx.save_for_backward(a, b, bias)
+        ctx.metric, ctx.chunk = metric, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, bias = ctx.saved_tensors
+        s = Structure(n_keys=b.shape[0], positive_offset=0)
+        b_sq = (b * b).sum(1) if ctx.metric == "euclidean" else None
+        da = torch.empty_like(a)
+        db = torch.zeros_like(b)
+        dbias = torch.zeros((), dtype=a.dtype, device=a.device)
+        buf = _buffer(ctx.chunk, b.shape[0], a)
+        for r0 in range(0, a.shape[0], ctx.chunk):
+            r1 = min(r0 + ctx.chunk, a.shape[0])
+            strip = _Strip(s, r0, r1, a[r0:r1], b, None, ctx.metric, b_sq, buf)
+            grad = torch.sigmoid(strip.logits + bias).mul_(g[r0:r1, None])
+            strip.subtract_positive(grad, g[r0:r1], None)
+            dbias += grad.sum()
+            da[r0:r1], _ = _backprop_strip(grad, strip, a[r0:r1], b, None, ctx.metric, db)
+        return da, db, dbias.reshape(bias.shape), None, None

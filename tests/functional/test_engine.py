@@ -1,0 +1,299 @@
+"""Parity of the chunked engine with the dense reference, in value and gradient, for every option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import contrastkit.functional as F
+from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
+from contrastkit.functional.tiled import FusedRowSoftmaxLoss, Structure, TiledSoftmaxLoss
+
+CHUNKS = (1, 3, 5, 64)  # 3 and 5 do not divide the batch sizes used below
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def _randn(*shape, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+
+def _value_and_grads(fn, tensors):
+    for t in tensors:
+        t.grad = None
+    out = fn()
+    weight = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * weight).sum().backward()  # non-uniform upstream gradient for reduction="none"
+    return out.detach().clone(), [t.grad.clone() for t in tensors]
+
+
+def _assert_parity(make, tensors, dtype=torch.float64, chunks=CHUNKS):
+    """make(chunk_size) -> loss; compares every chunk size with the dense path (chunk None)."""
+    ref, ref_grads = _value_and_grads(lambda: make(None), tensors)
+    assert torch.isfinite(ref).all()
+    for chunk in chunks:
+        out, grads = _value_and_grads(lambda c=chunk: make(c), tensors)
+        torch.testing.assert_close(out, ref, **TOL[dtype], msg=f"value, chunk={chunk}")
+        for g, rg in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, rg, **TOL[dtype], msg=f"grad, chunk={chunk}")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_info_nce_parity(metric, symmetric, reduction):
+    q, k = _randn(7, 5, seed=1), _randn(7, 5, seed=2)
+    temperature = 0.5 if metric == "dot" else 0.2
+    _assert_parity(
+        lambda c: F.info_nce(
+            q,
+            k,
+            temperature=temperature,
+            metric=metric,
+            symmetric=symmetric,
+            reduction=reduction,
+            chunk_size=c,
+        ),
+        [q, k],
+    )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_info_nce_negatives_and_masks(shared, metric):
+    b, m = 6, 4
+    q, k = _randn(b, 5, seed=3), _randn(b, 5, seed=4)
+    neg = _randn(*((m, 5) if shared else (b, m, 5)), seed=5)
+    g = torch.Generator().manual_seed(6)
+    positive_mask = torch.rand(b, b, generator=g) < 0.2
+    ignore_mask = torch.rand(b, b + m, generator=g) < 0.3
+    for symmetric in (False, True):
+        _assert_parity(
+            lambda c, s=symmetric: F.info_nce(
+                q,
+                k,
+                neg,
+                temperature=0.3,
+                metric=metric,
+                symmetric=s,
+                positive_mask=positive_mask,
+                ignore_mask=ignore_mask,
+                chunk_size=c,
+            ),
+            [q, k, neg],
+        )
+
+
+def test_info_nce_labels_and_ids_match_dense_masks():
+    b = 8
+    q, k = _randn(b, 4, seed=7), _randn(b, 4, seed=8)
+    labels = torch.tensor([0, 1, 0, 2, 1, 3, 3, 0])
+    ids = torch.tensor([5, 6, 7, 5, 8, 9, 6, 7])
+    positive_mask = (labels[:, None] == labels[None, :]) & ~torch.eye(b, dtype=torch.bool)
+    pos_all = positive_mask | torch.eye(b, dtype=torch.bool)
+    ignore_mask = (ids[:, None] == ids[None, :]) & ~pos_all
+    by_mask = F.info_nce(
+        q, k, temperature=0.3, symmetric=True, positive_mask=positive_mask, ignore_mask=ignore_mask
+    )
+    for chunk in (None, 3):
+        by_labels = F.info_nce(
+            q,
+            k,
+            temperature=0.3,
+            symmetric=True,
+            query_labels=labels,
+            key_labels=labels,
+            query_ids=ids,
+            key_ids=ids,
+            chunk_size=chunk,
+        )
+        torch.testing.assert_close(by_labels, by_mask, rtol=1e-10, atol=1e-12)
+    _assert_parity(
+        lambda c: F.info_nce(
+            q, k, temperature=0.3, query_labels=labels, key_labels=labels, chunk_size=c
+        ),
+        [q, k],
+    )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_engine_gathered_keys_with_offset(reduction):
+    """Local queries (B=5) against gathered keys (N=15), positives at offset rank * B = 10."""
+    q, k = _randn(5, 4, seed=9), _randn(15, 4, seed=10)
+    neg = _randn(3, 4, seed=11)
+    labels_q = torch.tensor([0, 1, 2, 0, 1])
+    labels_k = torch.arange(15) % 4
+    ids_k = torch.arange(15) % 7
+    for kwargs in (
+        {},
+        {"negatives": neg},
+        {"query_labels": labels_q, "key_labels": labels_k},
+        {"query_ids": torch.arange(5), "key_ids": ids_k, "negatives": neg},
+    ):
+        _assert_parity(
+            lambda c, kw=kwargs: softmax_contrastive(
+                ContrastiveProblem(q, k, positive_offset=10, **kw),
+                temperature=0.25,
+                chunk_size=c,
+                reduction=reduction,
+            ),
+            [q, k] + ([neg] if "negatives" in kwargs else []),
+        )
+
+
+def test_anchors_without_positives_are_excluded():
+    """No designated positive; labels give positives to some anchors only."""
+    q = _randn(6, 4, seed=12)
+    labels = torch.tensor([0, 0, 1, 2, 3, 3])
+    for reduction in ("mean", "none"):
+        _assert_parity(
+            lambda c, r=reduction: softmax_contrastive(
+                ContrastiveProblem(
+                    q,
+                    q,
+                    positive_offset=None,
+                    self_offset=0,
+                    query_labels=labels,
+                    key_labels=labels,
+                ),
+                temperature=0.5,
+                chunk_size=c,
+                reduction=r,
+            ),
+            [q],
+        )
+    per_anchor = softmax_contrastive(
+        ContrastiveProblem(
+            q, q, positive_offset=None, self_offset=0, query_labels=labels, key_labels=labels
+        ),
+        temperature=0.5,
+        chunk_size=4,
+        reduction="none",
+    )
+    assert per_anchor[2] == 0 and per_anchor[3] == 0 and bool((per_anchor[[0, 1, 4, 5]] > 0).all())
+    with pytest.warns(RuntimeWarning, match="no anchor has a positive"):
+        lone = softmax_contrastive(
+            ContrastiveProblem(q, q, positive_offset=None, self_offset=0),
+            temperature=0.5,
+            chunk_size=4,
+        )
+    lone.backward()
+    assert lone.item() == 0 and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_nt_xent_parity(metric):
+    z1, z2 = _randn(5, 4, seed=13), _randn(5, 4, seed=14)
+    for reduction in ("mean", "none"):
+        _assert_parity(
+            lambda c, r=reduction: F.nt_xent(
+                z1, z2, temperature=0.3, metric=metric, reduction=r, chunk_size=c
+            ),
+            [z1, z2],
+        )
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_supcon_views_parity(metric):
+    emb = _randn(6, 3, 4, seed=15)  # (B, V, D)
+    labels = torch.tensor([0, 1, 0, 2, 1, 3])
+    for reduction in ("mean", "none"):
+        _assert_parity(
+            lambda c, r=reduction: F.supervised_contrastive(
+                emb, labels, temperature=0.4, metric=metric, reduction=r, chunk_size=c
+            ),
+            [emb],
+        )
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_sigmoid_parity(metric):
+    a, b = _randn(7, 4, seed=16), _randn(7, 4, seed=17)
+    bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    temperature = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    for reduction in ("mean", "none"):
+        _assert_parity(
+            lambda c, r=reduction: F.sigmoid_contrastive(
+                a, b, temperature=temperature, bias=bias, metric=metric, reduction=r, chunk_size=c
+            ),
+            [a, b, bias, temperature],
+        )
+
+
+def test_learnable_temperature_gradient_parity():
+    q, k = _randn(9, 6, seed=18), _randn(9, 6, seed=19)
+    t = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    for symmetric in (False, True):
+        _assert_parity(
+            lambda c, s=symmetric: F.info_nce(q, k, temperature=t, symmetric=s, chunk_size=c),
+            [q, k, t],
+        )
+
+
+def test_float32_parity():
+    q, k = (
+        _randn(33, 16, seed=20, dtype=torch.float32),
+        _randn(33, 16, seed=21, dtype=torch.float32),
+    )
+    for symmetric in (False, True):
+        _assert_parity(
+            lambda c, s=symmetric: F.info_nce(q, k, temperature=0.07, symmetric=s, chunk_size=c),
+            [q, k],
+            dtype=torch.float32,
+            chunks=(7, 16, 32),
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_small_temperature_is_finite(dtype):
+    q, k = _randn(40, 16, seed=22, dtype=dtype), _randn(40, 16, seed=23, dtype=dtype)
+    ref = F.info_nce(q.float(), k.float(), temperature=0.01, symmetric=True)
+    for chunk in (None, 16):
+        loss = F.info_nce(q, k, temperature=0.01, symmetric=True, chunk_size=chunk)
+        q.grad = k.grad = None
+        loss.backward()
+        assert loss.dtype == dtype and torch.isfinite(loss)
+        assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+        torch.testing.assert_close(loss.float(), ref.detach(), rtol=2e-2, atol=2e-2)
+
+
+def test_gradcheck_kernels():
+    """fp64 gradcheck of the custom Functions themselves (logit space, every structure form)."""
+    b, n, m = 4, 6, 2
+    q, k = _randn(b, 3, seed=24), _randn(n, 3, seed=25)
+    neg = _randn(b, m, 3, seed=26)
+    labels = (torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 2, 0, 1, 2]))
+    full = Structure(
+        n_keys=n,
+        positive_offset=2,
+        query_labels=labels[0],
+        key_labels=labels[1],
+        query_ids=torch.tensor([7, 8, 9, 7]),
+        key_ids=torch.tensor([1, 7, 9, 3, 8, 2]),
+        ignore_mask=torch.eye(b, n + m, dtype=torch.bool),
+    )
+    for metric in ("dot", "euclidean"):
+        assert torch.autograd.gradcheck(
+            lambda q_, k_, n_, mt=metric: TiledSoftmaxLoss.apply(q_, k_, n_, full, mt, 3, False)[0],
+            (q, k, neg),
+        )
+        assert torch.autograd.gradcheck(
+            lambda q_, k_, n_, mt=metric: FusedRowSoftmaxLoss.apply(q_, k_, n_, full, mt, 3)[0],
+            (q, k, neg),
+        )
+    square = Structure(n_keys=b, positive_offset=1, self_offset=3)
+    k4 = _randn(b, 3, seed=27)
+    assert torch.autograd.gradcheck(
+        lambda q_, k_: sum(TiledSoftmaxLoss.apply(q_, k_, None, square, "dot", 3, True)[:2]),
+        (q, k4),
+    )
+
+
+def test_auto_selection_and_errors():
+    q = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        F.info_nce(q, q, temperature=0.1, chunk_size=0)
+    with pytest.raises(ValueError, match="symmetric=True needs as many keys"):
+        ContrastiveProblem(q, torch.randn(8, 3), symmetric=True)
+    with pytest.raises(ValueError, match="query_labels and key_labels go together"):
+        ContrastiveProblem(q, q, query_labels=torch.arange(4))
