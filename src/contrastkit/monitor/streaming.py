@@ -123,13 +123,9 @@ class Uniformity(StreamingStatistic):
 
     @torch.no_grad()
     def update(self, embeddings: Tensor) -> None:
-        """embeddings: (B, D), B >= 2; pairs are taken within this batch."""
+        """embeddings: (B, D); pairs are taken within this batch (a 1-row batch adds none)."""
         check_embeddings("embeddings", embeddings)
         b = embeddings.shape[0]
-        if b < 2:
-            raise ValueError(
-                f"embeddings needs at least 2 rows for pairs, got shape {tuple(embeddings.shape)}."
-            )
         x = normalize(embeddings.to(torch.float64))
         sq_dist = (2.0 - 2.0 * x @ x.T).clamp_min(0.0)  # (B, B)
         upper = torch.triu(torch.ones(b, b, dtype=torch.bool, device=x.device), diagonal=1)
@@ -242,15 +238,11 @@ class SimilarityGap(StreamingStatistic):
 
     @torch.no_grad()
     def update(self, query: Tensor, key: Tensor) -> None:
-        """query, key: (B, D) positive pairs, B >= 2."""
+        """query, key: (B, D) positive pairs (negatives also pair rows of different batches)."""
         check_embeddings("query", query)
         check_embeddings("key", key)
         check_pair("query", query, "key", key)
         b = query.shape[0]
-        if b < 2:
-            raise ValueError(
-                f"query needs at least 2 rows for negatives, got shape {tuple(query.shape)}."
-            )
         q = normalize(query.to(torch.float64))
         k = normalize(key.to(torch.float64))
         sim = q @ k.T  # (B, B)
