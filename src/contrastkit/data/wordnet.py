@@ -96,8 +96,8 @@ def load_wordnet(
         :class:`TextPairs` with ``groups: (N,)`` the synset, ``ids`` the synset id
         (``"n:02084071"``), ``labels: (N,)`` the lexicographer file (``classes`` = the 45 names).
 
-    >>> pairs = load_wordnet("lemma_gloss", split="all", pos="r")  # doctest: +SKIP
-    >>> pairs.query[0], pairs.positive[0], pairs.classes[pairs.labels[0]]  # doctest: +SKIP
+    >>> pairs = load_wordnet("lemma_gloss", split="all", pos="r")
+    >>> pairs.query[0], pairs.positive[0], pairs.classes[pairs.labels[0]]
     ('a cappella', 'without musical accompaniment', 'adv.all')
     """
     check_choice("kind", kind, KINDS)
