@@ -42,6 +42,16 @@ def test_seed_reproducible_and_leaves_global_rng(digits):
     assert not torch.equal(a, views(digits, seed=8))
 
 
+def test_generator_drives_the_views(digits):
+    views = SimCLRViews(size=8, channels=1)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    first = views(digits, generator=g1)
+    assert torch.equal(first, views(digits, generator=g2))
+    assert not torch.equal(views(digits, generator=g1), first)  # the generator advanced
+    with pytest.raises(ValueError, match="either seed or generator"):
+        views(digits, seed=0, generator=g1)
+
+
 def test_views_differ_per_view_and_per_image(digits):
     x = digits[:1].repeat(32, 1, 1, 1)  # one image 32 times
     out = SimCLRViews(size=8, channels=1)(x, n_views=2, seed=0)

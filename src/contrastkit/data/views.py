@@ -31,9 +31,10 @@ class SimCLRViews(nn.Module):
         blur: apply Gaussian blur with probability 0.5.
         noise: apply Gaussian noise (std ``0.05 * strength``) with probability 0.5.
 
-    ``forward(images, n_views=2, seed=None)`` accepts uint8 in [0, 255] or float in [0, 1] and
-    returns float32 in [0, 1]. With an integer ``seed`` the views are reproducible and the
-    global RNG is left untouched (kornia samples from it inside ``torch.random.fork_rng``).
+    ``forward(images, n_views=2, seed=None, generator=None)`` accepts uint8 in [0, 255] or
+    float in [0, 1] and returns float32 in [0, 1]. With an integer ``seed`` (or a
+    ``torch.Generator``, from which one seed is drawn per call) the views are reproducible and
+    the global RNG is left untouched (kornia samples from it inside ``torch.random.fork_rng``).
 
     >>> views = SimCLRViews(size=8, channels=1)
     >>> x = torch.rand(4, 1, 8, 8)
@@ -87,7 +88,13 @@ class SimCLRViews(nn.Module):
             steps.append(K.RandomGaussianNoise(mean=0.0, std=0.05 * s, p=0.5))
         self.pipeline = nn.Sequential(*steps)
 
-    def forward(self, images: Tensor, n_views: int = 2, seed: int | None = None) -> Tensor:
+    def forward(
+        self,
+        images: Tensor,
+        n_views: int = 2,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}.")
@@ -102,6 +109,10 @@ class SimCLRViews(nn.Module):
             images = images.float().div_(255.0)
         elif not images.dtype.is_floating_point:
             raise TypeError(f"images must be uint8 or floating, got {images.dtype}.")
+        if generator is not None:
+            if seed is not None:
+                raise ValueError("pass either seed or generator, not both.")
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         b = images.shape[0]
         batch = images.repeat(n_views, 1, 1, 1)  # (V*B, C, H, W), view-major
         if seed is None:
