@@ -67,7 +67,7 @@ _FIX_POINT = (
     "lower the learning rate, and check that the two views of a pair are related."
 )
 _FIX_RANK = (
-    "Dimensional collapse: strengthen decorrelation (Barlow Twins redundancy_weight, VICReg "
+    "Strengthen decorrelation (Barlow Twins redundancy_weight, VICReg "
     "covariance_weight), widen the projector, use stronger augmentations, lower the weight decay."
 )
 _FIX_UNIFORMITY = (
