@@ -156,7 +156,8 @@ def test_bible_split_by_group(group_by):
 def test_bible_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path))
     verses = bible_module.export_module(bible_module.KJV_MODULE)
-    cache = tmp_path / "bible" / f"{bible_module.KJV_MODULE}.json"
+    cache = bible_module.cache_file(bible_module.KJV_MODULE)
+    assert cache.parent == tmp_path / "bible" and "-vunknown-" not in cache.name
     assert cache.is_file() and not list(cache.parent.glob("*.tmp"))
     assert json.loads(cache.read_text(encoding="utf-8")) == verses
     monkeypatch.setenv("PATH", str(tmp_path))  # mod2imp is unreachable now: the cache serves

@@ -48,6 +48,8 @@ _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 _SPACE_PUNCT = re.compile(r" ([,.;:!?])")
 GROUPINGS = ("chapter", "book")
+SYSTEM_SWORD = Path("/usr/share/sword")
+_PARSER_VERSION = 1  # bump when clean_osis / parse_imp change what they return
 
 
 def clean_osis(markup: str) -> str:
@@ -92,14 +94,28 @@ def parse_imp(text: str) -> dict[str, str]:
     return verses
 
 
+def cache_file(module: str) -> Path:
+    """Where the parsed export of ``module`` is cached: named by the installed module version
+    (``Version=`` in ``/usr/share/sword/mods.d/<module>.conf``) and the parser version, so an
+    upgraded package or a changed parser never reads a stale cache."""
+    version = "unknown"
+    conf = SYSTEM_SWORD / "mods.d" / f"{module}.conf"
+    if conf.is_file():
+        for line in conf.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("Version="):
+                version = line.split("=", 1)[1].strip()
+                break
+    return cache_dir() / "bible" / f"{module}-v{version}-p{_PARSER_VERSION}.json"
+
+
 def export_module(
     module: str, sword_path: str | Path | None = None, cache: bool = True
 ) -> dict[str, str]:
     """Verses of one SWORD ``module`` by reference, via ``mod2imp`` (cached as JSON)."""
-    cache_file = cache_dir() / "bible" / f"{module}.json"
-    if cache and sword_path is None and cache_file.exists():
+    path = cache_file(module)
+    if cache and sword_path is None and path.exists():
         try:
-            return json.loads(cache_file.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             pass  # a corrupt cache is rebuilt below
     exe = shutil.which("mod2imp")
@@ -115,7 +131,7 @@ def export_module(
         raise missing(f"SWORD module {module}", where, _DEBIAN.get(module), "sword_path")
     verses = parse_imp(text)
     if cache and sword_path is None:
-        atomic_write_bytes(cache_file, json.dumps(verses, ensure_ascii=False).encode("utf-8"))
+        atomic_write_bytes(path, json.dumps(verses, ensure_ascii=False).encode("utf-8"))
     return verses
 
 
@@ -134,7 +150,8 @@ def load_bible_pairs(
         group_by: ``"chapter"`` or ``"book"``; the unit kept on one side of the split.
         test_fraction: share of chapters (books) held out.
         seed: changes which chapters (books) are held out.
-        sword_path: a SWORD data directory holding both modules (default: the system one).
+        sword_path: an extra SWORD data directory to search (``$SWORD_PATH``) besides the
+            system one, for modules installed elsewhere.
         cache: read/write the parsed export under :func:`cache_dir` (only for the system path).
 
     Returns:
