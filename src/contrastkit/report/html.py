@@ -1,0 +1,146 @@
+"""Assemble a run's report: evaluation table, curves, monitors, similarities, projection,
+nearest neighbours. Every ``<img>`` points at a PNG written into the same folder."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contrastkit.report import plots
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            out.append(json.loads(line))
+    return out
+
+
+def _eval_table(ev: dict[str, Any]) -> str:
+    base = ev.get("baseline", {})
+    bname = html.escape(str(ev.get("baseline_name", "baseline")))
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td>"
+        f"<td>{'' if base.get(k) is None else f'{base[k]:.4f}'}</td>"
+        f"<td>{'' if base.get(k) is None else f'{v - base[k]:+.4f}'}</td></tr>"
+        for k, v in ev.get("metrics", {}).items()
+    )
+    return (
+        f"<table><tr><th>metric</th><th>model</th><th>{bname}</th><th>difference</th></tr>"
+        f"{rows}</table><p>after step {ev.get('step')}, {ev.get('train_seconds')} s of training.</p>"
+    )
+
+
+def _neighbours(run: Path, out: Path) -> str:
+    """Neighbour thumbnails (image runs) or a text table (text runs), from the run's index."""
+    from contrastkit.train.search import INDEX_FILE, search_neighbours_of_test
+
+    if not (run / INDEX_FILE).exists():
+        return f"<p>No index yet: run <code>contrastkit index {html.escape(str(run))}</code>.</p>"
+    from contrastkit.train.loop import load_run
+
+    _, task, _ = load_run(run)
+    results = search_neighbours_of_test(run, n_queries=8, k=6)
+    examples = task.examples(8)
+    if examples and not isinstance(examples[0][0], str):
+        corpus_items = task.corpus_items()
+        rows = []
+        for (img, label), (_, hits) in zip(examples, results):
+            cells = [(corpus_items[h["position"]], f"{h['label']} {h['score']:.2f}") for h in hits]
+            rows.append((img, label, cells))
+        path = plots.plot_neighbour_grid(rows, out)
+        return f'<img src="{path.name}" alt="nearest neighbours">'
+    body = []
+    for (query, label), (_, hits) in zip(examples, results):
+        items = "".join(
+            f"<li>{h['score']:.3f} {html.escape(h.get('text') or h['label'])}</li>" for h in hits
+        )
+        body.append(
+            f"<tr><td>{html.escape(query)}<br><small>{html.escape(label)}</small></td>"
+            f"<td><ol>{items}</ol></td></tr>"
+        )
+    return f"<table><tr><th>query</th><th>nearest corpus items</th></tr>{''.join(body)}</table>"
+
+
+def write_report(run: str | os.PathLike) -> Path:
+    """Write ``<run>/report/index.html`` and its PNGs; return the HTML path."""
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.yaml).")
+    out = run / "report"
+    out.mkdir(exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    records = _read_jsonl(run / "metrics.jsonl")
+    ev_path = run / "eval.json"
+    ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
+    config_text = (run / "config.yaml").read_text()
+    sections: list[str] = []
+
+    if ev:
+        sections.append(f"<h2>Evaluation</h2>{_eval_table(ev)}")
+    else:
+        sections.append("<h2>Evaluation</h2><p>No evaluation yet (the run did not finish).</p>")
+    curves = plots.plot_curves(records, out)
+    if curves:
+        imgs = "".join(f'<img src="{p.name}" alt="{k}">' for k, p in curves.items())
+        sections.append(f"<h2>Training curves</h2>{imgs}")
+    mon = plots.plot_monitors(records, out)
+    if mon:
+        sections.append(
+            "<h2>Collapse monitors</h2><p>std ~ 1 and a high effective rank mean spread-out "
+            f'embeddings; both falling towards 0 mean collapse.</p><img src="{mon.name}" alt="monitors">'
+        )
+    arrays_path = run / "eval_arrays.safetensors"
+    if arrays_path.exists():
+        from safetensors.torch import load_file
+
+        arrays = load_file(str(arrays_path))
+        if "pos_sim" in arrays:
+            p = plots.plot_similarity_hist(arrays["pos_sim"], arrays["neg_sim"], out)
+            sections.append(f'<h2>Similarities</h2><img src="{p.name}" alt="similarities">')
+        if "test_embeddings" in arrays:
+            names = ev.get("class_names") if ev else None
+            if names is None:
+                names = _class_names(run)
+            p = plots.plot_projection(arrays["test_embeddings"], arrays["test_labels"], names, out)
+            sections.append(f'<h2>Test embeddings</h2><img src="{p.name}" alt="projection">')
+    sections.append(f"<h2>Nearest neighbours</h2>{_neighbours(run, out)}")
+    sections.append(f"<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre>")
+
+    title = html.escape(f"contrastkit report: {run.name}")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:left;vertical-align:top}img{max-width:100%;margin:4px}"
+        "pre{background:#f6f6f6;padding:8px;font-size:12px}</style></head><body>"
+        f"<h1>{title}</h1>{''.join(sections)}</body></html>"
+    )
+    path = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(page)
+    os.replace(tmp, path)
+    return path
+
+
+def _class_names(run: Path) -> list[str] | None:
+    try:
+        from contrastkit.train.loop import load_run
+
+        _, task, _ = load_run(run)
+        return list(getattr(task, "class_names", []) or []) or None
+    except Exception:  # the projection still works with numeric labels
+        return None
+
+
+__all__ = ["torch", "write_report"]

@@ -1,0 +1,28 @@
+"""Configs, the training loop, checkpoints and evaluation of runs.
+
+>>> from contrastkit.train import list_recipes
+>>> "simclr_fashion_mnist" in list_recipes()
+True
+"""
+
+from contrastkit.train.config import (
+    ConfigError,
+    RunConfig,
+    list_recipes,
+    load_config,
+    load_config_dict,
+    save_config,
+)
+from contrastkit.train.loop import TrainingDiverged, load_run, train
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "TrainingDiverged",
+    "list_recipes",
+    "load_config",
+    "load_config_dict",
+    "load_run",
+    "save_config",
+    "train",
+]

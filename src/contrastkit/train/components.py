@@ -1,0 +1,233 @@
+"""Built-in data, views and encoders the trainer uses for its image recipes.
+
+These are the trainer's own minimal pieces: Fashion-MNIST / scikit-learn digits as tensors, batched
+image views for small grayscale images, and a small BatchNorm CNN with a projection head. The
+data/encoder modules of :mod:`contrastkit.data` and :mod:`contrastkit.encoders` are used instead
+when a config names them (see :mod:`contrastkit.train.builders`).
+
+Shapes: B batch, C channels, H x W image, D embedding dim.
+
+>>> import torch
+>>> g = torch.Generator().manual_seed(0)
+>>> x = torch.rand(4, 1, 28, 28, generator=g)
+>>> view_batch(x, ViewSpec(), generator=g).shape
+torch.Size([4, 1, 28, 28])
+>>> SmallCNN(width=8, out_dim=16, projection_dim=4)(x).shape
+torch.Size([4, 4])
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+@dataclass
+class ImageSplit:
+    """Images in [0, 1] and their labels.
+
+    Attributes:
+        images: (N, C, H, W) float32.
+        labels: (N,) int64.
+        classes: class names, indexed by label.
+    """
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> ImageSplit:
+    """Fashion-MNIST ``split`` ("train": 60,000 or "test": 10,000) from the Debian IDX files.
+
+    Install the files with ``apt-get install dataset-fashion-mnist`` (``make setup`` does), or pass
+    ``root``, a folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
+    """
+    folder = Path(root) if root else FASHION_MNIST_DIR
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    images_path = folder / f"{prefix}-images-idx3-ubyte.gz"
+    if not images_path.exists():
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found at {images_path}; run `make setup` (installs the Debian "
+            "package dataset-fashion-mnist) or set data.root to a folder with the IDX .gz files."
+        )
+    images = torch.from_numpy(_read_idx(images_path).copy()).float().div_(255.0).unsqueeze(1)
+    labels = torch.from_numpy(_read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
+    return ImageSplit(images, labels, FASHION_MNIST_CLASSES)
+
+
+def load_digits_split(split: str, test_fraction: float = 0.25) -> ImageSplit:
+    """scikit-learn's 8x8 digits (1,797 images), split deterministically into train/test."""
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    d = load_digits()
+    images = torch.from_numpy(d.images).float().div_(16.0).unsqueeze(1)
+    labels = torch.from_numpy(d.target).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    n_test = int(len(labels) * test_fraction)
+    idx = order[:n_test] if split == "test" else order[n_test:]
+    return ImageSplit(images[idx], labels[idx], tuple(str(i) for i in range(10)))
+
+
+IMAGE_DATASETS = {"fashion_mnist": load_fashion_mnist, "digits": load_digits_split}
+
+
+@dataclass
+class ViewSpec:
+    """Random view parameters for small grayscale images (SimCLR-style, no colour).
+
+    Attributes:
+        crop_scale: (min, max) area fraction of the random resized crop.
+        crop_ratio: (min, max) aspect ratio of the crop.
+        flip: probability of a horizontal flip.
+        brightness: max additive brightness change.
+        contrast: max relative contrast change.
+        jitter_p: probability of applying brightness/contrast jitter.
+        noise: std of added Gaussian noise.
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    jitter_p: float = 0.8
+    noise: float = 0.0
+
+
+def view_batch(images: Tensor, spec: ViewSpec, *, generator: torch.Generator) -> Tensor:
+    """One random view of each image: resized crop + flip in a single affine resample, then jitter.
+
+    Args:
+        images: (B, C, H, W) in [0, 1].
+        spec: the view parameters.
+        generator: random source (views are reproducible from its state).
+
+    Returns:
+        (B, C, H, W) views.
+    """
+    b = images.shape[0]
+
+    def uniform(lo: float, hi: float) -> Tensor:
+        return torch.rand(b, generator=generator) * (hi - lo) + lo
+
+    area = uniform(*spec.crop_scale)
+    log_ratio = uniform(math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]))
+    ratio = torch.exp(log_ratio)
+    sx = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width as a fraction of the image
+    sy = torch.sqrt(area / ratio).clamp(max=1.0)
+    tx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sx)  # centre, in [-1, 1] units
+    ty = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sy)
+    flip = torch.where(torch.rand(b, generator=generator) < spec.flip, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = sx * flip
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if spec.jitter_p > 0 and (spec.brightness > 0 or spec.contrast > 0):
+        apply = (torch.rand(b, generator=generator) < spec.jitter_p).float().view(b, 1, 1, 1)
+        bright = uniform(-spec.brightness, spec.brightness).view(b, 1, 1, 1)
+        contrast = uniform(1 - spec.contrast, 1 + spec.contrast).view(b, 1, 1, 1)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        jittered = ((out - mean) * contrast + mean + bright).clamp(0.0, 1.0)
+        out = apply * jittered + (1 - apply) * out
+    if spec.noise > 0:
+        out = out + spec.noise * torch.randn(out.shape, generator=generator)
+    return out
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class SmallCNN(nn.Module):
+    """A small BatchNorm CNN backbone with an MLP projection head (SimCLR's design).
+
+    ``backbone`` maps (B, C, H, W) -> (B, out_dim) features (what evaluation uses, as is
+    standard); ``forward`` returns the projection (B, projection_dim) the loss sees, or the
+    features when ``projection_dim`` is 0.
+
+    Args:
+        in_channels: image channels.
+        width: channels of the first stage (doubled at each of the 3 stages).
+        out_dim: backbone feature width.
+        projection_dim: output of the projection head (0: no head).
+    """
+
+    def __init__(
+        self, in_channels: int = 1, width: int = 32, out_dim: int = 128, projection_dim: int = 64
+    ) -> None:
+        super().__init__()
+        w = width
+        self.backbone = nn.Sequential(
+            _conv_block(in_channels, w),
+            _conv_block(w, w),
+            nn.MaxPool2d(2),
+            _conv_block(w, 2 * w),
+            _conv_block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            _conv_block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * w, out_dim, bias=False),
+            nn.BatchNorm1d(out_dim),
+        )
+        self.head: nn.Module = (
+            nn.Sequential(
+                nn.ReLU(inplace=False),
+                nn.Linear(out_dim, out_dim, bias=False),
+                nn.BatchNorm1d(out_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(out_dim, projection_dim),
+            )
+            if projection_dim
+            else nn.Identity()
+        )
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Backbone features: (B, C, H, W) -> (B, out_dim)."""
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))

@@ -1,0 +1,259 @@
+"""Run configuration: YAML files validated into typed pydantic models.
+
+A config names its components by registry name and groups settings by stage of the data path:
+``data`` -> ``views`` -> ``model`` -> ``loss`` -> ``optim`` -> ``train`` (loop, checkpoints, logs)
+-> ``eval``. Unknown keys are errors; every error names the key by its dotted path, the value
+received and what is allowed. ``--set key.sub=value`` overrides are applied to the raw YAML before
+validation, so they are validated like the file.
+
+>>> cfg = load_config_dict({"name": "t", "data": {"dataset": "digits"}}, ["optim.lr=0.01"])
+>>> cfg.optim.lr
+0.01
+>>> try:
+...     load_config_dict({"optim": {"lr": -1}})
+... except ConfigError as err:
+...     print(err)
+invalid config:
+  optim.lr: got -1; Input should be greater than 0
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message lists every bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """What to train on.
+
+    ``dataset`` is an image set (``fashion_mnist``, ``digits``) or a pair source (``wordnet``,
+    ``bible``, ``emoji``, ``preference_wordnet``); ``root`` overrides where its files are.
+    """
+
+    dataset: str = "fashion_mnist"
+    root: str | None = None
+    subset: int | None = Field(default=None, gt=0, description="use only the first N train items")
+    test_subset: int | None = Field(default=None, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="loader keyword arguments")
+
+
+class ViewsConfig(_Strict):
+    """Random views of small grayscale images (see :class:`~contrastkit.train.components.ViewSpec`)."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    flip: float = Field(default=0.5, ge=0, le=1)
+    brightness: float = Field(default=0.4, ge=0)
+    contrast: float = Field(default=0.4, ge=0, le=1)
+    jitter_p: float = Field(default=0.8, ge=0, le=1)
+    noise: float = Field(default=0.0, ge=0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("needs 0 < min <= max <= 1, e.g. [0.2, 1.0]")
+        return v
+
+
+class ModelConfig(_Strict):
+    """The encoder(s). ``name``: ``small_cnn``, ``minilm``, ``text_cnn`` (from scratch),
+    ``emoji_dual`` (image CNN + text tower); extra keyword arguments go in ``options``."""
+
+    name: str = "small_cnn"
+    width: int = Field(default=32, gt=0)
+    out_dim: int = Field(default=128, gt=0)
+    projection_dim: int = Field(default=64, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(_Strict):
+    """Any registered loss (``contrastkit.list_losses()``) and its keyword arguments."""
+
+    name: str = "nt_xent"
+    params: dict[str, Any] = Field(default_factory=dict)
+    learnable_temperature: bool = False
+    false_negative_mask: bool = Field(
+        default=False, description="mask in-batch items sharing a group id (e.g. a synset)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from contrastkit.losses import list_losses
+
+        if v not in list_losses():
+            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(list_losses())}")
+        return v
+
+
+class OptimConfig(_Strict):
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=50, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=256, gt=1)
+
+
+class TrainConfig(_Strict):
+    """The loop: length, precision, logging, evaluation and checkpoint cadence."""
+
+    max_steps: int = Field(default=1000, gt=0)
+    time_budget_s: float | None = Field(
+        default=None, gt=0, description="stop training after this many seconds"
+    )
+    fit_schedule_to_budget: bool = Field(
+        default=False,
+        description="after calibration_steps, shorten max_steps to what fits the time budget",
+    )
+    calibration_steps: int = Field(default=20, gt=0)
+    bf16: bool | Literal["auto"] = Field(
+        default=False, description='bfloat16 autocast; "auto": on when the CPU/GPU has native bf16'
+    )
+    threads: int | None = Field(default=None, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=0, ge=0, description="0: evaluate only at the end")
+    monitor_every: int = Field(default=50, ge=0)
+    checkpoint_every: int = Field(default=200, ge=0)
+    output_dir: str = "runs"
+    tensorboard: bool = False
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    """Frozen-embedding evaluation at the end (and every ``train.eval_every`` steps)."""
+
+    knn_k: int = Field(default=20, gt=0)
+    probe: bool = True
+    raw_baseline: bool = True
+    features: Literal["backbone", "projection"] = "backbone"
+    periodic_subset: int = Field(default=5000, gt=0, description="train items for periodic kNN")
+    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    corpus_size: int | None = Field(default=1000, gt=1, description="N-way retrieval for pairs")
+
+
+class RunConfig(_Strict):
+    """A whole run. ``task`` says how batches become loss inputs:
+
+    * ``views``: two random views of each image; ``loss(z1, z2)``.
+    * ``supervised``: two views plus labels; ``loss(z (B, 2, D), labels)``.
+    * ``pairs``: (query, key) pairs through one or two encoders; ``loss(query, key)``.
+    * ``preference``: (prompt, chosen, rejected) scored by a scorer; ``loss(chosen, rejected)``.
+    """
+
+    name: str = "run"
+    seed: int = 0
+    task: Literal["views", "supervised", "pairs", "preference"] = "views"
+    data: DataConfig = Field(default_factory=DataConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
+    lines = ["invalid config:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = RunConfig
+            for p in e["loc"][:-1]:
+                field = parent.model_fields.get(str(p)) if isinstance(parent, type) else None
+                parent = field.annotation if field is not None else None
+            allowed = sorted(parent.model_fields) if isinstance(parent, type) else []
+            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        lines.append(f"  {path}: got {e.get('input')!r}; {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. optim.lr=0.01).")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key; use key.sub=value.")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``key.sub=value`` in a copy of the raw config mapping."""
+    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section.")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return out
+
+
+def load_config_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Validate a raw mapping (after ``overrides``) into a :class:`RunConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"a config must be a YAML mapping at the top level, got {type(raw).__name__}."
+        )
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, raw)) from None
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A YAML path, or the name of a packaged recipe (``simclr_fashion_mnist``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    packaged = PACKAGE_CONFIGS / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    if packaged.exists():
+        return packaged
+    raise ConfigError(
+        f"config {str(path)!r} not found; pass a YAML path or a packaged recipe name: "
+        f"{', '.join(list_recipes())}."
+    )
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in ``contrastkit/configs``."""
+    return sorted(p.stem for p in PACKAGE_CONFIGS.glob("*.yaml"))
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or packaged recipe name), apply overrides, validate."""
+    p = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    return load_config_dict(raw, overrides)
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config (every default filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

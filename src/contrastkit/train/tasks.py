@@ -1,0 +1,204 @@
+"""Tasks: how a config's data becomes batches, embeddings and loss terms.
+
+A task owns the trainable modules (``task.model``, an ``nn.ModuleDict``) and answers four
+questions the loop and the evaluation ask:
+
+* ``batch(indices, generator)``: the training batch for these item indices (views are drawn from
+  ``generator`` so a resumed run draws the same views);
+* ``loss_terms(batch, loss_fn)``: the named loss terms (summed for the backward pass) and the two
+  embedding batches (B, D) that the monitors look at;
+* ``evaluate()``: frozen-embedding metrics plus the raw/untrained baseline;
+* ``embed_corpus()`` / ``embed_query(text_or_path)``: what the index holds and how a query is
+  embedded for search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.train import components
+from contrastkit.train.config import RunConfig
+from contrastkit.train.evaluation import knn_accuracy, linear_probe_accuracy
+from contrastkit.train.monitor import pos_neg_similarities
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation, the baseline's, and arrays the report plots."""
+
+    metrics: dict[str, float]
+    baseline: dict[str, float] = field(default_factory=dict)
+    baseline_name: str = "raw input"
+    arrays: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Corpus:
+    """What an index holds: embeddings (N, D) and, per item, a label/text for display."""
+
+    embeddings: Tensor
+    labels: list[str]
+    items: list[Any]  # image tensors (C, H, W) or strings
+
+
+def _chunked(fn: Any, x: Tensor, chunk: int = 2048) -> Tensor:
+    parts = []
+    for i in range(0, x.shape[0], chunk):
+        part = x[i : i + chunk]
+        if part.ndim == 4:
+            part = part.contiguous(memory_format=torch.channels_last)
+        parts.append(fn(part).float())
+    return torch.cat(parts)
+
+
+class ImageTask:
+    """Two random views per image: SimCLR-style (``views``) or with labels (``supervised``)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        loader = components.IMAGE_DATASETS.get(cfg.data.dataset)
+        if loader is None:
+            raise ValueError(
+                f"data.dataset={cfg.data.dataset!r} is not an image dataset for task "
+                f"{cfg.task!r}; allowed: {', '.join(components.IMAGE_DATASETS)}."
+            )
+        kwargs = {"root": cfg.data.root} if cfg.data.root else {}
+        self.train_set = loader("train", **kwargs)
+        self.test_set = loader("test", **kwargs)
+        if cfg.data.subset:
+            self.train_set = _subset(self.train_set, cfg.data.subset)
+        if cfg.data.test_subset:
+            self.test_set = _subset(self.test_set, cfg.data.test_subset)
+        v = cfg.views
+        self.view_spec = components.ViewSpec(
+            crop_scale=v.crop_scale,
+            crop_ratio=v.crop_ratio,
+            flip=v.flip,
+            brightness=v.brightness,
+            contrast=v.contrast,
+            jitter_p=v.jitter_p,
+            noise=v.noise,
+        )
+        if cfg.model.name != "small_cnn":
+            raise ValueError(
+                f"model.name={cfg.model.name!r} is not an image encoder; allowed: 'small_cnn'."
+            )
+        encoder = components.SmallCNN(
+            in_channels=self.train_set.images.shape[1],
+            width=cfg.model.width,
+            out_dim=cfg.model.out_dim,
+            projection_dim=cfg.model.projection_dim,
+        )
+        # channels-last memory layout: oneDNN's fast convolution path on CPU
+        self.model = nn.ModuleDict({"encoder": encoder.to(memory_format=torch.channels_last)})
+        self.num_train = len(self.train_set)
+        self.class_names = list(self.train_set.classes)
+
+    # -- training ---------------------------------------------------------------------------
+    def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        images = self.train_set.images[indices]  # (B, C, H, W)
+        view1 = components.view_batch(images, self.view_spec, generator=generator)
+        view2 = components.view_batch(images, self.view_spec, generator=generator)
+        views = torch.cat([view1, view2]).contiguous(memory_format=torch.channels_last)
+        return {"views": views, "labels": self.train_set.labels[indices]}
+
+    def loss_terms(
+        self, batch: dict[str, Tensor], loss_fn: nn.Module
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
+        z = self.model["encoder"](batch["views"])  # (2B, D)
+        z1, z2 = z.float().chunk(2)  # (B, D) each
+        if self.cfg.task == "supervised":
+            loss = loss_fn(torch.stack([z1, z2], dim=1), batch["labels"])  # (B, 2, D)
+        else:
+            loss = loss_fn(z1, z2)
+        return {self.cfg.loss.name: loss}, (z1, z2)
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        enc = self.model["encoder"]
+        was_training = enc.training
+        enc.eval()
+        fn = enc.embed if self.cfg.eval.features == "backbone" else enc
+        out = _chunked(fn, images)
+        enc.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, *, baseline: bool = True, quick: bool = False) -> EvalResult:
+        e = self.cfg.eval
+        train, test = self.train_set, self.test_set
+        if quick:  # periodic evaluation: kNN on a fixed train subset only
+            n = min(e.periodic_subset, len(train))
+            tr = self.features(train.images[:n])
+            te = self.features(test.images)
+            k = min(e.knn_k, n)
+            return EvalResult({"knn": knn_accuracy(tr, train.labels[:n], te, test.labels, k=k)})
+        tr, te = self.features(train.images), self.features(test.images)
+        k = min(e.knn_k, len(train))
+        metrics = {"knn": knn_accuracy(tr, train.labels, te, test.labels, k=k)}
+        if e.probe:
+            metrics["probe"] = linear_probe_accuracy(tr, train.labels, te, test.labels)
+        base: dict[str, float] = {}
+        if baseline and e.raw_baseline:
+            rtr, rte = train.images.flatten(1), test.images.flatten(1)
+            base["knn"] = knn_accuracy(rtr, train.labels, rte, test.labels, k=k)
+            if e.probe:
+                base["probe"] = linear_probe_accuracy(rtr, train.labels, rte, test.labels)
+        # positive (two views of one test image) vs negative (different images) similarities
+        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+        sample = test.images[:1000]
+        enc = self.model["encoder"]
+        was_training = enc.training
+        enc.eval()
+        v1 = enc(components.view_batch(sample, self.view_spec, generator=g))
+        v2 = enc(components.view_batch(sample, self.view_spec, generator=g))
+        enc.train(was_training)
+        pos, neg = pos_neg_similarities(v1, v2)
+        arrays = {"test_embeddings": te, "test_labels": test.labels, "pos_sim": pos, "neg_sim": neg}
+        return EvalResult(metrics, base, "raw pixels", arrays)
+
+    # -- index and search -------------------------------------------------------------------
+    def embed_corpus(self) -> Corpus:
+        ds = self.train_set
+        emb = self.features(ds.images)
+        return Corpus(emb, [ds.classes[int(y)] for y in ds.labels], [""] * len(ds))
+
+    def corpus_items(self) -> Tensor:
+        """The corpus images (N, C, H, W), indexed like the index's positions."""
+        return self.train_set.images
+
+    def embed_query(self, query: str) -> tuple[Tensor, Any]:
+        path = Path(query)
+        if not path.exists():
+            raise ValueError(
+                f"query {query!r}: this run embeds images; pass the path of an image file "
+                "(PNG/JPEG), it is converted to grayscale and resized to the training size."
+            )
+        from PIL import Image
+
+        h, w = self.train_set.images.shape[-2:]
+        img = Image.open(path).convert("L").resize((w, h))
+        x = torch.tensor(list(img.getdata()), dtype=torch.float32).view(1, 1, h, w) / 255.0
+        return self.features(x), x[0]
+
+    def examples(self, n: int = 8) -> list[tuple[Any, str]]:
+        ds = self.test_set
+        return [(ds.images[i], ds.classes[int(ds.labels[i])]) for i in range(n)]
+
+
+def _subset(ds: components.ImageSplit, n: int) -> components.ImageSplit:
+    n = min(n, len(ds))
+    return components.ImageSplit(ds.images[:n], ds.labels[:n], ds.classes)
+
+
+def build_task(cfg: RunConfig) -> ImageTask:
+    """The task object for ``cfg.task``."""
+    if cfg.task in ("views", "supervised"):
+        return ImageTask(cfg)
+    raise ValueError(f"task={cfg.task!r} is not supported yet.")

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from contrastkit.train import TrainingDiverged, load_config_dict, load_run, train
+from contrastkit.train.checkpoint import latest_checkpoint, load_weights
+from contrastkit.train.tasks import ImageTask
+
+from .conftest import tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def fast(tmp_path: Path, **sections: object):
+    cfg = tiny_config(tmp_path, **sections)
+    cfg["eval"].update({"probe": False, "raw_baseline": False})
+    return load_config_dict(cfg)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    cfg = fast(tmp_path, loss={"learnable_temperature": True})
+    full = train(cfg, tmp_path / "full")
+    part = train(cfg, tmp_path / "part", stop_after=5)
+    assert latest_checkpoint(part).name == "step_0000005"
+    train(cfg, part, resume=True)
+    a, b = final_weights(full), final_weights(part)
+    assert a.keys() == b.keys()
+    assert "loss.temperature.log_scale" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the resumed run logged the remaining steps after the first part
+    steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 12
+
+
+def test_nan_loss_stops_with_diagnostic_and_keeps_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    original = ImageTask.loss_terms
+
+    def poisoned(self, batch, loss_fn):
+        terms, z = original(self, batch, loss_fn)
+        calls["n"] += 1
+        if calls["n"] == 7:  # step 7 diverges; checkpoints were written at step 4
+            terms = {k: v * float("nan") for k, v in terms.items()}
+        return terms, z
+
+    monkeypatch.setattr(ImageTask, "loss_terms", poisoned)
+    cfg = fast(tmp_path)
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg, tmp_path / "nan")
+    msg = str(info.value)
+    assert "step 7" in msg and "'nt_xent'" in msg and "optim.lr" in msg
+    ckpt = latest_checkpoint(tmp_path / "nan")
+    assert ckpt is not None and ckpt.name == "step_0000004"
+    weights = load_file(str(ckpt / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    _, task, _ = load_run(tmp_path / "nan")  # the run is loadable from the good checkpoint
+    assert task.model["encoder"].training is False
+
+
+def test_ctrl_c_saves_and_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    original = ImageTask.loss_terms
+
+    def interrupting(self, batch, loss_fn):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, loss_fn)
+
+    monkeypatch.setattr(ImageTask, "loss_terms", interrupting)
+    run = train(fast(tmp_path), tmp_path / "int")
+    assert latest_checkpoint(run).name == "step_0000003"
+    assert not (run / "eval.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_logs_config_and_checkpoint_layout(tmp_path: Path) -> None:
+    cfg = fast(tmp_path, train={"eval_every": 6})
+    run = train(cfg)
+    assert run == Path(cfg.train.output_dir) / "tiny"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in records if "loss" in r]
+    assert [r["step"] for r in losses] == [2, 4, 6, 8, 10, 12]
+    assert all(r["temperature"] == 0.3 and r["items_per_s"] > 0 for r in losses)
+    assert any("monitor" in r and r["monitor"]["std"] > 0 for r in records)
+    assert any(r.get("quick") for r in records)
+    assert (run / "config.yaml").exists() and (run / "eval.json").exists()
+    # only the newest two checkpoints are kept
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
+        "step_0000008",
+        "step_0000012",
+    ]
+    # a second run with the same name gets a fresh folder
+    assert train(cfg).name == "tiny-2"
+    load_weights(
+        latest_checkpoint(run),
+        torch.nn.ModuleDict({"model": load_run(run)[1].model, "loss": torch.nn.Module()}),
+    )
+
+
+def test_supervised_task_and_schedule_fit_to_budget(tmp_path: Path) -> None:
+    cfg = fast(
+        tmp_path,
+        task="supervised",
+        loss={"name": "supcon", "params": {"temperature": 0.1}},
+        train={"time_budget_s": 1e-3, "fit_schedule_to_budget": True, "calibration_steps": 2},
+    )
+    run = train(cfg, tmp_path / "sup")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    fitted = [r for r in records if r.get("event") == "schedule_fitted"]
+    assert fitted and fitted[0]["total_steps"] == 2  # the calibration steps always run
+    assert json.loads((run / "eval.json").read_text())["step"] == 2
