@@ -373,9 +373,9 @@ def sinkhorn_knopp(scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3
     Finds ``Q = diag(u) exp(scores / epsilon) diag(v)`` whose rows sum to 1 (each example is fully
     assigned) and whose columns sum to B / K (each prototype gets an equal share of the batch), by
     alternately normalising columns and rows ``iterations`` times. The equipartition constraint
-    is what keeps SwAV from assigning everything to one prototype. Computed without gradient and
-    in float64 (``exp(scores / epsilon)`` spans many orders of magnitude), after subtracting the
-    max.
+    is what keeps SwAV from assigning everything to one prototype. Computed without gradient, after
+    subtracting the max, in float32 (float64 for float64 input, or when ``exp(scores / epsilon)``
+    would underflow float32).
 
     Args:
         scores: (B, K) similarities of B examples to K prototypes.
@@ -395,9 +395,17 @@ def sinkhorn_knopp(scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3
     check_positive_number("epsilon", epsilon)
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
         raise ValueError(f"iterations must be an int >= 1 (3 in SwAV), got {iterations!r}.")
+    return _sinkhorn(scores, epsilon, iterations)
+
+
+@torch.no_grad()
+def _sinkhorn(scores: Tensor, epsilon: float, iterations: int) -> Tensor:
     b, k = scores.shape
-    logits = scores.to(torch.float64) / epsilon
-    q = torch.exp(logits - logits.max())  # (B, K); the shift cancels in the normalisation
+    logits = scores.float() / epsilon if scores.dtype != torch.float64 else scores / epsilon
+    logits = logits - logits.max()  # the shift cancels in the normalisation
+    if logits.dtype != torch.float64 and float(logits.min()) < -80.0:
+        logits = logits.double()  # exp would underflow to 0 in float32 (cosines never get here)
+    q = torch.exp(logits)  # (B, K)
     q = q / q.sum()
     for _ in range(iterations):
         q = q / q.sum(dim=0, keepdim=True) / k  # columns: each prototype holds 1/K of the mass
@@ -441,6 +449,12 @@ def swapped_prediction(
                 f"{name} must have shape {tuple(scores1.shape)} like scores1, got {tuple(x.shape)}."
             )
     check_temperature(temperature)
+    return _swapped_prediction(scores1, scores2, codes1, codes2, temperature)
+
+
+def _swapped_prediction(
+    scores1: Tensor, scores2: Tensor, codes1: Tensor, codes2: Tensor, temperature: float | Tensor
+) -> Tensor:
     loss12 = -(codes2 * F.log_softmax(scores1 / temperature, dim=-1)).sum(dim=-1)  # (B,)
     loss21 = -(codes1 * F.log_softmax(scores2 / temperature, dim=-1)).sum(dim=-1)  # (B,)
     return 0.5 * (loss12 + loss21).mean()
@@ -492,9 +506,15 @@ def swav_loss(
     c = normalize(prototypes)  # (K, D)
     scores1 = normalize(query) @ c.T  # (B, K)
     scores2 = normalize(key) @ c.T  # (B, K)
-    codes1 = sinkhorn_knopp(scores1.detach(), epsilon=epsilon, iterations=sinkhorn_iterations)
-    codes2 = sinkhorn_knopp(scores2.detach(), epsilon=epsilon, iterations=sinkhorn_iterations)
-    return swapped_prediction(scores1, scores2, codes1, codes2, temperature=temperature)
+    check_temperature(temperature)
+    check_positive_number("epsilon", epsilon)
+    if not isinstance(sinkhorn_iterations, int) or sinkhorn_iterations < 1:
+        raise ValueError(
+            f"sinkhorn_iterations must be an int >= 1 (3), got {sinkhorn_iterations!r}."
+        )
+    codes1 = _sinkhorn(scores1.detach(), epsilon, sinkhorn_iterations)
+    codes2 = _sinkhorn(scores2.detach(), epsilon, sinkhorn_iterations)
+    return _swapped_prediction(scores1, scores2, codes1, codes2, temperature)
 
 
 # --------------------------------------------------------------------------- DINO
