@@ -1,0 +1,384 @@
+"""Checks run inside ONE two-rank gloo group (process start is the expensive part).
+
+Every rank builds the same global batch from a seeded generator, takes its slice, and compares
+its distributed loss and gradients with the single-process computation on the global batch:
+
+* the mean over ranks of the per-rank loss equals the global loss;
+* the per-rank embedding gradient divided by W (DDP's averaging) equals the global gradient's
+  slice; replicated parameters (temperature, bias, encoder weights) get the global gradient after
+  averaging over ranks.
+
+Results are written as JSON ``{check: "ok" | traceback}`` per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from contrastkit import distributed as cd
+from contrastkit.functional import info_nce, nt_xent, sigmoid_contrastive, supervised_contrastive
+from contrastkit.gradcache import grad_cache_step
+
+B, D, M = 5, 6, 3
+TOL = {"rtol": 1e-9, "atol": 1e-10}
+
+
+def _mean_over_ranks(x: Tensor) -> Tensor:
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def _close(name: str, a: Tensor, b: Tensor, **tol: float) -> None:
+    tol = tol or TOL
+    if not torch.allclose(a, b, **tol):
+        raise AssertionError(f"{name}: max |diff| = {float((a - b).abs().max()):.3e}")
+
+
+def _global(seed: int, *shape: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def _compare(
+    global_inputs: list[Tensor],
+    sliced: list[bool],
+    global_fn: Callable[..., Tensor],
+    local_fn: Callable[..., Tensor],
+) -> None:
+    """Loss and gradient parity; ``sliced[i]`` says whether input i is split over ranks by rows
+    (otherwise it is replicated, like a parameter)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    g_leaves = [x.clone().requires_grad_() for x in global_inputs]
+    g_loss = global_fn(*g_leaves)
+    g_loss.backward()
+    l_leaves = []
+    for x, s in zip(global_inputs, sliced):
+        local = x[rank * (x.shape[0] // world) :][: x.shape[0] // world] if s else x
+        l_leaves.append(local.clone().requires_grad_())
+    l_loss = local_fn(*l_leaves)
+    l_loss.backward()
+    _close("loss", _mean_over_ranks(l_loss), g_loss.detach())
+    for i, (gl, ll, s) in enumerate(zip(g_leaves, l_leaves, sliced)):
+        if s:
+            rows = gl.shape[0] // world
+            _close(f"grad[{i}]", ll.grad / world, gl.grad[rank * rows : (rank + 1) * rows])
+        else:
+            _close(f"grad[{i}]", _mean_over_ranks(ll.grad), gl.grad)
+
+
+def _slice(x: Tensor) -> Tensor:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = x.shape[0] // world
+    return x[rank * rows : (rank + 1) * rows]
+
+
+def check_all_gather_backward_sums() -> None:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x = torch.full((2, 3), float(rank + 1), dtype=torch.float64, requires_grad=True)
+    y = cd.all_gather_with_grad(x)  # (4, 3)
+    _close(
+        "gathered",
+        y.detach(),
+        torch.cat([torch.full((2, 3), 1.0), torch.full((2, 3), 2.0)]).double(),
+    )
+    weight = torch.arange(12, dtype=torch.float64).view(4, 3) * (rank + 1)
+    (y * weight).sum().backward()
+    # d/dx_r of sum over ranks r' of <y, w_r'>: the summed weights on rank r's rows.
+    total = torch.arange(12, dtype=torch.float64).view(4, 3) * sum(r + 1 for r in range(world))
+    _close("grad", x.grad, total[rank * 2 : rank * 2 + 2])
+
+
+def check_all_gather_bool_and_long() -> None:
+    rank = dist.get_rank()
+    mask = torch.tensor([rank == 0, True])
+    assert cd.all_gather(mask).tolist() == [True, True, False, True]
+    assert cd.all_gather(torch.tensor([rank])).tolist() == [0, 1]
+
+
+def check_info_nce_plain() -> None:
+    q, k = _global(1, 2 * B, D), _global(2, 2 * B, D)
+    _compare(
+        [q, k],
+        [True, True],
+        lambda a, b: info_nce(a, b, temperature=0.1),
+        lambda a, b: cd.info_nce_distributed(a, b, temperature=0.1),
+    )
+
+
+def check_info_nce_symmetric_dot() -> None:
+    q, k = _global(3, 2 * B, D), _global(4, 2 * B, D)
+    _compare(
+        [q, k],
+        [True, True],
+        lambda a, b: info_nce(a, b, temperature=0.5, metric="dot", symmetric=True),
+        lambda a, b: cd.info_nce_distributed(a, b, temperature=0.5, metric="dot", symmetric=True),
+    )
+
+
+def check_info_nce_shared_negatives() -> None:
+    # Each rank brings its own M hard negatives; globally the W*M follow the W*B keys.
+    q, k, n = _global(5, 2 * B, D), _global(6, 2 * B, D), _global(7, 2 * M, D)
+    _compare(
+        [q, k, n],
+        [True, True, True],
+        lambda a, b, c: info_nce(a, b, c, temperature=0.2),
+        lambda a, b, c: cd.info_nce_distributed(a, b, c, temperature=0.2),
+    )
+
+
+def check_info_nce_per_query_negatives_symmetric() -> None:
+    q, k, n = _global(8, 2 * B, D), _global(9, 2 * B, D), _global(10, 2 * B, M, D)
+    _compare(
+        [q, k, n],
+        [True, True, True],
+        lambda a, b, c: info_nce(a, b, c, temperature=0.2, symmetric=True),
+        lambda a, b, c: cd.info_nce_distributed(a, b, c, temperature=0.2, symmetric=True),
+    )
+
+
+def check_info_nce_masks_symmetric_negatives() -> None:
+    g = 2 * B
+    q, k, n = _global(11, g, D), _global(12, g, D), _global(13, 2 * M, D)
+    gen = torch.Generator().manual_seed(14)
+    pos = torch.rand(g, g, generator=gen) < 0.15  # (G, G) global masks
+    ign = torch.rand(g, g + 2 * M, generator=gen) < 0.25  # (G, G + W*M)
+    _compare(
+        [q, k, n],
+        [True, True, True],
+        lambda a, b, c: info_nce(
+            a, b, c, temperature=0.3, symmetric=True, positive_mask=pos, ignore_mask=ign
+        ),
+        lambda a, b, c: cd.info_nce_distributed(
+            a,
+            b,
+            c,
+            temperature=0.3,
+            symmetric=True,
+            positive_mask=_slice(pos),
+            ignore_mask=_slice(ign),
+        ),
+    )
+
+
+def check_info_nce_labels_ids_symmetric() -> None:
+    g = 2 * B
+    q, k = _global(15, g, D), _global(16, g, D)
+    gen = torch.Generator().manual_seed(17)
+    ql, kl = torch.randint(0, 4, (g,), generator=gen), torch.randint(0, 4, (g,), generator=gen)
+    qi, ki = torch.randint(0, 6, (g,), generator=gen), torch.randint(0, 6, (g,), generator=gen)
+    _compare(
+        [q, k],
+        [True, True],
+        lambda a, b: info_nce(
+            a,
+            b,
+            temperature=0.3,
+            symmetric=True,
+            query_labels=ql,
+            key_labels=kl,
+            query_ids=qi,
+            key_ids=ki,
+        ),
+        lambda a, b: cd.info_nce_distributed(
+            a,
+            b,
+            temperature=0.3,
+            symmetric=True,
+            query_labels=_slice(ql),
+            key_labels=_slice(kl),
+            query_ids=_slice(qi),
+            key_ids=_slice(ki),
+        ),
+    )
+
+
+def check_info_nce_reductions() -> None:
+    world = dist.get_world_size()
+    q, k = _global(18, 2 * B, D), _global(19, 2 * B, D)
+    ref = info_nce(q, k, temperature=0.1, reduction="none")
+    got = cd.info_nce_distributed(_slice(q), _slice(k), temperature=0.1, reduction="none")
+    _close("none", got, _slice(ref))
+    _compare(
+        [q, k],
+        [True, True],
+        lambda a, b: info_nce(a, b, temperature=0.1, reduction="sum"),
+        lambda a, b: cd.info_nce_distributed(a, b, temperature=0.1, reduction="sum"),
+    )
+    assert world == 2
+
+
+def check_info_nce_learnable_temperature() -> None:
+    q, k = _global(20, 2 * B, D), _global(21, 2 * B, D)
+    t = torch.tensor(0.2, dtype=torch.float64)
+    _compare(
+        [q, k, t],
+        [True, True, False],
+        lambda a, b, c: info_nce(a, b, temperature=c),
+        lambda a, b, c: cd.info_nce_distributed(a, b, temperature=c),
+    )
+
+
+def check_nt_xent() -> None:
+    z1, z2 = _global(22, 2 * B, D), _global(23, 2 * B, D)
+    _compare(
+        [z1, z2],
+        [True, True],
+        lambda a, b: nt_xent(a, b, temperature=0.5),
+        lambda a, b: cd.nt_xent_distributed(a, b, temperature=0.5),
+    )
+
+
+def check_supcon() -> None:
+    x = _global(24, 2 * B, D)
+    labels = torch.tensor([0, 1, 2, 0, 7, 1, 2, 3, 3, 9])  # 7 and 9 have no positive
+    _compare(
+        [x],
+        [True],
+        lambda a: supervised_contrastive(a, labels, temperature=0.2),
+        lambda a: cd.supervised_contrastive_distributed(a, _slice(labels), temperature=0.2),
+    )
+
+
+def check_supcon_views_euclidean() -> None:
+    x = _global(25, 2 * B, 2, D)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 5, 6, 4])
+    _compare(
+        [x],
+        [True],
+        lambda a: supervised_contrastive(a, labels, temperature=0.7, metric="euclidean"),
+        lambda a: cd.supervised_contrastive_distributed(
+            a, _slice(labels), temperature=0.7, metric="euclidean"
+        ),
+    )
+
+
+def check_sigmoid_learnable() -> None:
+    a, b = _global(26, 2 * B, D), _global(27, 2 * B, D)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    bias = torch.tensor(-2.0, dtype=torch.float64)
+    _compare(
+        [a, b, t, bias],
+        [True, True, False, False],
+        lambda x, y, tt, bb: sigmoid_contrastive(x, y, temperature=tt, bias=bb),
+        lambda x, y, tt, bb: cd.sigmoid_contrastive_distributed(x, y, temperature=tt, bias=bb),
+    )
+
+
+def check_chunked_engine() -> None:
+    """Every distributed loss through the memory-linear engine (chunk_size) vs the dense global."""
+    q, k, n = _global(28, 2 * B, D), _global(29, 2 * B, D), _global(30, 2 * M, D)
+    _compare(
+        [q, k, n],
+        [True, True, True],
+        lambda a, b, c: info_nce(a, b, c, temperature=0.1),
+        lambda a, b, c: cd.info_nce_distributed(a, b, c, temperature=0.1, chunk_size=2),
+    )
+    _compare(
+        [q, k],
+        [True, True],
+        lambda a, b: info_nce(a, b, temperature=0.1, symmetric=True),
+        lambda a, b: cd.info_nce_distributed(a, b, temperature=0.1, symmetric=True, chunk_size=3),
+    )
+    _compare(
+        [q, k],
+        [True, True],
+        lambda a, b: nt_xent(a, b, temperature=0.5),
+        lambda a, b: cd.nt_xent_distributed(a, b, temperature=0.5, chunk_size=3),
+    )
+    labels = torch.tensor([0, 1, 2, 0, 7, 1, 2, 3, 3, 9])
+    _compare(
+        [q],
+        [True],
+        lambda a: supervised_contrastive(a, labels, temperature=0.2),
+        lambda a: cd.supervised_contrastive_distributed(
+            a, _slice(labels), temperature=0.2, chunk_size=2
+        ),
+    )
+    _compare(
+        [q, k],
+        [True, True],
+        lambda a, b: sigmoid_contrastive(a, b, temperature=0.3, bias=-1.0),
+        lambda a, b: cd.sigmoid_contrastive_distributed(
+            a, b, temperature=0.3, bias=-1.0, chunk_size=2
+        ),
+    )
+
+
+def check_mismatched_batch_sizes_raise_on_every_rank() -> None:
+    rank = dist.get_rank()
+    q = torch.randn(3 + rank, 4)
+    try:
+        cd.info_nce_distributed(q, q, temperature=0.1)
+    except ValueError as err:
+        assert "same batch size on every rank" in str(err) and "[3, 4]" in str(err), str(err)
+    else:
+        raise AssertionError("mismatched batch sizes did not raise")
+    # The group is still usable afterwards (no rank is stuck in a collective).
+    cd.check_same_batch_size("query", 5)
+
+
+def _encoder(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+
+
+def check_ddp_parameter_gradients() -> None:
+    """End to end: DDP-averaged encoder gradients equal the single-process global-batch step."""
+    x_q, x_k = _global(31, 2 * B, D), _global(32, 2 * B, D)
+    ref = _encoder(0)
+    info_nce(ref(x_q), ref(x_k), temperature=0.1, symmetric=True).backward()
+    model = nn.parallel.DistributedDataParallel(_encoder(0))
+    cd.info_nce_distributed(
+        model(_slice(x_q)), model(_slice(x_k)), temperature=0.1, symmetric=True
+    ).backward()
+    for (name, p), r in zip(model.module.named_parameters(), ref.parameters()):
+        _close(name, p.grad, r.grad)
+
+
+def check_gradcache_under_ddp() -> None:
+    """GradCache with no_sync until the last chunk + gathered loss == global plain step."""
+    x_q, x_k = _global(33, 2 * B, D), _global(34, 2 * B, D)
+    ref = _encoder(1)
+    nt_xent(ref(x_q), ref(x_k), temperature=0.5).backward()
+    model = nn.parallel.DistributedDataParallel(_encoder(1))
+    loss = grad_cache_step(
+        model,
+        (_slice(x_q), _slice(x_k)),
+        lambda a, b: cd.nt_xent_distributed(a, b, temperature=0.5),
+        chunk_size=2,
+    )
+    _close("loss", _mean_over_ranks(loss), nt_xent(ref(x_q), ref(x_k), temperature=0.5).detach())
+    for (name, p), r in zip(model.module.named_parameters(), ref.parameters()):
+        _close(name, p.grad, r.grad)
+
+
+CHECKS = {name: fn for name, fn in globals().items() if name.startswith("check_")}
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    results = {}
+    try:
+        for name, fn in CHECKS.items():
+            try:
+                fn()
+                results[name] = "ok"
+            except Exception:  # noqa: BLE001 - reported to the parent test
+                results[name] = traceback.format_exc()
+            dist.barrier()
+    finally:
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+        dist.destroy_process_group()
