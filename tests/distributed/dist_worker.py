@@ -376,7 +376,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
             try:
                 fn()
                 results[name] = "ok"
-            except Exception:  # noqa: BLE001 - reported to the parent test
+            except Exception:
                 results[name] = traceback.format_exc()
             dist.barrier()
     finally:

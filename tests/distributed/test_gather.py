@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import dist_worker  # noqa: E402
+import dist_worker
 
-from contrastkit import distributed as cd  # noqa: E402
+from contrastkit import distributed as cd
 
 WORLD = 2
 
