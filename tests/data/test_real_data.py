@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from contrastkit.data import (
     LEXNAMES,
     DataNotFoundError,
+    cache_dir,
     load_bible_pairs,
     load_digits,
     load_emoji,
@@ -38,7 +38,6 @@ def test_fashion_mnist_counts_shapes_labels():
     assert 70 < float(train.images.float().mean()) < 76
     x = test.float()
     assert x.dtype == torch.float32 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert len(load_fashion_mnist("all")) == 70000
 
 
 def test_fashion_mnist_from_raw_root_and_missing(tmp_path):
@@ -153,17 +152,24 @@ def test_bible_split_by_group(group_by):
     assert_disjoint({unit(r) for r in train.ids}, {unit(r) for r in test.ids})
 
 
-def test_bible_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path))
-    verses = bible_module.export_module(bible_module.KJV_MODULE)
+def test_bible_cache_is_written_atomically_and_reused(monkeypatch):
+    verses = bible_module.export_module(bible_module.KJV_MODULE)  # writes the cache if absent
     cache = bible_module.cache_file(bible_module.KJV_MODULE)
-    assert cache.parent == tmp_path / "bible" and "-vunknown-" not in cache.name
-    assert cache.is_file() and not list(cache.parent.glob("*.tmp"))
+    assert cache.parent == cache_dir() / "bible" and "-vunknown-" not in cache.name
+    assert cache.is_file() and not list(cache.parent.glob(f"{cache.name}.*.tmp"))
     assert json.loads(cache.read_text(encoding="utf-8")) == verses
-    monkeypatch.setenv("PATH", str(tmp_path))  # mod2imp is unreachable now: the cache serves
+    monkeypatch.setenv("PATH", "/nonexistent")  # mod2imp is unreachable now: the cache serves
     assert bible_module.export_module(bible_module.KJV_MODULE) == verses
     with pytest.raises(DataNotFoundError, match="libsword-utils"):
-        bible_module.export_module(bible_module.WEB_MODULE)
+        bible_module.export_module(bible_module.KJV_MODULE, cache=False)
+
+
+def test_cache_dir_honours_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "ck"))
+    assert cache_dir() == tmp_path / "ck"
+    monkeypatch.delenv("CONTRASTKIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "contrastkit"
 
 
 def test_bible_missing_module(tmp_path, monkeypatch):
@@ -174,16 +180,8 @@ def test_bible_missing_module(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- Emoji
 @pytest.fixture(scope="module")
-def emoji(tmp_path_factory):
-    old = os.environ.get("CONTRASTKIT_CACHE")
-    os.environ["CONTRASTKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        yield load_emoji(size=32)
-    finally:
-        if old is None:
-            del os.environ["CONTRASTKIT_CACHE"]
-        else:
-            os.environ["CONTRASTKIT_CACHE"] = old
+def emoji():
+    return load_emoji(size=32)  # rendered once per machine, then read from the cache
 
 
 def test_emoji_images_and_captions(emoji):

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -196,7 +197,12 @@ def held_out_mask(keys: Sequence[str], test_fraction: float = 0.1, seed: int = 0
     return torch.tensor(out, dtype=torch.bool)
 
 
-def select_split(data, keys: Sequence[str], split: str, test_fraction: float, seed: int):
+Data = TypeVar("Data", ImageDataset, TextPairs)
+
+
+def select_split(
+    data: Data, keys: Sequence[str], split: str, test_fraction: float, seed: int
+) -> Data:
     """The ``split`` part of ``data`` (an ImageDataset or TextPairs), grouping rows by ``keys``."""
     check_split(split)
     if split == "all":

@@ -86,6 +86,28 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     return ImageDataset(torch.cat(images), torch.cat(labels), list(CLASSES))
 
 
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) intensities 0..16 and (1797,) targets from scikit-learn's bundled CSV.
+
+    The CSV is read straight from the installed wheel (importing ``sklearn.datasets`` costs
+    seconds); if its layout changes, ``sklearn.datasets.load_digits`` is used instead.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("load_digits needs scikit-learn: pip install scikit-learn")
+    csv = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if csv.is_file():
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float64)  # (1797, 65)
+        if table.shape == (1797, 65):
+            return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return bunch.images, bunch.target
+
+
 def load_digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     """scikit-learn's 1,797 8x8 digits (fast tests), split by image with a seeded hash.
 
@@ -99,15 +121,11 @@ def load_digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0)
     1797
     """
     check_split(split)
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as err:  # pragma: no cover - sklearn is in the eval extra
-        raise ImportError("load_digits needs scikit-learn: pip install scikit-learn") from err
-    bunch = sk_load_digits()
-    pixels = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    images, target = _digits_arrays()
+    pixels = np.round(images * (255.0 / 16.0)).astype(np.uint8)
     data = ImageDataset(
         torch.from_numpy(pixels).unsqueeze(1),  # (N, 1, 8, 8)
-        torch.from_numpy(bunch.target.astype(np.int64)),
+        torch.from_numpy(target.astype(np.int64)),
         [str(c) for c in range(10)],
     )
     keys = [str(i) for i in range(len(data))]
