@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from contrastkit.functional.noncontrastive import sinkhorn_knopp, swav_loss
 from contrastkit.losses import DINOLoss
 from contrastkit.monitor import CollapseMonitor
 
@@ -24,6 +25,23 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def teacher_logits() -> torch.Tensor:
     return torch.randn(2, 10, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def swav_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scores (12, 5) for Sinkhorn; query, key (12, 4) and prototypes (5, 4) for SwAV."""
+    g = torch.Generator().manual_seed(2)
+    scores = torch.rand(12, 5, generator=g, dtype=torch.float64) * 2 - 1
+    query = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    key = query + 0.3 * torch.randn(12, 4, generator=g, dtype=torch.float64)
+    return scores, query, key, torch.randn(5, 4, generator=g, dtype=torch.float64)
+
+
+def swav_observe(rows: slice, distributed: bool) -> dict:
+    scores, query, key, prototypes = swav_inputs()
+    return {
+        "codes": sinkhorn_knopp(scores[rows], distributed=distributed).tolist(),
+        "swav": float(swav_loss(query[rows], key[rows], prototypes, distributed=distributed)),
+    }
 
 
 def observe(monitor: CollapseMonitor, dino: DINOLoss, teacher: torch.Tensor) -> dict:
@@ -51,7 +69,9 @@ def run(rank: int, world_size: int, port: int, queue) -> None:
             if i % world_size == rank:
                 monitor.update(q, k)
         teacher = teacher_logits()[:, rank::world_size]  # this rank's share of the batch
-        queue.put((rank, observe(monitor, DINOLoss(center_momentum=0.5), teacher)))
+        result = observe(monitor, DINOLoss(center_momentum=0.5), teacher)
+        result.update(swav_observe(slice(6 * rank, 6 * rank + 6), distributed=True))
+        queue.put((rank, result))
     except Exception as error:  # report instead of hanging the parent
         queue.put((rank, repr(error)))
     finally:

@@ -1,5 +1,6 @@
-"""Two-rank gloo group: the monitor's and the DINO center's all-reduced statistics equal one
-process seeing every batch. All distributed checks run in one spawned group to save time."""
+"""Two-rank gloo group: the monitor's statistics, the DINO center and SwAV's Sinkhorn codes,
+all-reduced, equal one process seeing every batch. All distributed checks run in one spawned
+group to save time."""
 
 from __future__ import annotations
 
@@ -57,3 +58,16 @@ def test_two_rank_reduction_equals_single_process() -> None:
         assert result["std"] == pytest.approx(expected["std"], rel=1e-10)
         assert result["center"] == pytest.approx(expected["center"], rel=1e-10)
         assert result["alerts"] == expected["alerts"]
+
+    # Sinkhorn over the global batch: rank r holds rows 6r..6r+5 of the single-process codes
+    whole = worker.swav_observe(slice(0, 12), distributed=False)
+    codes = torch.tensor(results[0]["codes"] + results[1]["codes"], dtype=torch.float64)
+    torch.testing.assert_close(codes, torch.tensor(whole["codes"], dtype=torch.float64))
+    # each rank averages its own rows: the mean over ranks is the single-process loss
+    mean_loss = (results[0]["swav"] + results[1]["swav"]) / 2
+    assert mean_loss == pytest.approx(whole["swav"], rel=1e-10)
+    # and the global balance differs from balancing each half alone
+    local = worker.swav_observe(slice(0, 6), distributed=False)
+    assert not torch.allclose(
+        torch.tensor(local["codes"]), torch.tensor(results[0]["codes"]), rtol=1e-6
+    )

@@ -21,6 +21,7 @@ None of them guarantees it: watch the embeddings with :mod:`contrastkit.monitor`
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -367,7 +368,9 @@ def barlow_twins_loss(
 
 
 @torch.no_grad()
-def sinkhorn_knopp(scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+def sinkhorn_knopp(
+    scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3, distributed: bool = False
+) -> Tensor:
     """Soft cluster assignments with equal cluster sizes (Cuturi 2013; SwAV's codes).
 
     Finds ``Q = diag(u) exp(scores / epsilon) diag(v)`` whose rows sum to 1 (each example is fully
@@ -382,6 +385,8 @@ def sinkhorn_knopp(scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3
         epsilon: entropic regularisation; smaller is closer to hard assignments (0.05 in SwAV).
         iterations: normalisation rounds (3 in SwAV); rows sum exactly to 1 after any number,
             columns converge to B / K.
+        distributed: under ``torch.distributed``, balance the prototypes over the global batch
+            (all ranks, equal batch sizes; SwAV's ``distributed_sinkhorn``); every rank must call.
 
     Returns:
         (B, K) codes, each row a distribution over prototypes, in the dtype of ``scores``.
@@ -395,20 +400,34 @@ def sinkhorn_knopp(scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3
     check_positive_number("epsilon", epsilon)
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
         raise ValueError(f"iterations must be an int >= 1 (3 in SwAV), got {iterations!r}.")
-    return _sinkhorn(scores, epsilon, iterations)
+    return _sinkhorn(scores, epsilon, iterations, bool(distributed))
 
 
 @torch.no_grad()
-def _sinkhorn(scores: Tensor, epsilon: float, iterations: int) -> Tensor:
+def _sinkhorn(scores: Tensor, epsilon: float, iterations: int, distributed: bool = False) -> Tensor:
+    world = (
+        distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    )
     b, k = scores.shape
     logits = scores.float() / epsilon if scores.dtype != torch.float64 else scores / epsilon
-    logits = logits - logits.max()  # the shift cancels in the normalisation
-    if logits.dtype != torch.float64 and float(logits.min()) < -80.0:
+    high, low = logits.max(), logits.min()
+    if world:  # the same shift and the same dtype on every rank
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    logits = logits - high  # the shift cancels in the normalisation
+    if logits.dtype != torch.float64 and float(low - high) < -80.0:
         logits = logits.double()  # exp would underflow to 0 in float32 (cosines never get here)
     q = torch.exp(logits)  # (B, K)
-    q = q / q.sum()
+    total = q.sum()
+    if world:
+        dist.all_reduce(total)
+        b = b * dist.get_world_size()  # equal batch sizes on every rank, as in SwAV
+    q = q / total
     for _ in range(iterations):
-        q = q / q.sum(dim=0, keepdim=True) / k  # columns: each prototype holds 1/K of the mass
+        columns = q.sum(dim=0, keepdim=True)  # (1, K)
+        if world:
+            dist.all_reduce(columns)
+        q = q / columns / k  # columns: each prototype holds 1/K of the mass
         q = q / q.sum(dim=1, keepdim=True) / b  # rows: each example holds 1/B of the mass
     return (q * b).to(scores.dtype)  # rows sum to 1
 
@@ -468,6 +487,7 @@ def swav_loss(
     temperature: float | Tensor = 0.1,
     epsilon: float = 0.05,
     sinkhorn_iterations: int = 3,
+    distributed: bool = False,
 ) -> Tensor:
     """SwAV (Caron et al. 2020, https://arxiv.org/abs/2006.09882), two views, no queue.
 
@@ -487,6 +507,7 @@ def swav_loss(
         temperature: softmax temperature of the prediction (0.1).
         epsilon: Sinkhorn regularisation (0.05).
         sinkhorn_iterations: Sinkhorn rounds (3).
+        distributed: equipartition over the global batch of all ranks (see :func:`sinkhorn_knopp`).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> z, c = torch.randn(8, 4, generator=g), torch.randn(3, 4, generator=g)
@@ -512,8 +533,8 @@ def swav_loss(
         raise ValueError(
             f"sinkhorn_iterations must be an int >= 1 (3), got {sinkhorn_iterations!r}."
         )
-    codes1 = _sinkhorn(scores1.detach(), epsilon, sinkhorn_iterations)
-    codes2 = _sinkhorn(scores2.detach(), epsilon, sinkhorn_iterations)
+    codes1 = _sinkhorn(scores1.detach(), epsilon, sinkhorn_iterations, bool(distributed))
+    codes2 = _sinkhorn(scores2.detach(), epsilon, sinkhorn_iterations, bool(distributed))
     return _swapped_prediction(scores1, scores2, codes1, codes2, temperature)
 
 

@@ -30,6 +30,7 @@ class SwAVLoss(nn.Module):
         temperature: prediction temperature (0.1), float or :class:`LearnableTemperature`.
         epsilon: Sinkhorn regularisation (0.05).
         sinkhorn_iterations: Sinkhorn rounds (3).
+        distributed: balance the codes over the global batch of all ranks (every rank calls).
 
     >>> loss = SwAVLoss(dim=8, num_prototypes=4)
     >>> z = torch.randn(6, 8)
@@ -49,6 +50,7 @@ class SwAVLoss(nn.Module):
         temperature: float | LearnableTemperature = 0.1,
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
+        distributed: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("num_prototypes", num_prototypes)):
@@ -58,6 +60,7 @@ class SwAVLoss(nn.Module):
         self.temperature = init_temperature(temperature)
         self.epsilon = check_positive_number("epsilon", epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
+        self.distributed = bool(distributed)
 
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
@@ -75,6 +78,7 @@ class SwAVLoss(nn.Module):
             temperature=resolve_temperature(self.temperature),
             epsilon=self.epsilon,
             sinkhorn_iterations=self.sinkhorn_iterations,
+            distributed=self.distributed,
         )
 
     def extra_repr(self) -> str:
