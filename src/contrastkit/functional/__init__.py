@@ -17,6 +17,15 @@ from contrastkit.functional.margin import (
     triplet_loss,
     triplet_margin,
 )
+from contrastkit.functional.noncontrastive import (
+    barlow_twins_loss,
+    byol_loss,
+    dino_loss,
+    simsiam_loss,
+    sinkhorn_knopp,
+    swav_loss,
+    vicreg_loss,
+)
 from contrastkit.functional.similarity import (
     METRICS,
     normalize,
@@ -26,7 +35,10 @@ from contrastkit.functional.similarity import (
 
 __all__ = [
     "METRICS",
+    "barlow_twins_loss",
+    "byol_loss",
     "contrastive_margin",
+    "dino_loss",
     "info_nce",
     "margin_ranking",
     "normalize",
@@ -35,7 +47,11 @@ __all__ = [
     "preference_loss",
     "sigmoid_contrastive",
     "similarity_matrix",
+    "simsiam_loss",
+    "sinkhorn_knopp",
     "supervised_contrastive",
+    "swav_loss",
     "triplet_loss",
     "triplet_margin",
+    "vicreg_loss",
 ]
