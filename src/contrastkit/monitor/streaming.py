@@ -127,9 +127,10 @@ class Uniformity(StreamingStatistic):
         check_embeddings("embeddings", embeddings)
         b = embeddings.shape[0]
         x = normalize(embeddings.to(torch.float64))
-        sq_dist = (2.0 - 2.0 * x @ x.T).clamp_min(0.0)  # (B, B)
-        upper = torch.triu(torch.ones(b, b, dtype=torch.bool, device=x.device), diagonal=1)
-        self._add("total", torch.exp(-self.t * sq_dist[upper]).sum())
+        sq_dist = (2.0 - 2.0 * x @ x.T).clamp_min(0.0)  # (B, B), symmetric
+        potential = torch.exp(-self.t * sq_dist)
+        # pairs i < j: half of the off-diagonal sum (the diagonal is exactly exp(0) = 1 per row)
+        self._add("total", (potential.sum() - torch.diagonal(potential).sum()) / 2)
         self._add("count", torch.tensor(b * (b - 1) / 2, dtype=torch.float64, device=x.device))
 
     def compute(self) -> Tensor:
@@ -246,13 +247,15 @@ class SimilarityGap(StreamingStatistic):
         q = normalize(query.to(torch.float64))
         k = normalize(key.to(torch.float64))
         sim = q @ k.T  # (B, B)
-        diagonal = torch.eye(b, dtype=torch.bool, device=q.device)
-        self._add("positive_total", torch.diagonal(sim).sum())
+        positive = torch.diagonal(sim)  # (B,)
+        self._add("positive_total", positive.sum())
         self._add("query_total", q.sum(dim=0))  # (D,)
         self._add("key_total", k.sum(dim=0))  # (D,)
         self._add("count", torch.tensor(float(b), device=q.device))
-        self._add("positive_histogram", self._histogram(sim[diagonal]))
-        self._add("negative_histogram", self._histogram(sim[~diagonal]))
+        positive_histogram = self._histogram(positive)
+        self._add("positive_histogram", positive_histogram)
+        # negatives: every entry minus the diagonal, without materialising the off-diagonal
+        self._add("negative_histogram", self._histogram(sim.reshape(-1)) - positive_histogram)
 
     def positive(self) -> float:
         self._require()
