@@ -73,6 +73,14 @@ def test_strength_zero_keeps_only_geometry(digits):
         assert float(err.max()) < 0.1
 
 
+@pytest.mark.parametrize("strength", [0.01, 0.5, 3.0])
+def test_any_strength_builds_valid_pipelines(digits, strength):
+    out = SimCLRViews(size=8, channels=1, strength=strength)(digits[:8], seed=0)
+    assert out.shape == (2, 8, 1, 8, 8) and torch.isfinite(out).all()
+    rgb = SimCLRViews(size=8, channels=3, strength=strength)(torch.rand(4, 3, 8, 8), seed=0)
+    assert rgb.shape == (2, 4, 3, 8, 8)
+
+
 def test_errors(digits):
     views = SimCLRViews(size=8, channels=1)
     with pytest.raises(ValueError, match="channels=3"):

@@ -83,7 +83,7 @@ class SimCLRViews(nn.Module):
             steps.append(K.ColorJiggle(min(0.4 * s, 0.9), min(0.4 * s, 0.9), 0.0, 0.0, p=0.8))
         if blur and s > 0:
             kernel = max(3, (size // 10) | 1)  # ~10% of the side, odd
-            steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0 * s), p=0.5))
+            steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, max(0.1, 2.0 * s)), p=0.5))
         if noise and s > 0:
             steps.append(K.RandomGaussianNoise(mean=0.0, std=0.05 * s, p=0.5))
         self.pipeline = nn.Sequential(*steps)
