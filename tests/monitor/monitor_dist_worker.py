@@ -46,13 +46,14 @@ def swav_observe(rows: slice, distributed: bool) -> dict:
 
 def observe(monitor: CollapseMonitor, dino: DINOLoss, teacher: torch.Tensor) -> dict:
     report = monitor.compute(step=0, reset=False)
-    hist = monitor.similarity.histograms()
+    again = monitor.compute(step=1)  # reset=False kept the local window: same reduced values
+    assert again.values == report.values, (again.values, report.values)
+    hist = report.histograms
     dino.update_center(teacher)
     return {
         "values": report.values,
         "positive_histogram": hist["positive"].tolist(),
         "negative_histogram": hist["negative"].tolist(),
-        "std": monitor.std.compute().tolist(),
         "center": dino.center.tolist(),
         "alerts": [a.metric for a in report.alerts],
     }

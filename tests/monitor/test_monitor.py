@@ -233,3 +233,18 @@ def test_monitor_input_errors() -> None:
         Alignment().compute()
     with pytest.raises(ValueError, match="bins must be an int >= 1"):
         SimilarityGap(bins=0)
+
+
+def test_compute_without_reset_continues_the_window_and_reports_histograms() -> None:
+    q = sphere(96, 8, seed=11)
+    k = positives(q)
+    continued, whole = CollapseMonitor(warn=False, bins=10), CollapseMonitor(warn=False, bins=10)
+    continued.update(q[:48], k[:48])
+    continued.compute(reset=False)
+    continued.update(q[48:], k[48:])
+    whole.update(q[:48], k[:48])
+    whole.update(q[48:], k[48:])
+    a, b = continued.compute(), whole.compute()
+    assert a.values == pytest.approx(b.values, rel=1e-12)
+    torch.testing.assert_close(a.histograms["negative"], b.histograms["negative"])
+    assert float(a.histograms["positive"].sum()) == 96

@@ -49,6 +49,8 @@ class HealthReport:
     step: int | None
     values: dict[str, float]
     alerts: list[CollapseAlert] = field(default_factory=list)
+    # ``edges`` (bins + 1,), ``positive`` and ``negative`` counts (bins,); empty without pairs
+    histograms: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def collapsed(self) -> bool:
@@ -180,7 +182,8 @@ class CollapseMonitor:
         """Reduce over ranks, evaluate, record in :attr:`history`, warn, and (by default) reset.
 
         In a distributed run every rank must call it (it all-reduces) after at least one
-        ``update``; every rank gets the same report.
+        ``update``; every rank gets the same report. With ``reset=False`` the window goes on
+        (the local statistics are kept, the reduction is not applied twice).
         """
         if self.std.count == 0:
             raise RuntimeError(
@@ -189,7 +192,11 @@ class CollapseMonitor:
         has_pairs = self.similarity.count > 0
         # Every rank must pass key or not, consistently: the all-reduces have to match.
         synced = self._statistics() if has_pairs else [self.std, self.rank, self.uniformity]
+        # sync() sums in place; keep the local window to continue it when reset=False
+        local = None if reset else [dict(s._states) for s in synced]
         for statistic in synced:
+            if local is not None:
+                statistic._states = {n: t.clone() for n, t in statistic._states.items()}
             statistic.sync(self.process_group)
         dim = int(self.std.compute().shape[0])
         values: dict[str, float] = {
@@ -203,14 +210,18 @@ class CollapseMonitor:
             values["positive_similarity"] = self.similarity.positive()
             values["negative_similarity"] = self.similarity.negative()
             values["similarity_gap"] = values["positive_similarity"] - values["negative_similarity"]
-        report = HealthReport(step, values, self._alerts(values, dim))
+        histograms = self.similarity.histograms() if has_pairs else {}
+        report = HealthReport(step, values, self._alerts(values, dim), histograms)
         self.history.append(report)
         if self.warn:
             for alert in report.alerts:
                 prefix = f"step {step}: " if step is not None else ""
                 warnings.warn(f"{prefix}{alert}", CollapseWarning, stacklevel=2)
-        if reset:
+        if local is None:
             self.reset()
+        else:
+            for statistic, states in zip(synced, local):
+                statistic._states = states
         return report
 
     def _alerts(self, values: dict[str, float], dim: int) -> list[CollapseAlert]:

@@ -71,7 +71,9 @@ class StreamingStatistic:
     def sync(self, process_group: dist.ProcessGroup | None = None) -> None:
         """Sum every state over the ranks of ``process_group`` (no-op outside distributed).
 
-        Every rank must have called ``update`` at least once with the same D.
+        In place: call it once per window, right before ``compute``, then ``reset`` (a second
+        call would add the other ranks again). Every rank must have called ``update`` at least
+        once with the same D. :class:`~contrastkit.monitor.CollapseMonitor` handles this.
         """
         if not (dist.is_available() and dist.is_initialized()):
             return
