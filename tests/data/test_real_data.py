@@ -36,7 +36,10 @@ def test_fashion_mnist_counts_shapes_labels():
     assert train.classes[0] == "T-shirt/top" and len(train.classes) == 10
     # real images, not zeros: the mean pixel of Fashion-MNIST train is about 72.9 / 255
     assert 70 < float(train.images.float().mean()) < 76
-    x = test.float()
+    as_float = test.float()  # the same dataset with float images
+    x = as_float.images
+    assert as_float.float() is as_float and torch.equal(as_float.labels, test.labels)
+    assert torch.equal(as_float.subset(torch.arange(3)).images, x[:3])
     assert x.dtype == torch.float32 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
 
 

@@ -127,7 +127,7 @@ def test_image_text_model_learns_on_real_emoji():
     model = ImageTextModel(SmallCNN(3, width=8), text, embedding_dim=16)
     loss_fn = InfoNCE(temperature=model.temperature, symmetric=True)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    images = data.float()  # (16, 3, 32, 32)
+    images = data.float().images  # (16, 3, 32, 32) float in [0, 1]
     losses = []
     for _ in range(15):
         img, txt = model(images, data.texts)

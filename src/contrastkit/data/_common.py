@@ -2,8 +2,8 @@
 
 Two structures cover every source:
 
-* :class:`ImageDataset` - ``images: (N, C, H, W)`` **uint8** in [0, 255] (call
-  :meth:`ImageDataset.float` for float32 in [0, 1]), ``labels: (N,)`` long, ``classes``
+* :class:`ImageDataset` - ``images: (N, C, H, W)``, **uint8** in [0, 255] as loaded
+  (:meth:`ImageDataset.float` gives the same dataset with float32 in [0, 1]), ``labels: (N,)`` long, ``classes``
   (label names), ``groups: (N,)`` long (what a split keeps together), and for image-text data
   ``texts`` (one caption per image).
 * :class:`TextPairs` - ``query``/``positive`` lists of N strings (row i pairs with row i),
@@ -40,15 +40,16 @@ class ImageDataset:
     """Images with integer labels (and optional captions).
 
     Attributes:
-        images: (N, C, H, W) uint8 in [0, 255].
+        images: (N, C, H, W) uint8 in [0, 255] (every loader), or float32 in [0, 1] after
+            :meth:`float`.
         labels: (N,) long class index into ``classes``.
         classes: label names.
         groups: (N,) long; rows sharing a group never straddle a train/test split.
         texts: N captions for image-text data, else ``None``.
 
-    >>> ds = ImageDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
-    >>> len(ds), ds.float().dtype, tuple(ds.groups.tolist())
-    (2, torch.float32, (0, 1))
+    >>> ds = ImageDataset(torch.full((2, 1, 4, 4), 255, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
+    >>> len(ds), ds.float().images.dtype, ds.float().images.max().item(), ds.groups.tolist()
+    (2, torch.float32, 1.0, [0, 1])
     """
 
     images: Tensor
@@ -58,10 +59,10 @@ class ImageDataset:
     texts: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != torch.uint8:
+        if self.images.ndim != 4 or self.images.dtype not in (torch.uint8, torch.float32):
             raise ValueError(
-                f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} "
-                f"{tuple(self.images.shape)}."
+                "images must be a (N, C, H, W) tensor, uint8 in [0, 255] or float32 in [0, 1], "
+                f"got {self.images.dtype} {tuple(self.images.shape)}."
             )
         n = self.images.shape[0]
         if self.groups is None:
@@ -75,9 +76,12 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def float(self) -> Tensor:
-        """images as float32 in [0, 1]: (N, C, H, W)."""
-        return self.images.float().div_(255.0)
+    def float(self) -> ImageDataset:
+        """The same dataset with ``images`` as float32 in [0, 1] (no copy if already float)."""
+        if self.images.dtype == torch.float32:
+            return self
+        images = self.images.float().div_(255.0)  # (N, C, H, W)
+        return ImageDataset(images, self.labels, self.classes, self.groups, self.texts)
 
     def subset(self, index: Tensor) -> ImageDataset:
         """Rows ``index`` (a long or bool tensor) as a new dataset."""
