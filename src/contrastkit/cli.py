@@ -159,10 +159,10 @@ def _print_eval(run: Path) -> None:
 def format_eval_table(data: dict) -> str:
     """The evaluation as a small text table: metric | model | baseline."""
     base = data.get("baseline", {})
-    lines = [f"{'metric':<12} {'model':>8} {data.get('baseline_name', 'baseline'):>14}"]
+    lines = [f"{'metric':<20} {'model':>8} {data.get('baseline_name', 'baseline'):>16}"]
     for k, v in data["metrics"].items():
         b = base.get(k)
-        lines.append(f"{k:<12} {v:>8.4f} {'' if b is None else f'{b:.4f}':>14}")
+        lines.append(f"{k:<20} {v:>8.4f} {'' if b is None else f'{b:.4f}':>16}")
     lines.append(f"(step {data.get('step')}, {data.get('train_seconds')} s of training)")
     return "\n".join(lines)
 

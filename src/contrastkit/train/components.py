@@ -191,12 +191,18 @@ class SmallCNN(nn.Module):
     Args:
         in_channels: image channels.
         width: channels of the first stage (doubled at each of the 3 stages).
+        pool: side of the final average pooling (1: global pooling).
         out_dim: backbone feature width.
         projection_dim: output of the projection head (0: no head).
     """
 
     def __init__(
-        self, in_channels: int = 1, width: int = 32, out_dim: int = 128, projection_dim: int = 64
+        self,
+        in_channels: int = 1,
+        width: int = 32,
+        out_dim: int = 128,
+        projection_dim: int = 64,
+        pool: int = 1,
     ) -> None:
         super().__init__()
         w = width
@@ -208,9 +214,9 @@ class SmallCNN(nn.Module):
             _conv_block(2 * w, 2 * w),
             nn.MaxPool2d(2),
             _conv_block(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(pool),  # pool > 1 keeps a coarse spatial layout
             nn.Flatten(),
-            nn.Linear(4 * w, out_dim, bias=False),
+            nn.Linear(4 * w * pool * pool, out_dim, bias=False),
             nn.BatchNorm1d(out_dim),
         )
         self.head: nn.Module = (

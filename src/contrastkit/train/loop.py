@@ -276,6 +276,18 @@ def train(
         previous_handler = signal.signal(signal.SIGINT, on_sigint)
 
     autocast = bf16_autocast(cfg.train.bf16)
+    # pair tasks compare against the model before training (pretrained or random init)
+    if (
+        not resume
+        and dist.is_main
+        and cfg.eval.raw_baseline
+        and getattr(task, "baseline_is_initial_model", False)
+    ):
+        initial = task.evaluate(baseline=False)
+        (run / "baseline.json").write_text(
+            json.dumps({"metrics": initial.metrics, "name": initial.baseline_name}, indent=2)
+        )
+        log.write({"step": 0, "eval": initial.metrics})
     progress = _progress_bar(cfg, dist, step, total_steps)
     last_eval: dict[str, float] = {}
     start_step = step
@@ -395,36 +407,10 @@ class GatheredLoss(nn.Module):
         return self.loss(*(_all_gather(x) for x in inputs))
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every process's gradient for the local slice
-    (all-reduce, then slice): each process's loss on the global batch contributes."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        import torch.distributed as dist
-
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        import torch.distributed as dist
-
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
-
-
 def _all_gather(x: Tensor) -> Tensor:
-    import torch.distributed as dist
+    from contrastkit.distributed import all_gather, all_gather_with_grad
 
-    if x.requires_grad:
-        return _GatherWithGrad.apply(x)
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    return all_gather_with_grad(x) if x.requires_grad else all_gather(x)
 
 
 def _average_gradients(module: nn.Module, world: int) -> None:
@@ -459,12 +445,17 @@ def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None
     """``eval.json`` (metrics, baseline, step, training seconds) and the report's arrays."""
     from safetensors.torch import save_file
 
+    baseline, baseline_name = result.baseline, result.baseline_name
+    saved = run / "baseline.json"
+    if not baseline and saved.exists():
+        data = json.loads(saved.read_text())
+        baseline, baseline_name = data["metrics"], data["name"]
     payload = {
         "step": step,
         "train_seconds": round(elapsed, 1),
         "metrics": result.metrics,
-        "baseline": result.baseline,
-        "baseline_name": result.baseline_name,
+        "baseline": baseline,
+        "baseline_name": baseline_name,
     }
     (run / "eval.json").write_text(json.dumps(payload, indent=2))
     if result.arrays:

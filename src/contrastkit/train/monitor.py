@@ -1,12 +1,13 @@
-"""Embedding-health signals the trainer logs (collapse monitoring) and pos/neg similarities.
+"""The trainer's view of :mod:`contrastkit.monitor`: one flat dict of collapse signals per
+sampled batch, and positive/negative similarity samples for the report.
 
-Uses :mod:`contrastkit.monitor` when it is installed in this tree; otherwise these few standard
-signals, all computed under ``no_grad`` on one batch of embeddings ``z: (B, D)``:
+Signals of ``z: (B, D)`` and its pair ``z_pair: (B, D)`` (all ``no_grad``):
 
-* ``std``: mean per-dimension std of the L2-normalised embeddings times sqrt(D) (1: spread like a
-  uniform sphere, 0: complete collapse; Chen & He 2021, https://arxiv.org/abs/2011.10566);
+* ``std``: mean per-dimension std of the L2-normalised embeddings times sqrt(D) (1: spread like
+  a uniform sphere, 0: complete collapse; Chen & He 2021, https://arxiv.org/abs/2011.10566);
 * ``effective_rank``: exp of the entropy of the normalised singular values (Roy & Vetterli 2007);
-* ``alignment`` / ``uniformity``: Wang & Isola 2020, https://arxiv.org/abs/2005.10242.
+* ``alignment`` / ``uniformity``: Wang & Isola 2020, https://arxiv.org/abs/2005.10242;
+* ``pos_sim`` / ``neg_sim``: mean cosine of matched and of mismatched pairs.
 
 >>> import torch
 >>> g = torch.Generator().manual_seed(0)
@@ -26,27 +27,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastkit.monitor.functional import (
+    alignment,
+    effective_rank,
+    embedding_std,
+    similarity_stats,
+    uniformity,
+)
+
 
 @torch.no_grad()
 def embedding_health(z: Tensor, z_pair: Tensor | None = None) -> dict[str, float]:
-    """Collapse signals of ``z: (B, D)``; with its pair ``z_pair: (B, D)`` also alignment and
-    mean positive / negative cosine similarity."""
+    """Collapse signals of ``z: (B, D)`` (and, with ``z_pair: (B, D)``, of the pairs)."""
     z = z.detach().float()
-    zn = F.normalize(z, dim=-1)
-    b, d = zn.shape
-    out: dict[str, float] = {"std": float(zn.std(dim=0).mean() * math.sqrt(d))}
-    s = torch.linalg.svdvals(z - z.mean(0))
-    p = s / s.sum().clamp_min(1e-12)
-    out["effective_rank"] = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-    sq = torch.cdist(zn, zn).pow(2)
-    off = ~torch.eye(b, dtype=torch.bool)
-    out["uniformity"] = float(torch.log(torch.exp(-2 * sq[off]).mean()))
+    out = {
+        "std": float(embedding_std(z).mean() * math.sqrt(z.shape[1])),
+        "effective_rank": float(effective_rank(z, centered=True)),
+        "uniformity": float(uniformity(z)),
+    }
     if z_pair is not None:
-        pn = F.normalize(z_pair.detach().float(), dim=-1)
-        out["alignment"] = float((zn - pn).pow(2).sum(-1).mean())
-        sim = zn @ pn.T
-        out["pos_sim"] = float(sim.diag().mean())
-        out["neg_sim"] = float(sim[off].mean())
+        zp = z_pair.detach().float()
+        stats = similarity_stats(z, zp)
+        out["alignment"] = float(alignment(z, zp))
+        out["pos_sim"], out["neg_sim"] = float(stats.positive), float(stats.negative)
     return out
 
 

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from contrastkit.train import components
 from contrastkit.train.config import RunConfig
-from contrastkit.train.evaluation import knn_accuracy, linear_probe_accuracy
 from contrastkit.train.monitor import pos_neg_similarities
 
 
@@ -44,6 +43,28 @@ class Corpus:
     embeddings: Tensor
     labels: list[str]
     items: list[Any]  # image tensors (C, H, W) or strings
+
+
+def knn_accuracy(
+    train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, *, k: int
+) -> float:
+    """Weighted 20-NN accuracy of ``test`` over ``train`` (:func:`contrastkit.eval.knn_accuracy`:
+    each neighbour votes ``exp(cosine / 0.07)``)."""
+    from contrastkit.eval import knn_accuracy as knn
+
+    return knn(test, test_labels, train, train_labels, k=k, temperature=0.07, metric="cosine")
+
+
+def linear_probe_accuracy(
+    train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor
+) -> float:
+    """Logistic-regression probe on frozen features (:func:`contrastkit.eval.linear_probe`)."""
+    from contrastkit.eval import linear_probe
+
+    result = linear_probe(
+        train.float(), train_labels, test.float(), test_labels, weight_decays=(1e-4,), max_iter=100
+    )
+    return float(result.accuracy)
 
 
 def _chunked(fn: Any, x: Tensor, chunk: int = 2048) -> Tensor:
@@ -197,8 +218,14 @@ def _subset(ds: components.ImageSplit, n: int) -> components.ImageSplit:
     return components.ImageSplit(ds.images[:n], ds.labels[:n], ds.classes)
 
 
-def build_task(cfg: RunConfig) -> ImageTask:
-    """The task object for ``cfg.task``."""
+def build_task(cfg: RunConfig) -> Any:
+    """The task object for ``cfg.task`` and ``cfg.data.dataset``."""
     if cfg.task in ("views", "supervised"):
         return ImageTask(cfg)
-    raise ValueError(f"task={cfg.task!r} is not supported yet.")
+    from contrastkit.train import pair_tasks
+
+    if cfg.task == "preference":
+        return pair_tasks.PreferenceTask(cfg)
+    if cfg.data.dataset == "emoji":
+        return pair_tasks.ImageTextTask(cfg)
+    return pair_tasks.TextPairsTask(cfg)
