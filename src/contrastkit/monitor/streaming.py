@@ -277,7 +277,9 @@ class SimilarityGap(StreamingStatistic):
         """``edges`` (bins + 1,) and the ``positive`` / ``negative`` counts (bins,)."""
         self._require()
         return {
-            "edges": torch.linspace(-1.0, 1.0, self.bins + 1, dtype=torch.float64),
+            "edges": torch.linspace(
+                -1.0, 1.0, self.bins + 1, dtype=torch.float64, device=self._states["count"].device
+            ),
             "positive": self._states["positive_histogram"].clone(),
             "negative": self._states["negative_histogram"].clone(),
         }
