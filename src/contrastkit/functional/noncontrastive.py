@@ -121,6 +121,7 @@ def simsiam_loss(
     >>> float(simsiam_loss(z2, z1, z1, z2))  # predictions equal to the targets
     -1.0
     """
+    check_embeddings("prediction1", prediction1)
     for name, x in (("prediction2", prediction2), ("target1", target1), ("target2", target2)):
         check_embeddings(name, x)
         check_pair("prediction1", prediction1, name, x)
@@ -557,8 +558,8 @@ def dino_loss(
         L   = mean over pairs (teacher view u, student view v != u) of
               - sum_k P_t[u, b, k] log softmax(s[v, b] / student_temperature)_k
 
-    Centering (subtracting a running mean of teacher outputs, see :func:`update_center` in
-    :class:`contrastkit.losses.DINOLoss`) prevents one dimension from dominating; sharpening
+    Centering (subtracting a running mean of teacher outputs, kept by
+    :meth:`contrastkit.losses.DINOLoss.update_center`) prevents one dimension from dominating; sharpening
     (a low ``teacher_temperature``) prevents the uniform output. Either alone collapses.
 
     Related: :func:`swav_loss` gets its targets from Sinkhorn instead of a teacher; the teacher
