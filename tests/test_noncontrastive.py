@@ -283,6 +283,18 @@ def test_sinkhorn_spreads_a_batch_that_prefers_one_prototype() -> None:
     assert not torch.isnan(sinkhorn_knopp(torch.full((4, 3), 50.0))).any()  # large scores
 
 
+def test_sinkhorn_float32_matches_float64_and_survives_a_wide_range() -> None:
+    g = torch.Generator().manual_seed(1)
+    cosines = torch.rand(16, 8, generator=g, dtype=D64) * 2 - 1
+    torch.testing.assert_close(
+        sinkhorn_knopp(cosines.float()), sinkhorn_knopp(cosines).float(), atol=1e-5, rtol=1e-4
+    )
+    wide = 10.0 * torch.randn(16, 8, generator=g)  # exp(scores / 0.05) underflows float32
+    q = sinkhorn_knopp(wide)
+    assert q.dtype == torch.float32 and torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(16))
+
+
 def test_dino_centering_and_sharpening() -> None:
     t = torch.tensor([[10.0, 0.0, 0.0]] * 4, dtype=D64)
     # without the center the teacher target is one-hot on dim 0; the center removes it

@@ -9,6 +9,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contrastkit.monitor import (
     Alignment,
@@ -248,3 +250,22 @@ def test_compute_without_reset_continues_the_window_and_reports_histograms() -> 
     assert a.values == pytest.approx(b.values, rel=1e-12)
     torch.testing.assert_close(a.histograms["negative"], b.histograms["negative"])
     assert float(a.histograms["positive"].sum()) == 96
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    cuts=st.lists(st.integers(1, 39), max_size=5, unique=True),
+    seed=st.integers(0, 2**16),
+)
+def test_any_batching_gives_the_one_shot_values(cuts: list[int], seed: int) -> None:
+    q = torch.randn(40, 5, generator=gen(seed), dtype=D64)
+    k = positives(q, noise=0.4, seed=seed + 1)
+    bounds = [0, *sorted(cuts), 40]
+    std, rank, sim = EmbeddingStd(), EffectiveRank(centered=True), SimilarityGap()
+    for a, b in itertools.pairwise(bounds):
+        std.update(q[a:b])
+        rank.update(q[a:b])
+        sim.update(q[a:b], k[a:b])
+    torch.testing.assert_close(std.compute(), embedding_std(q))
+    torch.testing.assert_close(rank.compute(), effective_rank(q, centered=True))
+    assert sim.negative() == pytest.approx(float(similarity_stats(q, k).negative), rel=1e-9)
