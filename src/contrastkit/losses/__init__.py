@@ -3,7 +3,10 @@
 from contrastkit.losses.barlow_twins import BarlowTwinsLoss
 from contrastkit.losses.byol import BYOLLoss
 from contrastkit.losses.contrastive_margin import ContrastiveMargin
+from contrastkit.losses.debiased_contrastive import DebiasedContrastive
+from contrastkit.losses.decoupled_contrastive import DecoupledContrastive
 from contrastkit.losses.dino import DINOLoss
+from contrastkit.losses.hard_negative_contrastive import HardNegativeContrastive
 from contrastkit.losses.info_nce import InfoNCE
 from contrastkit.losses.nt_xent import NTXent
 from contrastkit.losses.preference import PreferenceLoss
@@ -22,6 +25,9 @@ __all__ = [
     "BarlowTwinsLoss",
     "ContrastiveMargin",
     "DINOLoss",
+    "DebiasedContrastive",
+    "DecoupledContrastive",
+    "HardNegativeContrastive",
     "InfoNCE",
     "LearnableTemperature",
     "NTXent",
