@@ -110,7 +110,7 @@ def check_info_nce_plain() -> None:
         [q, k],
         [True, True],
         lambda a, b: info_nce(a, b, temperature=0.1),
-        lambda a, b: cd.info_nce_distributed(a, b, temperature=0.1),
+        lambda a, b: info_nce(a, b, temperature=0.1, gather_distributed=True),
     )
 
 
@@ -233,7 +233,7 @@ def check_nt_xent() -> None:
         [z1, z2],
         [True, True],
         lambda a, b: nt_xent(a, b, temperature=0.5),
-        lambda a, b: cd.nt_xent_distributed(a, b, temperature=0.5),
+        lambda a, b: nt_xent(a, b, temperature=0.5, gather_distributed=True),
     )
 
 
@@ -244,7 +244,9 @@ def check_supcon() -> None:
         [x],
         [True],
         lambda a: supervised_contrastive(a, labels, temperature=0.2),
-        lambda a: cd.supervised_contrastive_distributed(a, _slice(labels), temperature=0.2),
+        lambda a: supervised_contrastive(
+            a, _slice(labels), temperature=0.2, gather_distributed=True
+        ),
     )
 
 
@@ -269,7 +271,9 @@ def check_sigmoid_learnable() -> None:
         [a, b, t, bias],
         [True, True, False, False],
         lambda x, y, tt, bb: sigmoid_contrastive(x, y, temperature=tt, bias=bb),
-        lambda x, y, tt, bb: cd.sigmoid_contrastive_distributed(x, y, temperature=tt, bias=bb),
+        lambda x, y, tt, bb: sigmoid_contrastive(
+            x, y, temperature=tt, bias=bb, gather_distributed=True
+        ),
     )
 
 

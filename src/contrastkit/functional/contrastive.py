@@ -72,6 +72,7 @@ def info_nce(
     key_labels: Tensor | None = None,
     query_ids: Tensor | None = None,
     key_ids: Tensor | None = None,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """InfoNCE with in-batch negatives (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
 
@@ -108,6 +109,9 @@ def info_nce(
             are extra positives, without a dense (B, B) mask.
         query_ids: (B,) and key_ids: (B,) integer ids: keys sharing the query's id that are not
             positives are ignored (duplicates / known false negatives), without a dense mask.
+        gather_distributed: compute over all ranks of ``torch.distributed`` (local queries
+            against the gathered keys, masks as local rows against global columns); see
+            :mod:`contrastkit.distributed`. Without a process group it changes nothing.
 
     Returns:
         Scalar loss, or (B,) with ``reduction="none"``, in the dtype of ``query``.
@@ -120,6 +124,25 @@ def info_nce(
     >>> round(float(info_nce(same, same, temperature=0.1)), 4)  # log B: nothing to tell apart
     2.0794
     """
+    if gather_distributed:
+        from contrastkit.distributed import info_nce_distributed
+
+        return info_nce_distributed(
+            query,
+            key,
+            negatives,
+            temperature=temperature,
+            metric=metric,
+            symmetric=symmetric,
+            positive_mask=positive_mask,
+            ignore_mask=ignore_mask,
+            reduction=reduction,
+            chunk_size=chunk_size,
+            query_labels=query_labels,
+            key_labels=key_labels,
+            query_ids=query_ids,
+            key_ids=key_ids,
+        )
     check_embeddings("query", query)
     check_embeddings("key", key)
     check_pair("query", query, "key", key)
@@ -161,6 +184,7 @@ def nt_xent(
     metric: str = "cosine",
     reduction: str = "mean",
     chunk_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """NT-Xent, the SimCLR loss (Chen et al. 2020, https://arxiv.org/abs/2002.05709).
 
@@ -180,6 +204,8 @@ def nt_xent(
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` ((2B,) per view: z1 rows then z2 rows).
         chunk_size: None (automatic) or query rows per block of the chunked engine path.
+        gather_distributed: compute over all ranks of ``torch.distributed`` (see
+            :mod:`contrastkit.distributed`); without a process group it changes nothing.
 
     Returns:
         Scalar loss, or (2B,) with ``reduction="none"``.
@@ -188,6 +214,17 @@ def nt_xent(
     >>> round(float(nt_xent(same, same, temperature=0.5)), 4)  # log(2B - 1)
     1.9459
     """
+    if gather_distributed:
+        from contrastkit.distributed import nt_xent_distributed
+
+        return nt_xent_distributed(
+            z1,
+            z2,
+            temperature=temperature,
+            metric=metric,
+            reduction=reduction,
+            chunk_size=chunk_size,
+        )
     check_embeddings("z1", z1)
     check_embeddings("z2", z2)
     check_pair("z1", z1, "z2", z2)
@@ -211,6 +248,7 @@ def supervised_contrastive(
     metric: str = "cosine",
     reduction: str = "mean",
     chunk_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """Supervised contrastive loss, SupCon "outside" form (Khosla et al. 2020,
     https://arxiv.org/abs/2004.11362).
@@ -232,6 +270,8 @@ def supervised_contrastive(
             all first views, then all second views; 0 for anchors without a positive).
         chunk_size: None (automatic) or query rows per block of the chunked engine path; the
             positives come from the labels per block, never as a dense (BV, BV) mask.
+        gather_distributed: compute over all ranks of ``torch.distributed`` (see
+            :mod:`contrastkit.distributed`); without a process group it changes nothing.
 
     Returns:
         Scalar loss, or per-anchor losses with ``reduction="none"``.
@@ -240,6 +280,17 @@ def supervised_contrastive(
     >>> round(float(supervised_contrastive(torch.ones(4, 3), labels, temperature=0.1)), 4)  # log 3
     1.0986
     """
+    if gather_distributed:
+        from contrastkit.distributed import supervised_contrastive_distributed
+
+        return supervised_contrastive_distributed(
+            embeddings,
+            labels,
+            temperature=temperature,
+            metric=metric,
+            reduction=reduction,
+            chunk_size=chunk_size,
+        )
     check_embeddings("embeddings", embeddings, ndim=(2, 3))
     check_labels("labels", labels, embeddings.shape[0])
     check_temperature(temperature)
@@ -272,6 +323,7 @@ def sigmoid_contrastive(
     metric: str = "cosine",
     reduction: str = "mean",
     chunk_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, https://arxiv.org/abs/2303.15343).
 
@@ -293,11 +345,25 @@ def sigmoid_contrastive(
             ``"none"`` ((B,) per row of ``a``, summed over its B pairs).
         chunk_size: None (automatic) or rows of ``a`` per block of the chunked path, which
             never holds the (B, B) logits.
+        gather_distributed: compute over all ranks of ``torch.distributed`` (see
+            :mod:`contrastkit.distributed`); without a process group it changes nothing.
 
     >>> x = torch.eye(4)
     >>> round(float(sigmoid_contrastive(x, x, temperature=0.1, bias=-5.0)), 4)
     0.0269
     """
+    if gather_distributed:
+        from contrastkit.distributed import sigmoid_contrastive_distributed
+
+        return sigmoid_contrastive_distributed(
+            a,
+            b,
+            temperature=temperature,
+            bias=bias,
+            metric=metric,
+            reduction=reduction,
+            chunk_size=chunk_size,
+        )
     check_embeddings("a", a)
     check_embeddings("b", b)
     check_pair("a", a, "b", b)
