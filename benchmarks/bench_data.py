@@ -63,6 +63,13 @@ def run() -> dict:
     seed = iter(range(10**6))
     ms = _median_ms(lambda: views(images, n_views=2, seed=next(seed)))
     rows.append(_row("SimCLRViews 2 views of 28x28", 256, ms, "image pairs"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # e.g. views made in a data-loading worker
+    try:
+        ms = _median_ms(lambda: views(images, n_views=2, seed=next(seed)))
+    finally:
+        torch.set_num_threads(threads)
+    rows.append(_row("SimCLRViews 2 views of 28x28 (1 thread)", 256, ms, "image pairs"))
 
     x = images.float() / 255
     for name, enc in [("SmallCNN", SmallCNN(1)), ("SmallResNet", SmallResNet(1))]:
