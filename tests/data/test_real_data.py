@@ -215,3 +215,12 @@ def test_emoji_errors(tmp_path):
         load_emoji(font_path=tmp_path / "NotoColorEmoji.ttf")
     with pytest.raises(ValueError, match="size"):
         load_emoji(size=0)
+
+
+def test_unwritable_cache_only_warns(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(blocker / "cache"))  # cannot be created
+    with pytest.warns(UserWarning, match="CONTRASTKIT_CACHE"):
+        data = load_emoji("test", size=8)
+    assert data.images.shape[1:] == (3, 8, 8)

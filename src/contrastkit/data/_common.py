@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -246,6 +247,18 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_cache(path: Path, payload: bytes) -> None:
+    """:func:`atomic_write_bytes`, but an unwritable cache only warns (the data is still returned)."""
+    try:
+        atomic_write_bytes(path, payload)
+    except OSError as err:
+        warnings.warn(
+            f"could not write the cache file {path} ({err}); set CONTRASTKIT_CACHE to a writable "
+            "folder to avoid recomputing it.",
+            stacklevel=3,
+        )
 
 
 def missing(what: str, path: object, debian: str | None, arg: str) -> DataNotFoundError:

@@ -27,12 +27,12 @@ import torch
 from contrastkit._checks import check_choice
 from contrastkit.data._common import (
     TextPairs,
-    atomic_write_bytes,
     cache_dir,
     check_split,
     group_ids,
     missing,
     select_split,
+    write_cache,
 )
 
 KJV_MODULE = "engKJV2006eb"
@@ -131,7 +131,7 @@ def export_module(
         raise missing(f"SWORD module {module}", where, _DEBIAN.get(module), "sword_path")
     verses = parse_imp(text)
     if cache and sword_path is None:
-        atomic_write_bytes(path, json.dumps(verses, ensure_ascii=False).encode("utf-8"))
+        write_cache(path, json.dumps(verses, ensure_ascii=False).encode("utf-8"))
     return verses
 
 

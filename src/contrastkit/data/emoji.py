@@ -23,11 +23,11 @@ import torch
 
 from contrastkit.data._common import (
     ImageDataset,
-    atomic_write_bytes,
     cache_dir,
     check_split,
     missing,
     select_split,
+    write_cache,
 )
 
 DEFAULT_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -154,7 +154,7 @@ def load_emoji(
         if cache:
             buf = io.BytesIO()
             np.savez(buf, images=images, codepoints=np.asarray(kept, dtype=np.int64))
-            atomic_write_bytes(cache_file, buf.getvalue())
+            write_cache(cache_file, buf.getvalue())
     blocks = [unicode_block(c) for c in kept]
     classes = [name for _, _, name in BLOCKS if name in set(blocks)]
     if "Other" in blocks:
