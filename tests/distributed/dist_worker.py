@@ -317,6 +317,28 @@ def check_chunked_engine() -> None:
     )
 
 
+def check_loss_modules_pass_the_switch() -> None:
+    from contrastkit.losses import create_loss
+
+    q, k = _global(35, 2 * B, D), _global(36, 2 * B, D)
+    for name, kwargs in [("info_nce", {"symmetric": True}), ("nt_xent", {})]:
+        local = create_loss(name, temperature=0.3, gather_distributed=True, **kwargs)
+        plain = create_loss(name, temperature=0.3, **kwargs)
+        _compare([q, k], [True, True], plain, local)
+    labels = torch.tensor([0, 1, 2, 0, 7, 1, 2, 3, 3, 9])
+    local = create_loss("supcon", temperature=0.3, gather_distributed=True)
+    _compare(
+        [q],
+        [True],
+        lambda a: create_loss("supcon", temperature=0.3)(a, labels),
+        lambda a: local(a, _slice(labels)),
+    )
+    siglip = create_loss("sigmoid_contrastive", temperature=0.3, bias=-1.0, gather_distributed=True)
+    _compare(
+        [q, k], [True, True], create_loss("sigmoid_contrastive", temperature=0.3, bias=-1.0), siglip
+    )
+
+
 def check_mismatched_batch_sizes_raise_on_every_rank() -> None:
     rank = dist.get_rank()
     q = torch.randn(3 + rank, 4)

@@ -23,6 +23,7 @@ class InfoNCE(nn.Module):
         temperature: float > 0 or a :class:`LearnableTemperature`.
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
         symmetric: average with the key -> query direction.
+        gather_distributed: compute over all ranks (see :mod:`contrastkit.distributed`).
 
     >>> import torch
     >>> loss = InfoNCE(temperature=0.1, symmetric=True)
@@ -36,10 +37,12 @@ class InfoNCE(nn.Module):
         temperature: float | LearnableTemperature = 0.07,
         metric: str = "cosine",
         symmetric: bool = False,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
+        self.gather_distributed = bool(gather_distributed)
         self.symmetric = bool(symmetric)
 
     @classmethod
@@ -71,6 +74,7 @@ class InfoNCE(nn.Module):
             positive_mask=positive_mask,
             ignore_mask=ignore_mask,
             reduction=reduction,
+            gather_distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:

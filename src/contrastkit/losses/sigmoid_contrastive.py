@@ -36,10 +36,12 @@ class SigmoidContrastive(nn.Module):
         bias: float = -10.0,
         learn_bias: bool = False,
         metric: str = "cosine",
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
+        self.gather_distributed = bool(gather_distributed)
         b = torch.tensor(float(bias))
         if learn_bias:
             self.bias = nn.Parameter(b)
@@ -63,4 +65,5 @@ class SigmoidContrastive(nn.Module):
             bias=self.bias,
             metric=self.metric,
             reduction=reduction,
+            gather_distributed=self.gather_distributed,
         )

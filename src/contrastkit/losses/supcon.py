@@ -25,11 +25,15 @@ class SupCon(nn.Module):
     """
 
     def __init__(
-        self, temperature: float | LearnableTemperature = 0.1, metric: str = "cosine"
+        self,
+        temperature: float | LearnableTemperature = 0.1,
+        metric: str = "cosine",
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
+        self.gather_distributed = bool(gather_distributed)
 
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
@@ -44,6 +48,7 @@ class SupCon(nn.Module):
             temperature=resolve_temperature(self.temperature),
             metric=self.metric,
             reduction=reduction,
+            gather_distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:
