@@ -79,6 +79,14 @@ def test_pairs_without_negatives_and_integer_labels(tmp_path):
     assert set(train.query).isdisjoint(test.query)
 
 
+def test_csv_with_bom_and_numeric_string_labels(tmp_path):
+    path = tmp_path / "excel.csv"
+    rows = "".join(f"q{i},p{i},{lab}\n" for i, lab in enumerate([10, 2, 2, 1]))
+    path.write_text("\ufeffquery,positive,label\n" + rows, encoding="utf-8")
+    pairs = load_pairs(path)
+    assert pairs.classes == ["1", "2", "10"] and pairs.labels.tolist() == [2, 1, 1, 0]
+
+
 def test_jsonl_errors_name_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"query": "a", "positive": "b"}\n\n{"query": "c"}\n', encoding="utf-8")

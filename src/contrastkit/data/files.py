@@ -49,7 +49,7 @@ class PairFileError(ValueError):
 
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -66,7 +66,7 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None:
             raise PairFileError(f"{path}:1: empty file; expected a header with query,positive.")
@@ -174,7 +174,8 @@ def load_pairs(
     if any(isinstance(v, int) for v in distinct) and any(isinstance(v, str) for v in distinct):
         distinct = {str(v) for v in distinct}
         raw_labels = [None if v is None else str(v) for v in raw_labels]
-    classes = sorted(distinct)
+    numeric = all(isinstance(v, int) or v.lstrip("-").isdigit() for v in distinct)
+    classes = sorted(distinct, key=lambda v: int(v)) if numeric else sorted(distinct)
     index = {c: i for i, c in enumerate(classes)}
     labels = torch.tensor([-1 if v is None else index[v] for v in raw_labels], dtype=torch.long)
     pairs = TextPairs(
