@@ -1,9 +1,10 @@
-"""Built-in data, views and encoders the trainer uses for its image recipes.
+"""The image pieces of the trainer: dataset names, batched views and the SimCLR-style CNN.
 
-These are the trainer's own minimal pieces: Fashion-MNIST / scikit-learn digits as tensors, batched
-image views for small grayscale images, and a small BatchNorm CNN with a projection head. The
-data/encoder modules of :mod:`contrastkit.data` and :mod:`contrastkit.encoders` are used instead
-when a config names them (see :mod:`contrastkit.train.builders`).
+Datasets come from :mod:`contrastkit.data` (as float images in [0, 1]). The views here are one
+batched affine resample (crop + flip) plus brightness/contrast jitter, drawn from a
+``torch.Generator`` for exact resume; they are cheaper on a CPU than a per-op augmentation
+pipeline, which matters for minutes-long runs. :class:`SmallCNN` adds a BatchNorm MLP projection
+head on top of a VGG-style backbone (the backbone features are what evaluation uses).
 
 Shapes: B batch, C channels, H x W image, D embedding dim.
 
@@ -18,95 +19,32 @@ torch.Size([4, 4])
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+from contrastkit.data._common import ImageDataset
+from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
 
 
-@dataclass
-class ImageSplit:
-    """Images in [0, 1] and their labels.
-
-    Attributes:
-        images: (N, C, H, W) float32.
-        labels: (N,) int64.
-        classes: class names, indexed by label.
-    """
-
-    images: Tensor
-    labels: Tensor
-    classes: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
+def _fashion_mnist(split: str, root: str | os.PathLike | None = None) -> ImageDataset:
+    return load_fashion_mnist(split, root).float()
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+def _digits(split: str) -> ImageDataset:
+    return load_digits(split).float()
 
 
-def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> ImageSplit:
-    """Fashion-MNIST ``split`` ("train": 60,000 or "test": 10,000) from the Debian IDX files.
-
-    Install the files with ``apt-get install dataset-fashion-mnist`` (``make setup`` does), or pass
-    ``root``, a folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
-    """
-    folder = Path(root) if root else FASHION_MNIST_DIR
-    prefix = {"train": "train", "test": "t10k"}.get(split)
-    if prefix is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    images_path = folder / f"{prefix}-images-idx3-ubyte.gz"
-    if not images_path.exists():
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found at {images_path}; run `make setup` (installs the Debian "
-            "package dataset-fashion-mnist) or set data.root to a folder with the IDX .gz files."
-        )
-    images = torch.from_numpy(_read_idx(images_path).copy()).float().div_(255.0).unsqueeze(1)
-    labels = torch.from_numpy(_read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").copy()).long()
-    return ImageSplit(images, labels, FASHION_MNIST_CLASSES)
-
-
-def load_digits_split(split: str, test_fraction: float = 0.25) -> ImageSplit:
-    """scikit-learn's 8x8 digits (1,797 images), split deterministically into train/test."""
-    from sklearn.datasets import load_digits
-
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    d = load_digits()
-    images = torch.from_numpy(d.images).float().div_(16.0).unsqueeze(1)
-    labels = torch.from_numpy(d.target).long()
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    n_test = int(len(labels) * test_fraction)
-    idx = order[:n_test] if split == "test" else order[n_test:]
-    return ImageSplit(images[idx], labels[idx], tuple(str(i) for i in range(10)))
-
-
-IMAGE_DATASETS = {"fashion_mnist": load_fashion_mnist, "digits": load_digits_split}
+# The image datasets an image task can name in ``data.dataset`` (loaders of contrastkit.data).
+IMAGE_DATASETS: dict[str, Callable[..., ImageDataset]] = {
+    "fashion_mnist": _fashion_mnist,
+    "digits": _digits,
+}
 
 
 @dataclass

@@ -213,9 +213,8 @@ class ImageTask:
         return [(ds.images[i], ds.classes[int(ds.labels[i])]) for i in range(n)]
 
 
-def _subset(ds: components.ImageSplit, n: int) -> components.ImageSplit:
-    n = min(n, len(ds))
-    return components.ImageSplit(ds.images[:n], ds.labels[:n], ds.classes)
+def _subset(ds: components.ImageDataset, n: int) -> components.ImageDataset:
+    return ds.subset(torch.arange(min(n, len(ds))))
 
 
 def build_task(cfg: RunConfig) -> Any:
