@@ -141,11 +141,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("train needs CONFIG (a YAML path or recipe name) or --resume RUN.")
         cfg = load_config(args.config, args.overrides)
         run = train(cfg, args.run_dir)
+    if _finish_distributed() != 0:  # torchrun: only rank 0 reports
+        return 0
     _print_eval(run)
     if args.report:
         cmd_report(argparse.Namespace(run=str(run)))
     print(f"run folder: {run}")
     return 0
+
+
+def _finish_distributed() -> int:
+    """Tear down a torchrun process group; return this process's rank (0 when single)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return 0
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()
+    return rank
 
 
 def _print_eval(run: Path) -> None:
