@@ -18,6 +18,7 @@ from contrastkit.data import (
     load_wordnet,
 )
 from contrastkit.data import bible as bible_module
+from contrastkit.data.emoji import DEFAULT_FONT
 from contrastkit.data.fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
 from contrastkit.data.wordnet import count_synsets
 
@@ -224,3 +225,22 @@ def test_unwritable_cache_only_warns(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="CONTRASTKIT_CACHE"):
         data = load_emoji("test", size=8)
     assert data.images.shape[1:] == (3, 8, 8)
+
+
+def test_emoji_without_fonttools_finds_the_same_glyphs(emoji, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_fonttools(name, *args, **kwargs):
+        if name.startswith("fontTools"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fonttools)
+    from contrastkit.data.emoji import _render, emoji_codepoints
+
+    codepoints = emoji_codepoints()
+    assert len(codepoints) > len(emoji)  # candidates; the missing ones render blank
+    _, kept = _render(codepoints[:300], DEFAULT_FONT, 8)
+    assert kept == [c for c in emoji.groups.tolist() if c in set(codepoints[:300])]

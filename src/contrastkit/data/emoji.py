@@ -73,17 +73,23 @@ def unicode_block(codepoint: int) -> str:
 
 
 def emoji_codepoints(font_path: str | Path = DEFAULT_FONT) -> list[int]:
-    """Single-codepoint pictographs the font maps (sorted)."""
-    from fontTools.ttLib import TTFont  # matplotlib's dependency; only the cmap table is read
+    """Single-codepoint pictographs (sorted): those the font maps when fontTools is installed
+    (it comes with matplotlib), else every candidate in the emoji blocks (glyphs the font
+    lacks render blank and are dropped when rendering)."""
 
-    cmap = TTFont(str(font_path), lazy=True).getBestCmap()
-    return sorted(
-        c
-        for c in cmap
-        if unicodedata.category(chr(c)) == "So"
-        and not 0x1F1E6 <= c <= 0x1F1FF  # regional indicators render as boxed letters
-        and unicodedata.name(chr(c), None)
-    )
+    def wanted(c: int) -> bool:
+        return (
+            unicodedata.category(chr(c)) == "So"
+            and not 0x1F1E6 <= c <= 0x1F1FF  # regional indicators render as boxed letters
+            and unicodedata.name(chr(c), None) is not None
+        )
+
+    try:
+        from fontTools.ttLib import TTFont
+    except ImportError:
+        return [c for lo, hi, _ in BLOCKS for c in range(lo, hi + 1) if wanted(c)]
+    cmap = TTFont(str(font_path), lazy=True).getBestCmap()  # reads only the cmap table
+    return sorted(c for c in cmap if wanted(c))
 
 
 def _render(codepoints: list[int], font_path: Path, size: int) -> tuple[np.ndarray, list[int]]:
