@@ -126,3 +126,52 @@ def test_supervised_task_and_schedule_fit_to_budget(tmp_path: Path) -> None:
     fitted = [r for r in records if r.get("event") == "schedule_fitted"]
     assert fitted and fitted[0]["total_steps"] == 2  # the calibration steps always run
     assert json.loads((run / "eval.json").read_text())["step"] == 2
+
+
+def test_pairs_task_with_gradient_caching_matches_plain_step(tmp_path: Path) -> None:
+    """WordNet adverb lemma -> gloss with a tiny from-scratch BERT (no dropout): the
+    gradient-cached run ends with the weights of the plain run; masks and baseline are wired."""
+    raw = {
+        "name": "pairs",
+        "task": "pairs",
+        "data": {
+            "dataset": "wordnet",
+            "subset": 96,
+            "test_subset": 64,
+            "options": {"kind": "lemma_gloss", "pos": "r"},
+        },
+        "model": {
+            "name": "tiny_text",
+            "options": {
+                "hidden_size": 16,
+                "num_layers": 1,
+                "num_heads": 2,
+                "max_length": 16,
+                "dropout": 0.0,
+            },
+        },
+        "loss": {
+            "name": "info_nce",
+            "params": {"temperature": 0.1, "symmetric": True},
+            "false_negative_mask": True,
+        },
+        "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
+        "train": {
+            "max_steps": 3,
+            "log_every": 1,
+            "monitor_every": 1,
+            "checkpoint_every": 3,
+            "progress": False,
+            "threads": 1,
+            "output_dir": str(tmp_path),
+        },
+        "eval": {"corpus_size": 32},
+    }
+    plain = train(load_config_dict(raw), tmp_path / "plain")
+    cached = train(load_config_dict(raw, ["train.grad_cache_chunk=4"]), tmp_path / "cached")
+    a, b = final_weights(plain), final_weights(cached)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    ev = json.loads((plain / "eval.json").read_text())
+    assert ev["baseline_name"] == "before training"
+    assert set(ev["metrics"]) >= {"R@1", "R@10", "MRR"} and set(ev["baseline"]) >= {"R@1"}

@@ -126,6 +126,12 @@ class TrainConfig(_Strict):
         description="after calibration_steps, shorten max_steps to what fits the time budget",
     )
     calibration_steps: int = Field(default=20, gt=0)
+    grad_cache_chunk: int | None = Field(
+        default=None,
+        gt=0,
+        description="pair tasks: encode the batch in chunks of this many rows with gradient "
+        "caching (exact full-batch gradients at one chunk's activation memory)",
+    )
     bf16: bool | Literal["auto"] = Field(
         default=False, description='bfloat16 autocast; "auto": on when the CPU/GPU has native bf16'
     )

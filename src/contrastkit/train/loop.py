@@ -299,13 +299,13 @@ def train(
             # data -> views/pairs -> encoder(s) -> loss terms
             indices = order.next()
             batch = task.batch(indices, view_generator)
+            optimizer.zero_grad(set_to_none=True)
             with autocast:
                 terms, (z1, z2) = task.loss_terms(batch, loss_fn)
             loss = sum(terms.values())
             _check_finite(step, terms, cfg)
-
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:  # gradient caching already accumulated the gradients
+                loss.backward()
             if dist.world > 1:
                 _average_gradients(trainable, dist.world)
             grad_norm = _clip(trainable, cfg.optim.grad_clip)
@@ -359,7 +359,7 @@ def train(
                     progress.set_postfix(post, refresh=False)
             if progress is not None:
                 progress.update(1)
-            if cfg.train.monitor_every and step % cfg.train.monitor_every == 0:
+            if cfg.train.monitor_every and step % cfg.train.monitor_every == 0 and z1 is not None:
                 log.write({"step": step, "monitor": embedding_health(z1, z2)})
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and dist.is_main:
                 last_eval = task.evaluate(baseline=False, quick=True).metrics

@@ -133,12 +133,24 @@ class TextPairsTask:
         self, batch: dict[str, Any], loss_fn: nn.Module
     ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
         enc = self.model["encoder"]
-        query, key = enc(batch["query"]).float(), enc(batch["key"]).float()  # (B, D) each
         kwargs: dict[str, Any] = {}
         if self.cfg.loss.false_negative_mask:
             ids = batch["ids"]
             same = ids[:, None] == ids[None, :]  # (B, B)
             kwargs["ignore_mask"] = same & ~torch.eye(len(ids), dtype=torch.bool)
+        chunk = self.cfg.train.grad_cache_chunk
+        if chunk:  # GradCache: gradients land in .grad now; the returned loss is detached
+            from contrastkit.gradcache import grad_cache_step
+
+            tokens = (enc.tokenize(batch["query"]), enc.tokenize(batch["key"]))
+            loss = grad_cache_step(
+                enc.embed_tokens,
+                tokens,
+                lambda q, k: loss_fn(q.float(), k.float(), **kwargs),
+                chunk_size=chunk,
+            )
+            return {self.cfg.loss.name: loss}, (None, None)
+        query, key = enc(batch["query"]).float(), enc(batch["key"]).float()  # (B, D) each
         loss = loss_fn(query, key, **kwargs)
         return {self.cfg.loss.name: loss}, (query, key)
 
