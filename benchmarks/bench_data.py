@@ -42,6 +42,7 @@ def run() -> dict:
         load_bible_pairs,
         load_emoji,
         load_fashion_mnist,
+        load_foldoc,
         load_wordnet,
     )
     from contrastkit.encoders import SmallCNN, SmallResNet, TextEncoder
@@ -52,6 +53,7 @@ def run() -> dict:
         ("load Fashion-MNIST train+test", lambda: load_fashion_mnist("all"), "images"),
         ("load WordNet example_gloss (all)", lambda: load_wordnet("example_gloss", "all"), "pairs"),
         ("load KJV/WEB pairs (cached)", lambda: load_bible_pairs("all"), "pairs"),
+        ("load FOLDOC pairs (all)", lambda: load_foldoc("all"), "pairs"),
         ("load emoji 64x64 (cached)", lambda: load_emoji(size=64), "images"),
     ]:
         t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from contrastkit.data import (
 from contrastkit.data import bible as bible_module
 from contrastkit.data.emoji import DEFAULT_FONT
 from contrastkit.data.fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
+from contrastkit.data.foldoc import load_foldoc
 from contrastkit.data.wordnet import count_synsets
 
 
@@ -244,3 +245,20 @@ def test_emoji_without_fonttools_finds_the_same_glyphs(emoji, monkeypatch):
     assert len(codepoints) > len(emoji)  # candidates; the missing ones render blank
     _, kept = _render(codepoints[:300], DEFAULT_FONT, 8)
     assert kept == [c for c in emoji.groups.tolist() if c in set(codepoints[:300])]
+
+
+# ---------------------------------------------------------------- FOLDOC
+def test_foldoc_pairs_labels_and_split(tmp_path):
+    pairs = load_foldoc("all")
+    assert 14000 <= len(pairs) <= 15500
+    assert 100 <= len(pairs.classes) <= 140 and "programming" in pairs.classes
+    i = pairs.ids.index("16550A")  # the entry's own case, not the index's lower case
+    assert pairs.positive[i] == "A version of the 16550 UART. Superseded by the 16650."
+    assert pairs.classes[pairs.labels[i]] == "hardware"
+    j, k = pairs.ids.index("16750C"), pairs.ids.index("16C750")  # synonyms share an entry
+    assert pairs.groups[j] == pairs.groups[k] and pairs.positive[j] == pairs.positive[k]
+    train, test = load_foldoc("train"), load_foldoc("test")
+    assert len(train) + len(test) == len(pairs)
+    assert_disjoint(train.groups.tolist(), test.groups.tolist())
+    with pytest.raises(DataNotFoundError, match="dict-foldoc"):
+        load_foldoc(root=tmp_path)

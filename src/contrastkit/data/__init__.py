@@ -18,6 +18,7 @@ from contrastkit.data.bible import load_bible_pairs
 from contrastkit.data.emoji import load_emoji
 from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
 from contrastkit.data.files import PairFileError, load_image_folder, load_pairs
+from contrastkit.data.foldoc import load_foldoc
 from contrastkit.data.views import SimCLRViews
 from contrastkit.data.wordnet import LEXNAMES, load_wordnet
 
@@ -35,6 +36,7 @@ __all__ = [
     "load_digits",
     "load_emoji",
     "load_fashion_mnist",
+    "load_foldoc",
     "load_image_folder",
     "load_pairs",
     "load_wordnet",
