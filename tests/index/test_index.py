@@ -228,3 +228,19 @@ def test_load_rejects_foreign_files(tmp_path):
     path.write_bytes(b"hello world")
     with pytest.raises(ValueError, match="not a contrastkit index file"):
         load_index(path)
+
+
+def test_search_time_knobs_take_effect_without_rebuild(tmp_path):
+    vectors, query = randn(2000, 16, seed=13), randn(50, 16, seed=14)
+    truth = build_index(vectors, "exact").search(query, 10).indices
+    ivf = build_index(vectors, "faiss_ivf", nlist=32, nprobe=1)
+
+    def recall(index):
+        found = index.search(query, 10).indices
+        return sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), truth.tolist())) / 500
+
+    low = recall(ivf)
+    ivf.nprobe = 32  # every cell: exact
+    assert recall(ivf) == 1.0 > low
+    ivf.save(tmp_path / "ivf.ckx")
+    assert load_index(tmp_path / "ivf.ckx").nprobe == 32

@@ -35,21 +35,23 @@ def _scores(query: Tensor, chunk: Tensor, metric: str) -> Tensor:
 def _topk_lowest_index_ties(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k of each row, sorted by score descending then column index ascending.
 
-    ``torch.topk`` picks an arbitrary subset among equal scores at the cut-off; rows where the
-    cut-off value is shared by more candidates than fit are redone with a mask that keeps the
-    lowest columns.
+    ``torch.topk`` picks an arbitrary subset among equal scores at the cut-off. Taking k + 1
+    values shows where that can happen (the k-th and (k+1)-th values are equal); only those rows
+    are redone with a mask that keeps the lowest tied columns.
     """
-    values, index = scores.topk(k, dim=1)  # (Q, k)
-    cutoff = values[:, -1:]  # (Q, 1)
-    over = ((scores >= cutoff).sum(1) > k).nonzero().squeeze(1)
-    if over.numel():
-        rows, thr = scores[over], cutoff[over]  # (R, C), (R, 1)
-        above, equal = rows > thr, rows == thr
-        room = k - above.sum(1, keepdim=True)  # (R, 1) slots left for tied entries
-        keep = above | (equal & (equal.cumsum(1) <= room))  # exactly k per row
-        cols = keep.nonzero()[:, 1].view(-1, k)  # (R, k) ascending columns
-        index[over] = cols
-        values[over] = rows.gather(1, cols)
+    n = scores.shape[1]
+    values, index = scores.topk(min(k + 1, n), dim=1)  # (Q, k + 1)
+    if values.shape[1] > k:
+        tied = (values[:, k - 1] == values[:, k]).nonzero().squeeze(1)
+        values, index = values[:, :k].contiguous(), index[:, :k].contiguous()
+        if tied.numel():
+            rows, thr = scores[tied], values[tied, k - 1 :]  # (R, C), (R, 1)
+            above, equal = rows > thr, rows == thr
+            room = k - above.sum(1, keepdim=True)  # (R, 1) slots left for tied entries
+            keep = above | (equal & (equal.cumsum(1) <= room))  # exactly k per row
+            cols = keep.nonzero()[:, 1].view(-1, k)  # (R, k) ascending columns
+            index[tied] = cols
+            values[tied] = rows.gather(1, cols)
     # Order: by column ascending, then a stable sort by score descending keeps ties by column.
     index, perm = index.sort(dim=1)
     values = values.gather(1, perm)

@@ -67,6 +67,7 @@ class _FaissIndex(Index):
         self._faiss.add(vectors)
 
     def _search_vectors(self, query: np.ndarray, k: int) -> tuple[Tensor, Tensor]:
+        self._apply_search_params()  # search-time knobs (ef_search, nprobe) may have changed
         distances, labels = self._faiss.search(query, k)
         scores = torch.from_numpy(distances)
         if self.metric == "euclidean":
@@ -109,7 +110,7 @@ class FaissHNSWIndex(_FaissIndex):
         m: graph degree (links per node; memory grows with it). Default 32.
         ef_construction: candidate list while building (higher: better graph, slower build).
         ef_search: candidate list while searching (higher: better recall, slower queries);
-            should be >= k.
+            should be >= k. A plain attribute: set ``index.ef_search`` any time, no rebuild.
     """
 
     backend = "faiss_hnsw"
@@ -149,7 +150,8 @@ class FaissIVFIndex(_FaissIndex):
 
     Args:
         nlist: number of cells (rule of thumb: about ``4 * sqrt(N)``). Default 256.
-        nprobe: cells visited per query (higher: better recall, slower). Default 16.
+        nprobe: cells visited per query (higher: better recall, slower). Default 16. A plain
+            attribute: set ``index.nprobe`` any time, no rebuild.
         seed: k-means seed, for reproducible builds.
     """
 
