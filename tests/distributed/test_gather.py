@@ -10,9 +10,9 @@ import json
 import multiprocessing as mp
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,9 +30,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
-    out = tmp_path_factory.mktemp("dist")
+def _run_group() -> list[dict[str, str]]:
+    out = Path(tempfile.mkdtemp(prefix="ck_dist_"))
     ctx = mp.get_context("spawn")
     port = _free_port()
     procs = [
@@ -52,10 +51,17 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     return [json.loads(f.read_text()) for f in files]
 
 
-@pytest.mark.parametrize("check", sorted(dist_worker.CHECKS))
-def test_two_ranks(results: list[dict[str, str]], check: str) -> None:
-    for rank, res in enumerate(results):
-        assert res.get(check) == "ok", f"rank {rank}:\n{res.get(check)}"
+def test_two_ranks_equal_the_global_batch() -> None:
+    """All checks of dist_worker in ONE two-rank group (a single test item, so that pytest-xdist
+    does not start the group once per worker). Each failing check is listed with its traceback."""
+    results = _run_group()
+    failures = []
+    for check in sorted(dist_worker.CHECKS):
+        for rank, res in enumerate(results):
+            if res.get(check) != "ok":
+                failures.append(f"{check} on rank {rank}:\n{res.get(check, 'did not run')}")
+    assert not failures, f"{len(failures)} failing check(s):\n" + "\n".join(failures)
+    assert len(results[0]) == len(dist_worker.CHECKS) >= 18
 
 
 def test_single_process_is_the_plain_loss() -> None:
