@@ -348,8 +348,28 @@ def check_mismatched_batch_sizes_raise_on_every_rank() -> None:
         assert "same batch size on every rank" in str(err) and "[3, 4]" in str(err), str(err)
     else:
         raise AssertionError("mismatched batch sizes did not raise")
+    # Different numbers of shared negatives are caught the same way.
+    n = torch.randn(2 + rank, 4)
+    try:
+        cd.info_nce_distributed(q[:3], q[:3], n, temperature=0.1)
+    except ValueError as err:
+        assert "negatives must have the same batch size" in str(err), str(err)
+    else:
+        raise AssertionError("mismatched negatives did not raise")
     # The group is still usable afterwards (no rank is stuck in a collective).
     cd.check_same_batch_size("query", 5)
+
+
+def check_samplers_default_to_the_process_group() -> None:
+    from contrastkit.negatives import MPerClassSampler, NoDuplicatesSampler
+
+    labels = [i % 6 for i in range(60)]
+    for sampler in (MPerClassSampler(labels, 2, 6, seed=1), NoDuplicatesSampler(labels, 6)):
+        sampler.set_epoch(3)
+        mine = torch.tensor(sorted(i for b in sampler for i in b))
+        everything = cd.all_gather(mine)
+        assert len(set(everything.tolist())) == everything.numel() > 0  # disjoint ranks
+        assert cd.all_gather(torch.tensor([len(sampler)])).unique().numel() == 1
 
 
 def _encoder(seed: int) -> nn.Module:
