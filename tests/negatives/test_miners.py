@@ -52,6 +52,9 @@ def test_offline_mining_rules_against_a_loop() -> None:
         assert mined.indices[i].tolist() == expected
         torch.testing.assert_close(mined.scores[i], s[i, expected].float(), rtol=1e-5, atol=1e-5)
     assert (mined.counts() == 4).all()
+    triplets = mined.triplets()
+    assert len(triplets) == 4 * len(query)
+    assert all(p == int(positives[qi]) for qi, p, _ in triplets)
 
 
 def test_offline_mining_through_the_index_package_equals_exact() -> None:

@@ -96,22 +96,24 @@ class MinedNegatives:
         indices: (Q, K) long corpus positions, hardest first; -1 pads rows with fewer than K.
         scores: (Q, K) float similarities to the query (-inf in padded slots).
         positive_scores: (Q,) the similarity of each query to its (first) positive.
+        positives: (Q,) long corpus row of each query's (first) positive.
     """
 
     indices: Tensor
     scores: Tensor
     positive_scores: Tensor
+    positives: Tensor
 
     def counts(self) -> Tensor:
         """(Q,) number of negatives kept per query."""
         return (self.indices >= 0).sum(dim=1)
 
     def triplets(self) -> list[tuple[int, int, int]]:
-        """Flat ``(query, positive_row_of_query, negative)`` index triplets for a training file;
-        the positive is given by the caller's ``positives[query]``."""
+        """Flat ``(query, positive, negative)`` triplets (query row, corpus rows) for a training
+        file: one per kept negative, padding skipped."""
         out = []
-        for qi, row in enumerate(self.indices.tolist()):
-            out.extend((qi, qi, j) for j in row if j >= 0)
+        for qi, (pos, row) in enumerate(zip(self.positives.tolist(), self.indices.tolist())):
+            out.extend((qi, pos, j) for j in row if j >= 0)
         return out
 
 
@@ -192,9 +194,10 @@ def mine_hard_negatives(
     >>> q = torch.tensor([[1.0, 0.0]])
     >>> mine_hard_negatives(q, corpus, torch.tensor([0]), num_negatives=2).indices.tolist()
     [[1, 2]]
-    >>> mine_hard_negatives(q, corpus, torch.tensor([0]), num_negatives=2, skip_top=1,
-    ...                     margin=0.0).indices.tolist()
-    [[2, 3]]
+    >>> mined = mine_hard_negatives(q, corpus, torch.tensor([0]), num_negatives=2, skip_top=1,
+    ...                             margin=0.0)
+    >>> mined.indices.tolist(), mined.triplets()
+    ([[2, 3]], [(0, 0, 2), (0, 0, 3)])
     """
     check_embeddings("query", query)
     check_embeddings("corpus", corpus)
@@ -253,4 +256,4 @@ def mine_hard_negatives(
         if kept:
             out_scores[i, : len(kept)] = torch.tensor([s for s, _ in kept])
             out_idx[i, : len(kept)] = torch.tensor([j for _, j in kept])
-    return MinedNegatives(out_idx, out_scores, positive_scores)
+    return MinedNegatives(out_idx, out_scores, positive_scores, first.cpu())
