@@ -16,9 +16,15 @@ def _labels(seed: int = 0, n: int = 203, classes: int = 11) -> list[int]:
     return labels + list(range(classes)) * 4  # every class has at least 4 examples
 
 
-@pytest.mark.parametrize(("m", "batch_size", "world"), [(2, 8, 1), (4, 12, 2), (3, 9, 3)])
-def test_m_per_class_invariants(m: int, batch_size: int, world: int) -> None:
-    labels = _labels()
+SKEWED = [0] * 100 + [c for c in range(1, 9) for _ in range(4 + 3 * c)]  # one huge class
+
+
+@pytest.mark.parametrize(
+    ("m", "batch_size", "world", "skewed"),
+    [(2, 8, 1, False), (4, 12, 2, False), (3, 9, 3, False), (2, 6, 2, True), (4, 16, 1, True)],
+)
+def test_m_per_class_invariants(m: int, batch_size: int, world: int, skewed: bool) -> None:
+    labels = SKEWED if skewed else _labels()
     samplers = [
         MPerClassSampler(labels, m, batch_size, seed=3, num_replicas=world, rank=r)
         for r in range(world)
@@ -35,10 +41,12 @@ def test_m_per_class_invariants(m: int, batch_size: int, world: int) -> None:
         seen.extend(i for b in batches for i in b)
     assert len(seen) == len(set(seen))  # no duplicates, disjoint across ranks
     assert len({len(s) for s in samplers}) == 1  # every rank the same number of batches
-    # Coverage: the greedy packing uses all but fewer than P*m ... at most a few groups.
-    total_groups = sum(c // m for c in Counter(labels).values())
-    used_groups = len(seen) // m
-    assert total_groups - used_groups < (batch_size // m) * world + max(Counter(labels).values())
+    # Coverage: the packing reaches the most batches possible with P distinct classes each,
+    # max t such that sum_c min(groups_c, t) >= P t, split evenly over the ranks.
+    groups = [c // m for c in Counter(labels).values()]
+    p = batch_size // m
+    best = max(t for t in range(sum(groups) + 1) if sum(min(g, t) for g in groups) >= p * t)
+    assert len(samplers[0]) == best // world
 
 
 def test_m_per_class_is_deterministic_per_epoch_and_changes_across_epochs() -> None:
