@@ -130,6 +130,39 @@ def test_autocast_bfloat16() -> None:
         torch.testing.assert_close(g, r, rtol=2e-2, atol=2e-3)
 
 
+def test_frozen_momentum_key_encoder_is_not_replayed() -> None:
+    from contrastkit.encoders.momentum import MomentumEncoder
+
+    x_q, x_k = _data(5, b=10)
+    online = _encoder(3, p=0.0)
+    target = MomentumEncoder(_encoder(4, p=0.0), momentum=0.9)
+    calls = []
+    target.register_forward_hook(lambda *_: calls.append(1))
+    ref = _encoder(3, p=0.0)
+    info_nce(ref(x_q), target(x_k), temperature=0.2).backward()
+    calls.clear()
+    grad_cache_step(
+        [online, target], (x_q, x_k), lambda q, k: info_nce(q, k, temperature=0.2), chunk_size=4
+    )
+    assert len(calls) == 3  # 10 rows in chunks of 4: embedded once, never re-run
+    for g, r in zip(_grads(online), _grads(ref)):
+        torch.testing.assert_close(g, r)
+
+
+def test_grad_scaler_scales_the_cached_gradients() -> None:
+    x_q, x_k = _data(6, b=8)
+    ref, enc = _encoder(p=0.0), _encoder(p=0.0)
+
+    def loss_fn(q, k):
+        return info_nce(q, k, temperature=0.2)
+
+    grad_cache_step(ref, (x_q, x_k), loss_fn, chunk_size=3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    grad_cache_step(enc, (x_q, x_k), loss_fn, chunk_size=3, scaler=scaler)
+    for g, r in zip(_grads(enc), _grads(ref)):
+        torch.testing.assert_close(g, 1024.0 * r)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -84,6 +84,13 @@ def _call(encoder: Callable[..., Tensor], chunk: Batch) -> Tensor:
     return out
 
 
+def _has_trainable_parameters(encoder: Callable[..., Tensor]) -> bool:
+    """False for a module whose parameters are all frozen; True for any other callable."""
+    if isinstance(encoder, nn.Module):
+        return any(p.requires_grad for p in encoder.parameters())
+    return True
+
+
 class _RngState:
     """CPU and (when initialised) CUDA generator states, captured and restored."""
 
@@ -110,7 +117,9 @@ def grad_cache_step(
 
     Args:
         encoders: one callable (shared by all inputs, e.g. a bi-encoder with tied weights) or one
-            per input (e.g. a query and a document tower). Each maps a chunk to (C, D).
+            per input (e.g. a query and a document tower). Each maps a chunk to (C, D). A module
+            without trainable parameters (a :class:`~contrastkit.encoders.MomentumEncoder`) is
+            run once, without the second pass.
         inputs: one batch per encoder call, e.g. ``(query_batch, key_batch)``; a batch is a
             Tensor (B, ...) or a dict/list/tuple of tensors split along dim 0 (a dict is passed as
             keyword arguments, e.g. a tokenizer's output).
@@ -168,8 +177,12 @@ def grad_cache_step(
     cached = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
 
     # 3. Re-run each chunk with graph and the same RNG; DDP syncs only on an encoder's last chunk.
-    last_use = {id(enc): (i, len(chunks[i]) - 1) for i, enc in enumerate(encoders)}
+    # Frozen encoders (a momentum copy, a guide model) have nothing to backpropagate into.
+    trained = [_has_trainable_parameters(enc) for enc in encoders]
+    last_use = {id(enc): (i, len(chunks[i]) - 1) for i, enc in enumerate(encoders) if trained[i]}
     for i, (encoder, batch, spans) in enumerate(zip(encoders, inputs, chunks)):
+        if not trained[i]:
+            continue
         for j, (start, stop) in enumerate(spans):
             states[i][j].restore()
             sync = last_use[id(encoder)] == (i, j)
@@ -177,7 +190,8 @@ def grad_cache_step(
             ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
             with ctx:
                 out = _call(encoder, _slice(batch, start, stop))
-                out.backward(cached[i][start:stop].to(out.dtype))
+                if out.requires_grad:
+                    out.backward(cached[i][start:stop].to(out.dtype))
     after.restore()  # the RNG continues as after one forward pass, like the plain step
     return loss.detach()
 
