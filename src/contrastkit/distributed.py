@@ -216,6 +216,18 @@ def _check_pair_labels(
         check_labels(k_name, k, b, what="key")
 
 
+def _check_global_mask(name: str, mask: Tensor, shape: tuple[int, int], world: int) -> None:
+    try:
+        check_mask(name, mask, shape)
+    except ValueError as err:
+        raise ValueError(
+            f"{err} With gather_distributed=True on W={world} ranks a mask has this rank's B "
+            "query rows against the columns of ALL ranks (W*B keys, then the gathered "
+            "negatives); build it from gathered ids, e.g. ids[:, None] == all_gather(ids)[None, :], "
+            "or pass query_ids/key_ids instead."
+        ) from None
+
+
 def info_nce_distributed(
     query: Tensor,
     key: Tensor,
@@ -291,9 +303,9 @@ def info_nce_distributed(
             negatives = all_gather_with_grad(negatives)  # (W*M, D), after the W*B keys
     m = 0 if negatives is None else negatives.shape[-2]
     if positive_mask is not None:
-        check_mask("positive_mask", positive_mask, (b, n))
+        _check_global_mask("positive_mask", positive_mask, (b, n), world)
     if ignore_mask is not None:
-        check_mask("ignore_mask", ignore_mask, (b, n + m))
+        _check_global_mask("ignore_mask", ignore_mask, (b, n + m), world)
     all_key_labels = None if key_labels is None else all_gather(key_labels)  # (W*B,)
     all_key_ids = None if key_ids is None else all_gather(key_ids)  # (W*B,)
     forward = ContrastiveProblem(

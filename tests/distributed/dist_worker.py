@@ -360,6 +360,19 @@ def check_mismatched_batch_sizes_raise_on_every_rank() -> None:
     cd.check_same_batch_size("query", 5)
 
 
+def check_local_shaped_mask_gets_a_hint() -> None:
+    q = torch.randn(3, 4)
+    try:
+        cd.info_nce_distributed(
+            q, q, temperature=0.1, ignore_mask=torch.zeros(3, 3, dtype=torch.bool)
+        )
+    except ValueError as err:
+        assert "must have shape (3, 6), got (3, 3)" in str(err), str(err)
+        assert "columns of ALL ranks" in str(err), str(err)
+    else:
+        raise AssertionError("a (B, B) mask on 2 ranks did not raise")
+
+
 def check_samplers_default_to_the_process_group() -> None:
     from contrastkit.negatives import MPerClassSampler, NoDuplicatesSampler
 
