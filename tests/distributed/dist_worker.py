@@ -403,6 +403,26 @@ def check_ddp_parameter_gradients() -> None:
         _close(name, p.grad, r.grad)
 
 
+def check_negative_control_gather_without_summed_backward() -> None:
+    """The parity checks can fail: a gather whose backward keeps only the local gradient (the
+    classic bug) gives DDP gradients that differ from the global-batch ones."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x_q, x_k = _global(37, 2 * B, D), _global(38, 2 * B, D)
+    ref = _encoder(2)
+    info_nce(ref(x_q), ref(x_k), temperature=0.1).backward()
+    model = nn.parallel.DistributedDataParallel(_encoder(2))
+    q, k = model(_slice(x_q)), model(_slice(x_k))
+    parts = list(cd.all_gather(k.detach()).split(B))
+    parts[rank] = k  # gradient reaches only the local keys, from the local loss only
+    all_k = torch.cat(parts)
+    logits = nn.functional.normalize(q, dim=1) @ nn.functional.normalize(all_k, dim=1).T / 0.1
+    target = torch.arange(B) + rank * B
+    nn.functional.cross_entropy(logits, target).backward()
+    first = next(model.module.parameters()).grad
+    assert not torch.allclose(first, next(ref.parameters()).grad, rtol=1e-6, atol=1e-9)
+    assert world == 2
+
+
 def check_gradcache_under_ddp() -> None:
     """GradCache with no_sync until the last chunk + gathered loss == global plain step."""
     x_q, x_k = _global(33, 2 * B, D), _global(34, 2 * B, D)
