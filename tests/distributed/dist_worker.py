@@ -383,6 +383,12 @@ def check_samplers_default_to_the_process_group() -> None:
         everything = cd.all_gather(mine)
         assert len(set(everything.tolist())) == everything.numel() > 0  # disjoint ranks
         assert cd.all_gather(torch.tensor([len(sampler)])).unique().numel() == 1
+    try:
+        MPerClassSampler(labels, 2, 6, num_replicas=3, rank=0)
+    except ValueError as err:
+        assert "does not match the process group's world size 2" in str(err), str(err)
+    else:
+        raise AssertionError("a world size that disagrees with the process group did not raise")
 
 
 def _encoder(seed: int) -> nn.Module:

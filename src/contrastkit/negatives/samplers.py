@@ -23,8 +23,13 @@ __all__ = ["MPerClassSampler", "NoDuplicatesSampler"]
 
 
 def _replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
-    from contrastkit.distributed import get_rank, get_world_size
+    from contrastkit.distributed import get_rank, get_world_size, is_distributed
 
+    if is_distributed() and num_replicas is not None and num_replicas != get_world_size():
+        raise ValueError(
+            f"num_replicas={num_replicas} does not match the process group's world size "
+            f"{get_world_size()}; omit num_replicas and rank to take them from torch.distributed."
+        )
     world = get_world_size() if num_replicas is None else num_replicas
     r = get_rank() if rank is None else rank
     if not isinstance(world, int) or world <= 0:
