@@ -13,8 +13,9 @@ Shapes: B batch, C channels, H x W image, D embedding dim.
 >>> x = torch.rand(4, 1, 28, 28, generator=g)
 >>> view_batch(x, ViewSpec(), generator=g).shape
 torch.Size([4, 1, 28, 28])
->>> SmallCNN(width=8, out_dim=16, projection_dim=4)(x).shape
-torch.Size([4, 4])
+>>> cnn = SmallCNN(width=8, out_dim=16, projection_dim=4, pool=3)
+>>> cnn(x).shape, cnn.embed(x).shape
+(torch.Size([4, 4]), torch.Size([4, 288]))
 """
 
 from __future__ import annotations
@@ -120,18 +121,21 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """A small BatchNorm CNN backbone with an MLP projection head (SimCLR's design).
+    """A small VGG-style BatchNorm CNN backbone with SimCLR's MLP projection head.
 
-    ``backbone`` maps (B, C, H, W) -> (B, out_dim) features (what evaluation uses, as is
-    standard); ``forward`` returns the projection (B, projection_dim) the loss sees, or the
-    features when ``projection_dim`` is 0.
+    ``embed`` maps (B, C, H, W) -> (B, 4 * width * pool**2) backbone features: five 3x3
+    conv-BN-ReLU layers (two 2x2 max-pools), then average pooling to a ``pool`` x ``pool`` grid,
+    flattened. ``pool=3`` keeps a coarse spatial layout, which matters for 28x28 clothing images
+    (raw pixels alone reach 0.855 kNN accuracy); evaluation reads these features, as is standard.
+    ``forward`` returns the projection (B, projection_dim) the loss sees: Linear-BN-ReLU,
+    Linear-BN-ReLU, Linear (or the features when ``projection_dim`` is 0).
 
     Args:
         in_channels: image channels.
         width: channels of the first stage (doubled at each of the 3 stages).
-        pool: side of the final average pooling (1: global pooling).
-        out_dim: backbone feature width.
+        out_dim: hidden width of the projection head.
         projection_dim: output of the projection head (0: no head).
+        pool: side of the final average pooling (1: global pooling).
     """
 
     def __init__(
@@ -140,7 +144,7 @@ class SmallCNN(nn.Module):
         width: int = 32,
         out_dim: int = 128,
         projection_dim: int = 64,
-        pool: int = 1,
+        pool: int = 3,
     ) -> None:
         super().__init__()
         w = width
@@ -152,14 +156,15 @@ class SmallCNN(nn.Module):
             _conv_block(2 * w, 2 * w),
             nn.MaxPool2d(2),
             _conv_block(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(pool),  # pool > 1 keeps a coarse spatial layout
+            nn.AdaptiveAvgPool2d(pool),
             nn.Flatten(),
-            nn.Linear(4 * w * pool * pool, out_dim, bias=False),
-            nn.BatchNorm1d(out_dim),
         )
+        self.out_features = 4 * w * pool * pool
         self.head: nn.Module = (
             nn.Sequential(
-                nn.ReLU(inplace=False),
+                nn.Linear(self.out_features, out_dim, bias=False),
+                nn.BatchNorm1d(out_dim),
+                nn.ReLU(inplace=True),
                 nn.Linear(out_dim, out_dim, bias=False),
                 nn.BatchNorm1d(out_dim),
                 nn.ReLU(inplace=True),
@@ -170,7 +175,7 @@ class SmallCNN(nn.Module):
         )
 
     def embed(self, x: Tensor) -> Tensor:
-        """Backbone features: (B, C, H, W) -> (B, out_dim)."""
+        """Backbone features: (B, C, H, W) -> (B, 4 * width * pool**2)."""
         return self.backbone(x)
 
     def forward(self, x: Tensor) -> Tensor:

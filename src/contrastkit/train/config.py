@@ -71,13 +71,15 @@ class ViewsConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The encoder(s). ``name``: ``small_cnn``, ``minilm``, ``text_cnn`` (from scratch),
-    ``emoji_dual`` (image CNN + text tower); extra keyword arguments go in ``options``."""
+    """The encoder(s). ``name``: ``small_cnn`` (images), ``minilm`` (the packaged pretrained
+    MiniLM), ``tiny_text`` (a small BERT from scratch), ``emoji_towers`` (image CNN + text tower);
+    extra keyword arguments go in ``options``."""
 
     name: str = "small_cnn"
     width: int = Field(default=32, gt=0)
     out_dim: int = Field(default=128, gt=0)
     projection_dim: int = Field(default=64, ge=0)
+    pool: int = Field(default=3, gt=0, description="small_cnn: side of the final pooling grid")
     options: dict[str, Any] = Field(default_factory=dict)
 
 

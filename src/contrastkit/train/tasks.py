@@ -114,6 +114,7 @@ class ImageTask:
             width=cfg.model.width,
             out_dim=cfg.model.out_dim,
             projection_dim=cfg.model.projection_dim,
+            pool=min(cfg.model.pool, self.train_set.images.shape[-1] // 4),
         )
         # channels-last memory layout: oneDNN's fast convolution path on CPU
         self.model = nn.ModuleDict({"encoder": encoder.to(memory_format=torch.channels_last)})
