@@ -14,6 +14,7 @@ ranks are disjoint and see the same number of batches), and with an exact ``__le
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Iterator, Sequence
 
 import torch
@@ -148,19 +149,20 @@ class MPerClassSampler(_EpochBatchSampler):
             groups[c] = [
                 shuffled[s : s + self.m] for s in range(0, len(shuffled) - self.m + 1, self.m)
             ]
-        # Random tie-breaking order of classes, then greedy "most groups left first".
+        # Greedy "most groups left first" with a random tie-breaking order of the classes,
+        # through a heap: O(batches * P log C).
         order = torch.randperm(len(groups), generator=g).tolist()
-        classes = [list(groups)[o] for o in order]
-        rank_of = {c: i for i, c in enumerate(classes)}
+        classes = list(groups)
+        heap = [(-len(groups[classes[o]]), tie, classes[o]) for tie, o in enumerate(order)]
+        heapq.heapify(heap)
         batches = []
-        while True:
-            alive = [c for c in classes if groups[c]]
-            if len(alive) < self.classes_per_batch:
-                break
-            alive.sort(key=lambda c: (-len(groups[c]), rank_of[c]))
+        while len(heap) >= self.classes_per_batch:
+            picked = [heapq.heappop(heap) for _ in range(self.classes_per_batch)]
             batch = []
-            for c in alive[: self.classes_per_batch]:
+            for _, tie, c in picked:
                 batch.extend(groups[c].pop())
+                if groups[c]:
+                    heapq.heappush(heap, (-len(groups[c]), tie, c))
             batches.append(batch)
         perm = torch.randperm(len(batches), generator=g).tolist()
         return [batches[p] for p in perm]
