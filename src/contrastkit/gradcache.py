@@ -17,6 +17,10 @@ around the call; pass a ``GradScaler`` as ``scaler`` to scale the loss.
 Peak memory is one chunk's activations plus the B x D embeddings, instead of the activations of
 the whole batch (see ``benchmarks/bench_scaling.py``).
 
+The encoder must treat examples independently (LayerNorm transformers, MLPs, CNNs in eval-mode
+BatchNorm): a train-mode BatchNorm normalises per chunk, not per batch, and updates its running
+statistics in both passes.
+
 >>> import torch
 >>> from torch import nn
 >>> from contrastkit.functional import info_nce
