@@ -463,9 +463,29 @@ def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None
         save_file(arrays, str(run / "eval_arrays.safetensors"))
 
 
+_LOADED: dict[tuple[str, str, float], tuple[RunConfig, Any, nn.Module]] = {}
+
+
 def load_run(run: str | os.PathLike) -> tuple[RunConfig, Any, nn.Module]:
-    """Rebuild a finished run's task (with trained weights) and loss from its folder."""
+    """Rebuild a run's task (with its latest weights, in eval mode) and loss from its folder.
+
+    The result is cached per (folder, checkpoint) in this process, so ``demo`` / ``report`` do not
+    reload the data and weights for every step.
+    """
     run = Path(run)
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None:
+        key = (str(run.resolve()), ckpt.name, (ckpt / "model.safetensors").stat().st_mtime)
+        if key in _LOADED:
+            return _LOADED[key]
+    loaded = _load_run(run)
+    if ckpt is not None:
+        _LOADED.clear()  # keep one run in memory
+        _LOADED[key] = loaded
+    return loaded
+
+
+def _load_run(run: Path) -> tuple[RunConfig, Any, nn.Module]:
     if not (run / "config.yaml").exists():
         raise FileNotFoundError(
             f"{run} is not a run folder (no config.yaml); pass the folder "
