@@ -3,7 +3,8 @@ overhead of the contrastkit wrapper over calling FAISS directly on the same FAIS
 
 Data: 100k random 256-d L2-normalised vectors (cosine), 1k random normalised queries. Random
 high-dimensional data is the hard case for approximate search (no cluster structure), so the
-HNSW / IVF recall here is a lower bound for real embeddings.
+HNSW / IVF recall there is a lower bound; a second part uses real, clustered vectors
+(Fashion-MNIST pixels, PCA to 256-d; skipped when the Debian package is missing).
 
 Run: ``.venv/bin/python benchmarks/run.py index`` (about 1-3 minutes on 2 cores).
 """
@@ -33,6 +34,12 @@ BACKENDS: list[tuple[str, dict[str, Any], list[dict[str, int]]]] = [
     ("faiss_ivf", {"nlist": 256}, [{"nprobe": 16}, {"nprobe": 64}]),
 ]
 
+REAL_BACKENDS: list[tuple[str, dict[str, Any], list[dict[str, int]]]] = [
+    ("exact", {}, [{}]),
+    ("faiss_hnsw", {"m": 16, "ef_construction": 40}, [{"ef_search": 64}]),
+    ("faiss_ivf", {"nlist": 256}, [{"nprobe": 16}]),
+]
+
 
 class _Replay:
     """Stands in for a FAISS index and returns a recorded answer instantly, so that timing the
@@ -51,7 +58,7 @@ def _wrapper_only_s(index: Any, queries: torch.Tensor, direct_answer: Any) -> fl
     real = index._faiss
     index._faiss = _Replay(*direct_answer)
     try:
-        return min(_timed(lambda: index.search(queries, K)) for _ in range(5))
+        return min(_timed(lambda: index.search(queries, K)) for _ in range(20))
     finally:
         index._faiss = real
 
@@ -66,16 +73,38 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), truth.tolist())) / truth.size
 
 
-def run() -> dict:
+def _random_data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    vectors = normalize(torch.randn(N, D, generator=g))
-    queries = normalize(torch.randn(Q, D, generator=g))
-    queries_np = np.ascontiguousarray(queries.numpy())
-    ids = [f"doc-{i}" for i in range(N)]
+    return normalize(torch.randn(N, D, generator=g)), normalize(torch.randn(Q, D, generator=g))
 
+
+def _fashion_mnist_data() -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Real structured vectors: Fashion-MNIST pixels, PCA to 256-d (fitted on train), normalised.
+    Corpus: the 60k training images; queries: the first 1k test images."""
+    try:
+        from contrastkit.data.fashion_mnist import load_fashion_mnist
+
+        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    except Exception:  # the Debian package is missing: skip this part
+        return None
+    x = train.images.flatten(1).float() / 255.0  # (60000, 784)
+    mean = x.mean(0)
+    sample = x[:10_000] - mean  # the principal axes are stable on 10k images
+    _, _, v = torch.linalg.svd(sample.T @ sample)  # (784, 784) eigenvectors of the scatter
+    basis = v[:D].T  # (784, 256)
+    corpus = normalize((x - mean) @ basis)
+    queries = normalize((test.images[:Q].flatten(1).float() / 255.0 - mean) @ basis)
+    return corpus, queries
+
+
+def _bench(
+    dataset: str, vectors: torch.Tensor, queries: torch.Tensor, backends: list[Any]
+) -> list[dict[str, Any]]:
+    queries_np = np.ascontiguousarray(queries.numpy())
+    ids = [f"doc-{i}" for i in range(vectors.shape[0])]
     rows = []
     truth: np.ndarray | None = None
-    for backend, params, settings in BACKENDS:
+    for backend, params, settings in backends:
         start = time.perf_counter()
         index = build_index(vectors, backend, "cosine", ids=ids, **params)
         build_s = time.perf_counter() - start
@@ -93,6 +122,7 @@ def run() -> dict:
                     direct.append(_timed(lambda raw=raw: raw.search(queries_np, K)))
             all_params = {**params, **setting}
             row: dict[str, Any] = {
+                "data": dataset,
                 "backend": backend,
                 "params": ",".join(f"{k}={v}" for k, v in all_params.items()) or "-",
                 "build_s": round(build_s, 2),
@@ -111,19 +141,29 @@ def run() -> dict:
                 row["e2e_overhead_%"] = round(100.0 * (min(wrapper) / min(direct) - 1.0), 1)
             rows.append(row)
             print(row, flush=True)
+    return rows
+
+
+def run() -> dict:
+    rows = _bench("random", *_random_data(), BACKENDS)
+    fmnist = _fashion_mnist_data()
+    if fmnist is not None:
+        rows += _bench("fmnist-pca", *fmnist, REAL_BACKENDS)
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
     notes = (
-        f"{N} x {D} random normalised vectors, {Q} queries, k={K}, cosine; "
-        f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. "
-        "qps: wrapper search (best of "
-        f"{REPEATS}, interleaved with the direct call); faiss_qps: the same FAISS index searched directly with pre-normalised float32 "
-        "numpy queries; wrapper_ms: the wrapper's own work per search call (input checks, "
-        "normalisation, conversions; timed around a FAISS stand-in that replays the answer); "
-        "overhead_% = wrapper_ms / direct FAISS time (target <= 10%); e2e_overhead_% = wrapper "
-        "time / direct time - 1 measured end to end, which on a shared machine is dominated by "
-        "noise. recall@10 is "
-        "against the exact backend. build_s includes id bookkeeping and IVF k-means training; ef_search / nprobe are varied on one built index."
+        f"random: {N} x {D} random normalised vectors (the hard case for approximate search: no "
+        f"structure); fmnist-pca: Fashion-MNIST's 60k training images as pixels -> PCA {D}-d -> "
+        f"normalised (real, clustered vectors). {Q} queries, k={K}, cosine; torch threads "
+        f"{torch.get_num_threads()}, OMP_NUM_THREADS={threads}. qps: wrapper search (best of "
+        f"{REPEATS}, interleaved with the direct call); faiss_qps: the same FAISS index searched "
+        "directly with pre-normalised float32 numpy queries; wrapper_ms: the wrapper's own work "
+        "per search call (input checks, normalisation, conversions; timed around a FAISS stand-in "
+        "that replays the answer); overhead_% = wrapper_ms / direct FAISS time (target <= 10%); "
+        "e2e_overhead_% = wrapper time / direct time - 1 measured end to end (on a shared machine "
+        "dominated by noise). recall@10 is against the exact backend. build_s includes id "
+        "bookkeeping and IVF k-means training; ef_search / nprobe are varied on one built index."
     )
-    return {"title": "Index backends (100k x 256, cosine)", "rows": rows, "notes": notes}
+    return {"title": "Index backends (cosine, k=10)", "rows": rows, "notes": notes}
 
 
 if __name__ == "__main__":

@@ -108,8 +108,9 @@ class RetrievalMetrics:
             defined = ~torch.isnan(values)
             self.sums[name] = self.sums.get(name, 0.0) + float(values[defined].double().sum())
             self.counts[name] = self.counts.get(name, 0) + int(defined.sum())
-            skipped = int((~defined).sum())
-        self.skipped += skipped if scores else 0
+        # Every metric is NaN for the same queries (those without a relevant item).
+        first = next(iter(scores.values()))
+        self.skipped += int(torch.isnan(first).sum())
 
     def compute(self) -> dict[str, float]:
         """Means over all queries seen since the last reset (NaN before any update)."""

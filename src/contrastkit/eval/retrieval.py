@@ -301,6 +301,8 @@ def count_relevant(
                 "give relevance as query_labels and corpus_labels, or as relevant corpus indices."
             )
         classes, counts = torch.unique(corpus_labels, return_counts=True)
+        if classes.numel() == 0:  # empty corpus: nothing is relevant
+            return torch.zeros(query_labels.shape[0], dtype=torch.long)
         pos = torch.searchsorted(classes, query_labels).clamp_max(classes.numel() - 1)
         num_relevant = torch.where(classes[pos] == query_labels, counts[pos], 0)
         if exclude is not None:
@@ -508,10 +510,10 @@ def retrieval_metrics(
 def summarize(scores: dict[str, Tensor]) -> dict[str, float]:
     """Means of per-query values ignoring NaN (queries without relevant items), plus a count."""
     out: dict[str, float] = {}
-    skipped = 0
     for name, values in scores.items():
         defined = ~torch.isnan(values)
-        skipped = int((~defined).sum())
         out[name] = float(values[defined].mean()) if bool(defined.any()) else math.nan
-    out["skipped_queries"] = float(skipped)
+    # Every metric is NaN for the same queries (those without a relevant item).
+    first = next(iter(scores.values()), torch.empty(0))
+    out["skipped_queries"] = float(torch.isnan(first).sum())
     return out

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contrastkit._checks import check_embeddings
+from contrastkit._checks import check_tensor
 from contrastkit.functional.similarity import check_metric
 from contrastkit.registry import Registry
 
@@ -95,18 +95,36 @@ class SearchResult:
 
 
 def as_float32_numpy(name: str, x: object, dim: int | None = None) -> np.ndarray:
-    """Check ``x`` is a finite (N, D) float tensor or array and return a contiguous float32 copy/view."""
+    """Check ``x`` is a finite (N, D) float tensor or array; return it as contiguous float32 numpy.
+
+    The checks run in numpy, single-threaded: a torch parallel region here would wait for an
+    OpenMP helper thread, which on a busy machine costs more than a fast ANN search.
+    """
     if isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"{name} must be a floating array, got dtype {x.dtype}.")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    x = check_embeddings(name, x)
-    if dim is not None and x.shape[1] != dim:
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (N, D), got shape {x.shape}.")
+    else:
+        check_tensor(name, x, ndim=2, finite=False)
+        x = x.detach().to("cpu", torch.float32).numpy()  # type: ignore[union-attr]
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.shape[1] == 0:
         raise ValueError(
-            f"{name} has dimension {x.shape[1]} but the index was built for dimension {dim}; "
+            f"{name} must have a non-empty embedding dimension, got shape {arr.shape}."
+        )
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"{name} has dimension {arr.shape[1]} but the index was built for dimension {dim}; "
             "encode the query with the same model (and projection) as the indexed vectors."
         )
-    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(
+            f"{name} contains {bad} NaN/Inf value(s); check the encoder output "
+            "(a diverged step, a learning rate too high, or fp16 overflow)."
+        )
+    return arr
 
 
 class Index(ABC):
