@@ -244,3 +244,28 @@ def test_search_time_knobs_take_effect_without_rebuild(tmp_path):
     assert recall(ivf) == 1.0 > low
     ivf.save(tmp_path / "ivf.ckx")
     assert load_index(tmp_path / "ivf.ckx").nprobe == 32
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_many_ties_match_reference_for_random_chunkings(seed):
+    # Entries in {-1, 0, 1}: dot products are small integers, so ties are everywhere and exact.
+    g = torch.Generator().manual_seed(seed)
+    n, k = (
+        int(torch.randint(5, 40, (1,), generator=g)),
+        int(torch.randint(1, 12, (1,), generator=g)),
+    )
+    corpus = torch.randint(-1, 2, (n, 3), generator=g).float()
+    query = torch.randint(-1, 2, (9, 3), generator=g).float()
+    exclude = torch.randint(-1, n, (9,), generator=g)
+    chunk_size = int(torch.randint(1, n + 1, (1,), generator=g))
+    scores, indices = chunked_topk(
+        query, corpus, k, metric="dot", exclude=exclude, chunk_size=chunk_size, query_chunk_size=4
+    )
+    sim = query @ corpus.T
+    for q in range(9):
+        ranking = sorted(
+            (j for j in range(n) if j != int(exclude[q])), key=lambda j, q=q: (-float(sim[q, j]), j)
+        )[:k]
+        got = [j for j in indices[q].tolist() if j >= 0]
+        assert got == ranking, (q, chunk_size)
+        assert scores[q, : len(got)].tolist() == [float(sim[q, j]) for j in ranking]
