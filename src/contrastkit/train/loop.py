@@ -157,7 +157,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def build_loss(cfg: RunConfig) -> nn.Module:
     """The registered loss ``cfg.loss.name`` with its params (temperature learnable if asked)."""
+    import inspect
+
+    from contrastkit.losses import LOSSES
+
     params = dict(cfg.loss.params)
+    accepted = inspect.signature(LOSSES.get(cfg.loss.name)).parameters
+    if "dim" in accepted and "dim" not in params and cfg.model.projection_dim:
+        params["dim"] = cfg.model.projection_dim  # e.g. SwAV's prototypes live in that space
     if cfg.loss.learnable_temperature:
         params["temperature"] = LearnableTemperature(float(params.get("temperature", 0.07)))
     try:

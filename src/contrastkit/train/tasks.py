@@ -117,7 +117,17 @@ class ImageTask:
             pool=min(cfg.model.pool, self.train_set.images.shape[-1] // 4),
         )
         # channels-last memory layout: oneDNN's fast convolution path on CPU
-        self.model = nn.ModuleDict({"encoder": encoder.to(memory_format=torch.channels_last)})
+        encoder = encoder.to(memory_format=torch.channels_last)
+        self.model = nn.ModuleDict({"encoder": encoder})
+        # BYOL / SimSiam: a predictor on the online branch; BYOL's targets come from an EMA teacher
+        if cfg.loss.name in PREDICTOR_LOSSES:
+            from contrastkit.encoders.heads import PredictionHead
+            from contrastkit.encoders.momentum import MomentumEncoder
+
+            dim = cfg.model.projection_dim or encoder.out_features
+            self.model["predictor"] = PredictionHead(dim, max(dim // 4, 16))
+            if cfg.loss.name == "byol":
+                self.model["teacher"] = MomentumEncoder(encoder, momentum=self.momentum)
         self.num_train = len(self.train_set)
         self.class_names = list(self.train_set.classes)
 
@@ -134,11 +144,37 @@ class ImageTask:
     ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
         z = self.model["encoder"](batch["views"])  # (2B, D)
         z1, z2 = z.float().chunk(2)  # (B, D) each
+        if "predictor" in self.model:  # BYOL / SimSiam: predict the other view's target
+            p1, p2 = self.model["predictor"](z).float().chunk(2)
+            if "teacher" in self.model:
+                with torch.no_grad():
+                    t1, t2 = self.model["teacher"](batch["views"]).float().chunk(2)
+            else:
+                t1, t2 = z1, z2  # the loss applies the stop-gradient
+            return {self.cfg.loss.name: loss_fn(p1, p2, t1, t2)}, (z1, z2)
         if self.cfg.task == "supervised":
-            loss = loss_fn(torch.stack([z1, z2], dim=1), batch["labels"])  # (B, 2, D)
+            labels = batch["labels"]
+            if self.cfg.loss.name == "supcon":
+                loss = loss_fn(torch.stack([z1, z2], dim=1), labels)  # (B, 2, D)
+            else:  # label-based metric losses: both views as (2B, D) items
+                loss = loss_fn(torch.cat([z1, z2]), torch.cat([labels, labels]))
+        elif _takes_labels(loss_fn):
+            raise ValueError(
+                f"loss.name={self.cfg.loss.name!r} needs labels; use task: supervised."
+            )
         else:
             loss = loss_fn(z1, z2)
         return {self.cfg.loss.name: loss}, (z1, z2)
+
+    momentum = 0.99
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """BYOL: move the teacher towards the online encoder (momentum 0.99 -> 1, cosine)."""
+        if "teacher" in self.model:
+            from contrastkit.encoders.momentum import cosine_momentum
+
+            m = cosine_momentum(step, total_steps, base=self.momentum)
+            self.model["teacher"].update(self.model["encoder"], min(m, 0.999999))
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -212,6 +248,17 @@ class ImageTask:
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         ds = self.test_set
         return [(ds.images[i], ds.classes[int(ds.labels[i])]) for i in range(n)]
+
+
+PREDICTOR_LOSSES = ("byol", "simsiam")
+
+
+def _takes_labels(loss: Any) -> bool:
+    """Whether a loss module (or class) is called as ``loss(embeddings, labels)``."""
+    import inspect
+
+    params = [p for p in inspect.signature(loss.forward).parameters if p != "self"]
+    return len(params) > 1 and params[1] == "labels"
 
 
 def _subset(ds: components.ImageDataset, n: int) -> components.ImageDataset:
