@@ -14,6 +14,7 @@ from contrastkit.eval import (
     knn_predict,
     knn_votes,
     linear_probe,
+    retrieval_metrics,
 )
 from contrastkit.functional.similarity import similarity_matrix
 from contrastkit.index import build_index
@@ -132,6 +133,13 @@ def test_evaluate_embeddings_reports_every_number(digits):
         "r_precision",
     }
     assert out["knn_accuracy"] >= 0.96 and out["linear_probe_accuracy"] >= 0.94
+    # The shared search gives the same numbers as the separate functions.
+    assert out["knn_accuracy"] == knn_accuracy(x_test, y_test, x_train, y_train)
+    separate = retrieval_metrics(
+        x_test, x_train, query_labels=y_test, corpus_labels=y_train, ks=(1, 10), with_map_at_r=True
+    )
+    for name in ("precision@1", "hit_rate@10", "map@r", "r_precision"):
+        assert out[name] == pytest.approx(separate[name], abs=1e-6), name
     assert out["precision@1"] == out["hit_rate@1"] >= 0.96
     assert 0.3 < out["map@r"] <= out["r_precision"] <= 1.0
 

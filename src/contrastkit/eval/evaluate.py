@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from contrastkit.eval.knn import knn_accuracy
+from contrastkit._checks import check_embeddings, check_labels, check_pair, check_temperature
+from contrastkit.eval.knn import votes_from_neighbours
 from contrastkit.eval.linear_probe import linear_probe
-from contrastkit.eval.retrieval import retrieval_metrics
+from contrastkit.eval.retrieval import (
+    hit_rate_at_k,
+    precision_at_k,
+    relevance_hits,
+    retrieval_scores,
+    retrieve,
+    summarize,
+)
 
 __all__ = ["evaluate_embeddings"]
 
@@ -55,16 +63,13 @@ def evaluate_embeddings(
     >>> out["knn_accuracy"], out["linear_probe_accuracy"], out["precision@1"]
     (1.0, 1.0, 1.0)
     """
+    check_embeddings("train_emb", train_emb)
+    check_embeddings("test_emb", test_emb)
+    check_pair("train_emb", train_emb, "test_emb", test_emb, same_rows=False)
+    train_labels = check_labels("train_labels", train_labels, train_emb.shape[0], what="train_emb")
+    test_labels = check_labels("test_labels", test_labels, test_emb.shape[0], what="test_emb")
+    check_temperature(knn_temperature)
     out: dict[str, float] = {}
-    out["knn_accuracy"] = knn_accuracy(
-        test_emb,
-        test_labels,
-        train_emb,
-        train_labels,
-        k=knn_k,
-        temperature=knn_temperature,
-        metric=metric,
-    )
     if with_linear_probe:
         probe = linear_probe(
             train_emb,
@@ -75,19 +80,32 @@ def evaluate_embeddings(
             max_iter=probe_max_iter,
         )
         out["linear_probe_accuracy"] = probe.accuracy
-    retrieval = retrieval_metrics(
-        test_emb,
-        train_emb,
-        query_labels=test_labels,
-        corpus_labels=train_labels,
-        ks=ks,
-        metric=metric,
-        with_map_at_r=with_map_at_r,
+    train_labels, test_labels = train_labels.cpu(), test_labels.cpu()
+    num_classes = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
+    # One exact search serves both the kNN vote and the retrieval metrics.
+    scores, indices = retrieve(test_emb, train_emb, max(knn_k, *ks), metric=metric)
+    votes = votes_from_neighbours(
+        scores[:, :knn_k], indices[:, :knn_k], train_labels, knn_temperature, num_classes
     )
+    out["knn_accuracy"] = float((votes.argmax(1) == test_labels).float().mean())
+    hits, num_relevant = relevance_hits(
+        indices.cpu(), query_labels=test_labels, corpus_labels=train_labels
+    )
+    per_query = {}
     for k in ks:
-        out[f"precision@{k}"] = retrieval[f"precision@{k}"]
-        out[f"hit_rate@{k}"] = retrieval[f"hit_rate@{k}"]
+        per_query[f"precision@{k}"] = precision_at_k(hits, num_relevant, k)
+        per_query[f"hit_rate@{k}"] = hit_rate_at_k(hits, num_relevant, k)
     if with_map_at_r:
-        out["map@r"] = retrieval["map@r"]
-        out["r_precision"] = retrieval["r_precision"]
-    return out
+        full = retrieval_scores(
+            test_emb,
+            train_emb,
+            query_labels=test_labels,
+            corpus_labels=train_labels,
+            ks=ks,
+            metric=metric,
+            with_map_at_r=True,
+        )
+        per_query["map@r"], per_query["r_precision"] = full["map@r"], full["r_precision"]
+    summary = summarize(per_query)
+    out.update({name: summary[name] for name in per_query})
+    return {"knn_accuracy": out.pop("knn_accuracy"), **out}

@@ -30,7 +30,7 @@ from contrastkit.eval.retrieval import retrieve
 if TYPE_CHECKING:
     from contrastkit.index.base import Index
 
-__all__ = ["KNNAccuracy", "knn_accuracy", "knn_predict", "knn_votes"]
+__all__ = ["KNNAccuracy", "knn_accuracy", "knn_predict", "knn_votes", "votes_from_neighbours"]
 
 
 def _num_classes(corpus_labels: Tensor, num_classes: int | None) -> int:
@@ -90,13 +90,25 @@ def knn_votes(
     scores, indices = retrieve(
         query, corpus, k, metric=metric, index=index, exclude=exclude, chunk_size=chunk_size
     )
+    return votes_from_neighbours(scores, indices, corpus_labels, temperature, c)
+
+
+def votes_from_neighbours(
+    scores: Tensor, indices: Tensor, corpus_labels: Tensor, temperature: float, num_classes: int
+) -> Tensor:
+    """(Q, C) normalised votes from already retrieved neighbours ``scores, indices: (Q, K)``.
+
+    >>> votes_from_neighbours(torch.tensor([[0.9, 0.8]]), torch.tensor([[1, 0]]),
+    ...                       torch.tensor([0, 1]), temperature=1.0, num_classes=2)
+    tensor([[0.4750, 0.5250]])
+    """
     scores, indices = scores.cpu().float(), indices.cpu()
     valid = indices >= 0
     # Relative weights exp((s - s_best) / T): finite for any scale of scores.
     best = scores[:, :1].masked_fill(~valid[:, :1], 0.0)
     weights = torch.exp((scores - best) / float(temperature)).masked_fill(~valid, 0.0)  # (Q, K)
-    votes = torch.zeros(query.shape[0], c)
-    votes.scatter_add_(1, corpus_labels[indices.clamp_min(0)], weights)
+    votes = torch.zeros(scores.shape[0], num_classes)
+    votes.scatter_add_(1, corpus_labels.cpu()[indices.clamp_min(0)], weights)
     return votes / votes.sum(1, keepdim=True).clamp_min(1e-30)
 
 
