@@ -6,7 +6,8 @@ the model before training for pair tasks). For SupCon a cross-entropy classifier
 encoder, views, optimizer and budget is trained in the same benchmark run.
 
 ``CK_BENCH_QUICK=1`` caps every budget at 60 s (a smoke run; numbers are not meaningful).
-``CK_BENCH_RECIPES=simclr_fashion_mnist,supcon_fashion_mnist`` selects recipes.
+``CK_BENCH_RECIPES=simclr_fashion_mnist,supcon_fashion_mnist`` selects recipes;
+``CK_BENCH_BUDGET_S=300`` gives every recipe (and the cross-entropy baseline) that budget.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ QUICK = os.environ.get("CK_BENCH_QUICK") == "1"
 
 def _budget(cfg_budget: float | None) -> float:
     budget = cfg_budget or 600.0
+    if os.environ.get("CK_BENCH_BUDGET_S"):
+        budget = float(os.environ["CK_BENCH_BUDGET_S"])
     return min(budget, 60.0) if QUICK else budget
 
 
