@@ -1,0 +1,213 @@
+"""Softmax-contrastive losses: dense vs chunked engine vs peers, time, throughput and peak memory.
+
+Each configuration runs in its own subprocess (``python bench_losses.py --worker '<json>'``):
+it allocates the inputs, reads the baseline RSS (``ru_maxrss``), runs forward + backward once
+to warm up, then ``reps`` timed runs, and reports the median time and the peak RSS above the
+baseline ("peak extra memory"). Effective GFLOP/s count the necessary products only: forward
+``2 B N D`` per direction pass, backward ``2 * 2 B N D``; "% mm" compares with the machine's own
+matmul GFLOP/s at 2048x256 @ 256x2048 fp32 (median of 20), measured in the same run.
+
+Environment: ``CK_BENCH_QUICK=1`` for small sizes (smoke test), ``CK_BENCH_SKIP_HUGE=1`` to skip
+the B = 65,536 symmetric chunked run (the longest one: about 9 TFLOP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+QUICK = os.environ.get("CK_BENCH_QUICK") == "1"
+D = 256
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(2048, D), torch.randn(D, 2048)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * 2048 * 2048 * D / statistics.median(times) / 1e9
+
+
+def _loss_fn(cfg: dict):
+    """Build (inputs, closure) for one configuration."""
+    sys.path.insert(0, str(SRC))
+    import contrastkit.functional as F
+    from contrastkit.functional import engine
+
+    b, kind, path = cfg["B"], cfg["loss"], cfg["path"]
+    g = torch.Generator().manual_seed(0)
+    chunk = None if path in ("dense", "peer") else cfg.get("chunk", 256)
+    if path == "dense":
+        engine.DENSE_MAX_LOGITS = 1 << 62  # force the dense reference path
+    if kind in ("info_nce_symmetric", "info_nce"):
+        q = torch.randn(b, D, generator=g).requires_grad_()
+        k = torch.randn(b, D, generator=g).requires_grad_()
+        sym = kind == "info_nce_symmetric"
+        if path == "peer":  # open_clip's ClipLoss formulation (sym) / plain cross-entropy
+
+            def fn():
+                qn = torch.nn.functional.normalize(q, dim=-1)
+                kn = torch.nn.functional.normalize(k, dim=-1)
+                logits = qn @ kn.T / 0.07
+                labels = torch.arange(b)
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                if sym:
+                    loss = 0.5 * (loss + torch.nn.functional.cross_entropy(logits.T, labels))
+                return loss
+
+        else:
+
+            def fn():
+                return F.info_nce(q, k, temperature=0.07, symmetric=sym, chunk_size=chunk)
+
+        return [q, k], fn, 3 * 2 * b * b * D  # fwd 2BBD + bwd 2*2BBD
+    z = torch.randn(b, D, generator=g).requires_grad_()  # b embeddings in all
+    if kind == "nt_xent":
+        if path == "peer":
+            from pytorch_metric_learning import losses
+
+            pml = losses.NTXentLoss(temperature=0.07)
+            labels = torch.arange(b // 2).repeat(2)
+            return [z], lambda: pml(z, labels), 3 * 2 * b * b * D
+        h = b // 2
+        return (
+            [z],
+            lambda: F.nt_xent(z[:h], z[h:], temperature=0.07, chunk_size=chunk),
+            3 * 2 * b * b * D,
+        )
+    labels = torch.arange(b) % max(b // 8, 1)  # SupCon: 8 examples per class
+    if path == "peer":
+        from pytorch_metric_learning import losses
+
+        pml = losses.SupConLoss(temperature=0.07)
+        return [z], lambda: pml(z, labels), 3 * 2 * b * b * D
+    return (
+        [z],
+        lambda: F.supervised_contrastive(z, labels, temperature=0.07, chunk_size=chunk),
+        3 * 2 * b * b * D,
+    )
+
+
+def worker(cfg: dict) -> dict:
+    torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
+    inputs, fn, flops = _loss_fn(cfg)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(cfg["reps"] + 1):
+        for t in inputs:
+            t.grad = None
+        start = time.perf_counter()
+        fn().backward()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    timed = times[1:] if len(times) > 1 else times
+    return {
+        "time_s": statistics.median(timed),
+        "peak_extra_mib": (peak - base) / 1024,
+        "flops": flops,
+    }
+
+
+def _spawn(cfg: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run() -> dict:
+    mm = matmul_gflops()
+    sizes = (256, 512) if QUICK else (2048, 8192, 16384)
+    peer_max = 512 if QUICK else 8192
+    rows = []
+    plan = []
+    for b in sizes:
+        reps = 3 if b <= 8192 else 2
+        for loss in ("info_nce_symmetric", "info_nce"):
+            plan.append(
+                (
+                    loss,
+                    b,
+                    ["dense", "chunked", "peer"] if b <= peer_max else ["dense", "chunked"],
+                    reps,
+                )
+            )
+        for loss in ("nt_xent", "supcon"):
+            if b <= peer_max:
+                plan.append((loss, b, ["dense", "chunked", "peer"], reps))
+    for loss, b, paths, reps in plan:
+        res = {p: _spawn({"loss": loss, "B": b, "path": p, "reps": reps}) for p in paths}
+        dense_t = res["dense"].get("time_s")
+        for p in paths:
+            r = res[p]
+            if "error" in r:
+                rows.append({"loss": loss, "B": b, "path": p, "time_s": r["error"]})
+                continue
+            gflops = r["flops"] / r["time_s"] / 1e9
+            rows.append(
+                {
+                    "loss": loss,
+                    "B": b,
+                    "path": "open_clip-style dense CLIP"
+                    if p == "peer" and "info" in loss
+                    else ("pytorch-metric-learning" if p == "peer" else p),
+                    "time_s": r["time_s"],
+                    "speedup_vs_dense": dense_t / r["time_s"] if dense_t else float("nan"),
+                    "gflops": gflops,
+                    "pct_matmul": 100 * gflops / mm,
+                    "peak_extra_mib": r["peak_extra_mib"],
+                }
+            )
+            print(rows[-1], flush=True)
+    if not QUICK and os.environ.get("CK_BENCH_SKIP_HUGE") != "1":
+        r = _spawn({"loss": "info_nce_symmetric", "B": 65536, "path": "chunked", "reps": 0})
+        if "error" not in r:
+            rows.append(
+                {
+                    "loss": "info_nce_symmetric",
+                    "B": 65536,
+                    "path": "chunked",
+                    "time_s": r["time_s"],
+                    "speedup_vs_dense": float("nan"),
+                    "gflops": r["flops"] / r["time_s"] / 1e9,
+                    "pct_matmul": 100 * r["flops"] / r["time_s"] / 1e9 / mm,
+                    "peak_extra_mib": r["peak_extra_mib"],
+                }
+            )
+    notes = (
+        f"D={D}, fp32, forward + backward, temperature 0.07, cosine; matmul {mm:.1f} GFLOP/s "
+        f"(2048x256 @ 256x2048, median of 20), torch threads {torch.get_num_threads()}. "
+        "Chunked = contrastkit engine (256-row strips); peer rows: dense CLIP cross-entropy both "
+        "ways written inline (open_clip ClipLoss formulation) and pytorch-metric-learning "
+        "NTXentLoss / SupConLoss. nt_xent / supcon: B embeddings in all. Peak extra memory: "
+        "ru_maxrss of a fresh subprocess above the baseline after allocating inputs."
+        + (" QUICK mode (CK_BENCH_QUICK=1): smoke-test sizes." if QUICK else "")
+    )
+    return {
+        "title": "Softmax contrastive losses: dense vs chunked engine",
+        "rows": rows,
+        "notes": notes,
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+    else:
+        print(json.dumps(run(), indent=1))
