@@ -93,8 +93,9 @@ def test_ctrl_c_saves_and_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_logs_config_and_checkpoint_layout(tmp_path: Path) -> None:
-    cfg = fast(tmp_path, train={"eval_every": 6})
+    cfg = fast(tmp_path, train={"eval_every": 6, "tensorboard": True})
     run = train(cfg)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert run == Path(cfg.train.output_dir) / "tiny"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in records if "loss" in r]
