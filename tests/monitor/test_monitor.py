@@ -247,6 +247,9 @@ def test_compute_without_reset_continues_the_window_and_reports_histograms() -> 
     whole.update(q[:48], k[:48])
     whole.update(q[48:], k[48:])
     a, b = continued.compute(), whole.compute()
+    assert a.values.pop("rank_vs_best") == pytest.approx(
+        a.values["effective_rank"] / continued.history[0].values["effective_rank"]
+    )
     assert a.values == pytest.approx(b.values, rel=1e-12)
     torch.testing.assert_close(a.histograms["negative"], b.histograms["negative"])
     assert float(a.histograms["positive"].sum()) == 96
@@ -269,3 +272,15 @@ def test_any_batching_gives_the_one_shot_values(cuts: list[int], seed: int) -> N
     torch.testing.assert_close(std.compute(), embedding_std(q))
     torch.testing.assert_close(rank.compute(), effective_rank(q, centered=True))
     assert sim.negative() == pytest.approx(float(similarity_stats(q, k).negative), rel=1e-9)
+
+
+def test_a_falling_effective_rank_is_flagged_against_the_best_reading() -> None:
+    monitor = CollapseMonitor(warn=False)
+    full = torch.randn(256, 32, generator=gen(12), dtype=D64)
+    monitor.update(full)
+    assert monitor.compute(step=0).alerts == []
+    # 12 directions of 32: above min_rank_fraction (0.1) but far below the first reading
+    monitor.update(full[:, :12] @ torch.randn(12, 32, generator=gen(13), dtype=D64))
+    report = monitor.compute(step=1)
+    assert [a.metric for a in report.alerts] == ["rank_vs_best"], str(report)
+    assert report.values["rank_fraction"] > 0.1 and report.values["rank_vs_best"] < 0.5

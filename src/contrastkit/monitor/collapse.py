@@ -101,6 +101,7 @@ class CollapseMonitor:
     | ``uniformity``        | <= -1.6                        | ``> max_uniformity`` (-1.0)     |
     | ``negative_similarity`` | well below 1                 | ``> max_negative_similarity`` (0.9) |
     | ``similarity_gap``    | clearly > 0                    | ``< min_similarity_gap`` (0.05) |
+    | ``rank_vs_best``      | near 1 (rank / best in history)| ``< min_rank_vs_best`` (0.5)    |
 
     ``effective_rank`` (RankMe), ``alignment`` and ``positive_similarity`` are reported without a
     threshold. Statistics of the embedding distribution use ``query``; the pair statistics need
@@ -112,6 +113,9 @@ class CollapseMonitor:
         max_uniformity: alert when uniformity (t = 2) is above.
         max_negative_similarity: alert when the mean negative cosine is above.
         min_similarity_gap: alert when positive minus negative mean cosine is below.
+        min_rank_vs_best: alert when the effective rank falls below this fraction of the best one
+            in :attr:`history` (dimensional collapse that stays above ``min_rank_fraction``;
+            take a first reading before training starts).
         bins: histogram bins on [-1, 1].
         warn: issue ``warnings.warn`` for alerts (they are always in the report).
         process_group: the group to reduce over; default the world when distributed.
@@ -136,6 +140,7 @@ class CollapseMonitor:
         max_uniformity: float | None = -1.0,
         max_negative_similarity: float | None = 0.9,
         min_similarity_gap: float | None = 0.05,
+        min_rank_vs_best: float | None = 0.5,
         bins: int = 40,
         warn: bool = True,
         process_group: dist.ProcessGroup | None = None,
@@ -145,6 +150,7 @@ class CollapseMonitor:
         self.max_uniformity = max_uniformity
         self.max_negative_similarity = max_negative_similarity
         self.min_similarity_gap = min_similarity_gap
+        self.min_rank_vs_best = min_rank_vs_best
         self.warn = bool(warn)
         self.process_group = process_group
         self.std = EmbeddingStd()
@@ -205,6 +211,9 @@ class CollapseMonitor:
             "rank_fraction": self.rank.fraction(),
             "uniformity": float(self.uniformity.compute()),
         }
+        best = max((r.values["effective_rank"] for r in self.history), default=None)
+        if best:
+            values["rank_vs_best"] = values["effective_rank"] / best
         if has_pairs:
             values["alignment"] = float(self.alignment.compute())
             values["positive_similarity"] = self.similarity.positive()
@@ -263,6 +272,22 @@ class CollapseMonitor:
                     f"{self.max_uniformity}",
                     "the embeddings crowd into a small cap of the sphere",
                     _FIX_UNIFORMITY,
+                )
+            )
+        if (
+            self.min_rank_vs_best is not None
+            and "rank_vs_best" in v
+            and v["rank_vs_best"] < self.min_rank_vs_best
+        ):
+            alerts.append(
+                CollapseAlert(
+                    "rank_vs_best",
+                    v["rank_vs_best"],
+                    f"near 1 (effective rank {v['effective_rank']:.3g} against the best "
+                    f"{v['effective_rank'] / v['rank_vs_best']:.3g} in this run), alert below "
+                    f"{self.min_rank_vs_best}",
+                    "dimensional collapse in progress: the effective rank keeps falling",
+                    _FIX_RANK,
                 )
             )
         if "negative_similarity" in v:
