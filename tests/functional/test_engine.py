@@ -297,3 +297,45 @@ def test_auto_selection_and_errors():
         ContrastiveProblem(q, torch.randn(8, 3), symmetric=True)
     with pytest.raises(ValueError, match="query_labels and key_labels go together"):
         ContrastiveProblem(q, q, query_labels=torch.arange(4))
+
+
+@pytest.mark.parametrize("metric", ["dot", "euclidean"])
+def test_max_shifted_path_parity(monkeypatch, metric):
+    """Large logits take the max-shifted (two-exp) path; force it on every option as well."""
+    import contrastkit.functional.tiled as tiled
+
+    monkeypatch.setattr(tiled, "_unshifted", lambda *args: False)
+    b, m = 6, 3
+    q, k = _randn(b, 5, seed=30), _randn(b, 5, seed=31)
+    neg = _randn(b, m, 5, seed=32)
+    g = torch.Generator().manual_seed(33)
+    ignore_mask = torch.rand(b, b + m, generator=g) < 0.3
+    for symmetric in (False, True):
+        _assert_parity(
+            lambda c, s=symmetric: F.info_nce(
+                q,
+                k,
+                neg,
+                temperature=0.3,
+                metric=metric,
+                symmetric=s,
+                ignore_mask=ignore_mask,
+                query_labels=torch.tensor([0, 1, 0, 1, 2, 2]),
+                key_labels=torch.tensor([0, 1, 0, 3, 2, 4]),
+                chunk_size=c,
+            ),
+            [q, k, neg],
+        )
+
+
+def test_low_temperature_float32_parity():
+    """Cosine at t=0.01: logits up to 100, beyond the unshifted exp range."""
+    q = _randn(24, 8, seed=34, dtype=torch.float32)
+    k = _randn(24, 8, seed=35, dtype=torch.float32)
+    for symmetric in (False, True):
+        _assert_parity(
+            lambda c, s=symmetric: F.info_nce(q, k, temperature=0.01, symmetric=s, chunk_size=c),
+            [q, k],
+            dtype=torch.float32,
+            chunks=(5, 24),
+        )

@@ -224,6 +224,23 @@ def _backprop_strip(
     return dq, dneg
 
 
+def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> bool:
+    """True when every logit is provably small enough for ``exp`` without a max shift.
+
+    Cauchy-Schwarz bounds |q . k| by max|q| max|k| (euclidean: |q - k| <= max|q| + max|k|).
+    Within +-40 (float32; +-300 in float64) ``exp`` neither overflows nor underflows, so one
+    ``exp`` per logit serves both the row and the column sums: no max pass, no second exp
+    (cosine similarity at temperature >= 0.025 always qualifies).
+    """
+    q_max = float(torch.linalg.vector_norm(query, dim=-1).max()) if query.numel() else 0.0
+    k_norm = [float(torch.linalg.vector_norm(kk, dim=-1).max())]
+    if neg3 is not None and neg3.numel():
+        k_norm.append(float(torch.linalg.vector_norm(neg3, dim=-1).max()))
+    k_max = max(k_norm)
+    bound = q_max + k_max if metric == "euclidean" else q_max * k_max
+    return bound <= (300.0 if query.dtype == torch.float64 else 40.0)
+
+
 def _finite_floor(x: Tensor) -> Tensor:
     """Replace -inf maxima (fully ignored rows) by the dtype's lowest finite value."""
     return x.clamp(min=torch.finfo(x.dtype).min)
@@ -253,22 +270,32 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
         buf = _buffer(chunk, kk.shape[0], query)
+        unshifted = _unshifted(query, kk, neg3, metric)
+        if unshifted and symmetric:
+            col_max.zero_()
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
             strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
             lg = strip.logits
+            row_pos[r0:r1], row_cnt[r0:r1] = strip.row_positive()
+            if symmetric:
+                strip.col_positive_add(col_pos, col_cnt, n)
+            if unshifted:  # one exp, in place, for both directions
+                lg.exp_()
+                row_lse[r0:r1] = lg.sum(1).log_()
+                if symmetric:
+                    col_sum += lg[:, :n].sum(0)
+                continue
             m = _finite_floor(lg.amax(1))
             row_lse[r0:r1] = m + (lg - m[:, None]).exp_().sum(1).log_()
-            row_pos[r0:r1], row_cnt[r0:r1] = strip.row_positive()
             if symmetric:
                 lk = lg[:, :n]
                 new_max = torch.maximum(col_max, lk.amax(0))
                 col_sum.mul_((col_max - new_max).exp_())
                 col_sum += (lk - new_max[None, :]).exp_().sum(0)
                 col_max = new_max
-                strip.col_positive_add(col_pos, col_cnt, n)
         row_valid = row_cnt > 0
         row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
         # Rows / columns without a positive get lse = +inf: zero probability, never NaN.
@@ -284,6 +311,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_cnt = col_lse
         ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
         ctx.structure, ctx.metric, ctx.chunk, ctx.symmetric = structure, metric, chunk, symmetric
+        ctx.unshifted = unshifted
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row_loss, col_loss, row_valid, col_valid
 
@@ -304,15 +332,26 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         dkk = torch.zeros_like(kk)
         dneg3 = None if neg3 is None else torch.empty_like(neg3)
         buf = _buffer(chunk, kk.shape[0], query)
+        width = kk.shape[0] + (0 if neg3 is None else neg3.shape[1])
+        buf2 = _buffer(chunk, width, query) if ctx.unshifted else None
+        row_u = row_w * torch.exp(-row_lse)
+        col_u = None if col_w is None else col_w * torch.exp(-col_lse)
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
             strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
             lg = strip.logits
-            grad = (lg - row_lse[r0:r1, None]).exp_().mul_(row_w[r0:r1, None])
-            if col_w is not None:
-                grad[:, :n] += (lg[:, :n] - col_lse[None, :]).exp_().mul_(col_w[None, :])
+            if ctx.unshifted:
+                # d loss / d logit_ij = e^{l_ij} (w_i e^{-lse_i} + w'_j e^{-lse'_j}) - positives
+                e = lg.exp() if metric == "euclidean" else lg.exp_()
+                grad = torch.mul(e, row_u[r0:r1, None], out=buf2[: e.numel()].view(e.shape))
+                if col_u is not None:
+                    grad[:, :n].addcmul_(e[:, :n], col_u[None, :])
+            else:
+                grad = (lg - row_lse[r0:r1, None]).exp_().mul_(row_w[r0:r1, None])
+                if col_w is not None:
+                    grad[:, :n] += (lg[:, :n] - col_lse[None, :]).exp_().mul_(col_w[None, :])
             strip.subtract_positive(grad, row_pw[r0:r1], col_pw)
             dq[r0:r1], dneg_s = _backprop_strip(grad, strip, q_s, kk, neg_s, metric, dkk)
             if dneg3 is not None:
@@ -341,6 +380,7 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         valid = torch.empty(b, dtype=torch.bool, device=query.device)
         total = torch.zeros((), dtype=query.dtype, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
+        unshifted = _unshifted(query, kk, neg3, metric)
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
@@ -349,10 +389,13 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             lg = strip.logits
             pos_sum, count = strip.row_positive()
             ok = count > 0
-            m = _finite_floor(lg.amax(1))
-            # From here on the strip buffer holds exp(logit - max), then the logit gradient.
-            # euclidean keeps the logits: its backprop needs the distances.
-            probs = lg.sub_(m[:, None]) if metric == "dot" else lg - m[:, None]
+            if unshifted:
+                m = torch.zeros(r1 - r0, dtype=lg.dtype, device=lg.device)
+                probs = lg.clone() if metric == "euclidean" else lg
+            else:
+                m = _finite_floor(lg.amax(1))
+                # euclidean keeps the logits: its backprop needs the distances.
+                probs = lg.sub_(m[:, None]) if metric == "dot" else lg - m[:, None]
             probs.exp_()
             denom = probs.sum(1)
             lse = m + denom.log()
