@@ -279,8 +279,8 @@ def test_a_falling_effective_rank_is_flagged_against_the_best_reading() -> None:
     full = torch.randn(256, 32, generator=gen(12), dtype=D64)
     monitor.update(full)
     assert monitor.compute(step=0).alerts == []
-    # 12 directions of 32: above min_rank_fraction (0.1) but far below the first reading
-    monitor.update(full[:, :12] @ torch.randn(12, 32, generator=gen(13), dtype=D64))
+    # 6 directions of 32: above min_rank_fraction (0.1) but far below the first reading
+    monitor.update(full[:, :6] @ torch.randn(6, 32, generator=gen(13), dtype=D64))
     report = monitor.compute(step=1)
     assert [a.metric for a in report.alerts] == ["rank_vs_best"], str(report)
-    assert report.values["rank_fraction"] > 0.1 and report.values["rank_vs_best"] < 0.5
+    assert report.values["rank_fraction"] > 0.1 and report.values["rank_vs_best"] < 0.3

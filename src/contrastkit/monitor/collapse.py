@@ -101,7 +101,7 @@ class CollapseMonitor:
     | ``uniformity``        | <= -1.6                        | ``> max_uniformity`` (-1.0)     |
     | ``negative_similarity`` | well below 1                 | ``> max_negative_similarity`` (0.9) |
     | ``similarity_gap``    | clearly > 0                    | ``< min_similarity_gap`` (0.05) |
-    | ``rank_vs_best``      | near 1 (rank / best in history)| ``< min_rank_vs_best`` (0.5)    |
+    | ``rank_vs_best``      | near 1 (rank / best in history)| ``< min_rank_vs_best`` (0.3)    |
 
     ``effective_rank`` (RankMe), ``alignment`` and ``positive_similarity`` are reported without a
     threshold. Statistics of the embedding distribution use ``query``; the pair statistics need
@@ -140,7 +140,7 @@ class CollapseMonitor:
         max_uniformity: float | None = -1.0,
         max_negative_similarity: float | None = 0.9,
         min_similarity_gap: float | None = 0.05,
-        min_rank_vs_best: float | None = 0.5,
+        min_rank_vs_best: float | None = 0.3,
         bins: int = 40,
         warn: bool = True,
         process_group: dist.ProcessGroup | None = None,
