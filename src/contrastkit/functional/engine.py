@@ -38,7 +38,7 @@ Two paths compute it, with the same value and gradients:
 
 :func:`softmax_contrastive` picks the path: ``chunk_size=None`` is automatic -- dense while
 ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in float32, i.e. B = N = 2048), chunked
-with ``DEFAULT_CHUNK_SIZE`` rows beyond; an integer forces the chunked path with that strip
+with :func:`default_chunk_size` rows beyond; an integer forces the chunked path with that strip
 height. Softmaxes are computed in float32 (float64 for float64 inputs) so half-precision inputs
 at small temperatures do not overflow; the result has the input dtype.
 
@@ -81,8 +81,19 @@ from contrastkit.functional.tiled import (
 
 DENSE_MAX_LOGITS = 2**22
 """Automatic path selection: dense while the logit matrix has at most this many entries."""
-DEFAULT_CHUNK_SIZE = 256
-"""Strip height (query rows per block) of the automatic chunked path."""
+STRIP_LOGITS = 2**24
+"""Automatic strip height: about this many logits per strip (64 MiB of float32)."""
+
+
+def default_chunk_size(width: int) -> int:
+    """Strip height of the automatic chunked path for ``width = N + M`` candidates.
+
+    ``STRIP_LOGITS // width`` rounded down to a multiple of 64, within [64, 2048]: tall strips
+    make large, efficient matrix products, while the strip buffers stay O(STRIP_LOGITS) (2048
+    rows for N = 8192, 256 rows for N = 65,536).
+    """
+    rows = STRIP_LOGITS // max(width, 1) // 64 * 64
+    return min(max(rows, 64), 2048)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -299,7 +310,7 @@ class ContrastiveProblem:
 def resolve_chunk_size(chunk_size: object, rows: int, width: int) -> int | None:
     """None -> automatic (dense up to ``DENSE_MAX_LOGITS`` logits); an int > 0 -> that strip."""
     if chunk_size is None:
-        return DEFAULT_CHUNK_SIZE if rows * width > DENSE_MAX_LOGITS else None
+        return default_chunk_size(width) if rows * width > DENSE_MAX_LOGITS else None
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
         raise ValueError(
             f"chunk_size must be a positive int (query rows per block, e.g. 256) or None for "
