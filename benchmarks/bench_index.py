@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -97,6 +98,28 @@ def _fashion_mnist_data() -> tuple[torch.Tensor, torch.Tensor] | None:
     return corpus, queries
 
 
+def _trained_data() -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Embeddings of a trained model: the corpus index and test embeddings of a finished run
+    (``CK_BENCH_RUN``, default ``runs/simclr_fashion_mnist_demo``, what ``make demo`` writes).
+    Corpus: the run's 60k train embeddings; queries: its first 1k test embeddings."""
+    run_dir = Path(
+        os.environ.get(
+            "CK_BENCH_RUN", Path(__file__).resolve().parents[1] / "runs/simclr_fashion_mnist_demo"
+        )
+    )
+    index_path, arrays_path = run_dir / "index/corpus.ckindex", run_dir / "eval_arrays.safetensors"
+    if not (index_path.exists() and arrays_path.exists()):
+        return None
+    from safetensors.torch import load_file
+
+    from contrastkit.index import load_index
+
+    index = load_index(index_path)
+    corpus = torch.from_numpy(index.faiss_index.reconstruct_n(0, index.faiss_index.ntotal))
+    queries = load_file(str(arrays_path))["test_embeddings"][:Q]
+    return normalize(corpus.float()), normalize(queries.float())
+
+
 def _bench(
     dataset: str, vectors: torch.Tensor, queries: torch.Tensor, backends: list[Any]
 ) -> list[dict[str, Any]]:
@@ -149,11 +172,15 @@ def run() -> dict:
     fmnist = _fashion_mnist_data()
     if fmnist is not None:
         rows += _bench("fmnist-pca", *fmnist, REAL_BACKENDS)
+    trained = _trained_data()
+    if trained is not None:
+        rows += _bench(f"trained-{trained[0].shape[1]}d", *trained, REAL_BACKENDS)
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     notes = (
         f"random: {N} x {D} random normalised vectors (the hard case for approximate search: no "
         f"structure); fmnist-pca: Fashion-MNIST's 60k training images as pixels -> PCA {D}-d -> "
-        f"normalised (real, clustered vectors). {Q} queries, k={K}, cosine; torch threads "
+        f"normalised (real, clustered vectors); trained-*: the SimCLR backbone embeddings of the run "
+        "that `make demo` writes (skipped when no such run exists). {Q} queries, k={K}, cosine; torch threads "
         f"{torch.get_num_threads()}, OMP_NUM_THREADS={threads}. qps: wrapper search (best of "
         f"{REPEATS}, interleaved with the direct call); faiss_qps: the same FAISS index searched "
         "directly with pre-normalised float32 numpy queries; wrapper_ms: the wrapper's own work "

@@ -40,7 +40,9 @@ def to_markdown(section: dict) -> str:
         lines.append("| " + " | ".join(keys) + " |")
         lines.append("|" + "---|" * len(keys))
         for r in rows:
-            cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)]
+            cells = [
+                f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     if section.get("notes"):
         lines += ["", section["notes"]]
@@ -65,7 +67,9 @@ def main(argv: list[str]) -> int:
     tmp = RESULTS / f"{stem}.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(RESULTS / f"{stem}.json")
-    header = f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']}, {info['date']}\n\n"
+    header = (
+        f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']}, {info['date']}\n\n"
+    )
     (RESULTS / f"{stem}.md").write_text(header + "\n".join(to_markdown(s) for s in sections))
     print(f"wrote {RESULTS / (stem + '.json')} and .md")
     return 0
