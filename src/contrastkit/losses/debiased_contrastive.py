@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from contrastkit.functional.debiased import _check_tau_plus, debiased_contrastive
 from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.examples import paired_example, temperature_repr
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
     LearnableTemperature,
@@ -43,11 +44,7 @@ class DebiasedContrastive(nn.Module):
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
-        g = generator
-        return (
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-        )
+        return paired_example(generator)
 
     def forward(self, query: Tensor, key: Tensor, *, reduction: str = "mean") -> Tensor:
         return debiased_contrastive(
@@ -60,5 +57,4 @@ class DebiasedContrastive(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        t = self.temperature if isinstance(self.temperature, float) else "learnable"
-        return f"temperature={t}, tau_plus={self.tau_plus}, metric={self.metric!r}"
+        return f"temperature={temperature_repr(self.temperature)}, tau_plus={self.tau_plus}, metric={self.metric!r}"

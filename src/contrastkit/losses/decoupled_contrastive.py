@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from contrastkit.functional.debiased import decoupled_contrastive
 from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.examples import paired_example, temperature_repr
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
     LearnableTemperature,
@@ -43,11 +44,7 @@ class DecoupledContrastive(nn.Module):
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
-        g = generator
-        return (
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-        )
+        return paired_example(generator)
 
     def forward(self, z1: Tensor, z2: Tensor, *, reduction: str = "mean") -> Tensor:
         return decoupled_contrastive(
@@ -60,5 +57,4 @@ class DecoupledContrastive(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        t = self.temperature if isinstance(self.temperature, float) else "learnable"
-        return f"temperature={t}, weight_sigma={self.weight_sigma}, metric={self.metric!r}"
+        return f"temperature={temperature_repr(self.temperature)}, weight_sigma={self.weight_sigma}, metric={self.metric!r}"

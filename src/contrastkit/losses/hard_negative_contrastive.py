@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from contrastkit._checks import check_positive_number
 from contrastkit.functional.debiased import _check_tau_plus, hard_negative_contrastive
 from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.examples import paired_example
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
     LearnableTemperature,
@@ -47,11 +48,7 @@ class HardNegativeContrastive(nn.Module):
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
-        g = generator
-        return (
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-        )
+        return paired_example(generator)
 
     def forward(self, query: Tensor, key: Tensor, *, reduction: str = "mean") -> Tensor:
         return hard_negative_contrastive(

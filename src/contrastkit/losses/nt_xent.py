@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from contrastkit.functional import nt_xent
 from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.examples import paired_example, temperature_repr
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
     LearnableTemperature,
@@ -38,11 +39,7 @@ class NTXent(nn.Module):
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
-        g = generator
-        return (
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-        )
+        return paired_example(generator)
 
     def forward(self, z1: Tensor, z2: Tensor, *, reduction: str = "mean") -> Tensor:
         return nt_xent(
@@ -55,5 +52,4 @@ class NTXent(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        t = self.temperature if isinstance(self.temperature, float) else "learnable"
-        return f"temperature={t}, metric={self.metric!r}"
+        return f"temperature={temperature_repr(self.temperature)}, metric={self.metric!r}"

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from contrastkit.functional import sigmoid_contrastive
 from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.examples import paired_example
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
     LearnableTemperature,
@@ -51,11 +52,7 @@ class SigmoidContrastive(nn.Module):
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
-        g = generator
-        return (
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-            torch.randn(8, 16, generator=g, dtype=torch.float64),
-        )
+        return paired_example(generator)
 
     def forward(self, a: Tensor, b: Tensor, *, reduction: str = "mean") -> Tensor:
         return sigmoid_contrastive(

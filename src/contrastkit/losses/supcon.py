@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from contrastkit.functional import supervised_contrastive
 from contrastkit.functional.similarity import check_metric
+from contrastkit.losses.examples import temperature_repr
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
     LearnableTemperature,
@@ -52,5 +53,4 @@ class SupCon(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        t = self.temperature if isinstance(self.temperature, float) else "learnable"
-        return f"temperature={t}, metric={self.metric!r}"
+        return f"temperature={temperature_repr(self.temperature)}, metric={self.metric!r}"
