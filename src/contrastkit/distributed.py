@@ -48,7 +48,11 @@ from contrastkit.functional.engine import (
     sigmoid_contrastive_rows,
     softmax_contrastive,
 )
-from contrastkit.functional.similarity import check_metric, paired_similarity_unchecked
+from contrastkit.functional.similarity import (
+    check_metric,
+    check_paired_loss_inputs,
+    paired_similarity_unchecked,
+)
 
 __all__ = [
     "all_gather",
@@ -283,12 +287,9 @@ def info_nce_distributed(
     >>> bool(torch.isclose(one, info_nce(q, k, temperature=0.1)))
     True
     """
-    check_embeddings("query", query)
-    check_embeddings("key", key)
-    check_pair("query", query, "key", key)
-    check_temperature(temperature)
-    metric = check_metric(metric)
-    reduction = check_reduction(reduction)
+    metric, reduction = check_paired_loss_inputs(
+        "query", query, "key", key, temperature=temperature, metric=metric, reduction=reduction
+    )
     b = query.shape[0]
     _check_pair_labels("query_labels", query_labels, "key_labels", key_labels, b)
     _check_pair_labels("query_ids", query_ids, "key_ids", key_ids, b)
@@ -387,12 +388,9 @@ def nt_xent_distributed(
     ...                    nt_xent(z, z + 0.1, temperature=0.5)))
     True
     """
-    check_embeddings("z1", z1)
-    check_embeddings("z2", z2)
-    check_pair("z1", z1, "z2", z2)
-    check_temperature(temperature)
-    metric = check_metric(metric)
-    reduction = check_reduction(reduction)
+    metric, reduction = check_paired_loss_inputs(
+        "z1", z1, "z2", z2, temperature=temperature, metric=metric, reduction=reduction
+    )
     b = z1.shape[0]
     check_same_batch_size("z1", b)
     world, rank = get_world_size(), get_rank()

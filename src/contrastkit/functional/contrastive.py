@@ -27,7 +27,7 @@ from contrastkit.functional.engine import (
     sigmoid_contrastive_rows,
     softmax_contrastive,
 )
-from contrastkit.functional.similarity import check_metric
+from contrastkit.functional.similarity import check_metric, check_paired_loss_inputs
 
 __all__ = [
     "info_nce",
@@ -143,12 +143,9 @@ def info_nce(
             query_ids=query_ids,
             key_ids=key_ids,
         )
-    check_embeddings("query", query)
-    check_embeddings("key", key)
-    check_pair("query", query, "key", key)
-    check_temperature(temperature)
-    metric = check_metric(metric)
-    reduction = check_reduction(reduction)
+    metric, reduction = check_paired_loss_inputs(
+        "query", query, "key", key, temperature=temperature, metric=metric, reduction=reduction
+    )
     b = query.shape[0]
     m = 0
     if negatives is not None:
@@ -225,12 +222,9 @@ def nt_xent(
             reduction=reduction,
             chunk_size=chunk_size,
         )
-    check_embeddings("z1", z1)
-    check_embeddings("z2", z2)
-    check_pair("z1", z1, "z2", z2)
-    check_temperature(temperature)
-    metric = check_metric(metric)
-    reduction = check_reduction(reduction)
+    metric, reduction = check_paired_loss_inputs(
+        "z1", z1, "z2", z2, temperature=temperature, metric=metric, reduction=reduction
+    )
     b = z1.shape[0]
     z = torch.cat([z1, z2], dim=0)  # (2B, D) anchors and keys at once
     # The positive of anchor i is its partner z[(i + B) mod 2B]; key i is anchor i itself.

@@ -37,14 +37,13 @@ import torch
 from torch import Tensor
 
 from contrastkit._checks import (
-    check_embeddings,
-    check_pair,
-    check_reduction,
-    check_temperature,
     reduce,
 )
 from contrastkit.functional.engine import compute_dtype
-from contrastkit.functional.similarity import check_metric, similarity_matrix_unchecked
+from contrastkit.functional.similarity import (
+    check_paired_loss_inputs,
+    similarity_matrix_unchecked,
+)
 
 __all__ = ["debiased_contrastive", "decoupled_contrastive", "hard_negative_contrastive"]
 
@@ -96,12 +95,9 @@ def hard_negative_contrastive(
     >>> bool(torch.isclose(plain, info_nce(q, k, temperature=0.5)))
     True
     """
-    check_embeddings("query", query)
-    check_embeddings("key", key)
-    check_pair("query", query, "key", key)
-    check_temperature(temperature)
-    metric = check_metric(metric)
-    reduction = check_reduction(reduction)
+    metric, reduction = check_paired_loss_inputs(
+        "query", query, "key", key, temperature=temperature, metric=metric, reduction=reduction
+    )
     tau_plus = _check_tau_plus(tau_plus)
     if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta < 0:
         raise ValueError(
@@ -209,12 +205,9 @@ def decoupled_contrastive(
     >>> bool(decoupled_contrastive(z, z, temperature=0.1) < 0)  # aligned pairs: negative values
     True
     """
-    check_embeddings("z1", z1)
-    check_embeddings("z2", z2)
-    check_pair("z1", z1, "z2", z2)
-    check_temperature(temperature)
-    metric = check_metric(metric)
-    reduction = check_reduction(reduction)
+    metric, reduction = check_paired_loss_inputs(
+        "z1", z1, "z2", z2, temperature=temperature, metric=metric, reduction=reduction
+    )
     b = z1.shape[0]
     if b < 2:
         raise ValueError(f"z1 needs at least 2 rows (>= 1 negative besides the partner), got {b}.")

@@ -18,7 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contrastkit._checks import check_embeddings, check_pair
+from contrastkit._checks import (
+    check_embeddings,
+    check_pair,
+    check_reduction,
+    check_temperature,
+)
 
 METRICS = ("cosine", "dot", "euclidean")
 _EPS = 1e-8
@@ -119,3 +124,22 @@ def paired_similarity_unchecked(a: Tensor, b: Tensor, metric: str) -> Tensor:
     if metric == "euclidean":
         return -_safe_sqrt(((a - b) ** 2).sum(-1))
     return (prepare(a, metric) * prepare(b, metric)).sum(-1)
+
+
+def check_paired_loss_inputs(
+    name_a: str,
+    a: object,
+    name_b: str,
+    b: object,
+    *,
+    temperature: object,
+    metric: object,
+    reduction: object,
+) -> tuple[str, str]:
+    """The checks every paired loss starts with: two (B, D) embedding batches that pair row by
+    row, a valid temperature, metric and reduction. Returns ``(metric, reduction)``."""
+    check_embeddings(name_a, a)
+    check_embeddings(name_b, b)
+    check_pair(name_a, a, name_b, b)  # type: ignore[arg-type]
+    check_temperature(temperature)
+    return check_metric(metric), check_reduction(reduction)
