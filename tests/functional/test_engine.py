@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from unittest import mock
+
 import pytest
 import torch
 
 import contrastkit.functional as F
+from contrastkit.functional import engine
 from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
 from contrastkit.functional.tiled import FusedRowSoftmaxLoss, Structure, TiledSoftmaxLoss
 
@@ -28,14 +32,20 @@ def _value_and_grads(fn, tensors):
 
 
 def _assert_parity(make, tensors, dtype=torch.float64, chunks=CHUNKS):
-    """make(chunk_size) -> loss; compares every chunk size with the dense path (chunk None)."""
+    """make(chunk_size) -> loss; compares every chunk size with the dense path (chunk None).
+
+    Each chunk size runs with the default column tiles (wider than these batches: one tile per
+    strip) and with square ``chunk x chunk`` tiles (several per strip, the last one partial).
+    """
     ref, ref_grads = _value_and_grads(lambda: make(None), tensors)
     assert torch.isfinite(ref).all()
-    for chunk in chunks:
-        out, grads = _value_and_grads(lambda c=chunk: make(c), tensors)
-        torch.testing.assert_close(out, ref, **TOL[dtype], msg=f"value, chunk={chunk}")
+    for chunk, ratio in itertools.product(chunks, (engine.COLUMN_BLOCK_RATIO, 1)):
+        with mock.patch.object(engine, "COLUMN_BLOCK_RATIO", ratio):
+            out, grads = _value_and_grads(lambda c=chunk: make(c), tensors)
+        where = f"chunk={chunk}, tile={chunk}x{ratio * chunk}"
+        torch.testing.assert_close(out, ref, **TOL[dtype], msg=f"value, {where}")
         for g, rg in zip(grads, ref_grads, strict=True):
-            torch.testing.assert_close(g, rg, **TOL[dtype], msg=f"grad, chunk={chunk}")
+            torch.testing.assert_close(g, rg, **TOL[dtype], msg=f"grad, {where}")
 
 
 @pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
@@ -274,7 +284,9 @@ def test_gradcheck_kernels():
     )
     for metric in ("dot", "euclidean"):
         assert torch.autograd.gradcheck(
-            lambda q_, k_, n_, mt=metric: TiledSoftmaxLoss.apply(q_, k_, n_, full, mt, 3, False)[0],
+            lambda q_, k_, n_, mt=metric: TiledSoftmaxLoss.apply(q_, k_, n_, full, mt, 3, False, 2)[
+                0
+            ],
             (q, k, neg),
         )
         assert torch.autograd.gradcheck(
@@ -284,7 +296,7 @@ def test_gradcheck_kernels():
     square = Structure(n_keys=b, positive_offset=1, self_offset=3)
     k4 = _randn(b, 3, seed=27)
     assert torch.autograd.gradcheck(
-        lambda q_, k_: sum(TiledSoftmaxLoss.apply(q_, k_, None, square, "dot", 3, True)[:2]),
+        lambda q_, k_: sum(TiledSoftmaxLoss.apply(q_, k_, None, square, "dot", 3, True, 3)[:2]),
         (q, k4),
     )
 

@@ -33,8 +33,9 @@ Two paths compute it, with the same value and gradients:
   candidates, exact online log-sum-exp, custom autograd Functions; peak extra memory
   O(chunk_size * (N + M)) instead of O(B * (N + M)). The one-directional loss with
   ``reduction="mean"``/``"sum"`` under autograd accumulates its gradient during the forward
-  pass (no recomputation); otherwise the backward pass recomputes each strip's logits from the
-  saved embeddings and the saved per-row / per-column log-sum-exp.
+  pass (no recomputation); otherwise each strip is cut into ``chunk_size x
+  COLUMN_BLOCK_RATIO * chunk_size`` tiles that stay in cache, and the backward pass recomputes
+  each tile's logits from the saved embeddings and the saved per-row / per-column log-sum-exp.
 
 :func:`softmax_contrastive` picks the path: ``chunk_size=None`` is automatic -- dense while
 ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in float32, i.e. B = N = 2048), chunked
@@ -81,17 +82,28 @@ from contrastkit.functional.tiled import (
 
 DENSE_MAX_LOGITS = 2**22
 """Automatic path selection: dense while the logit matrix has at most this many entries."""
-STRIP_LOGITS = 2**24
-"""Automatic strip height: about this many logits per strip (64 MiB of float32)."""
+STRIP_LOGITS = 2**22
+"""Automatic height of full-width strips: about this many logits per strip (16 MiB of float32)."""
+TILE_ROWS = 512
+"""Automatic height of the recomputing path's tiles."""
+COLUMN_BLOCK_RATIO = 8
+"""Tiles of the recomputing path are ``chunk`` rows by ``COLUMN_BLOCK_RATIO * chunk`` columns."""
 
 
-def default_chunk_size(width: int) -> int:
-    """Strip height of the automatic chunked path for ``width = N + M`` candidates.
+def default_chunk_size(width: int, tiled: bool = False) -> int:
+    """Automatic block height for ``width = N + M`` candidates.
 
-    ``STRIP_LOGITS // width`` rounded down to a multiple of 64, within [64, 2048]: tall strips
-    make large, efficient matrix products, while the strip buffers stay O(STRIP_LOGITS) (2048
-    rows for N = 8192, 256 rows for N = 65,536).
+    Full-width strips (``tiled=False``: the one-directional fused path, the sigmoid loss):
+    ``STRIP_LOGITS // width`` rounded down to a multiple of 64, within [64, 2048] (512 rows for
+    N = 8192, 64 for N = 65,536), so a strip stays near the cache. Tiles of the recomputing path
+    (``tiled=True``) do not span the width: ``TILE_ROWS`` rows by ``COLUMN_BLOCK_RATIO *
+    TILE_ROWS`` columns whatever N is (measured fastest on a 2-core CPU, ``make bench``).
+
+    >>> default_chunk_size(8192), default_chunk_size(65536), default_chunk_size(65536, tiled=True)
+    (512, 64, 512)
     """
+    if tiled:
+        return TILE_ROWS
     rows = STRIP_LOGITS // max(width, 1) // 64 * 64
     return min(max(rows, 64), 2048)
 
@@ -307,10 +319,14 @@ class ContrastiveProblem:
         return positive, (ignore if bool(ignore.any()) else None)
 
 
-def resolve_chunk_size(chunk_size: object, rows: int, width: int) -> int | None:
+def resolve_chunk_size(
+    chunk_size: object, rows: int, width: int, tiled: bool = False
+) -> int | None:
     """None -> automatic (dense up to ``DENSE_MAX_LOGITS`` logits); an int > 0 -> that strip."""
     if chunk_size is None:
-        return default_chunk_size(width) if rows * width > DENSE_MAX_LOGITS else None
+        if rows * width <= DENSE_MAX_LOGITS:
+            return None
+        return min(default_chunk_size(width, tiled), rows)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
         raise ValueError(
             f"chunk_size must be a positive int (query rows per block, e.g. 256) or None for "
@@ -371,7 +387,12 @@ def softmax_contrastive(
     metric = check_metric(metric)
     reduction = check_reduction(reduction)
     p = problem
-    chunk = resolve_chunk_size(chunk_size, p.n_queries, p.n_keys + p.n_negatives)
+    learnable_t = isinstance(temperature, Tensor) and temperature.requires_grad
+    wants_grad = torch.is_grad_enabled() and (
+        learnable_t or any(t is not None and t.requires_grad for t in (p.query, p.key, p.negatives))
+    )
+    fused = wants_grad and not p.symmetric and reduction != "none"
+    chunk = resolve_chunk_size(chunk_size, p.n_queries, p.n_keys + p.n_negatives, not fused)
     if chunk is None:
         positive, ignore = p.to_dense()
         loss, valid = softmax_contrastive_dense(
@@ -387,10 +408,7 @@ def softmax_contrastive(
         return reduce_valid(loss, valid, reduction, p.query).to(p.query.dtype)
     q, k, neg = _logit_space(p, temperature, metric)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
-    wants_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, neg)
-    )
-    if wants_grad and not p.symmetric and reduction != "none":
+    if fused:
         total, valid = FusedRowSoftmaxLoss.apply(q, k, neg, p.structure(), kernel_metric, chunk)
         n_valid = valid.sum()
         if int(n_valid) == 0:
@@ -399,7 +417,7 @@ def softmax_contrastive(
         out = total / n_valid if reduction == "mean" else total
         return out.to(p.query.dtype)
     row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
-        q, k, neg, p.structure(), kernel_metric, chunk, p.symmetric
+        q, k, neg, p.structure(), kernel_metric, chunk, p.symmetric, COLUMN_BLOCK_RATIO * chunk
     )
     if p.symmetric:
         loss, valid = 0.5 * (row + col), row_valid & col_valid

@@ -5,23 +5,24 @@ normalisation and the temperature (``query / t`` for dot/cosine, both sides ``/ 
 euclidean), so a logit is ``q_i . k_j`` (``metric="dot"``) or ``-|q_i - k_j|``
 (``metric="euclidean"``), and autograd differentiates that preparation outside these Functions.
 
-The queries are cut into strips of ``chunk`` rows; each strip is multiplied against all keys
-(and shared negatives, concatenated to the keys once), so a strip's row statistics are exact
-in one shot. Column statistics (the key -> query direction of the symmetric loss) are streamed
-across strips with an online log-sum-exp. Peak extra memory is a few ``(chunk, N + M)`` float32
+The queries are cut into strips of ``chunk`` rows (shared negatives are concatenated to the keys
+once). :class:`TiledSoftmaxLoss` further cuts each strip into ``chunk x col_chunk`` tiles that
+stay in cache while their logits are exponentiated and summed: row statistics stream across a
+strip's tiles and column statistics (the key -> query direction of the symmetric loss) across
+strips, both with an online log-sum-exp. Peak extra memory is a few ``(chunk, N + M)`` float32
 buffers plus the ``(N + M, D)`` gradient accumulators; the ``(B, N)`` matrix never exists.
 
 * :class:`TiledSoftmaxLoss` -- per-anchor row (and column) losses; the backward pass recomputes
-  each strip's logits from the saved embeddings and the saved log-sum-exp of every row/column.
+  each tile's logits from the saved embeddings and the saved log-sum-exp of every row/column.
 * :class:`FusedRowSoftmaxLoss` -- one direction, output ``sum over valid anchors``; the gradient
-  is accumulated during the forward pass (a strip holds its rows' exact statistics), so no
-  recomputation, and backward only scales the stored gradients.
+  is accumulated during the forward pass (a full-width strip holds its rows' exact
+  statistics), so no recomputation, and backward only scales the stored gradients.
 * :class:`TiledSigmoidLoss` -- SigLIP's pairwise sigmoid, whose per-logit gradient is local.
 
 >>> g = torch.Generator().manual_seed(0)
 >>> q, k = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
 >>> s = Structure(n_keys=5, positive_offset=0)
->>> row, col, vr, vc = TiledSoftmaxLoss.apply(q, k, None, s, "dot", 2, True)
+>>> row, col, vr, vc = TiledSoftmaxLoss.apply(q, k, None, s, "dot", 2, True, 3)
 >>> dense = torch.logsumexp(q @ k.T, 1) - (q * k).sum(1)
 >>> torch.allclose(row, dense)
 True
@@ -70,14 +71,22 @@ class Structure:
         )
 
 
-class _Strip:
-    """Logits and positive / ignore description of query rows ``r0:r1`` against all candidates."""
+class _Tile:
+    """Logits of query rows ``r0:r1`` against candidate columns ``c0:c1``, with their masks.
+
+    Columns are numbered as in the dense ``(B, N + M)`` problem: keys ``0..N-1``, then the M
+    negatives (shared ones are rows ``N..`` of ``kk``, per-query ones come from ``neg_s``). A
+    tile holds either only key columns or only negative columns, except the full-width strips
+    of :class:`FusedRowSoftmaxLoss` and :class:`TiledSigmoidLoss` (``c0 = 0``, ``c1 = N + M``).
+    """
 
     def __init__(
         self,
         s: Structure,
         r0: int,
         r1: int,
+        c0: int,
+        c1: int,
         q_s: Tensor,
         kk: Tensor,
         neg_s: Tensor | None,
@@ -85,64 +94,80 @@ class _Strip:
         kk_sq: Tensor | None,
         buf: Tensor,
     ) -> None:
-        n = s.n_keys
+        n, kw = s.n_keys, kk.shape[0]
         rows = r1 - r0
         device = q_s.device
-        self.rows = rows
-        width = kk.shape[0]
-        logits = buf[: rows * width].view(rows, width)  # (R, N + M_shared)
-        torch.mm(q_s, kk.T, out=logits)
-        if metric == "euclidean":
-            q_sq = (q_s * q_s).sum(1)
-            logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, :])
-            logits.clamp_(min=0.0).sqrt_().neg_()
-        if neg_s is not None:  # per-query negatives (R, M, D)
+        self.rows, self.c0 = rows, c0
+        self.a0, self.a1 = min(c0, kw), min(c1, kw)  # the columns that are rows of kk
+        self.n_key = max(0, min(c1, n) - c0)  # leading key columns (the rest are negatives)
+        self.col_slice = slice(c0, c0 + self.n_key)
+        n_kk = self.a1 - self.a0
+        logits = buf[: rows * n_kk].view(rows, n_kk)
+        if n_kk:
+            k_t = kk[self.a0 : self.a1]
+            torch.mm(q_s, k_t.T, out=logits)
+            if metric == "euclidean":
+                q_sq = (q_s * q_s).sum(1)
+                logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, self.a0 : self.a1])
+                logits.clamp_(min=0.0).sqrt_().neg_()
+        self.use_neg = neg_s is not None and c1 > kw
+        if self.use_neg:  # per-query negatives (R, M, D)
             extra = torch.bmm(neg_s, q_s[:, :, None]).squeeze(2)  # (R, M)
             if metric == "euclidean":
                 sq = (q_s * q_s).sum(1)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
                 extra = -sq.clamp_(min=0.0).sqrt_()
-            logits = torch.cat([logits, extra], dim=1)  # (R, N + M)
+            logits = torch.cat([logits, extra], dim=1) if n_kk else extra  # (R, width)
         self.logits = logits
         self.pos_mask: Tensor | None = None
         self.pos_rows: Tensor | None = None
         self.pos_cols: Tensor | None = None
+        if not self.n_key and s.ignore_mask is None:
+            return  # negatives only: no positive, nothing ignored
         ar = torch.arange(rows, device=device)
         gi = ar + r0  # global query index
-        self_cols = None if s.self_offset is None else (gi + s.self_offset) % n
+        self_cols = None if s.self_offset is None else (gi + s.self_offset) % n - c0
+        if self_cols is not None:
+            in_self = (self_cols >= 0) & (self_cols < self.n_key)
+            self_rows, self_cols = ar[in_self], self_cols[in_self]
         if s.simple:
             if self_cols is not None:
-                logits[ar, self_cols] = float("-inf")
+                logits[self_rows, self_cols] = float("-inf")
             if s.positive_offset is not None:
-                cols = (gi + s.positive_offset) % n
-                keep = ar if self_cols is None else ar[cols != self_cols]
-                self.pos_rows, self.pos_cols = keep, cols[keep]
+                cols = (gi + s.positive_offset) % n - c0
+                keep = (cols >= 0) & (cols < self.n_key)
+                if self_cols is not None:
+                    keep &= (gi + s.positive_offset) % n != (gi + s.self_offset) % n
+                self.pos_rows, self.pos_cols = ar[keep], cols[keep]
             return
-        pos = torch.zeros(rows, n, dtype=torch.bool, device=device)
+        cs = self.col_slice
+        pos = torch.zeros(rows, self.n_key, dtype=torch.bool, device=device)
         if s.positive_offset is not None:
-            pos[ar, (gi + s.positive_offset) % n] = True
+            cols = (gi + s.positive_offset) % n - c0
+            keep = (cols >= 0) & (cols < self.n_key)
+            pos[ar[keep], cols[keep]] = True
         if s.query_labels is not None:
-            pos |= s.query_labels[r0:r1, None] == s.key_labels[None, :]
+            pos |= s.query_labels[r0:r1, None] == s.key_labels[None, cs]
         if s.positive_mask is not None:
-            pos |= s.positive_mask[r0:r1]
+            pos |= s.positive_mask[r0:r1, cs]
         if self_cols is not None:
-            pos[ar, self_cols] = False
-        ignore = torch.zeros(rows, logits.shape[1], dtype=torch.bool, device=device)
+            pos[self_rows, self_cols] = False
         if s.ignore_mask is not None:
-            ignore |= s.ignore_mask[r0:r1]
+            ignore = s.ignore_mask[r0:r1, c0:c1].clone()
+        else:
+            ignore = torch.zeros(rows, logits.shape[1], dtype=torch.bool, device=device)
         if s.query_ids is not None:
-            ignore[:, :n] |= s.query_ids[r0:r1, None] == s.key_ids[None, :]
-        ignore[:, :n] &= ~pos
+            ignore[:, : self.n_key] |= s.query_ids[r0:r1, None] == s.key_ids[None, cs]
+        ignore[:, : self.n_key] &= ~pos
         if self_cols is not None:
-            ignore[ar, self_cols] = True
+            ignore[self_rows, self_cols] = True
         logits.masked_fill_(ignore, float("-inf"))
         self.pos_mask = pos
 
     def row_positive(self) -> tuple[Tensor, Tensor]:
-        """Sum of positive logits and number of positives per row, both (R,)."""
+        """Sum of positive logits and number of positives per row in this tile, both (R,)."""
         lg = self.logits
         if self.pos_mask is not None:
-            k = self.pos_mask.shape[1]
-            pos_sum = torch.where(self.pos_mask, lg[:, :k], 0.0).sum(1)
+            pos_sum = torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(1)
             return pos_sum, self.pos_mask.sum(1).to(lg.dtype)
         pos_sum = torch.zeros(self.rows, dtype=lg.dtype, device=lg.device)
         count = torch.zeros_like(pos_sum)
@@ -151,33 +176,69 @@ class _Strip:
             count[self.pos_rows] = 1.0
         return pos_sum, count
 
-    def col_positive_add(self, col_sum: Tensor, col_count: Tensor, n: int) -> None:
-        """Add this strip's positive logits / counts per key column (key -> query direction)."""
+    def col_positive_add(self, col_sum: Tensor, col_count: Tensor) -> None:
+        """Add this tile's positive logits / counts per key column (key -> query direction)."""
         lg = self.logits
         if self.pos_mask is not None:
-            col_sum += torch.where(self.pos_mask, lg[:, :n], 0.0).sum(0)
-            col_count += self.pos_mask.sum(0).to(lg.dtype)
+            col_sum[self.col_slice] += torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(0)
+            col_count[self.col_slice] += self.pos_mask.sum(0).to(lg.dtype)
         elif self.pos_rows is not None:
-            col_sum.index_add_(0, self.pos_cols, lg[self.pos_rows, self.pos_cols])
-            col_count.index_add_(0, self.pos_cols, torch.ones_like(self.pos_cols, dtype=lg.dtype))
+            cols = self.pos_cols + self.c0
+            col_sum.index_add_(0, cols, lg[self.pos_rows, self.pos_cols])
+            col_count.index_add_(0, cols, torch.ones_like(cols, dtype=lg.dtype))
 
     def subtract_positive(self, grad: Tensor, row_w: Tensor | None, col_w: Tensor | None) -> None:
-        """grad[i, p] -= row_w[i] + col_w[p] for every positive p of row i (in place)."""
+        """grad[i, p] -= row_w[i] + col_w[p] for every positive p of row i (in place).
+
+        ``row_w`` is indexed by the tile's rows (R,), ``col_w`` by global key column (N,).
+        """
         if self.pos_mask is not None:
-            n = self.pos_mask.shape[1]
-            w = torch.zeros(grad.shape[0], n, dtype=grad.dtype, device=grad.device)
+            k = self.n_key
+            w = torch.zeros(grad.shape[0], k, dtype=grad.dtype, device=grad.device)
             if row_w is not None:
                 w += row_w[:, None]
             if col_w is not None:
-                w += col_w[None, :]
-            grad[:, :n] -= torch.where(self.pos_mask, w, 0.0)
+                w += col_w[None, self.col_slice]
+            grad[:, :k] -= torch.where(self.pos_mask, w, 0.0)
         elif self.pos_rows is not None:
             w = torch.zeros(self.pos_rows.shape[0], dtype=grad.dtype, device=grad.device)
             if row_w is not None:
                 w += row_w[self.pos_rows]
             if col_w is not None:
-                w += col_w[self.pos_cols]
+                w += col_w[self.pos_cols + self.c0]
             grad[self.pos_rows, self.pos_cols] -= w
+
+    def backprop(
+        self,
+        grad: Tensor,
+        q_s: Tensor,
+        kk: Tensor,
+        neg_s: Tensor | None,
+        metric: str,
+        dq_s: Tensor,
+        dkk: Tensor,
+        dneg_s: Tensor | None,
+    ) -> None:
+        """Logit gradient (R, width) of this tile -> add to dq_s, dkk[a0:a1] and dneg_s."""
+        n_kk = self.a1 - self.a0
+        if metric == "euclidean":
+            # logit = -d, dd/dq = (q - k) / d: scale by 1/d (0 where d = 0, like the safe sqrt).
+            dist = self.logits.neg()
+            grad = torch.where(dist > 0, grad / dist, 0.0)
+        if n_kk:
+            g_keys, k_t, dk_t = grad[:, :n_kk], kk[self.a0 : self.a1], dkk[self.a0 : self.a1]
+            dq_s.addmm_(g_keys, k_t)
+            dk_t.addmm_(g_keys.T, q_s)
+            if metric == "euclidean":
+                dq_s -= g_keys.sum(1)[:, None] * q_s
+                dk_t -= g_keys.sum(0)[:, None] * k_t
+        if self.use_neg:
+            g_neg = grad[:, n_kk:]  # (R, M)
+            dq_s += torch.bmm(g_neg[:, None, :], neg_s).squeeze(1)
+            dneg_s += g_neg[:, :, None] * q_s[:, None, :]  # (R, M, D)
+            if metric == "euclidean":
+                dq_s -= g_neg.sum(1)[:, None] * q_s
+                dneg_s -= g_neg[:, :, None] * neg_s
 
 
 def _keys(key: Tensor, negatives: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -187,41 +248,18 @@ def _keys(key: Tensor, negatives: Tensor | None) -> tuple[Tensor, Tensor | None]
     return key, negatives
 
 
-def _buffer(chunk: int, width: int, like: Tensor) -> Tensor:
-    return torch.empty(chunk * width, dtype=like.dtype, device=like.device)
+def _buffer(rows: int, width: int, like: Tensor) -> Tensor:
+    return torch.empty(rows * width, dtype=like.dtype, device=like.device)
 
 
-def _backprop_strip(
-    grad: Tensor,
-    strip: _Strip,
-    q_s: Tensor,
-    kk: Tensor,
-    neg_s: Tensor | None,
-    metric: str,
-    dkk: Tensor,
-) -> tuple[Tensor, Tensor | None]:
-    """Logit gradient (R, N + M) of a strip -> (dq_s, dneg_s); accumulates dkk in place."""
-    width = kk.shape[0]
-    g_keys = grad[:, :width]
-    if metric == "euclidean":
-        # logit = -d, dd/dq = (q - k) / d: scale by 1/d (0 where d = 0, like the safe sqrt).
-        dist = strip.logits.neg()
-        grad = torch.where(dist > 0, grad / dist, 0.0)
-        g_keys = grad[:, :width]
-    dq = g_keys @ kk  # (R, D)
-    dkk.addmm_(g_keys.T, q_s)
-    if metric == "euclidean":
-        dq -= g_keys.sum(1)[:, None] * q_s
-        dkk -= g_keys.sum(0)[:, None] * kk
-    dneg = None
-    if neg_s is not None:
-        g_neg = grad[:, width:]  # (R, M)
-        dq += torch.bmm(g_neg[:, None, :], neg_s).squeeze(1)
-        dneg = g_neg[:, :, None] * q_s[:, None, :]  # (R, M, D)
-        if metric == "euclidean":
-            dq -= g_neg.sum(1)[:, None] * q_s
-            dneg -= g_neg[:, :, None] * neg_s
-    return dq, dneg
+def _column_tiles(n: int, kw: int, m3: int, width: int) -> list[tuple[int, int]]:
+    """Column ranges of the 2-D tiling: keys in ``width`` steps, shared negatives likewise,
+    per-query negatives (``m3`` columns after the ``kw`` rows of kk) as one range."""
+    ranges = [(c, min(c + width, n)) for c in range(0, n, width)]
+    ranges += [(c, min(c + width, kw)) for c in range(n, kw, width)]
+    if m3:
+        ranges.append((kw, kw + m3))
+    return ranges
 
 
 def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> bool:
@@ -247,55 +285,67 @@ def _finite_floor(x: Tensor) -> Tensor:
 
 
 class TiledSoftmaxLoss(torch.autograd.Function):
-    """Per-anchor softmax-contrastive losses, strip by strip, backward by recomputation.
+    """Per-anchor softmax-contrastive losses, tile by tile, backward by recomputation.
 
-    ``apply(query, key, negatives, structure, metric, chunk, symmetric)`` with logit-space
-    ``query: (B, D)``, ``key: (N, D)``, ``negatives: (M, D) | (B, M, D) | None``. Returns
-    ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,), col_valid (N,) or empty)``; a
-    loss is ``lse - mean positive logit`` and 0 where the anchor has no positive.
+    ``apply(query, key, negatives, structure, metric, chunk, symmetric, col_chunk)`` with
+    logit-space ``query: (B, D)``, ``key: (N, D)``, ``negatives: (M, D) | (B, M, D) | None``;
+    tiles are ``chunk`` query rows by ``col_chunk`` candidate columns. Returns ``(row_loss (B,),
+    col_loss (N,) or empty, row_valid (B,), col_valid (N,) or empty)``; a loss is ``lse - mean
+    positive logit`` and 0 where the anchor has no positive. Row statistics stream across a
+    strip's column tiles and column statistics across strips (online log-sum-exp).
     """
 
     @staticmethod
-    def forward(ctx, query, key, negatives, structure, metric, chunk, symmetric):
+    def forward(ctx, query, key, negatives, structure, metric, chunk, symmetric, col_chunk):
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
+        kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
+        tiles = _column_tiles(n, kw, m3, col_chunk)
         kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
         lowest = torch.finfo(query.dtype).min
         row_lse = torch.empty(b, dtype=query.dtype, device=query.device)
-        row_pos = torch.empty_like(row_lse)
-        row_cnt = torch.empty_like(row_lse)
+        row_pos = torch.zeros_like(row_lse)
+        row_cnt = torch.zeros_like(row_lse)
+        unshifted = _unshifted(query, kk, neg3, metric)
         if symmetric:
-            col_max = torch.full((n,), lowest, dtype=query.dtype, device=query.device)
+            col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=query.dtype)
+            col_max = col_max.to(query.device)
             col_sum = torch.zeros_like(col_max)
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
-        buf = _buffer(chunk, kk.shape[0], query)
-        unshifted = _unshifted(query, kk, neg3, metric)
-        if unshifted and symmetric:
-            col_max.zero_()
+        buf = _buffer(chunk, min(col_chunk, kw), query)
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
-            lg = strip.logits
-            row_pos[r0:r1], row_cnt[r0:r1] = strip.row_positive()
-            if symmetric:
-                strip.col_positive_add(col_pos, col_cnt, n)
-            if unshifted:  # one exp, in place, for both directions
-                lg.exp_()
-                row_lse[r0:r1] = lg.sum(1).log_()
-                if symmetric:
-                    col_sum += lg[:, :n].sum(0)
-                continue
-            m = _finite_floor(lg.amax(1))
-            row_lse[r0:r1] = m + (lg - m[:, None]).exp_().sum(1).log_()
-            if symmetric:
-                lk = lg[:, :n]
-                new_max = torch.maximum(col_max, lk.amax(0))
-                col_sum.mul_((col_max - new_max).exp_())
-                col_sum += (lk - new_max[None, :]).exp_().sum(0)
-                col_max = new_max
+            r_max = torch.full((r1 - r0,), 0.0 if unshifted else lowest, dtype=query.dtype)
+            r_max = r_max.to(query.device)
+            r_sum = torch.zeros_like(r_max)
+            for c0, c1 in tiles:
+                tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, buf)
+                lg, nk = tile.logits, tile.n_key
+                pos_sum, count = tile.row_positive()
+                row_pos[r0:r1] += pos_sum
+                row_cnt[r0:r1] += count
+                keyed = symmetric and nk > 0
+                if keyed:
+                    tile.col_positive_add(col_pos, col_cnt)
+                if unshifted:  # one exp, in place, for both directions
+                    lg.exp_()
+                    r_sum += lg.sum(1)
+                    if keyed:
+                        col_sum[tile.col_slice] += lg[:, :nk].sum(0)
+                    continue
+                new_r = _finite_floor(torch.maximum(r_max, lg.amax(1)))
+                r_sum.mul_((r_max - new_r).exp_()).add_((lg - new_r[:, None]).exp_().sum(1))
+                r_max = new_r
+                if keyed:
+                    cs, lk = tile.col_slice, lg[:, :nk]
+                    new_c = torch.maximum(col_max[cs], lk.amax(0))
+                    col_sum[cs] = col_sum[cs] * (col_max[cs] - new_c).exp_()
+                    col_sum[cs] += (lk - new_c[None, :]).exp_().sum(0)
+                    col_max[cs] = new_c
+            row_lse[r0:r1] = r_max + r_sum.log()
         row_valid = row_cnt > 0
         row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
         # Rows / columns without a positive get lse = +inf: zero probability, never NaN.
@@ -310,73 +360,79 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_loss = col_lse = torch.zeros(0, dtype=query.dtype, device=query.device)
             col_cnt = col_lse
         ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
-        ctx.structure, ctx.metric, ctx.chunk, ctx.symmetric = structure, metric, chunk, symmetric
-        ctx.unshifted = unshifted
+        ctx.structure, ctx.metric, ctx.symmetric = structure, metric, symmetric
+        ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row_loss, col_loss, row_valid, col_valid
 
     @staticmethod
     def backward(ctx, g_row, g_col, _gv1, _gv2):
         query, key, negatives, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
-        structure, metric, chunk, symmetric = ctx.structure, ctx.metric, ctx.chunk, ctx.symmetric
+        structure, metric, chunk = ctx.structure, ctx.metric, ctx.chunk
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
+        kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
+        tiles = _column_tiles(n, kw, m3, ctx.col_chunk)
         kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
         row_w = torch.zeros_like(row_lse) if g_row is None else g_row * (row_cnt > 0)
         row_pw = row_w / row_cnt.clamp(min=1.0)
         col_w = col_pw = None
-        if symmetric and g_col is not None:
+        if ctx.symmetric and g_col is not None:
             col_w = g_col * (col_cnt > 0)
             col_pw = col_w / col_cnt.clamp(min=1.0)
-        dq = torch.empty_like(query)
+        dq = torch.zeros_like(query)
         dkk = torch.zeros_like(kk)
-        dneg3 = None if neg3 is None else torch.empty_like(neg3)
-        buf = _buffer(chunk, kk.shape[0], query)
-        width = kk.shape[0] + (0 if neg3 is None else neg3.shape[1])
-        buf2 = _buffer(chunk, width, query) if ctx.unshifted else None
+        dneg3 = None if neg3 is None else torch.zeros_like(neg3)
+        buf = _buffer(chunk, min(ctx.col_chunk, kw), query)
+        buf2 = _buffer(chunk, max(min(ctx.col_chunk, kw), m3), query)
         row_u = row_w * torch.exp(-row_lse)
         col_u = None if col_w is None else col_w * torch.exp(-col_lse)
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
-            lg = strip.logits
-            if ctx.unshifted:
-                # d loss / d logit_ij = e^{l_ij} (w_i e^{-lse_i} + w'_j e^{-lse'_j}) - positives
-                e = lg.exp() if metric == "euclidean" else lg.exp_()
-                grad = torch.mul(e, row_u[r0:r1, None], out=buf2[: e.numel()].view(e.shape))
-                if col_u is not None:
-                    grad[:, :n].addcmul_(e[:, :n], col_u[None, :])
-            else:
-                grad = (lg - row_lse[r0:r1, None]).exp_().mul_(row_w[r0:r1, None])
-                if col_w is not None:
-                    grad[:, :n] += (lg[:, :n] - col_lse[None, :]).exp_().mul_(col_w[None, :])
-            strip.subtract_positive(grad, row_pw[r0:r1], col_pw)
-            dq[r0:r1], dneg_s = _backprop_strip(grad, strip, q_s, kk, neg_s, metric, dkk)
-            if dneg3 is not None:
-                dneg3[r0:r1] = dneg_s
+            dneg_s = None if dneg3 is None else dneg3[r0:r1]
+            for c0, c1 in tiles:
+                tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, buf)
+                lg, nk, cs = tile.logits, tile.n_key, tile.col_slice
+                keyed = col_w is not None and nk > 0
+                if ctx.unshifted:
+                    # d loss / d logit_ij = e^{l_ij} (w_i e^{-lse_i} + w'_j e^{-lse'_j}) - positives
+                    e = lg.exp() if metric == "euclidean" else lg.exp_()
+                    grad = torch.mul(e, row_u[r0:r1, None], out=buf2[: e.numel()].view(e.shape))
+                    if keyed:
+                        grad[:, :nk].addcmul_(e[:, :nk], col_u[None, cs])
+                else:
+                    grad = (lg - row_lse[r0:r1, None]).exp_().mul_(row_w[r0:r1, None])
+                    if keyed:
+                        grad[:, :nk] += (
+                            (lg[:, :nk] - col_lse[None, cs]).exp_().mul_(col_w[None, cs])
+                        )
+                tile.subtract_positive(grad, row_pw[r0:r1], col_pw)
+                tile.backprop(grad, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
-        return dq, dkey, dneg, None, None, None, None
+        return dq, dkey, dneg, None, None, None, None, None
 
 
 class FusedRowSoftmaxLoss(torch.autograd.Function):
     """One-directional loss summed over valid anchors, gradients accumulated in the forward pass.
 
     ``apply(query, key, negatives, structure, metric, chunk)`` (logit space, shapes as in
-    :class:`TiledSoftmaxLoss`) returns ``(loss_sum (), row_valid (B,))``. Only use it when a
-    gradient is wanted: the forward pass always computes it.
+    :class:`TiledSoftmaxLoss`) returns ``(loss_sum (), row_valid (B,))``; each strip of
+    ``chunk`` query rows spans all candidates, so its row statistics are exact at once. Only use
+    it when a gradient is wanted: the forward pass always computes it.
     """
 
     @staticmethod
     def forward(ctx, query, key, negatives, structure, metric, chunk):
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
+        width = kk.shape[0] + (0 if neg3 is None else neg3.shape[1])
         kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
-        dq = torch.empty_like(query)
+        dq = torch.zeros_like(query)
         dkk = torch.zeros_like(kk)
-        dneg3 = None if neg3 is None else torch.empty_like(neg3)
+        dneg3 = None if neg3 is None else torch.zeros_like(neg3)
         valid = torch.empty(b, dtype=torch.bool, device=query.device)
         total = torch.zeros((), dtype=query.dtype, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
@@ -385,7 +441,7 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            strip = _Strip(structure, r0, r1, q_s, kk, neg_s, metric, kk_sq, buf)
+            strip = _Tile(structure, r0, r1, 0, width, q_s, kk, neg_s, metric, kk_sq, buf)
             lg = strip.logits
             pos_sum, count = strip.row_positive()
             ok = count > 0
@@ -403,9 +459,8 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             w = ok.to(lg.dtype)
             probs.mul_((w / denom)[:, None])
             strip.subtract_positive(probs, w / count.clamp(min=1.0), None)
-            dq[r0:r1], dneg_s = _backprop_strip(probs, strip, q_s, kk, neg_s, metric, dkk)
-            if dneg3 is not None:
-                dneg3[r0:r1] = dneg_s
+            dneg_s = None if dneg3 is None else dneg3[r0:r1]
+            strip.backprop(probs, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
             valid[r0:r1] = ok
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
@@ -441,7 +496,7 @@ class TiledSigmoidLoss(torch.autograd.Function):
         buf = _buffer(chunk, b.shape[0], a)
         for r0 in range(0, a.shape[0], chunk):
             r1 = min(r0 + chunk, a.shape[0])
-            strip = _Strip(s, r0, r1, a[r0:r1], b, None, metric, b_sq, buf)
+            strip = _Tile(s, r0, r1, 0, b.shape[0], a[r0:r1], b, None, metric, b_sq, buf)
             lg = strip.logits.add_(bias)
             pos_sum, _ = strip.row_positive()
             out[r0:r1] = F.softplus(lg).sum(1) - pos_sum
@@ -454,15 +509,15 @@ class TiledSigmoidLoss(torch.autograd.Function):
         a, b, bias = ctx.saved_tensors
         s = Structure(n_keys=b.shape[0], positive_offset=0)
         b_sq = (b * b).sum(1) if ctx.metric == "euclidean" else None
-        da = torch.empty_like(a)
+        da = torch.zeros_like(a)
         db = torch.zeros_like(b)
         dbias = torch.zeros((), dtype=a.dtype, device=a.device)
         buf = _buffer(ctx.chunk, b.shape[0], a)
         for r0 in range(0, a.shape[0], ctx.chunk):
             r1 = min(r0 + ctx.chunk, a.shape[0])
-            strip = _Strip(s, r0, r1, a[r0:r1], b, None, ctx.metric, b_sq, buf)
+            strip = _Tile(s, r0, r1, 0, b.shape[0], a[r0:r1], b, None, ctx.metric, b_sq, buf)
             grad = torch.sigmoid(strip.logits + bias).mul_(g[r0:r1, None])
             strip.subtract_positive(grad, g[r0:r1], None)
             dbias += grad.sum()
-            da[r0:r1], _ = _backprop_strip(grad, strip, a[r0:r1], b, None, ctx.metric, db)
+            strip.backprop(grad, a[r0:r1], b, None, ctx.metric, da[r0:r1], db, None)
         return da, db, dbias.reshape(bias.shape), None, None
