@@ -95,3 +95,30 @@ def test_errors(digits):
         SimCLRViews(size=8, crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="strength"):
         SimCLRViews(size=8, strength=-1.0)
+
+
+def test_flip_and_jitter_probabilities(digits):
+    x = digits.float() / 255
+    geometry_only = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), blur=False, noise=False)
+    always_flipped = SimCLRViews(size=8, channels=1, flip=1.0, jitter_p=0.0, **geometry_only)
+    out = always_flipped(x, seed=0)
+    assert torch.allclose(out, x.flip(-1).expand_as(out), atol=1e-4)
+    identity = SimCLRViews(size=8, channels=1, flip=0.0, jitter_p=0.0, **geometry_only)
+    assert torch.allclose(identity(x, seed=0), x.expand(2, *x.shape), atol=1e-4)
+    jittered = SimCLRViews(size=8, channels=1, flip=0.0, jitter_p=1.0, **geometry_only)(x, seed=0)
+    assert not torch.allclose(jittered, x.expand_as(jittered), atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"crop_ratio": (2.0, 1.0)}, r"crop_ratio must satisfy 0 < low <= high.*\(2\.0, 1\.0\)"),
+        ({"crop_ratio": (1.0,)}, r"crop_ratio must be a \(low, high\) pair"),
+        ({"flip": 1.5}, r"flip must be a probability in \[0, 1\].*got 1\.5"),
+        ({"jitter_p": -0.1}, r"jitter_p must be a probability in \[0, 1\].*got -0\.1"),
+        ({"blur": 1}, "blur must be True or False, got 1"),
+    ],
+)
+def test_new_argument_errors_name_the_argument_and_value(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        SimCLRViews(size=8, channels=1, **kwargs)

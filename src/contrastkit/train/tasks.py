@@ -95,16 +95,7 @@ class ImageTask:
             self.train_set = _subset(self.train_set, cfg.data.subset)
         if cfg.data.test_subset:
             self.test_set = _subset(self.test_set, cfg.data.test_subset)
-        v = cfg.views
-        self.view_spec = components.ViewSpec(
-            crop_scale=v.crop_scale,
-            crop_ratio=v.crop_ratio,
-            flip=v.flip,
-            brightness=v.brightness,
-            contrast=v.contrast,
-            jitter_p=v.jitter_p,
-            noise=v.noise,
-        )
+        self.views = components.build_views(cfg.views, self.train_set.images)
         if cfg.model.name != "small_cnn":
             raise ValueError(
                 f"model.name={cfg.model.name!r} is not an image encoder; allowed: 'small_cnn'."
@@ -133,11 +124,12 @@ class ImageTask:
 
     # -- training ---------------------------------------------------------------------------
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """``views`` (2B, C, H, W), view-major (all first views, then all second views), drawn
+        from ``generator``; ``labels`` (B,); ``ids`` (B,) the items' rows in the train set."""
         images = self.train_set.images[indices]  # (B, C, H, W)
-        view1 = components.view_batch(images, self.view_spec, generator=generator)
-        view2 = components.view_batch(images, self.view_spec, generator=generator)
-        views = torch.cat([view1, view2]).contiguous(memory_format=torch.channels_last)
-        return {"views": views, "labels": self.train_set.labels[indices]}
+        views = self.views(images, n_views=2, generator=generator)  # (2, B, C, H, W)
+        views = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (2B, C, H, W)
+        return {"views": views, "labels": self.train_set.labels[indices], "ids": indices}
 
     def loss_terms(
         self, batch: dict[str, Tensor], loss_fn: nn.Module
@@ -214,8 +206,8 @@ class ImageTask:
         enc = self.model["encoder"]
         was_training = enc.training
         enc.eval()
-        v1 = enc(components.view_batch(sample, self.view_spec, generator=g))
-        v2 = enc(components.view_batch(sample, self.view_spec, generator=g))
+        views = self.views(sample, n_views=2, generator=g)  # (2, N, C, H, W)
+        v1, v2 = enc(views[0]), enc(views[1])
         enc.train(was_training)
         pos, neg = pos_neg_similarities(v1, v2)
         arrays = {"test_embeddings": te, "test_labels": test.labels, "pos_sim": pos, "neg_sim": neg}
