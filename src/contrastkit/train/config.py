@@ -19,6 +19,7 @@ invalid config:
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -137,13 +138,32 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Any registered loss (``contrastkit.list_losses()``) and its keyword arguments."""
+    """Any registered loss (``contrastkit.list_losses()``) and its keyword arguments, plus where
+    its negatives come from (:mod:`contrastkit.train.extra_negatives`).
+
+    ``queue_size``, ``key_momentum``, ``hard_negatives`` and ``false_negative_threshold`` need a
+    loss called as ``loss(query, key, negatives, ignore_mask=...)`` (``info_nce``) and a task that
+    calls it that way (``views`` or ``pairs``; ``key_momentum``: ``views`` only).
+    """
 
     name: str = "nt_xent"
     params: dict[str, Any] = Field(default_factory=dict)
     learnable_temperature: bool = False
     false_negative_mask: bool = Field(
         default=False, description="mask in-batch items sharing a group id (e.g. a synset)"
+    )
+    queue_size: int = Field(
+        default=0, description="MoCo: keys of previous batches kept as extra negatives (0: off)"
+    )
+    key_momentum: float | None = Field(
+        default=None,
+        description="MoCo: keys from an EMA copy of the encoder with this momentum (views task)",
+    )
+    hard_negatives: int | None = Field(
+        default=None, description="keep only each query's K most similar negatives (None: all)"
+    )
+    false_negative_threshold: float | None = Field(
+        default=None, description="ignore candidates more similar to the query than this"
     )
 
     @field_validator("name")
@@ -153,6 +173,39 @@ class LossConfig(_Strict):
 
         if v not in list_losses():
             raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(list_losses())}")
+        return v
+
+    @field_validator("queue_size", mode="before")
+    @classmethod
+    def _queue_size(cls, v: Any) -> Any:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(
+                "needs an int >= 0: how many past keys to keep as extra negatives, e.g. 4096 "
+                "(0 turns the queue off)"
+            )
+        return v
+
+    @field_validator("key_momentum")
+    @classmethod
+    def _momentum(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v < 1:
+            raise ValueError("needs a momentum in [0, 1), e.g. 0.99 (MoCo uses 0.99-0.999)")
+        return v
+
+    @field_validator("hard_negatives", mode="before")
+    @classmethod
+    def _hard_negatives(cls, v: Any) -> Any:
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(
+                "needs an int >= 1 (negatives kept per query, e.g. 16) or null to keep all"
+            )
+        return v
+
+    @field_validator("false_negative_threshold")
+    @classmethod
+    def _threshold(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("needs a finite similarity, e.g. 0.9 for cosine")
         return v
 
 
@@ -231,6 +284,73 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _negatives_fit_loss_and_task(self) -> RunConfig:
+        problems = negatives_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _forward_params(loss_name: str) -> set[str]:
+    import inspect
+
+    from contrastkit.losses import LOSSES
+
+    return set(inspect.signature(LOSSES.get(loss_name).forward).parameters)
+
+
+def negatives_problems(cfg: RunConfig) -> list[str]:
+    """What is wrong with the ``loss`` negatives options of ``cfg``, one line per key (the line
+    starts with the key's dotted path, then the value and the fix)."""
+    loss = cfg.loss
+    options = {
+        "queue_size": loss.queue_size or None,
+        "key_momentum": loss.key_momentum,
+        "hard_negatives": loss.hard_negatives,
+        "false_negative_threshold": loss.false_negative_threshold,
+    }
+    used = {k: v for k, v in options.items() if v is not None}
+    if not used:
+        return []
+    params = _forward_params(loss.name)
+    takes = {"negatives", "ignore_mask"} <= params
+    problems = []
+    for key, value in used.items():
+        head = f"loss.{key}: got {value!r}; "
+        if not takes:
+            problems.append(
+                head + f"loss {loss.name!r} takes no extra negatives or ignore mask; use a loss "
+                f"called as loss(query, key, negatives, ignore_mask=...) (loss.name: info_nce) "
+                f"or remove loss.{key}"
+            )
+        elif key == "key_momentum" and cfg.task != "views":
+            problems.append(
+                head + f"the momentum key encoder is built by task: views (images), not task: "
+                f"{cfg.task}; remove loss.key_momentum"
+            )
+        elif cfg.task not in ("views", "pairs"):
+            problems.append(
+                head + f"task: {cfg.task} does not call loss(query, key); use task: views or "
+                f"pairs, or remove loss.{key}"
+            )
+    if takes and loss.hard_negatives is not None:
+        candidates = cfg.optim.batch_size - 1 + loss.queue_size
+        if loss.hard_negatives > candidates:
+            problems.append(
+                f"loss.hard_negatives: got {loss.hard_negatives}; a query has at most "
+                f"optim.batch_size - 1 + loss.queue_size = {candidates} negatives; keep fewer "
+                f"(e.g. {max(1, candidates // 4)})"
+            )
+    threshold = loss.false_negative_threshold
+    cosine = loss.params.get("metric", "cosine") == "cosine"
+    if takes and threshold is not None and cosine and not -1 < threshold <= 1:
+        problems.append(
+            f"loss.false_negative_threshold: got {threshold!r}; a cosine similarity in "
+            "(-1, 1], e.g. 0.9 (candidates above it are ignored)"
+        )
+    return problems
 
 
 def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:

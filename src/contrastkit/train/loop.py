@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from contrastkit.losses import LearnableTemperature, create_loss
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig, load_config, save_config
+from contrastkit.train.extra_negatives import ExtraNegatives
 from contrastkit.train.monitor import embedding_health
 from contrastkit.train.schedule import warmup_cosine
 from contrastkit.train.tasks import EvalResult, build_task
@@ -173,6 +174,19 @@ def build_loss(cfg: RunConfig) -> nn.Module:
         raise ValueError(f"loss.params for {cfg.loss.name!r}: {err}") from None
 
 
+def build_extra_negatives(cfg: RunConfig, loss: nn.Module) -> ExtraNegatives | None:
+    """The queue / hard-negative / threshold wrapper of ``loss`` if ``cfg.loss`` asks for one."""
+    c = cfg.loss
+    if not (c.queue_size or c.hard_negatives is not None or c.false_negative_threshold is not None):
+        return None
+    return ExtraNegatives(
+        loss,
+        queue_size=c.queue_size,
+        hard_negatives=c.hard_negatives,
+        false_negative_threshold=c.false_negative_threshold,
+    )
+
+
 def current_temperature(loss_fn: nn.Module) -> float | None:
     t = getattr(loss_fn, "temperature", None)
     if isinstance(t, LearnableTemperature):
@@ -216,9 +230,9 @@ def train(
     # -- components: data/task -> encoder(s) -> loss -> optimizer -> schedule ----------------
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
-    loss_fn = build_loss(cfg)
+    base_loss = build_loss(cfg)
     model = task.model
-    trainable = nn.ModuleDict({"model": model, "loss": loss_fn})
+    trainable = nn.ModuleDict({"model": model, "loss": base_loss})
     decay = [p for p in trainable.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in trainable.parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -250,6 +264,11 @@ def train(
         view_generator.set_state(state["view_generator"])
         torch.set_rng_state(state["torch_rng"])
 
+    # queue / mined / masked negatives around the loss (loss.queue_size, hard_negatives, ...)
+    extra = build_extra_negatives(cfg, base_loss)
+    loss_fn: nn.Module = base_loss if extra is None else extra
+    if resume and extra is not None:
+        extra.load_queue_state(state.get("queue"))
     if dist.world > 1:  # every process sees the global batch's embeddings as negatives
         loss_fn = GatheredLoss(loss_fn)
     log = MetricsLog(run, dist.is_main, cfg.train.tensorboard)
@@ -264,6 +283,7 @@ def train(
             "data_order": order.state_dict(),
             "view_generator": view_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "queue": None if extra is None else extra.queue_state(),
         }
 
     def save() -> None:
@@ -306,6 +326,9 @@ def train(
             # data -> views/pairs -> encoder(s) -> loss terms
             indices = order.next()
             batch = task.batch(indices, view_generator)
+            if extra is not None:  # ids stored with the queued keys, for the whole (gathered) batch
+                ids = batch.get("ids")
+                extra.batch_ids = _all_gather(ids) if ids is not None and dist.world > 1 else ids
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 terms, (z1, z2) = task.loss_terms(batch, loss_fn)
@@ -353,9 +376,11 @@ def train(
                     "items_per_s": items_since_log / max(now - t_log, 1e-9),
                     "elapsed_s": round(elapsed, 3),
                 }
-                temperature = current_temperature(loss_fn)
+                temperature = current_temperature(base_loss)
                 if temperature is not None:
                     record["temperature"] = temperature
+                if extra is not None and extra.queue is not None:
+                    record["queue"] = len(extra.queue)
                 log.write(record)
                 t_log, items_since_log = now, 0
                 if progress is not None:

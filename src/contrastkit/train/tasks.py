@@ -119,6 +119,12 @@ class ImageTask:
             self.model["predictor"] = PredictionHead(dim, max(dim // 4, 16))
             if cfg.loss.name == "byol":
                 self.model["teacher"] = MomentumEncoder(encoder, momentum=self.momentum)
+        # MoCo: keys from an EMA copy of the encoder (loss.key_momentum; the config allows it
+        # only with a loss(query, key) such as info_nce)
+        if cfg.loss.key_momentum is not None:
+            from contrastkit.encoders.momentum import MomentumEncoder
+
+            self.model["key_encoder"] = MomentumEncoder(encoder, momentum=cfg.loss.key_momentum)
         self.num_train = len(self.train_set)
         self.class_names = list(self.train_set.classes)
 
@@ -134,6 +140,12 @@ class ImageTask:
     def loss_terms(
         self, batch: dict[str, Tensor], loss_fn: nn.Module
     ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
+        if "key_encoder" in self.model:  # MoCo: query = online(view 1), key = EMA copy(view 2)
+            b = batch["views"].shape[0] // 2
+            query = self.model["encoder"](batch["views"][:b]).float()  # (B, D)
+            with torch.no_grad():
+                key = self.model["key_encoder"](batch["views"][b:]).float()  # (B, D)
+            return {self.cfg.loss.name: loss_fn(query, key)}, (query, key)
         z = self.model["encoder"](batch["views"])  # (2B, D)
         z1, z2 = z.float().chunk(2)  # (B, D) each
         if "predictor" in self.model:  # BYOL / SimSiam: predict the other view's target
@@ -161,7 +173,10 @@ class ImageTask:
     momentum = 0.99
 
     def after_step(self, step: int, total_steps: int) -> None:
-        """BYOL: move the teacher towards the online encoder (momentum 0.99 -> 1, cosine)."""
+        """BYOL: move the teacher towards the online encoder (momentum 0.99 -> 1, cosine).
+        MoCo: move the key encoder towards it with the constant ``loss.key_momentum``."""
+        if "key_encoder" in self.model:
+            self.model["key_encoder"].update(self.model["encoder"])
         if "teacher" in self.model:
             from contrastkit.encoders.momentum import cosine_momentum
 
