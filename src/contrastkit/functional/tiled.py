@@ -139,35 +139,44 @@ class _Tile:
                     keep &= (gi + s.positive_offset) % n != (gi + s.self_offset) % n
                 self.pos_rows, self.pos_cols = ar[keep], cols[keep]
             return
-        cs = self.col_slice
-        pos = torch.zeros(rows, self.n_key, dtype=torch.bool, device=device)
+        # Each mask is built once, directly (SupCon's labels-only case: one compare, no
+        # ignore mask at all; self-exclusion is an index write).
+        cs, nk = self.col_slice, self.n_key
+        pos: Tensor | None = None
+        if s.query_labels is not None:
+            pos = s.query_labels[r0:r1, None] == s.key_labels[None, cs]
+        if s.positive_mask is not None:
+            pos = (
+                s.positive_mask[r0:r1, cs].clone()
+                if pos is None
+                else pos | s.positive_mask[r0:r1, cs]
+            )
+        if pos is None:
+            pos = torch.zeros(rows, nk, dtype=torch.bool, device=device)
         if s.positive_offset is not None:
             cols = (gi + s.positive_offset) % n - c0
-            keep = (cols >= 0) & (cols < self.n_key)
+            keep = (cols >= 0) & (cols < nk)
             pos[ar[keep], cols[keep]] = True
-        if s.query_labels is not None:
-            pos |= s.query_labels[r0:r1, None] == s.key_labels[None, cs]
-        if s.positive_mask is not None:
-            pos |= s.positive_mask[r0:r1, cs]
         if self_cols is not None:
             pos[self_rows, self_cols] = False
-        if s.ignore_mask is not None:
-            ignore = s.ignore_mask[r0:r1, c0:c1].clone()
-        else:
-            ignore = torch.zeros(rows, logits.shape[1], dtype=torch.bool, device=device)
+        ignore = None if s.ignore_mask is None else s.ignore_mask[r0:r1, c0:c1].clone()
         if s.query_ids is not None:
-            ignore[:, : self.n_key] |= s.query_ids[r0:r1, None] == s.key_ids[None, cs]
-        ignore[:, : self.n_key] &= ~pos
+            same_id = s.query_ids[r0:r1, None] == s.key_ids[None, cs]
+            if ignore is None:
+                ignore = torch.zeros(rows, logits.shape[1], dtype=torch.bool, device=device)
+            ignore[:, :nk] |= same_id
+        if ignore is not None:
+            ignore[:, :nk] &= ~pos
+            logits.masked_fill_(ignore, float("-inf"))
         if self_cols is not None:
-            ignore[self_rows, self_cols] = True
-        logits.masked_fill_(ignore, float("-inf"))
+            logits[self_rows, self_cols] = float("-inf")
         self.pos_mask = pos
 
     def row_positive(self) -> tuple[Tensor, Tensor]:
         """Sum of positive logits and number of positives per row in this tile, both (R,)."""
         lg = self.logits
         if self.pos_mask is not None:
-            pos_sum = torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(1)
+            pos_sum = torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(1)  # -inf * 0 = nan
             return pos_sum, self.pos_mask.sum(1).to(lg.dtype)
         pos_sum = torch.zeros(self.rows, dtype=lg.dtype, device=lg.device)
         count = torch.zeros_like(pos_sum)
@@ -193,13 +202,11 @@ class _Tile:
         ``row_w`` is indexed by the tile's rows (R,), ``col_w`` by global key column (N,).
         """
         if self.pos_mask is not None:
-            k = self.n_key
-            w = torch.zeros(grad.shape[0], k, dtype=grad.dtype, device=grad.device)
+            g = grad[:, : self.n_key]
             if row_w is not None:
-                w += row_w[:, None]
+                g.addcmul_(self.pos_mask, row_w[:, None], value=-1.0)
             if col_w is not None:
-                w += col_w[None, self.col_slice]
-            grad[:, :k] -= torch.where(self.pos_mask, w, 0.0)
+                g.addcmul_(self.pos_mask, col_w[None, self.col_slice], value=-1.0)
         elif self.pos_rows is not None:
             w = torch.zeros(self.pos_rows.shape[0], dtype=grad.dtype, device=grad.device)
             if row_w is not None:
