@@ -272,6 +272,9 @@ def train(
     if dist.world > 1:  # every process sees the global batch's embeddings as negatives
         loss_fn = GatheredLoss(loss_fn)
     log = MetricsLog(run, dist.is_main, cfg.train.tensorboard)
+    if not resume:
+        global_batch = cfg.optim.batch_size * dist.world
+        log.write({"step": 0, "event": "start", "world_size": dist.world, "batch": global_batch})
 
     def checkpoint_state() -> dict[str, Any]:
         return {
