@@ -11,9 +11,9 @@
   and the arrays the report plots.
 
 Exactness of ``--resume``: batches are drawn from a data-order generator and views from a view
-generator whose states are checkpointed with the model, the optimizer, the scheduler and the
-global RNG, so on CPU an interrupted-and-resumed run ends with the same weights as an
-uninterrupted one.
+generator whose states are checkpointed with the model, the optimizer, the scheduler, the
+global RNG and the negatives queue (``loss.queue_size``), so on CPU an interrupted-and-resumed
+run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
