@@ -263,6 +263,11 @@ class EvalConfig(_Strict):
     periodic_subset: int = Field(default=5000, gt=0, description="train items for periodic kNN")
     recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
     corpus_size: int | None = Field(default=1000, gt=1, description="N-way retrieval for pairs")
+    queries: Literal["first", "all"] = Field(
+        default="all",
+        description="pairs: 'first' asks one query per held-out id (its first row, e.g. a "
+        "WordNet synset's head lemma), 'all' asks every held-out row of the corpus ids",
+    )
 
 
 class RunConfig(_Strict):
