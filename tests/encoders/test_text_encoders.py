@@ -131,3 +131,34 @@ def test_text_encoder_errors(tiny, tmp_path):
 def test_registry_text_entries():
     enc = create_encoder("tiny_text", hidden_size=16, num_layers=1, num_heads=2)
     assert isinstance(enc, TextEncoder) and enc.encode(["hi"]).shape == (1, 16)
+
+
+def test_length_buckets_change_neither_embeddings_nor_gradients():
+    """``bucket_size``: length-sorted groups, each padded to its own longest, give the plain
+    batch's embeddings (rows in input order) and the same gradients; ``encode`` sorts too."""
+    texts = [TEXTS[1], "x", TEXTS[2], "a dog", TEXTS[3], "a b c d e f", "y", TEXTS[0]]
+    plain = TextEncoder.from_scratch(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0)
+    bucketed = TextEncoder.from_scratch(
+        hidden_size=16, num_layers=1, num_heads=2, dropout=0.0, bucket_size=3
+    )
+    weights = torch.randn(len(texts), 16, generator=torch.Generator().manual_seed(0))
+    za, zb = plain(texts), bucketed(texts)
+    torch.testing.assert_close(za, zb, atol=1e-5, rtol=0)
+    (za * weights).sum().backward()
+    (zb * weights).sum().backward()
+    for (name, pa), pb in zip(plain.named_parameters(), bucketed.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(plain.encode(texts, batch_size=3), za.detach(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="bucket_size must be an int >= 1"):
+        TextEncoder(model=plain.model, tokenizer=plain.tokenizer, bucket_size=0)
+
+
+def test_frozen_word_embeddings_get_no_gradient(tiny):
+    enc = TextEncoder(model=tiny.model, tokenizer=tiny.tokenizer, freeze_word_embeddings=True)
+    try:
+        enc(["a dog", "a cat"]).sum().backward()
+        assert enc.model.embeddings.word_embeddings.weight.grad is None
+        assert enc.model.encoder.layer[0].attention.self.query.weight.grad is not None
+    finally:
+        enc.model.embeddings.word_embeddings.weight.requires_grad_(True)
+        enc.zero_grad()
