@@ -4,9 +4,22 @@ They use the loaders of :mod:`contrastkit.data` and the towers of :mod:`contrast
 Their baseline is the model before training (pretrained MiniLM, or a random initialisation),
 evaluated by the loop at step 0 and written to ``baseline.json``.
 
-Evaluation is N-way retrieval over held-out pairs: the corpus is one key per distinct id among
-the first ``eval.corpus_size`` held-out ids, every held-out query of those ids searches it; a key
-with the query's id is relevant (WordNet lemmas of one synset share its gloss).
+Evaluation is N-way retrieval over held-out pairs: the corpus is one key per distinct id for
+``eval.corpus_size`` held-out ids drawn at random (a fixed seed, so every run and the baseline
+search the same corpus; the first N would be biased: WordNet's data files are ordered by
+lexicographer file, so the first 1,000 held-out noun synsets are 65 % acts and 34 % animals).
+``eval.queries: first`` asks one query per id, its first row (a WordNet synset's head lemma, as
+in the project's issue 8 protocol); ``all`` asks every held-out query of those ids. A key with
+the query's id is relevant (WordNet lemmas of one synset share its gloss).
+
+Training never sees a held-out key: train rows whose key text is also a held-out key (WordNet:
+82 noun glosses shared by a train and a held-out synset) are dropped, and so are such texts among
+hard negatives.
+
+Hard negatives: when the loader gives per-row ``negatives`` (``load_wordnet(hard_negatives=K)``:
+glosses of related synsets), each training row draws one of them per step and the B drawn texts
+are encoded with the keys and join every query's candidates (logits (B, 2B)); a drawn text equal
+to a query's own key is ignored.
 """
 
 from __future__ import annotations
@@ -70,19 +83,81 @@ def _ids_to_int(ids: list[str]) -> Tensor:
     return torch.tensor([table.setdefault(i, len(table)) for i in ids], dtype=torch.long)
 
 
-def _eval_rows(ids: list[str], corpus_size: int | None) -> tuple[list[int], list[int], Tensor]:
-    """Query rows, one corpus row per distinct id (first ``corpus_size`` ids), query -> corpus."""
+EVAL_SEED = 0  # which held-out ids form the evaluation corpus: the same in every run
+
+
+def _eval_rows(
+    ids: list[str], corpus_size: int | None, queries: str = "first"
+) -> tuple[list[int], list[int], Tensor]:
+    """The evaluation's rows of a held-out split whose row ``r`` has id ``ids[r]``.
+
+    The corpus is one row per distinct id (its first) for ``corpus_size`` ids drawn with
+    ``EVAL_SEED`` (all ids when None or not fewer), kept in order of first appearance.
+    ``queries="first"``: one query per corpus id, that same first row; ``"all"``: every row of
+    a corpus id.
+
+    Returns:
+        query rows (Q,), corpus rows (N,) and ``relevant: (Q,)``, the corpus position of each
+        query's id.
+
+    >>> _eval_rows(["a", "a", "b", "c"], None, "all")
+    ([0, 1, 2, 3], [0, 2, 3], tensor([0, 0, 1, 2]))
+    >>> _eval_rows(["a", "a", "b", "c"], None, "first")
+    ([0, 2, 3], [0, 2, 3], tensor([0, 1, 2]))
+    """
+    if queries not in ("first", "all"):
+        raise ValueError(f"queries must be 'first' or 'all', got {queries!r}.")
     first: dict[str, int] = {}
     for row, i in enumerate(ids):
-        if i not in first:
-            if corpus_size is not None and len(first) >= corpus_size:
-                continue
-            first[i] = row
-    corpus_rows = list(first.values())
-    position = {i: p for p, i in enumerate(first)}
-    query_rows = [row for row, i in enumerate(ids) if i in position]
+        first.setdefault(i, row)
+    chosen = list(first)
+    if corpus_size is not None and corpus_size < len(chosen):
+        g = torch.Generator().manual_seed(EVAL_SEED)
+        picked = torch.randperm(len(chosen), generator=g)[:corpus_size].sort().values
+        chosen = [chosen[p] for p in picked.tolist()]
+    corpus_rows = [first[i] for i in chosen]
+    position = {i: p for p, i in enumerate(chosen)}
+    if queries == "first":
+        query_rows = corpus_rows
+    else:
+        query_rows = [row for row, i in enumerate(ids) if i in position]
     relevant = torch.tensor([position[ids[r]] for r in query_rows], dtype=torch.long)
     return query_rows, corpus_rows, relevant
+
+
+def _drop_texts(pairs: Any, banned: set[str]) -> Any:
+    """``pairs`` without the rows whose key (``positive``) is in ``banned``, and without
+    ``banned`` texts among their ``negatives``."""
+    keep = [r for r, text in enumerate(pairs.positive) if text not in banned]
+    if len(keep) < len(pairs):
+        pairs = pairs.subset(torch.tensor(keep, dtype=torch.long))
+    if pairs.negatives is not None:
+        pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
+    return pairs
+
+
+def _same_text(a: list[str], b: list[str]) -> Tensor:
+    """(len(a), len(b)) bool: ``a[i] == b[j]``."""
+    table: dict[str, int] = {}
+    ia = torch.tensor([table.setdefault(t, len(table)) for t in a])
+    ib = torch.tensor([table.setdefault(t, len(table)) for t in b])
+    return ia[:, None] == ib[None, :]
+
+
+def false_negatives(ids: Tensor, query: list[str], key: list[str]) -> Tensor:
+    """(B, B) bool in-batch false negatives of B pairs: off-diagonal entries whose rows share an
+    id (a synset), the same query text (a polysemous lemma twice: the key -> query direction
+    cannot tell them apart) or the same key text.
+
+    >>> false_negatives(torch.tensor([0, 0, 1, 2]), ["a", "b", "c", "c"], ["x", "x", "y", "z"])
+    tensor([[False,  True, False, False],
+            [ True, False, False, False],
+            [False, False, False,  True],
+            [False, False,  True, False]])
+    """
+    same = ids[:, None] == ids[None, :]  # (B, B)
+    same |= _same_text(query, query) | _same_text(key, key)
+    return same & ~torch.eye(len(ids), dtype=torch.bool)
 
 
 def _retrieval(query: Tensor, corpus: Tensor, relevant: Tensor, ks: list[int]) -> dict[str, float]:
@@ -108,6 +183,7 @@ class TextPairsTask:
         self.cfg = cfg
         self.train_pairs = load_text_pairs(cfg, "train")
         self.test_pairs = load_text_pairs(cfg, "test")
+        self.train_pairs = _drop_texts(self.train_pairs, set(self.test_pairs.positive))
         if cfg.data.subset:
             self.train_pairs = self.train_pairs.subset(
                 torch.arange(min(cfg.data.subset, len(self.train_pairs)))
@@ -120,38 +196,62 @@ class TextPairsTask:
         self.model = nn.ModuleDict({"encoder": build_text_encoder(cfg)})
         self.num_train = len(self.train_pairs)
         self.class_names = list(self.test_pairs.classes)
+        negatives = self.train_pairs.negatives
+        self.hard_negatives = negatives is not None and any(negatives)
+        if self.hard_negatives and type(self) is TextPairsTask:
+            _check_hard_negatives_fit(cfg)
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
         rows = indices.tolist()
-        return {
+        out: dict[str, Any] = {
             "query": [self.train_pairs.query[i] for i in rows],
             "key": [self.train_pairs.positive[i] for i in rows],
             "ids": self.train_ids[indices],
         }
+        if self.hard_negatives and type(self) is TextPairsTask:
+            out["negatives"] = [self._draw_negative(i, generator) for i in rows]
+        return out
+
+    def _draw_negative(self, row: int, generator: torch.Generator) -> str:
+        """One of ``row``'s hard negatives, or a random training key if it has none."""
+        negs = self.train_pairs.negatives[row]
+        if negs:
+            return negs[int(torch.randint(len(negs), (1,), generator=generator))]
+        other = int(torch.randint(self.num_train, (1,), generator=generator))
+        return self.train_pairs.positive[other]
 
     def loss_terms(
         self, batch: dict[str, Any], loss_fn: nn.Module
     ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
         enc = self.model["encoder"]
-        kwargs: dict[str, Any] = {}
+        queries, keys = batch["query"], batch["key"]
+        b = len(keys)
+        ignore = torch.zeros(b, b, dtype=torch.bool)  # (B, B)
         if self.cfg.loss.false_negative_mask:
-            ids = batch["ids"]
-            same = ids[:, None] == ids[None, :]  # (B, B)
-            kwargs["ignore_mask"] = same & ~torch.eye(len(ids), dtype=torch.bool)
+            ignore = false_negatives(batch["ids"], queries, keys)
+        negs = batch.get("negatives")
+        if negs is not None:  # a drawn negative equal to a query's own key is no negative
+            ignore = torch.cat([ignore, _same_text(keys, negs)], dim=1)  # (B, 2B)
+        kwargs: dict[str, Any] = {"ignore_mask": ignore} if bool(ignore.any()) else {}
         chunk = self.cfg.train.grad_cache_chunk
         if chunk:  # GradCache: gradients land in .grad now; the returned loss is detached
             from contrastkit.gradcache import grad_cache_step
 
-            tokens = (enc.tokenize(batch["query"]), enc.tokenize(batch["key"]))
+            texts = [queries, keys] if negs is None else [queries, keys, negs]
             loss = grad_cache_step(
                 enc.embed_tokens,
-                tokens,
-                lambda q, k: loss_fn(q.float(), k.float(), **kwargs),
+                [enc.tokenize(t) for t in texts],
+                lambda *z: loss_fn(*(x.float() for x in z), **kwargs),
                 chunk_size=chunk,
             )
             return {self.cfg.loss.name: loss}, (None, None)
-        query, key = enc(batch["query"]).float(), enc(batch["key"]).float()  # (B, D) each
-        loss = loss_fn(query, key, **kwargs)
+        query = enc(queries).float()  # (B, D)
+        if negs is None:
+            key = enc(keys).float()  # (B, D)
+            loss = loss_fn(query, key, **kwargs)
+        else:  # keys and negatives in one call: their length buckets pack better
+            key, negatives = enc(keys + negs).float().split(b)  # (B, D) each
+            loss = loss_fn(query, key, negatives, **kwargs)
         return {self.cfg.loss.name: loss}, (query, key)
 
     @torch.no_grad()
@@ -162,7 +262,7 @@ class TextPairsTask:
     def evaluate(self, *, baseline: bool = True, quick: bool = False) -> EvalResult:
         e = self.cfg.eval
         size = min(e.corpus_size or 10**9, 300) if quick else e.corpus_size
-        q_rows, c_rows, relevant = _eval_rows(self.test_pairs.ids, size)
+        q_rows, c_rows, relevant = _eval_rows(self.test_pairs.ids, size, e.queries)
         query = self._encode([self.test_pairs.query[r] for r in q_rows])
         corpus = self._encode([self.test_pairs.positive[r] for r in c_rows])
         metrics = _retrieval(query, corpus, relevant, e.recall_at)
@@ -177,7 +277,7 @@ class TextPairsTask:
         return EvalResult(metrics, {}, "before training", arrays)
 
     def embed_corpus(self) -> Corpus:
-        _, rows, _ = _eval_rows(self.test_pairs.ids, None)
+        _, rows, _ = _eval_rows(self.test_pairs.ids, None, "first")
         texts = [self.test_pairs.positive[r] for r in rows]
         labels = [self.test_pairs.ids[r] for r in rows]
         return Corpus(self._encode(texts), labels, texts)
@@ -188,6 +288,24 @@ class TextPairsTask:
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         p = self.test_pairs
         return [(p.query[i], p.ids[i]) for i in range(min(n, len(p)))]
+
+
+def _check_hard_negatives_fit(cfg: RunConfig) -> None:
+    """Hard negatives enter as ``loss(query, key, negatives, ignore_mask=...)``: the loss must
+    take them and no queue/mining wrapper may stand in between."""
+    from contrastkit.train.config import _forward_params
+
+    if "negatives" not in _forward_params(cfg.loss.name):
+        raise ValueError(
+            f"data.options.hard_negatives: loss {cfg.loss.name!r} takes no extra negatives; use "
+            "loss.name: info_nce or remove data.options.hard_negatives."
+        )
+    c = cfg.loss
+    if c.queue_size or c.hard_negatives is not None or c.false_negative_threshold is not None:
+        raise ValueError(
+            "data.options.hard_negatives cannot be combined with loss.queue_size, "
+            "loss.hard_negatives or loss.false_negative_threshold yet; remove one of them."
+        )
 
 
 class PreferenceTask(TextPairsTask):

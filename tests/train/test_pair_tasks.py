@@ -1,0 +1,125 @@
+"""Text pair task: the evaluation protocol, false-negative masks, held-out keys kept out of
+training and hard negatives from the loader (WordNet adverbs, a tiny from-scratch BERT)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastkit.train import train
+from contrastkit.train.config import load_config_dict
+from contrastkit.train.pair_tasks import TextPairsTask, _eval_rows, false_negatives
+
+
+def pairs_config(tmp_path: Path, **sections: object) -> dict:
+    raw = {
+        "name": "pairs",
+        "task": "pairs",
+        "data": {
+            "dataset": "wordnet",
+            "subset": 96,
+            "test_subset": 64,
+            "options": {"kind": "lemma_gloss", "pos": "r"},
+        },
+        "model": {
+            "name": "tiny_text",
+            "options": {
+                "hidden_size": 16,
+                "num_layers": 1,
+                "num_heads": 2,
+                "max_length": 16,
+                "dropout": 0.0,
+                "bucket_size": 4,
+            },
+        },
+        "loss": {
+            "name": "info_nce",
+            "params": {"temperature": 0.1, "symmetric": True},
+            "false_negative_mask": True,
+        },
+        "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
+        "train": {
+            "max_steps": 3,
+            "log_every": 1,
+            "monitor_every": 1,
+            "checkpoint_every": 3,
+            "progress": False,
+            "threads": 1,
+            "output_dir": str(tmp_path),
+        },
+        "eval": {"corpus_size": 32, "queries": "first"},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)  # type: ignore[union-attr]
+    return raw
+
+
+def test_eval_rows_one_query_per_id_from_a_seeded_random_corpus() -> None:
+    ids = [f"s{i // 3}" for i in range(300)]  # 100 ids, 3 rows each
+    q, c, rel = _eval_rows(ids, 10, "first")
+    assert q == c and len(c) == 10 and rel.tolist() == list(range(10))
+    assert all(ids[r] != ids[r - 1] for r in c if r > 0)  # first row of its id
+    assert c != [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]  # drawn, not the first ten ids
+    assert _eval_rows(ids, 10, "first")[1] == c  # the same corpus in every run
+    qa, ca, rela = _eval_rows(ids, 10, "all")
+    assert ca == c and len(qa) == 30 and sorted(set(rela.tolist())) == list(range(10))
+    assert all(ids[r] == ids[c[p]] for r, p in zip(qa, rela.tolist()))
+    with pytest.raises(ValueError, match="'first' or 'all'"):
+        _eval_rows(ids, 10, "head")
+
+
+def test_false_negatives_mask_ids_and_repeated_texts() -> None:
+    ids = torch.tensor([0, 0, 1, 2, 3])
+    mask = false_negatives(ids, ["a", "b", "c", "c", "d"], ["x", "x", "y", "z", "y"])
+    expected = {(0, 1), (1, 0), (2, 3), (3, 2), (2, 4), (4, 2)}
+    assert {tuple(ij) for ij in mask.nonzero().tolist()} == expected
+
+
+def test_held_out_keys_never_train_and_hard_negatives_stay_on_their_side(tmp_path: Path) -> None:
+    raw = pairs_config(tmp_path, data={"options": {"kind": "lemma_gloss", "pos": "n"}})
+    raw["data"].update(subset=None, test_subset=None)
+    raw["data"]["options"]["hard_negatives"] = 2
+    task = TextPairsTask(load_config_dict(raw))
+    held_out = set(task.test_pairs.positive)
+    assert not held_out & set(task.train_pairs.positive)
+    assert not held_out & {n for negs in task.train_pairs.negatives for n in negs}
+    assert not set(task.train_pairs.ids) & set(task.test_pairs.ids)
+    g = torch.Generator().manual_seed(0)
+    batch = task.batch(torch.arange(8), g)
+    assert len(batch["negatives"]) == 8
+    assert all(n in task.train_pairs.negatives[i] for i, n in enumerate(batch["negatives"]))
+
+
+def test_pairs_run_with_hard_negatives_and_first_query_protocol(tmp_path: Path) -> None:
+    raw = pairs_config(tmp_path)
+    raw["data"]["options"]["hard_negatives"] = 2
+    run = train(load_config_dict(raw), tmp_path / "hard")
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["metrics"]["corpus_size"] == 32 and ev["baseline_name"] == "before training"
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged if "loss" in r)
+    # gradient caching gives the same weights with the hard negatives as a third input
+    cached = train(load_config_dict(raw, ["train.grad_cache_chunk=4"]), tmp_path / "cached")
+    from safetensors.torch import load_file
+
+    from contrastkit.train.checkpoint import latest_checkpoint
+
+    a = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    b = load_file(str(latest_checkpoint(cached) / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_hard_negatives_need_a_loss_that_takes_them(tmp_path: Path) -> None:
+    raw = pairs_config(tmp_path, loss={"name": "sigmoid_contrastive", "params": {}})
+    raw["loss"].pop("false_negative_mask")
+    raw["data"]["options"]["hard_negatives"] = 1
+    with pytest.raises(ValueError, match=r"data\.options\.hard_negatives: loss .sigmoid"):
+        TextPairsTask(load_config_dict(raw))
+    raw = pairs_config(tmp_path, loss={"queue_size": 8})
+    raw["data"]["options"]["hard_negatives"] = 1
+    with pytest.raises(ValueError, match=r"cannot be combined with loss\.queue_size"):
+        TextPairsTask(load_config_dict(raw))
