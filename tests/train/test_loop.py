@@ -131,6 +131,18 @@ def test_supervised_task_and_schedule_fit_to_budget(tmp_path: Path) -> None:
     assert json.loads((run / "eval.json").read_text())["step"] == 2
 
 
+def test_schedule_is_fitted_twice_and_never_beyond_max_steps(tmp_path: Path) -> None:
+    """A budget that is never reached: both fits (after 2 and 10 steps) keep max_steps."""
+    cfg = fast(
+        tmp_path,
+        train={"time_budget_s": 1e6, "fit_schedule_to_budget": True, "calibration_steps": 2},
+    )
+    run = train(cfg, tmp_path / "fit")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    fitted = [(r["step"], r["total_steps"]) for r in records if r.get("event") == "schedule_fitted"]
+    assert fitted == [(2, cfg.train.max_steps), (10, cfg.train.max_steps)]
+
+
 def test_pairs_task_with_gradient_caching_matches_plain_step(tmp_path: Path) -> None:
     """WordNet adverb lemma -> gloss with a tiny from-scratch BERT (no dropout): the
     gradient-cached run ends with the weights of the plain run; masks and baseline are wired."""

@@ -231,7 +231,8 @@ class TrainConfig(_Strict):
     )
     fit_schedule_to_budget: bool = Field(
         default=False,
-        description="after calibration_steps, shorten max_steps to what fits the time budget",
+        description="after calibration_steps (and again after 5x as many), set the schedule "
+        "length to what fits the time budget (at most max_steps)",
     )
     calibration_steps: int = Field(default=20, gt=0)
     grad_cache_chunk: int | None = Field(

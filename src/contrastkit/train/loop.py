@@ -321,6 +321,7 @@ def train(
     progress = _progress_bar(cfg, dist, step, total_steps)
     last_eval: dict[str, float] = {}
     start_step = step
+    elapsed_at_calib = 0.0
     t_log, items_since_log = time.perf_counter(), 0
     try:
         model.train()
@@ -354,15 +355,23 @@ def train(
             elapsed += time.perf_counter() - t0
             items_since_log += len(indices) * dist.world
 
-            # calibrate the schedule length to the time budget once, early and deterministically
+            # fit the schedule length to the time budget: after calibration_steps from their
+            # mean time, then once more after 5x as many from the steady rate since then (the
+            # first steps are slow, so the first fit alone ends runs ~10% early)
+            calib = cfg.train.calibration_steps
             if (
                 cfg.train.fit_schedule_to_budget
                 and cfg.train.time_budget_s
-                and step == start_step + cfg.train.calibration_steps
                 and start_step == 0
+                and step in (calib, 5 * calib)
             ):
-                fitted = int(cfg.train.time_budget_s / (elapsed / step))
-                total_steps = max(step, min(total_steps, fitted))
+                if step == calib:
+                    elapsed_at_calib = elapsed
+                    fitted = int(cfg.train.time_budget_s / (elapsed / step))
+                else:
+                    rate = (elapsed - elapsed_at_calib) / (step - calib)
+                    fitted = step + int((cfg.train.time_budget_s - elapsed) / rate)
+                total_steps = max(step, min(cfg.train.max_steps, fitted))
                 scheduler = _rescale_scheduler(cfg, optimizer, scheduler, total_steps)
                 if progress is not None:
                     progress.total = total_steps
