@@ -215,3 +215,24 @@ def test_every_registered_loss_trains_in_the_loop(tmp_path: Path, name: str) -> 
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+def test_place_ignore_blocks_matches_the_global_mask_within_each_process() -> None:
+    """Per-process id masks placed into the global batch equal the global id mask on every
+    same-process pair and ignore nothing across processes."""
+    from contrastkit.train.loop import place_ignore_blocks
+
+    world, b = 3, 4
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5, (world * b,), generator=g)  # (G*B,) global ids
+    neg_ids = torch.randint(0, 5, (world * b,), generator=g)
+    local = []
+    for r in range(world):
+        q = ids[r * b : (r + 1) * b]
+        keys, negs = ids[r * b : (r + 1) * b], neg_ids[r * b : (r + 1) * b]
+        local.append(torch.cat([q[:, None] == keys[None, :], q[:, None] == negs[None, :]], 1))
+    placed = place_ignore_blocks(torch.cat(local), world)  # (G*B, 2*G*B)
+    same_process = torch.arange(world * b)[:, None] // b == torch.arange(world * b)[None, :] // b
+    full = torch.cat([ids[:, None] == ids[None, :], ids[:, None] == neg_ids[None, :]], 1)
+    expected = full & same_process.repeat(1, 2)
+    assert torch.equal(placed, expected)

@@ -11,6 +11,7 @@ statistics, while the gap to the per-process batch is ~log(127 / 63) = 0.7 nats.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,10 +48,9 @@ def first_loss(run: Path) -> float:
     return next(r["loss"] for r in records if "loss" in r)
 
 
-def test_two_process_torchrun_trains_on_the_global_batch(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(digits_config(tmp_path, runs, PER_PROCESS_BATCH, 4)))
+def torchrun(config: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node 2 --standalone -m contrastkit.cli
+    train CONFIG``, one thread per process."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = [
@@ -65,9 +65,14 @@ def test_two_process_torchrun_trains_on_the_global_batch(tmp_path: Path) -> None
         "train",
         str(config),
     ]
-    done = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_two_process_torchrun_trains_on_the_global_batch(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(digits_config(tmp_path, runs, PER_PROCESS_BATCH, 4)))
+    done = torchrun(config, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1  # only rank 0 reports
 
@@ -95,3 +100,39 @@ def test_two_process_torchrun_trains_on_the_global_batch(tmp_path: Path) -> None
     near_global = abs(distributed - single[WORLD * PER_PROCESS_BATCH])
     near_local = abs(distributed - single[PER_PROCESS_BATCH])
     assert near_global < 0.2 and near_global < near_local / 3, (distributed, single)
+
+
+def test_torchrun_pair_task_with_false_negative_mask(tmp_path: Path) -> None:
+    """The pair task's per-process false-negative mask is placed into the global batch."""
+    raw = {
+        "name": "pairs",
+        "task": "pairs",
+        "data": {
+            "dataset": "wordnet",
+            "subset": 96,
+            "test_subset": 64,
+            "options": {"kind": "lemma_gloss", "pos": "r"},
+        },
+        "model": {
+            "name": "tiny_text",
+            "options": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_length": 16},
+        },
+        "loss": {
+            "name": "info_nce",
+            "params": {"temperature": 0.1, "symmetric": True},
+            "false_negative_mask": True,
+        },
+        "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
+        "train": {"max_steps": 3, "log_every": 1, "progress": False, "output_dir": str(tmp_path)},
+        "eval": {"corpus_size": 32},
+    }
+    config = tmp_path / "pairs.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = torchrun(config, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [
+        json.loads(x) for x in (tmp_path / "pairs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert records[0] == {"step": 0, "event": "start", "world_size": 2, "batch": 32}
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 3 and all(map(math.isfinite, losses))

@@ -441,14 +441,46 @@ def train(
 
 class GatheredLoss(nn.Module):
     """Calls ``loss`` on embeddings gathered from every process (differentiably), so the
-    in-batch negatives span the global batch; labels and masks are gathered too."""
+    in-batch negatives span the global batch; labels are gathered too.
+
+    A per-process ``ignore_mask`` (B, S * B) (S column groups of B: keys, then negatives)
+    becomes the global (G * B, S * G * B) mask by :func:`place_ignore_blocks`: each process's
+    block lands where its rows meet its own columns of every group; pairs across processes are
+    not ignored (their texts / ids were never compared).
+    """
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         self.loss = loss
 
-    def forward(self, *inputs: Tensor) -> Tensor:
-        return self.loss(*(_all_gather(x) for x in inputs))
+    def forward(self, *inputs: Tensor, ignore_mask: Tensor | None = None) -> Tensor:
+        gathered = [_all_gather(x) for x in inputs]
+        if ignore_mask is None:
+            return self.loss(*gathered)
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        return self.loss(
+            *gathered, ignore_mask=place_ignore_blocks(_all_gather(ignore_mask), world)
+        )
+
+
+def place_ignore_blocks(masks: Tensor, world: int) -> Tensor:
+    """Gathered per-process masks (G * B, S * B) -> the global ignore mask (G * B, S * G * B).
+
+    >>> m = torch.tensor([[True, False], [False, True]])  # G = 2 processes, B = 1, S = 2
+    >>> place_ignore_blocks(m, 2).int().tolist()
+    [[1, 0, 0, 0], [0, 0, 0, 1]]
+    """
+    b = masks.shape[0] // world
+    groups = masks.shape[1] // b
+    out = torch.zeros(world * b, groups * world * b, dtype=torch.bool, device=masks.device)
+    for r in range(world):
+        rows = slice(r * b, (r + 1) * b)
+        for g in range(groups):
+            start = g * world * b + r * b
+            out[rows, start : start + b] = masks[rows, g * b : (g + 1) * b]
+    return out
 
 
 def _all_gather(x: Tensor) -> Tensor:
