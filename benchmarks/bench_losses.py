@@ -238,7 +238,7 @@ def run() -> dict:
         "pct_matmul divides by matmul_gflops measured again in each row's subprocess just "
         "before and after its timed runs, the higher of the two (a shared CPU changes speed "
         "between rows). Chunked = contrastkit engine with its automatic blocks (full-width "
-        "strips of 2**22 // B rows in [64, 2048] for the one-directional losses, 512 x 4096 "
+        "strips of 2**23 // B rows in [64, 2048] for the one-directional losses, 1024 x 4096 "
         "tiles for the symmetric one); peer rows: dense CLIP cross-entropy both "
         "ways written inline (open_clip ClipLoss formulation) and pytorch-metric-learning "
         "NTXentLoss / SupConLoss. nt_xent / supcon: B embeddings in all. Peak extra memory: "

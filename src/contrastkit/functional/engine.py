@@ -82,11 +82,11 @@ from contrastkit.functional.tiled import (
 
 DENSE_MAX_LOGITS = 2**22
 """Automatic path selection: dense while the logit matrix has at most this many entries."""
-STRIP_LOGITS = 2**22
-"""Automatic height of full-width strips: about this many logits per strip (16 MiB of float32)."""
-TILE_ROWS = 512
+STRIP_LOGITS = 2**23
+"""Automatic height of full-width strips: about this many logits per strip (32 MiB of float32)."""
+TILE_ROWS = 1024
 """Automatic height of the recomputing path's tiles."""
-COLUMN_BLOCK_RATIO = 8
+COLUMN_BLOCK_RATIO = 4
 """Tiles of the recomputing path are ``chunk`` rows by ``COLUMN_BLOCK_RATIO * chunk`` columns."""
 
 
@@ -94,13 +94,13 @@ def default_chunk_size(width: int, tiled: bool = False) -> int:
     """Automatic block height for ``width = N + M`` candidates.
 
     Full-width strips (``tiled=False``: the one-directional fused path, the sigmoid loss):
-    ``STRIP_LOGITS // width`` rounded down to a multiple of 64, within [64, 2048] (512 rows for
-    N = 8192, 64 for N = 65,536), so a strip stays near the cache. Tiles of the recomputing path
+    ``STRIP_LOGITS // width`` rounded down to a multiple of 64, within [64, 2048] (1024 rows
+    for N = 8192, 128 for N = 65,536), so a strip stays near the cache. Tiles of the recomputing path
     (``tiled=True``) do not span the width: ``TILE_ROWS`` rows by ``COLUMN_BLOCK_RATIO *
     TILE_ROWS`` columns whatever N is (measured fastest on a 2-core CPU, ``make bench``).
 
     >>> default_chunk_size(8192), default_chunk_size(65536), default_chunk_size(65536, tiled=True)
-    (512, 64, 512)
+    (1024, 128, 1024)
     """
     if tiled:
         return TILE_ROWS
