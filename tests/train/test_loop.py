@@ -15,7 +15,7 @@ from contrastkit.train import TrainingDiverged, load_config_dict, load_run, trai
 from contrastkit.train.checkpoint import latest_checkpoint, load_weights
 from contrastkit.train.tasks import ImageTask
 
-from .conftest import tiny_config
+from .conftest import tiny_config, tiny_pairs_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -146,42 +146,7 @@ def test_schedule_is_fitted_twice_and_never_beyond_max_steps(tmp_path: Path) -> 
 def test_pairs_task_with_gradient_caching_matches_plain_step(tmp_path: Path) -> None:
     """WordNet adverb lemma -> gloss with a tiny from-scratch BERT (no dropout): the
     gradient-cached run ends with the weights of the plain run; masks and baseline are wired."""
-    raw = {
-        "name": "pairs",
-        "task": "pairs",
-        "data": {
-            "dataset": "wordnet",
-            "subset": 96,
-            "test_subset": 64,
-            "options": {"kind": "lemma_gloss", "pos": "r"},
-        },
-        "model": {
-            "name": "tiny_text",
-            "options": {
-                "hidden_size": 16,
-                "num_layers": 1,
-                "num_heads": 2,
-                "max_length": 16,
-                "dropout": 0.0,
-            },
-        },
-        "loss": {
-            "name": "info_nce",
-            "params": {"temperature": 0.1, "symmetric": True},
-            "false_negative_mask": True,
-        },
-        "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
-        "train": {
-            "max_steps": 3,
-            "log_every": 1,
-            "monitor_every": 1,
-            "checkpoint_every": 3,
-            "progress": False,
-            "threads": 1,
-            "output_dir": str(tmp_path),
-        },
-        "eval": {"corpus_size": 32},
-    }
+    raw = tiny_pairs_config(tmp_path)
     plain = train(load_config_dict(raw), tmp_path / "plain")
     cached = train(load_config_dict(raw, ["train.grad_cache_chunk=4"]), tmp_path / "cached")
     a, b = final_weights(plain), final_weights(cached)

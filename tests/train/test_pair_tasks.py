@@ -13,48 +13,7 @@ from contrastkit.train import train
 from contrastkit.train.config import load_config_dict
 from contrastkit.train.pair_tasks import TextPairsTask, _eval_rows, false_negatives
 
-
-def pairs_config(tmp_path: Path, **sections: object) -> dict:
-    raw = {
-        "name": "pairs",
-        "task": "pairs",
-        "data": {
-            "dataset": "wordnet",
-            "subset": 96,
-            "test_subset": 64,
-            "options": {"kind": "lemma_gloss", "pos": "r"},
-        },
-        "model": {
-            "name": "tiny_text",
-            "options": {
-                "hidden_size": 16,
-                "num_layers": 1,
-                "num_heads": 2,
-                "max_length": 16,
-                "dropout": 0.0,
-                "bucket_size": 4,
-            },
-        },
-        "loss": {
-            "name": "info_nce",
-            "params": {"temperature": 0.1, "symmetric": True},
-            "false_negative_mask": True,
-        },
-        "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
-        "train": {
-            "max_steps": 3,
-            "log_every": 1,
-            "monitor_every": 1,
-            "checkpoint_every": 3,
-            "progress": False,
-            "threads": 1,
-            "output_dir": str(tmp_path),
-        },
-        "eval": {"corpus_size": 32, "queries": "first"},
-    }
-    for key, value in sections.items():
-        raw.setdefault(key, {}).update(value)  # type: ignore[union-attr]
-    return raw
+from .conftest import tiny_pairs_config as pairs_config
 
 
 def test_eval_rows_one_query_per_id_from_a_seeded_random_corpus() -> None:

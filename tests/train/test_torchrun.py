@@ -23,7 +23,7 @@ import yaml
 
 from contrastkit.train import load_config_dict, train
 
-from .conftest import tiny_config
+from .conftest import tiny_config, tiny_pairs_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -104,28 +104,7 @@ def test_two_process_torchrun_trains_on_the_global_batch(tmp_path: Path) -> None
 
 def test_torchrun_pair_task_with_false_negative_mask(tmp_path: Path) -> None:
     """The pair task's per-process false-negative mask is placed into the global batch."""
-    raw = {
-        "name": "pairs",
-        "task": "pairs",
-        "data": {
-            "dataset": "wordnet",
-            "subset": 96,
-            "test_subset": 64,
-            "options": {"kind": "lemma_gloss", "pos": "r"},
-        },
-        "model": {
-            "name": "tiny_text",
-            "options": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_length": 16},
-        },
-        "loss": {
-            "name": "info_nce",
-            "params": {"temperature": 0.1, "symmetric": True},
-            "false_negative_mask": True,
-        },
-        "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
-        "train": {"max_steps": 3, "log_every": 1, "progress": False, "output_dir": str(tmp_path)},
-        "eval": {"corpus_size": 32},
-    }
+    raw = tiny_pairs_config(tmp_path)
     config = tmp_path / "pairs.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = torchrun(config, tmp_path)
