@@ -271,3 +271,16 @@ def test_supcon_never_nan_property(b, v, n_classes, seed) -> None:
         loss = F.supervised_contrastive(emb, labels, temperature=0.1, reduction="none")
     assert loss.shape == (b * v,)
     assert torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_finite_check_one_bad_value_and_overflowing_sums(dtype) -> None:
+    """The check's fast path (one sum) must neither miss a single NaN / +-Inf (also +Inf and
+    -Inf together) nor reject finite values whose sum overflows the dtype."""
+    big = torch.full((64, 8), torch.finfo(dtype).max / 4, dtype=dtype)  # finite, sum overflows
+    assert torch.isfinite(F.info_nce(big, big, temperature=0.1, metric="cosine"))
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")]):
+        x = torch.randn(4, 8).to(dtype)
+        x.view(-1)[: len(bad)] = torch.tensor(bad, dtype=dtype)
+        with pytest.raises(ValueError, match=f"query contains {len(bad)} NaN/Inf"):
+            F.info_nce(x, x.detach().clone().nan_to_num_(0.0), temperature=0.1)
