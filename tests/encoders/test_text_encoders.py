@@ -149,6 +149,15 @@ def test_length_buckets_change_neither_embeddings_nor_gradients():
     for (name, pa), pb in zip(plain.named_parameters(), bucketed.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
     torch.testing.assert_close(plain.encode(texts, batch_size=3), za.detach(), atol=1e-5, rtol=0)
+    # pre-tokenized input (gradient caching's chunks) is bucketed the same way
+    tokens = bucketed.tokenize(texts)
+    widths: list[int] = []
+    hook = bucketed.model.register_forward_hook(
+        lambda _m, _a, kw, _out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    torch.testing.assert_close(bucketed.embed_tokens(**tokens), za, atol=1e-5, rtol=0)
+    hook.remove()
+    assert len(widths) == 3 and min(widths) < max(widths) == tokens["input_ids"].shape[1]
     with pytest.raises(ValueError, match="bucket_size must be an int >= 1"):
         TextEncoder(model=plain.model, tokenizer=plain.tokenizer, bucket_size=0)
 

@@ -97,8 +97,9 @@ class TextEncoder(nn.Module):
         normalize: L2-normalise the embeddings.
         max_length: longest token sequence (default: the folder's
             ``sentence_bert_config.json``, else the tokenizer's limit, at most 512).
-        bucket_size: in :meth:`forward`, embed the batch in length-sorted groups of this many
-            texts, each padded to its own longest (None: one group padded to the batch's
+        bucket_size: in :meth:`forward` and :meth:`embed_tokens` (so also in gradient-cached
+            chunks), embed the batch in length-sorted groups of this many texts, each padded
+            to its own longest (None: one group padded to the batch's
             longest). The embeddings do not change; the padded compute shrinks.
         freeze_word_embeddings: keep the word-piece embedding table fixed (no gradient, no
             optimizer state: 11.7M of MiniLM's 22.7M parameters). Fine-tuning then cannot move
@@ -221,7 +222,20 @@ class TextEncoder(nn.Module):
 
     def embed_tokens(self, **tokens: Tensor) -> Tensor:
         """Embeddings (B, D) of already tokenized input (``input_ids``, ``attention_mask``, ...:
-        (B, T) each); columns that are padding in every row are dropped first."""
+        (B, T) each). With ``bucket_size``, rows are embedded in length-sorted groups of that
+        many, each trimmed to its own longest text; the rows come back in input order."""
+        n = tokens["attention_mask"].shape[0]
+        if self.bucket_size is None or n <= self.bucket_size:
+            return self._embed_group(tokens)
+        order = torch.argsort(tokens["attention_mask"].sum(1), stable=True)  # (B,) by length
+        parts = [
+            self._embed_group({k: v[rows] for k, v in tokens.items()})  # (G, D)
+            for rows in order.split(self.bucket_size)
+        ]
+        return torch.cat(parts)[torch.argsort(order)]  # (B, D), rows in input order
+
+    def _embed_group(self, tokens: dict[str, Tensor]) -> Tensor:
+        """One model call; columns that are padding in every row are dropped first."""
         width = (
             int(tokens["attention_mask"].sum(1).max()) if tokens["attention_mask"].numel() else 0
         )
@@ -233,15 +247,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, texts: list[str]) -> Tensor:
         """Embeddings (B, D) of B texts (with ``bucket_size``: length-sorted padding groups)."""
-        tokens = self.tokenize(texts)  # (B, T) each
-        if self.bucket_size is None or len(texts) <= self.bucket_size:
-            return self.embed_tokens(**tokens)
-        order = torch.argsort(tokens["attention_mask"].sum(1), stable=True)  # (B,) by length
-        parts = [
-            self.embed_tokens(**{k: v[rows] for k, v in tokens.items()})  # (G, D)
-            for rows in order.split(self.bucket_size)
-        ]
-        return torch.cat(parts)[torch.argsort(order)]  # (B, D), rows in input order
+        return self.embed_tokens(**self.tokenize(texts))  # tokens (B, T) each
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> Tensor:
@@ -257,7 +263,7 @@ class TextEncoder(nn.Module):
         self.eval()
         try:
             chunks = [
-                self.embed_tokens(**self.tokenize(ordered[i : i + batch_size]))
+                self._embed_group(self.tokenize(ordered[i : i + batch_size]))
                 for i in range(0, len(ordered), batch_size)
             ]
         finally:
