@@ -457,12 +457,9 @@ class GatheredLoss(nn.Module):
         gathered = [_all_gather(x) for x in inputs]
         if ignore_mask is None:
             return self.loss(*gathered)
-        import torch.distributed as dist
-
-        world = dist.get_world_size()
-        return self.loss(
-            *gathered, ignore_mask=place_ignore_blocks(_all_gather(ignore_mask), world)
-        )
+        masks = _all_gather(ignore_mask)  # (G * B, S * B)
+        world = masks.shape[0] // ignore_mask.shape[0]
+        return self.loss(*gathered, ignore_mask=place_ignore_blocks(masks, world))
 
 
 def place_ignore_blocks(masks: Tensor, world: int) -> Tensor:
