@@ -35,8 +35,7 @@ Two paths compute it, with the same value and gradients:
   ``reduction="mean"``/``"sum"`` under autograd accumulates its gradient during the forward
   pass (no recomputation); otherwise each strip is cut into ``chunk_size x
   COLUMN_BLOCK_RATIO * chunk_size`` tiles that stay in cache, and the backward pass recomputes
-  each tile's logits from the saved embeddings and the saved per-row / per-column log-sum-exp
-  (a bounded number of forward tiles, two strips and at most 64 MiB, is kept instead).
+  each tile's logits from the saved embeddings and the saved per-row / per-column log-sum-exp.
   Cosine inputs are normalised and divided by the temperature in one autograd node
   (:func:`normalize_over`).
 

@@ -13,10 +13,7 @@ strips, both with an online log-sum-exp. Peak extra memory is a few ``(chunk, N 
 buffers plus the ``(N + M, D)`` gradient accumulators; the ``(B, N)`` matrix never exists.
 
 * :class:`TiledSoftmaxLoss` -- per-anchor row (and column) losses; the backward pass recomputes
-  each tile's logits from the saved embeddings and the saved log-sum-exp of every row/column,
-  except for the first ``TILE_CACHE_STRIPS`` strips' worth of tiles (at most
-  ``TILE_CACHE_MAX_BYTES``), whose exponentials the forward pass keeps (cosine / dot logits
-  within the unshifted range), so memory stays O(chunk * (N + M)).
+  each tile's logits from the saved embeddings and the saved log-sum-exp of every row/column.
 * :class:`FusedRowSoftmaxLoss` -- one direction, output ``sum over valid anchors``; the gradient
   is accumulated during the forward pass (a full-width strip holds its rows' exact
   statistics), so no recomputation, and backward only scales the stored gradients.
@@ -40,12 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["FusedRowSoftmaxLoss", "Structure", "TiledSigmoidLoss", "TiledSoftmaxLoss"]
-
-TILE_CACHE_STRIPS = 2
-""":class:`TiledSoftmaxLoss` keeps up to this many strips' worth of exponentiated forward tiles
-for the backward pass (so memory stays O(chunk * (N + M)))..."""
-TILE_CACHE_MAX_BYTES = 64 * 2**20
-"""...and never more than this many bytes (64 MiB: 4 of the 16 tiles of B = 8192)."""
 
 
 @dataclass(frozen=True)
@@ -323,12 +314,6 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         row_pos = torch.zeros_like(row_lse)
         row_cnt = torch.zeros_like(row_lse)
         unshifted = _unshifted(query, kk, neg3, metric)
-        # Exponentiated dot-product tiles kept for the backward pass (no recomputation there).
-        cache: dict[tuple[int, int], _Tile] = {}
-        cache_left = 0
-        if unshifted and metric == "dot" and any(ctx.needs_input_grad[:3]):
-            strip_bytes = chunk * (kw + m3) * query.element_size()
-            cache_left = min(TILE_CACHE_STRIPS * strip_bytes, TILE_CACHE_MAX_BYTES)
         if symmetric:
             col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=query.dtype)
             col_max = col_max.to(query.device)
@@ -357,12 +342,6 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                     r_sum += lg.sum(1)
                     if keyed:
                         col_sum[tile.col_slice] += lg[:, :nk].sum(0)
-                    tile_bytes = lg.numel() * lg.element_size()
-                    if tile_bytes <= cache_left:
-                        cache[(r0, c0)] = tile
-                        cache_left -= tile_bytes
-                        if lg.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr():
-                            buf = _buffer(chunk, min(col_chunk, kw), query)  # tile keeps it
                     continue
                 new_r = _finite_floor(torch.maximum(r_max, lg.amax(1)))
                 r_sum.mul_((r_max - new_r).exp_()).add_((lg - new_r[:, None]).exp_().sum(1))
@@ -390,7 +369,6 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
         ctx.structure, ctx.metric, ctx.symmetric = structure, metric, symmetric
         ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
-        ctx.tile_cache = cache
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row_loss, col_loss, row_valid, col_valid
 
@@ -422,21 +400,12 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             neg_s = None if neg3 is None else neg3[r0:r1]
             dneg_s = None if dneg3 is None else dneg3[r0:r1]
             for c0, c1 in tiles:
-                # A cached tile already holds e^{logit}; popped, so a second backward
-                # (retain_graph=True) recomputes instead of reading consumed values.
-                cached = ctx.tile_cache.pop((r0, c0), None)
-                if cached is None:
-                    tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, buf)
-                else:
-                    tile = cached
+                tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, buf)
                 lg, nk, cs = tile.logits, tile.n_key, tile.col_slice
                 keyed = col_w is not None and nk > 0
                 if ctx.unshifted:
                     # d loss / d logit_ij = e^{l_ij} (w_i e^{-lse_i} + w'_j e^{-lse'_j}) - positives
-                    if cached is not None:
-                        e = lg
-                    else:
-                        e = lg.exp() if metric == "euclidean" else lg.exp_()
+                    e = lg.exp() if metric == "euclidean" else lg.exp_()
                     grad = torch.mul(e, row_u[r0:r1, None], out=buf2[: e.numel()].view(e.shape))
                     if keyed:
                         grad[:, :nk].addcmul_(e[:, :nk], col_u[None, cs])
