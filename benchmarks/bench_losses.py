@@ -5,8 +5,11 @@ it allocates the inputs, resets the kernel's peak-RSS mark (VmHWM) and reads the
 to warm up, then ``reps`` timed runs, and reports the median time and the peak RSS above the
 baseline ("peak extra memory"). Effective GFLOP/s count the necessary products only: forward
 ``2 B N D`` per direction pass, backward ``2 * 2 B N D``; "% mm" compares with the machine's own
-matmul GFLOP/s at 2048x256 @ 256x2048 fp32 (median of 20), measured in the same process just
-before and just after the timed runs (the higher of the two is the reference).
+matmul GFLOP/s at 2048x256 @ 256x2048 fp32, measured in the same process interleaved with the
+timed runs: before every run (warm-up included) and after the last, 5 products each, and the
+reference is the median of those per-window rates. The speed of a shared CPU drifts by
++-20 % within minutes; interleaving gives the reference and the loss the same moments (a
+reference taken only before and after a row could land on a fast or a slow moment).
 
 Environment: ``CK_BENCH_QUICK=1`` for small sizes (smoke test), ``CK_BENCH_SKIP_HUGE=1`` to skip
 the B = 65,536 symmetric chunked run (the longest one: about 9 TFLOP).
@@ -30,10 +33,11 @@ QUICK = os.environ.get("CK_BENCH_QUICK") == "1"
 D = 256
 
 
-def matmul_gflops() -> float:
+def matmul_gflops(repeats: int = 20) -> float:
+    """GFLOP/s of 2048x256 @ 256x2048 fp32, median of ``repeats`` products."""
     a, b = torch.randn(2048, D), torch.randn(D, 2048)
     times = []
-    for _ in range(20):
+    for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
         times.append(time.perf_counter() - start)
@@ -132,24 +136,24 @@ def _peak_rss() -> int:
 def worker(cfg: dict) -> dict:
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
     inputs, fn, flops = _loss_fn(cfg)
-    mm_before = matmul_gflops()
+    matmul_gflops(3)  # warm the product's code path before the first window
     base = _reset_peak_rss()
-    times = []
+    times, reference = [], []
     for _ in range(cfg["reps"] + 1):
+        reference.append(matmul_gflops(5))
         for t in inputs:
             t.grad = None
         start = time.perf_counter()
         fn().backward()
         times.append(time.perf_counter() - start)
+    reference.append(matmul_gflops(5))
     peak = _peak_rss()
     timed = times[1:] if len(times) > 1 else times
     return {
         "time_s": statistics.median(timed),
         "peak_extra_mib": (peak - base) / 1024,
         "flops": flops,
-        # same process, around the timed runs (the CPU is shared); the higher of the two, so a
-        # slow moment of the reference never inflates "% of matmul"
-        "matmul_gflops": max(mm_before, matmul_gflops()),
+        "matmul_gflops": statistics.median(reference),  # interleaved with the runs
     }
 
 
@@ -174,7 +178,7 @@ def run() -> dict:
     rows = []
     plan = [] if QUICK else list(plan_small)
     for b in sizes:
-        reps = 3 if b <= 8192 else 2
+        reps = 5 if b <= 8192 else 3
         for loss in ("info_nce_symmetric", "info_nce"):
             plan.append(
                 (
@@ -235,9 +239,9 @@ def run() -> dict:
     notes = (
         f"D={D}, fp32, forward + backward, temperature 0.07, cosine; matmul {mm:.1f} GFLOP/s at "
         f"start (2048x256 @ 256x2048, median of 20), torch threads {torch.get_num_threads()}; "
-        "pct_matmul divides by matmul_gflops measured again in each row's subprocess just "
-        "before and after its timed runs, the higher of the two (a shared CPU changes speed "
-        "between rows). Chunked = contrastkit engine with its automatic blocks (full-width "
+        "pct_matmul divides by matmul_gflops measured in each row's subprocess interleaved "
+        "with its timed runs (5 products before each run and after the last; the median of "
+        "those windows), so a shared CPU's drifting speed affects both alike. Chunked = contrastkit engine with its automatic blocks (full-width "
         "strips of 2**23 // B rows in [64, 2048] for the one-directional losses, 1024 x 4096 "
         "tiles for the symmetric one); peer rows: dense CLIP cross-entropy both "
         "ways written inline (open_clip ClipLoss formulation) and pytorch-metric-learning "
