@@ -356,8 +356,7 @@ def test_low_temperature_float32_parity():
 def test_normalize_over_matches_autograd_and_gradchecks():
     """The fused cosine preparation equals normalize(x) / t in value and gradient (x and a
     learnable t), zero rows included, and passes float64 gradcheck."""
-    from contrastkit.functional.engine import normalize_over
-    from contrastkit.functional.similarity import normalize
+    from contrastkit.functional.similarity import normalize, normalize_over
 
     x = _randn(6, 5, seed=50)
     with torch.no_grad():

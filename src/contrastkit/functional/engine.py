@@ -37,7 +37,7 @@ Two paths compute it, with the same value and gradients:
   COLUMN_BLOCK_RATIO * chunk_size`` tiles that stay in cache, and the backward pass recomputes
   each tile's logits from the saved embeddings and the saved per-row / per-column log-sum-exp.
   Cosine inputs are normalised and divided by the temperature in one autograd node
-  (:func:`normalize_over`).
+  (:func:`contrastkit.functional.similarity.normalize_over`).
 
 :func:`softmax_contrastive` picks the path: ``chunk_size=None`` is automatic -- dense while
 ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in float32, i.e. B = N = 2048), chunked
@@ -71,8 +71,8 @@ from contrastkit._checks import (
     check_temperature,
 )
 from contrastkit.functional.similarity import (
-    _EPS,
     check_metric,
+    normalize_over,
     similarity_matrix_unchecked,
 )
 from contrastkit.functional.tiled import (
@@ -335,46 +335,6 @@ def resolve_chunk_size(
             f"automatic selection, got {chunk_size!r}."
         )
     return min(chunk_size, max(rows, 1))
-
-
-class _NormalizeOver(torch.autograd.Function):
-    """``x / (|x| * t)`` row-wise with a hand-written backward (one fused op for autograd).
-
-    ``apply(x, temperature)`` with ``x: (..., D)`` and a float or scalar tensor temperature;
-    rows with ``|x| <= eps`` are divided by ``t`` only, like :func:`normalize`. With
-    ``y = x / (|x| t)``: ``dx = (g - t^2 (y . g) y) / (|x| t)`` and ``dt = -sum(y . g) / t``.
-    """
-
-    @staticmethod
-    def forward(ctx, x, temperature):
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        unit = norm > _EPS
-        t = float(temperature)
-        scale = torch.where(unit, norm, torch.ones_like(norm)).mul_(t).reciprocal_()
-        y = x * scale
-        ctx.save_for_backward(y, scale, unit)
-        ctx.t, ctx.t_is_tensor = t, isinstance(temperature, Tensor)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        y, scale, unit = ctx.saved_tensors
-        c = torch.linalg.vecdot(y, g, dim=-1).unsqueeze(-1)  # (..., 1)
-        coef = torch.where(unit, c * (ctx.t * ctx.t), 0.0)
-        dx = torch.addcmul(g, y, coef, value=-1.0).mul_(scale)
-        dt = -c.sum() / ctx.t if ctx.t_is_tensor and ctx.needs_input_grad[1] else None
-        return dx, dt
-
-
-def normalize_over(x: Tensor, temperature: float | Tensor) -> Tensor:
-    """Row-wise ``normalize(x) / temperature`` in one autograd node (the chunked engine's input).
-
-    >>> torch.allclose(normalize_over(torch.tensor([[3.0, 4.0]]), 0.5), torch.tensor([[1.2, 1.6]]))
-    True
-    """
-    if isinstance(temperature, Tensor):
-        temperature = temperature.reshape(()).to(x.dtype)
-    return _NormalizeOver.apply(x, temperature)
 
 
 def _logit_space(

@@ -49,6 +49,49 @@ def normalize(x: Tensor) -> Tensor:
     return x / torch.where(norm > _EPS, norm, torch.ones_like(norm))
 
 
+class _NormalizeOver(torch.autograd.Function):
+    """``x / (|x| * t)`` row-wise with a hand-written backward (one fused op for autograd).
+
+    ``apply(x, temperature)`` with ``x: (..., D)`` and a float or scalar tensor temperature;
+    rows with ``|x| <= eps`` are divided by ``t`` only, like :func:`normalize`. With
+    ``y = x / (|x| t)``: ``dx = (g - t^2 (y . g) y) / (|x| t)`` and ``dt = -sum(y . g) / t``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, temperature):
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        unit = norm > _EPS
+        t = float(temperature)
+        scale = torch.where(unit, norm, torch.ones_like(norm)).mul_(t).reciprocal_()
+        y = x * scale
+        ctx.save_for_backward(y, scale, unit)
+        ctx.t, ctx.t_is_tensor = t, isinstance(temperature, Tensor)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, scale, unit = ctx.saved_tensors
+        c = torch.linalg.vecdot(y, g, dim=-1).unsqueeze(-1)  # (..., 1)
+        coef = torch.where(unit, c * (ctx.t * ctx.t), 0.0)
+        dx = torch.addcmul(g, y, coef, value=-1.0).mul_(scale)
+        dt = -c.sum() / ctx.t if ctx.t_is_tensor and ctx.needs_input_grad[1] else None
+        return dx, dt
+
+
+def normalize_over(x: Tensor, temperature: float | Tensor) -> Tensor:
+    """Row-wise ``normalize(x) / temperature`` for ``x: (..., D)``, in one autograd node.
+
+    The chunked engine's cosine inputs: the same value and gradients as the two-step form with
+    one backward node instead of three (gradients flow to a tensor temperature too).
+
+    >>> torch.allclose(normalize_over(torch.tensor([[3.0, 4.0]]), 0.5), torch.tensor([[1.2, 1.6]]))
+    True
+    """
+    if isinstance(temperature, Tensor):
+        temperature = temperature.reshape(()).to(x.dtype)
+    return _NormalizeOver.apply(x, temperature)
+
+
 def prepare(x: Tensor, metric: str) -> Tensor:
     """What a metric does to each side before the inner product (normalise for cosine)."""
     return normalize(x) if metric == "cosine" else x
