@@ -77,3 +77,25 @@ def test_bad_input_is_named(args, exc, match) -> None:
 def test_unknown_metric() -> None:
     with pytest.raises(ValueError, match=r"metric must be one of .*got 'manhattan'"):
         similarity_matrix(torch.randn(2, 2), torch.randn(2, 2), metric="manhattan")
+
+
+def test_normalize_over_matches_autograd_and_gradchecks() -> None:
+    """The fused cosine preparation equals normalize(x) / t in value and gradient (x and a
+    learnable t), zero rows included, and passes float64 gradcheck."""
+    from contrastkit.functional.similarity import normalize, normalize_over
+
+    x = _rand(6, 5, seed=50).requires_grad_()
+    with torch.no_grad():
+        x[2] = 0.0
+    t = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    upstream = _rand(6, 5, seed=51)
+    fused = normalize_over(x, t)
+    reference = normalize(x) / t
+    torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad((fused * upstream).sum(), (x, t))
+    ref_grads = torch.autograd.grad((reference * upstream).sum(), (x, t))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    smooth = _rand(6, 5, seed=52).requires_grad_()  # finite differences jump at a zero row
+    assert torch.autograd.gradcheck(lambda a, b: normalize_over(a, b), (smooth, t))
+    assert torch.autograd.gradcheck(lambda a: normalize_over(a, 0.7), (smooth,))

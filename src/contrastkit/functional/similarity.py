@@ -61,20 +61,23 @@ class _NormalizeOver(torch.autograd.Function):
     def forward(ctx, x, temperature):
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         unit = norm > _EPS
-        t = float(temperature)
-        scale = torch.where(unit, norm, torch.ones_like(norm)).mul_(t).reciprocal_()
+        scale = torch.where(unit, norm, torch.ones_like(norm)).mul_(temperature).reciprocal_()
         y = x * scale
-        ctx.save_for_backward(y, scale, unit)
-        ctx.t, ctx.t_is_tensor = t, isinstance(temperature, Tensor)
+        if isinstance(temperature, Tensor):  # kept as a tensor: no device sync
+            ctx.save_for_backward(y, scale, unit, temperature)
+        else:
+            ctx.save_for_backward(y, scale, unit)
+            ctx.t = temperature
         return y
 
     @staticmethod
     def backward(ctx, g):
-        y, scale, unit = ctx.saved_tensors
+        y, scale, unit, *t_saved = ctx.saved_tensors
+        t = t_saved[0] if t_saved else ctx.t
         c = torch.linalg.vecdot(y, g, dim=-1).unsqueeze(-1)  # (..., 1)
-        coef = torch.where(unit, c * (ctx.t * ctx.t), 0.0)
+        coef = torch.where(unit, c * (t * t), 0.0)
         dx = torch.addcmul(g, y, coef, value=-1.0).mul_(scale)
-        dt = -c.sum() / ctx.t if ctx.t_is_tensor and ctx.needs_input_grad[1] else None
+        dt = -c.sum() / t if ctx.needs_input_grad[1] else None
         return dx, dt
 
 
