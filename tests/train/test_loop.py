@@ -143,6 +143,47 @@ def test_schedule_is_fitted_twice_and_never_beyond_max_steps(tmp_path: Path) -> 
     assert fitted == [(2, cfg.train.max_steps), (10, cfg.train.max_steps)]
 
 
+class _SpeedingUpClock:
+    """A stand-in for the loop's ``time`` module: each ``perf_counter`` call advances 0.5 s
+    until ``fast_after`` calls, then 0.25 s (the machine gets twice as fast)."""
+
+    def __init__(self, fast_after: int) -> None:
+        self.now, self.calls, self.fast_after = 0.0, 0, fast_after
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        self.now += 0.5 if self.calls <= self.fast_after else 0.25
+        return self.now
+
+
+def test_schedule_is_refitted_when_the_machine_changes_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps take 0.5 s, then 0.25 s after step 10: the fits at half and 80 % of a 20 s budget
+    lengthen the schedule from 40 to 70 steps and the run spends its whole budget."""
+    from contrastkit.train import loop
+
+    # one clock call starts the throughput timer, then two per step (start and end)
+    monkeypatch.setattr(loop, "time", _SpeedingUpClock(fast_after=1 + 2 * 10))
+    cfg = fast(
+        tmp_path,
+        train={
+            "max_steps": 1000,
+            "time_budget_s": 20.0,
+            "fit_schedule_to_budget": True,
+            "calibration_steps": 2,
+            "log_every": 1000,
+            "monitor_every": 0,
+            "checkpoint_every": 0,
+        },
+    )
+    run = train(cfg, tmp_path / "refit")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    fitted = [(r["step"], r["total_steps"]) for r in records if r.get("event") == "schedule_fitted"]
+    assert fitted == [(2, 40), (10, 40), (30, 70), (54, 70)]
+    assert json.loads((run / "eval.json").read_text())["step"] == 70
+
+
 def test_pairs_task_with_gradient_caching_matches_plain_step(tmp_path: Path) -> None:
     """WordNet adverb lemma -> gloss with a tiny from-scratch BERT (no dropout): the
     gradient-cached run ends with the weights of the plain run; masks and baseline are wired."""

@@ -115,3 +115,23 @@ def test_torchrun_pair_task_with_false_negative_mask(tmp_path: Path) -> None:
     assert records[0] == {"step": 0, "event": "start", "world_size": 2, "batch": 32}
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 3 and all(map(math.isfinite, losses))
+
+
+def test_torchrun_time_budget_decisions_agree_across_ranks(tmp_path: Path) -> None:
+    """Each process measures its own clock; the schedule fits and the budget stop use the
+    slowest one, so both ranks stop at the same step (a disagreement would leave one rank
+    waiting in a collective until the timeout)."""
+    runs = tmp_path / "runs"
+    raw = digits_config(tmp_path, runs, PER_PROCESS_BATCH, 10_000)
+    raw["train"].update(
+        time_budget_s=3.0, fit_schedule_to_budget=True, calibration_steps=2, checkpoint_every=0
+    )
+    config = tmp_path / "budget.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = torchrun(config, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(x) for x in (runs / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    fits = [r["total_steps"] for r in records if r.get("event") == "schedule_fitted"]
+    assert len(fits) >= 3 and fits[-1] < 10_000  # calibration, 5x, half the budget (and 80 %)
+    last = max(r["step"] for r in records if "loss" in r)
+    assert json.loads((runs / "tiny" / "eval.json").read_text())["step"] == last

@@ -231,8 +231,9 @@ class TrainConfig(_Strict):
     )
     fit_schedule_to_budget: bool = Field(
         default=False,
-        description="after calibration_steps (and again after 5x as many), set the schedule "
-        "length to what fits the time budget (at most max_steps)",
+        description="after calibration_steps (and again after 5x as many and at 50 % and 80 % "
+        "of the budget), set the schedule length to what fits the time budget (at most "
+        "max_steps)",
     )
     calibration_steps: int = Field(default=20, gt=0)
     grad_cache_chunk: int | None = Field(

@@ -39,6 +39,10 @@ from contrastkit.train.monitor import embedding_health
 from contrastkit.train.schedule import warmup_cosine
 from contrastkit.train.tasks import EvalResult, build_task
 
+REFIT_FRACTIONS = (0.5, 0.8)
+"""With ``train.fit_schedule_to_budget``, the schedule is fitted again when these fractions of
+the time budget are spent (besides after ``calibration_steps`` and 5x as many)."""
+
 SUGGESTIONS = (
     "lower optim.lr (e.g. by 3-10x) or raise optim.warmup_steps",
     "raise the temperature (loss.params.temperature) or disable loss.learnable_temperature",
@@ -321,7 +325,8 @@ def train(
     progress = _progress_bar(cfg, dist, step, total_steps)
     last_eval: dict[str, float] = {}
     start_step = step
-    elapsed_at_calib = 0.0
+    last_fit = (0, 0.0)  # (step, elapsed) of the latest schedule fit
+    refit_at = list(REFIT_FRACTIONS)
     t_log, items_since_log = time.perf_counter(), 0
     try:
         model.train()
@@ -353,24 +358,29 @@ def train(
                 task.after_step(step, total_steps)
             step += 1
             elapsed += time.perf_counter() - t0
+            if cfg.train.time_budget_s and dist.world > 1:
+                elapsed = _slowest(elapsed)  # every rank takes the same time-based decisions
             items_since_log += len(indices) * dist.world
 
             # fit the schedule length to the time budget: after calibration_steps from their
-            # mean time, then once more after 5x as many from the steady rate since then (the
-            # first steps are slow, so the first fit alone ends runs ~10% early)
+            # mean time; again after 5x as many, and when half and 80 % of the budget are
+            # spent, from the rate since the previous fit (the first steps are slow and a
+            # shared machine changes speed: a single early fit ended runs 10-20 % early)
             calib = cfg.train.calibration_steps
-            if (
-                cfg.train.fit_schedule_to_budget
-                and cfg.train.time_budget_s
-                and start_step == 0
-                and step in (calib, 5 * calib)
-            ):
+            budget = cfg.train.time_budget_s
+            fitted = None
+            if cfg.train.fit_schedule_to_budget and budget and start_step == 0:
                 if step == calib:
-                    elapsed_at_calib = elapsed
-                    fitted = int(cfg.train.time_budget_s / (elapsed / step))
-                else:
-                    rate = (elapsed - elapsed_at_calib) / (step - calib)
-                    fitted = step + int((cfg.train.time_budget_s - elapsed) / rate)
+                    fitted = int(budget / (elapsed / step))
+                elif step > calib and (
+                    step == 5 * calib or (refit_at and elapsed >= refit_at[0] * budget)
+                ):
+                    rate = (elapsed - last_fit[1]) / (step - last_fit[0])
+                    fitted = step + int((budget - elapsed) / rate)
+                    while refit_at and elapsed >= refit_at[0] * budget:
+                        refit_at.pop(0)
+            if fitted is not None:
+                last_fit = (step, elapsed)
                 total_steps = max(step, min(cfg.train.max_steps, fitted))
                 scheduler = _rescale_scheduler(cfg, optimizer, scheduler, total_steps)
                 if progress is not None:
@@ -478,6 +488,16 @@ def place_ignore_blocks(masks: Tensor, world: int) -> Tensor:
             start = g * world * b + r * b
             out[rows, start : start + b] = masks[rows, g * b : (g + 1) * b]
     return out
+
+
+def _slowest(elapsed: float) -> float:
+    """The largest ``elapsed`` over the torchrun processes (each measures its own clock)."""
+    import torch.distributed as tdist
+
+    device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([elapsed], dtype=torch.float64, device=device)
+    tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+    return float(value)
 
 
 def _all_gather(x: Tensor) -> Tensor:
