@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from contrastkit.cli import main
+from contrastkit.train import TrainingDiverged
 from contrastkit.train.config import list_recipes
 
 SUBCOMMANDS = ["train", "eval", "index", "search", "report", "demo", "recipes"]
@@ -118,3 +119,29 @@ def test_train_eval_index_search_report_end_to_end(
     for ref in parser.refs:  # every reference is a file next to the page (no network, no abs path)
         assert not ref.startswith(("http:", "https:", "/")), ref
         assert (html.parent / ref).is_file(), ref
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (TrainingDiverged("loss is not finite"), 3),
+        (FileNotFoundError("no such run"), 4),
+        (ValueError("bad value"), 2),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_errors_map_to_exit_codes(
+    error: BaseException,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each failure kind leaves with its own exit code and a one-line message on stderr."""
+    from contrastkit import cli
+
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setitem(cli.COMMANDS, "recipes", fail)
+    assert main(["recipes"]) == code
+    assert capsys.readouterr().err.startswith("contrastkit recipes: ")

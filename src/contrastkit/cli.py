@@ -108,20 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from contrastkit.train.config import ConfigError
     from contrastkit.train.loop import TrainingDiverged
 
+    # first match wins: ConfigError is a ValueError
+    exits = (
+        (ConfigError, EXIT_USAGE),
+        (TrainingDiverged, EXIT_DIVERGED),
+        (FileNotFoundError, EXIT_MISSING),
+        (ValueError, EXIT_USAGE),
+    )
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except ConfigError as err:
+    except tuple(kind for kind, _ in exits) as err:
         print(f"contrastkit {args.command}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingDiverged as err:
-        print(f"contrastkit {args.command}: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except FileNotFoundError as err:
-        print(f"contrastkit {args.command}: {err}", file=sys.stderr)
-        return EXIT_MISSING
-    except ValueError as err:
-        print(f"contrastkit {args.command}: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return next(code for kind, code in exits if isinstance(err, kind))
     except KeyboardInterrupt:
         print(f"contrastkit {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
