@@ -35,14 +35,24 @@ def _assert_parity(make, tensors, dtype=torch.float64, chunks=CHUNKS):
     """make(chunk_size) -> loss; compares every chunk size with the dense path (chunk None).
 
     Each chunk size runs with the default column tiles (wider than these batches: one tile per
-    strip) and with square ``chunk x chunk`` tiles (several per strip, the last one partial).
+    strip) and with square ``chunk x chunk`` tiles (several per strip, the last one partial),
+    the latter once more with no forward tiles kept for the backward pass (by default the first
+    two strips' tiles are kept, so batches of more than two strips mix kept and recomputed ones).
     """
     ref, ref_grads = _value_and_grads(lambda: make(None), tensors)
     assert torch.isfinite(ref).all()
-    for chunk, ratio in itertools.product(chunks, (engine.COLUMN_BLOCK_RATIO, 1)):
-        with mock.patch.object(engine, "COLUMN_BLOCK_RATIO", ratio):
+    tilings = [
+        (engine.COLUMN_BLOCK_RATIO, engine.TILE_CACHE_BYTES),
+        (1, engine.TILE_CACHE_BYTES),
+        (1, 0),
+    ]
+    for chunk, (ratio, cache) in itertools.product(chunks, tilings):
+        with (
+            mock.patch.object(engine, "COLUMN_BLOCK_RATIO", ratio),
+            mock.patch.object(engine, "TILE_CACHE_BYTES", cache),
+        ):
             out, grads = _value_and_grads(lambda c=chunk: make(c), tensors)
-        where = f"chunk={chunk}, tile={chunk}x{ratio * chunk}"
+        where = f"chunk={chunk}, tile={chunk}x{ratio * chunk}, cache={cache} bytes"
         torch.testing.assert_close(out, ref, **TOL[dtype], msg=f"value, {where}")
         for g, rg in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(g, rg, **TOL[dtype], msg=f"grad, {where}")
@@ -282,11 +292,11 @@ def test_gradcheck_kernels():
         key_ids=torch.tensor([1, 7, 9, 3, 8, 2]),
         ignore_mask=torch.eye(b, n + m, dtype=torch.bool),
     )
-    for metric in ("dot", "euclidean"):
+    for metric, cache in (("dot", 0), ("dot", 1 << 20), ("euclidean", 0)):  # 1 MiB: kept tiles
         assert torch.autograd.gradcheck(
-            lambda q_, k_, n_, mt=metric: TiledSoftmaxLoss.apply(q_, k_, n_, full, mt, 3, False, 2)[
-                0
-            ],
+            lambda q_, k_, n_, mt=metric, c=cache: TiledSoftmaxLoss.apply(
+                q_, k_, n_, full, mt, 3, False, 2, c
+            )[0],
             (q, k, neg),
         )
         assert torch.autograd.gradcheck(
@@ -295,10 +305,13 @@ def test_gradcheck_kernels():
         )
     square = Structure(n_keys=b, positive_offset=1, self_offset=3)
     k4 = _randn(b, 3, seed=27)
-    assert torch.autograd.gradcheck(
-        lambda q_, k_: sum(TiledSoftmaxLoss.apply(q_, k_, None, square, "dot", 3, True, 3)[:2]),
-        (q, k4),
-    )
+    for cache in (0, 2 * 3 * 3 * 8):  # none, or 2 of the 4 tiles (3 x 3 float64 slots)
+        assert torch.autograd.gradcheck(
+            lambda q_, k_, c=cache: sum(
+                TiledSoftmaxLoss.apply(q_, k_, None, square, "dot", 3, True, 3, c)[:2]
+            ),
+            (q, k4),
+        )
 
 
 def test_auto_selection_and_errors():

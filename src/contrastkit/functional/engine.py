@@ -90,6 +90,9 @@ TILE_ROWS = 1024
 """Automatic height of the recomputing path's tiles."""
 COLUMN_BLOCK_RATIO = 4
 """Tiles of the recomputing path are ``chunk`` rows by ``COLUMN_BLOCK_RATIO * chunk`` columns."""
+TILE_CACHE_BYTES = 64 * 2**20
+"""The recomputing path keeps up to this many bytes of exponentiated forward tiles (never more
+than two strips' worth) so that the backward pass skips their product; 0 recomputes every tile."""
 
 
 def default_chunk_size(width: int, tiled: bool = False) -> int:
@@ -420,7 +423,15 @@ def softmax_contrastive(
         out = total / n_valid if reduction == "mean" else total
         return out.to(p.query.dtype)
     row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
-        q, k, neg, p.structure(), kernel_metric, chunk, p.symmetric, COLUMN_BLOCK_RATIO * chunk
+        q,
+        k,
+        neg,
+        p.structure(),
+        kernel_metric,
+        chunk,
+        p.symmetric,
+        COLUMN_BLOCK_RATIO * chunk,
+        TILE_CACHE_BYTES,
     )
     if p.symmetric:
         loss, valid = 0.5 * (row + col), row_valid & col_valid

@@ -22,7 +22,7 @@ buffers plus the ``(N + M, D)`` gradient accumulators; the ``(B, N)`` matrix nev
 >>> g = torch.Generator().manual_seed(0)
 >>> q, k = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
 >>> s = Structure(n_keys=5, positive_offset=0)
->>> row, col, vr, vc = TiledSoftmaxLoss.apply(q, k, None, s, "dot", 2, True, 3)
+>>> row, col, vr, vc = TiledSoftmaxLoss.apply(q, k, None, s, "dot", 2, True, 3, 0)
 >>> dense = torch.logsumexp(q @ k.T, 1) - (q * k).sum(1)
 >>> torch.allclose(row, dense)
 True
@@ -93,6 +93,7 @@ class _Tile:
         metric: str,
         kk_sq: Tensor | None,
         buf: Tensor,
+        cached: bool = False,
     ) -> None:
         n, kw = s.n_keys, kk.shape[0]
         rows = r1 - r0
@@ -103,7 +104,10 @@ class _Tile:
         self.col_slice = slice(c0, c0 + self.n_key)
         n_kk = self.a1 - self.a0
         logits = buf[: rows * n_kk].view(rows, n_kk)
-        if n_kk:
+        # cached: buf already holds this tile's exp(logits) from the forward pass (masked
+        # entries are 0 there): only the positives' positions are derived, nothing is written.
+        fill = not cached
+        if n_kk and fill:
             k_t = kk[self.a0 : self.a1]
             torch.mm(q_s, k_t.T, out=logits)
             if metric == "euclidean":
@@ -130,7 +134,7 @@ class _Tile:
             in_self = (self_cols >= 0) & (self_cols < self.n_key)
             self_rows, self_cols = ar[in_self], self_cols[in_self]
         if s.simple:
-            if self_cols is not None:
+            if self_cols is not None and fill:
                 logits[self_rows, self_cols] = float("-inf")
             if s.positive_offset is not None:
                 cols = (gi + s.positive_offset) % n - c0
@@ -159,16 +163,16 @@ class _Tile:
             pos[ar[keep], cols[keep]] = True
         if self_cols is not None:
             pos[self_rows, self_cols] = False
-        ignore = None if s.ignore_mask is None else s.ignore_mask[r0:r1, c0:c1].clone()
-        if s.query_ids is not None:
+        ignore = None if s.ignore_mask is None or cached else s.ignore_mask[r0:r1, c0:c1].clone()
+        if s.query_ids is not None and fill:
             same_id = s.query_ids[r0:r1, None] == s.key_ids[None, cs]
             if ignore is None:
                 ignore = torch.zeros(rows, logits.shape[1], dtype=torch.bool, device=device)
             ignore[:, :nk] |= same_id
-        if ignore is not None:
+        if ignore is not None and fill:
             ignore[:, :nk] &= ~pos
             logits.masked_fill_(ignore, float("-inf"))
-        if self_cols is not None:
+        if self_cols is not None and fill:
             logits[self_rows, self_cols] = float("-inf")
         self.pos_mask = pos
 
@@ -259,6 +263,47 @@ def _buffer(rows: int, width: int, like: Tensor) -> Tensor:
     return torch.empty(rows * width, dtype=like.dtype, device=like.device)
 
 
+class _SlotPool:
+    """Free CPU tile buffers of one size, kept between calls for :class:`TiledSoftmaxLoss`.
+
+    Several fresh 16 MiB buffers alive at once are page-faulted in on every call (the allocator
+    hands them back to the OS): five cost 28 ms against 2 ms when reused, measured on a 2-core
+    CPU. At most ``limit`` bytes are kept; other devices allocate directly (CUDA caches).
+    """
+
+    def __init__(self) -> None:
+        self.free: list[Tensor] = []
+
+    def take(self, numel: int, like: Tensor) -> Tensor:
+        top = self.free[-1] if self.free else None
+        if top is not None and (top.numel(), top.dtype, like.device.type) == (
+            numel,
+            like.dtype,
+            "cpu",
+        ):
+            return self.free.pop()
+        return torch.empty(numel, dtype=like.dtype, device=like.device)
+
+    def give(self, slots: list[Tensor], limit: int) -> None:
+        slots = [t for t in slots if t.device.type == "cpu"]
+        if (
+            slots
+            and self.free
+            and (self.free[0].numel(), self.free[0].dtype)
+            != (
+                slots[0].numel(),
+                slots[0].dtype,
+            )
+        ):
+            self.free.clear()  # one size at a time: the pool never grows past one problem's
+        for t in slots:
+            if (len(self.free) + 1) * t.numel() * t.element_size() <= limit:
+                self.free.append(t)
+
+
+_POOL = _SlotPool()
+
+
 def _column_tiles(n: int, kw: int, m3: int, width: int) -> list[tuple[int, int]]:
     """Column ranges of the 2-D tiling: keys in ``width`` steps, shared negatives likewise,
     per-query negatives (``m3`` columns after the ``kw`` rows of kk) as one range."""
@@ -294,16 +339,24 @@ def _finite_floor(x: Tensor) -> Tensor:
 class TiledSoftmaxLoss(torch.autograd.Function):
     """Per-anchor softmax-contrastive losses, tile by tile, backward by recomputation.
 
-    ``apply(query, key, negatives, structure, metric, chunk, symmetric, col_chunk)`` with
-    logit-space ``query: (B, D)``, ``key: (N, D)``, ``negatives: (M, D) | (B, M, D) | None``;
-    tiles are ``chunk`` query rows by ``col_chunk`` candidate columns. Returns ``(row_loss (B,),
-    col_loss (N,) or empty, row_valid (B,), col_valid (N,) or empty)``; a loss is ``lse - mean
-    positive logit`` and 0 where the anchor has no positive. Row statistics stream across a
-    strip's column tiles and column statistics across strips (online log-sum-exp).
+    ``apply(query, key, negatives, structure, metric, chunk, symmetric, col_chunk,
+    cache_bytes)`` with logit-space ``query: (B, D)``, ``key: (N, D)``, ``negatives: (M, D) |
+    (B, M, D) | None``; tiles are ``chunk`` query rows by ``col_chunk`` candidate columns.
+    Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,), col_valid (N,) or
+    empty)``; a loss is ``lse - mean positive logit`` and 0 where the anchor has no positive.
+    Row statistics stream across a strip's column tiles and column statistics across strips
+    (online log-sum-exp).
+
+    With a gradient wanted, the first tiles' exponentiated logits (``metric="dot"`` without a
+    max shift) are kept for the backward pass, which then skips their product and ``exp``: at
+    most ``cache_bytes`` and never more than two strips' worth, so memory stays O(chunk * N).
+    A second backward through a retained graph recomputes every tile.
     """
 
     @staticmethod
-    def forward(ctx, query, key, negatives, structure, metric, chunk, symmetric, col_chunk):
+    def forward(
+        ctx, query, key, negatives, structure, metric, chunk, symmetric, col_chunk, cache_bytes
+    ):
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
@@ -321,6 +374,12 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
         buf = _buffer(chunk, min(col_chunk, kw), query)
+        cache: dict[tuple[int, int], Tensor] = {}
+        n_slots = 0
+        if unshifted and metric == "dot" and any(ctx.needs_input_grad[:3]):
+            slot_bytes = buf.numel() * buf.element_size()
+            per_strip = sum(c1 <= kw for _, c1 in tiles)  # tiles of rows of kk
+            n_slots = min(cache_bytes // slot_bytes, 2 * per_strip)
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
@@ -329,7 +388,10 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             r_max = r_max.to(query.device)
             r_sum = torch.zeros_like(r_max)
             for c0, c1 in tiles:
-                tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, buf)
+                out = buf
+                if len(cache) < n_slots and c1 <= kw:
+                    out = cache[r0, c0] = _POOL.take(buf.numel(), buf)
+                tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out)
                 lg, nk = tile.logits, tile.n_key
                 pos_sum, count = tile.row_positive()
                 row_pos[r0:r1] += pos_sum
@@ -369,6 +431,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
         ctx.structure, ctx.metric, ctx.symmetric = structure, metric, symmetric
         ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
+        ctx.cache, ctx.cache_bytes = cache, cache_bytes
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row_loss, col_loss, row_valid, col_valid
 
@@ -394,21 +457,32 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         buf2 = _buffer(chunk, max(min(ctx.col_chunk, kw), m3), query)
         row_u = row_w * torch.exp(-row_lse)
         col_u = None if col_w is None else col_w * torch.exp(-col_lse)
+        cache, ctx.cache = ctx.cache, {}  # a second backward (retained graph) recomputes
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
             dneg_s = None if dneg3 is None else dneg3[r0:r1]
             for c0, c1 in tiles:
-                tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, buf)
+                slot = cache.get((r0, c0))
+                out = buf if slot is None else slot
+                tile = _Tile(
+                    structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out, slot is not None
+                )
                 lg, nk, cs = tile.logits, tile.n_key, tile.col_slice
                 keyed = col_w is not None and nk > 0
                 if ctx.unshifted:
                     # d loss / d logit_ij = e^{l_ij} (w_i e^{-lse_i} + w'_j e^{-lse'_j}) - positives
-                    e = lg.exp() if metric == "euclidean" else lg.exp_()
-                    grad = torch.mul(e, row_u[r0:r1, None], out=buf2[: e.numel()].view(e.shape))
-                    if keyed:
-                        grad[:, :nk].addcmul_(e[:, :nk], col_u[None, cs])
+                    e = lg  # a kept tile is exponentiated already
+                    if slot is None:
+                        e = lg.exp() if metric == "euclidean" else lg.exp_()
+                    grad = buf2[: e.numel()].view(e.shape)
+                    if keyed and nk == e.shape[1]:  # one pass: (u_i + v_j), then times e
+                        torch.add(row_u[r0:r1, None], col_u[None, cs], out=grad).mul_(e)
+                    else:
+                        torch.mul(e, row_u[r0:r1, None], out=grad)
+                        if keyed:
+                            grad[:, :nk].addcmul_(e[:, :nk], col_u[None, cs])
                 else:
                     grad = (lg - row_lse[r0:r1, None]).exp_().mul_(row_w[r0:r1, None])
                     if keyed:
@@ -417,9 +491,10 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                         )
                 tile.subtract_positive(grad, row_pw[r0:r1], col_pw)
                 tile.backprop(grad, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
+        _POOL.give(list(cache.values()), ctx.cache_bytes)
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
-        return dq, dkey, dneg, None, None, None, None, None
+        return dq, dkey, dneg, None, None, None, None, None, None
 
 
 class FusedRowSoftmaxLoss(torch.autograd.Function):
