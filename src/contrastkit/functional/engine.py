@@ -35,7 +35,9 @@ Two paths compute it, with the same value and gradients:
   ``reduction="mean"``/``"sum"`` under autograd accumulates its gradient during the forward
   pass (no recomputation); otherwise each strip is cut into ``chunk_size x
   COLUMN_BLOCK_RATIO * chunk_size`` tiles that stay in cache, and the backward pass recomputes
-  each tile's logits from the saved embeddings and the saved per-row / per-column log-sum-exp.
+  each tile's logits from the saved embeddings and the saved per-row / per-column log-sum-exp
+  (the first two strips' tiles are kept from the forward pass instead, up to
+  ``TILE_CACHE_BYTES``).
   Cosine inputs are normalised and divided by the temperature in one autograd node
   (:func:`contrastkit.functional.similarity.normalize_over`).
 

@@ -13,7 +13,8 @@ strips, both with an online log-sum-exp. Peak extra memory is a few ``(chunk, N 
 buffers plus the ``(N + M, D)`` gradient accumulators; the ``(B, N)`` matrix never exists.
 
 * :class:`TiledSoftmaxLoss` -- per-anchor row (and column) losses; the backward pass recomputes
-  each tile's logits from the saved embeddings and the saved log-sum-exp of every row/column.
+  each tile's logits from the saved embeddings and the saved log-sum-exp of every row/column
+  (a bounded number of tiles is kept from the forward pass instead).
 * :class:`FusedRowSoftmaxLoss` -- one direction, output ``sum over valid anchors``; the gradient
   is accumulated during the forward pass (a full-width strip holds its rows' exact
   statistics), so no recomputation, and backward only scales the stored gradients.
