@@ -314,6 +314,33 @@ def test_gradcheck_kernels():
         )
 
 
+def test_kept_tiles_survive_retained_graphs_and_overlapping_calls():
+    """Kept forward tiles belong to one call: a second backward through a retained graph, and
+    two losses built before either backward runs, give the recomputed path's gradients."""
+    q, k = _randn(12, 5, seed=30), _randn(12, 5, seed=31)
+    q2, k2 = _randn(12, 5, seed=32), _randn(12, 5, seed=33)
+
+    def loss(a, b):
+        return F.info_nce(a, b, temperature=0.2, symmetric=True, chunk_size=3)
+
+    with mock.patch.object(engine, "TILE_CACHE_BYTES", 0):
+        ref = list(torch.autograd.grad(loss(q, k), (q, k)))
+        ref2 = list(torch.autograd.grad(loss(q2, k2), (q2, k2)))
+    out = loss(q, k)
+    out.backward(retain_graph=True)
+    other = loss(q2, k2)  # takes the pooled buffers and overwrites them
+    out.backward()  # so this one must recompute every tile
+    del other
+    for t, r in zip((q, k), ref, strict=True):
+        torch.testing.assert_close(t.grad, 2 * r, rtol=1e-10, atol=1e-12)
+    for t in (q, k, q2, k2):
+        t.grad = None
+    first, second = loss(q, k), loss(q2, k2)  # both hold kept tiles at once
+    (first + second).backward()
+    for t, r in zip((q, k, q2, k2), ref + ref2, strict=True):
+        torch.testing.assert_close(t.grad, r, rtol=1e-10, atol=1e-12)
+
+
 def test_auto_selection_and_errors():
     q = torch.randn(4, 3)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
