@@ -276,30 +276,23 @@ class _SlotPool:
         self.free: list[Tensor] = []
 
     def take(self, numel: int, like: Tensor) -> Tensor:
-        top = self.free[-1] if self.free else None
-        if top is not None and (top.numel(), top.dtype, like.device.type) == (
-            numel,
-            like.dtype,
-            "cpu",
-        ):
+        """A 1-D buffer of ``numel`` elements of ``like``'s dtype and device (contents undefined)."""
+        if self.free and like.device.type == "cpu" and _kind(self.free[-1]) == (numel, like.dtype):
             return self.free.pop()
         return torch.empty(numel, dtype=like.dtype, device=like.device)
 
     def give(self, slots: list[Tensor], limit: int) -> None:
+        """Keep ``slots`` (no longer used by their call) for the next one, up to ``limit`` bytes."""
         slots = [t for t in slots if t.device.type == "cpu"]
-        if (
-            slots
-            and self.free
-            and (self.free[0].numel(), self.free[0].dtype)
-            != (
-                slots[0].numel(),
-                slots[0].dtype,
-            )
-        ):
-            self.free.clear()  # one size at a time: the pool never grows past one problem's
+        if slots and self.free and _kind(self.free[0]) != _kind(slots[0]):
+            self.free.clear()  # one size at a time: the pool never outgrows one problem's slots
         for t in slots:
             if (len(self.free) + 1) * t.numel() * t.element_size() <= limit:
                 self.free.append(t)
+
+
+def _kind(t: Tensor) -> tuple[int, torch.dtype]:
+    return t.numel(), t.dtype
 
 
 _POOL = _SlotPool()
