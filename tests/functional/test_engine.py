@@ -303,6 +303,16 @@ def test_gradcheck_kernels():
             lambda q_, k_, n_, mt=metric: FusedRowSoftmaxLoss.apply(q_, k_, n_, full, mt, 3)[0],
             (q, k, neg),
         )
+    # labels alone (SupCon, here with gathered keys N > B and shared negatives): class sums;
+    # self columns 3, 4 share their query's label, 5 and 0 do not
+    shared = _randn(m, 3, seed=28)
+    labelled = Structure(
+        n_keys=n, positive_offset=None, self_offset=3, query_labels=labels[0], key_labels=labels[1]
+    )
+    assert torch.autograd.gradcheck(
+        lambda q_, k_, n_: FusedRowSoftmaxLoss.apply(q_, k_, n_, labelled, "dot", 3)[0],
+        (q, k, shared),
+    )
     square = Structure(n_keys=b, positive_offset=1, self_offset=3)
     k4 = _randn(b, 3, seed=27)
     for cache in (0, 2 * 3 * 3 * 8):  # none, or 2 of the 4 tiles (3 x 3 float64 slots)

@@ -491,6 +491,63 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         return dq, dkey, dneg, None, None, None, None, None, None
 
 
+class _LabelPositives:
+    """Positives given by labels alone (SupCon), from class sums instead of a per-strip mask.
+
+    With dot logits ``l_ij = q_i . k_j`` and positives ``P(i) = {j : y'_j = y_i} minus the self
+    column s(i)``, the positive logit sum is ``q_i . (S_{y_i} - [y'_{s(i)} = y_i] k_{s(i)})`` with
+    class sums ``S_c = sum_{j : y'_j = c} k_j``, and the gradient's positive term
+    ``-sum_i w_i / |P(i)| sum_{j in P(i)} q_i k_j`` goes back through the same sums: O((B + N) D)
+    work instead of building, reading and subtracting a (chunk, N) mask for every strip.
+    """
+
+    def __init__(self, s: Structure, query: Tensor, kk: Tensor) -> None:
+        n, b = s.n_keys, query.shape[0]
+        classes, inverse = torch.unique(
+            torch.cat([s.query_labels, s.key_labels]), return_inverse=True
+        )
+        self.yq, self.yk = inverse[:b], inverse[b:]
+        c = classes.shape[0]
+        sums = kk.new_zeros(c, kk.shape[1])
+        sums.index_add_(0, self.yk, kk[:n])
+        per_class = torch.bincount(self.yk, minlength=c).to(query.dtype)
+        pos_keys = sums[self.yq]  # (B, D) sum of the keys sharing each query's label
+        count = per_class[self.yq]
+        self.self_cols: Tensor | None = None
+        self.same: Tensor | None = None  # 1 where the self column shares the query's label
+        if s.self_offset is not None:
+            self.self_cols = (torch.arange(b, device=query.device) + s.self_offset) % n
+            self.same = (self.yk[self.self_cols] == self.yq).to(query.dtype)
+            pos_keys = pos_keys - self.same[:, None] * kk[self.self_cols]
+            count = count - self.same
+        self.pos_keys, self.count, self.n_classes = pos_keys, count, c
+        self.pos_sum = (query * pos_keys).sum(1)
+        # the strips see only self-exclusion: no positive, no mask
+        self.structure = Structure(n_keys=n, positive_offset=None, self_offset=s.self_offset)
+
+    @staticmethod
+    def applies(s: Structure, metric: str) -> bool:
+        return (
+            metric == "dot"
+            and s.query_labels is not None
+            and s.positive_offset is None
+            and s.query_ids is None
+            and s.positive_mask is None
+            and s.ignore_mask is None
+        )
+
+    def backprop(self, pw: Tensor, query: Tensor, dq: Tensor, dkk: Tensor) -> None:
+        """Subtract the positive term with per-anchor weights ``pw = w_i / |P(i)|`` (B,)."""
+        dq -= pw[:, None] * self.pos_keys
+        wq = pw[:, None] * query  # (B, D)
+        by_class = query.new_zeros(self.n_classes, query.shape[1])
+        by_class.index_add_(0, self.yq, wq)
+        n = self.yk.shape[0]
+        dkk[:n] -= by_class[self.yk]
+        if self.self_cols is not None and self.same is not None:  # the self pair: no positive
+            dkk.index_add_(0, self.self_cols, self.same[:, None] * wq)
+
+
 class FusedRowSoftmaxLoss(torch.autograd.Function):
     """One-directional loss summed over valid anchors, gradients accumulated in the forward pass.
 
@@ -513,13 +570,22 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=query.dtype, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
         unshifted = _unshifted(query, kk, neg3, metric)
+        labelled = (
+            _LabelPositives(structure, query, kk)
+            if _LabelPositives.applies(structure, metric)
+            else None
+        )
+        strips = structure if labelled is None else labelled.structure
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            strip = _Tile(structure, r0, r1, 0, width, q_s, kk, neg_s, metric, kk_sq, buf)
+            strip = _Tile(strips, r0, r1, 0, width, q_s, kk, neg_s, metric, kk_sq, buf)
             lg = strip.logits
-            pos_sum, count = strip.row_positive()
+            if labelled is None:
+                pos_sum, count = strip.row_positive()
+            else:
+                pos_sum, count = labelled.pos_sum[r0:r1], labelled.count[r0:r1]
             ok = count > 0
             if unshifted:
                 m = torch.zeros(r1 - r0, dtype=lg.dtype, device=lg.device)
@@ -538,6 +604,8 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             dneg_s = None if dneg3 is None else dneg3[r0:r1]
             strip.backprop(probs, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
             valid[r0:r1] = ok
+        if labelled is not None:
+            labelled.backprop(valid / labelled.count.clamp(min=1.0), query, dq, dkk)
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
         ctx.save_for_backward(dq, dkey, dneg)
