@@ -136,6 +136,37 @@ def test_info_nce_labels_and_ids_match_dense_masks():
     )
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize(
+    "offsets", [(0, None), (None, 0), (None, 3)], ids=["index-positive", "self", "self-shifted"]
+)
+@pytest.mark.parametrize("diagonal_shares_label", [True, False])
+def test_label_positives_from_class_sums(symmetric, reduction, offsets, diagonal_shares_label):
+    """Labels alone (class sums, no per-tile mask) in both directions and both kernels, with an
+    index positive (InfoNCE) or a self column (SupCon) that shares its query's label or not
+    (an index positive with another label takes the mask path)."""
+    b = 10
+    q, k = _randn(b, 4, seed=40), _randn(b, 4, seed=41)
+    labels = torch.tensor([0, 1, 0, 2, 1, 2, 0, 3, 3, 1])
+    key_labels = labels if diagonal_shares_label else labels.roll(1)
+    positive_offset, self_offset = offsets
+
+    def loss(chunk):
+        problem = ContrastiveProblem(
+            q,
+            k,
+            positive_offset=positive_offset,
+            self_offset=self_offset,
+            query_labels=labels,
+            key_labels=key_labels,
+            symmetric=symmetric,
+        )
+        return softmax_contrastive(problem, temperature=0.3, reduction=reduction, chunk_size=chunk)
+
+    _assert_parity(loss, [q, k])
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_engine_gathered_keys_with_offset(reduction):
     """Local queries (B=5) against gathered keys (N=15), positives at offset rank * B = 10."""
@@ -313,8 +344,23 @@ def test_gradcheck_kernels():
         lambda q_, k_, n_: FusedRowSoftmaxLoss.apply(q_, k_, n_, labelled, "dot", 3)[0],
         (q, k, shared),
     )
-    square = Structure(n_keys=b, positive_offset=1, self_offset=3)
     k4 = _randn(b, 3, seed=27)
+    # both directions from class sums (N == B); self columns 0, 1 share the label, 2 and 3 not
+    labelled_square = Structure(
+        n_keys=b,
+        positive_offset=None,
+        self_offset=0,
+        query_labels=labels[0],
+        key_labels=torch.tensor([0, 1, 1, 0]),
+    )
+    for cache in (0, 1 << 20):
+        assert torch.autograd.gradcheck(
+            lambda q_, k_, c=cache: sum(
+                TiledSoftmaxLoss.apply(q_, k_, None, labelled_square, "dot", 3, True, 3, c)[:2]
+            ),
+            (q, k4),
+        )
+    square = Structure(n_keys=b, positive_offset=1, self_offset=3)
     for cache in (0, 2 * 3 * 3 * 8):  # none, or 2 of the 4 tiles (3 x 3 float64 slots)
         assert torch.autograd.gradcheck(
             lambda q_, k_, c=cache: sum(

@@ -368,6 +368,10 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
         buf = _buffer(chunk, min(col_chunk, kw), query)
+        labelled = None
+        if _LabelPositives.applies(structure, metric):
+            labelled = _LabelPositives(structure, query, kk, columns=symmetric)
+        tiling = structure if labelled is None else labelled.structure
         cache: dict[tuple[int, int], Tensor] = {}
         n_slots = 0
         if unshifted and metric == "dot" and any(ctx.needs_input_grad[:3]):
@@ -385,7 +389,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                 out = buf
                 if len(cache) < n_slots and c1 <= kw:
                     out = cache[r0, c0] = _POOL.take(buf.numel(), buf)
-                tile = _Tile(structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out)
+                tile = _Tile(tiling, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out)
                 lg, nk = tile.logits, tile.n_key
                 pos_sum, count = tile.row_positive()
                 row_pos[r0:r1] += pos_sum
@@ -409,6 +413,12 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                     col_sum[cs] += (lk - new_c[None, :]).exp_().sum(0)
                     col_max[cs] = new_c
             row_lse[r0:r1] = r_max + r_sum.log()
+        if labelled is not None:  # the tiles found no positives: they come from class sums
+            row_pos += labelled.pos_sum
+            row_cnt += labelled.count
+            if symmetric:
+                col_pos += labelled.col_pos_sum
+                col_cnt += labelled.col_count
         row_valid = row_cnt > 0
         row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
         # Rows / columns without a positive get lse = +inf: zero probability, never NaN.
@@ -425,14 +435,15 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
         ctx.structure, ctx.metric, ctx.symmetric = structure, metric, symmetric
         ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
-        ctx.cache, ctx.cache_bytes = cache, cache_bytes
+        ctx.cache, ctx.cache_bytes, ctx.labelled = cache, cache_bytes, labelled
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row_loss, col_loss, row_valid, col_valid
 
     @staticmethod
     def backward(ctx, g_row, g_col, _gv1, _gv2):
         query, key, negatives, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
-        structure, metric, chunk = ctx.structure, ctx.metric, ctx.chunk
+        metric, chunk, labelled = ctx.metric, ctx.chunk, ctx.labelled
+        tiling = ctx.structure if labelled is None else labelled.structure
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
@@ -461,7 +472,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                 slot = cache.get((r0, c0))
                 out = buf if slot is None else slot
                 tile = _Tile(
-                    structure, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out, slot is not None
+                    tiling, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out, slot is not None
                 )
                 lg, nk, cs = tile.logits, tile.n_key, tile.col_slice
                 keyed = col_w is not None and nk > 0
@@ -486,66 +497,99 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                 tile.subtract_positive(grad, row_pw[r0:r1], col_pw)
                 tile.backprop(grad, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
         _POOL.give(list(cache.values()), ctx.cache_bytes)
+        if labelled is not None:
+            labelled.backprop(row_pw, col_pw, query, kk, dq, dkk)
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
         return dq, dkey, dneg, None, None, None, None, None, None
 
 
 class _LabelPositives:
-    """Positives given by labels alone (SupCon), from class sums instead of a per-strip mask.
+    """Positives given by labels alone (SupCon), from class sums instead of per-tile masks.
 
-    With dot logits ``l_ij = q_i . k_j`` and positives ``P(i) = {j : y'_j = y_i} minus the self
-    column s(i)``, the positive logit sum is ``q_i . (S_{y_i} - [y'_{s(i)} = y_i] k_{s(i)})`` with
-    class sums ``S_c = sum_{j : y'_j = c} k_j``, and the gradient's positive term
-    ``-sum_i w_i / |P(i)| sum_{j in P(i)} q_i k_j`` goes back through the same sums: O((B + N) D)
-    work instead of building, reading and subtracting a (chunk, N) mask for every strip.
+    With dot logits ``l_ij = q_i . k_j`` and positives ``P = {(i, j) : y'_j = y_i}`` minus the
+    self pairs ``(i, s(i))``, anchor i's positive logit sum is ``q_i . (S_{y_i} - [y'_{s(i)} =
+    y_i] k_{s(i)})`` with class sums ``S_c = sum_{j : y'_j = c} k_j``, and key j's (the key ->
+    query direction) is ``k_j . (R_{y'_j} - [same] q_{s^-1(j)})`` with ``R_c = sum_{i : y_i = c}
+    q_i``. The gradient's positive term ``-sum_{(i, j) in P} (a_i + b_j) q_i . k_j`` (row weights
+    a, column weights b) goes back through the same sums: O((B + N) D) work instead of building,
+    reading and subtracting a mask for every tile. The tiles then only exclude the self pairs.
     """
 
-    def __init__(self, s: Structure, query: Tensor, kk: Tensor) -> None:
+    def __init__(self, s: Structure, query: Tensor, kk: Tensor, columns: bool) -> None:
         n, b = s.n_keys, query.shape[0]
         classes, inverse = torch.unique(
             torch.cat([s.query_labels, s.key_labels]), return_inverse=True
         )
         self.yq, self.yk = inverse[:b], inverse[b:]
-        c = classes.shape[0]
-        sums = kk.new_zeros(c, kk.shape[1])
-        sums.index_add_(0, self.yk, kk[:n])
-        per_class = torch.bincount(self.yk, minlength=c).to(query.dtype)
-        pos_keys = sums[self.yq]  # (B, D) sum of the keys sharing each query's label
-        count = per_class[self.yq]
-        self.self_cols: Tensor | None = None
-        self.same: Tensor | None = None  # 1 where the self column shares the query's label
+        self.n_classes = c = classes.shape[0]
+        keys = kk[:n]
+        key_sums = keys.new_zeros(c, keys.shape[1]).index_add_(0, self.yk, keys)
+        pos_keys = key_sums[self.yq]  # (B, D): the keys sharing each query's label
+        count = torch.bincount(self.yk, minlength=c).to(query.dtype)[self.yq]
+        # self pairs (i, s(i)) are no positives: 1 where s(i) shares query i's label
+        self.self_cols = self.same = None
         if s.self_offset is not None:
             self.self_cols = (torch.arange(b, device=query.device) + s.self_offset) % n
             self.same = (self.yk[self.self_cols] == self.yq).to(query.dtype)
-            pos_keys = pos_keys - self.same[:, None] * kk[self.self_cols]
+            pos_keys = pos_keys - self.same[:, None] * keys[self.self_cols]
             count = count - self.same
-        self.pos_keys, self.count, self.n_classes = pos_keys, count, c
+        self.pos_keys, self.count = pos_keys, count
         self.pos_sum = (query * pos_keys).sum(1)
-        # the strips see only self-exclusion: no positive, no mask
+        if columns:  # key -> query direction (symmetric: N == B, s a bijection)
+            pos_queries = self._class_sum(query, self.yq)[self.yk]  # (N, D)
+            col_count = torch.bincount(self.yq, minlength=c).to(query.dtype)[self.yk]
+            if self.self_cols is not None and self.same is not None:
+                pos_queries.index_add_(0, self.self_cols, self.same[:, None] * query, alpha=-1.0)
+                col_count = col_count.index_add(0, self.self_cols, self.same, alpha=-1.0)
+            self.col_pos_sum = (keys * pos_queries).sum(1)
+            self.col_count, self.pos_queries = col_count, pos_queries
         self.structure = Structure(n_keys=n, positive_offset=None, self_offset=s.self_offset)
+
+    def _class_sum(self, x: Tensor, labels: Tensor) -> Tensor:
+        return x.new_zeros(self.n_classes, x.shape[1]).index_add_(0, labels, x)
 
     @staticmethod
     def applies(s: Structure, metric: str) -> bool:
-        return (
-            metric == "dot"
-            and s.query_labels is not None
-            and s.positive_offset is None
-            and s.query_ids is None
-            and s.positive_mask is None
-            and s.ignore_mask is None
-        )
+        """Labels alone decide the positives: no ids or dense masks, and the index positive
+        (InfoNCE's ``(i + offset) mod N``), if any, already shares its query's label."""
+        if metric != "dot" or s.query_labels is None or s.key_labels is None:
+            return False
+        if s.query_ids is not None or s.positive_mask is not None or s.ignore_mask is not None:
+            return False
+        if s.positive_offset is None:
+            return True
+        if s.self_offset is not None and s.positive_offset % s.n_keys == s.self_offset % s.n_keys:
+            return False
+        b = s.query_labels.shape[0]
+        cols = (torch.arange(b, device=s.query_labels.device) + s.positive_offset) % s.n_keys
+        return bool((s.key_labels[cols] == s.query_labels).all())
 
-    def backprop(self, pw: Tensor, query: Tensor, dq: Tensor, dkk: Tensor) -> None:
-        """Subtract the positive term with per-anchor weights ``pw = w_i / |P(i)|`` (B,)."""
-        dq -= pw[:, None] * self.pos_keys
-        wq = pw[:, None] * query  # (B, D)
-        by_class = query.new_zeros(self.n_classes, query.shape[1])
-        by_class.index_add_(0, self.yq, wq)
+    def backprop(
+        self,
+        row_w: Tensor,
+        col_w: Tensor | None,
+        query: Tensor,
+        kk: Tensor,
+        dq: Tensor,
+        dkk: Tensor,
+    ) -> None:
+        """Subtract the positive term with weights per positive: ``row_w[i]`` (B,) for anchor i's
+        (``w_i / |P(i)|``), plus ``col_w[j]`` (N,) for key j's in the symmetric loss."""
         n = self.yk.shape[0]
-        dkk[:n] -= by_class[self.yk]
-        if self.self_cols is not None and self.same is not None:  # the self pair: no positive
-            dkk.index_add_(0, self.self_cols, self.same[:, None] * wq)
+        dq -= row_w[:, None] * self.pos_keys
+        wq = row_w[:, None] * query  # (B, D)
+        dk = self._class_sum(wq, self.yq)[self.yk]  # (N, D)
+        if self.self_cols is not None and self.same is not None:
+            dk.index_add_(0, self.self_cols, self.same[:, None] * wq, alpha=-1.0)
+        if col_w is not None:
+            dk += col_w[:, None] * self.pos_queries
+            wk = col_w[:, None] * kk[:n]  # (N, D)
+            dq_col = self._class_sum(wk, self.yk)[self.yq]  # (B, D)
+            if self.self_cols is not None and self.same is not None:
+                dq_col -= self.same[:, None] * wk[self.self_cols]
+            dq -= dq_col
+        dkk[:n] -= dk
 
 
 class FusedRowSoftmaxLoss(torch.autograd.Function):
@@ -570,11 +614,9 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=query.dtype, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
         unshifted = _unshifted(query, kk, neg3, metric)
-        labelled = (
-            _LabelPositives(structure, query, kk)
-            if _LabelPositives.applies(structure, metric)
-            else None
-        )
+        labelled = None
+        if _LabelPositives.applies(structure, metric):
+            labelled = _LabelPositives(structure, query, kk, columns=False)
         strips = structure if labelled is None else labelled.structure
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
@@ -605,7 +647,7 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             strip.backprop(probs, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
             valid[r0:r1] = ok
         if labelled is not None:
-            labelled.backprop(valid / labelled.count.clamp(min=1.0), query, dq, dkk)
+            labelled.backprop(valid / labelled.count.clamp(min=1.0), None, query, kk, dq, dkk)
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
         ctx.save_for_backward(dq, dkey, dneg)
