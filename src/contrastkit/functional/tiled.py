@@ -505,7 +505,8 @@ class TiledSoftmaxLoss(torch.autograd.Function):
 
 
 class _LabelPositives:
-    """Positives given by labels alone (SupCon), from class sums instead of per-tile masks.
+    """Positives given by labels alone (SupCon; InfoNCE with labels when every index positive
+    shares its query's label), from class sums instead of per-tile masks.
 
     With dot logits ``l_ij = q_i . k_j`` and positives ``P = {(i, j) : y'_j = y_i}`` minus the
     self pairs ``(i, s(i))``, anchor i's positive logit sum is ``q_i . (S_{y_i} - [y'_{s(i)} =
@@ -528,7 +529,8 @@ class _LabelPositives:
         pos_keys = key_sums[self.yq]  # (B, D): the keys sharing each query's label
         count = torch.bincount(self.yk, minlength=c).to(query.dtype)[self.yq]
         # self pairs (i, s(i)) are no positives: 1 where s(i) shares query i's label
-        self.self_cols = self.same = None
+        self.self_cols: Tensor | None = None
+        self.same: Tensor | None = None
         if s.self_offset is not None:
             self.self_cols = (torch.arange(b, device=query.device) + s.self_offset) % n
             self.same = (self.yk[self.self_cols] == self.yq).to(query.dtype)
