@@ -391,12 +391,13 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                     out = cache[r0, c0] = _POOL.take(buf.numel(), buf)
                 tile = _Tile(tiling, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out)
                 lg, nk = tile.logits, tile.n_key
-                pos_sum, count = tile.row_positive()
-                row_pos[r0:r1] += pos_sum
-                row_cnt[r0:r1] += count
                 keyed = symmetric and nk > 0
-                if keyed:
-                    tile.col_positive_add(col_pos, col_cnt)
+                if labelled is None:  # else the positives come from class sums after the loop
+                    pos_sum, count = tile.row_positive()
+                    row_pos[r0:r1] += pos_sum
+                    row_cnt[r0:r1] += count
+                    if keyed:
+                        tile.col_positive_add(col_pos, col_cnt)
                 if unshifted:  # one exp, in place, for both directions
                     lg.exp_()
                     r_sum += lg.sum(1)
@@ -413,7 +414,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                     col_sum[cs] += (lk - new_c[None, :]).exp_().sum(0)
                     col_max[cs] = new_c
             row_lse[r0:r1] = r_max + r_sum.log()
-        if labelled is not None:  # the tiles found no positives: they come from class sums
+        if labelled is not None:  # positives from class sums, not from the tiles
             row_pos += labelled.pos_sum
             row_cnt += labelled.count
             if symmetric:
