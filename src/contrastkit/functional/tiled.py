@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -270,25 +271,30 @@ class _SlotPool:
     Several fresh 16 MiB buffers alive at once are page-faulted in on every call (the allocator
     hands them back to the OS): five cost 28 ms against 2 ms when reused, measured on a 2-core
     CPU. At most ``limit`` bytes are kept; other devices allocate directly (CUDA caches).
+    Losses computed on several threads at once share it under a lock.
     """
 
     def __init__(self) -> None:
         self.free: list[Tensor] = []
+        self.lock = threading.Lock()
 
     def take(self, numel: int, like: Tensor) -> Tensor:
         """A 1-D buffer of ``numel`` elements of ``like``'s dtype and device (contents undefined)."""
-        if self.free and like.device.type == "cpu" and _kind(self.free[-1]) == (numel, like.dtype):
-            return self.free.pop()
+        if like.device.type == "cpu":
+            with self.lock:
+                if self.free and _kind(self.free[-1]) == (numel, like.dtype):
+                    return self.free.pop()
         return torch.empty(numel, dtype=like.dtype, device=like.device)
 
     def give(self, slots: list[Tensor], limit: int) -> None:
         """Keep ``slots`` (no longer used by their call) for the next one, up to ``limit`` bytes."""
         slots = [t for t in slots if t.device.type == "cpu"]
-        if slots and self.free and _kind(self.free[0]) != _kind(slots[0]):
-            self.free.clear()  # one size at a time: the pool never outgrows one problem's slots
-        for t in slots:
-            if (len(self.free) + 1) * t.numel() * t.element_size() <= limit:
-                self.free.append(t)
+        with self.lock:
+            if slots and self.free and _kind(self.free[0]) != _kind(slots[0]):
+                self.free.clear()  # one size at a time: at most one problem's slots
+            for t in slots:
+                if (len(self.free) + 1) * t.numel() * t.element_size() <= limit:
+                    self.free.append(t)
 
 
 def _kind(t: Tensor) -> tuple[int, torch.dtype]:
@@ -368,10 +374,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
         buf = _buffer(chunk, min(col_chunk, kw), query)
-        labelled = None
-        if _LabelPositives.applies(structure, metric):
-            labelled = _LabelPositives(structure, query, kk, columns=symmetric)
-        tiling = structure if labelled is None else labelled.structure
+        labelled, tiling = _LabelPositives.split(structure, metric, query, kk, columns=symmetric)
         cache: dict[tuple[int, int], Tensor] = {}
         n_slots = 0
         if unshifted and metric == "dot" and any(ctx.needs_input_grad[:3]):
@@ -434,7 +437,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_loss = col_lse = torch.zeros(0, dtype=query.dtype, device=query.device)
             col_cnt = col_lse
         ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
-        ctx.structure, ctx.metric, ctx.symmetric = structure, metric, symmetric
+        ctx.tiling, ctx.metric, ctx.symmetric = tiling, metric, symmetric
         ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
         ctx.cache, ctx.cache_bytes, ctx.labelled = cache, cache_bytes, labelled
         ctx.mark_non_differentiable(row_valid, col_valid)
@@ -443,8 +446,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_row, g_col, _gv1, _gv2):
         query, key, negatives, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
-        metric, chunk, labelled = ctx.metric, ctx.chunk, ctx.labelled
-        tiling = ctx.structure if labelled is None else labelled.structure
+        metric, chunk, labelled, tiling = ctx.metric, ctx.chunk, ctx.labelled, ctx.tiling
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
@@ -483,12 +485,10 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                     if slot is None:
                         e = lg.exp() if metric == "euclidean" else lg.exp_()
                     grad = buf2[: e.numel()].view(e.shape)
-                    if keyed and nk == e.shape[1]:  # one pass: (u_i + v_j), then times e
+                    if keyed:  # key tiles hold key columns only: (u_i + v_j), then times e
                         torch.add(row_u[r0:r1, None], col_u[None, cs], out=grad).mul_(e)
                     else:
                         torch.mul(e, row_u[r0:r1, None], out=grad)
-                        if keyed:
-                            grad[:, :nk].addcmul_(e[:, :nk], col_u[None, cs])
                 else:
                     grad = (lg - row_lse[r0:r1, None]).exp_().mul_(row_w[r0:r1, None])
                     if keyed:
@@ -526,8 +526,7 @@ class _LabelPositives:
         self.yq, self.yk = inverse[:b], inverse[b:]
         self.n_classes = c = classes.shape[0]
         keys = kk[:n]
-        key_sums = keys.new_zeros(c, keys.shape[1]).index_add_(0, self.yk, keys)
-        pos_keys = key_sums[self.yq]  # (B, D): the keys sharing each query's label
+        pos_keys = self._class_sum(keys, self.yk)[self.yq]  # (B, D): keys sharing the label
         count = torch.bincount(self.yk, minlength=c).to(query.dtype)[self.yq]
         # self pairs (i, s(i)) are no positives: 1 where s(i) shares query i's label
         self.self_cols: Tensor | None = None
@@ -548,6 +547,17 @@ class _LabelPositives:
             self.col_pos_sum = (keys * pos_queries).sum(1)
             self.col_count, self.pos_queries = col_count, pos_queries
         self.structure = Structure(n_keys=n, positive_offset=None, self_offset=s.self_offset)
+
+    @classmethod
+    def split(
+        cls, s: Structure, metric: str, query: Tensor, kk: Tensor, columns: bool
+    ) -> tuple[_LabelPositives | None, Structure]:
+        """The label positives when they :meth:`apply <applies>`, and the structure the tiles
+        then follow (``s`` itself when they do not)."""
+        if not cls.applies(s, metric):
+            return None, s
+        labelled = cls(s, query, kk, columns)
+        return labelled, labelled.structure
 
     def _class_sum(self, x: Tensor, labels: Tensor) -> Tensor:
         return x.new_zeros(self.n_classes, x.shape[1]).index_add_(0, labels, x)
@@ -617,10 +627,7 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=query.dtype, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
         unshifted = _unshifted(query, kk, neg3, metric)
-        labelled = None
-        if _LabelPositives.applies(structure, metric):
-            labelled = _LabelPositives(structure, query, kk, columns=False)
-        strips = structure if labelled is None else labelled.structure
+        labelled, strips = _LabelPositives.split(structure, metric, query, kk, columns=False)
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
