@@ -359,7 +359,7 @@ def train(
             step += 1
             elapsed += time.perf_counter() - t0
             if cfg.train.time_budget_s and dist.world > 1:
-                elapsed = _slowest(elapsed)  # every rank takes the same time-based decisions
+                elapsed = _main_clock(elapsed)  # every rank takes the same time-based decisions
             items_since_log += len(indices) * dist.world
 
             # fit the schedule length to the time budget: after calibration_steps from their
@@ -377,10 +377,10 @@ def train(
                 ):
                     rate = (elapsed - last_fit[1]) / (step - last_fit[0])
                     fitted = step + int((budget - elapsed) / rate)
-                    while refit_at and elapsed >= refit_at[0] * budget:
-                        refit_at.pop(0)
             if fitted is not None:
                 last_fit = (step, elapsed)
+                while refit_at and elapsed >= refit_at[0] * budget:  # fractions passed
+                    refit_at.pop(0)
                 total_steps = max(step, min(cfg.train.max_steps, fitted))
                 scheduler = _rescale_scheduler(cfg, optimizer, scheduler, total_steps)
                 if progress is not None:
@@ -490,13 +490,19 @@ def place_ignore_blocks(masks: Tensor, world: int) -> Tensor:
     return out
 
 
-def _slowest(elapsed: float) -> float:
-    """The largest ``elapsed`` over the torchrun processes (each measures its own clock)."""
+def _main_clock(elapsed: float) -> float:
+    """The main process's ``elapsed``, on every torchrun process.
+
+    Each process times its own steps; the others also wait inside their collectives while the
+    main one evaluates or writes a checkpoint, so their clocks would count that time, which a
+    single-process run does not.
+    """
     import torch.distributed as tdist
 
-    device = "cuda" if tdist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([elapsed], dtype=torch.float64, device=device)
-    tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+    from contrastkit.distributed import _collective_device
+
+    value = torch.tensor([elapsed], dtype=torch.float64, device=_collective_device())
+    tdist.broadcast(value, src=0)
     return float(value)
 
 
