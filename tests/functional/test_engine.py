@@ -244,8 +244,9 @@ def test_nt_xent_parity(metric):
         )
 
 
-@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean"])
 def test_supcon_views_parity(metric):
+    # cosine / dot take the class-sum positives; euclidean builds the label mask per tile
     emb = _randn(6, 3, 4, seed=15)  # (B, V, D)
     labels = torch.tensor([0, 1, 0, 2, 1, 3])
     for reduction in ("mean", "none"):
