@@ -99,55 +99,84 @@ class _Tile:
     ) -> None:
         n, kw = s.n_keys, kk.shape[0]
         rows = r1 - r0
-        device = q_s.device
         self.rows, self.c0 = rows, c0
         self.a0, self.a1 = min(c0, kw), min(c1, kw)  # the columns that are rows of kk
         self.n_key = max(0, min(c1, n) - c0)  # leading key columns (the rest are negatives)
         self.col_slice = slice(c0, c0 + self.n_key)
+        self.use_neg = neg_s is not None and c1 > kw
         n_kk = self.a1 - self.a0
         logits = buf[: rows * n_kk].view(rows, n_kk)
-        # cached: buf already holds this tile's exp(logits) from the forward pass (masked
-        # entries are 0 there): only the positives' positions are derived, nothing is written.
-        fill = not cached
-        if n_kk and fill:
-            k_t = kk[self.a0 : self.a1]
-            torch.mm(q_s, k_t.T, out=logits)
-            if metric == "euclidean":
-                q_sq = (q_s * q_s).sum(1)
-                logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, self.a0 : self.a1])
-                logits.clamp_(min=0.0).sqrt_().neg_()
-        self.use_neg = neg_s is not None and c1 > kw
-        if self.use_neg:  # per-query negatives (R, M, D)
-            extra = torch.bmm(neg_s, q_s[:, :, None]).squeeze(2)  # (R, M)
-            if metric == "euclidean":
-                sq = (q_s * q_s).sum(1)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
-                extra = -sq.clamp_(min=0.0).sqrt_()
-            logits = torch.cat([logits, extra], dim=1) if n_kk else extra  # (R, width)
+        # cached: buf already holds this tile's exp(logits) from the forward pass, masked entries
+        # 0 (only key tiles are kept): the positives' positions are derived, nothing is written.
+        if not cached:
+            logits = self._logits(logits, q_s, kk, neg_s, metric, kk_sq)
         self.logits = logits
         self.pos_mask: Tensor | None = None
         self.pos_rows: Tensor | None = None
         self.pos_cols: Tensor | None = None
         if not self.n_key and s.ignore_mask is None:
             return  # negatives only: no positive, nothing ignored
-        ar = torch.arange(rows, device=device)
+        ar = torch.arange(rows, device=q_s.device)
         gi = ar + r0  # global query index
-        self_cols = None if s.self_offset is None else (gi + s.self_offset) % n - c0
-        if self_cols is not None:
+        self_at = None  # (rows, columns) of the self pairs in this tile
+        if s.self_offset is not None:
+            self_cols = (gi + s.self_offset) % n - c0
             in_self = (self_cols >= 0) & (self_cols < self.n_key)
-            self_rows, self_cols = ar[in_self], self_cols[in_self]
+            self_at = ar[in_self], self_cols[in_self]
+        self._positives(s, r0, r1, gi, ar, self_at)
+        if cached:
+            return
+        ignore = self._ignored(s, r0, r1)
+        if ignore is not None:
+            logits.masked_fill_(ignore, float("-inf"))
+        if self_at is not None:
+            logits[self_at] = float("-inf")
+
+    def _logits(
+        self,
+        logits: Tensor,
+        q_s: Tensor,
+        kk: Tensor,
+        neg_s: Tensor | None,
+        metric: str,
+        kk_sq: Tensor | None,
+    ) -> Tensor:
+        """Write the key (and shared-negative) logits into ``logits``; append per-query ones."""
+        if logits.shape[1]:
+            torch.mm(q_s, kk[self.a0 : self.a1].T, out=logits)
+            if metric == "euclidean":
+                q_sq = (q_s * q_s).sum(1)
+                logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, self.a0 : self.a1])
+                logits.clamp_(min=0.0).sqrt_().neg_()
+        if not self.use_neg:
+            return logits
+        extra = torch.bmm(neg_s, q_s[:, :, None]).squeeze(2)  # (R, M) per-query negatives
+        if metric == "euclidean":
+            sq = (q_s * q_s).sum(1)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
+            extra = -sq.clamp_(min=0.0).sqrt_()
+        return torch.cat([logits, extra], dim=1) if logits.shape[1] else extra  # (R, width)
+
+    def _positives(
+        self,
+        s: Structure,
+        r0: int,
+        r1: int,
+        gi: Tensor,
+        ar: Tensor,
+        self_at: tuple[Tensor, Tensor] | None,
+    ) -> None:
+        """The positives: index pairs (``pos_rows``, ``pos_cols``) or a mask built once."""
+        n, c0, nk = s.n_keys, self.c0, self.n_key
         if s.simple:
-            if self_cols is not None and fill:
-                logits[self_rows, self_cols] = float("-inf")
             if s.positive_offset is not None:
                 cols = (gi + s.positive_offset) % n - c0
-                keep = (cols >= 0) & (cols < self.n_key)
-                if self_cols is not None:
+                keep = (cols >= 0) & (cols < nk)
+                if s.self_offset is not None:
                     keep &= (gi + s.positive_offset) % n != (gi + s.self_offset) % n
                 self.pos_rows, self.pos_cols = ar[keep], cols[keep]
             return
-        # Each mask is built once, directly (SupCon's labels-only case: one compare, no
-        # ignore mask at all; self-exclusion is an index write).
-        cs, nk = self.col_slice, self.n_key
+        # SupCon's labels-only case: one compare, no ignore mask; self-exclusion is an index write
+        cs = self.col_slice
         pos: Tensor | None = None
         if s.query_labels is not None:
             pos = s.query_labels[r0:r1, None] == s.key_labels[None, cs]
@@ -158,25 +187,30 @@ class _Tile:
                 else pos | s.positive_mask[r0:r1, cs]
             )
         if pos is None:
-            pos = torch.zeros(rows, nk, dtype=torch.bool, device=device)
+            pos = torch.zeros(r1 - r0, nk, dtype=torch.bool, device=ar.device)
         if s.positive_offset is not None:
             cols = (gi + s.positive_offset) % n - c0
             keep = (cols >= 0) & (cols < nk)
             pos[ar[keep], cols[keep]] = True
-        if self_cols is not None:
-            pos[self_rows, self_cols] = False
-        ignore = None if s.ignore_mask is None or cached else s.ignore_mask[r0:r1, c0:c1].clone()
-        if s.query_ids is not None and fill:
-            same_id = s.query_ids[r0:r1, None] == s.key_ids[None, cs]
-            if ignore is None:
-                ignore = torch.zeros(rows, logits.shape[1], dtype=torch.bool, device=device)
-            ignore[:, :nk] |= same_id
-        if ignore is not None and fill:
-            ignore[:, :nk] &= ~pos
-            logits.masked_fill_(ignore, float("-inf"))
-        if self_cols is not None and fill:
-            logits[self_rows, self_cols] = float("-inf")
+        if self_at is not None:
+            pos[self_at] = False
         self.pos_mask = pos
+
+    def _ignored(self, s: Structure, r0: int, r1: int) -> Tensor | None:
+        """Entries left out of the softmax besides the self pairs (the given mask, keys sharing
+        the query's id), never a positive; None when there are none."""
+        if s.ignore_mask is None and s.query_ids is None:
+            return None
+        assert self.pos_mask is not None  # either one makes the structure non-simple
+        width, nk, cs = self.logits.shape[1], self.n_key, self.col_slice
+        if s.ignore_mask is not None:
+            ignore = s.ignore_mask[r0:r1, self.c0 : self.c0 + width].clone()
+        else:
+            ignore = torch.zeros(r1 - r0, width, dtype=torch.bool, device=self.logits.device)
+        if s.query_ids is not None:
+            ignore[:, :nk] |= s.query_ids[r0:r1, None] == s.key_ids[None, cs]
+        ignore[:, :nk] &= ~self.pos_mask
+        return ignore
 
     def row_positive(self) -> tuple[Tensor, Tensor]:
         """Sum of positive logits and number of positives per row in this tile, both (R,)."""
