@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from contrastkit.cli import main
@@ -87,11 +88,20 @@ def test_train_eval_index_search_report_end_to_end(
     assert main(["search", str(run), "x.png"]) == 4  # no index yet
     assert "contrastkit index" in capsys.readouterr().err
     assert main(["index", str(run)]) == 0
-    assert "indexed 1422 items" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "indexed 1422 items" in out
+    hint = re.search(r"search it: contrastkit search (\S+) (\S+)", out)  # a test image as PNG
+    assert hint is not None and hint.group(1) == str(run)
+    assert main(["search", str(run), hint.group(2)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
 
     from PIL import Image
 
     from contrastkit.train.components import IMAGE_DATASETS
+
+    written = torch.tensor(list(Image.open(hint.group(2)).getdata()), dtype=torch.float32)
+    test_image = IMAGE_DATASETS["digits"]("test").images[0, 0].flatten()
+    assert torch.allclose(written / 255, test_image, atol=0.5 / 255)
 
     first = IMAGE_DATASETS["digits"]("train").images[0, 0]  # corpus item 0, as a PNG file
     image = tmp_path / "query.png"

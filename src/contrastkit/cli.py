@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -196,7 +197,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     path, n = build_index(args.run)
     print(f"indexed {n} items into {path}")
+    _print_search_hint(args.run)
     return 0
+
+
+def _print_search_hint(run: str | Path) -> None:
+    from contrastkit.train.search import example_queries
+
+    query = example_queries(run, n=1)[0]
+    print(f"search it: contrastkit search {run} {shlex.quote(query)}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -241,6 +250,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("nearest neighbours of the first test images (query label -> neighbour labels):")
     for query_label, hits in search_neighbours_of_test(run, n_queries=5, k=5):
         print(f"  {query_label:<12} -> {', '.join(h['label'] for h in hits)}")
+    _print_search_hint(run)
     report = cmd_report(argparse.Namespace(run=str(run)))
     del report
     print(f"demo done in {time.perf_counter() - t0:.0f} s (train + eval {t_train:.0f} s)")

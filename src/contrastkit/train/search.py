@@ -10,8 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 INDEX_FILE = "index/corpus.ckindex"
 
 
@@ -37,6 +35,32 @@ def build_index(run: str | os.PathLike, backend: str = "faiss_flat") -> tuple[Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     index.save(path)
     return path, len(index)
+
+
+QUERIES_DIR = "queries"
+
+
+def example_queries(run: str | os.PathLike, n: int = 3) -> list[str]:
+    """Queries to try ``search`` with: the first ``n`` held-out texts of a text run, or, for an
+    image run, its first ``n`` test images written as PNG files under ``RUN/queries/``."""
+    from contrastkit.train.loop import load_run
+
+    _, task, _ = load_run(run)
+    out = []
+    for i, (item, label) in enumerate(task.examples(n)):
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        from PIL import Image
+
+        pixels = (item.float().clamp(0, 1) * 255).round().byte()  # (C, H, W) in [0, 1]
+        array = pixels[0] if pixels.shape[0] == 1 else pixels.permute(1, 2, 0)
+        name = "".join(c if c.isalnum() else "_" for c in str(label)).strip("_").lower()
+        path = Path(run) / QUERIES_DIR / f"test_{i}_{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array.contiguous().numpy()).save(path)
+        out.append(str(path))
+    return out
 
 
 def _load(run: str | os.PathLike) -> Any:
@@ -93,4 +117,4 @@ def _hits(result: Any, row: int) -> list[dict[str, Any]]:
     return hits
 
 
-__all__ = ["build_index", "search", "search_neighbours_of_test", "torch"]
+__all__ = ["build_index", "example_queries", "search", "search_neighbours_of_test"]
