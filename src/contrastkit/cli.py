@@ -205,7 +205,7 @@ def _print_search_hint(run: str | Path) -> None:
     from contrastkit.train.search import example_queries
 
     query = example_queries(run, n=1)[0]
-    print(f"search it: contrastkit search {run} {shlex.quote(query)}")
+    print(f"search it: contrastkit search {shlex.quote(str(run))} {shlex.quote(query)}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
