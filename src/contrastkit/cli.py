@@ -181,7 +181,7 @@ def format_eval_table(data: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from contrastkit.train.loop import load_run, write_eval
+    from contrastkit.train.run import load_run, write_eval
 
     _, task, _ = load_run(args.run)
     old = Path(args.run) / "eval.json"

@@ -39,9 +39,9 @@ from contrastkit.data._common import (
     missing,
     select_split,
 )
+from contrastkit.data.images import IMAGE_SUFFIXES
 
 PAIR_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class PairFileError(ValueError):

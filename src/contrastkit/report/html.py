@@ -46,7 +46,7 @@ def _neighbours(run: Path, out: Path) -> str:
 
     if not (run / INDEX_FILE).exists():
         return f"<p>No index yet: run <code>contrastkit index {html.escape(str(run))}</code>.</p>"
-    from contrastkit.train.loop import load_run
+    from contrastkit.train.run import load_run
 
     _, task, _ = load_run(run)
     results = search_neighbours_of_test(run, n_queries=8, k=6)
@@ -135,7 +135,7 @@ def write_report(run: str | os.PathLike) -> Path:
 
 def _class_names(run: Path) -> list[str] | None:
     try:
-        from contrastkit.train.loop import load_run
+        from contrastkit.train.run import load_run
 
         _, task, _ = load_run(run)
         return list(getattr(task, "class_names", []) or []) or None

@@ -13,7 +13,8 @@ from contrastkit.train.config import (
     load_config_dict,
     save_config,
 )
-from contrastkit.train.loop import TrainingDiverged, load_run, train
+from contrastkit.train.loop import TrainingDiverged, train
+from contrastkit.train.run import load_run
 
 __all__ = [
     "ConfigError",

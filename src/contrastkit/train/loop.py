@@ -31,13 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from contrastkit.losses import LearnableTemperature, create_loss
+from contrastkit.losses import LearnableTemperature
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from contrastkit.train.config import RunConfig, load_config, save_config
+from contrastkit.train.config import RunConfig, save_config
 from contrastkit.train.extra_negatives import ExtraNegatives
 from contrastkit.train.monitor import embedding_health
+from contrastkit.train.run import build_loss, make_run_dir, write_eval
 from contrastkit.train.schedule import warmup_cosine
-from contrastkit.train.tasks import EvalResult, build_task
+from contrastkit.train.tasks import build_task
 
 REFIT_FRACTIONS = (0.5, 0.8)
 """With ``train.fit_schedule_to_budget``, the schedule is fitted again when these fractions of
@@ -160,24 +161,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def build_loss(cfg: RunConfig) -> nn.Module:
-    """The registered loss ``cfg.loss.name`` with its params (temperature learnable if asked)."""
-    import inspect
-
-    from contrastkit.losses import LOSSES
-
-    params = dict(cfg.loss.params)
-    accepted = inspect.signature(LOSSES.get(cfg.loss.name)).parameters
-    if "dim" in accepted and "dim" not in params and cfg.model.projection_dim:
-        params["dim"] = cfg.model.projection_dim  # e.g. SwAV's prototypes live in that space
-    if cfg.loss.learnable_temperature:
-        params["temperature"] = LearnableTemperature(float(params.get("temperature", 0.07)))
-    try:
-        return create_loss(cfg.loss.name, **params)
-    except TypeError as err:
-        raise ValueError(f"loss.params for {cfg.loss.name!r}: {err}") from None
-
-
 def build_extra_negatives(cfg: RunConfig, loss: nn.Module) -> ExtraNegatives | None:
     """The queue / hard-negative / threshold wrapper of ``loss`` if ``cfg.loss`` asks for one."""
     c = cfg.loss
@@ -198,17 +181,6 @@ def current_temperature(loss_fn: nn.Module) -> float | None:
     if isinstance(t, (int, float)):
         return float(t)
     return None
-
-
-def make_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None) -> Path:
-    """``run_dir`` or a fresh ``<output_dir>/<name>[-N]`` that does not exist yet."""
-    if run_dir is not None:
-        return Path(run_dir)
-    base = Path(cfg.train.output_dir) / cfg.name
-    path, i = base, 2
-    while path.exists():
-        path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    return path
 
 
 def train(
@@ -538,70 +510,6 @@ def bf16_autocast(setting: bool | str) -> Any:
     if not enabled:
         return nullcontext()
     return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
-
-
-def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None:
-    """``eval.json`` (metrics, baseline, step, training seconds) and the report's arrays."""
-    from safetensors.torch import save_file
-
-    baseline, baseline_name = result.baseline, result.baseline_name
-    saved = run / "baseline.json"
-    if not baseline and saved.exists():
-        data = json.loads(saved.read_text())
-        baseline, baseline_name = data["metrics"], data["name"]
-    payload = {
-        "step": step,
-        "train_seconds": round(elapsed, 1),
-        "metrics": result.metrics,
-        "baseline": baseline,
-        "baseline_name": baseline_name,
-    }
-    (run / "eval.json").write_text(json.dumps(payload, indent=2))
-    if result.arrays:
-        arrays = {k: v.detach().cpu().contiguous() for k, v in result.arrays.items()}
-        save_file(arrays, str(run / "eval_arrays.safetensors"))
-
-
-_LOADED: dict[tuple[str, str, float], tuple[RunConfig, Any, nn.Module]] = {}
-
-
-def load_run(run: str | os.PathLike) -> tuple[RunConfig, Any, nn.Module]:
-    """Rebuild a run's task (with its latest weights, in eval mode) and loss from its folder.
-
-    The result is cached per (folder, checkpoint) in this process, so ``demo`` / ``report`` do not
-    reload the data and weights for every step.
-    """
-    run = Path(run)
-    ckpt = latest_checkpoint(run)
-    if ckpt is not None:
-        key = (str(run.resolve()), ckpt.name, (ckpt / "model.safetensors").stat().st_mtime)
-        if key in _LOADED:
-            return _LOADED[key]
-    loaded = _load_run(run)
-    if ckpt is not None:
-        _LOADED.clear()  # keep one run in memory
-        _LOADED[key] = loaded
-    return loaded
-
-
-def _load_run(run: Path) -> tuple[RunConfig, Any, nn.Module]:
-    if not (run / "config.yaml").exists():
-        raise FileNotFoundError(
-            f"{run} is not a run folder (no config.yaml); pass the folder "
-            "`contrastkit train` printed."
-        )
-    cfg = load_config(run / "config.yaml")
-    torch.manual_seed(cfg.seed)
-    task = build_task(cfg)
-    loss_fn = build_loss(cfg)
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run} has no checkpoint yet; train it first.")
-    from contrastkit.train.checkpoint import load_weights
-
-    load_weights(ckpt, nn.ModuleDict({"model": task.model, "loss": loss_fn}))
-    task.model.eval()
-    return cfg, task, loss_fn
 
 
 def _make_scheduler(

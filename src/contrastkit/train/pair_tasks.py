@@ -282,6 +282,12 @@ class TextPairsTask:
         labels = [self.test_pairs.ids[r] for r in rows]
         return Corpus(self._encode(texts), labels, texts)
 
+    query_kinds = ("text",)
+
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        """N query texts -> (N, D) float32 (eval mode)."""
+        return self._encode(list(texts))
+
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
         return self._encode([query]), query
 
@@ -468,15 +474,29 @@ class ImageTextTask:
     def corpus_items(self) -> Tensor:
         return self.test_set.images
 
-    def embed_query(self, query: str) -> tuple[Tensor, Any]:
-        path = Path(query)
-        if path.exists():
-            from PIL import Image
+    query_kinds = ("text", "image")
 
-            size = self.train_set.images.shape[-1]
-            img = Image.open(path).convert("RGB").resize((size, size))
-            x = torch.tensor(list(img.getdata()), dtype=torch.float32).T.reshape(1, 3, size, size)
-            return self._images(x / 255.0), x[0] / 255.0
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the image tower takes."""
+        c, h, w = self.train_set.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        """N captions -> (N, D) float32 from the text tower."""
+        return self._texts(list(texts))
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 from the image tower."""
+        return self._images(images)
+
+    def embed_query(self, query: str) -> tuple[Tensor, Any]:
+        if Path(query).exists():
+            from contrastkit.data.images import load_image
+
+            c, h, w = self.image_shape
+            x = load_image(query, channels=c, size=(h, w))
+            return self._images(x[None]), x
         return self._texts([query]), query
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:

@@ -17,7 +17,7 @@ def build_index(run: str | os.PathLike, backend: str = "faiss_flat") -> tuple[Pa
     """Embed the run's corpus with its latest checkpoint and save a cosine index in the run."""
     from contrastkit.index import build_index as make_index
     from contrastkit.index import list_indexes
-    from contrastkit.train.loop import load_run
+    from contrastkit.train.run import load_run
 
     _, task, _ = load_run(run)
     corpus = task.embed_corpus()
@@ -43,7 +43,7 @@ QUERIES_DIR = "queries"
 def example_queries(run: str | os.PathLike, n: int = 3) -> list[str]:
     """Queries to try ``search`` with: the first ``n`` held-out texts of a text run, or, for an
     image run, its first ``n`` test images written as PNG files under ``RUN/queries/``."""
-    from contrastkit.train.loop import load_run
+    from contrastkit.train.run import load_run
 
     _, task, _ = load_run(run)
     out = []
@@ -74,7 +74,7 @@ def _load(run: str | os.PathLike) -> Any:
 
 def search(run: str | os.PathLike, query: str, k: int = 5) -> list[dict[str, Any]]:
     """The ``k`` nearest corpus items of a text or image-path ``query``."""
-    from contrastkit.train.loop import load_run
+    from contrastkit.train.run import load_run
 
     if k <= 0:
         raise ValueError(f"k must be a positive int, got {k}.")
@@ -88,7 +88,7 @@ def search_neighbours_of_test(
     run: str | os.PathLike, n_queries: int = 5, k: int = 5
 ) -> list[tuple[str, list[dict[str, Any]]]]:
     """Neighbours of the first test examples (the demo's printout and the report's table)."""
-    from contrastkit.train.loop import load_run
+    from contrastkit.train.run import load_run
 
     index = _load(run)
     _, task, _ = load_run(run)

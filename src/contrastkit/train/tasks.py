@@ -238,19 +238,29 @@ class ImageTask:
         """The corpus images (N, C, H, W), indexed like the index's positions."""
         return self.train_set.images
 
+    query_kinds = ("image",)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the encoder takes."""
+        c, h, w = self.train_set.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 (eval mode)."""
+        return self.features(images)
+
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
-        path = Path(query)
-        if not path.exists():
+        from contrastkit.data.images import load_image
+
+        if not Path(query).exists():
             raise ValueError(
                 f"query {query!r}: this run embeds images; pass the path of an image file "
-                "(PNG/JPEG), it is converted to grayscale and resized to the training size."
+                "(PNG/JPEG), it is converted and resized to the training size."
             )
-        from PIL import Image
-
-        h, w = self.train_set.images.shape[-2:]
-        img = Image.open(path).convert("L").resize((w, h))
-        x = torch.tensor(list(img.getdata()), dtype=torch.float32).view(1, 1, h, w) / 255.0
-        return self.features(x), x[0]
+        c, h, w = self.image_shape
+        x = load_image(query, channels=c, size=(h, w))
+        return self.features(x[None]), x
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         ds = self.test_set

@@ -1,0 +1,115 @@
+"""A run folder: where a run lives on disk and how it is read back.
+
+``<train.output_dir>/<name>`` holds ``config.yaml`` (the resolved config), ``metrics.jsonl``,
+``checkpoints/``, ``eval.json`` / ``eval_arrays.safetensors`` and, after ``contrastkit index``,
+``index/``. :func:`load_run` rebuilds a run's task with its latest weights from the registries
+(it never imports the training loop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contrastkit.losses import LearnableTemperature, create_loss
+from contrastkit.train.checkpoint import latest_checkpoint
+from contrastkit.train.config import RunConfig, load_config
+from contrastkit.train.tasks import EvalResult, build_task
+
+
+def build_loss(cfg: RunConfig) -> nn.Module:
+    """The registered loss ``cfg.loss.name`` with its params (temperature learnable if asked)."""
+    import inspect
+
+    from contrastkit.losses import LOSSES
+
+    params = dict(cfg.loss.params)
+    accepted = inspect.signature(LOSSES.get(cfg.loss.name)).parameters
+    if "dim" in accepted and "dim" not in params and cfg.model.projection_dim:
+        params["dim"] = cfg.model.projection_dim  # e.g. SwAV's prototypes live in that space
+    if cfg.loss.learnable_temperature:
+        params["temperature"] = LearnableTemperature(float(params.get("temperature", 0.07)))
+    try:
+        return create_loss(cfg.loss.name, **params)
+    except TypeError as err:
+        raise ValueError(f"loss.params for {cfg.loss.name!r}: {err}") from None
+
+
+def make_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None) -> Path:
+    """``run_dir`` or a fresh ``<output_dir>/<name>[-N]`` that does not exist yet."""
+    if run_dir is not None:
+        return Path(run_dir)
+    base = Path(cfg.train.output_dir) / cfg.name
+    path, i = base, 2
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None:
+    """``eval.json`` (metrics, baseline, step, training seconds) and the report's arrays."""
+    from safetensors.torch import save_file
+
+    baseline, baseline_name = result.baseline, result.baseline_name
+    saved = run / "baseline.json"
+    if not baseline and saved.exists():
+        data = json.loads(saved.read_text())
+        baseline, baseline_name = data["metrics"], data["name"]
+    payload = {
+        "step": step,
+        "train_seconds": round(elapsed, 1),
+        "metrics": result.metrics,
+        "baseline": baseline,
+        "baseline_name": baseline_name,
+    }
+    (run / "eval.json").write_text(json.dumps(payload, indent=2))
+    if result.arrays:
+        arrays = {k: v.detach().cpu().contiguous() for k, v in result.arrays.items()}
+        save_file(arrays, str(run / "eval_arrays.safetensors"))
+
+
+_LOADED: dict[tuple[str, str, float], tuple[RunConfig, Any, nn.Module]] = {}
+
+
+def load_run(run: str | os.PathLike) -> tuple[RunConfig, Any, nn.Module]:
+    """Rebuild a run's task (with its latest weights, in eval mode) and loss from its folder.
+
+    The result is cached per (folder, checkpoint) in this process, so ``demo`` / ``report`` do not
+    reload the data and weights for every step.
+    """
+    run = Path(run)
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None:
+        key = (str(run.resolve()), ckpt.name, (ckpt / "model.safetensors").stat().st_mtime)
+        if key in _LOADED:
+            return _LOADED[key]
+    loaded = _load_run(run)
+    if ckpt is not None:
+        _LOADED.clear()  # keep one run in memory
+        _LOADED[key] = loaded
+    return loaded
+
+
+def _load_run(run: Path) -> tuple[RunConfig, Any, nn.Module]:
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(
+            f"{run} is not a run folder (no config.yaml); pass the folder "
+            "`contrastkit train` printed."
+        )
+    cfg = load_config(run / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg)
+    loss_fn = build_loss(cfg)
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run} has no checkpoint yet; train it first.")
+    from contrastkit.train.checkpoint import load_weights
+
+    load_weights(ckpt, nn.ModuleDict({"model": task.model, "loss": loss_fn}))
+    task.model.eval()
+    return cfg, task, loss_fn
