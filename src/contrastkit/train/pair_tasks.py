@@ -284,8 +284,9 @@ class TextPairsTask:
 
     query_kinds = ("text",)
 
-    def embed_texts(self, texts: list[str]) -> Tensor:
-        """N query texts -> (N, D) float32 (eval mode)."""
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
+        """N texts -> (N, D) float32 (eval mode); ``side``: ``"query"`` or ``"document"`` (one
+        shared tower here: both sides embed alike)."""
         return self._encode(list(texts))
 
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
@@ -482,8 +483,9 @@ class ImageTextTask:
         c, h, w = self.train_set.images.shape[1:]
         return int(c), int(h), int(w)
 
-    def embed_texts(self, texts: list[str]) -> Tensor:
-        """N captions -> (N, D) float32 from the text tower."""
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
+        """N captions -> (N, D) float32 from the text tower (``side`` is accepted for the
+        common signature; captions have one tower)."""
         return self._texts(list(texts))
 
     def embed_images(self, images: Tensor) -> Tensor:
