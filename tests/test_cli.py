@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from contrastkit.cli import main
-from contrastkit.train import TrainingDiverged
+from contrastkit.train import TrainingDiverged, TrainingInterrupted
 from contrastkit.train.config import list_recipes
 
 SUBCOMMANDS = ["train", "eval", "index", "search", "report", "demo", "recipes"]
@@ -97,13 +97,13 @@ def test_train_eval_index_search_report_end_to_end(
 
     from PIL import Image
 
-    from contrastkit.train.components import IMAGE_DATASETS
+    from contrastkit.data.sources import IMAGE_SOURCES
 
     written = torch.tensor(list(Image.open(hint.group(2)).getdata()), dtype=torch.float32)
-    test_image = IMAGE_DATASETS["digits"]("test").images[0, 0].flatten()
+    test_image = IMAGE_SOURCES["digits"]("test").images[0, 0].flatten()
     assert torch.allclose(written / 255, test_image, atol=0.5 / 255)
 
-    first = IMAGE_DATASETS["digits"]("train").images[0, 0]  # corpus item 0, as a PNG file
+    first = IMAGE_SOURCES["digits"]("train").images[0, 0]  # corpus item 0, as a PNG file
     image = tmp_path / "query.png"
     Image.fromarray((first * 255).round().byte().numpy()).save(image)
     assert main(["search", str(run), str(image), "-k", "3"]) == 0
@@ -138,6 +138,8 @@ def test_train_eval_index_search_report_end_to_end(
         (FileNotFoundError("no such run"), 4),
         (ValueError("bad value"), 2),
         (KeyboardInterrupt(), 130),
+        (TrainingInterrupted(15, 3, Path("runs/x")), 143),
+        (TrainingInterrupted(2, 3, Path("runs/x")), 130),
     ],
 )
 def test_errors_map_to_exit_codes(

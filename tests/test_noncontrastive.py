@@ -385,5 +385,5 @@ def test_errors_name_the_argument_and_the_fix() -> None:
         dino_loss(randn(1, 4, 3), randn(1, 4, 3))
     with pytest.raises(ValueError, match="invariance_weight must be >= 0"):
         VICRegLoss(invariance_weight=-1.0)
-    with pytest.raises(ValueError, match="hidden_dim must be an int >= 1"):
+    with pytest.raises(ValueError, match="hidden_features must be an int >= 1"):
         PredictionHead(4, 0)

@@ -16,6 +16,11 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 
+class NonFiniteError(ValueError):
+    """An input tensor holds NaN/Inf (what a diverged training step produces); the trainer
+    turns it into its divergence diagnostic."""
+
+
 def check_tensor(
     name: str,
     x: object,
@@ -41,7 +46,7 @@ def check_tensor(
     # (which finite values can also give, by overflow) pays for the element-wise test.
     if finite and floating and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(
+        raise NonFiniteError(
             f"{name} contains {bad} NaN/Inf value(s); check the encoder output "
             "(a diverged step, a learning rate too high, or fp16 overflow)."
         )

@@ -1,7 +1,8 @@
 """The ``contrastkit`` command: train, evaluate, index, search, report, demo.
 
 Every subcommand has ``--help``; errors print one clear line and exit with a non-zero code
-(2: bad usage or config, 3: training diverged, 4: missing file/run, 130: interrupted).
+(2: bad usage or config, 3: training diverged, 4: missing file/run, 130: Ctrl-C,
+143: SIGTERM; an interrupted run saves a checkpoint first).
 
 >>> main(["--version"])
 contrastkit 0.1.0
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -107,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from contrastkit.train.config import ConfigError
-    from contrastkit.train.loop import TrainingDiverged
+    from contrastkit.train.loop import TrainingDiverged, TrainingInterrupted
+
+    configure_logging()
 
     # first match wins: ConfigError is a ValueError
     exits = (
@@ -121,9 +125,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except tuple(kind for kind, _ in exits) as err:
         print(f"contrastkit {args.command}: {err}", file=sys.stderr)
         return next(code for kind, code in exits if isinstance(err, kind))
+    except TrainingInterrupted as err:
+        print(f"contrastkit {args.command}: {err}", file=sys.stderr)
+        return 128 + err.signum  # 130 for Ctrl-C, 143 for SIGTERM
     except KeyboardInterrupt:
         print(f"contrastkit {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def configure_logging() -> None:
+    """Library messages (``logging``) to stderr, one plain line each; the CLI's own output is
+    ``print`` to stdout. Only rank 0 of a torchrun launch speaks at INFO."""
+    import os
+
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    root = logging.getLogger("contrastkit")
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests capture and restore it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -176,7 +205,11 @@ def format_eval_table(data: dict) -> str:
     for k, v in data["metrics"].items():
         b = base.get(k)
         lines.append(f"{k:<20} {v:>8.4f} {'' if b is None else f'{b:.4f}':>16}")
-    lines.append(f"(step {data.get('step')}, {data.get('train_seconds')} s of training)")
+    counts = ", ".join(f"{k} {v}" for k, v in data.get("counts", {}).items())
+    lines.append(
+        f"(step {data.get('step')}, {data.get('train_seconds')} s of training"
+        + (f"; {counts})" if counts else ")")
+    )
     return "\n".join(lines)
 
 
@@ -186,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _, task, _ = load_run(args.run)
     old = Path(args.run) / "eval.json"
     prev = json.loads(old.read_text()) if old.exists() else {}
-    result = task.evaluate(baseline=True)
+    result = task.evaluate()
     write_eval(Path(args.run), prev.get("step", -1), prev.get("train_seconds", 0.0), result)
     _print_eval(Path(args.run))
     return 0

@@ -548,3 +548,37 @@ def sigmoid_contrastive_distributed(
     if reduction == "none":
         return per_row.to(a.dtype)
     return _finish(per_row.sum(), world * n, reduction).to(a.dtype)
+
+
+class GlobalBatchLoss(torch.nn.Module):
+    """A loss that needs every row of the global batch at once, under ``torch.distributed``.
+
+    For losses that declare ``distributed = "global_batch"`` (batch statistics such as VICReg's
+    covariance or Barlow Twins' cross-correlation, in-batch triplet mining): every tensor input
+    is gathered with :func:`all_gather_with_grad` and the loss is computed on the global batch
+    on every rank. Each rank's backward then carries ``W`` times the gradient of its own rows
+    (the gather's backward sums the ranks' identical losses), so after DistributedDataParallel
+    averages the ranks' parameter gradients they equal the single-process global-batch
+    gradient exactly. The work is the whole batch's on every rank; the softmax losses avoid that
+    with ``gather_distributed=True`` (local rows against gathered columns).
+
+    Without a process group it is the loss itself.
+
+    >>> from contrastkit.losses import create_loss
+    >>> loss = GlobalBatchLoss(create_loss("vicreg"))
+    >>> z = torch.randn(8, 4)
+    >>> bool(torch.isclose(loss(z, z + 0.1), create_loss("vicreg")(z, z + 0.1)))
+    True
+    """
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, *inputs: Tensor, **kwargs: Any) -> Tensor:
+        if get_world_size() == 1:
+            return self.loss(*inputs, **kwargs)
+        for i, x in enumerate(inputs):
+            check_same_batch_size(f"input {i}", x.shape[0])
+        gathered = [all_gather_with_grad(x) if x.requires_grad else all_gather(x) for x in inputs]
+        return self.loss(*gathered, **kwargs)

@@ -24,6 +24,7 @@ def tiny_config(tmp_path: Path, **sections: object) -> dict:
             "output_dir": str(tmp_path / "runs"),
             "progress": False,
             "threads": 1,
+            "precision": "fp32",
         },
         "eval": {"knn_k": 5},
     }
@@ -53,11 +54,8 @@ def tiny_pairs_config(tmp_path: Path, **sections: object) -> dict:
                 "bucket_size": 4,
             },
         },
-        "loss": {
-            "name": "info_nce",
-            "params": {"temperature": 0.1, "symmetric": True},
-            "false_negative_mask": True,
-        },
+        "loss": {"name": "info_nce", "params": {"temperature": 0.1, "symmetric": True}},
+        "negatives": {"false_negatives": {"ids": True}},
         "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
         "train": {
             "max_steps": 3,
@@ -66,6 +64,7 @@ def tiny_pairs_config(tmp_path: Path, **sections: object) -> dict:
             "checkpoint_every": 3,
             "progress": False,
             "threads": 1,
+            "precision": "fp32",
             "output_dir": str(tmp_path),
         },
         "eval": {"corpus_size": 32, "queries": "first"},

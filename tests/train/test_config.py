@@ -68,7 +68,7 @@ def test_views_section_maps_onto_simclr_views() -> None:
     import kornia.augmentation as K
     import torch
 
-    from contrastkit.train.components import build_views
+    from contrastkit.train.tasks.image import build_views
 
     cfg = load_config_dict(
         {
@@ -93,17 +93,21 @@ def test_views_section_maps_onto_simclr_views() -> None:
 
 
 def test_overrides_are_parsed_as_yaml_and_validated() -> None:
-    cfg = load_config_dict({}, ["optim.lr=0.05", "views.crop_scale=[0.3, 1.0]", "train.bf16=auto"])
+    overrides = ["optim.lr=0.05", "views.crop_scale=[0.3, 1.0]", "train.precision=fp16"]
+    cfg = load_config_dict({}, overrides)
     assert cfg.optim.lr == 0.05
     assert cfg.views.crop_scale == (0.3, 1.0)
-    assert cfg.train.bf16 == "auto"
+    assert cfg.train.precision == "fp16"
+    assert "train.bf16: got True; replaced by train.precision" in error_of({}, ["train.bf16=true"])
     assert "optim.lr" in error_of({}, ["optim.lr=fast"])
     assert "key.sub=value" in error_of({}, ["optim.lr"])
     assert "not a section" in error_of({}, ["optim.lr=0.1", "optim.lr.x=1"])
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    cfg = load_config_dict({"name": "x", "loss": {"name": "supcon"}}, ["seed=7"])
+    cfg = load_config_dict(
+        {"name": "x", "task": "supervised", "loss": {"name": "supcon"}}, ["seed=7"]
+    )
     save_config(cfg, tmp_path / "c.yaml")
     raw = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert raw["optim"]["lr"] == cfg.optim.lr  # defaults are written out
@@ -123,3 +127,35 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_every_packaged_recipe_validates(name: str) -> None:
     cfg = load_config(name)
     assert cfg.name
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"task": "pairs", "data": {"dataset": "wordnet"}, "views": {"flip": 0.5}},
+            "views: got {'flip': 0.5}; unknown key",
+        ),
+        (
+            {"task": "pairs", "data": {"dataset": "wordnet"}, "model": {"width": 8}},
+            "model.width: got 8; unknown key; allowed keys here: name, options",
+        ),
+        ({"task": "pairs", "data": {"dataset": "digits"}}, "data.dataset: got 'digits'"),
+        ({"loss": {"name": "supcon"}}, "use task: supervised"),
+        ({"task": "supervised", "loss": {"name": "nt_xent"}}, "use task: views"),
+        (
+            {"loss": {"params": {"gather_distributed": True}}},
+            "loss.params.gather_distributed: got True; the trainer sets it",
+        ),
+        (
+            {"loss": {"false_negative_mask": True}},
+            "loss.false_negative_mask: got True; moved to negatives.false_negatives",
+        ),
+        ({"data": {"sampler": "balanced"}}, "data.sampler: got 'balanced'"),
+        ({"data": {"sampler": "m_per_class", "sampler_m": 3}}, "data.sampler_m: got 3"),
+        ({"train": {"precision": "fp8"}}, "train.precision: got 'fp8'"),
+    ],
+)
+def test_task_sections_and_moved_keys(raw: dict, expected: str) -> None:
+    """A key the task does not use, a loss the task cannot call, a moved key: one line each."""
+    assert expected in error_of(raw)

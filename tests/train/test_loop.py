@@ -10,10 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contrastkit.losses import list_losses
-from contrastkit.train import TrainingDiverged, load_config_dict, load_run, train
+from contrastkit.losses import list_losses, loss_spec
+from contrastkit.train import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    load_config_dict,
+    load_run,
+    train,
+)
 from contrastkit.train.checkpoint import latest_checkpoint, load_weights
-from contrastkit.train.tasks import ImageTask
+from contrastkit.train.tasks.base import Step
+from contrastkit.train.tasks.image import ImageTask
 
 from .conftest import tiny_config, tiny_pairs_config
 
@@ -55,11 +62,11 @@ def test_nan_loss_stops_with_diagnostic_and_keeps_last_good_checkpoint(
     original = ImageTask.loss_terms
 
     def poisoned(self, batch, loss_fn):
-        terms, z = original(self, batch, loss_fn)
+        out = original(self, batch, loss_fn)
         calls["n"] += 1
         if calls["n"] == 7:  # step 7 diverges; checkpoints were written at step 4
-            terms = {k: v * float("nan") for k, v in terms.items()}
-        return terms, z
+            return Step({k: v * float("nan") for k, v in out.terms.items()}, out.embeddings)
+        return out
 
     monkeypatch.setattr(ImageTask, "loss_terms", poisoned)
     cfg = fast(tmp_path)
@@ -67,6 +74,7 @@ def test_nan_loss_stops_with_diagnostic_and_keeps_last_good_checkpoint(
         train(cfg, tmp_path / "nan")
     msg = str(info.value)
     assert "step 7" in msg and "'nt_xent'" in msg and "optim.lr" in msg
+    assert "the last finite loss was" in msg and "step_0000004" in msg  # names the survivor
     ckpt = latest_checkpoint(tmp_path / "nan")
     assert ckpt is not None and ckpt.name == "step_0000004"
     weights = load_file(str(ckpt / "model.safetensors"))
@@ -75,22 +83,53 @@ def test_nan_loss_stops_with_diagnostic_and_keeps_last_good_checkpoint(
     assert task.model["encoder"].training is False
 
 
-def test_ctrl_c_saves_and_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_save_and_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
     calls = {"n": 0}
     original = ImageTask.loss_terms
 
     def interrupting(self, batch, loss_fn):
         calls["n"] += 1
         if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return original(self, batch, loss_fn)
 
     monkeypatch.setattr(ImageTask, "loss_terms", interrupting)
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
-    run = train(fast(tmp_path), tmp_path / "int")
+    before = signal.getsignal(signum)  # SIG_IGN when the suite runs as a background job
+    with pytest.raises(TrainingInterrupted) as info:
+        train(fast(tmp_path), tmp_path / "int")
+    assert info.value.signum == signum and info.value.step == 3
+    run = tmp_path / "int"
     assert latest_checkpoint(run).name == "step_0000003"
     assert not (run / "eval.json").exists()
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signum) is before
+
+
+def test_huge_learning_rate_diverges_with_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: lr 1e6 without clipping. The trainer's divergence path (exit 3, the
+    step, the tensor, suggestions), not a loss's input check (exit 2); the checkpoint it names
+    holds finite weights."""
+    import yaml
+
+    from contrastkit.cli import main
+
+    raw = tiny_config(tmp_path, train={"max_steps": 40, "checkpoint_every": 1})
+    raw["eval"].update({"probe": False, "raw_baseline": False})
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code = main(["train", str(path), "--set", "optim.lr=1e6", "--set", "optim.grad_clip=null"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "training diverged at step" in err and "lower optim.lr" in err
+    assert "Traceback" not in err
+    ckpt = latest_checkpoint(tmp_path / "runs" / "tiny")
+    assert ckpt is not None and ckpt.name in err
+    weights = load_file(str(ckpt / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
 def test_logs_config_and_checkpoint_layout(tmp_path: Path) -> None:
@@ -101,8 +140,10 @@ def test_logs_config_and_checkpoint_layout(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in records if "loss" in r]
     assert [r["step"] for r in losses] == [2, 4, 6, 8, 10, 12]
-    assert all(r["temperature"] == 0.3 and r["items_per_s"] > 0 for r in losses)
-    assert any("monitor" in r and r["monitor"]["std"] > 0 for r in records)
+    assert all("temperature" not in r and r["items_per_s"] > 0 for r in losses)  # not learned
+    # the monitor's vocabulary is CollapseMonitor's, the same in metrics.jsonl and the report
+    monitors = [r["monitor"] for r in records if "monitor" in r]
+    assert monitors and all(m["std_ratio"] > 0 and "positive_similarity" in m for m in monitors)
     assert any(r.get("quick") for r in records)
     assert (run / "config.yaml").exists() and (run / "eval.json").exists()
     # only the newest two checkpoints are kept
@@ -146,10 +187,14 @@ def test_schedule_is_fitted_twice_and_never_beyond_max_steps(tmp_path: Path) -> 
 
 class _SpeedingUpClock:
     """A stand-in for the loop's ``time`` module: each ``perf_counter`` call advances 0.5 s
-    until ``fast_after`` calls, then 0.25 s (the machine gets twice as fast)."""
+    until ``fast_after`` calls, then 0.25 s (the machine gets twice as fast). Phase timings
+    (``monotonic``) do not move it."""
 
     def __init__(self, fast_after: int) -> None:
         self.now, self.calls, self.fast_after = 0.0, 0, fast_after
+
+    def monotonic(self) -> float:
+        return 0.0
 
     def perf_counter(self) -> float:
         self.calls += 1
@@ -199,19 +244,14 @@ def test_pairs_task_with_gradient_caching_matches_plain_step(tmp_path: Path) -> 
     assert set(ev["metrics"]) >= {"R@1", "R@10", "MRR"} and set(ev["baseline"]) >= {"R@1"}
 
 
-# Losses whose inputs are not two views of a batch: scalar scores (preference task) or
-# explicit (a, b, is_positive) pairs.
-NOT_FOR_VIEWS = {"preference", "contrastive_margin"}
-
-
-@pytest.mark.parametrize("name", sorted(set(list_losses()) - NOT_FOR_VIEWS))
+@pytest.mark.parametrize(
+    "name", [n for n in list_losses() if loss_spec(n).inputs in ("pair", "prediction", "labelled")]
+)
 def test_every_registered_loss_trains_in_the_loop(tmp_path: Path, name: str) -> None:
-    """Generated from the loss registry: each loss runs 2 steps on two views of digits (labels
-    for label-based losses; predictor + EMA teacher for BYOL/SimSiam) and logs a finite loss."""
-    from contrastkit.losses import LOSSES
-    from contrastkit.train.tasks import _takes_labels
-
-    task = "supervised" if _takes_labels(LOSSES.get(name)) or name == "supcon" else "views"
+    """Generated from the loss registry: each loss that takes embeddings runs 2 steps on two
+    views of digits, in the task its declared inputs call for (labels: supervised; predictor +
+    EMA teacher for BYOL/SimSiam) and logs a finite loss."""
+    task = "supervised" if loss_spec(name).inputs == "labelled" else "views"
     cfg = fast(
         tmp_path,
         task=task,
@@ -224,22 +264,103 @@ def test_every_registered_loss_trains_in_the_loop(tmp_path: Path, name: str) -> 
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
 
-def test_place_ignore_blocks_matches_the_global_mask_within_each_process() -> None:
-    """Per-process id masks placed into the global batch equal the global id mask on every
-    same-process pair and ignore nothing across processes."""
-    from contrastkit.train.loop import place_ignore_blocks
+def test_every_registered_loss_declares_how_it_is_called() -> None:
+    for name in list_losses():
+        spec = loss_spec(name)  # raises when a declaration is missing
+        assert spec.inputs and spec.distributed
 
-    world, b = 3, 4
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 5, (world * b,), generator=g)  # (G*B,) global ids
-    neg_ids = torch.randint(0, 5, (world * b,), generator=g)
-    local = []
-    for r in range(world):
-        q = ids[r * b : (r + 1) * b]
-        keys, negs = ids[r * b : (r + 1) * b], neg_ids[r * b : (r + 1) * b]
-        local.append(torch.cat([q[:, None] == keys[None, :], q[:, None] == negs[None, :]], 1))
-    placed = place_ignore_blocks(torch.cat(local), world)  # (G*B, 2*G*B)
-    same_process = torch.arange(world * b)[:, None] // b == torch.arange(world * b)[None, :] // b
-    full = torch.cat([ids[:, None] == ids[None, :], ids[:, None] == neg_ids[None, :]], 1)
-    expected = full & same_process.repeat(1, 2)
-    assert torch.equal(placed, expected)
+
+def lrs(run: Path) -> list[float]:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["lr"] for r in records if "lr" in r]
+
+
+def test_short_run_reaches_its_peak_learning_rate(tmp_path: Path) -> None:
+    """warmup_steps 50 on a 12-step run: the warm-up is capped at 10 % of the schedule."""
+    cfg = fast(tmp_path, optim={"warmup_steps": 50}, train={"log_every": 1})
+    values = lrs(train(cfg, tmp_path / "short"))
+    assert max(values) == pytest.approx(cfg.optim.lr)
+    assert values[-1] < values[1]
+
+
+def test_refits_never_raise_the_learning_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schedule is refitted longer at half the budget (the machine got faster): the rate
+    keeps falling instead of jumping back up."""
+    from contrastkit.train import loop
+
+    monkeypatch.setattr(loop, "time", _SpeedingUpClock(fast_after=1 + 2 * 10))
+    cfg = fast(
+        tmp_path,
+        optim={"warmup_steps": 2},
+        train={
+            "max_steps": 1000,
+            "time_budget_s": 20.0,
+            "calibration_steps": 2,
+            "log_every": 1,
+            "monitor_every": 0,
+            "checkpoint_every": 0,
+        },
+    )
+    values = lrs(train(cfg, tmp_path / "refit"))
+    peak = values.index(max(values))
+    assert all(b <= a + 1e-12 for a, b in zip(values[peak:], values[peak + 1 :]))
+
+
+def test_fp16_trains_with_a_grad_scaler(tmp_path: Path) -> None:
+    cfg = fast(tmp_path, train={"precision": "fp16", "max_steps": 4, "log_every": 1})
+    run = train(cfg, tmp_path / "fp16")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["precision"] == "fp16"
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
+def test_precision_defaults_to_auto(tmp_path: Path) -> None:
+    from contrastkit.train.loop import native_bf16
+
+    raw = tiny_config(tmp_path, train={"max_steps": 1})
+    raw["train"].pop("precision")
+    cfg = load_config_dict(raw)
+    assert cfg.train.precision == "auto"
+    run = train(cfg, tmp_path / "auto")
+    start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["precision"] == ("bf16" if native_bf16() else "fp32")
+
+
+def test_m_per_class_sampler_shapes_batches_and_resumes_exactly(tmp_path: Path) -> None:
+    from contrastkit.train.batches import build_order
+    from contrastkit.train.tasks import build_task
+
+    cfg = fast(
+        tmp_path, data={"sampler": "m_per_class"}, task="supervised", loss={"name": "supcon"}
+    )
+    task = build_task(cfg)
+    order = build_order(cfg, task)
+    for _ in range(3):  # 32 / 4 = 8 classes, 4 items each
+        counts = torch.bincount(task.train_labels[order.next()])
+        assert sorted(counts[counts > 0].tolist()) == [4] * 8
+    full = train(cfg, tmp_path / "full")
+    part = train(cfg, tmp_path / "part", stop_after=5)
+    train(cfg, part, resume=True)
+    a, b = final_weights(full), final_weights(part)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_no_duplicates_sampler_keeps_one_row_per_group(tmp_path: Path) -> None:
+    from contrastkit.train.batches import build_order
+    from contrastkit.train.tasks import build_task
+
+    raw = tiny_pairs_config(tmp_path, data={"sampler": "no_duplicates"})
+    cfg = load_config_dict(raw)
+    task = build_task(cfg)
+    order = build_order(cfg, task, rank=1, world=2)  # rank 1 of 2: its share of each batch
+    for _ in range(4):
+        ids = task.train_groups[order.next()]
+        assert len(ids) == 16 and len(set(ids.tolist())) == 16
+    state = order.state_dict()
+    expected = order.next()
+    again = build_order(cfg, task, rank=1, world=2)
+    again.load_state_dict(state)
+    assert torch.equal(again.next(), expected)

@@ -14,10 +14,9 @@ from safetensors.torch import load_file
 
 from contrastkit.functional import info_nce
 from contrastkit.losses import create_loss
-from contrastkit.negatives import mask_from_threshold
+from contrastkit.negatives import ExtraNegatives, mask_from_threshold
 from contrastkit.train import ConfigError, load_config_dict, train
 from contrastkit.train.checkpoint import latest_checkpoint
-from contrastkit.train.extra_negatives import ExtraNegatives
 
 from .conftest import tiny_config
 
@@ -26,8 +25,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 INFO_NCE = {"name": "info_nce", "params": {"temperature": 0.2}}
 
 
-def moco_config(tmp_path: Path, **loss: object):
-    cfg = tiny_config(tmp_path, loss={**INFO_NCE, **loss})
+def moco_config(tmp_path: Path, key_momentum: float | None = None, **negatives: object):
+    cfg = tiny_config(tmp_path, loss=dict(INFO_NCE), negatives=negatives)
+    if key_momentum is not None:
+        cfg["model"]["key_encoder"] = {"momentum": key_momentum}
     cfg["eval"].update({"probe": False, "raw_baseline": False})
     return load_config_dict(cfg)
 
@@ -52,12 +53,10 @@ def test_queue_negatives_and_masks_equal_the_plain_info_nce_call() -> None:
     base = create_loss("info_nce", temperature=0.1)
     wrapped = ExtraNegatives(base, queue_size=8, false_negative_threshold=0.5)
     k1 = torch.randn(4, 6, generator=g)
-    wrapped.batch_ids = torch.tensor([0, 1, 2, 3])
-    wrapped(torch.randn(4, 6, generator=g), k1)
+    wrapped(torch.randn(4, 6, generator=g), k1, ids=torch.tensor([0, 1, 2, 3]))
     q = torch.randn(4, 6, generator=g, requires_grad=True)
     k2 = torch.randn(4, 6, generator=g)
-    wrapped.batch_ids = torch.tensor([2, 7, 8, 9])  # item 2 again: its queued key is ignored
-    value = wrapped(q, k2)
+    value = wrapped(q, k2, ids=torch.tensor([2, 7, 8, 9]))  # item 2 again: its key is ignored
     (grad,) = torch.autograd.grad(value, q)
 
     ignore = torch.zeros(4, 8, dtype=torch.bool)
@@ -87,10 +86,10 @@ def test_hard_negative_mining_keeps_the_k_most_similar_candidates() -> None:
 # -- each option trains a tiny run -----------------------------------------------------------
 
 OPTIONS = {
-    "queue_size": {"queue_size": 96},
-    "key_momentum": {"queue_size": 96, "key_momentum": 0.9},
-    "hard_negatives": {"hard_negatives": 8},
-    "false_negative_threshold": {"false_negative_threshold": 0.95},
+    "queue": {"queue": 96},
+    "key_momentum": {"queue": 96, "key_momentum": 0.9},
+    "mining": {"mining": 8},
+    "false_negatives": {"false_negatives": {"threshold": 0.95}},
 }
 
 
@@ -100,20 +99,21 @@ def test_option_trains_on_digits(tmp_path: Path, option: str) -> None:
     logged = [r for r in records(run) if "loss" in r]
     assert len(logged) == 6 and all(math.isfinite(r["loss"]) for r in logged)
     assert (run / "eval.json").exists()
-    if "queue_size" in OPTIONS[option]:  # 32 keys per step: 64 after step 2, full from step 3
+    if "queue" in OPTIONS[option]:  # 32 keys per step: 64 after step 2, full from step 3
         assert [r["queue"] for r in logged] == [64, 96, 96, 96, 96, 96]
         queue = saved_state(run)["queue"]
         assert int(queue["filled"]) == 96 and queue["embeddings"].shape == (96, 8)
         assert bool((queue["ids"] >= 0).all())  # every key came with its train-set row
     if option == "key_momentum":  # an EMA copy of the encoder, saved with the weights
         weights = load_file(str(latest_checkpoint(run) / "model.safetensors"))
-        online, ema = "model.encoder.head.6.weight", "model.key_encoder.module.head.6.weight"
+        online = "model.encoder.head.net.6.weight"
+        ema = "model.key_encoder.module.head.net.6.weight"
         assert ema in weights and not torch.equal(weights[online], weights[ema])
 
 
 def test_queue_and_momentum_resume_exactly(tmp_path: Path) -> None:
     """The queue is checkpointed with the training state: interrupted + resumed == straight."""
-    cfg = moco_config(tmp_path, queue_size=80, key_momentum=0.9, hard_negatives=40)
+    cfg = moco_config(tmp_path, queue=80, key_momentum=0.9, mining=40)
     full = train(cfg, tmp_path / "full")
     part = train(cfg, tmp_path / "part", stop_after=5)
     train(cfg, part, resume=True)
@@ -140,7 +140,8 @@ def test_pairs_task_queue_with_in_batch_false_negative_mask(tmp_path: Path) -> N
             "name": "tiny_text",
             "options": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_length": 16},
         },
-        "loss": {**INFO_NCE, "false_negative_mask": True, "queue_size": 24},
+        "loss": INFO_NCE,
+        "negatives": {"queue": 24, "false_negatives": {"ids": True}},
         "optim": {"lr": 0.001, "batch_size": 16, "warmup_steps": 1},
         "train": {
             "max_steps": 3,
@@ -163,34 +164,45 @@ def test_pairs_task_queue_with_in_batch_false_negative_mask(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("loss", "expected"),
+    ("section", "expected"),
     [
-        ({"queue_size": -1}, ["loss.queue_size: got -1", "int >= 0", "e.g. 4096"]),
+        ({"negatives": {"queue": -1}}, ["negatives.queue: got -1", "greater than or equal to 0"]),
         (
-            {"queue_size": 64, "name": "nt_xent"},
-            ["loss.queue_size: got 64", "'nt_xent'", "info_nce"],
+            {"negatives": {"queue": 64}, "loss": {"name": "nt_xent"}},
+            ["negatives.queue: got 64", "'nt_xent'", "info_nce"],
         ),
-        ({"key_momentum": 1.0}, ["loss.key_momentum: got 1.0", "[0, 1)", "0.99"]),
-        ({"hard_negatives": 0}, ["loss.hard_negatives: got 0", "int >= 1", "null"]),
+        ({"model": {"key_encoder": {"momentum": 1.0}}}, ["momentum: got 1.0", "[0, 1)", "0.99"]),
+        ({"negatives": {"mining": 0}}, ["negatives.mining: got 0", "greater than or equal to 1"]),
         (
-            {"hard_negatives": 200},
-            ["loss.hard_negatives: got 200", "optim.batch_size - 1 + loss.queue_size = 31"],
+            {"negatives": {"mining": 200}},
+            ["negatives.mining: got 200", "optim.batch_size - 1 + negatives.queue = 31"],
         ),
         (
-            {"false_negative_threshold": 1.5},
-            ["loss.false_negative_threshold: got 1.5", "cosine similarity in (-1, 1]", "0.9"],
+            {"negatives": {"false_negatives": {"threshold": 1.5}}},
+            ["threshold: got 1.5", "cosine similarity in (-1, 1]", "0.9"],
+        ),
+        ({"loss": {"queue_size": 8}}, ["loss.queue_size: got 8; moved to negatives.queue"]),
+        (
+            {"loss": {"key_momentum": 0.9}},
+            ["loss.key_momentum: got 0.9; moved to model.key_encoder.momentum"],
         ),
     ],
 )
-def test_bad_value_names_key_value_and_fix(tmp_path: Path, loss: dict, expected: list[str]) -> None:
-    raw = tiny_config(tmp_path, loss={**INFO_NCE, **loss})
+def test_bad_value_names_key_value_and_fix(
+    tmp_path: Path, section: dict, expected: list[str]
+) -> None:
+    raw = tiny_config(tmp_path, loss=dict(INFO_NCE))
+    for key, value in section.items():
+        raw.setdefault(key, {}).update(value)
     with pytest.raises(ConfigError) as info:
         load_config_dict(raw)
     for text in expected:
         assert text in str(info.value), (text, str(info.value))
 
 
-def test_momentum_keys_need_the_views_task(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path, task="pairs", loss={**INFO_NCE, "key_momentum": 0.99})
-    with pytest.raises(ConfigError, match=r"loss.key_momentum: got 0.99; .*task: views"):
+def test_momentum_keys_need_an_image_model(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path, task="pairs", loss=dict(INFO_NCE))
+    raw["data"] = {"dataset": "wordnet"}
+    raw["model"] = {"name": "tiny_text", "key_encoder": {"momentum": 0.99}}
+    with pytest.raises(ConfigError, match=r"model.key_encoder: got .*unknown key"):
         load_config_dict(raw)

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from contrastkit.eval.pairs import heldout_rows as _eval_rows
+from contrastkit.negatives.false_negatives import duplicate_mask, stable_text_ids
 from contrastkit.train import train
 from contrastkit.train.config import load_config_dict
-from contrastkit.train.pair_tasks import TextPairsTask, _eval_rows, false_negatives
+from contrastkit.train.tasks.text_pairs import TextPairsTask
 
 from .conftest import tiny_pairs_config as pairs_config
 
@@ -32,7 +34,8 @@ def test_eval_rows_one_query_per_id_from_a_seeded_random_corpus() -> None:
 
 def test_false_negatives_mask_ids_and_repeated_texts() -> None:
     ids = torch.tensor([0, 0, 1, 2, 3])
-    mask = false_negatives(ids, ["a", "b", "c", "c", "d"], ["x", "x", "y", "z", "y"])
+    columns = [ids, stable_text_ids(["a", "b", "c", "c", "d"]), stable_text_ids(list("xxyzy"))]
+    mask = duplicate_mask(columns, columns)
     expected = {(0, 1), (1, 0), (2, 3), (3, 2), (2, 4), (4, 2)}
     assert {tuple(ij) for ij in mask.nonzero().tolist()} == expected
 
@@ -57,7 +60,8 @@ def test_pairs_run_with_hard_negatives_and_first_query_protocol(tmp_path: Path) 
     raw["data"]["options"]["hard_negatives"] = 2
     run = train(load_config_dict(raw), tmp_path / "hard")
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["metrics"]["corpus_size"] == 32 and ev["baseline_name"] == "before training"
+    assert ev["counts"]["corpus_size"] == 32 and ev["baseline_name"] == "before training"
+    assert "corpus_size" not in ev["metrics"]  # a count, not a quality figure
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged if "loss" in r)
     # gradient caching gives the same weights with the hard negatives as a third input
@@ -74,11 +78,25 @@ def test_pairs_run_with_hard_negatives_and_first_query_protocol(tmp_path: Path) 
 
 def test_hard_negatives_need_a_loss_that_takes_them(tmp_path: Path) -> None:
     raw = pairs_config(tmp_path, loss={"name": "sigmoid_contrastive", "params": {}})
-    raw["loss"].pop("false_negative_mask")
+    raw["negatives"] = {}
     raw["data"]["options"]["hard_negatives"] = 1
     with pytest.raises(ValueError, match=r"data\.options\.hard_negatives: loss .sigmoid"):
         TextPairsTask(load_config_dict(raw))
-    raw = pairs_config(tmp_path, loss={"queue_size": 8})
+    raw = pairs_config(tmp_path, negatives={"queue": 8})
     raw["data"]["options"]["hard_negatives"] = 1
-    with pytest.raises(ValueError, match=r"cannot be combined with loss\.queue_size"):
+    with pytest.raises(ValueError, match=r"cannot be combined with negatives\.queue"):
         TextPairsTask(load_config_dict(raw))
+
+
+def test_gathered_duplicate_mask_equals_the_global_mask_rows() -> None:
+    """Each process's (B, W*B) mask from gathered ids is its rows of the single-process
+    (W*B, W*B) mask: the distributed path masks the same false negatives as one process."""
+    world, b = 3, 4
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5, (world * b,), generator=g)
+    texts = stable_text_ids([f"t{int(i)}" for i in torch.randint(0, 4, (world * b,), generator=g)])
+    full = duplicate_mask([ids, texts], [ids, texts])
+    for r in range(world):
+        rows = slice(r * b, (r + 1) * b)
+        local = duplicate_mask([ids[rows], texts[rows]], [ids, texts], positive_offset=r * b)
+        assert torch.equal(local, full[rows])

@@ -3,7 +3,7 @@
 Configs name encoders through the registry: ``create_encoder("small_cnn", in_channels=1)``.
 """
 
-from contrastkit.encoders.heads import PredictionHead, ProjectionHead
+from contrastkit.encoders.heads import PredictionHead, ProjectedEncoder, ProjectionHead
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
 from contrastkit.encoders.text import TextEncoder, mean_pool, tiny_text_encoder
@@ -17,6 +17,7 @@ __all__ = [
     "MLPEncoder",
     "MomentumEncoder",
     "PredictionHead",
+    "ProjectedEncoder",
     "ProjectionHead",
     "SmallCNN",
     "SmallResNet",

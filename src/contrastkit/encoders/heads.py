@@ -80,8 +80,38 @@ class PredictionHead(nn.Module):
 
     def __init__(self, dim: int = 128, hidden_features: int = 512) -> None:
         super().__init__()
+        for name, value in (("dim", dim), ("hidden_features", hidden_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
         self.in_features = self.out_features = dim
         self.net = mlp(dim, hidden_features, dim, 2, True)
 
     def forward(self, projection: Tensor) -> Tensor:
         return self.net(projection)
+
+
+class ProjectedEncoder(nn.Module):
+    """A backbone with a projection head: ``forward`` is what the loss sees, ``embed`` the
+    backbone features that evaluation and the index read (SimCLR's convention).
+
+    >>> import torch
+    >>> from contrastkit.encoders.vision import SmallCNN
+    >>> enc = ProjectedEncoder(SmallCNN(1, width=4), ProjectionHead(16, 8, 4, num_layers=3))
+    >>> x = torch.rand(2, 1, 28, 28)
+    >>> enc(x).shape, enc.embed(x).shape
+    (torch.Size([2, 4]), torch.Size([2, 16]))
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head if head is not None else nn.Identity()
+        self.out_features = int(getattr(head, "out_features", backbone.out_features))
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Backbone features (B, F)."""
+        return self.backbone(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The projection (B, D) (the features when there is no head)."""
+        return self.head(self.backbone(images))

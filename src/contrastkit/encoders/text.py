@@ -328,3 +328,9 @@ class TextEncoder(nn.Module):
 def tiny_text_encoder(**kwargs: Any) -> TextEncoder:
     """Registry entry for :meth:`TextEncoder.from_scratch`."""
     return TextEncoder.from_scratch(**kwargs)
+
+
+@register("minilm")
+def minilm_encoder(**kwargs: Any) -> TextEncoder:
+    """Registry entry for the packaged pretrained all-MiniLM-L6-v2 (:class:`TextEncoder`)."""
+    return TextEncoder(**kwargs)

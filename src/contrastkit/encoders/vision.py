@@ -84,32 +84,41 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 @register("small_cnn")
 class SmallCNN(nn.Module):
-    """Three conv-BN-ReLU blocks (widths w, 2w, 4w; 2x2 max-pool after the first two) and
-    global average pooling: ``images (B, C, H, W) -> (B, 4w)``.
+    """A small VGG-style BatchNorm CNN: five 3x3 conv-BN-ReLU layers (widths w, w, 2w, 2w, 4w;
+    2x2 max-pool after the second and the fourth), then average pooling to a ``pool`` x ``pool``
+    grid, flattened: ``images (B, C, H, W) -> (B, 4w * pool**2)``.
 
-    About 0.1M parameters at ``width=32``; cheap enough to train SimCLR on Fashion-MNIST on a CPU.
+    ``pool=3`` keeps a coarse spatial layout, which matters for 28x28 clothing images (raw
+    pixels alone reach 0.855 kNN accuracy on Fashion-MNIST); ``pool=1`` is global pooling. About
+    0.2M parameters at ``width=32``: SimCLR on Fashion-MNIST trains in minutes on a CPU.
 
     Args:
         in_channels: C (1 for Fashion-MNIST, 3 for emoji).
-        width: w, channels of the first block.
+        width: w, channels of the first stage.
+        pool: side of the final average pooling grid.
         stem_stride: 2 to halve large inputs (64x64) in the first convolution.
 
     >>> SmallCNN(in_channels=1)(torch.rand(2, 1, 28, 28)).shape
     torch.Size([2, 128])
-    >>> SmallCNN(in_channels=3, stem_stride=2)(torch.rand(2, 3, 64, 64)).shape
-    torch.Size([2, 128])
+    >>> SmallCNN(in_channels=3, pool=3, stem_stride=2)(torch.rand(2, 3, 64, 64)).shape
+    torch.Size([2, 1152])
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, stem_stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 32, pool: int = 1, stem_stride: int = 1
+    ) -> None:
         super().__init__()
-        self.in_channels, self.out_features = in_channels, 4 * width
+        w = width
+        self.in_channels, self.out_features = in_channels, 4 * w * pool * pool
         self.features = nn.Sequential(
-            _conv_bn(in_channels, width, stem_stride),
+            _conv_bn(in_channels, w, stem_stride),
+            _conv_bn(w, w),
             nn.MaxPool2d(2),
-            _conv_bn(width, 2 * width),
+            _conv_bn(w, 2 * w),
+            _conv_bn(2 * w, 2 * w),
             nn.MaxPool2d(2),
-            _conv_bn(2 * width, 4 * width),
-            nn.AdaptiveAvgPool2d(1),
+            _conv_bn(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(pool),
             nn.Flatten(),
         )
 

@@ -1,5 +1,6 @@
 """Thin ``nn.Module`` wrappers over :mod:`contrastkit.functional`, one per file, and their registry."""
 
+from contrastkit.encoders.heads import PredictionHead  # the one predictor, re-exported
 from contrastkit.losses.barlow_twins import BarlowTwinsLoss
 from contrastkit.losses.byol import BYOLLoss
 from contrastkit.losses.contrastive_margin import ContrastiveMargin
@@ -10,9 +11,16 @@ from contrastkit.losses.hard_negative_contrastive import HardNegativeContrastive
 from contrastkit.losses.info_nce import InfoNCE
 from contrastkit.losses.nt_xent import NTXent
 from contrastkit.losses.preference import PreferenceLoss
-from contrastkit.losses.registry import LOSSES, create_loss, list_losses, register
+from contrastkit.losses.registry import (
+    LOSSES,
+    LossSpec,
+    create_loss,
+    list_losses,
+    loss_spec,
+    register,
+)
 from contrastkit.losses.sigmoid_contrastive import SigmoidContrastive
-from contrastkit.losses.simsiam import PredictionHead, SimSiamLoss
+from contrastkit.losses.simsiam import SimSiamLoss
 from contrastkit.losses.supcon import SupCon
 from contrastkit.losses.swav import SwAVLoss
 from contrastkit.losses.temperature import LearnableTemperature
@@ -30,6 +38,7 @@ __all__ = [
     "HardNegativeContrastive",
     "InfoNCE",
     "LearnableTemperature",
+    "LossSpec",
     "NTXent",
     "PredictionHead",
     "PreferenceLoss",
@@ -41,5 +50,6 @@ __all__ = [
     "VICRegLoss",
     "create_loss",
     "list_losses",
+    "loss_spec",
     "register",
 ]

@@ -24,6 +24,9 @@ class BarlowTwinsLoss(nn.Module):
     0.0
     """
 
+    inputs = "pair"
+    distributed = "global_batch"
+
     def __init__(self, redundancy_weight: float = 5.1e-3, eps: float = 1e-5) -> None:
         super().__init__()
         self.redundancy_weight = check_positive_number(

@@ -2,7 +2,7 @@
 
 The teacher is :class:`contrastkit.encoders.MomentumEncoder` (with
 :func:`contrastkit.encoders.momentum.cosine_momentum`); the predictor is
-:class:`contrastkit.losses.simsiam.PredictionHead`.
+:class:`contrastkit.encoders.PredictionHead`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class BYOLLoss(nn.Module):
     >>> float(BYOLLoss()(x, x, x, x))
     0.0
     """
+
+    inputs = "prediction"
+    distributed = "local"
+    momentum_teacher = True
 
     # Teacher projections (positions 2 and 3 of forward) receive no gradient by design.
     stop_gradient_inputs = (2, 3)

@@ -20,6 +20,9 @@ class ContrastiveMargin(nn.Module):
     0.5
     """
 
+    inputs = "pair_labels"
+    distributed = "local"
+
     def __init__(self, margin: float = 1.0, metric: str = "euclidean") -> None:
         super().__init__()
         self.margin = _check_margin(margin, allow_zero=False)

@@ -30,6 +30,9 @@ class DecoupledContrastive(nn.Module):
     torch.Size([])
     """
 
+    inputs = "pair"
+    distributed = "global_batch"
+
     def __init__(
         self,
         temperature: float | LearnableTemperature = 0.1,

@@ -40,6 +40,9 @@ class DINOLoss(nn.Module):
     0
     """
 
+    inputs = "pair"
+    distributed = "local"
+
     # The teacher (position 1 of forward) receives no gradient by design.
     stop_gradient_inputs = (1,)
     center: Tensor

@@ -32,6 +32,9 @@ class HardNegativeContrastive(nn.Module):
     torch.Size([])
     """
 
+    inputs = "pair"
+    distributed = "global_batch"
+
     def __init__(
         self,
         temperature: float | LearnableTemperature = 0.5,

@@ -33,6 +33,10 @@ class InfoNCE(nn.Module):
     torch.Size([])
     """
 
+    inputs = "pair"
+    distributed = "gather"
+    takes_negatives = True
+
     def __init__(
         self,
         temperature: float | LearnableTemperature = 0.07,

@@ -25,6 +25,9 @@ class NTXent(nn.Module):
     True
     """
 
+    inputs = "pair"
+    distributed = "gather"
+
     def __init__(
         self,
         temperature: float | LearnableTemperature = 0.5,

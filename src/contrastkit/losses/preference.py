@@ -20,6 +20,9 @@ class PreferenceLoss(nn.Module):
     0.1269
     """
 
+    inputs = "scores"
+    distributed = "local"
+
     def __init__(self, kind: str = "logistic", margin: float = 0.0) -> None:
         super().__init__()
         self.kind = check_choice("kind", kind, PREFERENCE_KINDS)

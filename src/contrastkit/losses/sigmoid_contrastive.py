@@ -31,6 +31,9 @@ class SigmoidContrastive(nn.Module):
     ['bias', 'temperature.log_scale']
     """
 
+    inputs = "pair"
+    distributed = "gather"
+
     def __init__(
         self,
         temperature: float | LearnableTemperature = 0.1,

@@ -1,4 +1,4 @@
-"""SimSiam loss module and the small predictor head shared with BYOL.
+"""SimSiam loss module (its predictor is :class:`contrastkit.encoders.PredictionHead`).
 
 See :func:`contrastkit.functional.noncontrastive.simsiam_loss`.
 """
@@ -10,39 +10,6 @@ from torch import Tensor, nn
 
 from contrastkit.functional.noncontrastive import simsiam_loss
 from contrastkit.losses.registry import register
-
-
-class PredictionHead(nn.Module):
-    """The predictor ``h`` of SimSiam / BYOL: ``Linear -> BatchNorm -> ReLU -> Linear``.
-
-    A bottleneck MLP (SimSiam: 2048 -> 512 -> 2048; BYOL: 256 -> 4096 -> 256) applied to the
-    online branch only; together with the stop-gradient it is what keeps these methods from
-    collapsing.
-
-    Args:
-        dim: input and output width D.
-        hidden_dim: width of the hidden layer.
-
-    >>> head = PredictionHead(8, 4)
-    >>> head(torch.randn(5, 8)).shape
-    torch.Size([5, 8])
-    """
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        for name, value in (("dim", dim), ("hidden_dim", hidden_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, dim),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, D) -> (B, D)."""
-        return self.net(x)
 
 
 @register("simsiam")
@@ -59,6 +26,9 @@ class SimSiamLoss(nn.Module):
     >>> float(SimSiamLoss()(z2, z1, z1, z2))
     -1.0
     """
+
+    inputs = "prediction"
+    distributed = "local"
 
     # Targets (positions 2 and 3 of forward) receive no gradient by design.
     stop_gradient_inputs = (2, 3)

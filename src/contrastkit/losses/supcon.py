@@ -25,6 +25,9 @@ class SupCon(nn.Module):
     0
     """
 
+    inputs = "labelled"
+    distributed = "gather"
+
     def __init__(
         self,
         temperature: float | LearnableTemperature = 0.1,

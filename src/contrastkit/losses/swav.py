@@ -30,13 +30,17 @@ class SwAVLoss(nn.Module):
         temperature: prediction temperature (0.1), float or :class:`LearnableTemperature`.
         epsilon: Sinkhorn regularisation (0.05).
         sinkhorn_iterations: Sinkhorn rounds (3).
-        distributed: balance the codes over the global batch of all ranks (every rank calls).
+        gather_distributed: balance the codes over the global batch of all ranks (every rank
+            calls); the trainer sets it under ``torchrun``.
 
     >>> loss = SwAVLoss(dim=8, num_prototypes=4)
     >>> z = torch.randn(6, 8)
     >>> loss(z, z + 0.1).ndim
     0
     """
+
+    inputs = "pair"
+    distributed = "gather"
 
     # The codes are computed from the inputs under stop-gradient, so a finite-difference check
     # through forward cannot match the analytic gradient; the prediction path is gradchecked in
@@ -50,7 +54,7 @@ class SwAVLoss(nn.Module):
         temperature: float | LearnableTemperature = 0.1,
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
-        distributed: bool = False,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("num_prototypes", num_prototypes)):
@@ -60,7 +64,7 @@ class SwAVLoss(nn.Module):
         self.temperature = init_temperature(temperature)
         self.epsilon = check_positive_number("epsilon", epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
-        self.distributed = bool(distributed)
+        self.gather_distributed = bool(gather_distributed)
 
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
@@ -78,7 +82,7 @@ class SwAVLoss(nn.Module):
             temperature=resolve_temperature(self.temperature),
             epsilon=self.epsilon,
             sinkhorn_iterations=self.sinkhorn_iterations,
-            distributed=self.distributed,
+            distributed=self.gather_distributed,
         )
 
     def extra_repr(self) -> str:

@@ -20,6 +20,9 @@ class TripletMargin(nn.Module):
     0
     """
 
+    inputs = "labelled"
+    distributed = "global_batch"
+
     def __init__(
         self, margin: float = 0.2, metric: str = "euclidean", mining: str = "batch_hard"
     ) -> None:

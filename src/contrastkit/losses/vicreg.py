@@ -28,6 +28,9 @@ class VICRegLoss(nn.Module):
     ['covariance', 'invariance', 'variance']
     """
 
+    inputs = "pair"
+    distributed = "global_batch"
+
     def __init__(
         self,
         invariance_weight: float = 25.0,

@@ -189,3 +189,25 @@ def similarity_stats(query: Tensor, key: Tensor) -> SimilarityStats:
     positive = torch.diagonal(sim).mean()
     negative = (sim.sum() - torch.diagonal(sim).sum()) / (n * (n - 1))
     return SimilarityStats(positive, negative, positive - negative)
+
+
+@torch.no_grad()
+def positive_negative_similarities(
+    query: Tensor, key: Tensor, max_negatives: int = 20000, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Cosine similarities of matched pairs (B,) and of a sample of mismatched pairs (<= M,),
+    for histograms (``query: (B, D)``, ``key: (B, D)``, row i the pair of row i).
+
+    >>> pos, neg = positive_negative_similarities(torch.eye(3), torch.eye(3))
+    >>> pos.tolist(), neg.tolist()
+    ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    """
+    qn = torch.nn.functional.normalize(query.float(), dim=-1)
+    kn = torch.nn.functional.normalize(key.float(), dim=-1)
+    sim = qn @ kn.T  # (B, B)
+    pos = sim.diag()
+    off = sim[~torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)]
+    if off.numel() > max_negatives:
+        g = torch.Generator().manual_seed(seed)
+        off = off[torch.randperm(off.numel(), generator=g)[:max_negatives].to(off.device)]
+    return pos, off

@@ -6,6 +6,7 @@ batches are composed (samplers).
 EmbeddingQueue(size=8, dim=4, filled=0)
 """
 
+from contrastkit.negatives.extra import ExtraNegatives
 from contrastkit.negatives.false_negatives import (
     mask_from_guide,
     mask_from_ids,
@@ -24,6 +25,7 @@ from contrastkit.negatives.samplers import MPerClassSampler, NoDuplicatesSampler
 
 __all__ = [
     "EmbeddingQueue",
+    "ExtraNegatives",
     "MPerClassSampler",
     "MinedNegatives",
     "NoDuplicatesSampler",

@@ -201,3 +201,52 @@ def mask_from_guide(
         )
     positive = scores[torch.arange(b), torch.arange(b)]  # (B,)
     return _drop_positive(scores > (positive - margin)[:, None])
+
+
+def stable_text_ids(texts: Sequence[str]) -> Tensor:
+    """(N,) int64 ids that are equal exactly for equal texts, the same in every process (a
+    64-bit BLAKE2 digest; Python's ``hash`` is salted per process), so duplicate texts can be
+    compared across ranks through a gather of ids.
+
+    >>> ids = stable_text_ids(["a", "b", "a"])
+    >>> bool(ids[0] == ids[2]), bool(ids[0] == ids[1])
+    (True, False)
+    """
+    import hashlib
+
+    values = [
+        int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True)
+        for t in texts
+    ]
+    return torch.tensor(values, dtype=torch.long)
+
+
+def duplicate_mask(
+    query_ids: Tensor | Sequence[Tensor],
+    key_ids: Tensor | Sequence[Tensor],
+    *,
+    positive_offset: int = 0,
+) -> Tensor:
+    """(B, N) bool: candidate j is a false negative of query i when any id column matches.
+
+    Each element of ``query_ids`` / ``key_ids`` is one relation ((B,) local ids and (N,) ids of
+    the candidates, e.g. gathered from every rank): a group id, the query text's id, the key
+    text's id (:func:`stable_text_ids`). Query i's positive (candidate ``i + positive_offset``)
+    is never masked.
+
+    >>> duplicate_mask([torch.tensor([0, 0, 1])], [torch.tensor([0, 0, 1])]).int().tolist()
+    [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
+    """
+    qs = [query_ids] if isinstance(query_ids, Tensor) else list(query_ids)
+    ks = [key_ids] if isinstance(key_ids, Tensor) else list(key_ids)
+    if len(qs) != len(ks) or not qs:
+        raise ValueError(
+            f"query_ids and key_ids need the same number (>= 1) of id columns, got {len(qs)} "
+            f"and {len(ks)}."
+        )
+    mask = torch.zeros(qs[0].shape[0], ks[0].shape[0], dtype=torch.bool, device=qs[0].device)
+    for q, k in zip(qs, ks):
+        mask |= q[:, None] == k[None, :]
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    mask[rows, rows + positive_offset] = False
+    return mask

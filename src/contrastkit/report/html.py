@@ -34,9 +34,11 @@ def _eval_table(ev: dict[str, Any]) -> str:
         f"<td>{'' if base.get(k) is None else f'{v - base[k]:+.4f}'}</td></tr>"
         for k, v in ev.get("metrics", {}).items()
     )
+    counts = ", ".join(f"{html.escape(k)} {v}" for k, v in ev.get("counts", {}).items())
     return (
         f"<table><tr><th>metric</th><th>model</th><th>{bname}</th><th>difference</th></tr>"
-        f"{rows}</table><p>after step {ev.get('step')}, {ev.get('train_seconds')} s of training.</p>"
+        f"{rows}</table><p>after step {ev.get('step')}, {ev.get('train_seconds')} s of training"
+        f"{'; ' + counts if counts else ''}.</p>"
     )
 
 
@@ -97,16 +99,20 @@ def write_report(run: str | os.PathLike) -> Path:
     mon = plots.plot_monitors(records, out)
     if mon:
         sections.append(
-            "<h2>Collapse monitors</h2><p>std ~ 1 and a high effective rank mean spread-out "
-            f'embeddings; both falling towards 0 mean collapse.</p><img src="{mon.name}" alt="monitors">'
+            "<h2>Collapse monitors</h2><p>The statistics of "
+            "<code>contrastkit.monitor.CollapseMonitor</code>: std_ratio near 1 and a high "
+            "effective rank mean spread-out embeddings; both falling towards 0 mean collapse, "
+            "and similarity_gap near 0 means positives are no closer than negatives.</p>"
+            f'<img src="{mon.name}" alt="monitors">'
         )
     arrays_path = run / "eval_arrays.safetensors"
     if arrays_path.exists():
         from safetensors.torch import load_file
 
         arrays = load_file(str(arrays_path))
-        if "pos_sim" in arrays:
-            p = plots.plot_similarity_hist(arrays["pos_sim"], arrays["neg_sim"], out)
+        if "positive_similarity" in arrays:
+            pos, neg = arrays["positive_similarity"], arrays["negative_similarity"]
+            p = plots.plot_similarity_hist(pos, neg, out)
             sections.append(f'<h2>Similarities</h2><img src="{p.name}" alt="similarities">')
         if "test_embeddings" in arrays:
             names = ev.get("class_names") if ev else None

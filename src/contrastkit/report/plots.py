@@ -43,17 +43,22 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return steps, values
 
 
+def _marker(n: int) -> str | None:
+    """Dots on short curves: a handful of logged steps stay visible (a line of 1 point is not)."""
+    return "o" if n <= 40 else None
+
+
 def plot_curves(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """loss.png (loss + lr) and temperature.png (if a temperature was logged)."""
+    """loss.png (loss + lr) and temperature.png (logged only when it is learned)."""
     plt = _plt()
     paths: dict[str, Path] = {}
     steps, loss = _series(records, "loss")
     if steps:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
-        ax[0].plot(steps, loss)
+        ax[0].plot(steps, loss, marker=_marker(len(steps)))
         ax[0].set(xlabel="step", ylabel="training loss", title="loss")
         s_lr, lr = _series(records, "lr")
-        ax[1].plot(s_lr, lr, color="tab:orange")
+        ax[1].plot(s_lr, lr, color="tab:orange", marker=_marker(len(s_lr)))
         ax[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
         fig.tight_layout()
         paths["loss"] = out / "loss.png"
@@ -62,7 +67,7 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     steps, temp = _series(records, "temperature")
     if steps:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(steps, temp, color="tab:green")
+        ax.plot(steps, temp, color="tab:green", marker=_marker(len(steps)))
         ax.set(xlabel="step", ylabel="temperature", title="temperature")
         fig.tight_layout()
         paths["temperature"] = out / "temperature.png"
@@ -80,7 +85,8 @@ def plot_monitors(records: list[dict[str, Any]], out: Path) -> Path | None:
     keys = [k for k, v in rows[-1]["monitor"].items() if isinstance(v, (int, float))]
     fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        ax.plot([r["step"] for r in rows], [r["monitor"].get(key, float("nan")) for r in rows])
+        values = [r["monitor"].get(key, float("nan")) for r in rows]
+        ax.plot([r["step"] for r in rows], values, marker=_marker(len(rows)))
         ax.set(xlabel="step", title=key)
     fig.tight_layout()
     path = out / "monitors.png"

@@ -13,13 +13,14 @@ from contrastkit.train.config import (
     load_config_dict,
     save_config,
 )
-from contrastkit.train.loop import TrainingDiverged, train
+from contrastkit.train.loop import TrainingDiverged, TrainingInterrupted, train
 from contrastkit.train.run import load_run
 
 __all__ = [
     "ConfigError",
     "RunConfig",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "list_recipes",
     "load_config",
     "load_config_dict",

@@ -1,9 +1,11 @@
 """Run configuration: YAML files validated into typed pydantic models.
 
 A config names its components by registry name and groups settings by stage of the data path:
-``data`` -> ``views`` -> ``model`` -> ``loss`` -> ``optim`` -> ``train`` (loop, checkpoints, logs)
--> ``eval``. Unknown keys are errors; every error names the key by its dotted path, the value
-received and what is allowed. ``--set key.sub=value`` overrides are applied to the raw YAML before
+``data`` -> ``views`` -> ``model`` -> ``loss`` -> ``negatives`` -> ``optim`` -> ``train`` (loop,
+checkpoints, logs) -> ``eval``. Which sections and keys exist depends on ``task`` (a pydantic
+discriminated union: a text-pairs run has no ``views`` and no CNN keys), so a combination the
+task cannot run cannot be written. Unknown keys are errors; every error names the key by its
+dotted path, the value received and what is allowed. ``--set key.sub=value`` overrides are applied to the raw YAML before
 validation, so they are validated like the file.
 
 >>> cfg = load_config_dict({"name": "t", "data": {"dataset": "digits"}}, ["optim.lr=0.01"])
@@ -22,13 +24,14 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -48,14 +51,20 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """What to train on.
 
-    ``dataset`` is an image set (``fashion_mnist``, ``digits``) or a pair source (``wordnet``,
-    ``bible``, ``emoji``, ``preference_wordnet``); ``root`` overrides where its files are.
+    ``dataset`` names a source the task knows (image tasks: ``fashion_mnist``, ``digits``;
+    pairs: ``wordnet``, ``bible``, ``pairs_file``; image_text: ``emoji``; preference:
+    ``wordnet_preference``, ``pairs_file``); ``root`` overrides where its files are.
+    ``sampler`` composes the batches: ``random`` (a permutation per epoch), ``m_per_class``
+    (``sampler_m`` items of each of batch / m classes: every anchor has positives) or
+    ``no_duplicates`` (no two rows of a batch share a group id).
     """
 
     dataset: str = "fashion_mnist"
     root: str | None = None
     subset: int | None = Field(default=None, gt=0, description="use only the first N train items")
     test_subset: int | None = Field(default=None, gt=0)
+    sampler: Literal["random", "m_per_class", "no_duplicates"] = "random"
+    sampler_m: int = Field(default=4, ge=2, description="m_per_class: items per class in a batch")
     options: dict[str, Any] = Field(default_factory=dict, description="loader keyword arguments")
 
 
@@ -124,47 +133,76 @@ class ViewsConfig(_Strict):
         return v
 
 
-class ModelConfig(_Strict):
-    """The encoder(s). ``name``: ``small_cnn`` (images), ``minilm`` (the packaged pretrained
-    MiniLM), ``tiny_text`` (a small BERT from scratch), ``emoji_towers`` (image CNN + text tower);
-    extra keyword arguments go in ``options``."""
+class KeyEncoderConfig(_Strict):
+    """MoCo: keys from an EMA copy of the encoder (He et al. 2020)."""
+
+    momentum: float = Field(description="EMA momentum in [0, 1), e.g. 0.99")
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("needs a momentum in [0, 1), e.g. 0.99 (MoCo uses 0.99-0.999)")
+        return v
+
+
+class ImageModelConfig(_Strict):
+    """An image encoder from the encoder registry (``small_cnn``, ``small_resnet``, ...) with a
+    projection head (``projection_dim`` 0: none); ``options`` go to the encoder."""
 
     name: str = "small_cnn"
     width: int = Field(default=32, gt=0)
-    out_dim: int = Field(default=128, gt=0)
+    out_dim: int = Field(default=128, gt=0, description="hidden width of the projection head")
     projection_dim: int = Field(default=64, ge=0)
     pool: int = Field(default=3, gt=0, description="small_cnn: side of the final pooling grid")
+    key_encoder: KeyEncoderConfig | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TextModelConfig(_Strict):
+    """A text tower: ``minilm`` (the packaged pretrained MiniLM), ``tiny_text`` (a small BERT
+    from scratch) or any registered text encoder; ``options`` go to it."""
+
+    name: str = "minilm"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ImageTextModelConfig(_Strict):
+    """Two towers (CLIP layout): a ``small_cnn`` image tower of ``width`` and a text tower
+    (``options.text``: ``minilm`` or ``tiny_text``), both projected to ``out_dim``."""
+
+    name: Literal["emoji_towers"] = "emoji_towers"
+    width: int = Field(default=32, gt=0)
+    out_dim: int = Field(default=128, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class LossConfig(_Strict):
-    """Any registered loss (``contrastkit.list_losses()``) and its keyword arguments, plus where
-    its negatives come from (:mod:`contrastkit.train.extra_negatives`).
+    """Any registered loss (``contrastkit.list_losses()``) and its keyword arguments.
 
-    ``queue_size``, ``key_momentum``, ``hard_negatives`` and ``false_negative_threshold`` need a
-    loss called as ``loss(query, key, negatives, ignore_mask=...)`` (``info_nce``) and a task that
-    calls it that way (``views`` or ``pairs``; ``key_momentum``: ``views`` only).
+    ``gather_distributed`` is not a parameter here: the trainer sets it under ``torchrun``.
     """
 
     name: str = "nt_xent"
     params: dict[str, Any] = Field(default_factory=dict)
     learnable_temperature: bool = False
-    false_negative_mask: bool = Field(
-        default=False, description="mask in-batch items sharing a group id (e.g. a synset)"
-    )
-    queue_size: int = Field(
-        default=0, description="MoCo: keys of previous batches kept as extra negatives (0: off)"
-    )
-    key_momentum: float | None = Field(
-        default=None,
-        description="MoCo: keys from an EMA copy of the encoder with this momentum (views task)",
-    )
-    hard_negatives: int | None = Field(
-        default=None, description="keep only each query's K most similar negatives (None: all)"
-    )
-    false_negative_threshold: float | None = Field(
-        default=None, description="ignore candidates more similar to the query than this"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key, new in MOVED_LOSS_KEYS.items():
+            if key in data:
+                raise ValueError(f"loss.{key}: got {data[key]!r}; moved to {new}")
+        params = data.get("params") or {}
+        if isinstance(params, dict) and "gather_distributed" in params:
+            raise ValueError(
+                f"loss.params.gather_distributed: got {params['gather_distributed']!r}; the "
+                "trainer sets it under torchrun (every process: local rows against the gathered "
+                "columns); remove it"
+            )
+        return data
 
     @field_validator("name")
     @classmethod
@@ -175,33 +213,24 @@ class LossConfig(_Strict):
             raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(list_losses())}")
         return v
 
-    @field_validator("queue_size", mode="before")
-    @classmethod
-    def _queue_size(cls, v: Any) -> Any:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(
-                "needs an int >= 0: how many past keys to keep as extra negatives, e.g. 4096 "
-                "(0 turns the queue off)"
-            )
-        return v
 
-    @field_validator("key_momentum")
-    @classmethod
-    def _momentum(cls, v: float | None) -> float | None:
-        if v is not None and not 0 <= v < 1:
-            raise ValueError("needs a momentum in [0, 1), e.g. 0.99 (MoCo uses 0.99-0.999)")
-        return v
+MOVED_LOSS_KEYS = {
+    "queue_size": "negatives.queue (e.g. negatives: {queue: 4096})",
+    "hard_negatives": "negatives.mining (e.g. negatives: {mining: 16})",
+    "false_negative_threshold": "negatives.false_negatives: {threshold: 0.9}",
+    "false_negative_mask": "negatives.false_negatives: {ids: true}",
+    "key_momentum": "model.key_encoder.momentum (e.g. model: {key_encoder: {momentum: 0.99}})",
+}
 
-    @field_validator("hard_negatives", mode="before")
-    @classmethod
-    def _hard_negatives(cls, v: Any) -> Any:
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(
-                "needs an int >= 1 (negatives kept per query, e.g. 16) or null to keep all"
-            )
-        return v
 
-    @field_validator("false_negative_threshold")
+class FalseNegativesConfig(_Strict):
+    """In-batch candidates not to push away: ``ids`` masks rows sharing a group id (a WordNet
+    synset) or a duplicate text; ``threshold`` masks candidates more similar than it."""
+
+    ids: bool = False
+    threshold: float | None = None
+
+    @field_validator("threshold")
     @classmethod
     def _threshold(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):
@@ -209,13 +238,25 @@ class LossConfig(_Strict):
         return v
 
 
+class NegativesConfig(_Strict):
+    """Where negatives come from besides the batch (:mod:`contrastkit.negatives`):
+    ``queue`` keys of previous batches (MoCo; 0: off), ``mining`` keep each query's K hardest
+    candidates (None: all), ``false_negatives`` candidates to ignore."""
+
+    queue: int = Field(default=0, ge=0, description="past keys kept as extra negatives (0: off)")
+    mining: int | None = Field(default=None, ge=1, description="hard negatives kept per query")
+    false_negatives: FalseNegativesConfig = Field(default_factory=FalseNegativesConfig)
+
+
 class OptimConfig(_Strict):
-    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``. The warm-up is
+    capped at ``max_warmup_fraction`` of the schedule (a short run still reaches its peak)."""
 
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(default=50, ge=0)
+    max_warmup_fraction: float = Field(default=0.1, ge=0, le=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
@@ -230,9 +271,9 @@ class TrainConfig(_Strict):
         default=None, gt=0, description="stop training after this many seconds"
     )
     fit_schedule_to_budget: bool = Field(
-        default=False,
-        description="after calibration_steps (and again after 5x as many and at 50 % and 80 % "
-        "of the budget), set the schedule length to what fits the time budget (at most "
+        default=True,
+        description="with a time budget: after calibration_steps (and again after 5x as many "
+        "and at 50 % and 80 % of the budget), set the schedule length to what fits it (at most "
         "max_steps)",
     )
     calibration_steps: int = Field(default=20, gt=0)
@@ -242,8 +283,9 @@ class TrainConfig(_Strict):
         description="pair tasks: encode the batch in chunks of this many rows with gradient "
         "caching (exact full-batch gradients at one chunk's activation memory)",
     )
-    bf16: bool | Literal["auto"] = Field(
-        default=False, description='bfloat16 autocast; "auto": on when the CPU/GPU has native bf16'
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="autocast dtype; auto: bf16 where the CPU/GPU runs it natively, else fp32",
     )
     threads: int | None = Field(default=None, gt=0)
     log_every: int = Field(default=10, gt=0)
@@ -253,6 +295,18 @@ class TrainConfig(_Strict):
     output_dir: str = "runs"
     tensorboard: bool = False
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_bf16(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bf16" in data:
+            old = data["bf16"]
+            new = {True: "bf16", False: "fp32", "auto": "auto"}.get(old, "auto")
+            raise ValueError(
+                f"train.bf16: got {old!r}; replaced by train.precision (auto | bf16 | fp16 | "
+                f"fp32), e.g. precision: {new}"
+            )
+        return data
 
 
 class EvalConfig(_Strict):
@@ -272,111 +326,217 @@ class EvalConfig(_Strict):
     )
 
 
-class RunConfig(_Strict):
-    """A whole run. ``task`` says how batches become loss inputs:
+IMAGE_DATASETS = ("fashion_mnist", "digits")
+TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file")
+IMAGE_TEXT_DATASETS = ("emoji",)
+PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
 
-    * ``views``: two random views of each image; ``loss(z1, z2)``.
-    * ``supervised``: two views plus labels; ``loss(z (B, 2, D), labels)``.
-    * ``pairs``: (query, key) pairs through one or two encoders; ``loss(query, key)``.
-    * ``preference``: (prompt, chosen, rejected) scored by a scorer; ``loss(chosen, rejected)``.
-    """
 
+class _RunBase(_Strict):
     name: str = "run"
     seed: int = 0
-    task: Literal["views", "supervised", "pairs", "preference"] = "views"
-    data: DataConfig = Field(default_factory=DataConfig)
-    views: ViewsConfig = Field(default_factory=ViewsConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    # what the task can run: dataset names and loss inputs
+    DATASETS: ClassVar[tuple[str, ...]] = ()
+    INPUTS: ClassVar[tuple[str, ...]] = ()
+
     @model_validator(mode="after")
-    def _negatives_fit_loss_and_task(self) -> RunConfig:
-        problems = negatives_problems(self)
+    def _fits_task(self) -> _RunBase:
+        problems = task_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
 
-def _forward_params(loss_name: str) -> set[str]:
-    import inspect
+class ViewsRun(_RunBase):
+    """``task: views``: two random views of each image; ``loss(z1, z2)`` (or BYOL/SimSiam with a
+    predictor)."""
 
-    from contrastkit.losses import LOSSES
+    task: Literal["views"] = "views"
+    data: DataConfig = Field(default_factory=DataConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    model: ImageModelConfig = Field(default_factory=ImageModelConfig)
+    DATASETS = IMAGE_DATASETS
+    INPUTS = ("pair", "prediction")
 
-    return set(inspect.signature(LOSSES.get(loss_name).forward).parameters)
+
+class SupervisedRun(_RunBase):
+    """``task: supervised``: two views plus labels; ``loss(embeddings (2B, D), labels (2B,))``."""
+
+    task: Literal["supervised"]
+    data: DataConfig = Field(default_factory=DataConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    model: ImageModelConfig = Field(default_factory=ImageModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="supcon"))
+    DATASETS = IMAGE_DATASETS
+    INPUTS = ("labelled",)
 
 
-def negatives_problems(cfg: RunConfig) -> list[str]:
-    """What is wrong with the ``loss`` negatives options of ``cfg``, one line per key (the line
-    starts with the key's dotted path, then the value and the fix)."""
-    loss = cfg.loss
-    options = {
-        "queue_size": loss.queue_size or None,
-        "key_momentum": loss.key_momentum,
-        "hard_negatives": loss.hard_negatives,
-        "false_negative_threshold": loss.false_negative_threshold,
-    }
-    used = {k: v for k, v in options.items() if v is not None}
-    if not used:
-        return []
-    params = _forward_params(loss.name)
-    takes = {"negatives", "ignore_mask"} <= params
+class PairsRun(_RunBase):
+    """``task: pairs``: (query, key) text pairs through a text tower; ``loss(query, key)``."""
+
+    task: Literal["pairs"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="wordnet"))
+    model: TextModelConfig = Field(default_factory=TextModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="info_nce"))
+    DATASETS = TEXT_PAIR_DATASETS
+    INPUTS = ("pair",)
+
+
+class ImageTextRun(_RunBase):
+    """``task: image_text``: images and captions through two towers (CLIP); ``loss(image,
+    text)``."""
+
+    task: Literal["image_text"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="emoji"))
+    model: ImageTextModelConfig = Field(default_factory=ImageTextModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="info_nce"))
+    DATASETS = IMAGE_TEXT_DATASETS
+    INPUTS = ("pair",)
+
+
+class PreferenceRun(_RunBase):
+    """``task: preference``: (prompt, chosen, rejected) scored by a text tower;
+    ``loss(chosen_scores, rejected_scores)``."""
+
+    task: Literal["preference"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="wordnet_preference"))
+    model: TextModelConfig = Field(default_factory=TextModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="preference"))
+    DATASETS = PREFERENCE_DATASETS
+    INPUTS = ("scores",)
+
+
+RUN_TYPES: dict[str, type[_RunBase]] = {
+    "views": ViewsRun,
+    "supervised": SupervisedRun,
+    "pairs": PairsRun,
+    "image_text": ImageTextRun,
+    "preference": PreferenceRun,
+}
+RunConfig = Annotated[
+    Union[ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun],  # noqa: UP007
+    Field(discriminator="task"),
+]
+"""A whole run: one of the task's config classes, chosen by ``task`` (default ``views``)."""
+_RUN_ADAPTER: TypeAdapter[Any] = TypeAdapter(RunConfig)
+
+
+def task_problems(cfg: _RunBase) -> list[str]:
+    """What the task of ``cfg`` cannot run, one line per key (dotted path, value, fix)."""
+    from contrastkit.losses import loss_spec
+
     problems = []
+    if cfg.data.dataset not in cfg.DATASETS:
+        hint = next(
+            (
+                f"; {cfg.data.dataset!r} belongs to task: {t}"
+                for t, c in RUN_TYPES.items()
+                if cfg.data.dataset in c.DATASETS
+            ),
+            "",
+        )
+        problems.append(
+            f"data.dataset: got {cfg.data.dataset!r}; task: {cfg.task} trains on "
+            f"{', '.join(cfg.DATASETS)}{hint}"
+        )
+    spec = loss_spec(cfg.loss.name)
+    if spec.inputs not in cfg.INPUTS:
+        fit = [t for t, c in RUN_TYPES.items() if spec.inputs in c.INPUTS]
+        problems.append(
+            f"loss.name: got {cfg.loss.name!r}; it takes {spec.inputs} inputs, task: {cfg.task} "
+            f"calls its loss with {' or '.join(cfg.INPUTS)}; use task: "
+            f"{' or '.join(fit) or '(none)'} or another loss"
+        )
+    neg = cfg.negatives
+    used = {
+        "negatives.queue": neg.queue or None,
+        "negatives.mining": neg.mining,
+        "negatives.false_negatives.threshold": neg.false_negatives.threshold,
+    }
+    key_encoder = getattr(cfg.model, "key_encoder", None)
+    if key_encoder is not None:
+        used["model.key_encoder"] = key_encoder.model_dump()
     for key, value in used.items():
-        head = f"loss.{key}: got {value!r}; "
-        if not takes:
+        if value is not None and not spec.takes_negatives:
             problems.append(
-                head + f"loss {loss.name!r} takes no extra negatives or ignore mask; use a loss "
-                f"called as loss(query, key, negatives, ignore_mask=...) (loss.name: info_nce) "
-                f"or remove loss.{key}"
+                f"{key}: got {value!r}; loss {cfg.loss.name!r} takes no extra negatives or "
+                f"ignore mask; use loss.name: info_nce or remove {key}"
             )
-        elif key == "key_momentum" and cfg.task != "views":
+    if neg.false_negatives.ids and not spec.takes_negatives and cfg.task == "pairs":
+        problems.append(
+            f"negatives.false_negatives.ids: got True; loss {cfg.loss.name!r} takes no ignore "
+            "mask; use loss.name: info_nce or remove it"
+        )
+    if spec.takes_negatives and neg.mining is not None:
+        candidates = cfg.optim.batch_size - 1 + neg.queue
+        if neg.mining > candidates:
             problems.append(
-                head + f"the momentum key encoder is built by task: views (images), not task: "
-                f"{cfg.task}; remove loss.key_momentum"
-            )
-        elif cfg.task not in ("views", "pairs"):
-            problems.append(
-                head + f"task: {cfg.task} does not call loss(query, key); use task: views or "
-                f"pairs, or remove loss.{key}"
-            )
-    if takes and loss.hard_negatives is not None:
-        candidates = cfg.optim.batch_size - 1 + loss.queue_size
-        if loss.hard_negatives > candidates:
-            problems.append(
-                f"loss.hard_negatives: got {loss.hard_negatives}; a query has at most "
-                f"optim.batch_size - 1 + loss.queue_size = {candidates} negatives; keep fewer "
+                f"negatives.mining: got {neg.mining}; a query has at most optim.batch_size - 1 "
+                f"+ negatives.queue = {candidates} negatives; keep fewer "
                 f"(e.g. {max(1, candidates // 4)})"
             )
-    threshold = loss.false_negative_threshold
-    cosine = loss.params.get("metric", "cosine") == "cosine"
-    if takes and threshold is not None and cosine and not -1 < threshold <= 1:
+    threshold = neg.false_negatives.threshold
+    cosine = cfg.loss.params.get("metric", "cosine") == "cosine"
+    if threshold is not None and cosine and not -1 < threshold <= 1:
         problems.append(
-            f"loss.false_negative_threshold: got {threshold!r}; a cosine similarity in "
+            f"negatives.false_negatives.threshold: got {threshold!r}; a cosine similarity in "
             "(-1, 1], e.g. 0.9 (candidates above it are ignored)"
         )
+    if cfg.data.sampler == "m_per_class" and cfg.optim.batch_size % cfg.data.sampler_m:
+        problems.append(
+            f"data.sampler_m: got {cfg.data.sampler_m}; m_per_class needs optim.batch_size "
+            f"({cfg.optim.batch_size}) divisible by it, e.g. {_divisor(cfg.optim.batch_size)}"
+        )
     return problems
+
+
+def _divisor(n: int) -> int:
+    return next(m for m in (4, 2, 8, 3, 5, 6, 7) if n % m == 0) if n > 1 else 2
 
 
 def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
     lines = ["invalid config:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
+        loc = list(e["loc"])
+        run_type = RUN_TYPES.get(str(loc[0])) if loc else None
+        if run_type is not None:  # the union's tag comes first
+            loc = loc[1:]
+        path = ".".join(str(p) for p in loc)
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            tags = ", ".join(repr(t) for t in RUN_TYPES)
+            lines.append(f"  task: got {raw.get('task')!r}; allowed: {tags}")
+            continue
         if msg.startswith(f"{path}." if path else ""):  # a cross-key check names its own keys
             lines.extend(f"  {line}" for line in msg.split("\n"))
             continue
         if e["type"] == "extra_forbidden":
-            parent = RunConfig
-            for p in e["loc"][:-1]:
+            parent: Any = run_type
+            for p in loc[:-1]:
                 field = parent.model_fields.get(str(p)) if isinstance(parent, type) else None
-                parent = field.annotation if field is not None else None
+                parent = _model_of(field.annotation) if field is not None else None
             allowed = sorted(parent.model_fields) if isinstance(parent, type) else []
             msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
+            if not loc[:-1] and loc and loc[-1] in ("views", "model", "data"):
+                msg += f" (task: {raw.get('task', 'views')} has no such section)"
         lines.append(f"  {path}: got {e.get('input')!r}; {msg}")
     return "\n".join(lines)
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model class inside ``X`` or ``X | None``."""
+    if isinstance(annotation, type):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -410,8 +570,9 @@ def load_config_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
             f"a config must be a YAML mapping at the top level, got {type(raw).__name__}."
         )
     raw = apply_overrides(raw, overrides or [])
+    raw.setdefault("task", "views")
     try:
-        return RunConfig.model_validate(raw)
+        return _RUN_ADAPTER.validate_python(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, raw)) from None
 

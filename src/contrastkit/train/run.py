@@ -22,22 +22,49 @@ from contrastkit.train.config import RunConfig, load_config
 from contrastkit.train.tasks import EvalResult, build_task
 
 
-def build_loss(cfg: RunConfig) -> nn.Module:
-    """The registered loss ``cfg.loss.name`` with its params (temperature learnable if asked)."""
+def build_loss(cfg: RunConfig, world: int = 1) -> nn.Module:
+    """The registered loss ``cfg.loss.name`` with its params (temperature learnable if asked),
+    set up for ``world`` processes as the loss declares (:func:`contrastkit.losses.loss_spec`):
+    ``gather_distributed=True`` for the softmax losses, :class:`GlobalBatchLoss` for losses that
+    need every row; then the ``negatives:`` section's queue / mining / threshold around it."""
     import inspect
 
-    from contrastkit.losses import LOSSES
+    from contrastkit.distributed import GlobalBatchLoss
+    from contrastkit.losses import LOSSES, loss_spec
+    from contrastkit.negatives import ExtraNegatives
 
     params = dict(cfg.loss.params)
     accepted = inspect.signature(LOSSES.get(cfg.loss.name)).parameters
-    if "dim" in accepted and "dim" not in params and cfg.model.projection_dim:
-        params["dim"] = cfg.model.projection_dim  # e.g. SwAV's prototypes live in that space
+    projection = getattr(cfg.model, "projection_dim", None)
+    if "dim" in accepted and "dim" not in params and projection:
+        params["dim"] = projection  # e.g. SwAV's prototypes live in that space
     if cfg.loss.learnable_temperature:
         params["temperature"] = LearnableTemperature(float(params.get("temperature", 0.07)))
+    spec = loss_spec(cfg.loss.name)
+    if world > 1 and spec.distributed == "gather":
+        params["gather_distributed"] = True
     try:
-        return create_loss(cfg.loss.name, **params)
+        loss = create_loss(cfg.loss.name, **params)
     except TypeError as err:
         raise ValueError(f"loss.params for {cfg.loss.name!r}: {err}") from None
+    if world > 1 and spec.distributed == "global_batch":
+        loss = GlobalBatchLoss(loss)
+    n = cfg.negatives
+    if n.queue or n.mining is not None or n.false_negatives.threshold is not None:
+        loss = ExtraNegatives(
+            loss,
+            queue_size=n.queue,
+            hard_negatives=n.mining,
+            false_negative_threshold=n.false_negatives.threshold,
+        )
+    return loss
+
+
+def base_loss(loss: nn.Module) -> nn.Module:
+    """The registered loss inside the wrappers of :func:`build_loss`."""
+    while hasattr(loss, "loss") and isinstance(loss.loss, nn.Module):
+        loss = loss.loss
+    return loss
 
 
 def make_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None) -> Path:
@@ -52,25 +79,30 @@ def make_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None) -> Path:
 
 
 def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None:
-    """``eval.json`` (metrics, baseline, step, training seconds) and the report's arrays."""
+    """``eval.json`` (metrics, counts, the baseline of ``baseline.json``, step, training
+    seconds) and the report's arrays."""
     from safetensors.torch import save_file
 
-    baseline, baseline_name = result.baseline, result.baseline_name
     saved = run / "baseline.json"
-    if not baseline and saved.exists():
-        data = json.loads(saved.read_text())
-        baseline, baseline_name = data["metrics"], data["name"]
+    baseline: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
     payload = {
         "step": step,
         "train_seconds": round(elapsed, 1),
         "metrics": result.metrics,
-        "baseline": baseline,
-        "baseline_name": baseline_name,
+        "counts": result.counts,
+        "baseline": baseline.get("metrics", {}),
+        "baseline_name": baseline.get("name", "baseline"),
     }
     (run / "eval.json").write_text(json.dumps(payload, indent=2))
     if result.arrays:
         arrays = {k: v.detach().cpu().contiguous() for k, v in result.arrays.items()}
         save_file(arrays, str(run / "eval_arrays.safetensors"))
+
+
+def write_baseline(run: Path, result: EvalResult) -> None:
+    """``baseline.json``: what the model is compared with (raw input or the initial model)."""
+    payload = {"metrics": result.metrics, "name": result.name, "counts": result.counts}
+    (run / "baseline.json").write_text(json.dumps(payload, indent=2))
 
 
 _LOADED: dict[tuple[str, str, float], tuple[RunConfig, Any, nn.Module]] = {}
@@ -110,6 +142,6 @@ def _load_run(run: Path) -> tuple[RunConfig, Any, nn.Module]:
         raise FileNotFoundError(f"{run} has no checkpoint yet; train it first.")
     from contrastkit.train.checkpoint import load_weights
 
-    load_weights(ckpt, nn.ModuleDict({"model": task.model, "loss": loss_fn}))
+    load_weights(ckpt, nn.ModuleDict({"model": task.model, "loss": base_loss(loss_fn)}))
     task.model.eval()
     return cfg, task, loss_fn

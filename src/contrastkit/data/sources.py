@@ -1,0 +1,71 @@
+"""Named data sources: the ``data.dataset`` names a config can use, mapped to the loaders.
+
+>>> sorted(IMAGE_SOURCES)
+['digits', 'fashion_mnist']
+>>> sorted(TEXT_PAIR_SOURCES)
+['bible', 'pairs_file', 'wordnet', 'wordnet_preference']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from contrastkit.data._common import ImageDataset, TextPairs
+
+
+def _fashion_mnist(split: str, root: str | os.PathLike | None = None, **opts: Any) -> ImageDataset:
+    from contrastkit.data.fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist(split, root, **opts).float()
+
+
+def _digits(split: str, root: str | os.PathLike | None = None, **opts: Any) -> ImageDataset:
+    from contrastkit.data.fashion_mnist import load_digits
+
+    return load_digits(split, **opts).float()
+
+
+def _wordnet(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.wordnet import load_wordnet
+
+    return load_wordnet(split=split, root=root, **opts)
+
+
+def _bible(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.bible import load_bible_pairs
+
+    return load_bible_pairs(split=split, **opts)
+
+
+def _pairs_file(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.files import load_pairs
+
+    if not root:
+        raise ValueError(
+            "data.dataset='pairs_file' needs data.root: the .jsonl/.csv/.parquet file."
+        )
+    return load_pairs(root, split=split, **opts)
+
+
+# ``loader(split, root=None, **options)``: images as float32 in [0, 1]
+IMAGE_SOURCES: dict[str, Callable[..., ImageDataset]] = {
+    "fashion_mnist": _fashion_mnist,
+    "digits": _digits,
+}
+TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
+    "wordnet": _wordnet,
+    "wordnet_preference": _wordnet,
+    "bible": _bible,
+    "pairs_file": _pairs_file,
+}
+
+
+def load_source(table: dict[str, Callable[..., Any]], name: str, split: str, **kw: Any) -> Any:
+    """Load ``split`` of source ``name`` from ``table``; a clear error for an unknown name."""
+    if name not in table:
+        raise ValueError(
+            f"data.dataset={name!r} is not available here; allowed: {', '.join(table)}."
+        )
+    return table[name](split, **kw)

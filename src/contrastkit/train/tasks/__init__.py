@@ -1,0 +1,29 @@
+"""The tasks: a registry from ``task`` names to classes implementing
+:class:`~contrastkit.train.tasks.base.Task`.
+
+>>> sorted(TASKS)
+['image_text', 'pairs', 'preference', 'supervised', 'views']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contrastkit.train.tasks.base import Corpus, EvalResult, Step, Task
+from contrastkit.train.tasks.image import ImageTask, SupervisedTask
+from contrastkit.train.tasks.image_text import ImageTextTask
+from contrastkit.train.tasks.preference import PreferenceTask
+from contrastkit.train.tasks.text_pairs import TextPairsTask
+
+TASKS: dict[str, type[Any]] = {
+    cls.name: cls
+    for cls in (ImageTask, SupervisedTask, TextPairsTask, ImageTextTask, PreferenceTask)
+}
+
+
+def build_task(cfg: Any) -> Task:
+    """The task object for ``cfg.task``."""
+    return TASKS[cfg.task](cfg)
+
+
+__all__ = ["TASKS", "Corpus", "EvalResult", "Step", "Task", "build_task"]

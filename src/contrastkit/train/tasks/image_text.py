@@ -1,0 +1,143 @@
+"""Image <-> text alignment (CLIP layout): an image tower and a text tower projected to one
+space, trained with a symmetric loss; emoji renders <-> their Unicode names.
+
+The baseline is the model before training, evaluated by the loop at step 0. Evaluation is
+image -> text and text -> image retrieval over the held-out emoji.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.data.emoji import load_emoji
+from contrastkit.encoders import ImageTextModel, create_encoder
+from contrastkit.encoders.vision import SmallCNN
+from contrastkit.eval.pairs import recall_summary
+from contrastkit.losses import loss_spec
+from contrastkit.monitor.functional import positive_negative_similarities
+from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs
+
+
+class ImageTextTask:
+    """``image_text``: images and captions through two towers."""
+
+    name: ClassVar[str] = "image_text"
+    config_sections: ClassVar[tuple[str, ...]] = ("data", "model", "loss", "optim", "train", "eval")
+    query_kinds: ClassVar[tuple[str, ...]] = ("text", "image")
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
+        opts = dict(cfg.data.options)
+        self.train_set = load_emoji(split="train", **opts).float()
+        self.test_set = load_emoji(split="test", **opts).float()
+        mopts = dict(cfg.model.options)
+        text_name = mopts.pop("text", "minilm")
+        text_options = dict(mopts.pop("text_options", {}))
+        if text_name == "tiny_text":
+            text_options.setdefault("seed", cfg.seed)
+        text = create_encoder(text_name, **text_options)
+        if mopts.pop("freeze_text", True):
+            for p in text.parameters():
+                p.requires_grad_(False)
+        size = self.train_set.images.shape[-1]
+        image = SmallCNN(in_channels=3, width=cfg.model.width, stem_stride=2 if size > 32 else 1)
+        self.model = nn.ModuleDict({"towers": ImageTextModel(image, text, cfg.model.out_dim)})
+        self.num_train = len(self.train_set)
+        self.train_labels: Tensor | None = self.train_set.labels
+        self.train_groups: Tensor | None = None
+        self.class_names = list(self.test_set.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the image tower takes."""
+        c, h, w = self.train_set.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
+        images = self.train_set.images[indices]
+        flip = torch.rand(len(indices), generator=generator) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)  # mirrored glyphs
+        return {"images": images, "texts": [self.train_set.texts[i] for i in indices.tolist()]}
+
+    def loss_terms(self, batch: dict[str, Any], loss: nn.Module) -> Step:
+        image, text = self.model["towers"](batch["images"], batch["texts"])
+        return Step({self.cfg.loss.name: loss(image.float(), text.float())}, (image, text))
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Nothing moves besides the optimizer's step."""
+
+    @torch.no_grad()
+    def embed_images(self, images: Tensor) -> Tensor:
+        """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 from the image tower."""
+        towers = self.model["towers"]
+        was = towers.training
+        towers.eval()
+        out = torch.cat(
+            [towers.encode_image(images[i : i + 256]) for i in range(0, len(images), 256)]
+        )
+        towers.train(was)
+        return out.float()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
+        """N captions -> (N, D) float32 from the text tower (``side`` is accepted for the
+        common signature; captions have one tower)."""
+        towers = self.model["towers"]
+        was = towers.training
+        towers.eval()
+        texts = list(texts)
+        out = torch.cat([towers.encode_text(texts[i : i + 256]) for i in range(0, len(texts), 256)])
+        towers.train(was)
+        return out.float()
+
+    def baseline(self) -> EvalResult | None:
+        """The model before training."""
+        if not self.cfg.eval.raw_baseline:
+            return None
+        return EvalResult(self.evaluate(quick=True).metrics, "before training")
+
+    @torch.no_grad()
+    def evaluate(self, *, quick: bool = False) -> EvalResult:
+        ds = self.test_set
+        image, text = self.embed_images(ds.images), self.embed_texts(list(ds.texts))
+        rel = torch.arange(len(ds))
+        ks = self.cfg.eval.recall_at
+        metrics = {f"image->text {k}": v for k, v in recall_summary(image, text, rel, ks).items()}
+        metrics.update(
+            {f"text->image {k}": v for k, v in recall_summary(text, image, rel, ks).items()}
+        )
+        if quick:
+            return EvalResult(metrics)
+        pos, neg = positive_negative_similarities(image, text)
+        arrays = {
+            "positive_similarity": pos,
+            "negative_similarity": neg,
+            "test_embeddings": image,
+            "test_labels": ds.labels,
+        }
+        return EvalResult(metrics, "model", arrays)
+
+    def embed_corpus(self) -> Corpus:
+        ds = self.test_set
+        return Corpus(self.embed_images(ds.images), list(ds.texts), [""] * len(ds))
+
+    def corpus_items(self) -> Tensor:
+        return self.test_set.images
+
+    def embed_query(self, query: str) -> tuple[Tensor, Any]:
+        if Path(query).exists():
+            from contrastkit.data.images import load_image
+
+            c, h, w = self.image_shape
+            x = load_image(query, channels=c, size=(h, w))
+            return self.embed_images(x[None]), x
+        return self.embed_texts([query]), query
+
+    def examples(self, n: int = 8) -> list[tuple[Any, str]]:
+        ds = self.test_set
+        return [(ds.texts[i], ds.texts[i]) for i in range(min(n, len(ds)))]

@@ -1,0 +1,250 @@
+"""Text pairs: query -> key retrieval with one shared text tower and in-batch negatives.
+
+Data come from :mod:`contrastkit.data.sources` (WordNet, Bible paraphrases, your pair file),
+the tower from the encoder registry (``minilm``, ``tiny_text``, ...). The baseline is the model
+before training (pretrained or random), evaluated by the loop at step 0.
+
+Evaluation is N-way retrieval over held-out pairs (:func:`contrastkit.eval.pairs.heldout_rows`).
+Training never sees a held-out key: train rows whose key text is also a held-out key are
+dropped, and so are such texts among hard negatives.
+
+False negatives (``negatives.false_negatives.ids``): keys of the batch that share the query's
+group id, the query's text or the key's text are ignored, not pushed away. Under ``torchrun``
+the loss compares this process's queries with the keys of every process, so the mask is built
+against the gathered ids (:func:`contrastkit.negatives.duplicate_mask`); every process gathers
+whatever its batch holds, so no process waits in a collective another one skipped.
+
+Hard negatives: when the loader gives per-row ``negatives``, each row draws one per step; the B
+drawn texts join every query's candidates (logits (B, W*B + W*B)); a drawn text equal to a
+query's own key is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
+from contrastkit.distributed import all_gather, get_rank, get_world_size
+from contrastkit.encoders import create_encoder
+from contrastkit.eval.pairs import heldout_rows, recall_summary
+from contrastkit.losses import loss_spec
+from contrastkit.monitor.functional import positive_negative_similarities
+from contrastkit.negatives import ExtraNegatives
+from contrastkit.negatives.false_negatives import duplicate_mask, stable_text_ids
+from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs
+
+
+def build_text_encoder(model: Any, seed: int) -> nn.Module:
+    """``model.name`` from the encoder registry with ``model.options`` (a from-scratch tower
+    gets the run's seed unless the options set one)."""
+    opts = dict(model.options)
+    if model.name == "tiny_text":
+        opts.setdefault("seed", seed)
+    try:
+        return create_encoder(model.name, **opts)
+    except TypeError as err:
+        raise ValueError(f"model.options for {model.name!r}: {err}") from None
+
+
+def drop_texts(pairs: Any, banned: set[str]) -> Any:
+    """``pairs`` without the rows whose key (``positive``) is in ``banned``, and without
+    ``banned`` texts among their ``negatives``."""
+    keep = [r for r, text in enumerate(pairs.positive) if text not in banned]
+    if len(keep) < len(pairs):
+        pairs = pairs.subset(torch.tensor(keep, dtype=torch.long))
+    if pairs.negatives is not None:
+        pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
+    return pairs
+
+
+def load_pairs_for(cfg: Any) -> tuple[Any, Any]:
+    """(train, test) :class:`~contrastkit.data.TextPairs` of ``cfg.data``, held-out keys dropped
+    from training and both subsets applied."""
+    d = cfg.data
+    kw = {"root": d.root, **d.options}
+    train = load_source(TEXT_PAIR_SOURCES, d.dataset, "train", **kw)
+    test = load_source(TEXT_PAIR_SOURCES, d.dataset, "test", **kw)
+    train = drop_texts(train, set(test.positive))
+    if d.subset:
+        train = train.subset(torch.arange(min(d.subset, len(train))))
+    if d.test_subset:
+        test = test.subset(torch.arange(min(d.test_subset, len(test))))
+    return train, test
+
+
+def ids_to_int(ids: list[str]) -> Tensor:
+    """(N,) long: equal strings get equal integers (first-seen order)."""
+    table: dict[str, int] = {}
+    return torch.tensor([table.setdefault(i, len(table)) for i in ids], dtype=torch.long)
+
+
+class TextPairsTask:
+    """``pairs``: query -> key retrieval with one shared text tower."""
+
+    name: ClassVar[str] = "pairs"
+    config_sections: ClassVar[tuple[str, ...]] = (
+        "data",
+        "model",
+        "loss",
+        "negatives",
+        "optim",
+        "train",
+        "eval",
+    )
+    query_kinds: ClassVar[tuple[str, ...]] = ("text",)
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.train_pairs, self.test_pairs = load_pairs_for(cfg)
+        check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
+        self.train_ids = ids_to_int(self.train_pairs.ids)
+        self.model = nn.ModuleDict({"encoder": build_text_encoder(cfg.model, cfg.seed)})
+        self.num_train = len(self.train_pairs)
+        self.train_labels: Tensor | None = None
+        self.train_groups: Tensor | None = self.train_ids
+        self.class_names = list(self.test_pairs.classes)
+        negatives = self.train_pairs.negatives
+        self.hard_negatives = negatives is not None and any(negatives)
+        if self.hard_negatives:
+            _check_hard_negatives_fit(cfg)
+        self.mask_ids = cfg.negatives.false_negatives.ids
+
+    def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
+        rows = indices.tolist()
+        out: dict[str, Any] = {
+            "query": [self.train_pairs.query[i] for i in rows],
+            "key": [self.train_pairs.positive[i] for i in rows],
+            "ids": self.train_ids[indices],
+        }
+        if self.hard_negatives:
+            out["negatives"] = [self._draw_negative(i, generator) for i in rows]
+        return out
+
+    def _draw_negative(self, row: int, generator: torch.Generator) -> str:
+        """One of ``row``'s hard negatives, or a random training key if it has none."""
+        negs = self.train_pairs.negatives[row]
+        if negs:
+            return negs[int(torch.randint(len(negs), (1,), generator=generator))]
+        other = int(torch.randint(self.num_train, (1,), generator=generator))
+        return self.train_pairs.positive[other]
+
+    def _ignore_mask(self, batch: dict[str, Any]) -> Tensor | None:
+        """(B, W*B [+ W*B]) bool over the candidates of all processes, or None when nothing can
+        ever be ignored. Built from gathered ids on every process, whatever its batch holds."""
+        negs = batch.get("negatives")
+        if not (self.mask_ids or negs is not None):
+            return None
+        world = get_world_size()
+        gather = all_gather if world > 1 else (lambda x: x)
+        offset = get_rank() * len(batch["key"]) if world > 1 else 0
+        key_text = stable_text_ids(batch["key"])
+        parts = []
+        if self.mask_ids:  # same group, same query text, same key text
+            query_text = stable_text_ids(batch["query"])
+            columns = [batch["ids"], query_text, key_text]
+            parts.append(
+                duplicate_mask(columns, [gather(c) for c in columns], positive_offset=offset)
+            )
+        else:
+            parts.append(torch.zeros(len(key_text), world * len(key_text), dtype=torch.bool))
+        if negs is not None:  # a drawn negative equal to a query's own key is no negative
+            all_negs = gather(stable_text_ids(negs))
+            parts.append(key_text[:, None] == all_negs[None, :])
+        return torch.cat(parts, dim=1)
+
+    def loss_terms(self, batch: dict[str, Any], loss: nn.Module) -> Step:
+        enc = self.model["encoder"]
+        queries, keys = batch["query"], batch["key"]
+        b = len(keys)
+        ignore = self._ignore_mask(batch)
+        kwargs: dict[str, Any] = {} if ignore is None else {"ignore_mask": ignore}
+        if isinstance(loss, ExtraNegatives):
+            kwargs["ids"] = batch["ids"]
+        negs = batch.get("negatives")
+        chunk = self.cfg.train.grad_cache_chunk
+        name = self.cfg.loss.name
+        if chunk:  # GradCache: gradients land in .grad now; the returned loss is detached
+            from contrastkit.gradcache import grad_cache_step
+
+            texts = [queries, keys] if negs is None else [queries, keys, negs]
+            value = grad_cache_step(
+                enc.embed_tokens,
+                [enc.tokenize(t) for t in texts],
+                lambda *z: loss(*(x.float() for x in z), **kwargs),
+                chunk_size=chunk,
+            )
+            return Step({name: value}, None)
+        query = enc(queries).float()  # (B, D)
+        if negs is None:
+            key = enc(keys).float()  # (B, D)
+            value = loss(query, key, **kwargs)
+        else:  # keys and negatives in one call: their length buckets pack better
+            key, negatives = enc(keys + negs).float().split(b)  # (B, D) each
+            value = loss(query, key, negatives, **kwargs)
+        return Step({name: value}, (query, key))
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Nothing moves besides the optimizer's step."""
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
+        """N texts -> (N, D) float32 (eval mode); ``side``: ``"query"`` or ``"document"`` (one
+        shared tower here: both sides embed alike)."""
+        return self.model["encoder"].encode(list(texts), batch_size=128).float()
+
+    def baseline(self) -> EvalResult | None:
+        """The model before training (pretrained or random initialisation)."""
+        if not self.cfg.eval.raw_baseline:
+            return None
+        result = self.evaluate()
+        return EvalResult(result.metrics, "before training", counts=result.counts)
+
+    @torch.no_grad()
+    def evaluate(self, *, quick: bool = False) -> EvalResult:
+        e = self.cfg.eval
+        size = min(e.corpus_size or 10**9, 300) if quick else e.corpus_size
+        q_rows, c_rows, relevant = heldout_rows(self.test_pairs.ids, size, e.queries)
+        query = self.embed_texts([self.test_pairs.query[r] for r in q_rows])
+        corpus = self.embed_texts([self.test_pairs.positive[r] for r in c_rows], "document")
+        metrics = recall_summary(query, corpus, relevant, e.recall_at)
+        counts = {"corpus_size": len(c_rows), "queries": len(q_rows)}
+        if quick:
+            return EvalResult(metrics, counts=counts)
+        pos, neg = positive_negative_similarities(query, corpus[relevant])
+        labels = self.test_pairs.labels[q_rows]
+        arrays = {"positive_similarity": pos, "negative_similarity": neg}
+        if bool((labels >= 0).all()):
+            arrays.update({"test_embeddings": query, "test_labels": labels})
+        return EvalResult(metrics, "model", arrays, counts)
+
+    def embed_corpus(self) -> Corpus:
+        _, rows, _ = heldout_rows(self.test_pairs.ids, None, "first")
+        texts = [self.test_pairs.positive[r] for r in rows]
+        labels = [self.test_pairs.ids[r] for r in rows]
+        return Corpus(self.embed_texts(texts, "document"), labels, texts)
+
+    def embed_query(self, query: str) -> tuple[Tensor, Any]:
+        return self.embed_texts([query]), query
+
+    def examples(self, n: int = 8) -> list[tuple[Any, str]]:
+        p = self.test_pairs
+        return [(p.query[i], p.ids[i]) for i in range(min(n, len(p)))]
+
+
+def _check_hard_negatives_fit(cfg: Any) -> None:
+    """Hard negatives enter as ``loss(query, key, negatives, ignore_mask=...)``: the loss must
+    take them and no queue/mining wrapper may stand in between."""
+    if not loss_spec(cfg.loss.name).takes_negatives:
+        raise ValueError(
+            f"data.options.hard_negatives: loss {cfg.loss.name!r} takes no extra negatives; use "
+            "loss.name: info_nce or remove data.options.hard_negatives."
+        )
+    n = cfg.negatives
+    if n.queue or n.mining is not None or n.false_negatives.threshold is not None:
+        raise ValueError(
+            "data.options.hard_negatives cannot be combined with negatives.queue, "
+            "negatives.mining or negatives.false_negatives.threshold yet; remove one of them."
+        )
