@@ -73,13 +73,14 @@ def run_recipe(name: str, out: Path) -> dict:
 def cross_entropy_baseline(budget: float) -> dict:
     """The SupCon recipe's encoder, views and optimizer trained with cross-entropy instead."""
     from contrastkit.train import load_config
-    from contrastkit.train.loop import bf16_autocast
+    from contrastkit.train.loop import Precision
     from contrastkit.train.schedule import warmup_cosine
-    from contrastkit.train.tasks import ImageTask, knn_accuracy, linear_probe_accuracy
+    from contrastkit.train.tasks.image import SupervisedTask
 
     cfg = load_config("supcon_fashion_mnist", ["model.projection_dim=10"])
     torch.manual_seed(cfg.seed)
-    task = ImageTask(cfg)  # forward = backbone -> head ending in 10 logits
+    task = SupervisedTask(cfg)  # forward = backbone -> head ending in 10 logits
+    precision = Precision(cfg.train.precision)
     model = task.model["encoder"]
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
@@ -95,7 +96,7 @@ def cross_entropy_baseline(budget: float) -> dict:
         factor = warmup_cosine(total, cfg.optim.warmup_steps)(step)
         for group in opt.param_groups:
             group["lr"] = cfg.optim.lr * factor
-        with bf16_autocast(cfg.train.bf16):
+        with precision.autocast():
             logits = model(views)
         loss = F.cross_entropy(logits.float(), batch["labels"])
         opt.zero_grad()
@@ -116,12 +117,8 @@ def cross_entropy_baseline(budget: float) -> dict:
         "budget_s": budget,
         "steps": step,
         "train_s": round(elapsed, 1),
-        "knn": round(
-            knn_accuracy(train_f, task.train_set.labels, test_f, task.test_set.labels, k=20), 4
-        ),
-        "probe": round(
-            linear_probe_accuracy(train_f, task.train_set.labels, test_f, task.test_set.labels), 4
-        ),
+        "knn": round(task.knn(train_f, task.train_set.labels, test_f, 20), 4),
+        "probe": round(task.probe(train_f, test_f), 4),
         "test_accuracy": round(acc, 4),
     }
 

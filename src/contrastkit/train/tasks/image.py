@@ -198,7 +198,9 @@ class ImageTask:
         """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 (eval mode)."""
         return self.features(images)
 
-    def _knn(self, train: Tensor, train_labels: Tensor, test: Tensor, k: int) -> float:
+    def knn(self, train: Tensor, train_labels: Tensor, test: Tensor, k: int) -> float:
+        """Weighted k-NN accuracy of the test features over ``train`` (each neighbour votes
+        ``exp(cosine / 0.07)``, :func:`contrastkit.eval.knn_accuracy`)."""
         return knn_accuracy(
             test,
             self.test_set.labels,
@@ -209,7 +211,9 @@ class ImageTask:
             metric="cosine",
         )
 
-    def _probe(self, train: Tensor, test: Tensor) -> float:
+    def probe(self, train: Tensor, test: Tensor) -> float:
+        """Test accuracy of a logistic-regression probe fitted on the frozen train features
+        (:func:`contrastkit.eval.linear_probe`)."""
         result = linear_probe(
             train.float(),
             self.train_set.labels,
@@ -227,9 +231,9 @@ class ImageTask:
         if not e.raw_baseline:
             return None
         tr, te = self.train_set.images.flatten(1), self.test_set.images.flatten(1)
-        metrics = {"knn": self._knn(tr, self.train_set.labels, te, min(e.knn_k, len(tr)))}
+        metrics = {"knn": self.knn(tr, self.train_set.labels, te, min(e.knn_k, len(tr)))}
         if e.probe:
-            metrics["probe"] = self._probe(tr, te)
+            metrics["probe"] = self.probe(tr, te)
         return EvalResult(metrics, "raw pixels")
 
     @torch.no_grad()
@@ -239,11 +243,11 @@ class ImageTask:
         if quick:  # periodic evaluation: kNN on a fixed train subset only
             n = min(e.periodic_subset, len(train))
             tr, te = self.features(train.images[:n]), self.features(test.images)
-            return EvalResult({"knn": self._knn(tr, train.labels[:n], te, min(e.knn_k, n))})
+            return EvalResult({"knn": self.knn(tr, train.labels[:n], te, min(e.knn_k, n))})
         tr, te = self.features(train.images), self.features(test.images)
-        metrics = {"knn": self._knn(tr, train.labels, te, min(e.knn_k, len(train)))}
+        metrics = {"knn": self.knn(tr, train.labels, te, min(e.knn_k, len(train)))}
         if e.probe:
-            metrics["probe"] = self._probe(tr, te)
+            metrics["probe"] = self.probe(tr, te)
         # positive (two views of one test image) vs negative (different images) similarities
         g = torch.Generator().manual_seed(self.cfg.seed + 1)
         sample = test.images[:1000]
