@@ -55,8 +55,10 @@ from contrastkit.functional.similarity import (
 )
 
 __all__ = [
+    "GlobalBatchLoss",
     "all_gather",
     "all_gather_with_grad",
+    "all_reduce_",
     "check_same_batch_size",
     "get_rank",
     "get_world_size",
@@ -167,6 +169,26 @@ def all_gather(x: Tensor) -> Tensor:
     dist.all_gather(parts, send)
     out = torch.cat(parts, dim=0)
     return out.bool() if x.dtype == torch.bool else out
+
+
+_REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+
+
+@torch.no_grad()
+def all_reduce_(x: Tensor, op: str = "sum", group: Any = None) -> Tensor:
+    """All-reduce ``x`` in place over the ranks (``op``: ``"sum"``, ``"max"``, ``"min"``) and
+    return it; one process: ``x`` unchanged. The library's loose collectives (Sinkhorn's
+    balance, DINO's centre, the streaming monitors) all go through here.
+
+    >>> all_reduce_(torch.tensor([1.0, 2.0]), "max")
+    tensor([1., 2.])
+    """
+    if op not in _REDUCE_OPS:
+        raise ValueError(f"op must be one of {sorted(_REDUCE_OPS)}, got {op!r}.")
+    if not is_distributed() or dist.get_world_size(group) == 1:
+        return x
+    dist.all_reduce(x, op=getattr(dist.ReduceOp, _REDUCE_OPS[op]), group=group)
+    return x
 
 
 def _all_reduce_sum(x: Tensor) -> Tensor:

@@ -21,7 +21,6 @@ None of them guarantees it: watch the embeddings with :mod:`contrastkit.monitor`
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -406,28 +405,28 @@ def sinkhorn_knopp(
 
 @torch.no_grad()
 def _sinkhorn(scores: Tensor, epsilon: float, iterations: int, distributed: bool = False) -> Tensor:
-    world = (
-        distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    )
+    from contrastkit.distributed import all_reduce_, get_world_size  # imports functional/
+
+    world = get_world_size() if distributed else 1
     b, k = scores.shape
     logits = scores.float() / epsilon if scores.dtype != torch.float64 else scores / epsilon
     high, low = logits.max(), logits.min()
-    if world:  # the same shift and the same dtype on every rank
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    if world > 1:  # the same shift and the same dtype on every rank
+        all_reduce_(high, "max")
+        all_reduce_(low, "min")
     logits = logits - high  # the shift cancels in the normalisation
     if logits.dtype != torch.float64 and float(low - high) < -80.0:
         logits = logits.double()  # exp would underflow to 0 in float32 (cosines never get here)
     q = torch.exp(logits)  # (B, K)
     total = q.sum()
-    if world:
-        dist.all_reduce(total)
-        b = b * dist.get_world_size()  # equal batch sizes on every rank, as in SwAV
+    if world > 1:
+        all_reduce_(total)
+        b = b * world  # equal batch sizes on every rank, as in SwAV
     q = q / total
     for _ in range(iterations):
         columns = q.sum(dim=0, keepdim=True)  # (1, K)
-        if world:
-            dist.all_reduce(columns)
+        if world > 1:
+            all_reduce_(columns)
         q = q / columns / k  # columns: each prototype holds 1/K of the mass
         q = q / q.sum(dim=1, keepdim=True) / b  # rows: each example holds 1/B of the mass
     return (q * b).to(scores.dtype)  # rows sum to 1

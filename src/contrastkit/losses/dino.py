@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from contrastkit._checks import check_embeddings, check_temperature
+from contrastkit.distributed import all_reduce_
 from contrastkit.functional.noncontrastive import dino_loss
 from contrastkit.losses.registry import register
 
@@ -93,9 +93,8 @@ class DINOLoss(nn.Module):
         flat = teacher.detach().reshape(-1, teacher.shape[-1])  # (T * B, K)
         total = flat.sum(dim=0, dtype=torch.float64)  # (K,)
         count = torch.tensor([float(flat.shape[0])], dtype=torch.float64, device=flat.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(total)
-            dist.all_reduce(count)
+        all_reduce_(total)
+        all_reduce_(count)
         batch_center = total / count
         if self.center.numel() == 0:
             self.center = torch.zeros_like(batch_center, dtype=teacher.dtype)

@@ -75,12 +75,10 @@ class StreamingStatistic:
         call would add the other ranks again). Every rank must have called ``update`` at least
         once with the same D. :class:`~contrastkit.monitor.CollapseMonitor` handles this.
         """
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        if dist.get_world_size(process_group) == 1:
-            return
+        from contrastkit.distributed import all_reduce_
+
         for name in sorted(self._states):
-            dist.all_reduce(self._states[name], op=dist.ReduceOp.SUM, group=process_group)
+            all_reduce_(self._states[name], "sum", group=process_group)
 
 
 class Alignment(StreamingStatistic):
