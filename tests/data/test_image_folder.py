@@ -18,6 +18,7 @@ from contrastkit.data._common import held_out_mask
 from contrastkit.data.image_folder import (
     ImageFiles,
     SkippedFile,
+    decode_image,
     image_batches,
     image_folder_loader,
 )
@@ -188,6 +189,28 @@ def test_non_square_images_center_and_random_crop(tmp_path):
     torch.manual_seed(0)
     crops = {tuple(rand[0]["image"][0, 0].tolist()) for _ in range(8)}
     assert len(crops) > 1  # different offsets along the long side
+
+
+def test_transparency_becomes_white_and_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    logo = Image.new("RGBA", (20, 20), (0, 0, 0, 0))  # transparent black
+    logo.paste((200, 0, 0, 255), (5, 5, 15, 15))  # an opaque red square
+    logo.save(tmp_path / "logo.png")
+    tall = Image.new("RGB", (40, 20), (0, 0, 255))  # wide, blue, left half green
+    tall.paste((0, 255, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    tall.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    files = ImageFiles(tmp_path, image_size=20)
+    logo_px = files[files.keys.index("logo.png")]["image"]  # (3, 20, 20)
+    assert logo_px[:, 0, 0].tolist() == [255, 255, 255]  # corner: transparent -> white
+    assert logo_px[:, 10, 10].tolist() == [200, 0, 0]
+    photo = files.path(files.keys.index("photo.jpg"))
+    upright = decode_image(photo, channels=3, image_size=None)
+    assert upright.shape == (3, 40, 20)  # displayed upright: 20 wide, 40 tall
+    assert upright[1, 5, 10] > 200 and upright[2, 35, 10] > 200  # green on top after turning
+    assert files.thumbnail(files.keys.index("photo.jpg"), size=10).size == (5, 10)
 
 
 def test_csv_and_parquet_manifests(emoji, tmp_path):

@@ -212,6 +212,19 @@ def _encode_labels(raw: Sequence[object | None]) -> tuple[list[int], list[str]]:
 # -- decoding -------------------------------------------------------------------------------
 
 
+def _upright_on_white(img, mode: str):  # PIL.Image.Image -> PIL.Image.Image
+    """``img`` turned as its EXIF orientation says (phone photos), transparent pixels composited
+    on white (what a viewer shows; a plain conversion would expose whatever colour they hold,
+    often black), converted to ``mode``."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert(mode)
+
+
 def decode_image(
     path: str | os.PathLike,
     *,
@@ -220,8 +233,9 @@ def decode_image(
     crop: str = "center",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Decode one file to ``uint8 (C, S, S)``: shorter side resized to ``image_size`` (bilinear),
-    then a centre (or random) square crop; ``image_size=None`` keeps the file's size.
+    """Decode one file to ``uint8 (C, S, S)``: turned upright (EXIF orientation), transparency
+    on white, converted to ``channels``, shorter side resized to ``image_size`` (bilinear), then
+    a centre (or random) square crop; ``image_size=None`` keeps the file's size.
 
     Raises:
         FileNotFoundError: no such file.
@@ -235,7 +249,7 @@ def decode_image(
             mode = "RGB" if channels == 3 else "L"
             if image_size is not None and img.format == "JPEG":
                 img.draft(mode, (image_size, image_size))  # decode big JPEGs at 1/2, 1/4, 1/8
-            img = img.convert(mode)
+            img = _upright_on_white(img, mode)
             if image_size is not None:
                 w, h = img.size
                 scale = image_size / min(w, h)
@@ -411,7 +425,7 @@ class ImageFiles(Dataset):
         try:
             with Image.open(path) as img:
                 img.thumbnail((size, size))
-                return img.convert("RGB" if self.channels == 3 else "L")
+                return _upright_on_white(img, "RGB" if self.channels == 3 else "L")
         except (OSError, SyntaxError, ValueError) as err:
             raise ImageDecodeError(f"{path}: not a readable image ({err}).") from err
 
