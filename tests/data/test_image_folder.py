@@ -278,6 +278,17 @@ def test_bad_input_names_the_argument(tmp_path, emoji):
     root, _, _ = emoji
     with pytest.raises(ValueError, match=r"image_size must be an int >= 2.*got 0"):
         ImageFiles(root, image_size=0)
+    with pytest.raises(
+        ValueError, match=r"emoji_0000\.png is a file; pass a folder of images .* or a \.csv"
+    ):
+        ImageFiles(root / "emoji_0000.png", image_size=8)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(root / "emoji_0000.png", one / "a.png")
+    with pytest.raises(
+        ValueError, match=r"split='test' of .* holds no files.*change test_fraction"
+    ):
+        ImageFiles(one, image_size=8, split="test", test_fraction=0.01)
     with pytest.raises(ValueError, match="crop must be one of"):
         ImageFiles(root, image_size=8, crop="middle")
     with pytest.raises(ValueError, match="label_column='kind' applies to a CSV/Parquet manifest"):

@@ -218,7 +218,10 @@ def _upright_on_white(img, mode: str):  # PIL.Image.Image -> PIL.Image.Image
     often black), converted to ``mode``."""
     from PIL import Image, ImageOps
 
-    img = ImageOps.exif_transpose(img)
+    # only files that carry EXIF pay for reading it (exif_transpose copies even upright images)
+    carries_exif = "exif" in img.info or img.format in ("JPEG", "MPO", "TIFF", "WEBP")
+    if carries_exif and img.getexif().get(0x0112, 1) != 1:  # the Orientation tag
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -356,6 +359,11 @@ class ImageFiles(Dataset):
                         f"{arg}={name!r} applies to a CSV/Parquet manifest, but source "
                         f"{str(source)!r} is a folder; drop {arg} or pass a manifest."
                     )
+            if source.is_file():
+                raise ValueError(
+                    f"source {source} is a file; pass a folder of images (root/<class>/<file> "
+                    f"or flat) or a {' / '.join(MANIFEST_SUFFIXES)} manifest."
+                )
             keys, labels, classes = list_image_folder(source)
             base = source
         if split != "all":
@@ -364,10 +372,18 @@ class ImageFiles(Dataset):
             keys = [keys[i] for i in keep]
             labels = [labels[i] for i in keep]
             texts = None if texts is None else [texts[i] for i in keep]
+            if not keys:
+                raise ValueError(
+                    f"split={split!r} of {source} holds no files (test_fraction={test_fraction}, "
+                    f"seed={seed}); add files, or change test_fraction or seed."
+                )
         self.root = base
-        # paths as one fixed-width bytes array, not N Python strings: forked workers then share
-        # the pages instead of copying them as reference counts change
-        self._keys = np.array([os.fsencode(k) for k in keys], dtype=np.bytes_)
+        # paths as one bytes buffer + offsets, not N Python strings: forked workers then share
+        # the pages instead of copying them as reference counts change, and a long path does
+        # not widen every entry
+        encoded = [os.fsencode(k) for k in keys]
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._offsets = np.cumsum([0, *map(len, encoded)], dtype=np.int64)  # (N + 1,)
         self.labels = torch.tensor(labels, dtype=torch.long)  # (N,)
         self.classes = classes
         self.texts = texts
@@ -384,12 +400,12 @@ class ImageFiles(Dataset):
         self.channels = channels if channels is not None else _probe_channels(paths)
 
     def __len__(self) -> int:
-        return int(self._keys.shape[0])
+        return int(self._offsets.shape[0]) - 1
 
     @property
     def keys(self) -> list[str]:
         """The N relative paths (manifest: the path cells), in dataset order."""
-        return [os.fsdecode(k) for k in self._keys.tolist()]
+        return [self.key(i) for i in range(len(self))]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -397,7 +413,7 @@ class ImageFiles(Dataset):
         return (self.channels, self.image_size, self.image_size)
 
     def key(self, i: int) -> str:
-        return os.fsdecode(bytes(self._keys[i]))
+        return os.fsdecode(self._blob[self._offsets[i] : self._offsets[i + 1]].tobytes())
 
     def path(self, i: int) -> Path:
         """The file of item ``i`` (absolute manifest paths are kept as written)."""
