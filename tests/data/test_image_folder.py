@@ -310,3 +310,26 @@ def test_load_image_folder_reads_flat_folders_too(emoji):
     ds = load_image_folder(root)
     assert ds.images.shape == (80, 3, 32, 32) and torch.equal(ds.images, images)
     assert ds.labels.eq(-1).all() and ds.classes == []
+
+
+def test_a_views_step_from_a_folder_of_rgb_images(emoji):
+    """The pieces compose as a views run would: folder -> loader -> RGB views -> ResNet -> loss."""
+    from contrastkit.data import SimCLRViews
+    from contrastkit.encoders import create_encoder
+    from contrastkit.losses import create_loss
+
+    root, _, _ = emoji
+    files = ImageFiles(root, image_size=24, split="train", test_fraction=0.2)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(files), generator=g)[:32]
+    batch = next(iter(image_folder_loader(files, [order.tolist()], workers=0)))
+    views = SimCLRViews(size=24, channels=files.channels)
+    v = views(batch["images"], n_views=2, generator=g)  # (2, B, 3, 24, 24) from uint8
+    torch.manual_seed(0)
+    net = create_encoder("resnet18", in_channels=files.channels, image_size=24, width=8,
+                         projection_dim=16)  # fmt: skip
+    z = net(v.flatten(0, 1))  # (2B, 16)
+    loss = create_loss("nt_xent")(*z.chunk(2))
+    loss.backward()
+    assert net.stem_kind == "cifar" and torch.isfinite(loss)
+    assert all(p.grad is not None for p in net.parameters())
