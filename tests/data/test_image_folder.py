@@ -251,8 +251,18 @@ def test_csv_and_parquet_manifests(emoji, tmp_path):
         ImageFiles(manifest, image_size=16, path_column="filename")
     with pytest.raises(ValueError, match=r"no column 'cls' \(label_column\)"):
         ImageFiles(manifest, image_size=16, path_column="file", label_column="cls")
+    (tmp_path / "gap.csv").write_text("path,label\na.png,x\n\n,y\n")
+    with pytest.raises(
+        ValueError, match=r"gap\.csv:4: empty 'path'; every row needs an image path"
+    ):
+        ImageFiles(tmp_path / "gap.csv", image_size=16)
+    (tmp_path / "none.csv").write_text("path,label\n")
+    with pytest.raises(ValueError, match=r"none\.csv: no rows"):
+        ImageFiles(tmp_path / "none.csv", image_size=16)
     (tmp_path / "bad.csv").write_text("path\nnowhere/x.png\n")
-    with pytest.raises(FileNotFoundError, match=r"bad\.csv: row 1 names 'nowhere/x\.png'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"bad\.csv names 'nowhere/x\.png', but .* does not exist"
+    ):
         ImageFiles(tmp_path / "bad.csv", image_size=16)
 
 

@@ -127,7 +127,7 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], li
     return top, [-1] * len(top), []
 
 
-def _manifest_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+def _manifest_columns(path: Path) -> list[str]:
     if path.suffix.lower() == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -135,12 +135,31 @@ def _manifest_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
             raise ImportError(
                 "reading a Parquet manifest needs pyarrow: pip install pyarrow"
             ) from err
-        table = pq.read_table(path)
-        return list(table.column_names), table.to_pylist()
+        return list(pq.read_schema(path).names)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh).fieldnames or [])
+
+
+def _manifest_cells(path: Path, names: list[str]) -> tuple[list[str], dict[str, list[Any]]]:
+    """Where each row is (``file:line`` for CSV, ``file:row N`` for Parquet) and the cells of
+    the ``names`` columns only (blank CSV lines skipped)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=names).to_pydict()
+        n = len(table[names[0]])
+        return [f"{path}: row {i}" for i in range(1, n + 1)], table
+    where: list[str] = []
+    cells: dict[str, list[Any]] = {name: [] for name in names}
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        return columns, [row for row in reader if any(v not in (None, "") for v in row.values())]
+        for row in reader:
+            if all(v in (None, "") for v in row.values()):
+                continue
+            where.append(f"{path}:{reader.line_num}")
+            for name in names:
+                cells[name].append(row[name])
+    return where, cells
 
 
 def read_manifest(
@@ -149,7 +168,8 @@ def read_manifest(
     label_column: str | None = None,
     caption_column: str | None = None,
 ) -> tuple[list[str], list[object | None], list[str] | None]:
-    """The rows of a CSV/Parquet manifest: (path cells, raw labels or None, captions or None).
+    """The rows of a CSV/Parquet manifest: (path cells, raw labels (``[]`` without a label
+    column; None for an empty cell), captions or None). Only the named columns are read.
 
     Raises:
         DataNotFoundError: no such file.
@@ -164,40 +184,33 @@ def read_manifest(
         )
     if not path.is_file():
         raise missing("image manifest", path, None, "root")
-    columns, rows = _manifest_rows(path)
-    for arg, name in (
-        ("path_column", path_column),
-        ("label_column", label_column),
-        ("caption_column", caption_column),
-    ):
+    columns = _manifest_columns(path)
+    named = {"path_column": path_column, "label_column": label_column,
+             "caption_column": caption_column}  # fmt: skip
+    for arg, name in named.items():
         if name is not None and name not in columns:
             raise ValueError(
                 f"{path}: no column {name!r} ({arg}); columns present: "
                 f"{', '.join(map(repr, columns)) or 'none'}; pass {arg}=<one of them>."
             )
-    if not rows:
+    wanted = list(dict.fromkeys(n for n in named.values() if n is not None))
+    where, table = _manifest_cells(path, wanted)
+    if not where:
         raise ValueError(
             f"{path}: no rows; expected a header with {path_column!r} and one row per image."
         )
-    cells, labels, captions = [], [], []
-    for line, row in enumerate(rows, start=2):
-        cell = row[path_column]
+    cells = []
+    for at, cell in zip(where, table[path_column]):
         if cell is None or not str(cell).strip():
-            raise ValueError(
-                f"{path}:{line}: empty {path_column!r}; every row needs an image path."
-            )
+            raise ValueError(f"{at}: empty {path_column!r}; every row needs an image path.")
         cells.append(str(cell).strip())
-        if label_column is not None:
-            value = row[label_column]
-            labels.append(None if value in (None, "") else value)
-        if caption_column is not None:
-            value = row[caption_column]
-            captions.append("" if value is None else str(value))
-    return (
-        cells,
-        labels if label_column is not None else [],
-        (captions if caption_column is not None else None),
-    )
+    labels: list[object | None] = []
+    if label_column is not None:
+        labels = [None if v in (None, "") else v for v in table[label_column]]
+    captions = None
+    if caption_column is not None:
+        captions = ["" if v is None else str(v) for v in table[caption_column]]
+    return cells, labels, captions
 
 
 def _encode_labels(raw: Sequence[object | None]) -> tuple[list[int], list[str]]:
@@ -393,8 +406,8 @@ class ImageFiles(Dataset):
             for i in range(min(_PROBE, len(keys))):
                 if not self.path(i).is_file():
                     raise FileNotFoundError(
-                        f"{source}: row {i + 1} names {keys[i]!r}, but {self.path(i)} does not "
-                        "exist; paths are relative to the manifest's folder (or absolute)."
+                        f"{source} names {keys[i]!r}, but {self.path(i)} does not exist; "
+                        "paths are relative to the manifest's folder (or absolute)."
                     )
         paths = (str(self.path(i)) for i in range(len(keys)))
         self.channels = channels if channels is not None else _probe_channels(paths)
