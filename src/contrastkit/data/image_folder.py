@@ -521,7 +521,9 @@ def image_folder_loader(
     :class:`SkippingCollate` drops and counts unreadable files.
 
     The batches do not depend on ``workers`` (with ``crop="center"``): each worker decodes whole
-    batches and the loader returns them in sampler order.
+    batches and the loader returns them in sampler order. For persistent workers to outlive an
+    epoch, iterate the same loader every epoch with a re-iterable ``batch_sampler`` (an object
+    whose ``__iter__`` yields the epoch's batches, e.g. drawn from a ``torch.Generator``).
     """
     if not isinstance(dataset, ImageFiles):
         raise TypeError(f"dataset must be an ImageFiles, got {type(dataset).__name__}.")
