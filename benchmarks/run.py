@@ -1,6 +1,6 @@
 """Run every benchmark in this folder in one process and write JSON + a markdown table.
 
-Each ``benchmarks/bench_*.py`` module defines ``run() -> dict`` returning
+Each ``benchmarks/bench_*.py`` module defines ``run() -> dict`` (or a list of them) returning
 ``{"title": str, "rows": [dict, ...], "notes": str}`` (rows share their keys). Select modules
 with ``python benchmarks/run.py losses index`` (names without the ``bench_`` prefix).
 """
@@ -57,10 +57,11 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"== bench_{name}", flush=True)
         start = time.perf_counter()
-        section = importlib.import_module(f"bench_{name}").run()
-        section["wall_s"] = round(time.perf_counter() - start, 1)
-        sections.append(section)
-        print(to_markdown(section), flush=True)
+        result = importlib.import_module(f"bench_{name}").run()
+        for section in result if isinstance(result, list) else [result]:  # one or more sections
+            section["wall_s"] = round(time.perf_counter() - start, 1)
+            sections.append(section)
+            print(to_markdown(section), flush=True)
     RESULTS.mkdir(exist_ok=True)
     stem = "latest" if not argv else "latest_" + "_".join(names)
     payload = {"machine": info, "sections": sections}

@@ -3,7 +3,8 @@
 Every loader returns one of two plain structures (see ``docs/data.md``):
 :class:`ImageDataset` (``images: (N, C, H, W)`` uint8, ``labels``, ``groups``, optional
 ``texts``) or :class:`TextPairs` (``query``/``positive`` strings, ``labels``, ``groups``, ``ids``,
-optional ``negatives``). Splits are deterministic and disjoint by group.
+optional ``negatives``). Splits are deterministic and disjoint by group. A user's image folder
+or manifest streams from disk through :class:`ImageFiles` and :func:`image_folder_loader`.
 """
 
 from contrastkit.data._common import (
@@ -19,6 +20,12 @@ from contrastkit.data.emoji import load_emoji
 from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
 from contrastkit.data.files import PairFileError, load_image_folder, load_pairs
 from contrastkit.data.foldoc import load_foldoc
+from contrastkit.data.image_folder import (
+    ImageFiles,
+    SkippedFile,
+    image_batches,
+    image_folder_loader,
+)
 from contrastkit.data.views import SimCLRViews
 from contrastkit.data.wordnet import LEXNAMES, load_wordnet
 
@@ -26,12 +33,16 @@ __all__ = [
     "LEXNAMES",
     "DataNotFoundError",
     "ImageDataset",
+    "ImageFiles",
     "PairFileError",
     "SimCLRViews",
+    "SkippedFile",
     "TextPairs",
     "cache_dir",
     "group_ids",
     "held_out_mask",
+    "image_batches",
+    "image_folder_loader",
     "load_bible_pairs",
     "load_digits",
     "load_emoji",

@@ -17,7 +17,9 @@ column          required  meaning
 A bad row raises :class:`PairFileError` naming the file and line (row for Parquet), e.g.
 ``pairs.csv:7: empty 'positive'``.
 
-Image folders are ``root/<class name>/<image file>``; classes are the sorted folder names.
+Image folders (``root/<class name>/<image file>`` or flat) decode into memory with
+:func:`load_image_folder`; large ones stream from disk with
+:class:`contrastkit.data.image_folder.ImageFiles`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from contrastkit.data._common import (
@@ -39,7 +40,7 @@ from contrastkit.data._common import (
     missing,
     select_split,
 )
-from contrastkit.data.images import IMAGE_SUFFIXES
+from contrastkit.data.image_folder import decode_image, list_image_folder
 
 PAIR_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -198,11 +199,16 @@ def load_image_folder(
     test_fraction: float = 0.1,
     seed: int = 0,
 ) -> ImageDataset:
-    """Images from ``root/<class>/<file>`` (png, jpg, bmp, gif, webp, tiff).
+    """A small folder decoded into memory at once: ``root/<class>/<file>`` or a flat folder.
+
+    For folders that do not fit in memory (or any folder a trainer streams) use
+    :class:`contrastkit.data.image_folder.ImageFiles`; this lists files the same way (sorted
+    relative paths, the same split) and decodes them all.
 
     Args:
-        root: the folder of class folders.
-        size: resize every image to ``size x size``; ``None`` requires all images to share one size.
+        root: the folder of class folders (or of images: labels -1).
+        size: resize the shorter side to ``size`` and centre-crop ``size x size``; ``None``
+            requires all images to share one size.
         channels: 3 (RGB) or 1 (grayscale).
         split: ``"all"`` (default), ``"train"`` or ``"test"`` (split by file).
         test_fraction: share of files held out.
@@ -212,45 +218,23 @@ def load_image_folder(
         :class:`ImageDataset` with ``images: (N, channels, H, W)`` uint8, ``labels: (N,)`` the
         class folder index into ``classes`` (sorted folder names).
     """
-    from PIL import Image, UnidentifiedImageError
-
     check_split(split)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
     root = Path(root)
-    if not root.is_dir():
-        raise missing("image folder", root, None, "root")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ValueError(f"root {root} has no class folders; expected root/<class>/<image>.")
-    arrays, labels, keys = [], [], []
-    shape = None
-    for label, name in enumerate(classes):
-        for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(file) as img:
-                    img = img.convert("RGB" if channels == 3 else "L")
-                    if size is not None:
-                        img = img.resize((size, size), Image.Resampling.BILINEAR)
-                    array = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as err:
-                raise ValueError(f"{file}: not a readable image ({err}).") from None
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
-            if shape is None:
-                shape = array.shape
-            elif array.shape != shape:
-                raise ValueError(
-                    f"{file}: size {array.shape[1:]} differs from {shape[1:]}; pass size= to resize."
-                )
-            arrays.append(array)
-            labels.append(label)
-            keys.append(f"{name}/{file.name}")
-    if not arrays:
-        raise ValueError(f"root {root} has class folders but no images ({sorted(IMAGE_SUFFIXES)}).")
+    keys, labels, classes = list_image_folder(root)
+    arrays = []
+    for key in keys:
+        # raises ImageDecodeError naming the file: an in-memory load has no batch to skip from
+        array = decode_image(root / key, channels=channels, image_size=size)  # (C, H, W)
+        if arrays and array.shape != arrays[0].shape:
+            raise ValueError(
+                f"{root / key}: size {tuple(array.shape[1:])} differs from "
+                f"{tuple(arrays[0].shape[1:])}; pass size= to resize."
+            )
+        arrays.append(array)
     data = ImageDataset(
-        torch.from_numpy(np.stack(arrays)),
+        torch.stack(arrays),
         torch.tensor(labels, dtype=torch.long),
         classes,
     )

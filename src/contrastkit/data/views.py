@@ -25,7 +25,9 @@ class SimCLRViews(nn.Module):
 
     Args:
         size: output side (e.g. 28 for Fashion-MNIST, 64 for emoji).
-        channels: 1 (grayscale: brightness/contrast jitter, no grayscale step) or 3 (RGB).
+        channels: 1 (grayscale: brightness/contrast jitter, no grayscale step) or 3 (RGB:
+            brightness, contrast and saturation jitter ``0.8 * strength``, hue ``0.2 *
+            strength``, then random grayscale; SimCLR's colour distortion).
         strength: scales every jitter, blur and noise amount (1.0 = SimCLR's colour
             strength; 0.5 is milder; jitter factors are capped at 0.9). The crop scale range
             is set by ``crop_scale``.
@@ -33,6 +35,8 @@ class SimCLRViews(nn.Module):
         crop_ratio: range of the crop's aspect ratio (width / height), e.g. (3/4, 4/3).
         flip: probability of a horizontal flip, in [0, 1].
         jitter_p: probability of the colour (grayscale: brightness/contrast) jitter, in [0, 1].
+        grayscale: probability of converting an RGB view to grayscale (SimCLR: 0.2); unused
+            for 1-channel images.
         blur: apply Gaussian blur with probability 0.5.
         noise: apply Gaussian noise (std ``0.05 * strength``) with probability 0.5.
 
@@ -59,6 +63,7 @@ class SimCLRViews(nn.Module):
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip: float = 0.5,
         jitter_p: float = 0.8,
+        grayscale: float = 0.2,
         blur: bool = True,
         noise: bool = True,
     ) -> None:
@@ -86,12 +91,14 @@ class SimCLRViews(nn.Module):
             )
         flip = _check_probability("flip", flip)
         jitter_p = _check_probability("jitter_p", jitter_p)
+        grayscale = _check_probability("grayscale", grayscale)
         for name, flag in (("blur", blur), ("noise", noise)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}.")
         self.size, self.channels, self.strength = size, channels, float(strength)
         self.crop_scale, self.crop_ratio = (lo, hi), (r_lo, r_hi)
         self.flip, self.jitter_p, self.blur, self.noise = flip, jitter_p, blur, noise
+        self.grayscale = grayscale
         s = float(strength)
         jitter = min(0.8 * s, 0.9)  # kornia keeps brightness/contrast/saturation factors in (0, 2)
         steps: list[nn.Module] = [
@@ -106,7 +113,8 @@ class SimCLRViews(nn.Module):
         if channels == 3:
             if jitter_p > 0 and s > 0:
                 steps.append(K.ColorJiggle(jitter, jitter, jitter, min(0.2 * s, 0.5), p=jitter_p))
-            steps.append(K.RandomGrayscale(p=0.2))
+            if grayscale > 0:
+                steps.append(K.RandomGrayscale(p=grayscale))
         elif jitter_p > 0 and s > 0:
             amount = min(0.4 * s, 0.9)
             steps.append(K.ColorJiggle(amount, amount, 0.0, 0.0, p=jitter_p))
@@ -154,11 +162,12 @@ class SimCLRViews(nn.Module):
         return out.clamp_(0.0, 1.0).reshape(n_views, b, *out.shape[1:])  # (V, B, C, S, S)
 
     def extra_repr(self) -> str:
+        grayscale = f"grayscale={self.grayscale:g}, " if self.channels == 3 else ""
         return (
             f"size={self.size}, channels={self.channels}, strength={self.strength:g}, "
             f"crop_scale={self.crop_scale}, crop_ratio=({self.crop_ratio[0]:.3g}, "
             f"{self.crop_ratio[1]:.3g}), flip={self.flip:g}, jitter_p={self.jitter_p:g}, "
-            f"blur={self.blur}, noise={self.noise}"
+            f"{grayscale}blur={self.blur}, noise={self.noise}"
         )
 
 

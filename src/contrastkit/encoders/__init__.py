@@ -6,6 +6,7 @@ Configs name encoders through the registry: ``create_encoder("small_cnn", in_cha
 from contrastkit.encoders.heads import PredictionHead, ProjectedEncoder, ProjectionHead
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
+from contrastkit.encoders.resnet import ResNet, resnet18, resnet50
 from contrastkit.encoders.text import TextEncoder, mean_pool, tiny_text_encoder
 from contrastkit.encoders.towers import DualEncoder, ImageTextModel
 from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
@@ -19,6 +20,7 @@ __all__ = [
     "PredictionHead",
     "ProjectedEncoder",
     "ProjectionHead",
+    "ResNet",
     "SmallCNN",
     "SmallResNet",
     "TextEncoder",
@@ -27,5 +29,7 @@ __all__ = [
     "list_encoders",
     "mean_pool",
     "register",
+    "resnet18",
+    "resnet50",
     "tiny_text_encoder",
 ]

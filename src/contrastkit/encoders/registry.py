@@ -21,7 +21,7 @@ register = ENCODERS.register
 
 def _load_all() -> None:
     # Importing the modules registers their encoders.
-    from contrastkit.encoders import heads, text, vision  # noqa: F401
+    from contrastkit.encoders import heads, resnet, text, vision  # noqa: F401
 
 
 def create_encoder(name: str, **kwargs: Any) -> nn.Module:
