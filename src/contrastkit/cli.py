@@ -278,14 +278,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run = train(cfg, args.run_dir)
     t_train = time.perf_counter() - t0
     _print_eval(run)
+    print("embedding the 60,000 train images and building the index ...", flush=True)
     path, n = build_index(run)
     print(f"index: {n} train embeddings in {path}")
     print("nearest neighbours of the first test images (query label -> neighbour labels):")
     for query_label, hits in search_neighbours_of_test(run, n_queries=5, k=5):
         print(f"  {query_label:<12} -> {', '.join(h['label'] for h in hits)}")
     _print_search_hint(run)
-    report = cmd_report(argparse.Namespace(run=str(run)))
-    del report
+    print("writing the report (plots, neighbours) ...", flush=True)
+    cmd_report(argparse.Namespace(run=str(run)))
     print(f"demo done in {time.perf_counter() - t0:.0f} s (train + eval {t_train:.0f} s)")
     print(f"open {Path(run).resolve() / 'report' / 'index.html'}")
     return 0
