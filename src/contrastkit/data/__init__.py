@@ -14,6 +14,7 @@ from contrastkit.data._common import (
     group_ids,
     held_out_mask,
 )
+from contrastkit.data.beir import BeirData, export_beir, load_beir, load_beir_pairs
 from contrastkit.data.bible import load_bible_pairs
 from contrastkit.data.emoji import load_emoji
 from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
@@ -24,14 +25,18 @@ from contrastkit.data.wordnet import LEXNAMES, load_wordnet
 
 __all__ = [
     "LEXNAMES",
+    "BeirData",
     "DataNotFoundError",
     "ImageDataset",
     "PairFileError",
     "SimCLRViews",
     "TextPairs",
     "cache_dir",
+    "export_beir",
     "group_ids",
     "held_out_mask",
+    "load_beir",
+    "load_beir_pairs",
     "load_bible_pairs",
     "load_digits",
     "load_emoji",

@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from contrastkit.data.beir import Document, document_text
 from contrastkit.functional.similarity import check_metric
 from contrastkit.index.exact import chunked_topk
 
@@ -51,18 +52,6 @@ __all__ = ["METRIC_FAMILIES", "document_text", "evaluate_retrieval", "score_run"
 METRIC_FAMILIES = ("nDCG", "MAP", "Recall", "P", "MRR")
 DEFAULT_K = (1, 3, 5, 10, 100)
 Encoder = Callable[[list[str]], Tensor]
-Document = Mapping[str, str] | str
-
-
-def document_text(doc: Document) -> str:
-    """The text embedded for a document: ``(title + " " + text).strip()`` (BEIR's convention).
-
-    >>> document_text({"title": "Dog", "text": "a domestic canine"}), document_text("plain")
-    ('Dog a domestic canine', 'plain')
-    """
-    if isinstance(doc, str):
-        return doc.strip()
-    return f"{doc.get('title', '') or ''} {doc.get('text', '') or ''}".strip()
 
 
 def _check_k_values(k_values: object) -> tuple[int, ...]:
