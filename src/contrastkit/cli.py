@@ -347,6 +347,11 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from contrastkit.eval.beir import evaluate_retrieval
 
     data = load_beir(args.dir, args.split)
+    if max(args.k) > len(data.corpus):  # before loading the model: fail fast
+        raise ValueError(
+            f"--k {max(args.k)} is larger than the corpus ({len(data.corpus)} documents); pass "
+            f"--k values no larger than {len(data.corpus)}."
+        )
     model = load_text_model(args.model)
     t0 = time.perf_counter()
     metrics = evaluate_retrieval(

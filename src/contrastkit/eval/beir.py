@@ -22,7 +22,9 @@ trec_eval conventions, followed exactly (the tests check every metric against ``
 to 1e-6):
 
 * a run is ranked by score descending, ties by document id *descending* (string order), which is
-  what trec_eval does; :func:`search_corpus` keeps the same order when it cuts the ranking at K;
+  what trec_eval does; :func:`search_corpus` keeps the same order when it cuts the ranking at K
+  (ties are exact float ties: the scores of two duplicate documents embedded in different chunks
+  can differ in the last bit of float32, and then the higher score wins);
 * only queries that have judgements *and* a ranking are averaged; a query judged only with 0s
   counts (its metrics are 0);
 * gains are the grades themselves (linear, ``ndcg_cut``), discounted by ``log2(rank + 1)``;
