@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_MISSING, EXIT_INTERRUPTED = 2, 3, 4, 130
 
@@ -136,7 +137,12 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("out", help="output pairs file (.jsonl)")
     mi.add_argument("--split", default="train", help="BEIR qrels file to mine (default train)")
     mi.add_argument("--min-score", type=int, default=1, help="lowest grade used as a positive")
-    mi.add_argument("--num-negatives", type=int, default=5, help="negatives per row (default 5)")
+    mi.add_argument(
+        "--num-negatives",
+        type=int,
+        default=5,
+        help="negatives per row (default 5; 0 writes the pairs without mining)",
+    )
     mi.add_argument("--skip-top", type=int, default=0, help="skip this many top candidates")
     mi.add_argument("--max-rank", type=int, help="never take candidates ranked this low or lower")
     mi.add_argument("--margin", type=float, help="keep scores < positive score - MARGIN")
@@ -387,7 +393,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from contrastkit.cli_models import load_text_model
+    from contrastkit.cli_models import TextModel, load_text_model
     from contrastkit.data.beir import load_beir
     from contrastkit.data.files import load_pairs
     from contrastkit.negatives.offline import (
@@ -408,7 +414,14 @@ def cmd_mine(args: argparse.Namespace) -> int:
         raise FileNotFoundError(
             f"DATA {args.data!r} not found; pass a BEIR folder or a pairs file (.jsonl/.csv)."
         )
-    model = load_text_model(args.model)
+    if args.num_negatives == 0:  # plain pairs, nothing to embed: no model needed
+
+        def unused(texts: list[str]) -> Any:
+            raise AssertionError("not called with --num-negatives 0")
+
+        model = TextModel(unused, unused, str(args.model))
+    else:
+        model = load_text_model(args.model)
     t0 = time.perf_counter()
     mined = mine_text_negatives(
         model.query,

@@ -185,6 +185,15 @@ def test_cli_mine_writes_a_pairs_file(tmp_path: Path, capsys: pytest.CaptureFixt
     again = tmp_path / "again.jsonl"
     assert main(["mine", str(model), str(out), str(again), "--num-negatives", "2"]) == 0
     assert len(load_pairs(again)) == 6
+    # --num-negatives 0: the same rows without negatives (the baseline training file), no model
+    plain = tmp_path / "plain.jsonl"
+    assert (
+        main(["mine", str(tmp_path / "no-model"), str(data), str(plain), "--num-negatives", "0"])
+        == 0
+    )
+    baseline = load_pairs(plain)
+    assert baseline.query == pairs.query and baseline.positive == pairs.positive
+    assert baseline.negatives is None
     # errors: one line, documented codes
     capsys.readouterr()
     assert main(["mine", str(model), str(tmp_path / "none"), str(again)]) == 4
@@ -192,3 +201,11 @@ def test_cli_mine_writes_a_pairs_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["mine", str(model), str(data), str(tmp_path / "x.csv")]) == 2
     assert main([*argv, "--max-rank", "1"]) == 2
     assert "max_rank must be an int > skip_top=1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["mine", "--help"], ["eval-retrieval", "--help"],
+                                  ["data", "export-beir", "--help"]])  # fmt: skip
+def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0 and "usage: contrastkit" in capsys.readouterr().out

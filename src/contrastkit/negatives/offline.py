@@ -133,7 +133,8 @@ def mine_text_negatives(
         rows: from :func:`rows_from_beir` or :func:`rows_from_pairs`.
         num_negatives, skip_top, max_rank, margin, max_score_ratio: the filters of
             :func:`~contrastkit.negatives.mine_hard_negatives` (margins are below the row's
-            own positive's score).
+            own positive's score); ``num_negatives=0`` writes the rows without mining (the
+            baseline training file) and calls no encoder.
         dedup: never keep a candidate whose text (stripped, case-folded) equals a positive's or
             an already kept negative's.
         batch_size: texts per encoder call.
@@ -150,6 +151,11 @@ def mine_text_negatives(
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int (e.g. 1024), got {batch_size!r}.")
+    if num_negatives == 0:  # the rows as a plain pairs file: nothing to embed
+        return [
+            {"query": q, "positive": rows.corpus[p[0]], "negatives": [], "id": i}
+            for q, p, i in zip(rows.query, rows.positives, rows.ids)
+        ]
     distinct = list(dict.fromkeys(rows.query))
     where = {t: i for i, t in enumerate(distinct)}
     query_emb = _encode(query_encoder, distinct, batch_size, "query_encoder")  # (Q, D)
