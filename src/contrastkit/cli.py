@@ -1,4 +1,5 @@
-"""The ``contrastkit`` command: train, evaluate, index, search, report, demo.
+"""The ``contrastkit`` command: train, evaluate, index, search, report, demo, and BEIR-format
+retrieval (eval-retrieval, mine, data export-beir).
 
 Every subcommand has ``--help``; errors print one clear line and exit with a non-zero code
 (2: bad usage or config, 3: training diverged, 4: missing file/run, 130: Ctrl-C,
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_MISSING, EXIT_INTERRUPTED = 2, 3, 4, 130
 
@@ -94,7 +96,81 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "recipes", help="list the packaged recipes", description="List the packaged recipe configs."
     )
+    _add_retrieval_commands(sub)
     return p
+
+
+def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
+    """eval-retrieval, mine and data export-beir (BEIR-format collections)."""
+    er = sub.add_parser(
+        "eval-retrieval",
+        help="nDCG/MAP/Recall/P/MRR of a model on a BEIR-format folder (trec_eval conventions)",
+        description="Embed DIR's corpus and judged queries with MODEL (a run folder, a local "
+        "sentence-transformers / Hugging Face folder, or minilm) and print nDCG@k, MAP@k, "
+        "Recall@k, P@k, MRR@k as trec_eval computes them.",
+    )
+    er.add_argument("model", help="run folder, model folder, or minilm")
+    er.add_argument("dir", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    er.add_argument("--split", default="test", help="qrels file to evaluate (default test)")
+    er.add_argument("--json", dest="json_out", metavar="OUT", help="also write the metrics here")
+    er.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=[1, 3, 5, 10, 100],
+        help="cut-offs (default 1 3 5 10 100)",
+    )
+    er.add_argument(
+        "--keep-identical-ids",
+        action="store_true",
+        help="allow retrieving the document whose id equals the query's (BEIR ignores it)",
+    )
+    er.add_argument("--batch-size", type=int, default=4096, help="documents per chunk")
+
+    mi = sub.add_parser(
+        "mine",
+        help="mine hard negatives with MODEL into a pairs JSONL file",
+        description="Embed DATA's queries and corpus with MODEL and write OUT.jsonl (query, "
+        "positive, negatives, id) for training. DATA is a BEIR folder (its --split qrels) or a "
+        "pairs file. Judged-relevant documents are never mined.",
+    )
+    mi.add_argument("model", help="run folder, model folder, or minilm")
+    mi.add_argument("data", help="BEIR folder or pairs file (.jsonl/.csv/.parquet)")
+    mi.add_argument("out", help="output pairs file (.jsonl)")
+    mi.add_argument("--split", default="train", help="BEIR qrels file to mine (default train)")
+    mi.add_argument("--min-score", type=int, default=1, help="lowest grade used as a positive")
+    mi.add_argument(
+        "--num-negatives",
+        type=int,
+        default=5,
+        help="negatives per row (default 5; 0 writes the pairs without mining)",
+    )
+    mi.add_argument("--skip-top", type=int, default=0, help="skip this many top candidates")
+    mi.add_argument("--max-rank", type=int, help="never take candidates ranked this low or lower")
+    mi.add_argument("--margin", type=float, help="keep scores < positive score - MARGIN")
+    mi.add_argument(
+        "--max-score-ratio", type=float, help="keep scores < RATIO * positive score (e.g. 0.95)"
+    )
+    mi.add_argument("--no-dedup", action="store_true", help="allow negatives with equal texts")
+    mi.add_argument("--batch-size", type=int, default=1024, help="texts per encoder call")
+
+    da = sub.add_parser(
+        "data", help="write packaged datasets", description="Write packaged datasets to disk."
+    )
+    dsub = da.add_subparsers(dest="data_command", metavar="ACTION")
+    ex = dsub.add_parser(
+        "export-beir",
+        help="write a packaged BEIR-format set (wordnet)",
+        description="Write NAME (wordnet: noun lemmas -> glosses, own synset judged 2, "
+        "hypernyms/hyponyms judged 1; train/test qrels follow the WordNet loader's split) as a "
+        "BEIR folder DIR.",
+    )
+    ex.add_argument("name", help="packaged set: wordnet")
+    ex.add_argument("dir", help="folder to write")
+    ex.add_argument("--test-queries", type=int, default=500, help="test queries (default 500)")
+    ex.add_argument("--train-queries", type=int, default=2000, help="train queries (default 2000)")
+    ex.add_argument("--corpus-size", type=int, default=5000, help="corpus size (at least judged)")
+    ex.add_argument("--seed", type=int, default=0, help="the WordNet loader's split seed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -292,6 +368,137 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_retrieval_table(metrics: dict[str, float]) -> str:
+    """BEIR metrics as a table: one row per cut-off k, one column per metric family."""
+    from contrastkit.eval.beir import METRIC_FAMILIES
+
+    ks = sorted({int(name.split("@")[1]) for name in metrics})
+    lines = [f"{'k':>5} " + " ".join(f"{f:>8}" for f in METRIC_FAMILIES)]
+    for k in ks:
+        cells = [f"{metrics[f'{f}@{k}']:>8.4f}" for f in METRIC_FAMILIES]
+        lines.append(f"{k:>5} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from contrastkit.cli_models import load_text_model
+    from contrastkit.data._common import atomic_write_bytes
+    from contrastkit.data.beir import load_beir
+    from contrastkit.eval.beir import evaluate_retrieval
+
+    data = load_beir(args.dir, args.split)
+    if max(args.k) > len(data.corpus):  # before loading the model: fail fast
+        raise ValueError(
+            f"--k {max(args.k)} is larger than the corpus ({len(data.corpus)} documents); pass "
+            f"--k values no larger than {len(data.corpus)}."
+        )
+    model = load_text_model(args.model)
+    t0 = time.perf_counter()
+    metrics = evaluate_retrieval(
+        model.query,
+        model.document,
+        data.corpus,
+        data.queries,
+        data.qrels,
+        k_values=args.k,
+        ignore_identical_ids=not args.keep_identical_ids,
+        batch_size=args.batch_size,
+    )
+    seconds = time.perf_counter() - t0
+    n_queries = sum(1 for q in data.qrels if q in data.queries)
+    print(
+        f"{model.name} on {args.dir} ({args.split}): {n_queries} queries, {len(data.corpus)} "
+        f"documents, {seconds:.1f} s"
+    )
+    print(format_retrieval_table(metrics))
+    if args.json_out:
+        out = {
+            "model": str(args.model),
+            "data": str(args.dir),
+            "split": args.split,
+            "queries": n_queries,
+            "documents": len(data.corpus),
+            "seconds": round(seconds, 3),
+            "metrics": metrics,
+        }
+        atomic_write_bytes(Path(args.json_out), (json.dumps(out, indent=2) + "\n").encode())
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from contrastkit.cli_models import TextModel, load_text_model
+    from contrastkit.data.beir import load_beir
+    from contrastkit.data.files import load_pairs
+    from contrastkit.negatives.offline import (
+        mine_text_negatives,
+        rows_from_beir,
+        rows_from_pairs,
+        write_pairs,
+    )
+
+    if not str(args.out).lower().endswith(".jsonl"):
+        raise ValueError(f"OUT must be a .jsonl pairs file, got {args.out!r}.")
+    data = Path(args.data)
+    if data.is_dir():
+        rows = rows_from_beir(load_beir(data, args.split), args.min_score)
+    elif data.is_file():
+        rows = rows_from_pairs(load_pairs(data))
+    else:
+        raise FileNotFoundError(
+            f"DATA {args.data!r} not found; pass a BEIR folder or a pairs file (.jsonl/.csv)."
+        )
+    if args.num_negatives == 0:  # plain pairs, nothing to embed: no model needed
+
+        def unused(texts: list[str]) -> Any:
+            raise AssertionError("not called with --num-negatives 0")
+
+        model = TextModel(unused, unused, str(args.model))
+    else:
+        model = load_text_model(args.model)
+    t0 = time.perf_counter()
+    mined = mine_text_negatives(
+        model.query,
+        model.document,
+        rows,
+        num_negatives=args.num_negatives,
+        skip_top=args.skip_top,
+        max_rank=args.max_rank,
+        margin=args.margin,
+        max_score_ratio=args.max_score_ratio,
+        dedup=not args.no_dedup,
+        batch_size=args.batch_size,
+    )
+    write_pairs(mined, args.out)
+    kept = sum(len(r["negatives"]) for r in mined)
+    print(
+        f"mined {kept} negatives for {len(mined)} rows over {len(rows.corpus)} documents in "
+        f"{time.perf_counter() - t0:.1f} s -> {args.out}"
+    )
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from contrastkit.data.beir import export_beir, load_beir
+
+    if args.data_command != "export-beir":
+        raise ValueError("data needs an action: contrastkit data export-beir wordnet DIR.")
+    root = export_beir(
+        args.name,
+        args.dir,
+        test_queries=args.test_queries,
+        train_queries=args.train_queries,
+        corpus_size=args.corpus_size,
+        seed=args.seed,
+    )
+    for split in ("train", "test"):
+        data = load_beir(root, split)
+        judged = sum(len(v) for v in data.qrels.values())
+        print(f"{split}: {len(data.qrels)} queries, {judged} judgements")
+    print(f"wrote {root} ({len(data.corpus)} documents)")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -300,6 +507,9 @@ COMMANDS = {
     "report": cmd_report,
     "demo": cmd_demo,
     "recipes": cmd_recipes,
+    "eval-retrieval": cmd_eval_retrieval,
+    "mine": cmd_mine,
+    "data": cmd_data,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from contrastkit.data._common import (
     group_ids,
     held_out_mask,
 )
+from contrastkit.data.beir import BeirData, export_beir, load_beir, load_beir_pairs
 from contrastkit.data.bible import load_bible_pairs
 from contrastkit.data.emoji import load_emoji
 from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
@@ -31,6 +32,7 @@ from contrastkit.data.wordnet import LEXNAMES, load_wordnet
 
 __all__ = [
     "LEXNAMES",
+    "BeirData",
     "DataNotFoundError",
     "ImageDataset",
     "ImageFiles",
@@ -39,10 +41,13 @@ __all__ = [
     "SkippedFile",
     "TextPairs",
     "cache_dir",
+    "export_beir",
     "group_ids",
     "held_out_mask",
     "image_batches",
     "image_folder_loader",
+    "load_beir",
+    "load_beir_pairs",
     "load_bible_pairs",
     "load_digits",
     "load_emoji",

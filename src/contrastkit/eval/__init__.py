@@ -2,9 +2,11 @@
 
 Shape notation: Q queries, N corpus, D embedding dim, K neighbours, C classes.
 Functions are pure (``*_at_k`` take a ranked relevance matrix; ``retrieval_scores`` searches);
-the classes in :mod:`contrastkit.eval.metrics` and :class:`KNNAccuracy` accumulate over batches.
+BEIR / trec_eval evaluation of a judged collection is :func:`evaluate_retrieval`
+(:mod:`contrastkit.eval.beir`); the classes in :mod:`contrastkit.eval.metrics` and :class:`KNNAccuracy` accumulate over batches.
 """
 
+from contrastkit.eval.beir import evaluate_retrieval, score_run, search_corpus
 from contrastkit.eval.evaluate import evaluate_embeddings
 from contrastkit.eval.knn import KNNAccuracy, knn_accuracy, knn_predict, knn_votes
 from contrastkit.eval.linear_probe import LinearProbeResult, fit_logistic_regression, linear_probe
@@ -44,6 +46,7 @@ __all__ = [
     "RetrievalMetrics",
     "count_relevant",
     "evaluate_embeddings",
+    "evaluate_retrieval",
     "fit_logistic_regression",
     "hit_rate_at_k",
     "knn_accuracy",
@@ -60,4 +63,6 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_scores",
     "retrieve",
+    "score_run",
+    "search_corpus",
 ]

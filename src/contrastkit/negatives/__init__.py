@@ -20,6 +20,13 @@ from contrastkit.negatives.miners import (
     hard_negatives_in_batch,
     mine_hard_negatives,
 )
+from contrastkit.negatives.offline import (
+    MiningRows,
+    mine_text_negatives,
+    rows_from_beir,
+    rows_from_pairs,
+    write_pairs,
+)
 from contrastkit.negatives.queue import EmbeddingQueue
 from contrastkit.negatives.samplers import MPerClassSampler, NoDuplicatesSampler
 
@@ -28,6 +35,7 @@ __all__ = [
     "ExtraNegatives",
     "MPerClassSampler",
     "MinedNegatives",
+    "MiningRows",
     "NoDuplicatesSampler",
     "exact_search",
     "hard_negatives_in_batch",
@@ -37,4 +45,8 @@ __all__ = [
     "mask_from_texts",
     "mask_from_threshold",
     "mine_hard_negatives",
+    "mine_text_negatives",
+    "rows_from_beir",
+    "rows_from_pairs",
+    "write_pairs",
 ]

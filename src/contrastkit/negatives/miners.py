@@ -25,6 +25,7 @@ from contrastkit.functional.similarity import (
     paired_similarity_unchecked,
     similarity_matrix_unchecked,
 )
+from contrastkit.index.exact import chunked_topk
 
 __all__ = ["MinedNegatives", "exact_search", "hard_negatives_in_batch", "mine_hard_negatives"]
 
@@ -158,8 +159,10 @@ def mine_hard_negatives(
     *,
     num_negatives: int = 5,
     skip_top: int = 0,
+    max_rank: int | None = None,
     margin: float | None = None,
     max_score_ratio: float | None = None,
+    corpus_groups: Tensor | None = None,
     index: Any = None,
     search_k: int | None = None,
     metric: str = "cosine",
@@ -168,8 +171,11 @@ def mine_hard_negatives(
 
     For each query: retrieve the ``search_k`` nearest corpus rows (through ``index.search`` if an
     index is given, else exact chunked top-k), drop its positives, drop the first ``skip_top``
-    remaining ranks, keep candidates with ``score < positive_score - margin`` (and
-    ``score < max_score_ratio * positive_score``), and keep the best ``num_negatives``.
+    remaining ranks and every rank from ``max_rank`` on (the window ``[skip_top, max_rank)``,
+    ranks counted after removing the positives, as sentence-transformers' ``range_min`` /
+    ``range_max``), keep candidates with ``score < positive_score - margin`` (and
+    ``score < max_score_ratio * positive_score``), with ``corpus_groups`` drop candidates that
+    duplicate a positive or an already kept negative, and keep the best ``num_negatives``.
 
     Args:
         query: (Q, D) query embeddings.
@@ -178,13 +184,18 @@ def mine_hard_negatives(
             positives; the first sets ``positive_score``).
         num_negatives: cap per query (K).
         skip_top: ranks skipped after removing positives (likely unlabeled positives).
+        max_rank: candidates ranked ``max_rank`` or lower (0-based, after removing positives)
+            are never taken; None: no limit. Must exceed ``skip_top``.
         margin: absolute margin below the positive's score, or None for no margin filter.
         max_score_ratio: relative filter (NV-Retriever's "TopK-PercPos", e.g. 0.95), or None.
+        corpus_groups: optional (N,) long; rows with equal values are duplicates (e.g.
+            :func:`contrastkit.data.group_ids` of the corpus texts): a candidate in a positive's
+            group or in the group of a negative already kept is skipped.
         index: optional object with ``search(query, k)`` returning ``(scores, indices)`` or an
             object with ``.scores``/``.indices`` (e.g. :mod:`contrastkit.index`); its rows must be
             the corpus rows in order. Scores must use ``metric``.
         search_k: candidates retrieved per query (default ``skip_top + num_negatives + 10 +``
-            the largest number of positives).
+            the largest number of positives, or ``max_rank +`` that number when smaller).
         metric: similarity for the positive scores and the exact search.
 
     Returns:
@@ -206,6 +217,13 @@ def mine_hard_negatives(
     num_negatives = _check_k("num_negatives", num_negatives)
     if not isinstance(skip_top, int) or isinstance(skip_top, bool) or skip_top < 0:
         raise ValueError(f"skip_top must be an int >= 0, got {skip_top!r}.")
+    if max_rank is not None and (
+        not isinstance(max_rank, int) or isinstance(max_rank, bool) or max_rank <= skip_top
+    ):
+        raise ValueError(
+            f"max_rank must be an int > skip_top={skip_top} (the end of the rank window) or "
+            f"None, got {max_rank!r}."
+        )
     if margin is not None:
         margin = check_positive_number("margin", margin, allow_zero=True)
     if max_score_ratio is not None:
@@ -228,12 +246,24 @@ def mine_hard_negatives(
     n = corpus.shape[0]
     if any(not 0 <= p < n for ps in pos_lists for p in ps):
         raise ValueError(f"positives must be corpus rows in [0, {n}), got out-of-range rows.")
+    groups: list[int] | None = None
+    if corpus_groups is not None:
+        if not isinstance(corpus_groups, Tensor) or corpus_groups.shape != (n,):
+            got = tuple(corpus_groups.shape) if isinstance(corpus_groups, Tensor) else corpus_groups
+            raise ValueError(
+                f"corpus_groups must be a (N,) = ({n},) long tensor (one group per corpus row, "
+                f"e.g. group_ids(texts)), got {got!r}."
+            )
+        groups = corpus_groups.tolist()
     first = torch.tensor([p[0] for p in pos_lists], device=corpus.device)
     positive_scores = paired_similarity_unchecked(query, corpus[first], metric).float().cpu()
     max_pos = max(len(p) for p in pos_lists)
-    k = min(search_k or (skip_top + num_negatives + max_pos + 10), n)
+    default_k = skip_top + num_negatives + 10
+    if max_rank is not None:
+        default_k = min(default_k, max_rank)
+    k = min(search_k or (default_k + max_pos), n)
     if index is None:
-        scores, indices = exact_search(query, corpus, k, metric=metric)
+        scores, indices = chunked_topk(query, corpus, k, metric=metric)
     else:
         scores, indices = _search(index, query, k)
     scores, indices = scores.cpu(), indices.cpu()
@@ -246,12 +276,20 @@ def mine_hard_negatives(
             for s, j in zip(scores[i].tolist(), indices[i].tolist())
             if j >= 0 and j not in pos
         ]
-        kept = kept[skip_top:]
+        kept = kept[skip_top:max_rank]
         bound = positive_scores[i].item()
         if margin is not None:
             kept = [(s, j) for s, j in kept if s < bound - margin]
         if max_score_ratio is not None:
             kept = [(s, j) for s, j in kept if s < bound * max_score_ratio]
+        if groups is not None:
+            seen = {groups[p] for p in pos}
+            unique = []
+            for s_j, j in kept:
+                if groups[j] not in seen:
+                    seen.add(groups[j])
+                    unique.append((s_j, j))
+            kept = unique
         kept = kept[:num_negatives]
         if kept:
             out_scores[i, : len(kept)] = torch.tensor([s for s, _ in kept])
