@@ -100,3 +100,22 @@ def test_gathered_duplicate_mask_equals_the_global_mask_rows() -> None:
         rows = slice(r * b, (r + 1) * b)
         local = duplicate_mask([ids[rows], texts[rows]], [ids, texts], positive_offset=r * b)
         assert torch.equal(local, full[rows])
+
+
+def test_pairs_task_trains_on_a_beir_folder(tmp_path: Path) -> None:
+    """data.dataset: beir reads qrels/train.tsv for training and qrels/test.tsv for the in-run
+    evaluation; judged-0 documents become hard negatives, query ids the false-negative ids."""
+    from contrastkit.data.beir import export_beir
+
+    export_beir("wordnet", tmp_path / "beir", test_queries=64, train_queries=128)
+    raw = pairs_config(tmp_path)
+    raw["data"] = {"dataset": "beir", "root": str(tmp_path / "beir"), "subset": 64}
+    task = TextPairsTask(load_config_dict(raw))
+    assert len(task.train_pairs) == 64 and not set(task.train_pairs.query) & set(
+        task.test_pairs.query
+    )
+    run = train(load_config_dict(raw), tmp_path / "beir-run")
+    assert json.loads((run / "eval.json").read_text())["metrics"]["R@1"] >= 0
+    raw["data"]["root"] = None
+    with pytest.raises(ValueError, match="data.dataset='beir' needs data.root"):
+        TextPairsTask(load_config_dict(raw))

@@ -3,7 +3,7 @@
 >>> sorted(IMAGE_SOURCES)
 ['digits', 'fashion_mnist']
 >>> sorted(TEXT_PAIR_SOURCES)
-['bible', 'pairs_file', 'wordnet', 'wordnet_preference']
+['beir', 'bible', 'pairs_file', 'wordnet', 'wordnet_preference']
 """
 
 from __future__ import annotations
@@ -49,6 +49,23 @@ def _pairs_file(split: str, root: str | os.PathLike | None = None, **opts: Any) 
     return load_pairs(root, split=split, **opts)
 
 
+def _beir(
+    split: str,
+    root: str | os.PathLike | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    **opts: Any,
+) -> TextPairs:
+    from contrastkit.data.beir import load_beir_pairs
+
+    if not root:
+        raise ValueError(
+            "data.dataset='beir' needs data.root: a BEIR folder (corpus.jsonl, queries.jsonl, "
+            "qrels/<split>.tsv), e.g. one written by `contrastkit data export-beir wordnet DIR`."
+        )
+    return load_beir_pairs(root, train_split if split == "train" else test_split, **opts)
+
+
 # ``loader(split, root=None, **options)``: images as float32 in [0, 1]
 IMAGE_SOURCES: dict[str, Callable[..., ImageDataset]] = {
     "fashion_mnist": _fashion_mnist,
@@ -59,6 +76,7 @@ TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
     "wordnet_preference": _wordnet,
     "bible": _bible,
     "pairs_file": _pairs_file,
+    "beir": _beir,
 }
 
 

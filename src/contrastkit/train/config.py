@@ -327,7 +327,7 @@ class EvalConfig(_Strict):
 
 
 IMAGE_DATASETS = ("fashion_mnist", "digits")
-TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file")
+TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir")
 IMAGE_TEXT_DATASETS = ("emoji",)
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
 
