@@ -117,5 +117,5 @@ def test_pairs_task_trains_on_a_beir_folder(tmp_path: Path) -> None:
     run = train(load_config_dict(raw), tmp_path / "beir-run")
     assert json.loads((run / "eval.json").read_text())["metrics"]["R@1"] >= 0
     raw["data"]["root"] = None
-    with pytest.raises(ValueError, match="data.dataset='beir' needs data.root"):
+    with pytest.raises(ValueError, match=r"data\.dataset='beir' needs data\.root"):
         TextPairsTask(load_config_dict(raw))
