@@ -106,19 +106,19 @@ def cross_entropy_baseline(budget: float) -> dict:
         elapsed += time.perf_counter() - t0
         if step == 20:  # fit the schedule to the budget, like the recipes
             total = max(step, min(total, int(budget / (elapsed / step))))
-    train_f = task.features(task.train_set.images)
-    test_f = task.features(task.test_set.images)
+    train_f, train_y = task.features_of(task.train_set)
+    test_f, test_y = task.features_of(task.test_set)
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x) for x in task.test_set.images.split(2048)])
-    acc = float((logits.argmax(1) == task.test_set.labels).float().mean())
+        logits = torch.cat([model(x) for x in task.test_set.ds.images.split(2048)])
+    acc = float((logits.argmax(1) == test_y).float().mean())
     return {
         "recipe": "cross-entropy (SupCon's encoder and budget)",
         "budget_s": budget,
         "steps": step,
         "train_s": round(elapsed, 1),
-        "knn": round(task.knn(train_f, task.train_set.labels, test_f, 20), 4),
-        "probe": round(task.probe(train_f, test_f), 4),
+        "knn": round(task.knn(train_f, train_y, test_f, test_y, 20), 4),
+        "probe": round(task.probe(train_f, train_y, test_f, test_y), 4),
         "test_accuracy": round(acc, 4),
     }
 

@@ -558,3 +558,72 @@ def image_batches(
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
     yield from image_folder_loader(dataset, sampler, workers, persistent=False)
+
+
+class FolderReader:
+    """Decode chosen rows of an :class:`ImageFiles` on demand with persistent workers.
+
+    ``read(rows)`` splits the rows into one part per worker, decodes the parts in parallel and
+    returns them merged in order, so the caller (the trainer, which draws its own batch order
+    and checkpoints it) decides exactly which files form each batch. The workers start once
+    and live as long as the reader.
+
+    >>> import tempfile, os
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> for i in range(4):
+    ...     Image.new("L", (8, 8), 60 * i).save(os.path.join(root, f"{i}.png"))
+    >>> reader = FolderReader(ImageFiles(root, image_size=8), workers=0)
+    >>> batch = reader.read([3, 1])
+    >>> batch["index"].tolist(), batch["images"][:, 0, 0, 0].tolist(), batch["skipped_files"]
+    ([3, 1], [180, 60], 0)
+    """
+
+    def __init__(self, dataset: ImageFiles, workers: int = 0) -> None:
+        self.dataset, self.workers = dataset, workers
+        self._pending: list[list[int]] = []
+        self.loader = image_folder_loader(dataset, self, workers)
+
+    def __iter__(self) -> Iterator[list[int]]:  # the loader's batch sampler: the pending parts
+        yield from self._pending
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def read(self, rows: Sequence[int]) -> dict[str, Any]:
+        """``{"images": uint8 (B', C, S, S), "labels": (B',), "index": (B',),
+        "skipped_files": int}`` for the readable rows among ``rows`` (in their order)."""
+        rows = [int(r) for r in rows]
+        parts = max(1, min(self.workers, len(rows)))
+        size = -(-len(rows) // parts)
+        self._pending = [rows[i : i + size] for i in range(0, len(rows), size)]
+        batches = list(self.loader)
+        self._pending = []
+        out: dict[str, Any] = {
+            "images": torch.cat([b["images"] for b in batches]),
+            "labels": torch.cat([b["labels"] for b in batches]),
+            "index": torch.cat([b["index"] for b in batches]),
+            "skipped_files": sum(int(b["skipped_files"]) for b in batches),
+        }
+        if "texts" in batches[0]:
+            out["texts"] = [t for b in batches for t in b["texts"]]
+        return out
+
+
+def first_image_size(dataset_root: str | os.PathLike, cap: int = 224) -> int:
+    """The shorter side of the first image of a folder or manifest, at most ``cap`` (what
+    ``data.image_size`` defaults to: the encoder follows the data)."""
+    from PIL import Image
+
+    source = Path(dataset_root)
+    if source.suffix.lower() in MANIFEST_SUFFIXES and not source.is_dir():
+        cells, _, _ = read_manifest(source, "path", None, None)
+        first = Path(cells[0]) if Path(cells[0]).is_absolute() else source.parent / cells[0]
+    else:
+        keys, _, _ = list_image_folder(source)
+        first = source / keys[0]
+    try:
+        with Image.open(first) as img:
+            return max(2, min(cap, min(img.size)))
+    except OSError:
+        return min(cap, 64)

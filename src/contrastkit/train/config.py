@@ -51,7 +51,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """What to train on.
 
-    ``dataset`` names a source the task knows (image tasks: ``fashion_mnist``, ``digits``;
+    ``dataset`` names a source the task knows (image tasks: ``fashion_mnist``, ``digits``,
+    ``image_folder`` (``root``: class folders, a flat folder or a CSV/Parquet manifest, streamed
+    from disk by ``workers`` processes at ``image_size``);
     pairs: ``wordnet``, ``bible``, ``pairs_file``; image_text: ``emoji``; preference:
     ``wordnet_preference``, ``pairs_file``); ``root`` overrides where its files are.
     ``sampler`` composes the batches: ``random`` (a permutation per epoch), ``m_per_class``
@@ -63,6 +65,13 @@ class DataConfig(_Strict):
     root: str | None = None
     subset: int | None = Field(default=None, gt=0, description="use only the first N train items")
     test_subset: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(
+        default=None,
+        ge=2,
+        description="image_folder: side images are resized/cropped to "
+        "(default: the first image's shorter side, at most 224)",
+    )
+    workers: int = Field(default=0, ge=0, description="image_folder: decoding processes")
     sampler: Literal["random", "m_per_class", "no_duplicates"] = "random"
     sampler_m: int = Field(default=4, ge=2, description="m_per_class: items per class in a batch")
     options: dict[str, Any] = Field(default_factory=dict, description="loader keyword arguments")
@@ -326,7 +335,7 @@ class EvalConfig(_Strict):
     )
 
 
-IMAGE_DATASETS = ("fashion_mnist", "digits")
+IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
 TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir")
 IMAGE_TEXT_DATASETS = ("emoji",)
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")

@@ -108,7 +108,7 @@ class Trainable(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         step = self.task.loss_terms(batch, self.loss_fn)
-        return {"terms": step.terms, "embeddings": step.embeddings}
+        return {"terms": step.terms, "embeddings": step.embeddings, "counts": step.counts}
 
     def weights(self) -> nn.ModuleDict:
         """What a checkpoint's ``model.safetensors`` holds."""
@@ -279,6 +279,7 @@ def train(
 
     progress = progress_bar(cfg, dist, step, schedule.total_steps)
     last_loss, last_eval = math.nan, {}
+    counts: dict[str, int] = {}
     t_log, items_since_log = time.perf_counter(), 0
     with StopSignals() as signals:
         try:
@@ -308,6 +309,8 @@ def train(
                     elapsed = main_clock(elapsed)  # every rank takes the same time decisions
                 last_loss = float(loss.detach())
                 items_since_log += len(indices) * dist.world
+                for key, value in out.counts.items():  # e.g. skipped_files, summed per record
+                    counts[key] = counts.get(key, 0) + value
 
                 fitted = budget.update(step, elapsed) if budget is not None else None
                 if fitted is not None:
@@ -325,10 +328,15 @@ def train(
                 if step % cfg.train.log_every == 0 or step == schedule.total_steps:
                     now = time.perf_counter()
                     rate = items_since_log / max(now - t_log, 1e-9)
-                    metrics.write(
-                        step_record(step, out, optimizer, grad_norm, rate, elapsed, trainable)
-                    )
-                    t_log, items_since_log = now, 0
+                    record = step_record(step, out, optimizer, grad_norm, rate, elapsed, trainable)
+                    metrics.write({**record, **counts})
+                    if counts.get("skipped_files"):
+                        log.warning(
+                            "step %d: %d unreadable files skipped since the last log line",
+                            step,
+                            counts["skipped_files"],
+                        )
+                    t_log, items_since_log, counts = now, 0, {}
                     if progress is not None:
                         post = {"loss": f"{last_loss:.3f}", "items/s": f"{rate:.0f}"}
                         post.update({k: f"{v:.3f}" for k, v in last_eval.items()})
@@ -433,7 +441,7 @@ def forward_checked(
     except NonFiniteError as err:  # a loss's input check saw the NaN/Inf embeddings
         what = str(err).split(";")[0] + " (a loss input)"
         raise TrainingDiverged(diagnostic(step, what, last_loss, cfg, run)) from None
-    result = Step(out["terms"], out["embeddings"])
+    result = Step(out["terms"], out["embeddings"], out["counts"])
     for i, z in enumerate(result.embeddings or ()):
         if z is not None and not torch.isfinite(z.detach()).all():
             what = f"embedding batch {i + 1} holds NaN/Inf"

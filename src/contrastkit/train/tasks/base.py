@@ -58,11 +58,13 @@ class Corpus:
 
 @dataclass
 class Step:
-    """The result of one forward pass: named loss terms (their sum is minimised) and the two
-    embedding batches ((B, D) each, or None) that the collapse monitor reads."""
+    """The result of one forward pass: named loss terms (their sum is minimised), the two
+    embedding batches ((B, D) each, or None) that the collapse monitor reads, and counts the
+    loop logs with the step (e.g. ``skipped_files`` of an image folder)."""
 
     terms: dict[str, Tensor]
     embeddings: tuple[Tensor, Tensor] | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # logged per step (skipped files)
 
     @property
     def loss(self) -> Tensor:

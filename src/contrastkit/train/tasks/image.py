@@ -14,6 +14,7 @@ Shapes: B batch, V views, C x H x W images, D embedding dim.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,13 +40,14 @@ from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_in
 BYOL_MOMENTUM = 0.99  # the teacher's starting momentum, raised to 1 on a cosine
 
 
-def build_views(views: Any, images: Tensor) -> SimCLRViews:
+def build_views(views: Any, images: Tensor | tuple[int, int, int]) -> SimCLRViews:
     """The kornia :class:`~contrastkit.data.SimCLRViews` of the ``views:`` config section for
-    square images shaped like ``images`` (B, C, H, H)."""
-    size, channels = images.shape[-1], images.shape[1]
-    if images.shape[-2] != size:
+    square images shaped like ``images`` (B, C, H, H), or of that (C, H, W) shape."""
+    shape = tuple(images) if isinstance(images, tuple) else tuple(images.shape[1:])
+    channels, height, size = shape
+    if height != size:
         raise ValueError(
-            f"image tasks need square images for their views, got {tuple(images.shape[-2:])}; "
+            f"image tasks need square images for their views, got {(height, size)}; "
             "resize the dataset to H x H."
         )
     return SimCLRViews(
@@ -89,6 +91,136 @@ def build_image_encoder(model: Any, channels: int, size: int) -> ProjectedEncode
     return ProjectedEncoder(backbone, head).to(memory_format=torch.channels_last)
 
 
+class MemoryImages:
+    """A loaded :class:`~contrastkit.data.ImageDataset` (float images in [0, 1])."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds, self.labels, self.classes = ds, ds.labels, list(ds.classes)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.ds.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def read(self, rows: Tensor) -> tuple[Tensor, Tensor, int]:
+        """(images (B, C, H, W) float, the rows, files skipped)."""
+        return self.ds.images[rows], rows, 0
+
+    def batches(self, size: int = 2048) -> Iterator[tuple[Tensor, Tensor]]:
+        """(images, rows) chunks of the whole set, in order."""
+        for i in range(0, len(self.ds), size):
+            yield self.ds.images[i : i + size], torch.arange(i, min(i + size, len(self.ds)))
+
+    def item(self, i: int) -> Tensor:
+        return self.ds.images[i]
+
+    def pixels(self) -> tuple[Tensor, Tensor] | None:
+        """(flattened images (N, C*H*W), rows) for the raw-pixel baseline."""
+        return self.ds.images.flatten(1), torch.arange(len(self.ds))
+
+    def head(self, n: int) -> Tensor:
+        """The first ``n`` images (N, C, H, W)."""
+        return self.ds.images[:n]
+
+
+class FolderImages:
+    """An :class:`~contrastkit.data.ImageFiles` split streamed from disk by ``workers``
+    processes. A file that does not decode is skipped, counted, and its place in the batch
+    taken by a readable row of the same batch (every process keeps its batch size)."""
+
+    MAX_PIXELS = 2.5e8  # the raw-pixel baseline holds all pixels: skip it above this
+
+    def __init__(self, files: Any, workers: int) -> None:
+        from contrastkit.data.image_folder import FolderReader
+
+        self.files, self.workers = files, workers
+        self.reader = FolderReader(files, workers)
+        self.labels, self.classes = files.labels, list(files.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(x) for x in self.files.image_shape)  # type: ignore[return-value]
+
+    def read(self, rows: Tensor) -> tuple[Tensor, Tensor, int]:
+        batch = self.reader.read(rows.tolist())
+        images, index = batch["images"], batch["index"]
+        if not len(index):
+            raise ValueError(
+                f"data.root: no file of this batch decodes ({batch['skipped_files']} skipped); "
+                f"check the images under {self.files.root}."
+            )
+        if len(index) < len(rows):  # refill the places of skipped files from readable rows
+            fill = torch.arange(len(rows) - len(index)) % len(index)
+            images, index = torch.cat([images, images[fill]]), torch.cat([index, index[fill]])
+        return images.float() / 255.0, index, int(batch["skipped_files"])
+
+    def batches(self, size: int = 512) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every row in order; an unreadable file is a blank image (positions stay rows)."""
+        for start in range(0, len(self.files), size):
+            rows = torch.arange(start, min(start + size, len(self.files)))
+            batch = self.reader.read(rows.tolist())
+            images = torch.zeros(len(rows), *self.image_shape)
+            images[batch["index"] - start] = batch["images"].float() / 255.0
+            yield images, rows
+
+    def head(self, n: int) -> Tensor:
+        """The first ``n`` images (N, C, H, W)."""
+        return next(self.batches(min(n, len(self.files))))[0]
+
+    def item(self, i: int) -> Tensor:
+        got = self.files[int(i)]
+        if not isinstance(got, dict):  # a SkippedFile: show a blank tile
+            return torch.zeros(self.image_shape)
+        return got["image"].float() / 255.0
+
+    def pixels(self) -> tuple[Tensor, Tensor] | None:
+        c, h, w = self.image_shape
+        if len(self) * c * h * w > self.MAX_PIXELS:
+            return None
+        parts = list(self.batches())
+        return torch.cat([x.flatten(1) for x, _ in parts]), torch.cat([r for _, r in parts])
+
+
+class _Items:
+    """``source.item(i)`` as an indexable sequence (what the report's thumbnails index)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.source.item(int(i))
+
+
+def load_images(cfg: Any, split: str) -> MemoryImages | FolderImages:
+    """The ``split`` of ``cfg.data`` as an image source (in memory, or streamed from disk)."""
+    d = cfg.data
+    if d.dataset == "image_folder":
+        from contrastkit.data.image_folder import ImageFiles, first_image_size
+
+        if not d.root:
+            raise ValueError(
+                "data.dataset='image_folder' needs data.root: a folder of class folders, a flat "
+                "folder of images, or a CSV/Parquet manifest with a path column."
+            )
+        size = d.image_size or first_image_size(d.root)
+        files = ImageFiles(d.root, image_size=size, split=split, seed=cfg.seed, **d.options)
+        return FolderImages(files, d.workers)
+    ds = load_source(IMAGE_SOURCES, d.dataset, split, root=d.root, **d.options)
+    limit = d.subset if split == "train" else d.test_subset
+    if limit:
+        ds = ds.subset(torch.arange(min(limit, len(ds))))
+    return MemoryImages(ds)
+
+
 class ImageTask:
     """``views`` and ``supervised``: two random views per image."""
 
@@ -107,16 +239,9 @@ class ImageTask:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        d = cfg.data
-        kw = {"root": d.root, **d.options}
-        self.train_set = load_source(IMAGE_SOURCES, d.dataset, "train", **kw)
-        self.test_set = load_source(IMAGE_SOURCES, d.dataset, "test", **kw)
-        if d.subset:
-            self.train_set = self.train_set.subset(torch.arange(min(d.subset, len(self.train_set))))
-        if d.test_subset:
-            n = min(d.test_subset, len(self.test_set))
-            self.test_set = self.test_set.subset(torch.arange(n))
-        self.views = build_views(cfg.views, self.train_set.images)
+        self.train_set = load_images(cfg, "train")
+        self.test_set = load_images(cfg, "test")
+        self.views = build_views(cfg.views, self.train_set.image_shape)
         self.spec = loss_spec(cfg.loss.name)
         allowed = ("labelled",) if cfg.task == "supervised" else ("pair", "prediction")
         check_loss_inputs(cfg.task, cfg.loss.name, self.spec.inputs, allowed)
@@ -139,17 +264,17 @@ class ImageTask:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the encoder takes."""
-        c, h, w = self.train_set.images.shape[1:]
-        return int(c), int(h), int(w)
+        return self.train_set.image_shape
 
     # -- training ---------------------------------------------------------------------------
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """``views`` (2B, C, H, W), view-major, drawn from ``generator``; ``labels`` (B,);
         ``ids`` (B,) the items' rows in the train set."""
-        images = self.train_set.images[indices]  # (B, C, H, W)
+        images, rows, skipped = self.train_set.read(indices)  # (B, C, H, W)
         views = self.views(images, n_views=2, generator=generator)  # (2, B, C, H, W)
         views = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (2B, C, H, W)
-        return {"views": views, "labels": self.train_set.labels[indices], "ids": indices}
+        labels = self.train_set.labels[rows]
+        return {"views": views, "labels": labels, "ids": rows, "skipped_files": skipped}
 
     def loss_terms(self, batch: dict[str, Tensor], loss: nn.Module) -> Step:
         name, views = self.cfg.loss.name, batch["views"]
@@ -158,7 +283,8 @@ class ImageTask:
             query = self.model["encoder"](views[:b]).float()  # (B, D)
             with torch.no_grad():
                 key = self.model["key_encoder"](views[b:]).float()  # (B, D)
-            return Step({name: _call(loss, query, key, ids=batch["ids"])}, (query, key))
+            value = _call(loss, query, key, ids=batch["ids"])
+            return Step({name: value}, (query, key), self._counts(batch))
         z = self.model["encoder"](views)  # (2B, D)
         z1, z2 = z.float().chunk(2)  # (B, D) each
         if self.spec.inputs == "prediction":
@@ -168,11 +294,17 @@ class ImageTask:
                     t1, t2 = self.model["teacher"](views).float().chunk(2)
             else:
                 t1, t2 = z1, z2  # the loss applies the stop-gradient
-            return Step({name: loss(p1, p2, t1, t2)}, (z1, z2))
+            return Step({name: loss(p1, p2, t1, t2)}, (z1, z2), self._counts(batch))
         if self.spec.inputs == "labelled":  # both views as (2B, D) items with their labels
             labels = batch["labels"]
-            return Step({name: loss(torch.cat([z1, z2]), torch.cat([labels, labels]))}, (z1, z2))
-        return Step({name: _call(loss, z1, z2, ids=batch["ids"])}, (z1, z2))
+            value = loss(torch.cat([z1, z2]), torch.cat([labels, labels]))
+            return Step({name: value}, (z1, z2), self._counts(batch))
+        return Step({name: _call(loss, z1, z2, ids=batch["ids"])}, (z1, z2), self._counts(batch))
+
+    @staticmethod
+    def _counts(batch: dict[str, Any]) -> dict[str, int]:
+        """Per-step counts the loop logs: unreadable files skipped (image folders)."""
+        return {"skipped_files": int(batch["skipped_files"])} if batch["skipped_files"] else {}
 
     def after_step(self, step: int, total_steps: int) -> None:
         """BYOL: move the teacher towards the online encoder (momentum 0.99 -> 1, cosine).
@@ -194,63 +326,88 @@ class ImageTask:
         enc.train(was)
         return out
 
+    def features_of(self, source: Any, limit: int | None = None) -> tuple[Tensor, Tensor]:
+        """(features (N, F), labels (N,)) of a whole image source (its first ``limit`` rows)."""
+        parts, rows = [], []
+        for images, chunk in source.batches():
+            if limit is not None and int(chunk[0]) >= limit:
+                break
+            parts.append(self.features(images))
+            rows.append(chunk)
+        feats, index = torch.cat(parts), torch.cat(rows)
+        if limit is not None:
+            feats, index = feats[index < limit], index[index < limit]
+        return feats, source.labels[index]
+
     def embed_images(self, images: Tensor) -> Tensor:
         """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 (eval mode)."""
         return self.features(images)
 
-    def knn(self, train: Tensor, train_labels: Tensor, test: Tensor, k: int) -> float:
+    @staticmethod
+    def knn(
+        train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, k: int
+    ) -> float:
         """Weighted k-NN accuracy of the test features over ``train`` (each neighbour votes
         ``exp(cosine / 0.07)``, :func:`contrastkit.eval.knn_accuracy`)."""
         return knn_accuracy(
             test,
-            self.test_set.labels,
+            test_labels,
             train,
             train_labels,
-            k=k,
+            k=min(k, len(train)),
             temperature=0.07,
             metric="cosine",
         )
 
-    def probe(self, train: Tensor, test: Tensor) -> float:
+    @staticmethod
+    def probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor) -> float:
         """Test accuracy of a logistic-regression probe fitted on the frozen train features
         (:func:`contrastkit.eval.linear_probe`)."""
         result = linear_probe(
             train.float(),
-            self.train_set.labels,
+            train_labels,
             test.float(),
-            self.test_set.labels,
+            test_labels,
             weight_decays=(1e-4,),
             max_iter=100,
         )
         return float(result.accuracy)
 
+    def _labelled(self) -> bool:
+        return bool((self.train_set.labels >= 0).all()) and len(self.train_set.classes) > 1
+
     @torch.no_grad()
     def baseline(self) -> EvalResult | None:
         """kNN (and probe) on raw pixels, the number an image encoder has to beat."""
         e = self.cfg.eval
-        if not e.raw_baseline:
+        if not e.raw_baseline or not self._labelled():
             return None
-        tr, te = self.train_set.images.flatten(1), self.test_set.images.flatten(1)
-        metrics = {"knn": self.knn(tr, self.train_set.labels, te, min(e.knn_k, len(tr)))}
+        train, test = self.train_set.pixels(), self.test_set.pixels()
+        if train is None or test is None:
+            return None  # too many pixels to hold
+        (tr, tr_rows), (te, te_rows) = train, test
+        tr_y, te_y = self.train_set.labels[tr_rows], self.test_set.labels[te_rows]
+        metrics = {"knn": self.knn(tr, tr_y, te, te_y, e.knn_k)}
         if e.probe:
-            metrics["probe"] = self.probe(tr, te)
+            metrics["probe"] = self.probe(tr, tr_y, te, te_y)
         return EvalResult(metrics, "raw pixels")
 
     @torch.no_grad()
     def evaluate(self, *, quick: bool = False) -> EvalResult:
         e = self.cfg.eval
-        train, test = self.train_set, self.test_set
-        if quick:  # periodic evaluation: kNN on a fixed train subset only
-            n = min(e.periodic_subset, len(train))
-            tr, te = self.features(train.images[:n]), self.features(test.images)
-            return EvalResult({"knn": self.knn(tr, train.labels[:n], te, min(e.knn_k, n))})
-        tr, te = self.features(train.images), self.features(test.images)
-        metrics = {"knn": self.knn(tr, train.labels, te, min(e.knn_k, len(train)))}
-        if e.probe:
-            metrics["probe"] = self.probe(tr, te)
+        limit = e.periodic_subset if quick else None  # periodic: kNN on a fixed train subset
+        tr, tr_y = self.features_of(self.train_set, limit)
+        te, te_y = self.features_of(self.test_set)
+        metrics: dict[str, float] = {}
+        if self._labelled():
+            metrics["knn"] = self.knn(tr, tr_y, te, te_y, e.knn_k)
+            if e.probe and not quick:
+                metrics["probe"] = self.probe(tr, tr_y, te, te_y)
+        if quick:
+            return EvalResult(metrics)
         # positive (two views of one test image) vs negative (different images) similarities
         g = torch.Generator().manual_seed(self.cfg.seed + 1)
-        sample = test.images[:1000]
+        sample = self.test_set.head(1000)
         enc = self.model["encoder"]
         was = enc.training
         enc.eval()
@@ -258,23 +415,26 @@ class ImageTask:
         v1, v2 = enc(views[0]), enc(views[1])
         enc.train(was)
         pos, neg = positive_negative_similarities(v1, v2)
-        arrays = {
-            "test_embeddings": te,
-            "test_labels": test.labels,
-            "positive_similarity": pos,
-            "negative_similarity": neg,
-        }
+        arrays = {"positive_similarity": pos, "negative_similarity": neg}
+        if self._labelled():
+            arrays.update({"test_embeddings": te, "test_labels": te_y})
         return EvalResult(metrics, "model", arrays)
 
     # -- index and search -------------------------------------------------------------------
-    def embed_corpus(self) -> Corpus:
-        ds = self.train_set
-        emb = self.features(ds.images)
-        return Corpus(emb, [ds.classes[int(y)] for y in ds.labels], [""] * len(ds))
+    def _label_name(self, label: int) -> str:
+        classes = self.train_set.classes
+        return classes[label] if 0 <= label < len(classes) else ""
 
-    def corpus_items(self) -> Tensor:
-        """The corpus images (N, C, H, W), indexed like the index's positions."""
-        return self.train_set.images
+    def embed_corpus(self) -> Corpus:
+        """The train images (positions = rows); folder runs carry each file's path as text."""
+        emb, labels = self.features_of(self.train_set)
+        files = getattr(self.train_set, "files", None)
+        items = [""] * len(emb) if files is None else list(files.keys)
+        return Corpus(emb, [self._label_name(int(y)) for y in labels], items)
+
+    def corpus_items(self) -> Any:
+        """The corpus images, indexed like the index's positions ((C, H, W) each)."""
+        return _Items(self.train_set)
 
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
         from contrastkit.data.images import load_image
@@ -289,8 +449,9 @@ class ImageTask:
         return self.features(x[None]), x
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
-        ds = self.test_set
-        return [(ds.images[i], ds.classes[int(ds.labels[i])]) for i in range(n)]
+        test = self.test_set
+        n = min(n, len(test))
+        return [(test.item(i), self._label_name(int(test.labels[i]))) for i in range(n)]
 
 
 class SupervisedTask(ImageTask):
