@@ -1,4 +1,4 @@
-"""The ``contrastkit`` command: train, evaluate, index, search, report, demo.
+"""The ``contrastkit`` command: train, evaluate, index, search, report, demo, export.
 
 Every subcommand has ``--help``; errors print one clear line and exit with a non-zero code
 (2: bad usage or config, 3: training diverged, 4: missing file/run, 130: interrupted).
@@ -88,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--run-dir")
+
+    x = sub.add_parser(
+        "export",
+        help="export a run's encoder: sentence-transformers folder, ONNX or safetensors",
+        description="Export RUN's latest weights to OUT (new or empty): sentence-transformers "
+        "(text runs; SentenceTransformer(OUT) loads it), onnx (every tower, dynamic batch and "
+        "sequence axes) or safetensors (weights + config; contrastkit.load_encoder(OUT)).",
+    )
+    x.add_argument("run")
+    x.add_argument("out")
+    x.add_argument(
+        "--format",
+        required=True,
+        metavar="FORMAT",
+        help="sentence-transformers, onnx or safetensors",
+    )
 
     sub.add_parser(
         "recipes", help="list the packaged recipes", description="List the packaged recipe configs."
@@ -258,6 +274,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from contrastkit.export import export_run
+
+    out = export_run(args.run, args.out, args.format)
+    print(f"exported {args.run} as {args.format} to {out}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -266,6 +290,7 @@ COMMANDS = {
     "report": cmd_report,
     "demo": cmd_demo,
     "recipes": cmd_recipes,
+    "export": cmd_export,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ Configs name encoders through the registry: ``create_encoder("small_cnn", in_cha
 from contrastkit.encoders.heads import PredictionHead, ProjectionHead
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
+from contrastkit.encoders.saved import load_encoder, save_encoder
 from contrastkit.encoders.text import TextEncoder, mean_pool, tiny_text_encoder
 from contrastkit.encoders.towers import DualEncoder, ImageTextModel
 from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
@@ -24,7 +25,9 @@ __all__ = [
     "cosine_momentum",
     "create_encoder",
     "list_encoders",
+    "load_encoder",
     "mean_pool",
     "register",
+    "save_encoder",
     "tiny_text_encoder",
 ]
