@@ -150,3 +150,68 @@ def test_bad_input_is_one_line_with_an_exit_code(digits_run, pairs_run, tmp_path
 def test_export_run_checks_format_before_reading_the_run(tmp_path):
     with pytest.raises(ValueError, match="use one of sentence-transformers, onnx, safetensors"):
         export_run(tmp_path / "missing", tmp_path / "out", "torchscript")
+
+
+def emoji_towers_config(tmp: Path) -> dict:
+    """A seconds-long CLIP-style run: rendered emoji (16 px) <-> names, small CNN + tiny BERT."""
+    raw = tiny_pairs_config(tmp)
+    raw.update(
+        name="towers",
+        data={"dataset": "emoji", "options": {"size": 16}},
+        model={
+            "name": "emoji_towers",
+            "width": 4,
+            "out_dim": 8,
+            "options": {
+                "text": "tiny_text",
+                "freeze_text": False,
+                "text_options": {
+                    "hidden_size": 16,
+                    "num_layers": 1,
+                    "num_heads": 2,
+                    "max_length": 16,
+                },
+            },
+        },
+        loss={"name": "info_nce", "params": {"temperature": 0.1, "symmetric": True}},
+        eval={"recall_at": [1, 5]},
+    )
+    raw["train"]["max_steps"] = 2
+    raw["train"]["checkpoint_every"] = 2
+    return raw
+
+
+def test_image_text_run_exports_both_towers(tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    run = Path(train(load_config_dict(emoji_towers_config(tmp_path)), tmp_path / "run"))
+    _, task, _ = load_run(run)
+    # text side -> sentence-transformers: Transformer, Pooling, Normalize, Dense (projection), Normalize
+    st = export(run, tmp_path / "st", "sentence-transformers", capsys)
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in json.loads((st / "modules.json").read_text())]
+    assert kinds == ["Transformer", "Pooling", "Normalize", "Dense", "Normalize"]
+    theirs = SentenceTransformer(str(st), device="cpu").encode(
+        TEXTS, normalize_embeddings=True, convert_to_tensor=True
+    )
+    st_diff = max_diff(theirs.cpu(), task.embed_texts(TEXTS))
+    torch.testing.assert_close(theirs.cpu(), task.embed_texts(TEXTS), atol=1e-5, rtol=0)
+    # both towers -> ONNX
+    out = export(run, tmp_path / "onnx", "onnx", capsys)
+    meta = json.loads((out / "export.json").read_text())["graphs"]
+    assert set(meta) == {"text", "image"}
+    images = torch.rand(
+        3, *meta["image"]["image_shape"], generator=torch.Generator().manual_seed(1)
+    )
+    (got,) = ort_session(out / "image.onnx").run(["embeddings"], {"images": images.numpy()})
+    image_diff = max_diff(got, task.embed_images(images))
+    assert image_diff < 1e-4
+    enc = task.model["towers"].text_encoder
+    tokens = enc.tokenize(TEXTS)
+    feeds = {k: tokens[k].numpy() for k in ("input_ids", "attention_mask")}
+    (got,) = ort_session(out / "text.onnx").run(["embeddings"], feeds)
+    text_diff = max_diff(got, task.embed_texts(TEXTS))
+    assert text_diff < 1e-4
+    print(
+        f"export parity image-text: ST vs run {st_diff:.2e}, ORT vs torch image {image_diff:.2e}, "
+        f"text {text_diff:.2e}"
+    )

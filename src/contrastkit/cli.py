@@ -277,7 +277,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from contrastkit.export import export_run
 
-    out = export_run(args.run, args.out, args.format)
+    try:
+        out = export_run(args.run, args.out, args.format)
+    except ImportError as err:  # an optional extra is missing: one line, exit 2
+        raise ValueError(str(err)) from None
     print(f"exported {args.run} as {args.format} to {out}")
     return 0
 

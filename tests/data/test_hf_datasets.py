@@ -19,6 +19,12 @@ COLUMNS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """load_dataset's Arrow cache goes under contrastkit's cache dir: keep it in tmp."""
+    monkeypatch.setenv("CONTRASTKIT_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def wordnet():
     """Real adverb lemma -> gloss pairs with two hard negatives each (where WordNet has them)."""
