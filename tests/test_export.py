@@ -215,3 +215,31 @@ def test_image_text_run_exports_both_towers(tmp_path, capsys):
         f"export parity image-text: ST vs run {st_diff:.2e}, ORT vs torch image {image_diff:.2e}, "
         f"text {text_diff:.2e}"
     )
+
+
+def test_two_tower_text_model_writes_query_and_document_folders(tmp_path):
+    """A task with separate query and document towers (the layout two-tower runs will have)
+    gets OUT/query and OUT/document, each loading back in sentence-transformers."""
+    from types import SimpleNamespace
+
+    from sentence_transformers import SentenceTransformer
+    from torch import nn
+
+    from contrastkit.encoders import TextEncoder
+    from contrastkit.export import _write_sentence_transformers, atomic_folder
+
+    towers = {
+        side: TextEncoder.from_scratch(hidden_size=16, num_layers=1, num_heads=2, seed=seed).eval()
+        for seed, side in enumerate(("query", "document"))
+    }
+    model = nn.ModuleDict({f"{side}_encoder": enc for side, enc in towers.items()})
+    task = SimpleNamespace(model=model, query_kinds=("text",))
+    out = tmp_path / "two"
+    with atomic_folder(out) as tmp:
+        _write_sentence_transformers(task, tmp, tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["document", "query"]
+    for side, enc in towers.items():
+        theirs = SentenceTransformer(str(out / side), device="cpu").encode(
+            TEXTS, normalize_embeddings=True, convert_to_tensor=True
+        )
+        torch.testing.assert_close(theirs.cpu(), enc.encode(TEXTS), atol=1e-5, rtol=0)
