@@ -102,7 +102,8 @@ def pool_tokens(
     for mode in modes:
         if mode == "cls":
             first = attention_mask.to(torch.int).argmax(dim=1)  # (B,) first counted token
-            out.append(token_embeddings[torch.arange(len(first)), first])  # (B, H)
+            rows = torch.arange(len(first), device=token_embeddings.device)
+            out.append(token_embeddings[rows, first])  # (B, H)
         elif mode == "max":
             out.append(token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
         elif mode in ("mean", "mean_sqrt_len_tokens"):
@@ -120,7 +121,8 @@ def pool_tokens(
             values, from_end = attention_mask.flip(1).max(1)  # (B,) each
             from_end = torch.where(values == 0, seq_len - 1, from_end)
             last = seq_len - from_end - 1  # (B,) last counted token
-            out.append((token_embeddings * mask)[torch.arange(len(last)), last])  # (B, H)
+            rows = torch.arange(len(last), device=token_embeddings.device)
+            out.append((token_embeddings * mask)[rows, last])  # (B, H)
         else:
             check_pooling(mode)
     return torch.cat(out, dim=-1)
