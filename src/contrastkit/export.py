@@ -10,7 +10,9 @@
   no activation) -> Normalize.
 * ``onnx``: one graph per tower with dynamic batch (and sequence) axes: ``text.onnx``
   (``input_ids``, ``attention_mask``: (B, T) int64 -> ``embeddings`` (B, D); transformer +
-  pooling + head + normalisation; the tokenizer is saved beside it in ``out/tokenizer``) and
+  pooling + head + normalisation; prepend the side's prompt from ``export.json`` yourself; the
+  graph pools every token, also a prompt's when the folder says ``include_prompt: false``;
+  the tokenizer is saved beside it in ``out/text_tokenizer``) and
   ``image.onnx`` (``images``: (B, C, H, W) float in [0, 1] -> ``embeddings`` (B, D));
   ``export.json`` lists the graphs, their inputs and the image shape / max token length.
 * ``safetensors``: ``model.safetensors`` (the encoder's weights) + ``encoder.json`` (the encoder
@@ -201,6 +203,8 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
             "tokenizer": f"{stem}_tokenizer",
             "max_length": enc.max_length,
             "prompts": {"query": enc.prompt("query"), "document": enc.prompt("document")},
+            # the graph pools every token: with include_prompt false it also pools the prompt
+            "include_prompt": enc.include_prompt,
         }
     image = _image_graph(cfg, task)
     if image is not None:
