@@ -14,6 +14,10 @@ column          required  meaning
 ``label``       no        a class (string or integer)
 ==============  ========  ===========================================================
 
+Other column names map onto these with ``columns={"query": "question", "positive": "answer",
+"negatives": ["wrong_1", "wrong_2"], ...}`` (:func:`check_columns`; the mapping
+:func:`contrastkit.data.hf.load_hf_pairs` takes too).
+
 A bad row raises :class:`PairFileError` naming the file and line (row for Parquet), e.g.
 ``pairs.csv:7: empty 'positive'``.
 
