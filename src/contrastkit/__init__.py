@@ -7,6 +7,7 @@ Shape notation used throughout: B batch, V views, D embedding dim, M extra negat
 Q queries, K neighbours.
 """
 
+from contrastkit.encoders.saved import load_encoder
 from contrastkit.functional import (
     contrastive_margin,
     info_nce,
@@ -30,6 +31,7 @@ __all__ = [
     "create_loss",
     "info_nce",
     "list_losses",
+    "load_encoder",
     "margin_ranking",
     "nt_xent",
     "paired_similarity",

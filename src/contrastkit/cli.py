@@ -1,5 +1,5 @@
-"""The ``contrastkit`` command: train, evaluate, index, search, report, demo, and BEIR-format
-retrieval (eval-retrieval, mine, data export-beir).
+"""The ``contrastkit`` command: train, evaluate, index, search, report, demo, export, and
+BEIR-format retrieval (eval-retrieval, mine, data export-beir).
 
 Every subcommand has ``--help``; errors print one clear line and exit with a non-zero code
 (2: bad usage or config, 3: training diverged, 4: missing file/run, 130: Ctrl-C,
@@ -92,6 +92,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--run-dir")
+
+    x = sub.add_parser(
+        "export",
+        help="export a run's encoder: sentence-transformers folder, ONNX or safetensors",
+        description="Export RUN's latest weights to OUT (new or empty): sentence-transformers "
+        "(text runs; SentenceTransformer(OUT) loads it), onnx (every tower, dynamic batch and "
+        "sequence axes) or safetensors (weights + config; contrastkit.load_encoder(OUT)).",
+    )
+    x.add_argument("run")
+    x.add_argument("out")
+    x.add_argument(
+        "--format",
+        required=True,
+        metavar="FORMAT",
+        help="sentence-transformers, onnx or safetensors",
+    )
 
     sub.add_parser(
         "recipes", help="list the packaged recipes", description="List the packaged recipe configs."
@@ -496,6 +512,16 @@ def cmd_data(args: argparse.Namespace) -> int:
         judged = sum(len(v) for v in data.qrels.values())
         print(f"{split}: {len(data.qrels)} queries, {judged} judgements")
     print(f"wrote {root} ({len(data.corpus)} documents)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from contrastkit.export import export_run
+
+    try:
+        out = export_run(args.run, args.out, args.format)
+    except ImportError as err:  # an optional extra is missing: one line, exit 2
+        raise ValueError(str(err)) from None
+    print(f"exported {args.run} as {args.format} to {out}")
     return 0
 
 
@@ -510,6 +536,7 @@ COMMANDS = {
     "eval-retrieval": cmd_eval_retrieval,
     "mine": cmd_mine,
     "data": cmd_data,
+    "export": cmd_export,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from contrastkit.data.emoji import load_emoji
 from contrastkit.data.fashion_mnist import load_digits, load_fashion_mnist
 from contrastkit.data.files import PairFileError, load_image_folder, load_pairs
 from contrastkit.data.foldoc import load_foldoc
+from contrastkit.data.hf import load_hf_pairs
 from contrastkit.data.image_folder import (
     ImageFiles,
     SkippedFile,
@@ -53,6 +54,7 @@ __all__ = [
     "load_emoji",
     "load_fashion_mnist",
     "load_foldoc",
+    "load_hf_pairs",
     "load_image_folder",
     "load_pairs",
     "load_wordnet",

@@ -14,6 +14,10 @@ column          required  meaning
 ``label``       no        a class (string or integer)
 ==============  ========  ===========================================================
 
+Other column names map onto these with ``columns={"query": "question", "positive": "answer",
+"negatives": ["wrong_1", "wrong_2"], ...}`` (:func:`check_columns`; the mapping
+:func:`contrastkit.data.hf.load_hf_pairs` takes too).
+
 A bad row raises :class:`PairFileError` naming the file and line (row for Parquet), e.g.
 ``pairs.csv:7: empty 'positive'``.
 
@@ -112,11 +116,78 @@ def _negatives(row: dict[str, Any], where: str) -> list[str]:
     return out
 
 
+PAIR_COLUMNS = ("query", "positive", "negatives", "id", "label")
+
+
+def check_columns(
+    columns: object, available: list[str], source: str
+) -> dict[str, str | list[str]] | None:
+    """Validate a column mapping ``{"query": ..., "positive": ..., "negatives": [...], "id":
+    ..., "label": ...}`` (keys: the pair fields, values: the source's column names) against the
+    source's ``available`` columns; ``None`` keeps the standard column names.
+
+    >>> check_columns({"query": "q", "positive": "a", "negatives": "n"}, ["q", "a", "n"], "f")
+    {'query': 'q', 'positive': 'a', 'negatives': ['n']}
+    """
+    if columns is None:
+        return None
+    if not isinstance(columns, dict):
+        raise TypeError(
+            f"columns must be a mapping like {{'query': 'question', 'positive': 'answer'}}, "
+            f"got {type(columns).__name__}."
+        )
+    unknown = [k for k in columns if k not in PAIR_COLUMNS]
+    if unknown:
+        raise ValueError(
+            f"columns: unknown key {unknown[0]!r}; the keys are the pair fields "
+            f"{', '.join(PAIR_COLUMNS)} and the values your column names."
+        )
+    out: dict[str, str | list[str]] = {}
+    for key, value in columns.items():
+        names = [value] if isinstance(value, str) else value
+        if key != "negatives" and not isinstance(value, str):
+            raise TypeError(f"columns[{key!r}] must be one column name, got {value!r}.")
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise TypeError(
+                f"columns[{key!r}] must be a column name or a list of them, got {value!r}."
+            )
+        for name in names:
+            if name not in available:
+                raise ValueError(
+                    f"columns[{key!r}]={name!r} is not a column of {source}; its columns: "
+                    f"{', '.join(available) or 'none'}."
+                )
+        out[key] = list(names) if key == "negatives" else value
+    for key in ("query", "positive"):
+        out.setdefault(key, key)
+        if out[key] not in available:
+            raise ValueError(
+                f"{source} has no {key!r} column; map yours with columns={{{key!r}: '<name>'}} "
+                f"(its columns: {', '.join(available) or 'none'})."
+            )
+    return out
+
+
+def _mapped(row: dict[str, Any], columns: dict[str, str | list[str]]) -> dict[str, Any]:
+    """A row renamed to the standard pair fields; the mapped negative columns flattened."""
+    out = {key: row.get(name) for key, name in columns.items() if key != "negatives"}
+    negatives: list[Any] = []
+    for name in columns.get("negatives", []):
+        value = row.get(name)
+        if isinstance(value, list | tuple):
+            negatives.extend(v for v in value if v not in (None, ""))
+        elif value not in (None, ""):
+            negatives.append(value)
+    out["negatives"] = negatives
+    return out
+
+
 def load_pairs(
     path: str | Path,
     split: str = "all",
     test_fraction: float = 0.1,
     seed: int = 0,
+    columns: dict[str, Any] | None = None,
 ) -> TextPairs:
     """Pairs (or triplets) from a ``.jsonl``, ``.csv`` or ``.parquet`` file.
 
@@ -125,6 +196,11 @@ def load_pairs(
         split: ``"all"`` (default), ``"train"`` or ``"test"``, split by ``id`` (or by query).
         test_fraction: share of groups held out.
         seed: changes which groups are held out.
+        columns: your column names for the pair fields, e.g. ``{"query": "question",
+            "positive": "answer", "negatives": ["wrong_1", "wrong_2"], "id": "qid"}``
+            (fields left out keep their standard names; with ``negatives`` mapped, only those
+            columns are negatives). The same mapping :func:`contrastkit.data.hf.load_hf_pairs`
+            takes.
 
     Returns:
         :class:`TextPairs`; ``negatives`` is a list per row when any row has a negative, else
@@ -137,6 +213,8 @@ def load_pairs(
     >>> p = load_pairs(f)
     >>> p.query, p.positive, p.classes, p.labels.tolist()
     (['hi'], ['hello'], ['greet'], [0])
+    >>> load_pairs(f, columns={"query": "positive", "positive": "query"}).query
+    ['hello']
     """
     check_split(split)
     path = Path(path)
@@ -149,9 +227,27 @@ def load_pairs(
     if not path.is_file():
         raise missing("pair file", path, None, "path")
     reader = {"jsonl": _rows_jsonl, "csv": _rows_csv, "parquet": _rows_parquet}[fmt]
+    rows = [(f"{path}:{line_no}", str(line_no), row) for line_no, row in reader(path)]
+    if columns is not None:
+        available = list(dict.fromkeys(k for _, _, row in rows for k in row))
+        mapping = check_columns(columns, available, str(path))
+        rows = [(where, i, _mapped(row, mapping or {})) for where, i, row in rows]
+    return pairs_from_rows(rows, str(path), split, test_fraction, seed)
+
+
+def pairs_from_rows(
+    rows: list[tuple[str, str, dict[str, Any]]],
+    source: str,
+    split: str = "all",
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> TextPairs:
+    """:class:`TextPairs` from ``(where, default id, row)`` tuples with the standard pair
+    fields; ``where`` (e.g. ``"pairs.csv:7"``) starts each :class:`PairFileError`, the default
+    id (e.g. the line number) stands in for a missing ``id``, ``source`` names the input."""
+    check_split(split)
     query, positive, negatives, keys, raw_labels, ids = [], [], [], [], [], []
-    for line_no, row in reader(path):
-        where = f"{path}:{line_no}"
+    for where, default_id, row in rows:
         for col in ("query", "positive"):
             value = row.get(col)
             if value is None or (isinstance(value, str) and not value.strip()):
@@ -163,14 +259,14 @@ def load_pairs(
         positive.append(row["positive"])
         negatives.append(_negatives(row, where))
         row_id = row.get("id")
-        ids.append(str(row_id) if row_id not in (None, "") else str(line_no))
+        ids.append(str(row_id) if row_id not in (None, "") else default_id)
         keys.append(f"id:{row_id}" if row_id not in (None, "") else f"q:{row['query']}")
         label = row.get("label")
         if label is not None and not isinstance(label, (str, int)):
             raise PairFileError(f"{where}: 'label' must be a string or an integer, got {label!r}.")
         raw_labels.append(None if label in (None, "") else label)
     if not query:
-        raise PairFileError(f"{path}:1: no rows; expected columns query, positive.")
+        raise PairFileError(f"{source}:1: no rows; expected columns query, positive.")
     distinct = {v for v in raw_labels if v is not None}
     if any(isinstance(v, int) for v in distinct) and any(isinstance(v, str) for v in distinct):
         distinct = {str(v) for v in distinct}

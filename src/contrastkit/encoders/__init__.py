@@ -7,6 +7,7 @@ from contrastkit.encoders.heads import PredictionHead, ProjectedEncoder, Project
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
 from contrastkit.encoders.resnet import ResNet, resnet18, resnet50
+from contrastkit.encoders.saved import load_encoder, save_encoder
 from contrastkit.encoders.text import TextEncoder, mean_pool, tiny_text_encoder
 from contrastkit.encoders.towers import DualEncoder, ImageTextModel
 from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
@@ -27,9 +28,11 @@ __all__ = [
     "cosine_momentum",
     "create_encoder",
     "list_encoders",
+    "load_encoder",
     "mean_pool",
     "register",
     "resnet18",
     "resnet50",
+    "save_encoder",
     "tiny_text_encoder",
 ]

@@ -32,6 +32,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.encoders.registry import register
+from contrastkit.encoders.st_folder import (
+    LEGACY_POOLING_KEYS,
+    Dense,
+    FolderSpec,
+    Normalize,
+    check_pooling,
+    pool_tokens,
+    read_st_folder,
+    side_prompt,
+)
 
 _INSTALL_HINT = "pip install transformers"
 
@@ -89,12 +99,22 @@ def mean_pool(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
 
 @register("hf_text")
 class TextEncoder(nn.Module):
-    """``texts (list of B str) -> embeddings (B, D)`` with a transformer and mean pooling.
+    """``texts (list of B str) -> embeddings (B, D)``: a transformer, pooling, optional Dense
+    layers and L2 normalisation, as the model folder says.
+
+    A sentence-transformers folder (with ``modules.json``) is honoured module by module (see
+    :mod:`contrastkit.encoders.st_folder`): its pooling mode and ``include_prompt``, Dense
+    layers, Normalize module, ``max_seq_length`` / ``do_lower_case`` and the prompts of
+    ``config_sentence_transformers.json`` (the query prompt on ``side="query"``, the document
+    prompt on ``side="document"``). A plain transformers folder is pooled by ``pooling``
+    (default mean) and normalised.
 
     Args:
-        path: a local Hugging Face model folder (with its tokenizer), e.g. a folder written by
-            :meth:`save`; default: the packaged all-MiniLM-L6-v2 (D = 384).
-        normalize: L2-normalise the embeddings.
+        path: a local Hugging Face or sentence-transformers model folder (with its tokenizer),
+            e.g. a folder written by :meth:`save`; default: the packaged all-MiniLM-L6-v2
+            (D = 384).
+        normalize: L2-normalise the embeddings; default (None): as the folder says (a trailing
+            Normalize module), True for a plain transformers folder.
         max_length: longest token sequence (default: the folder's
             ``sentence_bert_config.json``, else the tokenizer's limit, at most 512).
         bucket_size: in :meth:`forward` and :meth:`embed_tokens` (so also in gradient-cached
@@ -104,6 +124,12 @@ class TextEncoder(nn.Module):
         freeze_word_embeddings: keep the word-piece embedding table fixed (no gradient, no
             optimizer state: 11.7M of MiniLM's 22.7M parameters). Fine-tuning then cannot move
             the words seen in training away from the unseen ones.
+        pooling: pooling mode(s) (cls, mean, max, mean_sqrt_len_tokens, weightedmean,
+            lasttoken); default (None): the folder's, mean for a plain transformers folder.
+        model, tokenizer: an already built transformer and tokenizer instead of ``path``.
+        head: modules applied after pooling (Dense / Normalize), with ``model``.
+        prompts, default_prompt_name, include_prompt: prompts as in
+            ``config_sentence_transformers.json``, with ``model``.
 
     >>> enc = TextEncoder()  # doctest: +SKIP
     >>> enc.encode(["a dog", "a puppy"]).shape  # doctest: +SKIP
@@ -113,30 +139,47 @@ class TextEncoder(nn.Module):
     def __init__(
         self,
         path: str | Path | None = None,
-        normalize: bool = True,
+        normalize: bool | None = None,
         max_length: int | None = None,
         bucket_size: int | None = None,
         freeze_word_embeddings: bool = False,
+        pooling: str | list[str] | None = None,
         *,
         model: nn.Module | None = None,
         tokenizer: Any = None,
+        head: list[nn.Module] | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        include_prompt: bool = True,
     ) -> None:
         super().__init__()
         tf = _transformers()
+        if normalize is not None and not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True, False or None, got {normalize!r}.")
+        spec = FolderSpec(Path("."), head=list(head or []), include_prompt=include_prompt)
+        spec.prompts, spec.default_prompt_name = dict(prompts or {}), default_prompt_name
         if model is None or tokenizer is None:
             folder = Path(path) if path is not None else default_model_path()
-            if not (folder / "config.json").is_file():
+            if not folder.is_dir():
                 raise FileNotFoundError(
-                    f"path {str(folder)!r} is not a local Hugging Face model folder (no "
+                    f"path {str(folder)!r} is not a folder; pass a local Hugging Face or "
+                    "sentence-transformers model folder (nothing is downloaded)."
+                )
+            spec = read_st_folder(folder) or FolderSpec(folder)
+            if pooling is None and not (folder / "modules.json").is_file():
+                pooling = "mean"
+            if normalize is None and not (folder / "modules.json").is_file():
+                normalize = True
+            if not (spec.transformer / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"path {str(spec.transformer)!r} is not a local Hugging Face model folder (no "
                     "config.json); pass a folder saved with save_pretrained / TextEncoder.save, "
                     "or omit path for the packaged all-MiniLM-L6-v2."
                 )
-            tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
-            model = _load_model(tf, folder)
+            tokenizer = tf.AutoTokenizer.from_pretrained(str(spec.transformer))
+            model = _load_model(tf, spec.transformer)
             if max_length is None:
-                st_config = folder / "sentence_bert_config.json"
-                if st_config.is_file():
-                    max_length = json.loads(st_config.read_text()).get("max_seq_length")
+                max_length = spec.max_length
         if max_length is None:
             max_length = min(int(getattr(tokenizer, "model_max_length", 512)), 512)
         if bucket_size is not None and (
@@ -146,10 +189,25 @@ class TextEncoder(nn.Module):
                 f"bucket_size must be an int >= 1 (texts per padding group, e.g. 16) or None, "
                 f"got {bucket_size!r}."
             )
+        steps = list(spec.head)
+        trailing_normalize = bool(steps) and isinstance(steps[-1], Normalize)
+        if trailing_normalize:
+            steps.pop()  # the final normalisation is the ``normalize`` flag
         self.model, self.tokenizer = model, tokenizer
-        self.normalize, self.max_length = normalize, int(max_length)
+        self.pooling = check_pooling(pooling) if pooling is not None else spec.pooling
+        self.head = nn.Sequential(*steps)
+        self.normalize = trailing_normalize if normalize is None else normalize
+        self.max_length = int(max_length)
+        self.do_lower_case = spec.do_lower_case
+        self.prompts, self.default_prompt_name = spec.prompts, spec.default_prompt_name
+        self.include_prompt = spec.include_prompt
+        self._prompt_lengths: dict[str, int] = {}
         self.bucket_size = bucket_size
-        self.out_features = int(model.config.hidden_size)
+        self.hidden_size = int(model.config.hidden_size)
+        dense = [m for m in steps if isinstance(m, Dense)]
+        self.out_features = (
+            dense[-1].out_features if dense else self.hidden_size * len(self.pooling)
+        )
         if freeze_word_embeddings:
             self.model.get_input_embeddings().weight.requires_grad_(False)
 
@@ -207,18 +265,41 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        """Padded ``input_ids`` / ``attention_mask`` (B, T) on the model's device."""
+    def prompt(self, side: str = "query") -> str:
+        """The prompt prepended on ``side`` (``"query"`` or ``"document"``), as
+        sentence-transformers' ``encode_query`` / ``encode_document`` choose it ("" if none)."""
+        return side_prompt(self.prompts, self.default_prompt_name, side)
+
+    def _prompt_length(self, prompt: str) -> int:
+        """Tokens of ``prompt`` alone, its trailing special token (e.g. [SEP]) excluded."""
+        if prompt not in self._prompt_lengths:
+            ids = self.tokenizer([prompt.lower() if self.do_lower_case else prompt])["input_ids"][0]
+            n = len(ids) - (1 if ids and ids[-1] in self.tokenizer.all_special_ids else 0)
+            self._prompt_lengths[prompt] = n
+        return self._prompt_lengths[prompt]
+
+    def tokenize(self, texts: list[str], side: str = "query") -> dict[str, Tensor]:
+        """Padded ``input_ids`` / ``attention_mask`` (B, T) on the model's device, with the
+        ``side``'s prompt prepended; with ``include_prompt: false`` also ``prompt_length`` (B,)
+        (the leading tokens pooling leaves out)."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings (wrap a single string in a list).")
+        prompt = self.prompt(side)
+        texts = [prompt + t.strip() for t in texts]
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
         batch = self.tokenizer(
-            [t.strip() for t in texts],
+            texts,
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return {k: v.to(self.device) for k, v in batch.items()}
+        out = {k: v.to(self.device) for k, v in batch.items()}
+        if prompt and not self.include_prompt:
+            n = len(texts)
+            out["prompt_length"] = torch.full((n,), self._prompt_length(prompt), device=self.device)
+        return out
 
     def embed_tokens(self, **tokens: Tensor) -> Tensor:
         """Embeddings (B, D) of already tokenized input (``input_ids``, ``attention_mask``, ...:
@@ -236,34 +317,48 @@ class TextEncoder(nn.Module):
 
     def _embed_group(self, tokens: dict[str, Tensor]) -> Tensor:
         """One model call; columns that are padding in every row are dropped first."""
+        tokens = dict(tokens)
+        prompt_length = tokens.pop("prompt_length", None)
         width = (
             int(tokens["attention_mask"].sum(1).max()) if tokens["attention_mask"].numel() else 0
         )
         if 0 < width < tokens["attention_mask"].shape[1]:
             tokens = {k: v[:, :width] for k, v in tokens.items()}  # (B, width) each
-        token_embeddings = self.model(**tokens).last_hidden_state  # (B, T, D)
-        pooled = mean_pool(token_embeddings, tokens["attention_mask"])
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+        skip = int(prompt_length[0]) if prompt_length is not None and len(prompt_length) else 0
+        return self.embed_padded(tokens, prompt_length=skip)
 
-    def forward(self, texts: list[str]) -> Tensor:
-        """Embeddings (B, D) of B texts (with ``bucket_size``: length-sorted padding groups)."""
-        return self.embed_tokens(**self.tokenize(texts))  # tokens (B, T) each
+    def embed_padded(self, tokens: dict[str, Tensor], prompt_length: int = 0) -> Tensor:
+        """transformer -> pooling -> head -> normalisation of padded tokens (B, T) each, with
+        no data-dependent trimming (the graph ONNX export traces); returns (B, D)."""
+        token_embeddings = self.model(**tokens).last_hidden_state  # (B, T, H)
+        pooled = pool_tokens(
+            token_embeddings, tokens["attention_mask"], self.pooling, prompt_length
+        )
+        out = self.head(pooled)  # (B, D)
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+    def forward(self, texts: list[str], side: str = "query") -> Tensor:
+        """Embeddings (B, D) of B texts (with ``bucket_size``: length-sorted padding groups);
+        ``side`` picks the prompt (``"query"`` or ``"document"``)."""
+        return self.embed_tokens(**self.tokenize(texts, side=side))  # tokens (B, T) each
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 64) -> Tensor:
+    def encode(self, texts: list[str], batch_size: int = 64, side: str = "query") -> Tensor:
         """Embeddings (N, D) in eval mode (no dropout), ``batch_size`` texts at a time, taken
-        in order of length so each batch pads little; rows come back in input order."""
+        in order of length so each batch pads little; rows come back in input order. ``side``
+        picks the prompt (``"query"`` or ``"document"``)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings (wrap a single string in a list).")
+        self.prompt(side)  # checks side
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # characters ~ tokens
         ordered = [texts[i] for i in order]
         was_training = self.training
         self.eval()
         try:
             chunks = [
-                self._embed_group(self.tokenize(ordered[i : i + batch_size]))
+                self._embed_group(self.tokenize(ordered[i : i + batch_size], side=side))
                 for i in range(0, len(ordered), batch_size)
             ]
         finally:
@@ -277,12 +372,18 @@ class TextEncoder(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write a folder that both ``TextEncoder(path)`` and
-        ``sentence_transformers.SentenceTransformer(path)`` load (Transformer -> mean Pooling
-        -> Normalize when ``normalize``)."""
+        ``sentence_transformers.SentenceTransformer(path)`` load: Transformer -> Pooling (this
+        encoder's modes) -> its Dense / Normalize head -> Normalize when ``normalize``, with its
+        prompts. ``path`` should be new or empty (see :func:`contrastkit.export.export_run` for
+        an atomic export)."""
+        from safetensors.torch import save_file
+
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
+        kinds = {Dense: "Dense", Normalize: "Normalize"}
+        steps = [*self.head, *([Normalize()] if self.normalize else [])]
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {
@@ -292,34 +393,43 @@ class TextEncoder(nn.Module):
                 "type": "sentence_transformers.models.Pooling",
             },
         ]
-        if self.normalize:
+        for i, step in enumerate(steps, start=2):
+            kind = kinds[type(step)]
+            sub = folder / f"{i}_{kind}"
+            sub.mkdir(exist_ok=True)
             modules.append(
                 {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
+                    "idx": i,
+                    "name": str(i),
+                    "path": sub.name,
+                    "type": f"sentence_transformers.models.{kind}",
                 }
             )
-            (folder / "2_Normalize").mkdir(exist_ok=True)
+            if isinstance(step, Dense):
+                (sub / "config.json").write_text(json.dumps(step.st_config(), indent=2))
+                state = {k: v.detach().cpu().contiguous() for k, v in step.state_dict().items()}
+                save_file(state, str(sub / "model.safetensors"))
         (folder / "modules.json").write_text(json.dumps(modules, indent=2))
         (folder / "sentence_bert_config.json").write_text(
-            json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2)
+            json.dumps(
+                {"max_seq_length": self.max_length, "do_lower_case": self.do_lower_case}, indent=2
+            )
         )
         (folder / "1_Pooling").mkdir(exist_ok=True)
-        pooling = {
-            "word_embedding_dimension": self.out_features,
-            "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": True,
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-        }
+        pooling: dict[str, Any] = {"word_embedding_dimension": self.hidden_size}
+        pooling.update({key: mode in self.pooling for key, mode in LEGACY_POOLING_KEYS.items()})
+        pooling["include_prompt"] = self.include_prompt
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+        if self.prompts:
+            st_config = {"prompts": self.prompts, "default_prompt_name": self.default_prompt_name}
+            (folder / "config_sentence_transformers.json").write_text(
+                json.dumps(st_config, indent=2)
+            )
         return folder
 
     def extra_repr(self) -> str:
         return (
-            f"out_features={self.out_features}, normalize={self.normalize}, "
+            f"out_features={self.out_features}, pooling={self.pooling}, normalize={self.normalize}, "
             f"max_length={self.max_length}, bucket_size={self.bucket_size}"
         )
 
@@ -334,3 +444,30 @@ def tiny_text_encoder(**kwargs: Any) -> TextEncoder:
 def minilm_encoder(**kwargs: Any) -> TextEncoder:
     """Registry entry for the packaged pretrained all-MiniLM-L6-v2 (:class:`TextEncoder`)."""
     return TextEncoder(**kwargs)
+
+
+@register("hf")
+def hf_text_encoder(
+    path: str | Path | None = None,
+    pooling: str | list[str] | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+    bucket_size: int | None = None,
+    freeze_word_embeddings: bool = False,
+) -> TextEncoder:
+    """Registry entry ``hf``: any local Hugging Face or sentence-transformers text model
+    folder (``model.name: hf`` with ``model.options.path``); see :class:`TextEncoder`."""
+    if path is None or not isinstance(path, str | Path) or not str(path):
+        raise ValueError(
+            f"model.options.path must be a local model folder for model.name 'hf', got {path!r}; "
+            "e.g. --set model.options.path=/models/bge-small (or model.name=minilm for the "
+            "packaged all-MiniLM-L6-v2)."
+        )
+    return TextEncoder(
+        path,
+        normalize=normalize,
+        max_length=max_length,
+        bucket_size=bucket_size,
+        freeze_word_embeddings=freeze_word_embeddings,
+        pooling=pooling,
+    )
