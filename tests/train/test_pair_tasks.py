@@ -119,3 +119,34 @@ def test_pairs_task_trains_on_a_beir_folder(tmp_path: Path) -> None:
     raw["data"]["root"] = None
     with pytest.raises(ValueError, match=r"data\.dataset='beir' needs data\.root"):
         TextPairsTask(load_config_dict(raw))
+
+
+def test_pairs_task_on_a_saved_hugging_face_dataset_with_a_column_mapping(
+    tmp_path: Path,
+) -> None:
+    """data.dataset: hf reads a datasets.save_to_disk folder; data.columns names its columns."""
+    import datasets
+
+    from contrastkit.data.wordnet import load_wordnet
+
+    source = load_wordnet(split="all", kind="lemma_gloss", pos="r")
+    rows = {
+        "question": source.query[:300],
+        "answer": source.positive[:300],
+        "group": source.ids[:300],
+    }
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "hf"))
+    raw = pairs_config(tmp_path)
+    raw["data"] = {
+        "dataset": "hf",
+        "root": str(tmp_path / "hf"),
+        "columns": {"query": "question", "positive": "answer", "id": "group"},
+        "subset": 64,
+        "test_subset": 32,
+    }
+    run = train(load_config_dict(raw), tmp_path / "hf-run")
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["counts"]["corpus_size"] > 1 and 0 <= ev["metrics"]["R@1"] <= 1
+    raw["data"]["columns"] = {"query": "prompt", "positive": "answer"}
+    with pytest.raises(ValueError, match="prompt"):
+        TextPairsTask(load_config_dict(raw))

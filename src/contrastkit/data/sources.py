@@ -3,7 +3,7 @@
 >>> sorted(IMAGE_SOURCES)
 ['digits', 'fashion_mnist']
 >>> sorted(TEXT_PAIR_SOURCES)
-['beir', 'bible', 'pairs_file', 'wordnet', 'wordnet_preference']
+['beir', 'bible', 'hf', 'pairs_file', 'wordnet', 'wordnet_preference']
 """
 
 from __future__ import annotations
@@ -66,6 +66,17 @@ def _beir(
     return load_beir_pairs(root, train_split if split == "train" else test_split, **opts)
 
 
+def _hf(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.hf import load_hf_pairs
+
+    if not root:
+        raise ValueError(
+            "data.dataset='hf' needs data.root: a datasets.save_to_disk folder or local "
+            ".jsonl/.csv/.parquet data files."
+        )
+    return load_hf_pairs(root, split=split, **opts)
+
+
 # ``loader(split, root=None, **options)``: images as float32 in [0, 1]
 IMAGE_SOURCES: dict[str, Callable[..., ImageDataset]] = {
     "fashion_mnist": _fashion_mnist,
@@ -77,6 +88,7 @@ TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
     "bible": _bible,
     "pairs_file": _pairs_file,
     "beir": _beir,
+    "hf": _hf,
 }
 
 

@@ -72,6 +72,11 @@ class DataConfig(_Strict):
         "(default: the first image's shorter side, at most 224)",
     )
     workers: int = Field(default=0, ge=0, description="image_folder: decoding processes")
+    columns: dict[str, Any] | None = Field(
+        default=None,
+        description="pairs_file / hf: {query, positive, negatives: [...], id, label} column "
+        "names of your data",
+    )
     sampler: Literal["random", "m_per_class", "no_duplicates"] = "random"
     sampler_m: int = Field(default=4, ge=2, description="m_per_class: items per class in a batch")
     options: dict[str, Any] = Field(default_factory=dict, description="loader keyword arguments")
@@ -336,7 +341,7 @@ class EvalConfig(_Strict):
 
 
 IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
-TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir")
+TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir", "hf")
 IMAGE_TEXT_DATASETS = ("emoji",)
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
 

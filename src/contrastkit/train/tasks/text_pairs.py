@@ -36,6 +36,8 @@ from contrastkit.negatives import ExtraNegatives
 from contrastkit.negatives.false_negatives import duplicate_mask, stable_text_ids
 from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs
 
+SIDES = ("query", "document", "document")  # queries, keys, drawn negatives
+
 
 def build_text_encoder(model: Any, seed: int) -> nn.Module:
     """``model.name`` from the encoder registry with ``model.options`` (a from-scratch tower
@@ -65,6 +67,13 @@ def load_pairs_for(cfg: Any) -> tuple[Any, Any]:
     from training and both subsets applied."""
     d = cfg.data
     kw = {"root": d.root, **d.options}
+    if d.columns is not None:
+        if d.dataset not in ("pairs_file", "hf"):
+            raise ValueError(
+                f"data.columns: got {d.columns!r}; it maps the columns of your own data "
+                f"(data.dataset: pairs_file or hf), not of {d.dataset!r}; remove it."
+            )
+        kw["columns"] = d.columns
     train = load_source(TEXT_PAIR_SOURCES, d.dataset, "train", **kw)
     test = load_source(TEXT_PAIR_SOURCES, d.dataset, "test", **kw)
     train = drop_texts(train, set(test.positive))
@@ -172,17 +181,17 @@ class TextPairsTask:
             texts = [queries, keys] if negs is None else [queries, keys, negs]
             value = grad_cache_step(
                 enc.embed_tokens,
-                [enc.tokenize(t) for t in texts],
+                [enc.tokenize(t, side=side) for t, side in zip(texts, SIDES)],
                 lambda *z: loss(*(x.float() for x in z), **kwargs),
                 chunk_size=chunk,
             )
             return Step({name: value}, None)
         query = enc(queries).float()  # (B, D)
         if negs is None:
-            key = enc(keys).float()  # (B, D)
+            key = enc(keys, side="document").float()  # (B, D)
             value = loss(query, key, **kwargs)
         else:  # keys and negatives in one call: their length buckets pack better
-            key, negatives = enc(keys + negs).float().split(b)  # (B, D) each
+            key, negatives = enc(keys + negs, side="document").float().split(b)  # (B, D) each
             value = loss(query, key, negatives, **kwargs)
         return Step({name: value}, (query, key))
 
@@ -192,8 +201,8 @@ class TextPairsTask:
     @torch.no_grad()
     def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
         """N texts -> (N, D) float32 (eval mode); ``side``: ``"query"`` or ``"document"`` (one
-        shared tower here: both sides embed alike)."""
-        return self.model["encoder"].encode(list(texts), batch_size=128).float()
+        shared tower; a sentence-transformers model with prompts gives each side its own)."""
+        return self.model["encoder"].encode(list(texts), batch_size=128, side=side).float()
 
     def baseline(self) -> EvalResult | None:
         """The model before training (pretrained or random initialisation)."""
