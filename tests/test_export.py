@@ -125,11 +125,6 @@ def test_bad_input_is_one_line_with_an_exit_code(digits_run, pairs_run, tmp_path
             2,
             "has no text tower",
         ),
-        (
-            [str(digits_run), str(tmp_path / "c"), "--format", "safetensors"],
-            2,
-            "not built from the encoder registry",
-        ),
         ([str(tmp_path), str(tmp_path / "d"), "--format", "onnx"], 4, "is not a run folder"),
     ]
     taken = tmp_path / "taken"
@@ -157,6 +152,8 @@ def emoji_towers_config(tmp: Path) -> dict:
     raw = tiny_pairs_config(tmp)
     raw.update(
         name="towers",
+        task="image_text",
+        negatives={},
         data={"dataset": "emoji", "options": {"size": 16}},
         model={
             "name": "emoji_towers",
@@ -243,3 +240,20 @@ def test_two_tower_text_model_writes_query_and_document_folders(tmp_path):
             TEXTS, normalize_embeddings=True, convert_to_tensor=True
         )
         torch.testing.assert_close(theirs.cpu(), enc.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_image_run_to_safetensors_and_load_encoder(digits_run, tmp_path, capsys):
+    """An image run's encoder is the registry's ``projected`` (backbone + head): load_encoder
+    rebuilds it without the run and gives the run's own features."""
+    from contrastkit import load_encoder
+    from contrastkit.train.run import load_run
+
+    out = export(digits_run, tmp_path / "weights", "safetensors", capsys)
+    encoder = load_encoder(out)
+    _, task, _ = load_run(digits_run)
+    images = task.test_set.head(6)
+    with torch.no_grad():
+        got = encoder.embed(images)
+    worst = max_diff(got, task.embed_images(images))
+    print(f"export parity load_encoder vs run (image): max abs diff {worst:.2e}")
+    assert worst < 1e-5

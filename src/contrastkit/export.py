@@ -45,7 +45,6 @@ from contrastkit.encoders.text import TextEncoder
 
 FORMATS = ("sentence-transformers", "onnx", "safetensors")
 # model.name of a text run -> the encoder registry name that rebuilds it
-_TEXT_REGISTRY = {"minilm": "hf_text", "hf": "hf", "tiny_text": "tiny_text"}
 
 
 @contextlib.contextmanager
@@ -218,17 +217,14 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
 def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
     from safetensors.torch import save_file
 
-    towers = _text_towers(task)
-    registry = _TEXT_REGISTRY.get(cfg.model.name)
-    if "encoder" not in task.model or registry is None or set(towers) != {""}:
+    spec = task.encoder_spec
+    if "encoder" not in task.model or spec is None:
         raise ValueError(
-            f"run {str(run)!r}: its encoder (model.name={cfg.model.name!r}) is not built from the "
-            f"encoder registry, so load_encoder could not rebuild it; safetensors export covers "
-            f"text runs with model.name {', '.join(_TEXT_REGISTRY)} - use --format onnx."
+            f"run {str(run)!r}: task {cfg.task!r} has no single registered encoder "
+            f"(model['encoder'] with an encoder_spec), so load_encoder could not rebuild it; "
+            f"use --format onnx."
         )
-    options = dict(cfg.model.options)
-    if cfg.model.name == "tiny_text":
-        options.setdefault("seed", cfg.seed)
+    registry, options = spec
     encoder = task.model["encoder"]
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS))

@@ -115,3 +115,22 @@ class ProjectedEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """The projection (B, D) (the features when there is no head)."""
         return self.head(self.backbone(images))
+
+
+@register("projected")
+def projected_encoder(
+    backbone: str, backbone_options: dict | None = None, head: dict | None = None
+) -> ProjectedEncoder:
+    """A registered ``backbone`` with a :class:`ProjectionHead` (``head``: its keyword arguments
+    besides ``in_features``; None: no head): how image runs build, and export, their encoder.
+
+    >>> import torch
+    >>> enc = projected_encoder("small_cnn", {"in_channels": 1, "width": 4},
+    ...                         {"hidden_features": 8, "out_features": 4, "num_layers": 3})
+    >>> enc(torch.rand(2, 1, 28, 28)).shape
+    torch.Size([2, 4])
+    """
+    from contrastkit.encoders.registry import create_encoder
+
+    net = create_encoder(backbone, **(backbone_options or {}))
+    return ProjectedEncoder(net, ProjectionHead(net.out_features, **head) if head else None)

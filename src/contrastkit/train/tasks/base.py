@@ -12,6 +12,7 @@ Training::
     task.batch(indices, generator)  the batch of these items (views drawn from generator)
     task.loss_terms(batch, loss)    -> Step: named loss terms (summed) + embeddings to monitor
     task.after_step(step, total)    EMA updates (BYOL teacher, MoCo key encoder)
+    task.encoder_spec               (registry name, options) of model["encoder"] (export)
 
 Evaluation and search::
 

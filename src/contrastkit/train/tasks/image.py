@@ -27,9 +27,8 @@ from contrastkit.encoders import (
     ENCODERS,
     MomentumEncoder,
     PredictionHead,
-    ProjectedEncoder,
-    ProjectionHead,
     cosine_momentum,
+    create_encoder,
     list_encoders,
 )
 from contrastkit.eval import knn_accuracy, linear_probe
@@ -63,32 +62,40 @@ def build_views(views: Any, images: Tensor | tuple[int, int, int]) -> SimCLRView
     )
 
 
-def build_image_encoder(model: Any, channels: int, size: int) -> ProjectedEncoder:
-    """``model.name`` from the encoder registry for ``channels``-channel ``size`` x ``size``
-    images, with a 3-layer BatchNorm projection head to ``model.projection_dim`` (0: none)."""
+def image_encoder_spec(model: Any, channels: int, size: int) -> dict[str, Any]:
+    """The encoder registry's ``projected`` options for ``model.name`` on ``channels``-channel
+    ``size`` x ``size`` images, with a 3-layer BatchNorm projection head to
+    ``model.projection_dim`` (0: none). Export writes the same options, so ``load_encoder``
+    rebuilds the encoder without the run."""
     names = list_encoders()  # imports (registers) every encoder
     if model.name not in names:
         raise ValueError(
             f"model.name={model.name!r} is not a registered encoder; allowed: {', '.join(names)}."
         )
-    factory = ENCODERS.get(model.name)
-    accepted = inspect.signature(factory).parameters
-    kwargs: dict[str, Any] = {"in_channels": channels, "width": model.width}
+    accepted = inspect.signature(ENCODERS.get(model.name)).parameters
+    options: dict[str, Any] = {"in_channels": channels, "width": model.width}
     if "pool" in accepted:
-        kwargs["pool"] = min(model.pool, max(1, size // 4))
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    kwargs.update(model.options)
-    try:
-        backbone = factory(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"model.options for {model.name!r}: {err}") from None
+        options["pool"] = min(model.pool, max(1, size // 4))
+    options = {k: v for k, v in options.items() if k in accepted}
+    options.update(model.options)
     head = None
     if model.projection_dim:
-        head = ProjectionHead(
-            backbone.out_features, model.out_dim, model.projection_dim, num_layers=3
-        )
-    # channels-last memory layout: oneDNN's fast convolution path on CPU
-    return ProjectedEncoder(backbone, head).to(memory_format=torch.channels_last)
+        head = {
+            "hidden_features": model.out_dim,
+            "out_features": model.projection_dim,
+            "num_layers": 3,
+        }
+    return {"backbone": model.name, "backbone_options": options, "head": head}
+
+
+def build_image_encoder(spec: dict[str, Any]) -> nn.Module:
+    """The ``projected`` encoder of :func:`image_encoder_spec`, channels-last (oneDNN's fast
+    convolution path on CPU)."""
+    try:
+        encoder = create_encoder("projected", **spec)
+    except TypeError as err:
+        raise ValueError(f"model.options for {spec['backbone']!r}: {err}") from None
+    return encoder.to(memory_format=torch.channels_last)
 
 
 class MemoryImages:
@@ -246,7 +253,8 @@ class ImageTask:
         allowed = ("labelled",) if cfg.task == "supervised" else ("pair", "prediction")
         check_loss_inputs(cfg.task, cfg.loss.name, self.spec.inputs, allowed)
         c, h, _ = self.image_shape
-        encoder = build_image_encoder(cfg.model, c, h)
+        self.encoder_spec = ("projected", image_encoder_spec(cfg.model, c, h))
+        encoder = build_image_encoder(self.encoder_spec[1])
         self.model = nn.ModuleDict({"encoder": encoder})
         if self.spec.inputs == "prediction":  # BYOL / SimSiam: predict the other view's target
             dim = encoder.out_features

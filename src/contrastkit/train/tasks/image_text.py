@@ -28,6 +28,7 @@ class ImageTextTask:
     name: ClassVar[str] = "image_text"
     config_sections: ClassVar[tuple[str, ...]] = ("data", "model", "loss", "optim", "train", "eval")
     query_kinds: ClassVar[tuple[str, ...]] = ("text", "image")
+    encoder_spec: ClassVar[None] = None  # two towers, not one registered encoder
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -72,6 +72,7 @@ class PreferenceTask:
         opts = dict(cfg.model.options)
         if cfg.model.name == "tiny_text":
             opts.setdefault("seed", cfg.seed)
+        self.encoder_spec = (cfg.model.name, opts)
         self.model = nn.ModuleDict({"encoder": create_encoder(cfg.model.name, **opts)})
         self.train_rejected = rejected_responses(self.train_pairs, cfg.seed)
         self.test_rejected = rejected_responses(self.test_pairs, cfg.seed + 1)

@@ -39,16 +39,22 @@ from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_in
 SIDES = ("query", "document", "document")  # queries, keys, drawn negatives
 
 
-def build_text_encoder(model: Any, seed: int) -> nn.Module:
-    """``model.name`` from the encoder registry with ``model.options`` (a from-scratch tower
-    gets the run's seed unless the options set one)."""
+def text_encoder_spec(model: Any, seed: int) -> tuple[str, dict[str, Any]]:
+    """(registry name, options) of ``model`` (a from-scratch tower gets the run's seed unless
+    the options set one); export writes the same, so ``load_encoder`` rebuilds it."""
     opts = dict(model.options)
     if model.name == "tiny_text":
         opts.setdefault("seed", seed)
+    return model.name, opts
+
+
+def build_text_encoder(spec: tuple[str, dict[str, Any]]) -> nn.Module:
+    """The text encoder of :func:`text_encoder_spec`, from the encoder registry."""
+    name, opts = spec
     try:
-        return create_encoder(model.name, **opts)
+        return create_encoder(name, **opts)
     except TypeError as err:
-        raise ValueError(f"model.options for {model.name!r}: {err}") from None
+        raise ValueError(f"model.options for {name!r}: {err}") from None
 
 
 def drop_texts(pairs: Any, banned: set[str]) -> Any:
@@ -110,7 +116,8 @@ class TextPairsTask:
         self.train_pairs, self.test_pairs = load_pairs_for(cfg)
         check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
         self.train_ids = ids_to_int(self.train_pairs.ids)
-        self.model = nn.ModuleDict({"encoder": build_text_encoder(cfg.model, cfg.seed)})
+        self.encoder_spec = text_encoder_spec(cfg.model, cfg.seed)
+        self.model = nn.ModuleDict({"encoder": build_text_encoder(self.encoder_spec)})
         self.num_train = len(self.train_pairs)
         self.train_labels: Tensor | None = None
         self.train_groups: Tensor | None = self.train_ids
