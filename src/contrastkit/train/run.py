@@ -52,8 +52,11 @@ def make_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None) -> Path:
 
 
 def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None:
-    """``eval.json`` (metrics, baseline, step, training seconds) and the report's arrays."""
-    from safetensors.torch import save_file
+    """``eval.json`` (metrics, baseline, step, training seconds) and the report's arrays, each
+    written atomically (a crash or a full disk leaves the previous files)."""
+    from safetensors.torch import save
+
+    from contrastkit.atomic import write_bytes, write_json
 
     baseline, baseline_name = result.baseline, result.baseline_name
     saved = run / "baseline.json"
@@ -67,10 +70,10 @@ def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None
         "baseline": baseline,
         "baseline_name": baseline_name,
     }
-    (run / "eval.json").write_text(json.dumps(payload, indent=2))
+    write_json(run / "eval.json", payload)
     if result.arrays:
         arrays = {k: v.detach().cpu().contiguous() for k, v in result.arrays.items()}
-        save_file(arrays, str(run / "eval_arrays.safetensors"))
+        write_bytes(run / "eval_arrays.safetensors", save(arrays))
 
 
 _LOADED: dict[tuple[str, str, float], tuple[RunConfig, Any, nn.Module]] = {}
