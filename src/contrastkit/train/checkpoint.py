@@ -157,6 +157,7 @@ def save_checkpoint(
     final = root / f"step_{step:07d}"
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     skeleton, tensors = encode_state(state)  # before any write: a TypeError leaves nothing
+    _sweep(root)
     with atomic_folder(final) as folder:
         folder.write_bytes(WEIGHTS, save_safetensors(weights))
         folder.write_bytes(STATE_TENSORS, save_safetensors(tensors))
@@ -166,6 +167,19 @@ def save_checkpoint(
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def _sweep(root: Path) -> None:
+    """Remove what a process killed mid-write left: temp folders and pointer files, and an old
+    copy moved aside once its replacement is in place."""
+    for stale in [*root.glob(".tmp_step_*"), *root.glob(".latest.*.tmp")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    for aside in root.glob(".old_step_*"):
+        if (root / aside.name[len(".old_") :].split(".")[0]).is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 # -- finding and verifying -------------------------------------------------------------------
