@@ -9,8 +9,10 @@ negative L2 distance). The metric is fixed when the index is created, stored wit
 every query, so a query cannot be searched with the wrong one.
 
 File format (one file, written atomically): ``MAGIC``, an 8-byte little-endian header length, a
-UTF-8 JSON header (backend, metric, dim, params, ids, metadata, the payload's sha256) and the
-backend payload (raw float32 vectors or a serialised FAISS index). No pickle: loading a file never runs code.
+UTF-8 JSON header (backend, metric, dim, params, ids, metadata), the backend payload (raw
+float32 vectors or a serialised FAISS index) and the 32-byte sha256 of everything before it
+(checked on load: a flipped bit or a truncated file is an error naming the file). No pickle:
+loading a file never runs code.
 """
 
 from __future__ import annotations
@@ -252,10 +254,13 @@ class Index(ABC):
             "ids": self._ids,
             "metadata": self._metadata,
         }
-        payload = self._payload()
-        header["payload_sha256"] = hashlib.sha256(payload).hexdigest()  # checked by load_index
+        header["checksum"] = CHECKSUM  # the file ends in the sha256 of all bytes before it
         head = json.dumps(header).encode("utf-8")
-        atomic_write(path, [MAGIC, struct.pack("<Q", len(head)), head, payload])
+        chunks = [MAGIC, struct.pack("<Q", len(head)), head, self._payload()]
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        atomic_write(path, [*chunks, digest.digest()])
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Index:
@@ -322,6 +327,7 @@ def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes]) -> None:
     write_bytes(path, chunks)
 
 
+CHECKSUM = "sha256-trailer"
 _REBUILD = "rebuild it with `contrastkit index RUN` (or Index.save)"
 
 
@@ -358,11 +364,12 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
             f"{os.fspath(path)} has index format {header.get('format')!r}; this contrastkit "
             f"reads format {FORMAT_VERSION}; {_REBUILD}."
         )
-    payload = data[start + head_len :]
-    expected = header.get("payload_sha256")  # absent in files written before it was added
-    if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
-        raise _bad_file(path, "corrupt index (payload sha256 does not match its header)")
-    return header, payload
+    end = len(data)
+    if header.get("checksum") == CHECKSUM:  # files written before it was added have none
+        end -= 32
+        if end < start + head_len or hashlib.sha256(data[:end]).digest() != data[end:]:
+            raise _bad_file(path, "corrupt index (its sha256 does not match the content)")
+    return header, data[start + head_len : end]
 
 
 def _import_backends() -> None:
