@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -288,3 +290,44 @@ def test_zz_write_tally() -> None:
         for (kind, cmd, mode, what), count in TALLY.items():
             rows.setdefault(f"{cmd} | {kind} | {mode}", {})[what] = count
         Path(target).write_text(json.dumps(rows, indent=1, sort_keys=True))
+
+
+def test_the_issues_cases_end_to_end(
+    world: World, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reports of issue 22, as a user met them."""
+    run = world["run"]
+    restore(world)
+    # a text file named .png, through the real command line: one line, exit 2, no traceback
+    fake = world["tmp"] / "not_an_image.png"
+    fake.write_text("hello, I am not a picture\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "contrastkit.cli", "search", str(run), str(fake)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"contrastkit search: {fake}: not a readable image (PNG, JPEG, BMP, GIF, WebP or TIFF); "
+        "pass an image file."
+    ]
+    # --debug shows the traceback as well, then the same line
+    assert main(["--debug", "search", str(run), str(fake)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().endswith("pass an image file.")
+    # the index truncated to 1,000 bytes: names the file and the fix
+    index = run / INDEX_FILE
+    index.write_bytes(world["snapshot"][index][:1000])
+    assert main(["search", str(run), str(world["query"])]) == 2
+    err = capsys.readouterr().err
+    assert f"{index}: truncated index file" in err and "rebuild it with `contrastkit index" in err
+    restore(world)
+    # the latest checkpoint's weights truncated: --resume continues from the previous one
+    latest = _ckpts(world)[-1] / "model.safetensors"
+    latest.write_bytes(world["snapshot"][latest][:100])
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--resume", str(run)]) == 0, capsys.readouterr().err
+    assert "skipping checkpoint step_0000012" in caplog.text
+    assert json.loads((run / "eval.json").read_text())["step"] == 12  # trained 8 -> 12 again
+    restore(world)
