@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("fuzz")
     raw = tiny_config(tmp)
     raw["eval"].update({"probe": False, "raw_baseline": False})
@@ -72,7 +72,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     pconfig = tmp / "pairs.yaml"
     pconfig.write_text(yaml.safe_dump(praw))
     snapshot = {p: p.read_bytes() for p in [*run.rglob("*"), pairs, pconfig] if p.is_file()}
-    return World(run=run, query=query, pairs=pairs, pconfig=pconfig, tmp=tmp, snapshot=snapshot)
+    yield World(run=run, query=query, pairs=pairs, pconfig=pconfig, tmp=tmp, snapshot=snapshot)
+    write_tally()
+
+
+def write_tally() -> None:
+    """Write the tally for docs/faults.md when asked (CONTRASTKIT_FUZZ_TABLE=path)."""
+    target = os.environ.get("CONTRASTKIT_FUZZ_TABLE")
+    if target:
+        rows: dict[str, dict[str, int]] = {}
+        for (kind, cmd, mode, what), count in TALLY.items():
+            rows.setdefault(f"{cmd} | {kind} | {mode}", {})[what] = count
+        Path(target).write_text(json.dumps(rows, indent=1, sort_keys=True))
 
 
 def restore(world: World) -> None:
@@ -280,16 +291,6 @@ def test_concurrent_index_builds_while_reading(world: World) -> None:
     restore(world)
     assert errors == [] and loads
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
-
-
-def test_zz_write_tally() -> None:
-    """Write the tally for docs/faults.md when asked (CONTRASTKIT_FUZZ_TABLE=path)."""
-    target = os.environ.get("CONTRASTKIT_FUZZ_TABLE")
-    if target:
-        rows: dict[str, dict[str, int]] = {}
-        for (kind, cmd, mode, what), count in TALLY.items():
-            rows.setdefault(f"{cmd} | {kind} | {mode}", {})[what] = count
-        Path(target).write_text(json.dumps(rows, indent=1, sort_keys=True))
 
 
 def test_the_issues_cases_end_to_end(
