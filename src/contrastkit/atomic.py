@@ -61,7 +61,13 @@ __all__ = [
 
 
 class WriteFailedError(OSError):
-    """A write that failed (I/O error, read-only disk...); the previous file is intact."""
+    """A write that failed (I/O error, read-only disk...); the previous file is intact.
+
+    ``errno`` is the original error's; ``str()`` is the one-line message (no ``[Errno N]``).
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class DiskFullError(WriteFailedError):

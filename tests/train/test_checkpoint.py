@@ -249,3 +249,42 @@ def test_kill_9_during_checkpoint_writes_leaves_a_verified_checkpoint(tmp_path: 
         left = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
         assert left == []
     assert all(s >= 3 for s in survived)
+
+
+def test_full_disk_during_training_stops_with_one_line_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The disk fills up at the second checkpoint of a real run: `contrastkit train` stops with
+    exit 5 and one line naming the file and the bytes; the first checkpoint is intact and
+    --resume continues from it once there is space again."""
+    import yaml
+
+    from contrastkit.cli import main
+
+    from .conftest import tiny_config
+
+    raw = tiny_config(tmp_path)
+    raw["eval"].update({"probe": False, "raw_baseline": False})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    real, calls = os.write, []
+
+    def write(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if (
+            len(calls) > 5
+        ):  # the first checkpoint's 4 files + the pointer fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--run-dir", str(run)]) == 5
+    monkeypatch.undo()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert lines[0].startswith("contrastkit train: could not write ")
+    assert "step_0000008/model.safetensors: the disk is full (needed " in lines[0]
+    assert latest_checkpoint(run).name == "step_0000004"
+    assert main(["train", "--resume", str(run)]) == 0
+    assert latest_checkpoint(run).name == "step_0000012"
