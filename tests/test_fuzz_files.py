@@ -332,3 +332,38 @@ def test_the_issues_cases_end_to_end(
     assert "skipping checkpoint step_0000012" in caplog.text
     assert json.loads((run / "eval.json").read_text())["step"] == 12  # trained 8 -> 12 again
     restore(world)
+
+
+@pytest.mark.parametrize(
+    "missing, command, code, says",
+    [
+        ("config.yaml", "eval", 4, "no config.yaml"),
+        ("config.yaml", "report", 4, "no config.yaml"),
+        ("config.yaml", "train --resume", 4, "no config.yaml"),
+        ("checkpoints", "search", 4, "has no checkpoint yet"),
+        ("checkpoints", "index", 4, "has no checkpoint yet"),
+        (INDEX_FILE, "search", 4, "run `contrastkit index"),
+        ("checkpoints/step_0000012/model.safetensors", "eval", 0, ""),  # falls back to step 8
+        ("queries/test_0_6.png", "search", 2, "pass the path of an image file"),  # may be text
+    ],
+)
+def test_run_folder_with_files_missing(
+    world: World, capsys: pytest.CaptureFixture, missing: str, command: str, code: int, says: str
+) -> None:
+    run = world["run"]
+    restore(world)
+    target = run / missing
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    argv = [*command.split(), str(run)] + ([str(world["query"])] if command == "search" else [])
+    try:
+        assert main(argv) == code
+        err = capsys.readouterr().err
+    finally:
+        restore(world)
+    assert "Traceback" not in err
+    if code:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"contrastkit {argv[0]}: ") and says in err
