@@ -3,8 +3,8 @@
 Every subcommand has ``--help``; errors print one clear line ``contrastkit <cmd>: <message>``
 and exit with a non-zero code (2: bad usage, config or file, 3: training diverged, 4: missing
 file/run, 5: a disk error (a write failed: disk full, I/O error), 1: an unexpected error,
-130: interrupted);
-``--debug`` prints the traceback as well. See docs/faults.md.
+130: interrupted); ``contrastkit --debug <cmd>`` prints the traceback as well. See
+docs/faults.md.
 
 >>> main(["--version"])
 contrastkit 0.1.0

@@ -288,3 +288,16 @@ def test_full_disk_during_training_stops_with_one_line_and_resumes(
     assert latest_checkpoint(run).name == "step_0000004"
     assert main(["train", "--resume", str(run)]) == 0
     assert latest_checkpoint(run).name == "step_0000012"
+
+
+def test_kill_between_the_renames_of_a_same_step_rewrite_restores_the_old_copy(
+    tmp_path: Path,
+) -> None:
+    """Rewriting step 4 moves the old step_0000004 aside before renaming the new one in; a
+    kill in between leaves only the aside copy, which the next save puts back."""
+    first, _ = _two_checkpoints(tmp_path)
+    aside = first.parent / f".old_{first.name}.12345"
+    os.replace(first, aside)
+    save_checkpoint(tmp_path, 9, nn.Linear(3, 3), {"step": 9}, keep=3)
+    assert first.is_dir() and not aside.exists()
+    assert load_checkpoint(first, nn.Linear(3, 3)) == {"step": 4}

@@ -170,16 +170,19 @@ def save_checkpoint(
 
 
 def _sweep(root: Path) -> None:
-    """Remove what a process killed mid-write left: temp folders and pointer files, and an old
-    copy moved aside once its replacement is in place."""
+    """Tidy what a process killed mid-write left: temp folders and pointer files go; a copy moved
+    aside for a same-step rewrite goes once its replacement is in place, else comes back."""
     for stale in [*root.glob(".tmp_step_*"), *root.glob(".latest.*.tmp")]:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
     for aside in root.glob(".old_step_*"):
-        if (root / aside.name[len(".old_") :].split(".")[0]).is_dir():
+        final = root / aside.name[len(".old_") :].split(".")[0]
+        if final.is_dir():
             shutil.rmtree(aside, ignore_errors=True)
+        else:  # killed between the two renames: the old copy goes back
+            os.replace(aside, final)
 
 
 # -- finding and verifying -------------------------------------------------------------------
