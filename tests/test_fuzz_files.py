@@ -101,6 +101,7 @@ def restore(world: World) -> None:
     shutil.rmtree(world["tmp"] / "pairs_run", ignore_errors=True)
     run_module._LOADED.clear()  # a long-lived process would see a changed file by its mtime
     checkpoint._VERIFIED.clear()
+    checkpoint._WARNED.clear()
 
 
 def _ckpts(w: World) -> list[Path]:

@@ -192,6 +192,7 @@ def _step_of(path: Path) -> int:
 
 
 _VERIFIED: dict[str, tuple[Any, ...]] = {}  # folder -> file stats when it last verified
+_WARNED: set[tuple[str, str]] = set()  # (checkpoint, reason) already logged
 
 
 def _stats(path: Path) -> tuple[Any, ...]:
@@ -255,14 +256,17 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         try:
             verify_checkpoint(path)
         except CheckpointError as err:
-            log.warning("skipping checkpoint %s: %s", path.name, err)
-            skipped.append(str(err))
+            skipped.append((path.name, str(err)))
             continue
+        for name, reason in skipped:  # only when one verifies: else the error below says it all
+            if (name, reason) not in _WARNED:  # once per process (load_run looks twice)
+                _WARNED.add((name, reason))
+                log.warning("skipping checkpoint %s: %s", name, reason)
         return path
     if skipped:
         raise CheckpointError(
-            f"no checkpoint in {root} verifies ({'; '.join(skipped)}); restore the run folder "
-            "from a backup or train it again"
+            f"no checkpoint in {root} verifies ({'; '.join(r for _, r in skipped)}); restore the "
+            "run folder from a backup or train it again"
         )
     return None
 
