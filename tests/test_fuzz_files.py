@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -368,3 +369,28 @@ def test_run_folder_with_files_missing(
     if code:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"contrastkit {argv[0]}: ") and says in err
+
+
+@pytest.mark.slow
+def test_two_index_processes_while_search_reads(world: World) -> None:
+    """Two `python -m contrastkit.cli index RUN` processes at once while this process loads the
+    index in a loop: every load is a whole index, both processes succeed, no temp file is left."""
+    run = world["run"]
+    restore(world)
+    path = run / INDEX_FILE
+    n = len(load_index(path))
+    command = [sys.executable, "-m", "contrastkit.cli", "index", str(run)]
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ)
+        for _ in range(2)
+    ]
+    loads = 0
+    while any(p.poll() is None for p in procs):
+        assert len(load_index(path)) == n  # raises on a partial file
+        loads += 1
+        time.sleep(0.01)  # leave the cores to the writers
+    outputs = [p.communicate() for p in procs]
+    restore(world)
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert loads > 0 and len(load_index(path)) == n
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
