@@ -187,3 +187,19 @@ def test_concurrent_writers_and_reader_see_whole_indexes(tmp_path: Path) -> None
     assert seen and seen <= set(expected)
     assert load_index(path).ids in (small.ids, large.ids)
     assert _leftovers(tmp_path) == []
+
+
+def test_written_files_and_folders_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Temp files are private (0600) while written; the result is what open()/mkdir() give."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    (tmp_path / "plain_dir").mkdir()
+    write_bytes(tmp_path / "f", b"x")
+    with atomic_folder(tmp_path / "d") as folder:
+        folder.write_bytes("w", b"x")
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "f") == mode(plain)
+    assert mode(tmp_path / "d") == mode(tmp_path / "plain_dir")
+    assert mode(tmp_path / "d" / "w") == mode(plain)

@@ -45,6 +45,17 @@ MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = 1
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700; files and folders get the usual 0666/0777 minus the umask,
+# as a plain open() or mkdir() would give them (read once: changing the umask is process-wide)
+_UMASK = _read_umask()
+
 __all__ = [
     "MANIFEST",
     "CorruptFolderError",
@@ -149,6 +160,8 @@ def open_atomic(path: str | os.PathLike[str], size_hint: int | None = None) -> I
     sink = _Sink(fd)
     try:
         try:
+            with contextlib.suppress(OSError, AttributeError):  # no fchmod on Windows
+                os.fchmod(fd, 0o666 & ~_UMASK)
             yield sink
             os.fsync(fd)
         finally:
@@ -201,7 +214,7 @@ class FolderWriter:
         """Write ``data`` as file ``name`` of the folder (fsync'ed before the manifest)."""
         target = self.path / name
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
                 _Sink(fd).write(data)
                 os.fsync(fd)
@@ -227,6 +240,8 @@ def atomic_folder(final: str | os.PathLike[str]) -> Iterator[FolderWriter]:
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{final.name}.", dir=parent))
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o777 & ~_UMASK)
     writer = FolderWriter(tmp, final)
     try:
         yield writer
