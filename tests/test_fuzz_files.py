@@ -7,8 +7,9 @@ file, runs the command in-process (``contrastkit.cli.main``) and checks: exit 0 
 damage is harmless by design (a still-valid config or image, a torn last metrics line, a pointer
 the fallback ignores) and never where a checksum guards the file; otherwise exit 2 or 4 with one
 line ``contrastkit <cmd>: ...`` naming the file; no "Traceback" ever. The good file is restored
-after each example. ``CONTRASTKIT_FUZZ_TABLE=path`` writes the tally (the table in
-docs/faults.md) as JSON.
+after each example. The examples are derandomized (the same cases every run, so `make test` is
+reproducible); ``CONTRASTKIT_FUZZ_EXAMPLES=N`` explores more, ``CONTRASTKIT_FUZZ_TABLE=path``
+writes the tally (the table in docs/faults.md) as JSON.
 """
 
 from __future__ import annotations
