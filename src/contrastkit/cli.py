@@ -1,9 +1,11 @@
 """The ``contrastkit`` command: train, evaluate, index, search, report, demo, export, and
 BEIR-format retrieval (eval-retrieval, mine, data export-beir).
 
-Every subcommand has ``--help``; errors print one clear line and exit with a non-zero code
-(2: bad usage or config, 3: training diverged, 4: missing file/run, 130: Ctrl-C,
-143: SIGTERM; an interrupted run saves a checkpoint first).
+Every subcommand has ``--help``; errors print one clear line ``contrastkit <cmd>: <message>``
+and exit with a non-zero code (2: bad usage, config or file, 3: training diverged, 4: missing
+file/run, 5: a disk error (a write failed: disk full, I/O error), 1: an unexpected error,
+130: Ctrl-C, 143: SIGTERM, after saving a checkpoint); ``contrastkit --debug <cmd>`` prints the traceback as well. See
+docs/faults.md.
 
 >>> main(["--version"])
 contrastkit 0.1.0
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_MISSING, EXIT_INTERRUPTED = 2, 3, 4, 130
+EXIT_WRITE, EXIT_BUG = 5, 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         "contrastkit train simclr_fashion_mnist, then eval/index/search/report the run.",
     )
     p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument(
+        "--debug", action="store_true", help="on an error, print the traceback too (for reports)"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser(
@@ -189,6 +195,33 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--seed", type=int, default=0, help="the WordNet loader's split seed")
 
 
+def _exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
+    """The exception -> exit code table; the first match wins (ConfigError is a ValueError,
+    DiskFullError an OSError, DataNotFoundError a FileNotFoundError)."""
+    from contrastkit.atomic import WriteFailedError
+    from contrastkit.train.config import ConfigError
+    from contrastkit.train.loop import TrainingDiverged
+
+    return (
+        (ConfigError, EXIT_USAGE),
+        (TrainingDiverged, EXIT_DIVERGED),
+        (FileNotFoundError, EXIT_MISSING),
+        (NotADirectoryError, EXIT_MISSING),
+        (WriteFailedError, EXIT_WRITE),
+        (ValueError, EXIT_USAGE),  # bad input: ImageDecodeError, CheckpointError, corrupt index
+        (TypeError, EXIT_USAGE),
+        (PermissionError, EXIT_USAGE),
+        (IsADirectoryError, EXIT_USAGE),
+        (OSError, EXIT_WRITE),
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line (multi-line messages, e.g. pydantic's, are joined)."""
+    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    return text or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -200,29 +233,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from contrastkit.train.config import ConfigError
-    from contrastkit.train.loop import TrainingDiverged, TrainingInterrupted
+    from contrastkit.train.loop import TrainingInterrupted
 
     configure_logging()
-
-    # first match wins: ConfigError is a ValueError
-    exits = (
-        (ConfigError, EXIT_USAGE),
-        (TrainingDiverged, EXIT_DIVERGED),
-        (FileNotFoundError, EXIT_MISSING),
-        (ValueError, EXIT_USAGE),
-    )
+    exits = _exit_codes()
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except tuple(kind for kind, _ in exits) as err:
-        print(f"contrastkit {args.command}: {err}", file=sys.stderr)
-        return next(code for kind, code in exits if isinstance(err, kind))
-    except TrainingInterrupted as err:
-        print(f"contrastkit {args.command}: {err}", file=sys.stderr)
-        return 128 + err.signum  # 130 for Ctrl-C, 143 for SIGTERM
     except KeyboardInterrupt:
         print(f"contrastkit {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TrainingInterrupted as err:
+        print(f"contrastkit {args.command}: {err}", file=sys.stderr)
+        return 128 + err.signum  # 130 for Ctrl-C, 143 for SIGTERM
+    except Exception as err:
+        code = next((code for kind, code in exits if isinstance(err, kind)), EXIT_BUG)
+        message = _one_line(err)
+        if code == EXIT_BUG:
+            message = (
+                f"unexpected {type(err).__name__}: {message} (rerun with --debug for the "
+                "traceback and report it)"
+            )
+        if args.debug:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        print(f"contrastkit {args.command}: {message}", file=sys.stderr)
+        return code
 
 
 def configure_logging() -> None:
@@ -283,11 +319,11 @@ def _finish_distributed() -> int:
 
 
 def _print_eval(run: Path) -> None:
-    path = Path(run) / "eval.json"
-    if not path.exists():
-        return
-    data = json.loads(path.read_text())
-    print(format_eval_table(data))
+    from contrastkit.report import read_eval  # a ValueError naming the file if it is corrupt
+
+    data = read_eval(Path(run) / "eval.json")
+    if data is not None:
+        print(format_eval_table(data))
 
 
 def format_eval_table(data: dict) -> str:
@@ -306,11 +342,14 @@ def format_eval_table(data: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from contrastkit.report import read_eval
     from contrastkit.train.run import load_run, write_eval
 
     _, task, _ = load_run(args.run)
-    old = Path(args.run) / "eval.json"
-    prev = json.loads(old.read_text()) if old.exists() else {}
+    try:  # the step and training time of the last evaluation; a corrupt file is rewritten
+        prev = read_eval(Path(args.run) / "eval.json") or {}
+    except ValueError:
+        prev = {}
     result = task.evaluate()
     write_eval(Path(args.run), prev.get("step", -1), prev.get("train_seconds", 0.0), result)
     _print_eval(Path(args.run))

@@ -3,13 +3,15 @@ save/load round trips, metric/dimension errors and atomic saves."""
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 
-import contrastkit.index.base as index_base
+from contrastkit.atomic import DiskFullError
 from contrastkit.functional.similarity import similarity_matrix
 from contrastkit.index import (
     INDEXES,
@@ -210,12 +212,16 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     original = path.read_bytes()
     new = build_index(randn(30, 4, seed=12), "exact")
 
-    def write_half_then_fail(handle, chunks):
-        handle.write(chunks[0])
-        raise OSError("disk full")
+    real_write, calls = os.write, []
 
-    monkeypatch.setattr(index_base, "_write_chunks", write_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    def write_once_then_fail(fd, data):  # the first chunk lands, the second finds a full disk
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write_once_then_fail)
+    with pytest.raises(DiskFullError, match="disk is full"):
         new.save(path)
     assert path.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.ckx"]  # no temp file left

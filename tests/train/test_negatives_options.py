@@ -16,7 +16,7 @@ from contrastkit.functional import info_nce
 from contrastkit.losses import create_loss
 from contrastkit.negatives import ExtraNegatives, mask_from_threshold
 from contrastkit.train import ConfigError, load_config_dict, train
-from contrastkit.train.checkpoint import latest_checkpoint
+from contrastkit.train.checkpoint import latest_checkpoint, load_state
 
 from .conftest import tiny_config
 
@@ -40,7 +40,7 @@ def records(run: Path) -> list[dict]:
 def saved_state(run: Path) -> dict:
     ckpt = latest_checkpoint(run)
     assert ckpt is not None
-    return torch.load(ckpt / "state.pt", weights_only=False)
+    return load_state(ckpt)
 
 
 # -- the wrapper against the plain loss -------------------------------------------------------

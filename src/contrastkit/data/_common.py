@@ -18,7 +18,6 @@ split is deterministic, independent of row order, and never puts one group on bo
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -236,17 +235,12 @@ def cache_dir() -> Path:
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file + rename (readers never see half)."""
+    """Write ``payload`` to ``path`` atomically (:func:`contrastkit.atomic.write_bytes`),
+    creating its folder first."""
+    from contrastkit.atomic import write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, payload)
 
 
 def write_cache(path: Path, payload: bytes) -> None:

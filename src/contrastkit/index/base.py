@@ -9,17 +9,18 @@ negative L2 distance). The metric is fixed when the index is created, stored wit
 every query, so a query cannot be searched with the wrong one.
 
 File format (one file, written atomically): ``MAGIC``, an 8-byte little-endian header length, a
-UTF-8 JSON header (backend, metric, dim, params, ids, metadata) and the backend payload (raw
-float32 vectors or a serialised FAISS index). No pickle: loading a file never runs code.
+UTF-8 JSON header (backend, metric, dim, params, ids, metadata), the backend payload (raw
+float32 vectors or a serialised FAISS index) and the 32-byte sha256 of everything before it
+(checked on load: a flipped bit or a truncated file is an error naming the file). No pickle:
+loading a file never runs code.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import os
 import struct
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from contrastkit._checks import check_tensor
+from contrastkit.atomic import write_bytes
 from contrastkit.functional.similarity import check_metric
 from contrastkit.registry import Registry
 
@@ -252,9 +254,13 @@ class Index(ABC):
             "ids": self._ids,
             "metadata": self._metadata,
         }
+        header["checksum"] = CHECKSUM  # the file ends in the sha256 of all bytes before it
         head = json.dumps(header).encode("utf-8")
-        payload = self._payload()
-        atomic_write(path, [MAGIC, struct.pack("<Q", len(head)), head, payload])
+        chunks = [MAGIC, struct.pack("<Q", len(head)), head, self._payload()]
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        atomic_write(path, [*chunks, digest.digest()])
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Index:
@@ -311,53 +317,59 @@ def _normalize_rows(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr / np.where(norm > 1e-8, norm, 1.0), dtype=np.float32)
 
 
-def _write_chunks(handle: Any, chunks: Sequence[bytes]) -> None:
-    for chunk in chunks:
-        handle.write(chunk)
-
-
 def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes]) -> None:
     """Write ``chunks`` to ``path`` so that readers see the old file or the new one, never half.
 
-    The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and the
-    file is renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows). On any error
-    the temporary file is removed and the previous ``path`` is left untouched.
+    A thin name kept for the index's callers: :func:`contrastkit.atomic.write_bytes` (temp file in
+    the same folder, fsync, ``os.replace``, fsync of the folder; on an error the previous file is
+    intact and a :class:`contrastkit.atomic.WriteFailedError` names the path and bytes needed).
     """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _write_chunks(handle, chunks)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Persist the rename itself (best effort: not every platform can fsync a directory).
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_bytes(path, chunks)
+
+
+CHECKSUM = "sha256-trailer"
+_REBUILD = "rebuild it with `contrastkit index RUN` (or Index.save)"
+
+
+def _bad_file(path: str | os.PathLike[str], what: str) -> ValueError:
+    return ValueError(f"{os.fspath(path)}: {what}; {_REBUILD}.")
 
 
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
+    """The header and payload of an index file; a ValueError naming the file if it is not one."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{os.fspath(path)}: no index file; build it with `contrastkit "
+            "index RUN` (or Index.save)."
+        )
     data = Path(path).read_bytes()
     if not data.startswith(MAGIC):
-        raise ValueError(f"{os.fspath(path)!r} is not a contrastkit index file (bad magic bytes).")
-    (head_len,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
+        raise _bad_file(path, "not a contrastkit index file (bad magic bytes)")
     start = len(MAGIC) + 8
-    header = json.loads(data[start : start + head_len].decode("utf-8"))
+    if len(data) < start:
+        raise _bad_file(path, f"truncated index file ({len(data)} bytes)")
+    (head_len,) = struct.unpack("<Q", data[len(MAGIC) : start])
+    if start + head_len > len(data):
+        raise _bad_file(
+            path, f"truncated index file ({len(data)} bytes, header needs {start + head_len})"
+        )
+    try:
+        header = json.loads(data[start : start + head_len].decode("utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise _bad_file(path, f"corrupt index header ({err})") from None
+    if not isinstance(header, dict):
+        raise _bad_file(path, "corrupt index header (not a JSON object)")
     if header.get("format") != FORMAT_VERSION:
         raise ValueError(
-            f"{os.fspath(path)!r} has index format {header.get('format')!r}; this contrastkit "
-            f"reads format {FORMAT_VERSION}."
+            f"{os.fspath(path)} has index format {header.get('format')!r}; this contrastkit "
+            f"reads format {FORMAT_VERSION}; {_REBUILD}."
         )
-    return header, data[start + head_len :]
+    end = len(data)
+    if header.get("checksum") == CHECKSUM:  # files written before it was added have none
+        end -= 32
+        if end < start + head_len or hashlib.sha256(data[:end]).digest() != data[end:]:
+            raise _bad_file(path, "corrupt index (its sha256 does not match the content)")
+    return header, data[start + head_len : end]
 
 
 def _import_backends() -> None:
@@ -408,14 +420,26 @@ def build_index(
 
 
 def load_index(path: str | os.PathLike[str]) -> Index:
-    """Read any index written by ``Index.save``; it answers queries exactly as the saved one."""
+    """Read any index written by ``Index.save``; it answers queries exactly as the saved one.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a complete index file (foreign, truncated or corrupted);
+            the message names the file and says to rebuild it.
+    """
     header, payload = _read(path)
     _import_backends()
-    index = INDEXES.get(header["backend"])(
-        dim=header["dim"], metric=header["metric"], **header["params"]
-    )
-    index._restore(payload)
-    index._ids = list(header["ids"])
+    try:
+        index = INDEXES.get(header["backend"])(
+            dim=header["dim"], metric=header["metric"], **header["params"]
+        )
+        index._restore(payload)
+        ids, metadata = list(header["ids"]), list(header["metadata"])
+    except Exception as err:  # any inconsistency of header and payload is a corrupt file
+        raise _bad_file(path, f"corrupt index ({type(err).__name__}: {err})") from None
+    if len(metadata) != len(ids):
+        raise _bad_file(path, f"corrupt index ({len(ids)} ids, {len(metadata)} metadata)")
+    index._ids = ids
     index._id_set = set(index._ids)
-    index._metadata = list(header["metadata"])
+    index._metadata = metadata
     return index

@@ -4,7 +4,7 @@ The page references only PNG files written next to it (no scripts, no network), 
 ``report/`` folder can be copied or attached as is.
 """
 
-from contrastkit.report.html import write_report
+from contrastkit.report.html import read_eval, write_report
 from contrastkit.report.plots import pca_2d
 
-__all__ = ["pca_2d", "write_report"]
+__all__ = ["pca_2d", "read_eval", "write_report"]

@@ -11,18 +11,58 @@ from typing import Any
 
 import torch
 
+from contrastkit.atomic import write_text
 from contrastkit.report import plots
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; a torn last line (a crash mid-append) is dropped, any
+    other unreadable line is a ValueError naming the file and line."""
     if not path.exists():
         return []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err}); restore it or delete it") from None
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         line = line.strip()
-        if line:
-            out.append(json.loads(line))
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise ValueError(
+                f"{path}: line {number} is not JSON; restore the file or delete that line"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), (int, float)):
+            raise ValueError(f"{path}: line {number} is not a metrics record; delete that line")
+        out.append(record)
     return out
+
+
+def read_eval(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``eval.json`` as a dict (None if absent); a ValueError naming the file if unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as err:
+        raise ValueError(
+            f"{path}: not valid JSON ({err}); rerun `contrastkit eval RUN` to rewrite it"
+        ) from None
+    numbers = (int, float)
+    ok = isinstance(data, dict) and all(
+        isinstance(data.get(key, {}), dict)
+        and all(isinstance(v, numbers) or v is None for v in data.get(key, {}).values())
+        for key in ("metrics", "baseline")
+    )
+    if not ok:
+        raise ValueError(f"{path}: not an evaluation file; rerun `contrastkit eval RUN`")
+    return data
 
 
 def _eval_table(ev: dict[str, Any]) -> str:
@@ -84,8 +124,8 @@ def write_report(run: str | os.PathLike) -> Path:
         old.unlink()
     records = _read_jsonl(run / "metrics.jsonl")
     ev_path = run / "eval.json"
-    ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
-    config_text = (run / "config.yaml").read_text()
+    ev = read_eval(ev_path)
+    config_text = (run / "config.yaml").read_text(encoding="utf-8", errors="replace")
     sections: list[str] = []
 
     if ev:
@@ -107,9 +147,15 @@ def write_report(run: str | os.PathLike) -> Path:
         )
     arrays_path = run / "eval_arrays.safetensors"
     if arrays_path.exists():
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-        arrays = load_file(str(arrays_path))
+        try:
+            arrays = load(arrays_path.read_bytes())
+        except SafetensorError as err:
+            raise ValueError(
+                f"{arrays_path}: unreadable ({err}); rerun `contrastkit eval RUN` to rewrite it"
+            ) from None
         if "positive_similarity" in arrays:
             pos, neg = arrays["positive_similarity"], arrays["negative_similarity"]
             p = plots.plot_similarity_hist(pos, neg, out)
@@ -133,9 +179,7 @@ def write_report(run: str | os.PathLike) -> Path:
         f"<h1>{title}</h1>{''.join(sections)}</body></html>"
     )
     path = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_text(path, page)
     return path
 
 
@@ -149,4 +193,4 @@ def _class_names(run: Path) -> list[str] | None:
         return None
 
 
-__all__ = ["torch", "write_report"]
+__all__ = ["read_eval", "torch", "write_report"]

@@ -48,6 +48,17 @@ def _marker(n: int) -> str | None:
     return "o" if n <= 40 else None
 
 
+def _save(fig: Any, path: Path) -> None:
+    """Render ``fig`` as PNG in memory, then write it atomically (a reader never sees half)."""
+    import io
+
+    from contrastkit.atomic import write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    write_bytes(path, buffer.getvalue())
+
+
 def plot_curves(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     """loss.png (loss + lr) and temperature.png (logged only when it is learned)."""
     plt = _plt()
@@ -62,7 +73,7 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
         ax[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
         fig.tight_layout()
         paths["loss"] = out / "loss.png"
-        fig.savefig(paths["loss"], dpi=90)
+        _save(fig, paths["loss"])
         plt.close(fig)
     steps, temp = _series(records, "temperature")
     if steps:
@@ -71,7 +82,7 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
         ax.set(xlabel="step", ylabel="temperature", title="temperature")
         fig.tight_layout()
         paths["temperature"] = out / "temperature.png"
-        fig.savefig(paths["temperature"], dpi=90)
+        _save(fig, paths["temperature"])
         plt.close(fig)
     return paths
 
@@ -90,7 +101,7 @@ def plot_monitors(records: list[dict[str, Any]], out: Path) -> Path | None:
         ax.set(xlabel="step", title=key)
     fig.tight_layout()
     path = out / "monitors.png"
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -106,7 +117,7 @@ def plot_similarity_hist(pos: Tensor, neg: Tensor, out: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     path = out / "similarity_hist.png"
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -130,7 +141,7 @@ def plot_projection(
     ax.set(title="test embeddings, PCA to 2-D", xticks=[], yticks=[])
     fig.tight_layout()
     path = out / "projection.png"
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -158,6 +169,6 @@ def plot_neighbour_grid(
                 ax.set_title(title, fontsize=7, color="black" if j == 0 else "dimgray")
     fig.tight_layout()
     path = out / "neighbours.png"
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return path

@@ -80,8 +80,11 @@ def make_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None) -> Path:
 
 def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None:
     """``eval.json`` (metrics, counts, the baseline of ``baseline.json``, step, training
-    seconds) and the report's arrays."""
-    from safetensors.torch import save_file
+    seconds) and the report's arrays, each written atomically (a crash or a full disk leaves
+    the previous files)."""
+    from safetensors.torch import save
+
+    from contrastkit.atomic import write_bytes, write_json
 
     saved = run / "baseline.json"
     baseline: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
@@ -93,16 +96,18 @@ def write_eval(run: Path, step: int, elapsed: float, result: EvalResult) -> None
         "baseline": baseline.get("metrics", {}),
         "baseline_name": baseline.get("name", "baseline"),
     }
-    (run / "eval.json").write_text(json.dumps(payload, indent=2))
+    write_json(run / "eval.json", payload)
     if result.arrays:
         arrays = {k: v.detach().cpu().contiguous() for k, v in result.arrays.items()}
-        save_file(arrays, str(run / "eval_arrays.safetensors"))
+        write_bytes(run / "eval_arrays.safetensors", save(arrays))
 
 
 def write_baseline(run: Path, result: EvalResult) -> None:
     """``baseline.json``: what the model is compared with (raw input or the initial model)."""
+    from contrastkit.atomic import write_json
+
     payload = {"metrics": result.metrics, "name": result.name, "counts": result.counts}
-    (run / "baseline.json").write_text(json.dumps(payload, indent=2))
+    write_json(run / "baseline.json", payload)
 
 
 _LOADED: dict[tuple[str, str, float], tuple[RunConfig, Any, nn.Module]] = {}
