@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
-from tests.train.conftest import tiny_config, tiny_pairs_config  # noqa: E402
+from tests.train.conftest import tiny_config, tiny_pairs_config
 
 
 @pytest.fixture(scope="session")

@@ -117,8 +117,7 @@ def test_thumbnail_is_the_corpus_image(image_client: TestClient, image_run: Path
     response = image_client.get("/thumb/3")
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
-    c, h, w = task.image_shape
-    decoded = load_image(response.content, channels=c, size=None)  # (C, H, W)
+    decoded = load_image(response.content, channels=task.image_shape[0], size=None)  # (C, H, W)
     assert torch.allclose(decoded, task.corpus_items()[3], atol=1 / 255 + 1e-6)
 
 
@@ -205,8 +204,6 @@ def test_concurrent_requests_share_a_batch(text_run: Path) -> None:
 
     async def main() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with app.state.holder._lock:  # noqa: SIM117 - warm the lock in this loop
-            pass
         await app.state.batcher.start()
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -378,7 +375,7 @@ def test_api_key_guards_everything_but_page_health_and_docs(
 
 
 def test_missing_run_or_index_names_the_file(tmp_path: Path, image_run: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no config.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.yaml"):
         create_app_from_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="contrastkit index"):
         create_app_from_run(image_run, index=tmp_path / "none.ckindex")
