@@ -131,14 +131,16 @@ class Batcher:
             size = len(jobs[0].items)
             deadline = time.monotonic() + self.max_wait
             while size < self.max_batch:
-                timeout = deadline - time.monotonic()
-                try:
-                    if timeout > 0:
+                try:  # take what is queued already; wait (up to the deadline) only when empty
+                    job = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
                         job = await asyncio.wait_for(self._queue.get(), timeout)
-                    else:
-                        job = self._queue.get_nowait()
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
-                    break
+                    except asyncio.TimeoutError:
+                        break
                 if size + len(job.items) > self.max_batch:
                     carry = job
                     break
