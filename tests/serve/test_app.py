@@ -409,3 +409,31 @@ def test_a_stream_of_bad_requests_leaves_memory_and_latency_flat(
     assert after_rss - before_rss < 50 * 2**20, (before_rss, after_rss)
     assert after_latency < 5 * before_latency + 0.05, (before_latency, after_latency)
     assert image_client.get("/health").status_code == 200
+
+
+def test_an_unreadable_new_index_keeps_the_old_one_in_service(
+    image_run: Path, tmp_path: Path, query_png: bytes
+) -> None:
+    path = tmp_path / "copy.ckindex"
+    load_index(image_run / INDEX_FILE).save(path)
+    with TestClient(create_app(Embedder.from_run(image_run), path)) as client:
+        size = client.get("/health").json()["index_size"]
+        path.write_bytes(b"CKINDEX1 truncated")  # written in place, not renamed: unreadable
+        with pytest.warns(RuntimeWarning, match="not readable"):
+            response = client.post("/search", json={"image": b64(query_png), "k": 2})
+        assert response.status_code == 200 and len(response.json()["results"]) == 2
+        health = client.get("/health").json()
+        assert (health["index_size"], health["index_version"]) == (size, 1)
+        _bad(client.post("/admin/reload"), 409, "index")
+        assert client.post("/search", json={"image": b64(query_png), "k": 2}).status_code == 200
+
+
+def test_a_huge_image_is_refused_before_decoding(image_client: TestClient) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(buf, format="PNG")  # 30 MP of zeros: a ~30 KB file
+    body = _bad(image_client.post("/search", json={"image": b64(buf.getvalue())}), 400, "image")
+    assert "6000x5000" in body["value"] and "25,000,000" in body["allowed"]

@@ -129,3 +129,13 @@ def test_cli_names_a_missing_run_or_index(tmp_path: Path, image_run: Path, capsy
     assert "x.ckindex" in capsys.readouterr().err
     assert main(["serve", str(image_run), "--max-batch", "0"]) == 2
     assert "max_batch" in capsys.readouterr().err
+
+
+def test_serve_has_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--index", "--api-key", "--max-batch", "--max-wait-ms",
+                 "--queue", "--max-body-mb", "--threads"):  # fmt: skip
+        assert flag in out

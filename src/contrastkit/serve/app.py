@@ -20,6 +20,7 @@ import io
 import json
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -44,6 +45,7 @@ from contrastkit.serve.metrics import Metrics
 __all__ = ["LOOPBACK", "ServeSettings", "check_bind", "create_app", "create_app_from_run"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_PIXELS = 25_000_000  # an upload larger than this (e.g. 5000 x 5000) is refused undecoded
 # Paths anyone may read: the page, health and the API documentation.
 PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
@@ -175,6 +177,7 @@ class IndexHolder:
         self.on_reload = on_reload
         self.loaded = self._read(version=1)
         self._lock = asyncio.Lock()
+        self._bad: tuple[int, int, int] | None = None  # a file that failed to load
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:
@@ -194,16 +197,33 @@ class IndexHolder:
         return _Loaded(index, signature or (0, 0, 0), tuple(fields), version, time.time())
 
     async def current(self, force: bool = False) -> _Loaded:
-        """The index to search now; re-read first when the file changed (or ``force``)."""
+        """The index to search now; re-read first when the file changed (or ``force``).
+
+        A new file that cannot be read (written in place, not renamed; truncated) leaves the
+        loaded index in service and is not retried until the file changes again; with ``force``
+        the error is raised for the caller to report.
+        """
         signature = self._signature()
-        if not force and (signature is None or signature == self.loaded.signature):
-            return self.loaded
-        if self._lock.locked() and not force:
-            return self.loaded  # another request is reading the new file: do not wait for it
+        unchanged = signature is None or signature in (self.loaded.signature, self._bad)
+        if not force and (unchanged or self._lock.locked()):
+            return self.loaded  # (while another request reads the new file: the old index)
         async with self._lock:
-            if force or self._signature() != self.loaded.signature:
-                loaded = await asyncio.to_thread(self._read, self.loaded.version + 1)
-                self.loaded = loaded
+            signature = self._signature()
+            if force or signature not in (self.loaded.signature, self._bad):
+                try:
+                    loaded = await asyncio.to_thread(self._read, self.loaded.version + 1)
+                except Exception as err:
+                    self._bad = signature
+                    if force:
+                        raise
+                    warnings.warn(
+                        f"{self.path}: the new index file is not readable ({err}); still "
+                        f"serving version {self.loaded.version}.",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+                    return self.loaded
+                self.loaded, self._bad = loaded, None
                 if self.on_reload is not None:
                     self.on_reload()
         return self.loaded
@@ -212,10 +232,19 @@ class IndexHolder:
 # -- request handling helpers ----------------------------------------------------------------
 def _decode_image(data: bytes, embedder: Embedder, field: str) -> Any:
     """Encoded image bytes -> (C, H, W) float in [0, 1] at the model's size."""
+    from PIL import Image
+
     from contrastkit.data.images import load_image
 
     assert embedder.image_shape is not None
     c, h, w = embedder.image_shape
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    except Exception:  # not an image at all
+        width = height = 0
+    if width * height > MAX_PIXELS:  # refuse before decoding: a small file can be a huge image
+        raise BadInput(field, f"{width}x{height} pixels", f"at most {MAX_PIXELS:,} pixels")
     try:
         return load_image(data, channels=c, size=(h, w), name=field)
     except Exception:  # not an image, a truncated file, a decompression bomb
