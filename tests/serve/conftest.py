@@ -14,10 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
-pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
-
 from tests.train.conftest import tiny_config, tiny_pairs_config
 
 

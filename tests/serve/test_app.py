@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 import torch
 from fastapi.testclient import TestClient
 

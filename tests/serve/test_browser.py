@@ -17,6 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+pytest.importorskip("selenium", reason="selenium is in the test extra")
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
 from contrastkit.index import build_index, load_index
 from contrastkit.serve import ServeSettings, create_app, create_app_from_run
 from contrastkit.serve.embedder import Embedder
@@ -31,11 +37,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (`make setup` installs them: "
     "apt-get install chromium chromium-driver)",
 )
-selenium = pytest.importorskip("selenium", reason="selenium is in the test extra")
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 EVIL = [
     "<script>window.__pwned = 1</script> a document with a script tag",
@@ -189,3 +190,29 @@ def test_bad_input_shows_the_server_message(browser: webdriver.Chrome, evil_url:
     browser.find_element(By.ID, "search-text").click()
     wait.until(lambda d: "k: got 1000" in d.find_element(By.ID, "status").text)
     assert browser.find_element(By.ID, "status").get_attribute("class") == "error"
+
+
+def test_the_page_sends_the_api_key_for_searches_and_thumbnails(
+    browser: webdriver.Chrome, image_run: Path, tmp_path: Path
+) -> None:
+    _, task, _ = load_run(image_run)
+    query = tmp_path / "query.png"
+    query.write_bytes(png_bytes(task.examples(1)[0][0]))
+    app = create_app_from_run(image_run, settings=ServeSettings(api_key="page-key"))
+    for url in _live(app):
+        wait = _open(browser, url)
+        browser.execute_script("sessionStorage.clear()")
+        assert not browser.find_element(By.ID, "key-form").get_attribute("hidden")
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        browser.find_element(By.ID, "search-image").click()  # no key yet: the 401 is shown
+        wait.until(lambda d: "API key" in d.find_element(By.ID, "status").text)
+        browser.find_element(By.ID, "key").send_keys("page-key")
+        browser.find_element(By.ID, "search-image").click()
+        results = _rendered(browser, wait, 8)
+        assert results[0].get_attribute("data-id")
+        wait.until(  # thumbnails come through fetch() with the key, not a bare <img src>
+            lambda d: all(
+                d.execute_script("return arguments[0].naturalWidth", img)
+                for img in d.find_elements(By.CSS_SELECTOR, "#results img.thumb")
+            )
+        )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 import torch
 
 from contrastkit.cli import main
