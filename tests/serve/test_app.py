@@ -232,14 +232,18 @@ def test_full_queue_answers_503_with_retry_after(text_run: Path) -> None:
     gate, entered = threading.Event(), threading.Event()
     real = Embedder.from_run(text_run)
 
+    armed = threading.Event()  # not for create_app's probe of the model's width
+
     def slow(texts: list[str]) -> torch.Tensor:
-        entered.set()
-        gate.wait(10)  # hold the model worker so the queue fills
+        if armed.is_set():
+            entered.set()
+            gate.wait(10)  # hold the model worker so the queue fills
         return real.embed_texts(texts)  # type: ignore[misc]
 
     embedder = Embedder("slow", ("text",), embed_texts=slow)
     settings = ServeSettings(max_batch=1, max_wait_ms=0, queue=2)
     app = create_app(embedder, text_run / INDEX_FILE, settings)
+    armed.set()
 
     async def until(condition, what: str) -> None:
         for _ in range(500):
@@ -439,3 +443,20 @@ def test_a_huge_image_is_refused_before_decoding(image_client: TestClient) -> No
     Image.new("L", (6000, 5000)).save(buf, format="PNG")  # 30 MP of zeros: a ~30 KB file
     body = _bad(image_client.post("/search", json={"image": b64(buf.getvalue())}), 400, "image")
     assert "6000x5000" in body["value"] and "25,000,000" in body["allowed"]
+
+
+def test_an_index_of_another_width_is_refused(image_run: Path, tmp_path: Path) -> None:
+    from contrastkit.index import build_index
+
+    dim = load_index(image_run / INDEX_FILE).dim
+    wrong = build_index(torch.randn(5, dim + 3, generator=torch.Generator().manual_seed(1)))
+    path = tmp_path / "wrong.ckindex"
+    wrong.save(path)
+    with pytest.raises(ValueError, match=rf"{dim + 3}-d vectors but the model embeds {dim}-d"):
+        create_app(Embedder.from_run(image_run), path)
+    good = tmp_path / "good.ckindex"
+    load_index(image_run / INDEX_FILE).save(good)
+    with TestClient(create_app(Embedder.from_run(image_run), good)) as client:
+        wrong.save(good)  # swapped in by rename, but for another model: not taken
+        with pytest.warns(RuntimeWarning, match="not readable"):
+            assert client.get("/health").json()["dimension"] == dim

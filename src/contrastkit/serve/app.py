@@ -167,8 +167,14 @@ class IndexHolder:
     done. While a new file is being read, requests keep getting the old index.
     """
 
-    def __init__(self, path: str | os.PathLike, on_reload: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        on_reload: Callable[[], None] | None = None,
+        dim: int | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.dim = dim  # the model's embedding width: a file of another width is refused
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"{self.path}: no index file; build it with `contrastkit index RUN` or pass "
@@ -191,6 +197,12 @@ class IndexHolder:
 
         signature = self._signature()
         index = load_index(self.path)
+        if self.dim is not None and index.dim != self.dim:
+            raise ValueError(
+                f"{self.path}: the index holds {index.dim}-d vectors but the model embeds "
+                f"{self.dim}-d; build the index from this run (`contrastkit index RUN`) or pass "
+                "its --index."
+            )
         fields = sorted(
             {key for meta in index.metadata if isinstance(meta, dict) for key in meta} | {"id"}
         )
@@ -337,9 +349,7 @@ def create_app(
     """
     settings = settings or ServeSettings()
     metrics = Metrics()
-    holder = IndexHolder(index_path, on_reload=metrics.observe_reload)
-    if holder.loaded.index.dim <= 0:  # pragma: no cover - Index guarantees it
-        raise ValueError(f"{index_path}: index has no dimension")
+    holder = IndexHolder(index_path, on_reload=metrics.observe_reload, dim=_model_dim(embedder))
     batcher = Batcher(
         embedder.embed,
         max_batch=settings.max_batch,
@@ -415,9 +425,13 @@ def create_app(
     async def _embed(kind: str, items: list[Any]) -> Any:
         return await batcher.submit(kind, items)  # (N, D)
 
-    async def _search(vector: Any, k: int, flt: Any) -> dict[str, Any]:
+    async def _index_and_filter(flt: Any) -> tuple[_Loaded, dict[str, Any]]:
+        """The index this request searches, and its filter checked against it (before the
+        model runs, so a bad filter costs no model call)."""
         loaded = await holder.current()
-        flt = _check_filter(flt, loaded)
+        return loaded, _check_filter(flt, loaded)
+
+    async def _search(vector: Any, k: int, loaded: _Loaded, flt: dict) -> dict[str, Any]:
         hits = await asyncio.to_thread(search_index, loaded, vector, k, flt)
         n_thumbs = len(embedder.thumbnails) if embedder.thumbnails is not None else 0
         for rank, hit in enumerate(hits, 1):
@@ -472,8 +486,9 @@ def create_app(
             assert body.image is not None
             data = _b64(body.image, "image")
             kind, item = "image", await asyncio.to_thread(_decode_image, data, embedder, "image")
+        loaded, flt = await _index_and_filter(body.filter)
         vector = await _embed(kind, [item])  # (1, D)
-        return {"tower": kind, **await _search(vector, k, body.filter)}
+        return {"tower": kind, **await _search(vector, k, loaded, flt)}
 
     @app.post("/search/upload", summary="Search with an uploaded image file (multipart)")
     async def search_upload(
@@ -492,8 +507,9 @@ def create_app(
                 raise BadInput("filter", filter, allowed["filter"]) from None
         data = await file.read()
         item = await asyncio.to_thread(_decode_image, data, embedder, "file")
+        loaded, checked = await _index_and_filter(flt)
         vector = await _embed("image", [item])  # (1, D)
-        return {"tower": "image", **await _search(vector, k, flt)}
+        return {"tower": "image", **await _search(vector, k, loaded, checked)}
 
     @app.get("/thumb/{position}", summary="A corpus image as PNG")
     async def thumb(position: int) -> Response:
@@ -577,6 +593,17 @@ _EXAMPLES = {
     "/search": '{"query": "a text", "k": 5}',
     "/search/upload": "a multipart form with file=<image>, k=5",
 }
+
+
+def _model_dim(embedder: Embedder) -> int:
+    """D of the model's embeddings, from one probe query (checked against every index read)."""
+    import torch
+
+    if "image" in embedder.kinds and embedder.image_shape is not None:
+        probe = embedder.embed("image", torch.zeros(1, *embedder.image_shape))  # (1, D)
+    else:
+        probe = embedder.embed("text", ["probe"])  # (1, D)
+    return int(probe.shape[1])
 
 
 def _png(image: Any) -> bytes:
