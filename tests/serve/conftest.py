@@ -39,6 +39,45 @@ def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(run)
 
 
+@pytest.fixture(scope="session")
+def image_text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two towers (CLIP layout): rendered Noto emoji <-> their names, a 4-wide CNN and a tiny
+    from-scratch text tower, 3 steps; the corpus is the held-out emoji images."""
+    from contrastkit.train import load_config_dict, train
+    from contrastkit.train.search import build_index
+
+    tmp = tmp_path_factory.mktemp("serve_image_text")
+    cfg = tiny_pairs_config(
+        tmp,
+        name="emoji",
+        data={"dataset": "emoji", "options": {"size": 16}},
+        model={
+            "name": "emoji_towers",
+            "width": 4,
+            "out_dim": 16,
+            "options": {
+                "text": "scratch",
+                "text_options": {
+                    "hidden_size": 16,
+                    "num_layers": 1,
+                    "num_heads": 2,
+                    "max_length": 16,
+                },
+            },
+        },
+        loss={"name": "info_nce", "params": {"temperature": 0.1, "symmetric": True}},
+        eval={"recall_at": [1, 5]},
+    )
+    for key in ("subset", "test_subset"):
+        cfg["data"].pop(key)
+    for key in ("corpus_size", "queries"):
+        cfg["eval"].pop(key)
+    cfg["loss"].pop("false_negative_mask")
+    run = train(load_config_dict(cfg), tmp / "emoji")
+    build_index(run)
+    return Path(run)
+
+
 def png_bytes(image) -> bytes:
     """(C, H, W) float in [0, 1] -> PNG bytes."""
     from PIL import Image
