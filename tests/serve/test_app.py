@@ -207,12 +207,14 @@ def test_concurrent_requests_share_a_batch(text_run: Path) -> None:
     async def main() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         await app.state.batcher.start()
+        await app.state.searcher.start()
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 return await asyncio.gather(
                     *(client.post("/search", json={"query": t, "k": 2}) for t in texts)
                 )
         finally:
+            await app.state.searcher.stop()
             await app.state.batcher.stop()
 
     responses = asyncio.run(main())
@@ -254,6 +256,7 @@ def test_full_queue_answers_503_with_retry_after(text_run: Path) -> None:
 
     async def main() -> list[httpx.Response]:
         await app.state.batcher.start()
+        await app.state.searcher.start()
         try:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -270,6 +273,7 @@ def test_full_queue_answers_503_with_retry_after(text_run: Path) -> None:
                 return [refused, *await asyncio.gather(*first)]
         finally:
             gate.set()
+            await app.state.searcher.stop()
             await app.state.batcher.stop()
 
     refused, *served = asyncio.run(main())
@@ -460,3 +464,22 @@ def test_an_index_of_another_width_is_refused(image_run: Path, tmp_path: Path) -
         wrong.save(good)  # swapped in by rename, but for another model: not taken
         with pytest.warns(RuntimeWarning, match="not readable"):
             assert client.get("/health").json()["dimension"] == dim
+
+
+def test_batched_search_equals_one_query_at_a_time(image_client: TestClient) -> None:
+    from contrastkit.serve.app import search_index, search_many
+
+    loaded = image_client.app.state.holder.loaded
+    index = loaded.index
+    g = torch.Generator().manual_seed(0)
+    queries = torch.randn(5, index.dim, generator=g)  # (Q, D)
+    ks = [1, 3, 10, 7, 2]
+    filters = [{}, {"label": "3"}, {}, {"label": "9"}, {"id": "12"}]
+    batched = search_many(loaded, queries, ks, filters)
+    for i in range(5):
+        alone = search_index(loaded, queries[i : i + 1], ks[i], filters[i])
+        assert batched[i] == alone
+        if not filters[i]:  # unfiltered: exactly the index's own top k
+            assert [h["id"] for h in alone] == index.search(queries[i : i + 1], ks[i]).ids[0]
+    assert {h["metadata"]["label"] for h in batched[1]} == {"3"} and len(batched[1]) == 3
+    assert [h["id"] for h in batched[4]] == ["12"]

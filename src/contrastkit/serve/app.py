@@ -304,34 +304,57 @@ def _check_filter(flt: Any, loaded: _Loaded) -> dict[str, Any]:
     return flt
 
 
-def search_index(loaded: _Loaded, vector: Any, k: int, flt: dict[str, Any]) -> list[dict]:
-    """The ``k`` best hits of ``vector: (1, D)`` whose metadata matches ``flt`` exactly.
+def search_many(
+    loaded: _Loaded, vectors: Any, ks: list[int], filters: list[dict[str, Any]]
+) -> list[list[dict]]:
+    """The best hits of each query ``vectors: (Q, D)``: ``ks[i]`` of them, matching
+    ``filters[i]`` exactly, searched in one call per round.
 
-    With a filter the index is searched for more neighbours (x4 each round) until ``k`` match
-    or the whole index was ranked, so a rare label is still found.
+    A filtered query asks the index for more neighbours (x4 each round, from ``max(4k, 64)``)
+    until ``k`` match or the whole index was ranked, so a rare label is still found.
     """
     index = loaded.index
     n = len(index)
-    want = min(n, k if not flt else max(4 * k, 64))
-    while True:
-        result = index.search(vector, want)
-        hits = []
-        for score, pos, id_, meta in zip(
-            result.scores[0].tolist(),
-            result.indices[0].tolist(),
-            result.ids[0],
-            result.metadata[0],
-        ):
-            if pos < 0:
-                continue
-            record = meta if isinstance(meta, dict) else {}
-            if all((id_ if key == "id" else record.get(key)) == v for key, v in flt.items()):
-                hits.append(
-                    {"id": id_, "position": int(pos), "score": float(score), "metadata": meta}
-                )
-        if len(hits) >= k or want >= n:
-            return hits[:k]
-        want = min(n, want * 4)
+    wants = [min(n, k if not f else max(4 * k, 64)) for k, f in zip(ks, filters)]
+    out: list[list[dict]] = [[] for _ in ks]
+    todo = list(range(len(ks)))
+    while todo:
+        want = max(wants[i] for i in todo)
+        result = index.search(vectors[todo], want)  # (len(todo), K)
+        scores, positions = result.scores.tolist(), result.indices.tolist()
+        ids, metadata = result.ids, result.metadata
+        again = []
+        for row, i in enumerate(todo):
+            flt, hits = filters[i], []
+            for score, pos, id_, meta in zip(scores[row], positions[row], ids[row], metadata[row]):
+                if pos < 0:
+                    continue
+                record = meta if isinstance(meta, dict) else {}
+                if all((id_ if key == "id" else record.get(key)) == v for key, v in flt.items()):
+                    hits.append(
+                        {"id": id_, "position": int(pos), "score": float(score), "metadata": meta}
+                    )
+            if len(hits) >= ks[i] or want >= n:
+                out[i] = hits[: ks[i]]
+            else:
+                wants[i] = min(n, want * 4)
+                again.append(i)
+        todo = again
+    return out
+
+
+def search_index(loaded: _Loaded, vector: Any, k: int, flt: dict[str, Any]) -> list[dict]:
+    """:func:`search_many` for one query ``vector: (1, D)``."""
+    return search_many(loaded, vector, [k], [flt])[0]
+
+
+def _search_batch(kind: str, items: list[tuple[_Loaded, Any, int, dict]]) -> list[list[dict]]:
+    """The search batcher's call: queries of one index version, each ``(loaded, vector: (D,),
+    k, filter)``, searched together."""
+    import torch
+
+    vectors = torch.stack([item[1] for item in items])  # (Q, D)
+    return search_many(items[0][0], vectors, [i[2] for i in items], [i[3] for i in items])
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -358,6 +381,10 @@ def create_app(
         threads=settings.threads,
         on_batch=metrics.observe_batch,
     )
+    # searches are batched too (one index call for the queries that arrive together), on their
+    # own thread; no extra wait: they gather while the previous search runs
+    searcher = Batcher(_search_batch, max_batch=settings.max_batch, max_wait_ms=0,
+                       queue=settings.queue)  # fmt: skip
     started = time.time()
     thumbs: dict[int, bytes] = {}
     max_body = int(settings.max_body_mb * 1024 * 1024)
@@ -365,9 +392,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         await batcher.start()
+        await searcher.start()
         try:
             yield
         finally:
+            await searcher.stop()
             await batcher.stop()
 
     app = FastAPI(
@@ -377,7 +406,8 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
-    app.state.metrics, app.state.batcher, app.state.holder = metrics, batcher, holder
+    app.state.metrics, app.state.holder = metrics, holder
+    app.state.batcher, app.state.searcher = batcher, searcher
 
     allowed = {
         "texts": f"a list of 1..{settings.max_items} non-empty strings",
@@ -432,7 +462,8 @@ def create_app(
         return loaded, _check_filter(flt, loaded)
 
     async def _search(vector: Any, k: int, loaded: _Loaded, flt: dict) -> dict[str, Any]:
-        hits = await asyncio.to_thread(search_index, loaded, vector, k, flt)
+        job = (loaded, vector[0], k, flt)  # vector: (1, D)
+        (hits,) = await searcher.submit(f"search@{loaded.version}", [job])
         n_thumbs = len(embedder.thumbnails) if embedder.thumbnails is not None else 0
         for rank, hit in enumerate(hits, 1):
             hit["rank"] = rank
