@@ -467,7 +467,7 @@ def test_an_index_of_another_width_is_refused(image_run: Path, tmp_path: Path) -
 
 
 def test_batched_search_equals_one_query_at_a_time(image_client: TestClient) -> None:
-    from contrastkit.serve.app import search_index, search_many
+    from contrastkit.serve.live_index import search_index, search_many
 
     loaded = image_client.app.state.holder.loaded
     index = loaded.index

@@ -15,13 +15,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import io
 import json
 import os
 import time
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,14 +38,15 @@ except ImportError as err:  # pragma: no cover - the optional extra
 
 from contrastkit.serve.batcher import Batcher, Overloaded
 from contrastkit.serve.embedder import Embedder
+from contrastkit.serve.errors import BadInput
+from contrastkit.serve.guard import Guard
+from contrastkit.serve.live_index import IndexHolder, LoadedIndex, search_batch
 from contrastkit.serve.metrics import Metrics
 
 __all__ = ["LOOPBACK", "ServeSettings", "check_bind", "create_app", "create_app_from_run"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_PIXELS = 25_000_000  # an upload larger than this (e.g. 5000 x 5000) is refused undecoded
-# Paths anyone may read: the page, health and the API documentation.
-PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 
 @dataclass
@@ -106,28 +105,6 @@ def check_bind(host: str, api_key: str | None) -> None:
         )
 
 
-class BadInput(Exception):
-    """A 4xx answer naming the field, the value received and what is allowed."""
-
-    def __init__(self, field: str, value: Any, allowed: str, status: int = 400) -> None:
-        self.field, self.value, self.allowed, self.status = field, value, allowed, status
-        super().__init__(f"{field}: got {_show(value)}; allowed: {allowed}")
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": str(self),
-            "field": self.field,
-            "value": _show(self.value),
-            "allowed": self.allowed,
-        }
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """A short printable form of a received value (never echo a whole upload)."""
-    text = repr(value) if not isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 FilterValue = StrictStr | StrictInt | StrictFloat | StrictBool
 
 
@@ -148,97 +125,6 @@ class SearchRequest(BaseModel):
     image: StrictStr | None = None
     k: StrictInt = 10
     filter: dict[str, FilterValue] | None = None
-
-
-# -- the index, re-read when its file changes ------------------------------------------------
-@dataclass(frozen=True)
-class _Loaded:
-    index: Any
-    signature: tuple[int, int, int]  # (inode, mtime_ns, size) of the file it was read from
-    fields: tuple[str, ...]  # metadata keys a filter may use (plus "id")
-    version: int
-    loaded_at: float
-
-
-class IndexHolder:
-    """The current index of ``path``; :meth:`current` swaps in a newer file when it appears.
-
-    A swap replaces one reference: a request holds the ``_Loaded`` it started with until it is
-    done. While a new file is being read, requests keep getting the old index.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        on_reload: Callable[[], None] | None = None,
-        dim: int | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.dim = dim  # the model's embedding width: a file of another width is refused
-        if not self.path.is_file():
-            raise FileNotFoundError(
-                f"{self.path}: no index file; build it with `contrastkit index RUN` or pass "
-                "--index PATH."
-            )
-        self.on_reload = on_reload
-        self.loaded = self._read(version=1)
-        self._lock = asyncio.Lock()
-        self._bad: tuple[int, int, int] | None = None  # a file that failed to load
-
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _read(self, version: int) -> _Loaded:
-        from contrastkit.index import load_index
-
-        signature = self._signature()
-        index = load_index(self.path)
-        if self.dim is not None and index.dim != self.dim:
-            raise ValueError(
-                f"{self.path}: the index holds {index.dim}-d vectors but the model embeds "
-                f"{self.dim}-d; build the index from this run (`contrastkit index RUN`) or pass "
-                "its --index."
-            )
-        fields = sorted(
-            {key for meta in index.metadata if isinstance(meta, dict) for key in meta} | {"id"}
-        )
-        return _Loaded(index, signature or (0, 0, 0), tuple(fields), version, time.time())
-
-    async def current(self, force: bool = False) -> _Loaded:
-        """The index to search now; re-read first when the file changed (or ``force``).
-
-        A new file that cannot be read (written in place, not renamed; truncated) leaves the
-        loaded index in service and is not retried until the file changes again; with ``force``
-        the error is raised for the caller to report.
-        """
-        signature = self._signature()
-        unchanged = signature is None or signature in (self.loaded.signature, self._bad)
-        if not force and (unchanged or self._lock.locked()):
-            return self.loaded  # (while another request reads the new file: the old index)
-        async with self._lock:
-            signature = self._signature()
-            if force or signature not in (self.loaded.signature, self._bad):
-                try:
-                    loaded = await asyncio.to_thread(self._read, self.loaded.version + 1)
-                except Exception as err:
-                    self._bad = signature
-                    if force:
-                        raise
-                    warnings.warn(
-                        f"{self.path}: the new index file is not readable ({err}); still "
-                        f"serving version {self.loaded.version}.",
-                        RuntimeWarning,
-                        stacklevel=1,
-                    )
-                    return self.loaded
-                self.loaded, self._bad = loaded, None
-                if self.on_reload is not None:
-                    self.on_reload()
-        return self.loaded
 
 
 # -- request handling helpers ----------------------------------------------------------------
@@ -291,7 +177,7 @@ def _check_k(k: Any, max_k: int) -> int:
     return k
 
 
-def _check_filter(flt: Any, loaded: _Loaded) -> dict[str, Any]:
+def _check_filter(flt: Any, loaded: LoadedIndex) -> dict[str, Any]:
     if flt is None:
         return {}
     if not isinstance(flt, dict):
@@ -302,59 +188,6 @@ def _check_filter(flt: Any, loaded: _Loaded) -> dict[str, Any]:
         if not isinstance(value, (str, int, float, bool)):
             raise BadInput(f"filter.{key}", value, "a string, number or boolean to match exactly")
     return flt
-
-
-def search_many(
-    loaded: _Loaded, vectors: Any, ks: list[int], filters: list[dict[str, Any]]
-) -> list[list[dict]]:
-    """The best hits of each query ``vectors: (Q, D)``: ``ks[i]`` of them, matching
-    ``filters[i]`` exactly, searched in one call per round.
-
-    A filtered query asks the index for more neighbours (x4 each round, from ``max(4k, 64)``)
-    until ``k`` match or the whole index was ranked, so a rare label is still found.
-    """
-    index = loaded.index
-    n = len(index)
-    wants = [min(n, k if not f else max(4 * k, 64)) for k, f in zip(ks, filters)]
-    out: list[list[dict]] = [[] for _ in ks]
-    todo = list(range(len(ks)))
-    while todo:
-        want = max(wants[i] for i in todo)
-        result = index.search(vectors[todo], want)  # (len(todo), K)
-        scores, positions = result.scores.tolist(), result.indices.tolist()
-        ids, metadata = result.ids, result.metadata
-        again = []
-        for row, i in enumerate(todo):
-            flt, hits = filters[i], []
-            for score, pos, id_, meta in zip(scores[row], positions[row], ids[row], metadata[row]):
-                if pos < 0:
-                    continue
-                record = meta if isinstance(meta, dict) else {}
-                if all((id_ if key == "id" else record.get(key)) == v for key, v in flt.items()):
-                    hits.append(
-                        {"id": id_, "position": int(pos), "score": float(score), "metadata": meta}
-                    )
-            if len(hits) >= ks[i] or want >= n:
-                out[i] = hits[: ks[i]]
-            else:
-                wants[i] = min(n, want * 4)
-                again.append(i)
-        todo = again
-    return out
-
-
-def search_index(loaded: _Loaded, vector: Any, k: int, flt: dict[str, Any]) -> list[dict]:
-    """:func:`search_many` for one query ``vector: (1, D)``."""
-    return search_many(loaded, vector, [k], [flt])[0]
-
-
-def _search_batch(kind: str, items: list[tuple[_Loaded, Any, int, dict]]) -> list[list[dict]]:
-    """The search batcher's call: queries of one index version, each ``(loaded, vector: (D,),
-    k, filter)``, searched together."""
-    import torch
-
-    vectors = torch.stack([item[1] for item in items])  # (Q, D)
-    return search_many(items[0][0], vectors, [i[2] for i in items], [i[3] for i in items])
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -383,7 +216,7 @@ def create_app(
     )
     # searches are batched too (one index call for the queries that arrive together), on their
     # own thread; no extra wait: they gather while the previous search runs
-    searcher = Batcher(_search_batch, max_batch=settings.max_batch, max_wait_ms=0,
+    searcher = Batcher(search_batch, max_batch=settings.max_batch, max_wait_ms=0,
                        queue=settings.queue)  # fmt: skip
     started = time.time()
     thumbs: dict[int, bytes] = {}
@@ -455,13 +288,13 @@ def create_app(
     async def _embed(kind: str, items: list[Any]) -> Any:
         return await batcher.submit(kind, items)  # (N, D)
 
-    async def _index_and_filter(flt: Any) -> tuple[_Loaded, dict[str, Any]]:
+    async def _index_and_filter(flt: Any) -> tuple[LoadedIndex, dict[str, Any]]:
         """The index this request searches, and its filter checked against it (before the
         model runs, so a bad filter costs no model call)."""
         loaded = await holder.current()
         return loaded, _check_filter(flt, loaded)
 
-    async def _search(vector: Any, k: int, loaded: _Loaded, flt: dict) -> dict[str, Any]:
+    async def _search(vector: Any, k: int, loaded: LoadedIndex, flt: dict) -> dict[str, Any]:
         job = (loaded, vector[0], k, flt)  # vector: (1, D)
         (hits,) = await searcher.submit(f"search@{loaded.version}", [job])
         n_thumbs = len(embedder.thumbnails) if embedder.thumbnails is not None else 0
@@ -610,7 +443,7 @@ def create_app(
     async def page() -> HTMLResponse:
         return HTMLResponse(_page())
 
-    return _Guard(app, settings.api_key, max_body, metrics)
+    return Guard(app, settings.api_key, max_body, metrics)
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "list[str]", "dict[str,union[str,int,float,bool]]"}
@@ -650,120 +483,6 @@ def _png(image: Any) -> bytes:
 
 def _page() -> str:
     return resources.files("contrastkit.serve").joinpath("page.html").read_text(encoding="utf-8")
-
-
-class _Guard:
-    """ASGI wrapper around the app: API key, body-size limit (413) and request metrics.
-
-    The body is read here up to the limit before the app sees it, so an oversized or endless
-    upload costs at most ``max_body`` bytes of memory.
-    """
-
-    def __init__(self, app: Any, api_key: str | None, max_body: int, metrics: Metrics) -> None:
-        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
-        self.state = app.state
-
-    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
-        if self.api_key is None:
-            return True
-        key = self.api_key.encode()
-        given = headers.get(b"x-api-key", b"")
-        bearer = headers.get(b"authorization", b"")
-        if bearer[:7].lower() == b"bearer ":
-            given = given or bearer[7:].strip()
-        return hmac.compare_digest(given, key)
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_and_record(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        path = scope.get("path", "")
-        headers = dict(scope.get("headers", ()))
-        try:
-            if path not in PUBLIC_PATHS and not self._authorised(headers):
-                await _json(
-                    send_and_record,
-                    401,
-                    {
-                        "error": "missing or wrong API key; send `Authorization: Bearer KEY` or "
-                        "`X-API-Key: KEY`",
-                        "field": "Authorization",
-                        "value": "(hidden)",
-                        "allowed": "the key the server was started with (--api-key)",
-                    },
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                return
-            body = await self._read_body(scope, receive, headers)
-            if body is None:
-                await _json(
-                    send_and_record,
-                    413,
-                    BadInput(
-                        "body",
-                        f"more than {self.max_body} bytes",
-                        f"at most {self.max_body / 2**20:g} MiB (--max-body-mb)",
-                        413,
-                    ).body(),
-                )
-                return
-            await self.app(scope, _replay(body, receive), send_and_record)
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or ("/" if path == "/" else "other")
-            self.metrics.observe_request(endpoint, status["code"], time.perf_counter() - start)
-
-    async def _read_body(
-        self, scope: dict, receive: Callable, headers: dict[bytes, bytes]
-    ) -> bytes | None:
-        """The whole request body, or None once it passes ``max_body`` bytes."""
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Callable) -> Callable[[], Awaitable[dict]]:
-    """A ``receive`` that hands the app the body already read, then the client's own messages
-    (a later ``http.disconnect``)."""
-    sent = False
-
-    async def replay() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _json(send: Callable, status: int, body: dict, headers: dict | None = None) -> None:
-    payload = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})
 
 
 def create_app_from_run(
