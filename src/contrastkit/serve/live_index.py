@@ -24,6 +24,9 @@ __all__ = ["IndexHolder", "LoadedIndex", "search_batch", "search_index", "search
 
 @dataclass(frozen=True)
 class LoadedIndex:
+    """One read of the index file: the index, the file's identity, the filterable metadata
+    fields, a version (1 at start, +1 per swap) and when it was read."""
+
     index: Any
     signature: tuple[int, int, int]  # (inode, mtime_ns, size) of the file it was read from
     fields: tuple[str, ...]  # metadata keys a filter may use (plus "id")
