@@ -8,9 +8,10 @@ TORCH_SPEC  ?= torch==2.13.0
 PY          := $(VENV)/bin/python
 PIP         := $(VENV)/bin/pip
 STAMP       := $(VENV)/.contrastkit-installed
-# Real datasets and fonts used by the loaders, tests and recipes (see docs/data.md).
+# Real datasets and fonts used by the loaders, tests and recipes (see docs/data.md), and the
+# headless browser the search page's tests drive (docs/serve.md).
 APT_PACKAGES := dataset-fashion-mnist wordnet-base sword-text-kjv sword-text-web libsword-utils \
-                dict-foldoc fonts-noto-color-emoji
+                dict-foldoc fonts-noto-color-emoji chromium chromium-driver
 # Tests use both cores; torch gets one thread per worker so workers do not fight.
 PYTEST_WORKERS ?= 2
 

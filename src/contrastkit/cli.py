@@ -1,5 +1,5 @@
-"""The ``contrastkit`` command: train, evaluate, index, search, report, demo, export, and
-BEIR-format retrieval (eval-retrieval, mine, data export-beir).
+"""The ``contrastkit`` command: train, evaluate, index, search, serve, report, demo, export,
+and BEIR-format retrieval (eval-retrieval, mine, data export-beir).
 
 Every subcommand has ``--help``; errors print one clear line ``contrastkit <cmd>: <message>``
 and exit with a non-zero code (2: bad usage, config or file, 3: training diverged, 4: missing
@@ -81,6 +81,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("query", help="a text, or the path of an image file")
     s.add_argument("-k", type=int, default=5, help="neighbours to show (default 5)")
+
+    v = sub.add_parser(
+        "serve",
+        help="serve a run and its index as a web API with a search page",
+        description="Serve RUN's model and index over HTTP: POST /embed, /search, /search/upload, "
+        "GET /health, /metrics, the search page at / and the API docs at /docs. Needs the "
+        "`serve` extra (FastAPI + uvicorn).",
+    )
+    v.add_argument("run")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    v.add_argument("--index", help="index file (default RUN/index/corpus.ckindex)")
+    v.add_argument(
+        "--api-key", help="require this key (Authorization: Bearer KEY); needed off loopback"
+    )
+    v.add_argument("--max-batch", type=int, default=32, help="items per model call (default 32)")
+    v.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="wait for a batch to fill (default 5)"
+    )
+    v.add_argument("--queue", type=int, default=256, help="requests waiting, then 503 (256)")
+    v.add_argument("--max-body-mb", type=float, default=8.0, help="largest body, MiB (8)")
+    v.add_argument("--max-k", type=int, default=100, help="largest k a search may ask (100)")
+    v.add_argument("--threads", type=int, default=1, help="torch threads of the model (1)")
 
     r = sub.add_parser(
         "report",
@@ -380,6 +403,49 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from contrastkit.serve import ServeSettings, check_bind, create_app_from_run
+    except ImportError as err:
+        raise ValueError(f"{err} (e.g. `pip install 'contrastkit[serve]'`)") from None
+
+    check_bind(args.host, args.api_key)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0..65535, got {args.port}.")
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue=args.queue,
+        max_body_mb=args.max_body_mb,
+        max_k=args.max_k,
+        threads=args.threads,
+        api_key=args.api_key,
+    )
+    import torch
+
+    torch.set_num_threads(args.threads)
+    app = create_app_from_run(args.run, args.index, settings)
+    print(f"serving {args.run} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    # uvicorn handles SIGTERM: it stops accepting, finishes the requests in flight, then
+    # re-raises the signal to the handler it found; a no-op one here makes that a clean exit 0.
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from contrastkit.report import write_report
 
@@ -569,6 +635,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "index": cmd_index,
     "search": cmd_search,
+    "serve": cmd_serve,
     "report": cmd_report,
     "demo": cmd_demo,
     "recipes": cmd_recipes,
