@@ -14,7 +14,13 @@ from contrastkit.cli import main
 from contrastkit.train import TrainingDiverged, TrainingInterrupted
 from contrastkit.train.config import list_recipes
 
-SUBCOMMANDS = ["train", "eval", "index", "search", "report", "demo", "recipes"]
+def _subcommands() -> list[str]:
+    from contrastkit.cli import COMMANDS
+
+    return sorted(COMMANDS)
+
+
+SUBCOMMANDS = _subcommands()  # every registered command has --help
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in SUBCOMMANDS])
