@@ -14,6 +14,7 @@ from contrastkit.cli import main
 from contrastkit.train import TrainingDiverged, TrainingInterrupted
 from contrastkit.train.config import list_recipes
 
+
 def _subcommands() -> list[str]:
     from contrastkit.cli import COMMANDS
 
