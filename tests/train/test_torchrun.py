@@ -195,6 +195,8 @@ def test_two_processes_end_with_the_weights_of_one_global_batch(tmp_path: Path) 
     a = load_file(str(latest_checkpoint(tmp_path / "two" / "pairs") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(single) / "model.safetensors"))
     assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    print(f"2 x 16 vs 1 x 32 after 3 steps: max abs weight difference {worst:.2e}")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     records = [
