@@ -72,7 +72,8 @@ def image_text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cfg["data"].pop(key)
     for key in ("corpus_size", "queries"):
         cfg["eval"].pop(key)
-    cfg["loss"].pop("false_negative_mask")
+    cfg["negatives"] = {}
+    cfg["task"] = "image_text"
     run = train(load_config_dict(cfg), tmp / "emoji")
     build_index(run)
     return Path(run)

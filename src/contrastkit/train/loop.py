@@ -272,7 +272,7 @@ def train(
                 "precision": precision.name,
             }
         )
-        baseline = timed("baseline", task.baseline)
+        baseline = timed("baseline", task.baseline) if cfg.eval.raw_baseline else None
         if baseline is not None:
             write_baseline(run, baseline)
             metrics.write({"step": 0, "eval": baseline.metrics, "baseline": True})
