@@ -45,7 +45,10 @@ Two paths compute it, with the same value and gradients:
 ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in float32, i.e. B = N = 2048), chunked
 with :func:`default_chunk_size` rows beyond; an integer forces the chunked path with that strip
 height. Softmaxes are computed in float32 (float64 for float64 inputs) so half-precision inputs
-at small temperatures do not overflow; the result has the input dtype.
+at small temperatures do not overflow. For bf16 / fp16 inputs the chunked path's block products
+run with half operands and float32 results (:func:`contrastkit.functional.tiled.block_logits`:
+the logits are never rounded to half), the gradients come back in the input dtype and the loss
+in float32 (see docs/engine.md for the accuracy contract).
 
 >>> g = torch.Generator().manual_seed(0)
 >>> q, k = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
@@ -116,8 +119,27 @@ def default_chunk_size(width: int, tiled: bool = False) -> int:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else accumulates in float32."""
+    """float64 stays float64; everything else accumulates in float32 (and the loss of
+    half-precision inputs is returned in float32, as autocast does for its own losses)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def operand_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of the chunked path's block-product operands for inputs of ``dtype``.
+
+    bf16 stays bf16 (CPU: avx512-bf16 / AMX GEMMs; CUDA: tensor cores), fp16 stays fp16 on CUDA
+    and is upcast to float32 on CPU (whose fp16 GEMMs are emulated, ~20x slower than float32;
+    the upcast is exact); float32 and float64 are unchanged. Logits, statistics and gradient
+    accumulators are always :func:`compute_dtype`.
+
+    >>> operand_dtype(torch.bfloat16, torch.device("cpu")), operand_dtype(torch.float16, torch.device("cpu"))
+    (torch.bfloat16, torch.float32)
+    """
+    if dtype == torch.float16 and device.type == "cpu":
+        return torch.float32
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    return compute_dtype(dtype)
 
 
 def masked_log_softmax_loss(
@@ -348,19 +370,25 @@ def _logit_space(
     """Apply the metric's normalisation and the temperature once, outside the kernels.
 
     cosine / dot: ``q / t . k``; euclidean: ``-|q/t - k/t|``. Autograd backpropagates through
-    this (normalisation and temperature included).
+    this (normalisation and temperature included). The preparation runs in the compute dtype;
+    half-precision inputs are then rounded once to :func:`operand_dtype` for the block products
+    (a no-op for float32 / float64).
     """
     dtype = compute_dtype(problem.query.dtype)
+    operand = operand_dtype(problem.query.dtype, problem.query.device)
     q, k = problem.query.to(dtype), problem.key.to(dtype)
     neg = None if problem.negatives is None else problem.negatives.to(dtype)
     if metric == "cosine":
         q, k = normalize_over(q, temperature), normalize_over(k, 1.0)
         neg = None if neg is None else normalize_over(neg, 1.0)
-        return q, k, neg
-    q = q / temperature
-    if metric == "euclidean":
-        k = k / temperature
-        neg = None if neg is None else neg / temperature
+    else:
+        q = q / temperature
+        if metric == "euclidean":
+            k = k / temperature
+            neg = None if neg is None else neg / temperature
+    if operand != dtype:
+        q, k = q.to(operand), k.to(operand)
+        neg = None if neg is None else neg.to(operand)
     return q, k, neg
 
 
@@ -385,7 +413,8 @@ def softmax_contrastive(
             zero that still backpropagates, with a warning.
 
     Returns:
-        Scalar, or (B,) with ``reduction="none"``, in the dtype of ``problem.query``.
+        Scalar, or (B,) with ``reduction="none"``: float64 for float64 inputs, float32 otherwise
+        (half-precision inputs get a float32 loss; their gradients come back in their dtype).
 
     >>> q = torch.ones(4, 8)
     >>> round(float(softmax_contrastive(ContrastiveProblem(q, q), temperature=0.5)), 4)  # log 4
@@ -400,6 +429,7 @@ def softmax_contrastive(
         learnable_t or any(t is not None and t.requires_grad for t in (p.query, p.key, p.negatives))
     )
     fused = wants_grad and not p.symmetric and reduction != "none"
+    out_dtype = compute_dtype(p.query.dtype)
     chunk = resolve_chunk_size(chunk_size, p.n_queries, p.n_keys + p.n_negatives, not fused)
     if chunk is None:
         positive, ignore = p.to_dense()
@@ -413,7 +443,7 @@ def softmax_contrastive(
             negatives=p.negatives,
             symmetric=p.symmetric,
         )
-        return reduce_valid(loss, valid, reduction, p.query).to(p.query.dtype)
+        return reduce_valid(loss, valid, reduction, p.query).to(out_dtype)
     q, k, neg = _logit_space(p, temperature, metric)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
     if fused:
@@ -421,9 +451,9 @@ def softmax_contrastive(
         n_valid = valid.sum()
         if int(n_valid) == 0:
             _warn_no_positive()
-            return (q.sum() * 0.0).to(p.query.dtype)
+            return (q.sum() * 0.0).to(out_dtype)
         out = total / n_valid if reduction == "mean" else total
-        return out.to(p.query.dtype)
+        return out.to(out_dtype)
     row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
         q,
         k,
@@ -439,7 +469,7 @@ def softmax_contrastive(
         loss, valid = 0.5 * (row + col), row_valid & col_valid
     else:
         loss, valid = row, row_valid
-    return reduce_valid(loss, valid, reduction, q).to(p.query.dtype)
+    return reduce_valid(loss, valid, reduction, q).to(out_dtype)
 
 
 def _warn_no_positive() -> None:

@@ -143,16 +143,19 @@ class _Tile:
     ) -> Tensor:
         """Write the key (and shared-negative) logits into ``logits``; append per-query ones."""
         if logits.shape[1]:
-            torch.mm(q_s, kk[self.a0 : self.a1].T, out=logits)
+            block_logits(q_s, kk[self.a0 : self.a1], logits)
             if metric == "euclidean":
-                q_sq = (q_s * q_s).sum(1)
+                q_sq = _sq_norms(q_s)
                 logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, self.a0 : self.a1])
                 logits.clamp_(min=0.0).sqrt_().neg_()
         if not self.use_neg:
             return logits
-        extra = torch.bmm(neg_s, q_s[:, :, None]).squeeze(2)  # (R, M) per-query negatives
+        # per-query negatives are kept in the accumulation dtype (a batched matrix-vector
+        # product gains nothing from half operands); the (R, D) strip is cast to match.
+        q_a = q_s.to(neg_s.dtype)
+        extra = torch.bmm(neg_s, q_a[:, :, None]).squeeze(2)  # (R, M) per-query negatives
         if metric == "euclidean":
-            sq = (q_s * q_s).sum(1)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
+            sq = _sq_norms(q_a)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
             extra = -sq.clamp_(min=0.0).sqrt_()
         return torch.cat([logits, extra], dim=1) if logits.shape[1] else extra  # (R, width)
 
@@ -274,29 +277,89 @@ class _Tile:
             grad = torch.where(dist > 0, grad / dist, 0.0)
         if n_kk:
             g_keys, k_t, dk_t = grad[:, :n_kk], kk[self.a0 : self.a1], dkk[self.a0 : self.a1]
-            dq_s.addmm_(g_keys, k_t)
-            dk_t.addmm_(g_keys.T, q_s)
+            if g_keys.dtype != k_t.dtype:  # half operands: round the weights once, not twice
+                g_keys = g_keys.to(k_t.dtype)
+            _add_mm_(dq_s, g_keys, k_t)
+            _add_mm_(dk_t, g_keys.T, q_s)
             if metric == "euclidean":
-                dq_s -= g_keys.sum(1)[:, None] * q_s
-                dk_t -= g_keys.sum(0)[:, None] * k_t
+                g_sum = grad[:, :n_kk]
+                dq_s -= g_sum.sum(1)[:, None] * q_s
+                dk_t -= g_sum.sum(0)[:, None] * k_t
         if self.use_neg:
             g_neg = grad[:, n_kk:]  # (R, M)
+            q_a = q_s.to(neg_s.dtype)
             dq_s += torch.bmm(g_neg[:, None, :], neg_s).squeeze(1)
-            dneg_s += g_neg[:, :, None] * q_s[:, None, :]  # (R, M, D)
+            dneg_s += g_neg[:, :, None] * q_a[:, None, :]  # (R, M, D)
             if metric == "euclidean":
-                dq_s -= g_neg.sum(1)[:, None] * q_s
+                dq_s -= g_neg.sum(1)[:, None] * q_a
                 dneg_s -= g_neg[:, :, None] * neg_s
 
 
 def _keys(key: Tensor, negatives: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Shared negatives join the keys as extra columns; per-query ones stay apart."""
+    """Shared negatives join the keys as extra columns; per-query ones stay apart, in the
+    accumulation dtype (their batched matrix-vector products are memory-bound)."""
     if negatives is not None and negatives.ndim == 2:
         return torch.cat([key, negatives], dim=0), None  # (N + M, D)
-    return key, negatives
+    if negatives is None:
+        return key, None
+    return key, negatives.to(acc_dtype(negatives.dtype))  # (B, M, D)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of logits, statistics and gradient accumulators: float64 stays float64,
+    everything else (float32, and half-precision operands) accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _buffer(rows: int, width: int, like: Tensor) -> Tensor:
-    return torch.empty(rows * width, dtype=like.dtype, device=like.device)
+    """A 1-D ``rows * width`` buffer of ``like``'s accumulation dtype, on its device."""
+    return torch.empty(rows * width, dtype=acc_dtype(like.dtype), device=like.device)
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    """Squared row norms ``|x_i|^2`` (rows,) in the accumulation dtype (euclidean logits)."""
+    x = x.to(acc_dtype(x.dtype))
+    return (x * x).sum(-1)
+
+
+def block_logits(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """``out <- a @ b.T`` in ``out``'s (float32 / float64) dtype: exact-product logits.
+
+    ``a: (R, D)``, ``b: (C, D)`` of the same dtype, ``out: (R, C)``. Same dtypes: one GEMM into
+    ``out`` (the float32 path, unchanged). Half-precision operands, never rounding a logit to half:
+
+    * CUDA: one GEMM with half operands and a float32 result (``torch.mm(..., out_dtype=)``);
+    * CPU (bf16): ``hi = a @ b.T`` rounded to bf16, then the residual ``a @ b.T - hi`` from a
+      second bf16 GEMM that accumulates with ``hi`` in float32 before rounding
+      (``addmm(beta=-1)``); ``hi + residual`` is within ``2**-17`` relative of the float32 product
+      (the residual's own bf16 rounding), and two bf16 GEMMs still beat one float32 GEMM.
+
+    >>> a, b = torch.randn(3, 8).bfloat16(), torch.randn(5, 8).bfloat16()
+    >>> out = block_logits(a, b, torch.empty(3, 5))
+    >>> torch.allclose(out, a.float() @ b.float().T, rtol=1e-5, atol=1e-5)
+    True
+    """
+    if a.dtype == out.dtype:
+        return torch.mm(a, b.T, out=out)
+    if a.device.type == "cuda":
+        return torch.mm(a, b.T, out_dtype=out.dtype, out=out)
+    hi = torch.mm(a, b.T)  # (R, C) rounded to half
+    residual = torch.addmm(hi, a, b.T, beta=-1.0)  # (R, C): float32-accumulated a @ b.T - hi
+    return out.copy_(hi).add_(residual)
+
+
+def _add_mm_(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` with ``acc`` in the accumulation dtype and ``b`` the operand dtype.
+
+    ``a`` (gradient weights, float32) is rounded to ``b``'s half dtype for the product: the
+    gradient it feeds is returned in that dtype anyway. Same dtypes: one ``addmm_``.
+    """
+    if a.dtype == b.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif b.device.type == "cuda":
+        acc += torch.mm(a.to(b.dtype), b, out_dtype=acc.dtype)
+    else:
+        acc += torch.mm(a.to(b.dtype), b)
 
 
 class _SlotPool:
@@ -356,13 +419,29 @@ def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> b
     ``exp`` per logit serves both the row and the column sums: no max pass, no second exp
     (cosine similarity at temperature >= 0.025 always qualifies).
     """
-    q_max = float(torch.linalg.vector_norm(query, dim=-1).max()) if query.numel() else 0.0
-    k_norm = [float(torch.linalg.vector_norm(kk, dim=-1).max())]
+    acc = acc_dtype(query.dtype)
+    q_max = (
+        float(torch.linalg.vector_norm(query, dim=-1, dtype=acc).max()) if query.numel() else 0.0
+    )
+    k_norm = [float(torch.linalg.vector_norm(kk, dim=-1, dtype=acc).max())]
     if neg3 is not None and neg3.numel():
-        k_norm.append(float(torch.linalg.vector_norm(neg3, dim=-1).max()))
+        k_norm.append(float(torch.linalg.vector_norm(neg3, dim=-1, dtype=acc).max()))
     k_max = max(k_norm)
     bound = q_max + k_max if metric == "euclidean" else q_max * k_max
     return bound <= (300.0 if query.dtype == torch.float64 else 40.0)
+
+
+def _input_dtype_grads(
+    dq: Tensor, dkk: Tensor, dneg3: Tensor | None, query: Tensor, key: Tensor, negatives
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Split the float32 accumulators into the gradients of ``(query, key, negatives)``, each
+    in its input's dtype (a no-op for float32 / float64 inputs)."""
+    n = key.shape[0]
+    dkey = dkk[:n].to(key.dtype)
+    if negatives is None:
+        return dq.to(query.dtype), dkey, None
+    dneg = dneg3 if dneg3 is not None else dkk[n:]
+    return dq.to(query.dtype), dkey, dneg.to(negatives.dtype)
 
 
 def _finite_floor(x: Tensor) -> Tensor:
@@ -395,14 +474,15 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
         tiles = _column_tiles(n, kw, m3, col_chunk)
-        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
-        lowest = torch.finfo(query.dtype).min
-        row_lse = torch.empty(b, dtype=query.dtype, device=query.device)
+        kk_sq = _sq_norms(kk) if metric == "euclidean" else None
+        acc = acc_dtype(query.dtype)
+        lowest = torch.finfo(acc).min
+        row_lse = torch.empty(b, dtype=acc, device=query.device)
         row_pos = torch.zeros_like(row_lse)
         row_cnt = torch.zeros_like(row_lse)
         unshifted = _unshifted(query, kk, neg3, metric)
         if symmetric:
-            col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=query.dtype)
+            col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=acc)
             col_max = col_max.to(query.device)
             col_sum = torch.zeros_like(col_max)
             col_pos = torch.zeros_like(col_max)
@@ -419,7 +499,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            r_max = torch.full((r1 - r0,), 0.0 if unshifted else lowest, dtype=query.dtype)
+            r_max = torch.full((r1 - r0,), 0.0 if unshifted else lowest, dtype=acc)
             r_max = r_max.to(query.device)
             r_sum = torch.zeros_like(r_max)
             for c0, c1 in tiles:
@@ -468,7 +548,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_lse = torch.where(col_valid, col_lse, float("inf"))
         else:
             col_valid = torch.zeros(0, dtype=torch.bool, device=query.device)
-            col_loss = col_lse = torch.zeros(0, dtype=query.dtype, device=query.device)
+            col_loss = col_lse = torch.zeros(0, dtype=acc, device=query.device)
             col_cnt = col_lse
         ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
         ctx.tiling, ctx.metric, ctx.symmetric = tiling, metric, symmetric
@@ -485,15 +565,16 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
         tiles = _column_tiles(n, kw, m3, ctx.col_chunk)
-        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
+        kk_sq = _sq_norms(kk) if metric == "euclidean" else None
         row_w = torch.zeros_like(row_lse) if g_row is None else g_row * (row_cnt > 0)
         row_pw = row_w / row_cnt.clamp(min=1.0)
         col_w = col_pw = None
         if ctx.symmetric and g_col is not None:
             col_w = g_col * (col_cnt > 0)
             col_pw = col_w / col_cnt.clamp(min=1.0)
-        dq = torch.zeros_like(query)
-        dkk = torch.zeros_like(kk)
+        acc = row_lse.dtype  # gradients accumulate in float32 (float64), returned in the input's
+        dq = torch.zeros_like(query, dtype=acc)
+        dkk = torch.zeros_like(kk, dtype=acc)
         dneg3 = None if neg3 is None else torch.zeros_like(neg3)
         buf = _buffer(chunk, min(ctx.col_chunk, kw), query)
         buf2 = _buffer(chunk, max(min(ctx.col_chunk, kw), m3), query)
@@ -534,8 +615,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         _POOL.give(list(cache.values()), ctx.cache_bytes)
         if labelled is not None:
             labelled.backprop(row_pw, col_pw, query, kk, dq, dkk)
-        dkey = dkk[:n]
-        dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
+        dq, dkey, dneg = _input_dtype_grads(dq, dkk, dneg3, query, key, negatives)
         return dq, dkey, dneg, None, None, None, None, None, None
 
 
@@ -554,6 +634,8 @@ class _LabelPositives:
 
     def __init__(self, s: Structure, query: Tensor, kk: Tensor, columns: bool) -> None:
         n, b = s.n_keys, query.shape[0]
+        acc = acc_dtype(query.dtype)  # class sums of half embeddings accumulate in float32
+        query, kk = query.to(acc), kk[:n].to(acc)
         classes, inverse = torch.unique(
             torch.cat([s.query_labels, s.key_labels]), return_inverse=True
         )
@@ -624,6 +706,7 @@ class _LabelPositives:
         """Subtract the positive term with weights per positive: ``row_w[i]`` (B,) for anchor i's
         (``w_i / |P(i)|``), plus ``col_w[j]`` (N,) for key j's in the symmetric loss."""
         n = self.yk.shape[0]
+        query, kk = query.to(dq.dtype), kk[:n].to(dq.dtype)
         dq -= row_w[:, None] * self.pos_keys
         wq = row_w[:, None] * query  # (B, D)
         dk = self._class_sum(wq, self.yq)[self.yk]  # (N, D)
@@ -653,12 +736,13 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         width = kk.shape[0] + (0 if neg3 is None else neg3.shape[1])
-        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
-        dq = torch.zeros_like(query)
-        dkk = torch.zeros_like(kk)
+        kk_sq = _sq_norms(kk) if metric == "euclidean" else None
+        acc = acc_dtype(query.dtype)
+        dq = torch.zeros_like(query, dtype=acc)
+        dkk = torch.zeros_like(kk, dtype=acc)
         dneg3 = None if neg3 is None else torch.zeros_like(neg3)
         valid = torch.empty(b, dtype=torch.bool, device=query.device)
-        total = torch.zeros((), dtype=query.dtype, device=query.device)
+        total = torch.zeros((), dtype=acc, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
         unshifted = _unshifted(query, kk, neg3, metric)
         labelled, strips = _LabelPositives.split(structure, metric, query, kk, columns=False)
@@ -692,19 +776,22 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             valid[r0:r1] = ok
         if labelled is not None:
             labelled.backprop(valid / labelled.count.clamp(min=1.0), None, query, kk, dq, dkk)
+        # kept in float32: the upstream gradient scales them before they are rounded
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
         ctx.save_for_backward(dq, dkey, dneg)
+        ctx.dtypes = query.dtype, key.dtype, None if negatives is None else negatives.dtype
         ctx.mark_non_differentiable(valid)
         return total, valid
 
     @staticmethod
     def backward(ctx, g_total, _g_valid):
         dq, dkey, dneg = ctx.saved_tensors
+        q_dtype, k_dtype, n_dtype = ctx.dtypes
         return (
-            dq * g_total,
-            dkey * g_total,
-            None if dneg is None else dneg * g_total,
+            (dq * g_total).to(q_dtype),
+            (dkey * g_total).to(k_dtype),
+            None if dneg is None else (dneg * g_total).to(n_dtype),
             None,
             None,
             None,
@@ -721,8 +808,8 @@ class TiledSigmoidLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, bias, metric, chunk):
         s = Structure(n_keys=b.shape[0], positive_offset=0)
-        b_sq = (b * b).sum(1) if metric == "euclidean" else None
-        out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+        b_sq = _sq_norms(b) if metric == "euclidean" else None
+        out = torch.empty(a.shape[0], dtype=acc_dtype(a.dtype), device=a.device)
         buf = _buffer(chunk, b.shape[0], a)
         for r0 in range(0, a.shape[0], chunk):
             r1 = min(r0 + chunk, a.shape[0])
@@ -738,10 +825,11 @@ class TiledSigmoidLoss(torch.autograd.Function):
     def backward(ctx, g):
         a, b, bias = ctx.saved_tensors
         s = Structure(n_keys=b.shape[0], positive_offset=0)
-        b_sq = (b * b).sum(1) if ctx.metric == "euclidean" else None
-        da = torch.zeros_like(a)
-        db = torch.zeros_like(b)
-        dbias = torch.zeros((), dtype=a.dtype, device=a.device)
+        b_sq = _sq_norms(b) if ctx.metric == "euclidean" else None
+        acc = acc_dtype(a.dtype)
+        da = torch.zeros_like(a, dtype=acc)
+        db = torch.zeros_like(b, dtype=acc)
+        dbias = torch.zeros((), dtype=acc, device=a.device)
         buf = _buffer(ctx.chunk, b.shape[0], a)
         for r0 in range(0, a.shape[0], ctx.chunk):
             r1 = min(r0 + ctx.chunk, a.shape[0])
@@ -750,4 +838,4 @@ class TiledSigmoidLoss(torch.autograd.Function):
             strip.subtract_positive(grad, g[r0:r1], None)
             dbias += grad.sum()
             strip.backprop(grad, a[r0:r1], b, None, ctx.metric, da[r0:r1], db, None)
-        return da, db, dbias.reshape(bias.shape), None, None
+        return da.to(a.dtype), db.to(b.dtype), dbias.reshape(bias.shape).to(bias.dtype), None, None
