@@ -112,25 +112,22 @@ class _Tile:
             logits = self._logits(logits, q_s, kk, neg_s, metric, kk_sq)
         self.logits = logits
         self.pos_mask: Tensor | None = None
-        self.pos_rows: Tensor | None = None
-        self.pos_cols: Tensor | None = None
+        self.pos_at: tuple[Tensor, Tensor] | None = None  # index positives, see _pick
         if not self.n_key and s.ignore_mask is None:
             return  # negatives only: no positive, nothing ignored
         ar = torch.arange(rows, device=q_s.device)
         gi = ar + r0  # global query index
-        self_at = None  # (rows, columns) of the self pairs in this tile
-        if s.self_offset is not None:
-            self_cols = (gi + s.self_offset) % n - c0
-            in_self = (self_cols >= 0) & (self_cols < self.n_key)
-            self_at = ar[in_self], self_cols[in_self]
-        self._positives(s, r0, r1, gi, ar, self_at)
+        self_at = None  # the self pair of each row, where it falls in this tile
+        if s.self_offset is not None and self.n_key:
+            self_at = _pick((gi + s.self_offset) % n - c0, self.n_key)
+        self._positives(s, r0, r1, gi, self_at)
         if cached:
             return
         ignore = self._ignored(s, r0, r1)
         if ignore is not None:
             logits.masked_fill_(ignore, float("-inf"))
         if self_at is not None:
-            logits[self_at] = float("-inf")
+            _put(logits, self_at, float("-inf"))
 
     def _logits(
         self,
@@ -165,18 +162,16 @@ class _Tile:
         r0: int,
         r1: int,
         gi: Tensor,
-        ar: Tensor,
         self_at: tuple[Tensor, Tensor] | None,
     ) -> None:
-        """The positives: index pairs (``pos_rows``, ``pos_cols``) or a mask built once."""
+        """The positives: one per row at most (``pos_at``, see :func:`_pick`) or a mask."""
         n, c0, nk = s.n_keys, self.c0, self.n_key
         if s.simple:
-            if s.positive_offset is not None:
-                cols = (gi + s.positive_offset) % n - c0
-                keep = (cols >= 0) & (cols < nk)
+            if s.positive_offset is not None and nk:
+                idx, hit = _pick((gi + s.positive_offset) % n - c0, nk)
                 if s.self_offset is not None:
-                    keep &= (gi + s.positive_offset) % n != (gi + s.self_offset) % n
-                self.pos_rows, self.pos_cols = ar[keep], cols[keep]
+                    hit &= (gi + s.positive_offset) % n != (gi + s.self_offset) % n
+                self.pos_at = idx, hit
             return
         # SupCon's labels-only case: one compare, no ignore mask; self-exclusion is an index write
         cs = self.col_slice
@@ -190,13 +185,12 @@ class _Tile:
                 else pos | s.positive_mask[r0:r1, cs]
             )
         if pos is None:
-            pos = torch.zeros(r1 - r0, nk, dtype=torch.bool, device=ar.device)
-        if s.positive_offset is not None:
-            cols = (gi + s.positive_offset) % n - c0
-            keep = (cols >= 0) & (cols < nk)
-            pos[ar[keep], cols[keep]] = True
+            pos = torch.zeros(r1 - r0, nk, dtype=torch.bool, device=gi.device)
+        if s.positive_offset is not None and nk:
+            idx, hit = _pick((gi + s.positive_offset) % n - c0, nk)
+            _put(pos, (idx, hit), True)
         if self_at is not None:
-            pos[self_at] = False
+            _put(pos, self_at, False)
         self.pos_mask = pos
 
     def _ignored(self, s: Structure, r0: int, r1: int) -> Tensor | None:
@@ -221,12 +215,12 @@ class _Tile:
         if self.pos_mask is not None:
             pos_sum = torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(1)  # -inf * 0 = nan
             return pos_sum, self.pos_mask.sum(1).to(lg.dtype)
-        pos_sum = torch.zeros(self.rows, dtype=lg.dtype, device=lg.device)
-        count = torch.zeros_like(pos_sum)
-        if self.pos_rows is not None:
-            pos_sum[self.pos_rows] = lg[self.pos_rows, self.pos_cols]
-            count[self.pos_rows] = 1.0
-        return pos_sum, count
+        if self.pos_at is None:
+            pos_sum = torch.zeros(self.rows, dtype=lg.dtype, device=lg.device)
+            return pos_sum, torch.zeros_like(pos_sum)
+        idx, hit = self.pos_at
+        pos_sum = torch.where(hit, lg.gather(1, idx).squeeze(1), 0.0)  # (R,)
+        return pos_sum, hit.to(lg.dtype)
 
     def col_positive_add(self, col_sum: Tensor, col_count: Tensor) -> None:
         """Add this tile's positive logits / counts per key column (key -> query direction)."""
@@ -234,10 +228,11 @@ class _Tile:
         if self.pos_mask is not None:
             col_sum[self.col_slice] += torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(0)
             col_count[self.col_slice] += self.pos_mask.sum(0).to(lg.dtype)
-        elif self.pos_rows is not None:
-            cols = self.pos_cols + self.c0
-            col_sum.index_add_(0, cols, lg[self.pos_rows, self.pos_cols])
-            col_count.index_add_(0, cols, torch.ones_like(cols, dtype=lg.dtype))
+        elif self.pos_at is not None:
+            idx, hit = self.pos_at
+            cols = idx.squeeze(1) + self.c0  # rows without a positive here add 0
+            col_sum.index_add_(0, cols, torch.where(hit, lg.gather(1, idx).squeeze(1), 0.0))
+            col_count.index_add_(0, cols, hit.to(lg.dtype))
 
     def subtract_positive(self, grad: Tensor, row_w: Tensor | None, col_w: Tensor | None) -> None:
         """grad[i, p] -= row_w[i] + col_w[p] for every positive p of row i (in place).
@@ -250,13 +245,14 @@ class _Tile:
                 g.addcmul_(self.pos_mask, row_w[:, None], value=-1.0)
             if col_w is not None:
                 g.addcmul_(self.pos_mask, col_w[None, self.col_slice], value=-1.0)
-        elif self.pos_rows is not None:
-            w = torch.zeros(self.pos_rows.shape[0], dtype=grad.dtype, device=grad.device)
+        elif self.pos_at is not None:
+            idx, hit = self.pos_at
+            w = torch.zeros(self.rows, dtype=grad.dtype, device=grad.device)
             if row_w is not None:
-                w += row_w[self.pos_rows]
+                w += row_w
             if col_w is not None:
-                w += col_w[self.pos_cols + self.c0]
-            grad[self.pos_rows, self.pos_cols] -= w
+                w += col_w[idx.squeeze(1) + self.c0]
+            grad.scatter_add_(1, idx, torch.where(hit, -w, 0.0)[:, None])
 
     def backprop(
         self,
@@ -293,6 +289,24 @@ class _Tile:
             if metric == "euclidean":
                 dq_s -= g_neg.sum(1)[:, None] * q_a
                 dneg_s -= g_neg[:, :, None] * neg_s
+
+
+def _pick(cols: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """One column per row of a tile, without a host sync: ``cols: (R,)`` tile columns (possibly
+    outside ``[0, width)``) -> ``(idx (R, 1) clamped into the tile, hit (R,) bool in the tile)``.
+
+    Selecting the rows that hit with a boolean index would need their count on the host (a
+    device sync per tile on CUDA); gather / scatter at the clamped column with ``hit`` deciding
+    the value never does.
+    """
+    hit = (cols >= 0) & (cols < width)
+    return cols.clamp(0, width - 1)[:, None], hit
+
+
+def _put(x: Tensor, at: tuple[Tensor, Tensor], value: float | bool) -> None:
+    """``x[i, idx[i]] = value`` for the rows that hit (in place, sync-free; see :func:`_pick`)."""
+    idx, hit = at
+    x.scatter_(1, idx, torch.where(hit[:, None], value, x.gather(1, idx)))
 
 
 def _keys(key: Tensor, negatives: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -485,8 +499,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         row_cnt = torch.zeros_like(row_lse)
         unshifted = _unshifted(query, kk, neg3, metric)
         if symmetric:
-            col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=acc)
-            col_max = col_max.to(query.device)
+            col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=acc, device=query.device)
             col_sum = torch.zeros_like(col_max)
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
@@ -502,8 +515,9 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            r_max = torch.full((r1 - r0,), 0.0 if unshifted else lowest, dtype=acc)
-            r_max = r_max.to(query.device)
+            r_max = torch.full(
+                (r1 - r0,), 0.0 if unshifted else lowest, dtype=acc, device=query.device
+            )  # allocated on the device: no host-to-device copy per strip
             r_sum = torch.zeros_like(r_max)
             for c0, c1 in tiles:
                 out = buf
