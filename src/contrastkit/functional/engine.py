@@ -370,12 +370,10 @@ def _logit_space(
     """Apply the metric's normalisation and the temperature once, outside the kernels.
 
     cosine / dot: ``q / t . k``; euclidean: ``-|q/t - k/t|``. Autograd backpropagates through
-    this (normalisation and temperature included). The preparation runs in the compute dtype;
-    half-precision inputs are then rounded once to :func:`operand_dtype` for the block products
-    (a no-op for float32 / float64).
+    this (normalisation and temperature included), in the compute dtype; the kernels round the
+    result to :func:`operand_dtype` for their block products (``_kernel_operand``).
     """
     dtype = compute_dtype(problem.query.dtype)
-    operand = operand_dtype(problem.query.dtype, problem.query.device)
     q, k = problem.query.to(dtype), problem.key.to(dtype)
     neg = None if problem.negatives is None else problem.negatives.to(dtype)
     if metric == "cosine":
@@ -386,10 +384,13 @@ def _logit_space(
         if metric == "euclidean":
             k = k / temperature
             neg = None if neg is None else neg / temperature
-    if operand != dtype:
-        q, k = q.to(operand), k.to(operand)
-        neg = None if neg is None else neg.to(operand)
     return q, k, neg
+
+
+def _kernel_operand(x: Tensor) -> torch.dtype | None:
+    """The kernels' operand dtype for inputs like ``x``, None when it is the compute dtype."""
+    operand = operand_dtype(x.dtype, x.device)
+    return None if operand == compute_dtype(x.dtype) else operand
 
 
 def softmax_contrastive(
@@ -447,7 +448,9 @@ def softmax_contrastive(
     q, k, neg = _logit_space(p, temperature, metric)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
     if fused:
-        total, valid = FusedRowSoftmaxLoss.apply(q, k, neg, p.structure(), kernel_metric, chunk)
+        total, valid = FusedRowSoftmaxLoss.apply(
+            q, k, neg, p.structure(), kernel_metric, chunk, _kernel_operand(p.query)
+        )
         n_valid = valid.sum()
         if int(n_valid) == 0:
             _warn_no_positive()
@@ -464,6 +467,7 @@ def softmax_contrastive(
         p.symmetric,
         COLUMN_BLOCK_RATIO * chunk,
         TILE_CACHE_BYTES,
+        _kernel_operand(p.query),
     )
     if p.symmetric:
         loss, valid = 0.5 * (row + col), row_valid & col_valid
@@ -524,4 +528,4 @@ def sigmoid_contrastive_rows(
     else:
         bias_t = torch.tensor(float(bias), dtype=dtype, device=a.device)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
-    return TiledSigmoidLoss.apply(q, k, bias_t, kernel_metric, chunk)
+    return TiledSigmoidLoss.apply(q, k, bias_t, kernel_metric, chunk, _kernel_operand(a))

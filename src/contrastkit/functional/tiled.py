@@ -448,17 +448,39 @@ def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> b
     return bound <= (300.0 if query.dtype == torch.float64 else 40.0)
 
 
+def _dtypes(*tensors: Tensor | None) -> tuple[torch.dtype | None, ...]:
+    return tuple(None if t is None else t.dtype for t in tensors)
+
+
+def _as_operands(
+    query: Tensor, key: Tensor, negatives: Tensor | None, operand: torch.dtype | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The block products' operands: ``query``, ``key`` and shared ``negatives`` rounded to
+    ``operand`` (None: unchanged); per-query negatives stay as they are (see :func:`_keys`).
+
+    The Functions take the float32 logit-space tensors and round them here, so that their
+    gradients leave in float32: rounding them to half before the normalisation's backward
+    (which removes their mostly radial part when a batch is well clustered) cancelled
+    catastrophically (SupCon gradient cosine 0.60 on tight clusters, tried).
+    """
+    if operand is None or query.dtype == operand:
+        return query, key, negatives
+    if negatives is not None and negatives.ndim == 2:
+        negatives = negatives.to(operand)
+    return query.to(operand), key.to(operand), negatives
+
+
 def _input_dtype_grads(
-    dq: Tensor, dkk: Tensor, dneg3: Tensor | None, query: Tensor, key: Tensor, negatives
+    dq: Tensor, dkk: Tensor, dneg3: Tensor | None, n: int, dtypes: tuple
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Split the float32 accumulators into the gradients of ``(query, key, negatives)``, each
-    in its input's dtype (a no-op for float32 / float64 inputs)."""
-    n = key.shape[0]
-    dkey = dkk[:n].to(key.dtype)
-    if negatives is None:
-        return dq.to(query.dtype), dkey, None
+    in its input's dtype ``dtypes`` (a no-op for float32 / float64 inputs); ``n`` keys."""
+    q_dtype, k_dtype, n_dtype = dtypes
+    dkey = dkk[:n].to(k_dtype)
+    if n_dtype is None:
+        return dq.to(q_dtype), dkey, None
     dneg = dneg3 if dneg3 is not None else dkk[n:]
-    return dq.to(query.dtype), dkey, dneg.to(negatives.dtype)
+    return dq.to(q_dtype), dkey, dneg.to(n_dtype)
 
 
 def _finite_floor(x: Tensor) -> Tensor:
@@ -485,8 +507,20 @@ class TiledSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, query, key, negatives, structure, metric, chunk, symmetric, col_chunk, cache_bytes
+        ctx,
+        query,
+        key,
+        negatives,
+        structure,
+        metric,
+        chunk,
+        symmetric,
+        col_chunk,
+        cache_bytes,
+        operand=None,
     ):
+        ctx.dtypes = _dtypes(query, key, negatives)
+        query, key, negatives = _as_operands(query, key, negatives, operand)
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
@@ -632,8 +666,8 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         _POOL.give(list(cache.values()), ctx.cache_bytes)
         if labelled is not None:
             labelled.backprop(row_pw, col_pw, query, kk, dq, dkk)
-        dq, dkey, dneg = _input_dtype_grads(dq, dkk, dneg3, query, key, negatives)
-        return dq, dkey, dneg, None, None, None, None, None, None
+        dq, dkey, dneg = _input_dtype_grads(dq, dkk, dneg3, n, ctx.dtypes)
+        return dq, dkey, dneg, None, None, None, None, None, None, None
 
 
 class _LabelPositives:
@@ -749,7 +783,9 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, negatives, structure, metric, chunk):
+    def forward(ctx, query, key, negatives, structure, metric, chunk, operand=None):
+        ctx.dtypes = _dtypes(query, key, negatives)
+        query, key, negatives = _as_operands(query, key, negatives, operand)
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         width = kk.shape[0] + (0 if neg3 is None else neg3.shape[1])
@@ -797,7 +833,6 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
         ctx.save_for_backward(dq, dkey, dneg)
-        ctx.dtypes = query.dtype, key.dtype, None if negatives is None else negatives.dtype
         ctx.mark_non_differentiable(valid)
         return total, valid
 
@@ -812,6 +847,7 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -823,7 +859,9 @@ class TiledSigmoidLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, b, bias, metric, chunk):
+    def forward(ctx, a, b, bias, metric, chunk, operand=None):
+        ctx.dtypes = a.dtype, b.dtype
+        a, b, _ = _as_operands(a, b, None, operand)
         s = Structure(n_keys=b.shape[0], positive_offset=0)
         b_sq = _sq_norms(b) if metric == "euclidean" else None
         out = torch.empty(a.shape[0], dtype=acc_dtype(a.dtype), device=a.device)
@@ -855,4 +893,6 @@ class TiledSigmoidLoss(torch.autograd.Function):
             strip.subtract_positive(grad, g[r0:r1], None)
             dbias += grad.sum()
             strip.backprop(grad, a[r0:r1], b, None, ctx.metric, da[r0:r1], db, None)
-        return da.to(a.dtype), db.to(b.dtype), dbias.reshape(bias.shape).to(bias.dtype), None, None
+        a_dtype, b_dtype = ctx.dtypes
+        dbias = dbias.reshape(bias.shape).to(bias.dtype)
+        return da.to(a_dtype), db.to(b_dtype), dbias, None, None, None
