@@ -288,8 +288,8 @@ def run() -> dict:
     }
     for r in rows:
         ref = fp32_time.get((r["loss"], r["B"], r["path"]))
-        if r.get("dtype") != "float32" and ref and isinstance(r["time_s"], float):
-            r["speedup_vs_fp32"] = ref / r["time_s"]
+        half = r.get("dtype") != "float32" and ref and isinstance(r["time_s"], float)
+        r["speedup_vs_fp32"] = ref / r["time_s"] if half else float("nan")  # rows share keys
     notes = (
         f"device {DEVICE}; D={D}, fp32 (plus bf16 / fp16 rows: B = {b_half} symmetric, "
         "one-directional and SupCon, B = 65,536 symmetric; matmul_gflops in the row's dtype), "

@@ -266,3 +266,17 @@ def test_bf16_tight_clusters_gradient():
     _assert_contract(
         lambda e: F.supervised_contrastive(e, labels, temperature=0.07, chunk_size=64), [emb]
     )
+
+
+def test_float32_operands_for_tight_clusters():
+    """``engine.HALF_PRODUCTS = False``: the same bf16 inputs with float32 operands meet the
+    contract on the tight clusters above (the documented way around the limit)."""
+    g = torch.Generator().manual_seed(21)
+    centers = torch.nn.functional.normalize(torch.randn(16, 64, generator=g), dim=1)
+    labels = torch.arange(512) % 16
+    emb = (centers[labels] + 0.1 * torch.randn(512, 64, generator=g) / 8.0).bfloat16()
+    emb.requires_grad_()
+    with mock.patch.object(engine, "HALF_PRODUCTS", False):
+        _assert_contract(
+            lambda e: F.supervised_contrastive(e, labels, temperature=0.07, chunk_size=64), [emb]
+        )

@@ -95,6 +95,10 @@ TILE_ROWS = 1024
 """Automatic height of the recomputing path's tiles."""
 COLUMN_BLOCK_RATIO = 4
 """Tiles of the recomputing path are ``chunk`` rows by ``COLUMN_BLOCK_RATIO * chunk`` columns."""
+HALF_PRODUCTS = True
+"""bf16 / fp16 inputs keep half operands for the chunked path's block products (see
+:func:`operand_dtype`); False gives them float32 operands: exact products of the half values at
+float32 speed, for batches whose classes are nearly collapsed (docs/engine.md, known limit)."""
 TILE_CACHE_BYTES = 64 * 2**20
 """The recomputing path keeps up to this many bytes of exponentiated forward tiles (never more
 than two strips' worth) so that the backward pass skips their product; 0 recomputes every tile."""
@@ -135,7 +139,7 @@ def operand_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     >>> operand_dtype(torch.bfloat16, torch.device("cpu")), operand_dtype(torch.float16, torch.device("cpu"))
     (torch.bfloat16, torch.float32)
     """
-    if dtype == torch.float16 and device.type == "cpu":
+    if not HALF_PRODUCTS or (dtype == torch.float16 and device.type == "cpu"):
         return torch.float32
     if dtype in (torch.float16, torch.bfloat16):
         return dtype

@@ -336,6 +336,12 @@ def _sq_norms(x: Tensor) -> Tensor:
     return (x * x).sum(-1)
 
 
+def _has_out_dtype(x: Tensor) -> bool:
+    """Whether this torch has a half x half -> float32 GEMM for ``x``'s device (``mm.dtype``:
+    CUDA since torch 2.8; never the CPU build)."""
+    return x.device.type == "cuda" and hasattr(torch.ops.aten.mm, "dtype")
+
+
 def block_logits(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
     """``out <- a @ b.T`` in ``out``'s (float32 / float64) dtype: exact-product logits.
 
@@ -343,7 +349,7 @@ def block_logits(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
     ``out`` (the float32 path, unchanged). Half-precision operands, never rounding a logit to half:
 
     * CUDA: one GEMM with half operands and a float32 result (``torch.mm(..., out_dtype=)``);
-    * CPU (bf16): ``hi = a @ b.T`` rounded to bf16, then the residual ``a @ b.T - hi`` from a
+    * elsewhere (CPU bf16; CUDA before torch 2.8): ``hi = a @ b.T`` rounded to bf16, then the residual ``a @ b.T - hi`` from a
       second bf16 GEMM that accumulates with ``hi`` in float32 before rounding
       (``addmm_(beta=-1)`` in place on ``hi``); ``hi + residual`` is within ``2**-17`` relative of the float32 product
       (the residual's own bf16 rounding), and two bf16 GEMMs still beat one float32 GEMM.
@@ -355,7 +361,7 @@ def block_logits(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
     """
     if a.dtype == out.dtype:
         return torch.mm(a, b.T, out=out)
-    if a.device.type == "cuda":
+    if _has_out_dtype(a):
         return torch.mm(a, b.T, out_dtype=out.dtype, out=out)
     hi = torch.mm(a, b.T)  # (R, C) rounded to half
     out.copy_(hi)
@@ -373,7 +379,7 @@ def _add_mm_(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """
     if a.dtype == b.dtype == acc.dtype:
         acc.addmm_(a, b)
-    elif b.device.type == "cuda":
+    elif _has_out_dtype(b):
         acc += torch.mm(a.to(b.dtype), b, out_dtype=acc.dtype)
     else:
         acc += torch.mm(a.to(b.dtype), b)
