@@ -136,7 +136,8 @@ def operand_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     the upcast is exact); float32 and float64 are unchanged. Logits, statistics and gradient
     accumulators are always :func:`compute_dtype`.
 
-    >>> operand_dtype(torch.bfloat16, torch.device("cpu")), operand_dtype(torch.float16, torch.device("cpu"))
+    >>> cpu = torch.device("cpu")
+    >>> operand_dtype(torch.bfloat16, cpu), operand_dtype(torch.float16, cpu)
     (torch.bfloat16, torch.float32)
     """
     if not HALF_PRODUCTS or (dtype == torch.float16 and device.type == "cpu"):
