@@ -281,3 +281,19 @@ def test_float32_operands_for_tight_clusters():
         _assert_contract(
             lambda e: F.supervised_contrastive(e, labels, temperature=0.07, chunk_size=64), [emb]
         )
+
+
+def test_bf16_autocast_training_step():
+    """The way users get half inputs: an encoder under ``torch.autocast``; the chunked loss is
+    float32 and every parameter gets a finite float32 gradient."""
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    g = torch.Generator().manual_seed(24)
+    x1, x2 = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k = enc(x1), enc(x2)
+        loss = F.info_nce(q, k, temperature=0.07, symmetric=True, chunk_size=64)
+    loss.backward()
+    assert q.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    for p in enc.parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
