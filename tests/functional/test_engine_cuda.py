@@ -23,6 +23,13 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TOL = {torch.float32: (1e-4, 1e-5), torch.bfloat16: (1e-3, 0.9999), torch.float16: (1e-3, 0.9999)}
 
 
+@pytest.fixture(params=["normalized", "raw"], autouse=True)
+def _half_products(request):
+    """Both half-operand modes (``engine.HALF_PRODUCTS``); float32 ignores the setting."""
+    with mock.patch.object(engine, "HALF_PRODUCTS", request.param):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_tf32():
     old = torch.backends.cuda.matmul.allow_tf32

@@ -27,6 +27,13 @@ ANCHOR_TOL = 1e-2
 """Per-anchor losses (``reduction="none"``): error / max(|loss_i|, 1); 6.3e-3 measured, D = 16."""
 
 
+@pytest.fixture(params=["normalized", "raw"], autouse=True)
+def half_products(request):
+    """Every test runs with both half-operand modes of the engine (``engine.HALF_PRODUCTS``)."""
+    with mock.patch.object(engine, "HALF_PRODUCTS", request.param):
+        yield request.param
+
+
 def _half(*shape, seed, dtype):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g).to(dtype).requires_grad_()
@@ -270,14 +277,14 @@ def test_bf16_tight_clusters_gradient():
 
 
 def test_float32_operands_for_tight_clusters():
-    """``engine.HALF_PRODUCTS = False``: the same bf16 inputs with float32 operands meet the
+    """``engine.HALF_PRODUCTS = "float32"``: the same bf16 inputs with float32 operands meet the
     contract on the tight clusters above (the documented way around the limit)."""
     g = torch.Generator().manual_seed(21)
     centers = torch.nn.functional.normalize(torch.randn(16, 64, generator=g), dim=1)
     labels = torch.arange(512) % 16
     emb = (centers[labels] + 0.1 * torch.randn(512, 64, generator=g) / 8.0).bfloat16()
     emb.requires_grad_()
-    with mock.patch.object(engine, "HALF_PRODUCTS", False):
+    with mock.patch.object(engine, "HALF_PRODUCTS", "float32"):
         _assert_contract(
             lambda e: F.supervised_contrastive(e, labels, temperature=0.07, chunk_size=64), [emb]
         )
@@ -297,3 +304,29 @@ def test_bf16_autocast_training_step():
     assert q.dtype == torch.bfloat16 and loss.dtype == torch.float32
     for p in enc.parameters():
         assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+def test_raw_products_are_float32_exact(half_products):
+    """``"raw"``: the products of the raw bf16 inputs are exact, so the loss is within float32
+    rounding of the float64 reference (``"normalized"`` rounds the normalised operands: ~1e-4)."""
+    q, k = (
+        _half(256, 64, seed=25, dtype=torch.bfloat16),
+        _half(256, 64, seed=26, dtype=torch.bfloat16),
+    )
+    with torch.no_grad():
+        q[0] = 0.0  # a zero row: finite gradients like normalize_over's
+    loss = F.info_nce(q, k, temperature=0.07, symmetric=True, chunk_size=32)
+    ref = F.info_nce(q.double(), k.double(), temperature=0.07, symmetric=True)
+    gq, gk = torch.autograd.grad(loss, [q, k])
+    assert torch.isfinite(gq).all() and torch.isfinite(gk).all()
+    rel = abs(loss.item() - ref.item()) / ref.item()
+    assert rel < (1e-5 if half_products == "raw" else LOSS_RTOL), rel
+
+
+def test_unknown_half_products_mode_is_an_error():
+    q = _half(8, 4, seed=27, dtype=torch.bfloat16)
+    with (
+        mock.patch.object(engine, "HALF_PRODUCTS", "fast"),
+        pytest.raises(ValueError, match="HALF_PRODUCTS must be one of"),
+    ):
+        F.info_nce(q, q, temperature=0.1, chunk_size=4)

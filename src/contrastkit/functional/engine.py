@@ -95,10 +95,18 @@ TILE_ROWS = 1024
 """Automatic height of the recomputing path's tiles."""
 COLUMN_BLOCK_RATIO = 4
 """Tiles of the recomputing path are ``chunk`` rows by ``COLUMN_BLOCK_RATIO * chunk`` columns."""
-HALF_PRODUCTS = True
-"""bf16 / fp16 inputs keep half operands for the chunked path's block products (see
-:func:`operand_dtype`); False gives them float32 operands: exact products of the half values at
-float32 speed, for batches whose classes are nearly collapsed (docs/engine.md, known limit)."""
+HALF_PRODUCTS = "normalized"
+"""The block-product operands of the chunked path for bf16 / fp16 inputs (docs/engine.md):
+
+* ``"normalized"`` (default, fastest): the normalised, temperature-scaled embeddings rounded
+  to half (:func:`operand_dtype`);
+* ``"raw"`` (cosine): the raw half inputs themselves, their norms and the temperature applied
+  to the float32 logits: exact products (loss error ~1e-7 instead of ~1e-4), no float32 copy
+  of the embeddings kept for the backward, 15-40 % slower on a CPU (two passes more per tile);
+* ``"float32"``: float32 operands, exact products of the half values at float32 speed (for
+  nearly collapsed classes, the known limit of the other two).
+"""
+HALF_PRODUCT_MODES = ("normalized", "raw", "float32")
 TILE_CACHE_BYTES = 64 * 2**20
 """The recomputing path keeps up to this many bytes of exponentiated forward tiles (never more
 than two strips' worth) so that the backward pass skips their product; 0 recomputes every tile."""
@@ -140,7 +148,12 @@ def operand_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     >>> operand_dtype(torch.bfloat16, cpu), operand_dtype(torch.float16, cpu)
     (torch.bfloat16, torch.float32)
     """
-    if not HALF_PRODUCTS or (dtype == torch.float16 and device.type == "cpu"):
+    if HALF_PRODUCTS not in HALF_PRODUCT_MODES:
+        raise ValueError(
+            f"contrastkit.functional.engine.HALF_PRODUCTS must be one of {HALF_PRODUCT_MODES}, "
+            f"got {HALF_PRODUCTS!r}; set it to 'normalized' (the default)."
+        )
+    if HALF_PRODUCTS == "float32" or (dtype == torch.float16 and device.type == "cpu"):
         return torch.float32
     if dtype in (torch.float16, torch.bfloat16):
         return dtype
@@ -392,6 +405,39 @@ def _logit_space(
     return q, k, neg
 
 
+def _inverse_norms(x: Tensor, temperature: float | Tensor) -> Tensor:
+    """``1 / (|x_i| t)`` per row (B,) in float32, ``1 / t`` where ``|x_i| <= eps`` (like
+    :func:`normalize_over`); differentiable, finite gradients at zero rows."""
+    from contrastkit.functional.similarity import _EPS
+
+    x = x.to(compute_dtype(x.dtype))
+    sq = (x * x).sum(-1)
+    unit = sq > _EPS * _EPS
+    inv = torch.where(unit, sq.clamp_min(_EPS * _EPS).rsqrt(), 1.0)
+    return inv / temperature
+
+
+def _raw_space(
+    problem: ContrastiveProblem, temperature: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """Cosine with half operands: the kernels multiply the *raw* half inputs (exact products)
+    and scale the float32 logits, ``l_ij = a_i b_j (x_i . y_j)`` with ``a = 1 / (|x| t)``,
+    ``b = 1 / |y|`` (shared negatives' scales after the keys'); per-query negatives are
+    normalised in float32 (their products stay float32). Rounding the normalised embeddings to
+    half instead swamps the small gradient of nearly collapsed classes (docs/engine.md).
+
+    Returns ``(query, key, negatives, row_scale (B,), col_scale (N + M_shared,))``.
+    """
+    q, k, neg = problem.query, problem.key, problem.negatives
+    rows = _inverse_norms(q, temperature)
+    cols = _inverse_norms(k, 1.0)
+    if neg is not None and neg.ndim == 2:
+        cols = torch.cat([cols, _inverse_norms(neg, 1.0)])
+    elif neg is not None:
+        neg = normalize_over(neg.to(compute_dtype(neg.dtype)), 1.0)  # (B, M, D)
+    return q, k, neg, rows, cols
+
+
 def _kernel_operand(x: Tensor) -> torch.dtype | None:
     """The kernels' operand dtype for inputs like ``x``, None when it is the compute dtype."""
     operand = operand_dtype(x.dtype, x.device)
@@ -450,11 +496,16 @@ def softmax_contrastive(
             symmetric=p.symmetric,
         )
         return reduce_valid(loss, valid, reduction, p.query).to(out_dtype)
-    q, k, neg = _logit_space(p, temperature, metric)
+    operand, scales = _kernel_operand(p.query), (None, None)
+    if metric == "cosine" and operand is not None and HALF_PRODUCTS == "raw":
+        q, k, neg, *scales = _raw_space(p, temperature)
+        operand = None  # the raw inputs are the operands already
+    else:
+        q, k, neg = _logit_space(p, temperature, metric)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
     if fused:
         total, valid = FusedRowSoftmaxLoss.apply(
-            q, k, neg, p.structure(), kernel_metric, chunk, _kernel_operand(p.query)
+            q, k, neg, p.structure(), kernel_metric, chunk, operand, *scales
         )
         n_valid = valid.sum()
         if int(n_valid) == 0:
@@ -472,7 +523,8 @@ def softmax_contrastive(
         p.symmetric,
         COLUMN_BLOCK_RATIO * chunk,
         TILE_CACHE_BYTES,
-        _kernel_operand(p.query),
+        operand,
+        *scales,
     )
     if p.symmetric:
         loss, valid = 0.5 * (row + col), row_valid & col_valid

@@ -96,8 +96,10 @@ class _Tile:
         kk_sq: Tensor | None,
         buf: Tensor,
         cached: bool = False,
+        scale: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         n, kw = s.n_keys, kk.shape[0]
+        self.scale = scale  # (row scales of this strip (R,), column scales of kk (kw,)) or None
         rows = r1 - r0
         self.rows, self.c0 = rows, c0
         self.a0, self.a1 = min(c0, kw), min(c1, kw)  # the columns that are rows of kk
@@ -141,6 +143,8 @@ class _Tile:
         """Write the key (and shared-negative) logits into ``logits``; append per-query ones."""
         if logits.shape[1]:
             block_logits(q_s, kk[self.a0 : self.a1], logits)
+            if self.scale is not None:  # raw-input products: l_ij = a_i b_j (x_i . y_j)
+                logits.mul_(self.scale[0][:, None]).mul_(self.scale[1][None, self.a0 : self.a1])
             if metric == "euclidean":
                 q_sq = _sq_norms(q_s)
                 logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, self.a0 : self.a1])
@@ -151,6 +155,8 @@ class _Tile:
         # product gains nothing from half operands); the (R, D) strip is cast to match.
         q_a = q_s.to(neg_s.dtype)
         extra = torch.bmm(neg_s, q_a[:, :, None]).squeeze(2)  # (R, M) per-query negatives
+        if self.scale is not None:
+            extra = extra * self.scale[0][:, None]
         if metric == "euclidean":
             sq = _sq_norms(q_a)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
             extra = -sq.clamp_(min=0.0).sqrt_()
@@ -253,6 +259,16 @@ class _Tile:
             if col_w is not None:
                 w += col_w[idx.squeeze(1) + self.c0]
             grad.scatter_add_(1, idx, torch.where(hit, -w, 0.0)[:, None])
+
+    def scale_weights(self, grad: Tensor) -> None:
+        """``g'_ij = g_ij a_i b_j`` in place (raw-input products; per-query negative columns
+        take ``a_i`` only): the products with the raw operands then give ``dL/dx``, ``dL/dy``."""
+        if self.scale is None:
+            return
+        n_kk = self.a1 - self.a0
+        grad.mul_(self.scale[0][:, None])
+        if n_kk:
+            grad[:, :n_kk].mul_(self.scale[1][None, self.a0 : self.a1])
 
     def backprop(
         self,
@@ -435,7 +451,13 @@ def _column_tiles(n: int, kw: int, m3: int, width: int) -> list[tuple[int, int]]
     return ranges
 
 
-def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> bool:
+def _unshifted(
+    query: Tensor,
+    kk: Tensor,
+    neg3: Tensor | None,
+    metric: str,
+    scale: tuple[Tensor, Tensor] | None = None,
+) -> bool:
     """True when every logit is provably small enough for ``exp`` without a max shift.
 
     Cauchy-Schwarz bounds |q . k| by max|q| max|k| (euclidean: |q - k| <= max|q| + max|k|).
@@ -444,15 +466,83 @@ def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> b
     (cosine similarity at temperature >= 0.025 always qualifies).
     """
     acc = acc_dtype(query.dtype)
-    q_max = (
-        float(torch.linalg.vector_norm(query, dim=-1, dtype=acc).max()) if query.numel() else 0.0
-    )
-    k_norm = [float(torch.linalg.vector_norm(kk, dim=-1, dtype=acc).max())]
+    q_norm = torch.linalg.vector_norm(query, dim=-1, dtype=acc)
+    kk_norm = torch.linalg.vector_norm(kk, dim=-1, dtype=acc)
+    if scale is not None:  # raw-input products: the logit-space norms are |x_i| a_i, |y_j| b_j
+        q_norm, kk_norm = q_norm * scale[0], kk_norm * scale[1]
+    q_max = float(q_norm.max()) if query.numel() else 0.0
+    k_norm = [float(kk_norm.max())]
     if neg3 is not None and neg3.numel():
         k_norm.append(float(torch.linalg.vector_norm(neg3, dim=-1, dtype=acc).max()))
     k_max = max(k_norm)
     bound = q_max + k_max if metric == "euclidean" else q_max * k_max
     return bound <= (300.0 if query.dtype == torch.float64 else 40.0)
+
+
+def _logit_space_rows(x: Tensor, scale: Tensor | None) -> Tensor:
+    """``x`` in the accumulation dtype, times its row scales when the products are raw."""
+    x = x.to(acc_dtype(x.dtype))
+    return x if scale is None else x * scale[:, None]
+
+
+def _scale_grads(
+    dq: Tensor, dkk: Tensor, query: Tensor, kk: Tensor, scale: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of the row / column scales from the raw-input gradients (None, None without
+    scales): ``dL/da_i = x_i . dL/dx_i / a_i`` (the ``(B, D)`` results, no extra tile pass)."""
+    if scale is None:
+        return None, None
+    return _row_dots(query, dq) / scale[0], _row_dots(kk, dkk) / scale[1]
+
+
+def _row_dots(x: Tensor, acc: Tensor, block: int = 4096) -> Tensor:
+    """``(x_i . acc_i)`` per row (rows,) in ``acc``'s dtype, ``block`` rows at a time (no
+    float32 copy of the whole half ``x`` at the backward's peak)."""
+    out = torch.empty(x.shape[0], dtype=acc.dtype, device=acc.device)
+    for r0 in range(0, x.shape[0], block):
+        out[r0 : r0 + block] = torch.linalg.vecdot(
+            x[r0 : r0 + block].to(acc.dtype), acc[r0 : r0 + block]
+        )
+    return out
+
+
+def _labelled_backprop(
+    labelled: _LabelPositives,
+    row_w: Tensor,
+    col_w: Tensor | None,
+    query: Tensor,
+    kk: Tensor,
+    dq: Tensor,
+    dkk: Tensor,
+    scale: tuple[Tensor, Tensor] | None,
+) -> None:
+    """The class-sum positive term into ``dq``, ``dkk``; with raw-input products it is computed
+    in logit space (``a_i x_i``, ``b_j y_j``) and taken back with ``dL/dx_i = a_i dL/dq~_i``."""
+    if scale is None:
+        labelled.backprop(row_w, col_w, query, kk, dq, dkk)
+        return
+    dq_l, dkk_l = torch.zeros_like(dq), torch.zeros_like(dkk)
+    q_l, kk_l = _logit_space_rows(query, scale[0]), _logit_space_rows(kk, scale[1])
+    labelled.backprop(row_w, col_w, q_l, kk_l, dq_l, dkk_l)
+    dq.add_(dq_l * scale[0][:, None])
+    dkk.add_(dkk_l * scale[1][:, None])
+
+
+def _strip_scale(
+    scale: tuple[Tensor, Tensor] | None, r0: int, r1: int
+) -> tuple[Tensor, Tensor] | None:
+    """The row scales of strip ``r0:r1`` with all column scales (None without scales)."""
+    return None if scale is None else (scale[0][r0:r1], scale[1])
+
+
+def _logit_space_pair(
+    query: Tensor, kk: Tensor, scale: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """``(query, kk)`` as the class sums see them: in logit space (scaled, float32) when the
+    products are raw, else unchanged."""
+    if scale is None:
+        return query, kk
+    return _logit_space_rows(query, scale[0]), _logit_space_rows(kk, scale[1])
 
 
 def _dtypes(*tensors: Tensor | None) -> tuple[torch.dtype | None, ...]:
@@ -525,9 +615,12 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         col_chunk,
         cache_bytes,
         operand=None,
+        row_scale=None,
+        col_scale=None,
     ):
         ctx.dtypes = _dtypes(query, key, negatives)
         query, key, negatives = _as_operands(query, key, negatives, operand)
+        scale = None if row_scale is None else (row_scale, col_scale)
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
@@ -538,14 +631,16 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         row_lse = torch.empty(b, dtype=acc, device=query.device)
         row_pos = torch.zeros_like(row_lse)
         row_cnt = torch.zeros_like(row_lse)
-        unshifted = _unshifted(query, kk, neg3, metric)
+        unshifted = _unshifted(query, kk, neg3, metric, scale)
         if symmetric:
             col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=acc, device=query.device)
             col_sum = torch.zeros_like(col_max)
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
         buf = _buffer(chunk, min(col_chunk, kw), query)
-        labelled, tiling = _LabelPositives.split(structure, metric, query, kk, columns=symmetric)
+        labelled, tiling = _LabelPositives.split(
+            structure, metric, *_logit_space_pair(query, kk, scale), columns=symmetric
+        )
         cache: dict[tuple[int, int], Tensor] = {}
         n_slots = 0
         if unshifted and metric == "dot" and any(ctx.needs_input_grad[:3]):
@@ -564,7 +659,20 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                 out = buf
                 if len(cache) < n_slots and c1 <= kw:
                     out = cache[r0, c0] = _POOL.take(buf.numel(), buf)
-                tile = _Tile(tiling, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out)
+                tile = _Tile(
+                    tiling,
+                    r0,
+                    r1,
+                    c0,
+                    c1,
+                    q_s,
+                    kk,
+                    neg_s,
+                    metric,
+                    kk_sq,
+                    out,
+                    scale=_strip_scale(scale, r0, r1),
+                )
                 lg, nk = tile.logits, tile.n_key
                 keyed = symmetric and nk > 0
                 if labelled is None:  # else the positives come from class sums after the loop
@@ -608,7 +716,9 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_valid = torch.zeros(0, dtype=torch.bool, device=query.device)
             col_loss = col_lse = torch.zeros(0, dtype=acc, device=query.device)
             col_cnt = col_lse
-        ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
+        ctx.save_for_backward(
+            query, key, negatives, row_lse, row_cnt, col_lse, col_cnt, row_scale, col_scale
+        )
         ctx.tiling, ctx.metric, ctx.symmetric = tiling, metric, symmetric
         ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
         ctx.cache, ctx.cache_bytes, ctx.labelled = cache, cache_bytes, labelled
@@ -617,7 +727,8 @@ class TiledSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_row, g_col, _gv1, _gv2):
-        query, key, negatives, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
+        query, key, negatives, row_lse, row_cnt, col_lse, col_cnt, *scale = ctx.saved_tensors
+        scale = None if scale[0] is None else (scale[0], scale[1])
         metric, chunk, labelled, tiling = ctx.metric, ctx.chunk, ctx.labelled, ctx.tiling
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
@@ -648,7 +759,19 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                 slot = cache.get((r0, c0))
                 out = buf if slot is None else slot
                 tile = _Tile(
-                    tiling, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out, slot is not None
+                    tiling,
+                    r0,
+                    r1,
+                    c0,
+                    c1,
+                    q_s,
+                    kk,
+                    neg_s,
+                    metric,
+                    kk_sq,
+                    out,
+                    slot is not None,
+                    scale=_strip_scale(scale, r0, r1),
                 )
                 lg, nk, cs = tile.logits, tile.n_key, tile.col_slice
                 keyed = col_w is not None and nk > 0
@@ -669,12 +792,14 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                             (lg[:, :nk] - col_lse[None, cs]).exp_().mul_(col_w[None, cs])
                         )
                 tile.subtract_positive(grad, row_pw[r0:r1], col_pw)
+                tile.scale_weights(grad)
                 tile.backprop(grad, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
         _POOL.give(list(cache.values()), ctx.cache_bytes)
         if labelled is not None:
-            labelled.backprop(row_pw, col_pw, query, kk, dq, dkk)
+            _labelled_backprop(labelled, row_pw, col_pw, query, kk, dq, dkk, scale)
+        d_rows, d_cols = _scale_grads(dq, dkk, query, kk, scale)
         dq, dkey, dneg = _input_dtype_grads(dq, dkk, dneg3, n, ctx.dtypes)
-        return dq, dkey, dneg, None, None, None, None, None, None, None
+        return dq, dkey, dneg, None, None, None, None, None, None, None, d_rows, d_cols
 
 
 class _LabelPositives:
@@ -790,9 +915,21 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, negatives, structure, metric, chunk, operand=None):
+    def forward(
+        ctx,
+        query,
+        key,
+        negatives,
+        structure,
+        metric,
+        chunk,
+        operand=None,
+        row_scale=None,
+        col_scale=None,
+    ):
         ctx.dtypes = _dtypes(query, key, negatives)
         query, key, negatives = _as_operands(query, key, negatives, operand)
+        scale = None if row_scale is None else (row_scale, col_scale)
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         width = kk.shape[0] + (0 if neg3 is None else neg3.shape[1])
@@ -804,13 +941,28 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         valid = torch.empty(b, dtype=torch.bool, device=query.device)
         total = torch.zeros((), dtype=acc, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
-        unshifted = _unshifted(query, kk, neg3, metric)
-        labelled, strips = _LabelPositives.split(structure, metric, query, kk, columns=False)
+        unshifted = _unshifted(query, kk, neg3, metric, scale)
+        labelled, strips = _LabelPositives.split(
+            structure, metric, *_logit_space_pair(query, kk, scale), columns=False
+        )
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            strip = _Tile(strips, r0, r1, 0, width, q_s, kk, neg_s, metric, kk_sq, buf)
+            strip = _Tile(
+                strips,
+                r0,
+                r1,
+                0,
+                width,
+                q_s,
+                kk,
+                neg_s,
+                metric,
+                kk_sq,
+                buf,
+                scale=_strip_scale(scale, r0, r1),
+            )
             lg = strip.logits
             if labelled is None:
                 pos_sum, count = strip.row_positive()
@@ -831,21 +983,24 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             w = ok.to(lg.dtype)
             probs.mul_((w / denom)[:, None])
             strip.subtract_positive(probs, w / count.clamp(min=1.0), None)
+            strip.scale_weights(probs)
             dneg_s = None if dneg3 is None else dneg3[r0:r1]
             strip.backprop(probs, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
             valid[r0:r1] = ok
         if labelled is not None:
-            labelled.backprop(valid / labelled.count.clamp(min=1.0), None, query, kk, dq, dkk)
+            row_w = valid / labelled.count.clamp(min=1.0)
+            _labelled_backprop(labelled, row_w, None, query, kk, dq, dkk, scale)
+        d_rows, d_cols = _scale_grads(dq, dkk, query, kk, scale)
         # kept in float32: the upstream gradient scales them before they are rounded
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
-        ctx.save_for_backward(dq, dkey, dneg)
+        ctx.save_for_backward(dq, dkey, dneg, d_rows, d_cols)
         ctx.mark_non_differentiable(valid)
         return total, valid
 
     @staticmethod
     def backward(ctx, g_total, _g_valid):
-        dq, dkey, dneg = ctx.saved_tensors
+        dq, dkey, dneg, d_rows, d_cols = ctx.saved_tensors
         q_dtype, k_dtype, n_dtype = ctx.dtypes
         return (
             (dq * g_total).to(q_dtype),
@@ -855,6 +1010,8 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             None,
             None,
             None,
+            None if d_rows is None else d_rows * g_total,
+            None if d_cols is None else d_cols * g_total,
         )
 
 
