@@ -304,7 +304,7 @@ def test_half_precision_small_temperature_is_finite(dtype):
         loss = F.info_nce(q, k, temperature=0.01, symmetric=True, chunk_size=chunk)
         q.grad = k.grad = None
         loss.backward()
-        assert loss.dtype == dtype and torch.isfinite(loss)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)  # autocast-style float32
         assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
         torch.testing.assert_close(loss.float(), ref.detach(), rtol=2e-2, atol=2e-2)
 

@@ -4,7 +4,8 @@ Shape notation (used across contrastkit): B batch, V views, D embedding dim, M e
 N corpus, Q queries, K neighbours.
 
 All softmax losses here go through one engine (:mod:`contrastkit.functional.engine`), compute the
-softmax in float32 (float64 for float64 inputs) and return a loss in the input dtype.
+softmax in float32 (float64 for float64 inputs) and return the loss in that dtype: a
+half-precision (bf16 / fp16) batch gets a float32 loss and gradients in its own dtype.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from contrastkit._checks import (
 )
 from contrastkit.functional.engine import (
     ContrastiveProblem,
+    compute_dtype,
     reduce_valid,
     sigmoid_contrastive_rows,
     softmax_contrastive,
@@ -114,7 +116,8 @@ def info_nce(
             :mod:`contrastkit.distributed`. Without a process group it changes nothing.
 
     Returns:
-        Scalar loss, or (B,) with ``reduction="none"``, in the dtype of ``query``.
+        Scalar loss, or (B,) with ``reduction="none"``: float64 for float64 ``query``, float32
+        otherwise (also for bf16 / fp16).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> q = torch.randn(8, 16, generator=g)
@@ -374,4 +377,4 @@ def sigmoid_contrastive(
     )  # (B,)
     n = a.shape[0]
     out = per_row.sum() / n if reduction == "mean" else reduce(per_row, reduction)
-    return out.to(a.dtype)
+    return out.to(compute_dtype(a.dtype))  # float32 for half inputs, like the softmax losses

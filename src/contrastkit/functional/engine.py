@@ -45,7 +45,10 @@ Two paths compute it, with the same value and gradients:
 ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in float32, i.e. B = N = 2048), chunked
 with :func:`default_chunk_size` rows beyond; an integer forces the chunked path with that strip
 height. Softmaxes are computed in float32 (float64 for float64 inputs) so half-precision inputs
-at small temperatures do not overflow; the result has the input dtype.
+at small temperatures do not overflow. For bf16 / fp16 inputs the chunked path's block products
+run with half operands and float32 results (:func:`contrastkit.functional.tiled.block_logits`:
+the logits are never rounded to half), the gradients come back in the input dtype and the loss
+in float32 (see docs/engine.md for the accuracy contract).
 
 >>> g = torch.Generator().manual_seed(0)
 >>> q, k = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
@@ -92,6 +95,18 @@ TILE_ROWS = 1024
 """Automatic height of the recomputing path's tiles."""
 COLUMN_BLOCK_RATIO = 4
 """Tiles of the recomputing path are ``chunk`` rows by ``COLUMN_BLOCK_RATIO * chunk`` columns."""
+HALF_PRODUCTS = "normalized"
+"""The block-product operands of the chunked path for bf16 / fp16 inputs (docs/engine.md):
+
+* ``"normalized"`` (default, fastest): the normalised, temperature-scaled embeddings rounded
+  to half (:func:`operand_dtype`);
+* ``"raw"`` (cosine): the raw half inputs themselves, their norms and the temperature applied
+  to the float32 logits: exact products (loss error ~1e-7 instead of ~1e-4), no float32 copy
+  of the embeddings kept for the backward, 15-40 % slower on a CPU (two passes more per tile);
+* ``"float32"``: float32 operands, exact products of the half values at float32 speed (for
+  nearly collapsed classes, the known limit of the other two).
+"""
+HALF_PRODUCT_MODES = ("normalized", "raw", "float32")
 TILE_CACHE_BYTES = 64 * 2**20
 """The recomputing path keeps up to this many bytes of exponentiated forward tiles (never more
 than two strips' worth) so that the backward pass skips their product; 0 recomputes every tile."""
@@ -116,8 +131,33 @@ def default_chunk_size(width: int, tiled: bool = False) -> int:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else accumulates in float32."""
+    """float64 stays float64; everything else accumulates in float32 (and the loss of
+    half-precision inputs is returned in float32, as autocast does for its own losses)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def operand_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of the chunked path's block-product operands for inputs of ``dtype``.
+
+    bf16 stays bf16 (CPU: avx512-bf16 / AMX GEMMs; CUDA: tensor cores), fp16 stays fp16 on CUDA
+    and is upcast to float32 on CPU (whose fp16 GEMMs are emulated, ~20x slower than float32;
+    the upcast is exact); float32 and float64 are unchanged. Logits, statistics and gradient
+    accumulators are always :func:`compute_dtype`.
+
+    >>> cpu = torch.device("cpu")
+    >>> operand_dtype(torch.bfloat16, cpu), operand_dtype(torch.float16, cpu)
+    (torch.bfloat16, torch.float32)
+    """
+    if HALF_PRODUCTS not in HALF_PRODUCT_MODES:
+        raise ValueError(
+            f"contrastkit.functional.engine.HALF_PRODUCTS must be one of {HALF_PRODUCT_MODES}, "
+            f"got {HALF_PRODUCTS!r}; set it to 'normalized' (the default)."
+        )
+    if HALF_PRODUCTS == "float32" or (dtype == torch.float16 and device.type == "cpu"):
+        return torch.float32
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    return compute_dtype(dtype)
 
 
 def masked_log_softmax_loss(
@@ -348,7 +388,8 @@ def _logit_space(
     """Apply the metric's normalisation and the temperature once, outside the kernels.
 
     cosine / dot: ``q / t . k``; euclidean: ``-|q/t - k/t|``. Autograd backpropagates through
-    this (normalisation and temperature included).
+    this (normalisation and temperature included), in the compute dtype; the kernels round the
+    result to :func:`operand_dtype` for their block products (``_kernel_operand``).
     """
     dtype = compute_dtype(problem.query.dtype)
     q, k = problem.query.to(dtype), problem.key.to(dtype)
@@ -356,12 +397,51 @@ def _logit_space(
     if metric == "cosine":
         q, k = normalize_over(q, temperature), normalize_over(k, 1.0)
         neg = None if neg is None else normalize_over(neg, 1.0)
-        return q, k, neg
-    q = q / temperature
-    if metric == "euclidean":
-        k = k / temperature
-        neg = None if neg is None else neg / temperature
+    else:
+        q = q / temperature
+        if metric == "euclidean":
+            k = k / temperature
+            neg = None if neg is None else neg / temperature
     return q, k, neg
+
+
+def _inverse_norms(x: Tensor, temperature: float | Tensor) -> Tensor:
+    """``1 / (|x_i| t)`` per row (B,) in float32, ``1 / t`` where ``|x_i| <= eps`` (like
+    :func:`normalize_over`); differentiable, finite gradients at zero rows."""
+    from contrastkit.functional.similarity import _EPS
+
+    x = x.to(compute_dtype(x.dtype))
+    sq = (x * x).sum(-1)
+    unit = sq > _EPS * _EPS
+    inv = torch.where(unit, sq.clamp_min(_EPS * _EPS).rsqrt(), 1.0)
+    return inv / temperature
+
+
+def _raw_space(
+    problem: ContrastiveProblem, temperature: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """Cosine with half operands: the kernels multiply the *raw* half inputs (exact products)
+    and scale the float32 logits, ``l_ij = a_i b_j (x_i . y_j)`` with ``a = 1 / (|x| t)``,
+    ``b = 1 / |y|`` (shared negatives' scales after the keys'); per-query negatives are
+    normalised in float32 (their products stay float32). Rounding the normalised embeddings to
+    half instead swamps the small gradient of nearly collapsed classes (docs/engine.md).
+
+    Returns ``(query, key, negatives, row_scale (B,), col_scale (N + M_shared,))``.
+    """
+    q, k, neg = problem.query, problem.key, problem.negatives
+    rows = _inverse_norms(q, temperature)
+    cols = _inverse_norms(k, 1.0)
+    if neg is not None and neg.ndim == 2:
+        cols = torch.cat([cols, _inverse_norms(neg, 1.0)])
+    elif neg is not None:
+        neg = normalize_over(neg.to(compute_dtype(neg.dtype)), 1.0)  # (B, M, D)
+    return q, k, neg, rows, cols
+
+
+def _kernel_operand(x: Tensor) -> torch.dtype | None:
+    """The kernels' operand dtype for inputs like ``x``, None when it is the compute dtype."""
+    operand = operand_dtype(x.dtype, x.device)
+    return None if operand == compute_dtype(x.dtype) else operand
 
 
 def softmax_contrastive(
@@ -385,7 +465,8 @@ def softmax_contrastive(
             zero that still backpropagates, with a warning.
 
     Returns:
-        Scalar, or (B,) with ``reduction="none"``, in the dtype of ``problem.query``.
+        Scalar, or (B,) with ``reduction="none"``: float64 for float64 inputs, float32 otherwise
+        (half-precision inputs get a float32 loss; their gradients come back in their dtype).
 
     >>> q = torch.ones(4, 8)
     >>> round(float(softmax_contrastive(ContrastiveProblem(q, q), temperature=0.5)), 4)  # log 4
@@ -400,6 +481,7 @@ def softmax_contrastive(
         learnable_t or any(t is not None and t.requires_grad for t in (p.query, p.key, p.negatives))
     )
     fused = wants_grad and not p.symmetric and reduction != "none"
+    out_dtype = compute_dtype(p.query.dtype)
     chunk = resolve_chunk_size(chunk_size, p.n_queries, p.n_keys + p.n_negatives, not fused)
     if chunk is None:
         positive, ignore = p.to_dense()
@@ -413,17 +495,24 @@ def softmax_contrastive(
             negatives=p.negatives,
             symmetric=p.symmetric,
         )
-        return reduce_valid(loss, valid, reduction, p.query).to(p.query.dtype)
-    q, k, neg = _logit_space(p, temperature, metric)
+        return reduce_valid(loss, valid, reduction, p.query).to(out_dtype)
+    operand, scales = _kernel_operand(p.query), (None, None)
+    if metric == "cosine" and operand is not None and HALF_PRODUCTS == "raw":
+        q, k, neg, *scales = _raw_space(p, temperature)
+        operand = None  # the raw inputs are the operands already
+    else:
+        q, k, neg = _logit_space(p, temperature, metric)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
     if fused:
-        total, valid = FusedRowSoftmaxLoss.apply(q, k, neg, p.structure(), kernel_metric, chunk)
+        total, valid = FusedRowSoftmaxLoss.apply(
+            q, k, neg, p.structure(), kernel_metric, chunk, operand, *scales
+        )
         n_valid = valid.sum()
         if int(n_valid) == 0:
             _warn_no_positive()
-            return (q.sum() * 0.0).to(p.query.dtype)
+            return (q.sum() * 0.0).to(out_dtype)
         out = total / n_valid if reduction == "mean" else total
-        return out.to(p.query.dtype)
+        return out.to(out_dtype)
     row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
         q,
         k,
@@ -434,12 +523,14 @@ def softmax_contrastive(
         p.symmetric,
         COLUMN_BLOCK_RATIO * chunk,
         TILE_CACHE_BYTES,
+        operand,
+        *scales,
     )
     if p.symmetric:
         loss, valid = 0.5 * (row + col), row_valid & col_valid
     else:
         loss, valid = row, row_valid
-    return reduce_valid(loss, valid, reduction, q).to(p.query.dtype)
+    return reduce_valid(loss, valid, reduction, q).to(out_dtype)
 
 
 def _warn_no_positive() -> None:
@@ -494,4 +585,4 @@ def sigmoid_contrastive_rows(
     else:
         bias_t = torch.tensor(float(bias), dtype=dtype, device=a.device)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
-    return TiledSigmoidLoss.apply(q, k, bias_t, kernel_metric, chunk)
+    return TiledSigmoidLoss.apply(q, k, bias_t, kernel_metric, chunk, _kernel_operand(a))

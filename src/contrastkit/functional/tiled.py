@@ -96,8 +96,10 @@ class _Tile:
         kk_sq: Tensor | None,
         buf: Tensor,
         cached: bool = False,
+        scale: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         n, kw = s.n_keys, kk.shape[0]
+        self.scale = scale  # (row scales of this strip (R,), column scales of kk (kw,)) or None
         rows = r1 - r0
         self.rows, self.c0 = rows, c0
         self.a0, self.a1 = min(c0, kw), min(c1, kw)  # the columns that are rows of kk
@@ -112,25 +114,22 @@ class _Tile:
             logits = self._logits(logits, q_s, kk, neg_s, metric, kk_sq)
         self.logits = logits
         self.pos_mask: Tensor | None = None
-        self.pos_rows: Tensor | None = None
-        self.pos_cols: Tensor | None = None
+        self.pos_at: tuple[Tensor, Tensor] | None = None  # index positives, see _pick
         if not self.n_key and s.ignore_mask is None:
             return  # negatives only: no positive, nothing ignored
         ar = torch.arange(rows, device=q_s.device)
         gi = ar + r0  # global query index
-        self_at = None  # (rows, columns) of the self pairs in this tile
-        if s.self_offset is not None:
-            self_cols = (gi + s.self_offset) % n - c0
-            in_self = (self_cols >= 0) & (self_cols < self.n_key)
-            self_at = ar[in_self], self_cols[in_self]
-        self._positives(s, r0, r1, gi, ar, self_at)
+        self_at = None  # the self pair of each row, where it falls in this tile
+        if s.self_offset is not None and self.n_key:
+            self_at = _pick((gi + s.self_offset) % n - c0, self.n_key)
+        self._positives(s, r0, r1, gi, self_at)
         if cached:
             return
         ignore = self._ignored(s, r0, r1)
         if ignore is not None:
             logits.masked_fill_(ignore, float("-inf"))
         if self_at is not None:
-            logits[self_at] = float("-inf")
+            _put(logits, self_at, float("-inf"))
 
     def _logits(
         self,
@@ -143,16 +142,23 @@ class _Tile:
     ) -> Tensor:
         """Write the key (and shared-negative) logits into ``logits``; append per-query ones."""
         if logits.shape[1]:
-            torch.mm(q_s, kk[self.a0 : self.a1].T, out=logits)
+            block_logits(q_s, kk[self.a0 : self.a1], logits)
+            if self.scale is not None:  # raw-input products: l_ij = a_i b_j (x_i . y_j)
+                logits.mul_(self.scale[0][:, None]).mul_(self.scale[1][None, self.a0 : self.a1])
             if metric == "euclidean":
-                q_sq = (q_s * q_s).sum(1)
+                q_sq = _sq_norms(q_s)
                 logits.mul_(-2.0).add_(q_sq[:, None]).add_(kk_sq[None, self.a0 : self.a1])
                 logits.clamp_(min=0.0).sqrt_().neg_()
         if not self.use_neg:
             return logits
-        extra = torch.bmm(neg_s, q_s[:, :, None]).squeeze(2)  # (R, M) per-query negatives
+        # per-query negatives are kept in the accumulation dtype (a batched matrix-vector
+        # product gains nothing from half operands); the (R, D) strip is cast to match.
+        q_a = q_s.to(neg_s.dtype)
+        extra = torch.bmm(neg_s, q_a[:, :, None]).squeeze(2)  # (R, M) per-query negatives
+        if self.scale is not None:
+            extra = extra * self.scale[0][:, None]
         if metric == "euclidean":
-            sq = (q_s * q_s).sum(1)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
+            sq = _sq_norms(q_a)[:, None] + (neg_s * neg_s).sum(2) - 2.0 * extra
             extra = -sq.clamp_(min=0.0).sqrt_()
         return torch.cat([logits, extra], dim=1) if logits.shape[1] else extra  # (R, width)
 
@@ -162,18 +168,16 @@ class _Tile:
         r0: int,
         r1: int,
         gi: Tensor,
-        ar: Tensor,
         self_at: tuple[Tensor, Tensor] | None,
     ) -> None:
-        """The positives: index pairs (``pos_rows``, ``pos_cols``) or a mask built once."""
+        """The positives: one per row at most (``pos_at``, see :func:`_pick`) or a mask."""
         n, c0, nk = s.n_keys, self.c0, self.n_key
         if s.simple:
-            if s.positive_offset is not None:
-                cols = (gi + s.positive_offset) % n - c0
-                keep = (cols >= 0) & (cols < nk)
+            if s.positive_offset is not None and nk:
+                idx, hit = _pick((gi + s.positive_offset) % n - c0, nk)
                 if s.self_offset is not None:
-                    keep &= (gi + s.positive_offset) % n != (gi + s.self_offset) % n
-                self.pos_rows, self.pos_cols = ar[keep], cols[keep]
+                    hit &= (gi + s.positive_offset) % n != (gi + s.self_offset) % n
+                self.pos_at = idx, hit
             return
         # SupCon's labels-only case: one compare, no ignore mask; self-exclusion is an index write
         cs = self.col_slice
@@ -187,13 +191,12 @@ class _Tile:
                 else pos | s.positive_mask[r0:r1, cs]
             )
         if pos is None:
-            pos = torch.zeros(r1 - r0, nk, dtype=torch.bool, device=ar.device)
-        if s.positive_offset is not None:
-            cols = (gi + s.positive_offset) % n - c0
-            keep = (cols >= 0) & (cols < nk)
-            pos[ar[keep], cols[keep]] = True
+            pos = torch.zeros(r1 - r0, nk, dtype=torch.bool, device=gi.device)
+        if s.positive_offset is not None and nk:
+            idx, hit = _pick((gi + s.positive_offset) % n - c0, nk)
+            _put(pos, (idx, hit), True)
         if self_at is not None:
-            pos[self_at] = False
+            _put(pos, self_at, False)
         self.pos_mask = pos
 
     def _ignored(self, s: Structure, r0: int, r1: int) -> Tensor | None:
@@ -218,12 +221,12 @@ class _Tile:
         if self.pos_mask is not None:
             pos_sum = torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(1)  # -inf * 0 = nan
             return pos_sum, self.pos_mask.sum(1).to(lg.dtype)
-        pos_sum = torch.zeros(self.rows, dtype=lg.dtype, device=lg.device)
-        count = torch.zeros_like(pos_sum)
-        if self.pos_rows is not None:
-            pos_sum[self.pos_rows] = lg[self.pos_rows, self.pos_cols]
-            count[self.pos_rows] = 1.0
-        return pos_sum, count
+        if self.pos_at is None:
+            pos_sum = torch.zeros(self.rows, dtype=lg.dtype, device=lg.device)
+            return pos_sum, torch.zeros_like(pos_sum)
+        idx, hit = self.pos_at
+        pos_sum = torch.where(hit, lg.gather(1, idx).squeeze(1), 0.0)  # (R,)
+        return pos_sum, hit.to(lg.dtype)
 
     def col_positive_add(self, col_sum: Tensor, col_count: Tensor) -> None:
         """Add this tile's positive logits / counts per key column (key -> query direction)."""
@@ -231,10 +234,11 @@ class _Tile:
         if self.pos_mask is not None:
             col_sum[self.col_slice] += torch.where(self.pos_mask, lg[:, : self.n_key], 0.0).sum(0)
             col_count[self.col_slice] += self.pos_mask.sum(0).to(lg.dtype)
-        elif self.pos_rows is not None:
-            cols = self.pos_cols + self.c0
-            col_sum.index_add_(0, cols, lg[self.pos_rows, self.pos_cols])
-            col_count.index_add_(0, cols, torch.ones_like(cols, dtype=lg.dtype))
+        elif self.pos_at is not None:
+            idx, hit = self.pos_at
+            cols = idx.squeeze(1) + self.c0  # rows without a positive here add 0
+            col_sum.index_add_(0, cols, torch.where(hit, lg.gather(1, idx).squeeze(1), 0.0))
+            col_count.index_add_(0, cols, hit.to(lg.dtype))
 
     def subtract_positive(self, grad: Tensor, row_w: Tensor | None, col_w: Tensor | None) -> None:
         """grad[i, p] -= row_w[i] + col_w[p] for every positive p of row i (in place).
@@ -247,13 +251,24 @@ class _Tile:
                 g.addcmul_(self.pos_mask, row_w[:, None], value=-1.0)
             if col_w is not None:
                 g.addcmul_(self.pos_mask, col_w[None, self.col_slice], value=-1.0)
-        elif self.pos_rows is not None:
-            w = torch.zeros(self.pos_rows.shape[0], dtype=grad.dtype, device=grad.device)
+        elif self.pos_at is not None:
+            idx, hit = self.pos_at
+            w = torch.zeros(self.rows, dtype=grad.dtype, device=grad.device)
             if row_w is not None:
-                w += row_w[self.pos_rows]
+                w += row_w
             if col_w is not None:
-                w += col_w[self.pos_cols + self.c0]
-            grad[self.pos_rows, self.pos_cols] -= w
+                w += col_w[idx.squeeze(1) + self.c0]
+            grad.scatter_add_(1, idx, torch.where(hit, -w, 0.0)[:, None])
+
+    def scale_weights(self, grad: Tensor) -> None:
+        """``g'_ij = g_ij a_i b_j`` in place (raw-input products; per-query negative columns
+        take ``a_i`` only): the products with the raw operands then give ``dL/dx``, ``dL/dy``."""
+        if self.scale is None:
+            return
+        n_kk = self.a1 - self.a0
+        grad.mul_(self.scale[0][:, None])
+        if n_kk:
+            grad[:, :n_kk].mul_(self.scale[1][None, self.a0 : self.a1])
 
     def backprop(
         self,
@@ -274,29 +289,117 @@ class _Tile:
             grad = torch.where(dist > 0, grad / dist, 0.0)
         if n_kk:
             g_keys, k_t, dk_t = grad[:, :n_kk], kk[self.a0 : self.a1], dkk[self.a0 : self.a1]
-            dq_s.addmm_(g_keys, k_t)
-            dk_t.addmm_(g_keys.T, q_s)
+            if g_keys.dtype != k_t.dtype:  # half operands: round the weights once, not twice
+                g_keys = g_keys.to(k_t.dtype)
+            _add_mm_(dq_s, g_keys, k_t)
+            _add_mm_(dk_t, g_keys.T, q_s)
             if metric == "euclidean":
-                dq_s -= g_keys.sum(1)[:, None] * q_s
-                dk_t -= g_keys.sum(0)[:, None] * k_t
+                g_sum = grad[:, :n_kk]
+                dq_s -= g_sum.sum(1)[:, None] * q_s
+                dk_t -= g_sum.sum(0)[:, None] * k_t
         if self.use_neg:
             g_neg = grad[:, n_kk:]  # (R, M)
+            q_a = q_s.to(neg_s.dtype)
             dq_s += torch.bmm(g_neg[:, None, :], neg_s).squeeze(1)
-            dneg_s += g_neg[:, :, None] * q_s[:, None, :]  # (R, M, D)
+            dneg_s += g_neg[:, :, None] * q_a[:, None, :]  # (R, M, D)
             if metric == "euclidean":
-                dq_s -= g_neg.sum(1)[:, None] * q_s
+                dq_s -= g_neg.sum(1)[:, None] * q_a
                 dneg_s -= g_neg[:, :, None] * neg_s
 
 
+def _pick(cols: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """One column per row of a tile, without a host sync: ``cols: (R,)`` tile columns (possibly
+    outside ``[0, width)``) -> ``(idx (R, 1) clamped into the tile, hit (R,) bool in the tile)``.
+
+    Selecting the rows that hit with a boolean index would need their count on the host (a
+    device sync per tile on CUDA); gather / scatter at the clamped column with ``hit`` deciding
+    the value never does.
+    """
+    hit = (cols >= 0) & (cols < width)
+    return cols.clamp(0, width - 1)[:, None], hit
+
+
+def _put(x: Tensor, at: tuple[Tensor, Tensor], value: float | bool) -> None:
+    """``x[i, idx[i]] = value`` for the rows that hit (in place, sync-free; see :func:`_pick`)."""
+    idx, hit = at
+    x.scatter_(1, idx, torch.where(hit[:, None], value, x.gather(1, idx)))
+
+
 def _keys(key: Tensor, negatives: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Shared negatives join the keys as extra columns; per-query ones stay apart."""
+    """Shared negatives join the keys as extra columns; per-query ones stay apart, in the
+    accumulation dtype (their batched matrix-vector products are memory-bound)."""
     if negatives is not None and negatives.ndim == 2:
         return torch.cat([key, negatives], dim=0), None  # (N + M, D)
-    return key, negatives
+    if negatives is None:
+        return key, None
+    return key, negatives.to(acc_dtype(negatives.dtype))  # (B, M, D)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of logits, statistics and gradient accumulators: float64 stays float64,
+    everything else (float32, and half-precision operands) accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _buffer(rows: int, width: int, like: Tensor) -> Tensor:
-    return torch.empty(rows * width, dtype=like.dtype, device=like.device)
+    """A 1-D ``rows * width`` buffer of ``like``'s accumulation dtype, on its device."""
+    return torch.empty(rows * width, dtype=acc_dtype(like.dtype), device=like.device)
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    """Squared row norms ``|x_i|^2`` (rows,) in the accumulation dtype (euclidean logits)."""
+    x = x.to(acc_dtype(x.dtype))
+    return (x * x).sum(-1)
+
+
+def _has_out_dtype(x: Tensor) -> bool:
+    """Whether this torch has a half x half -> float32 GEMM for ``x``'s device (``mm.dtype``:
+    CUDA since torch 2.8; never the CPU build)."""
+    return x.device.type == "cuda" and hasattr(torch.ops.aten.mm, "dtype")
+
+
+def block_logits(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """``out <- a @ b.T`` in ``out``'s (float32 / float64) dtype: exact-product logits.
+
+    ``a: (R, D)``, ``b: (C, D)`` of the same dtype, ``out: (R, C)``. Same dtypes: one GEMM into
+    ``out`` (the float32 path, unchanged). Half-precision operands, never rounding a logit to half:
+
+    * CUDA: one GEMM with half operands and a float32 result (``torch.mm(..., out_dtype=)``);
+    * elsewhere (CPU bf16; CUDA before torch 2.8): ``hi = a @ b.T`` rounded to bf16, then the
+      residual ``a @ b.T - hi`` from a second bf16 GEMM that accumulates with ``hi`` in float32
+      before rounding (``addmm_(beta=-1)`` in place on ``hi``); ``hi + residual`` is within
+      ``2**-17`` relative of the float32 product (the residual's own bf16 rounding), and two
+      bf16 GEMMs still beat one float32 GEMM (5.2 vs 24 ms at 1024 x 256 x 4096 on one core).
+
+    >>> a, b = torch.randn(3, 8).bfloat16(), torch.randn(5, 8).bfloat16()
+    >>> out = block_logits(a, b, torch.empty(3, 5))
+    >>> torch.allclose(out, a.float() @ b.float().T, rtol=1e-5, atol=1e-5)
+    True
+    """
+    if a.dtype == out.dtype:
+        return torch.mm(a, b.T, out=out)
+    if _has_out_dtype(a):
+        return torch.mm(a, b.T, out_dtype=out.dtype, out=out)
+    hi = torch.mm(a, b.T)  # (R, C) rounded to half
+    out.copy_(hi)
+    residual = hi.addmm_(a, b.T, beta=-1.0)  # in place: float32-accumulated a @ b.T - hi
+    return out.add_(residual)
+
+
+def _add_mm_(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` with ``acc`` in the accumulation dtype and ``b`` the operand dtype.
+
+    ``a`` (gradient weights, float32) is rounded to ``b``'s half dtype for the product: the
+    gradient it feeds is returned in that dtype anyway. The weights are complete by then (the
+    positives' ``p - 1`` is formed in float32: rounding ``p`` near 1 to bf16 first would cancel
+    catastrophically, measured gradient cosine 0.98). Same dtypes: one ``addmm_``.
+    """
+    if a.dtype == b.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif _has_out_dtype(b):
+        acc += torch.mm(a.to(b.dtype), b, out_dtype=acc.dtype)
+    else:
+        acc += torch.mm(a.to(b.dtype), b)
 
 
 class _SlotPool:
@@ -348,7 +451,13 @@ def _column_tiles(n: int, kw: int, m3: int, width: int) -> list[tuple[int, int]]
     return ranges
 
 
-def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> bool:
+def _unshifted(
+    query: Tensor,
+    kk: Tensor,
+    neg3: Tensor | None,
+    metric: str,
+    scale: tuple[Tensor, Tensor] | None = None,
+) -> bool:
     """True when every logit is provably small enough for ``exp`` without a max shift.
 
     Cauchy-Schwarz bounds |q . k| by max|q| max|k| (euclidean: |q - k| <= max|q| + max|k|).
@@ -356,13 +465,119 @@ def _unshifted(query: Tensor, kk: Tensor, neg3: Tensor | None, metric: str) -> b
     ``exp`` per logit serves both the row and the column sums: no max pass, no second exp
     (cosine similarity at temperature >= 0.025 always qualifies).
     """
-    q_max = float(torch.linalg.vector_norm(query, dim=-1).max()) if query.numel() else 0.0
-    k_norm = [float(torch.linalg.vector_norm(kk, dim=-1).max())]
+    acc = acc_dtype(query.dtype)
+    q_norm = torch.linalg.vector_norm(query, dim=-1, dtype=acc)
+    kk_norm = torch.linalg.vector_norm(kk, dim=-1, dtype=acc)
+    if scale is not None:  # raw-input products: the logit-space norms are |x_i| a_i, |y_j| b_j
+        q_norm, kk_norm = q_norm * scale[0], kk_norm * scale[1]
+    q_max = float(q_norm.max()) if query.numel() else 0.0
+    k_norm = [float(kk_norm.max())]
     if neg3 is not None and neg3.numel():
-        k_norm.append(float(torch.linalg.vector_norm(neg3, dim=-1).max()))
+        k_norm.append(float(torch.linalg.vector_norm(neg3, dim=-1, dtype=acc).max()))
     k_max = max(k_norm)
     bound = q_max + k_max if metric == "euclidean" else q_max * k_max
     return bound <= (300.0 if query.dtype == torch.float64 else 40.0)
+
+
+def _logit_space_rows(x: Tensor, scale: Tensor | None) -> Tensor:
+    """``x`` in the accumulation dtype, times its row scales when the products are raw."""
+    x = x.to(acc_dtype(x.dtype))
+    return x if scale is None else x * scale[:, None]
+
+
+def _scale_grads(
+    dq: Tensor, dkk: Tensor, query: Tensor, kk: Tensor, scale: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of the row / column scales from the raw-input gradients (None, None without
+    scales): ``dL/da_i = x_i . dL/dx_i / a_i`` (the ``(B, D)`` results, no extra tile pass)."""
+    if scale is None:
+        return None, None
+    return _row_dots(query, dq) / scale[0], _row_dots(kk, dkk) / scale[1]
+
+
+def _row_dots(x: Tensor, acc: Tensor, block: int = 4096) -> Tensor:
+    """``(x_i . acc_i)`` per row (rows,) in ``acc``'s dtype, ``block`` rows at a time (no
+    float32 copy of the whole half ``x`` at the backward's peak)."""
+    out = torch.empty(x.shape[0], dtype=acc.dtype, device=acc.device)
+    for r0 in range(0, x.shape[0], block):
+        out[r0 : r0 + block] = torch.linalg.vecdot(
+            x[r0 : r0 + block].to(acc.dtype), acc[r0 : r0 + block]
+        )
+    return out
+
+
+def _labelled_backprop(
+    labelled: _LabelPositives,
+    row_w: Tensor,
+    col_w: Tensor | None,
+    query: Tensor,
+    kk: Tensor,
+    dq: Tensor,
+    dkk: Tensor,
+    scale: tuple[Tensor, Tensor] | None,
+) -> None:
+    """The class-sum positive term into ``dq``, ``dkk``; with raw-input products it is computed
+    in logit space (``a_i x_i``, ``b_j y_j``) and taken back with ``dL/dx_i = a_i dL/dq~_i``."""
+    if scale is None:
+        labelled.backprop(row_w, col_w, query, kk, dq, dkk)
+        return
+    dq_l, dkk_l = torch.zeros_like(dq), torch.zeros_like(dkk)
+    q_l, kk_l = _logit_space_rows(query, scale[0]), _logit_space_rows(kk, scale[1])
+    labelled.backprop(row_w, col_w, q_l, kk_l, dq_l, dkk_l)
+    dq.add_(dq_l * scale[0][:, None])
+    dkk.add_(dkk_l * scale[1][:, None])
+
+
+def _strip_scale(
+    scale: tuple[Tensor, Tensor] | None, r0: int, r1: int
+) -> tuple[Tensor, Tensor] | None:
+    """The row scales of strip ``r0:r1`` with all column scales (None without scales)."""
+    return None if scale is None else (scale[0][r0:r1], scale[1])
+
+
+def _logit_space_pair(
+    query: Tensor, kk: Tensor, scale: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """``(query, kk)`` as the class sums see them: in logit space (scaled, float32) when the
+    products are raw, else unchanged."""
+    if scale is None:
+        return query, kk
+    return _logit_space_rows(query, scale[0]), _logit_space_rows(kk, scale[1])
+
+
+def _dtypes(*tensors: Tensor | None) -> tuple[torch.dtype | None, ...]:
+    return tuple(None if t is None else t.dtype for t in tensors)
+
+
+def _as_operands(
+    query: Tensor, key: Tensor, negatives: Tensor | None, operand: torch.dtype | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The block products' operands: ``query``, ``key`` and shared ``negatives`` rounded to
+    ``operand`` (None: unchanged); per-query negatives stay as they are (see :func:`_keys`).
+
+    The Functions take the float32 logit-space tensors and round them here, so that their
+    gradients leave in float32 and are rounded once, at the user's tensor, after the
+    normalisation's backward. (The tight-cluster limit of docs/engine.md comes from this
+    rounding of the operands, not from the gradients' dtype: measured the same either way.)
+    """
+    if operand is None or query.dtype == operand:
+        return query, key, negatives
+    if negatives is not None and negatives.ndim == 2:
+        negatives = negatives.to(operand)
+    return query.to(operand), key.to(operand), negatives
+
+
+def _input_dtype_grads(
+    dq: Tensor, dkk: Tensor, dneg3: Tensor | None, n: int, dtypes: tuple
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Split the float32 accumulators into the gradients of ``(query, key, negatives)``, each
+    in its input's dtype ``dtypes`` (a no-op for float32 / float64 inputs); ``n`` keys."""
+    q_dtype, k_dtype, n_dtype = dtypes
+    dkey = dkk[:n].to(k_dtype)
+    if n_dtype is None:
+        return dq.to(q_dtype), dkey, None
+    dneg = dneg3 if dneg3 is not None else dkk[n:]
+    return dq.to(q_dtype), dkey, dneg.to(n_dtype)
 
 
 def _finite_floor(x: Tensor) -> Tensor:
@@ -389,26 +604,43 @@ class TiledSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, query, key, negatives, structure, metric, chunk, symmetric, col_chunk, cache_bytes
+        ctx,
+        query,
+        key,
+        negatives,
+        structure,
+        metric,
+        chunk,
+        symmetric,
+        col_chunk,
+        cache_bytes,
+        operand=None,
+        row_scale=None,
+        col_scale=None,
     ):
+        ctx.dtypes = _dtypes(query, key, negatives)
+        query, key, negatives = _as_operands(query, key, negatives, operand)
+        scale = None if row_scale is None else (row_scale, col_scale)
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
         tiles = _column_tiles(n, kw, m3, col_chunk)
-        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
-        lowest = torch.finfo(query.dtype).min
-        row_lse = torch.empty(b, dtype=query.dtype, device=query.device)
+        kk_sq = _sq_norms(kk) if metric == "euclidean" else None
+        acc = acc_dtype(query.dtype)
+        lowest = torch.finfo(acc).min
+        row_lse = torch.empty(b, dtype=acc, device=query.device)
         row_pos = torch.zeros_like(row_lse)
         row_cnt = torch.zeros_like(row_lse)
-        unshifted = _unshifted(query, kk, neg3, metric)
+        unshifted = _unshifted(query, kk, neg3, metric, scale)
         if symmetric:
-            col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=query.dtype)
-            col_max = col_max.to(query.device)
+            col_max = torch.full((n,), 0.0 if unshifted else lowest, dtype=acc, device=query.device)
             col_sum = torch.zeros_like(col_max)
             col_pos = torch.zeros_like(col_max)
             col_cnt = torch.zeros_like(col_max)
         buf = _buffer(chunk, min(col_chunk, kw), query)
-        labelled, tiling = _LabelPositives.split(structure, metric, query, kk, columns=symmetric)
+        labelled, tiling = _LabelPositives.split(
+            structure, metric, *_logit_space_pair(query, kk, scale), columns=symmetric
+        )
         cache: dict[tuple[int, int], Tensor] = {}
         n_slots = 0
         if unshifted and metric == "dot" and any(ctx.needs_input_grad[:3]):
@@ -419,14 +651,28 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            r_max = torch.full((r1 - r0,), 0.0 if unshifted else lowest, dtype=query.dtype)
-            r_max = r_max.to(query.device)
+            r_max = torch.full(
+                (r1 - r0,), 0.0 if unshifted else lowest, dtype=acc, device=query.device
+            )  # allocated on the device: no host-to-device copy per strip
             r_sum = torch.zeros_like(r_max)
             for c0, c1 in tiles:
                 out = buf
                 if len(cache) < n_slots and c1 <= kw:
                     out = cache[r0, c0] = _POOL.take(buf.numel(), buf)
-                tile = _Tile(tiling, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out)
+                tile = _Tile(
+                    tiling,
+                    r0,
+                    r1,
+                    c0,
+                    c1,
+                    q_s,
+                    kk,
+                    neg_s,
+                    metric,
+                    kk_sq,
+                    out,
+                    scale=_strip_scale(scale, r0, r1),
+                )
                 lg, nk = tile.logits, tile.n_key
                 keyed = symmetric and nk > 0
                 if labelled is None:  # else the positives come from class sums after the loop
@@ -468,9 +714,11 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             col_lse = torch.where(col_valid, col_lse, float("inf"))
         else:
             col_valid = torch.zeros(0, dtype=torch.bool, device=query.device)
-            col_loss = col_lse = torch.zeros(0, dtype=query.dtype, device=query.device)
+            col_loss = col_lse = torch.zeros(0, dtype=acc, device=query.device)
             col_cnt = col_lse
-        ctx.save_for_backward(query, key, negatives, row_lse, row_cnt, col_lse, col_cnt)
+        ctx.save_for_backward(
+            query, key, negatives, row_lse, row_cnt, col_lse, col_cnt, row_scale, col_scale
+        )
         ctx.tiling, ctx.metric, ctx.symmetric = tiling, metric, symmetric
         ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
         ctx.cache, ctx.cache_bytes, ctx.labelled = cache, cache_bytes, labelled
@@ -479,21 +727,23 @@ class TiledSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_row, g_col, _gv1, _gv2):
-        query, key, negatives, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
+        query, key, negatives, row_lse, row_cnt, col_lse, col_cnt, *scale = ctx.saved_tensors
+        scale = None if scale[0] is None else (scale[0], scale[1])
         metric, chunk, labelled, tiling = ctx.metric, ctx.chunk, ctx.labelled, ctx.tiling
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
         tiles = _column_tiles(n, kw, m3, ctx.col_chunk)
-        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
+        kk_sq = _sq_norms(kk) if metric == "euclidean" else None
         row_w = torch.zeros_like(row_lse) if g_row is None else g_row * (row_cnt > 0)
         row_pw = row_w / row_cnt.clamp(min=1.0)
         col_w = col_pw = None
         if ctx.symmetric and g_col is not None:
             col_w = g_col * (col_cnt > 0)
             col_pw = col_w / col_cnt.clamp(min=1.0)
-        dq = torch.zeros_like(query)
-        dkk = torch.zeros_like(kk)
+        acc = row_lse.dtype  # gradients accumulate in float32 (float64), returned in the input's
+        dq = torch.zeros_like(query, dtype=acc)
+        dkk = torch.zeros_like(kk, dtype=acc)
         dneg3 = None if neg3 is None else torch.zeros_like(neg3)
         buf = _buffer(chunk, min(ctx.col_chunk, kw), query)
         buf2 = _buffer(chunk, max(min(ctx.col_chunk, kw), m3), query)
@@ -509,7 +759,19 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                 slot = cache.get((r0, c0))
                 out = buf if slot is None else slot
                 tile = _Tile(
-                    tiling, r0, r1, c0, c1, q_s, kk, neg_s, metric, kk_sq, out, slot is not None
+                    tiling,
+                    r0,
+                    r1,
+                    c0,
+                    c1,
+                    q_s,
+                    kk,
+                    neg_s,
+                    metric,
+                    kk_sq,
+                    out,
+                    slot is not None,
+                    scale=_strip_scale(scale, r0, r1),
                 )
                 lg, nk, cs = tile.logits, tile.n_key, tile.col_slice
                 keyed = col_w is not None and nk > 0
@@ -530,13 +792,14 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                             (lg[:, :nk] - col_lse[None, cs]).exp_().mul_(col_w[None, cs])
                         )
                 tile.subtract_positive(grad, row_pw[r0:r1], col_pw)
+                tile.scale_weights(grad)
                 tile.backprop(grad, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
         _POOL.give(list(cache.values()), ctx.cache_bytes)
         if labelled is not None:
-            labelled.backprop(row_pw, col_pw, query, kk, dq, dkk)
-        dkey = dkk[:n]
-        dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
-        return dq, dkey, dneg, None, None, None, None, None, None
+            _labelled_backprop(labelled, row_pw, col_pw, query, kk, dq, dkk, scale)
+        d_rows, d_cols = _scale_grads(dq, dkk, query, kk, scale)
+        dq, dkey, dneg = _input_dtype_grads(dq, dkk, dneg3, n, ctx.dtypes)
+        return dq, dkey, dneg, None, None, None, None, None, None, None, d_rows, d_cols
 
 
 class _LabelPositives:
@@ -554,6 +817,8 @@ class _LabelPositives:
 
     def __init__(self, s: Structure, query: Tensor, kk: Tensor, columns: bool) -> None:
         n, b = s.n_keys, query.shape[0]
+        acc = acc_dtype(query.dtype)  # class sums of half embeddings accumulate in float32
+        query, kk = query.to(acc), kk[:n].to(acc)
         classes, inverse = torch.unique(
             torch.cat([s.query_labels, s.key_labels]), return_inverse=True
         )
@@ -624,6 +889,7 @@ class _LabelPositives:
         """Subtract the positive term with weights per positive: ``row_w[i]`` (B,) for anchor i's
         (``w_i / |P(i)|``), plus ``col_w[j]`` (N,) for key j's in the symmetric loss."""
         n = self.yk.shape[0]
+        query, kk = query.to(dq.dtype), kk[:n].to(dq.dtype)
         dq -= row_w[:, None] * self.pos_keys
         wq = row_w[:, None] * query  # (B, D)
         dk = self._class_sum(wq, self.yq)[self.yk]  # (N, D)
@@ -649,24 +915,54 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, negatives, structure, metric, chunk):
+    def forward(
+        ctx,
+        query,
+        key,
+        negatives,
+        structure,
+        metric,
+        chunk,
+        operand=None,
+        row_scale=None,
+        col_scale=None,
+    ):
+        ctx.dtypes = _dtypes(query, key, negatives)
+        query, key, negatives = _as_operands(query, key, negatives, operand)
+        scale = None if row_scale is None else (row_scale, col_scale)
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
         width = kk.shape[0] + (0 if neg3 is None else neg3.shape[1])
-        kk_sq = (kk * kk).sum(1) if metric == "euclidean" else None
-        dq = torch.zeros_like(query)
-        dkk = torch.zeros_like(kk)
+        kk_sq = _sq_norms(kk) if metric == "euclidean" else None
+        acc = acc_dtype(query.dtype)
+        dq = torch.zeros_like(query, dtype=acc)
+        dkk = torch.zeros_like(kk, dtype=acc)
         dneg3 = None if neg3 is None else torch.zeros_like(neg3)
         valid = torch.empty(b, dtype=torch.bool, device=query.device)
-        total = torch.zeros((), dtype=query.dtype, device=query.device)
+        total = torch.zeros((), dtype=acc, device=query.device)
         buf = _buffer(chunk, kk.shape[0], query)
-        unshifted = _unshifted(query, kk, neg3, metric)
-        labelled, strips = _LabelPositives.split(structure, metric, query, kk, columns=False)
+        unshifted = _unshifted(query, kk, neg3, metric, scale)
+        labelled, strips = _LabelPositives.split(
+            structure, metric, *_logit_space_pair(query, kk, scale), columns=False
+        )
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
             q_s = query[r0:r1]
             neg_s = None if neg3 is None else neg3[r0:r1]
-            strip = _Tile(strips, r0, r1, 0, width, q_s, kk, neg_s, metric, kk_sq, buf)
+            strip = _Tile(
+                strips,
+                r0,
+                r1,
+                0,
+                width,
+                q_s,
+                kk,
+                neg_s,
+                metric,
+                kk_sq,
+                buf,
+                scale=_strip_scale(scale, r0, r1),
+            )
             lg = strip.logits
             if labelled is None:
                 pos_sum, count = strip.row_positive()
@@ -687,27 +983,35 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             w = ok.to(lg.dtype)
             probs.mul_((w / denom)[:, None])
             strip.subtract_positive(probs, w / count.clamp(min=1.0), None)
+            strip.scale_weights(probs)
             dneg_s = None if dneg3 is None else dneg3[r0:r1]
             strip.backprop(probs, q_s, kk, neg_s, metric, dq[r0:r1], dkk, dneg_s)
             valid[r0:r1] = ok
         if labelled is not None:
-            labelled.backprop(valid / labelled.count.clamp(min=1.0), None, query, kk, dq, dkk)
+            row_w = valid / labelled.count.clamp(min=1.0)
+            _labelled_backprop(labelled, row_w, None, query, kk, dq, dkk, scale)
+        d_rows, d_cols = _scale_grads(dq, dkk, query, kk, scale)
+        # kept in float32: the upstream gradient scales them before they are rounded
         dkey = dkk[:n]
         dneg = dneg3 if neg3 is not None else (dkk[n:] if negatives is not None else None)
-        ctx.save_for_backward(dq, dkey, dneg)
+        ctx.save_for_backward(dq, dkey, dneg, d_rows, d_cols)
         ctx.mark_non_differentiable(valid)
         return total, valid
 
     @staticmethod
     def backward(ctx, g_total, _g_valid):
-        dq, dkey, dneg = ctx.saved_tensors
+        dq, dkey, dneg, d_rows, d_cols = ctx.saved_tensors
+        q_dtype, k_dtype, n_dtype = ctx.dtypes
         return (
-            dq * g_total,
-            dkey * g_total,
-            None if dneg is None else dneg * g_total,
+            (dq * g_total).to(q_dtype),
+            (dkey * g_total).to(k_dtype),
+            None if dneg is None else (dneg * g_total).to(n_dtype),
             None,
             None,
             None,
+            None,
+            None if d_rows is None else d_rows * g_total,
+            None if d_cols is None else d_cols * g_total,
         )
 
 
@@ -719,10 +1023,12 @@ class TiledSigmoidLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, b, bias, metric, chunk):
+    def forward(ctx, a, b, bias, metric, chunk, operand=None):
+        ctx.dtypes = a.dtype, b.dtype
+        a, b, _ = _as_operands(a, b, None, operand)
         s = Structure(n_keys=b.shape[0], positive_offset=0)
-        b_sq = (b * b).sum(1) if metric == "euclidean" else None
-        out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+        b_sq = _sq_norms(b) if metric == "euclidean" else None
+        out = torch.empty(a.shape[0], dtype=acc_dtype(a.dtype), device=a.device)
         buf = _buffer(chunk, b.shape[0], a)
         for r0 in range(0, a.shape[0], chunk):
             r1 = min(r0 + chunk, a.shape[0])
@@ -738,10 +1044,11 @@ class TiledSigmoidLoss(torch.autograd.Function):
     def backward(ctx, g):
         a, b, bias = ctx.saved_tensors
         s = Structure(n_keys=b.shape[0], positive_offset=0)
-        b_sq = (b * b).sum(1) if ctx.metric == "euclidean" else None
-        da = torch.zeros_like(a)
-        db = torch.zeros_like(b)
-        dbias = torch.zeros((), dtype=a.dtype, device=a.device)
+        b_sq = _sq_norms(b) if ctx.metric == "euclidean" else None
+        acc = acc_dtype(a.dtype)
+        da = torch.zeros_like(a, dtype=acc)
+        db = torch.zeros_like(b, dtype=acc)
+        dbias = torch.zeros((), dtype=acc, device=a.device)
         buf = _buffer(ctx.chunk, b.shape[0], a)
         for r0 in range(0, a.shape[0], ctx.chunk):
             r1 = min(r0 + ctx.chunk, a.shape[0])
@@ -750,4 +1057,6 @@ class TiledSigmoidLoss(torch.autograd.Function):
             strip.subtract_positive(grad, g[r0:r1], None)
             dbias += grad.sum()
             strip.backprop(grad, a[r0:r1], b, None, ctx.metric, da[r0:r1], db, None)
-        return da, db, dbias.reshape(bias.shape), None, None
+        a_dtype, b_dtype = ctx.dtypes
+        dbias = dbias.reshape(bias.shape).to(bias.dtype)
+        return da.to(a_dtype), db.to(b_dtype), dbias, None, None, None
