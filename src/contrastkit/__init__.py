@@ -20,7 +20,7 @@ from contrastkit.functional import (
     triplet_loss,
     triplet_margin,
 )
-from contrastkit.losses import create_loss, list_losses
+from contrastkit.losses import create_loss, list_losses, matryoshka
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "info_nce",
     "list_losses",
     "margin_ranking",
+    "matryoshka",
     "nt_xent",
     "paired_similarity",
     "preference_loss",

@@ -8,6 +8,12 @@ from contrastkit.losses.decoupled_contrastive import DecoupledContrastive
 from contrastkit.losses.dino import DINOLoss
 from contrastkit.losses.hard_negative_contrastive import HardNegativeContrastive
 from contrastkit.losses.info_nce import InfoNCE
+from contrastkit.losses.matryoshka import (
+    Matryoshka,
+    matryoshka,
+    truncate_embeddings,
+    wrap_matryoshka,
+)
 from contrastkit.losses.nt_xent import NTXent
 from contrastkit.losses.preference import PreferenceLoss
 from contrastkit.losses.registry import LOSSES, create_loss, list_losses, register
@@ -30,6 +36,7 @@ __all__ = [
     "HardNegativeContrastive",
     "InfoNCE",
     "LearnableTemperature",
+    "Matryoshka",
     "NTXent",
     "PredictionHead",
     "PreferenceLoss",
@@ -41,5 +48,8 @@ __all__ = [
     "VICRegLoss",
     "create_loss",
     "list_losses",
+    "matryoshka",
     "register",
+    "truncate_embeddings",
+    "wrap_matryoshka",
 ]
