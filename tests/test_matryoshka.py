@@ -141,3 +141,93 @@ def test_wrap_matryoshka_for_the_trainer() -> None:
     assert wrap_matryoshka(base, None) is base and wrap_matryoshka(base, []) is base
     wrapped = wrap_matryoshka(base, [4, 8])
     assert wrapped.dims == (4, 8) and wrapped.loss is base
+
+
+WORKER = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from contrastkit.losses import InfoNCE, NTXent, matryoshka
+
+rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+torch.set_num_threads(1)
+float_gathers = 0
+plain_all_gather = dist.all_gather
+
+def counting_all_gather(parts, tensor, *args, **kwargs):
+    global float_gathers
+    float_gathers += tensor.is_floating_point()
+    return plain_all_gather(parts, tensor, *args, **kwargs)
+
+dist.all_gather = counting_all_gather
+B, D, dims = 4, 12, (3, 6, 12)
+g = torch.Generator().manual_seed(0)
+q_all = torch.randn(world * B, D, generator=g, dtype=torch.float64)
+k_all = torch.randn(world * B, D, generator=g, dtype=torch.float64)
+report = {}
+for name, make in (("info_nce", lambda gd: InfoNCE(0.1, symmetric=True, gather_distributed=gd)),
+                   ("nt_xent", lambda gd: NTXent(0.2, gather_distributed=gd))):
+    qg, kg = q_all.clone().requires_grad_(), k_all.clone().requires_grad_()
+    reference = matryoshka(make(False), dims)(qg, kg)  # one process, the global batch
+    reference.backward()
+    rows = slice(rank * B, (rank + 1) * B)
+    q, k = q_all[rows].clone().requires_grad_(), k_all[rows].clone().requires_grad_()
+    before = float_gathers
+    loss = matryoshka(make(True), dims)(q, k)
+    gathers = float_gathers - before
+    loss.backward()
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    report[name] = {
+        "loss_diff": float((mean / world - reference).abs()),
+        "grad_q_diff": float((q.grad / world - qg.grad[rows]).abs().max()),
+        "grad_k_diff": float((k.grad / world - kg.grad[rows]).abs().max()),
+        "float_gathers": gathers,
+    }
+with open(out, "w") as handle:
+    json.dump(report, handle)
+dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_share_one_gather_and_equal_the_global_batch(tmp_path) -> None:
+    """Two gloo processes: the mean over ranks of the Matryoshka loss and the DDP-averaged
+    gradients equal the single-process loss on the global batch, with one float gather per
+    embedding input (not one per prefix)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(r),
+                "2",
+                str(tmp_path / "store"),
+                str(tmp_path / f"r{r}.json"),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    for r in range(2):
+        report = json.loads((tmp_path / f"r{r}.json").read_text())
+        for name, res in report.items():
+            assert res["loss_diff"] < 1e-12, (name, r, res)
+            assert res["grad_q_diff"] < 1e-12 and res["grad_k_diff"] < 1e-12, (name, r, res)
+        # info_nce (symmetric) gathers keys and queries once each (one gather per prefix would be
+        # 2 * 3); nt_xent gathers the concatenation [z1; z2], which cannot be shared: one per
+        # prefix, and no wasted gather of the full inputs.
+        assert report["info_nce"]["float_gathers"] == 2, report
+        assert report["nt_xent"]["float_gathers"] == 3, report

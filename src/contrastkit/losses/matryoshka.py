@@ -20,7 +20,12 @@ With ``dot`` or ``euclidean`` metrics the raw prefixes are compared, as the loss
 
 Distributed: with ``gather_distributed=True`` on the wrapped loss each prefix problem is the
 global-batch problem of that prefix (slicing commutes with the all-gather), so the result equals
-the single-process global batch; it does one gather per prefix.
+the single-process global batch. The prefix problems share one gather of each full embedding
+input: ``matryoshka`` gathers it once and registers its prefixes with
+:func:`contrastkit.distributed.pregathered`, so the wrapped loss's own gather of ``z[:, :d]`` is
+answered from it (labels and ids, which are small, are still gathered per prefix). A loss that
+gathers a concatenation of its inputs instead (``nt_xent`` gathers ``[z1; z2]``) still does one
+gather per prefix.
 
 Relations: a wrapper, not a loss of its own: it composes with every embedding loss of the
 registry (:func:`contrastkit.losses.list_losses`) except those whose inputs are not embeddings
@@ -30,11 +35,12 @@ truncation counterpart at inference is :func:`truncate_embeddings`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
+from contrastkit.distributed import all_gather_with_grad, get_world_size, pregathered
 from contrastkit.functional.similarity import normalize
 
 __all__ = [
@@ -168,17 +174,38 @@ class Matryoshka(nn.Module):
                 f"dims={list(self.dims)} go up to {self.dims[-1]} but the embeddings are {width} "
                 f"wide; use dims <= {width} (e.g. {[d for d in self.dims if d <= width]})."
             )
+        shared = bool(getattr(self.loss, "gather_distributed", False)) and get_world_size() > 1
+        gathered: dict[int, Tensor] = {}  # id(input) -> its one gather (W*B, ..., D)
         total: Tensor | None = None
         for d, w in zip(self.dims, self.weights):
             part_args = [_slice(a, width, d) for a in args]
             part_kwargs = {key: _slice(v, width, d) for key, v in kwargs.items()}
-            term = w * self.loss(*part_args, **part_kwargs)
+            pairs = []
+            if shared:  # the prefix losses read their keys from one gather of each full input
+                originals = [*args, *kwargs.values()]
+                for full, part in zip(originals, [*part_args, *part_kwargs.values()]):
+                    if part is full or not isinstance(part, Tensor):
+                        continue
+                    pairs.append((part, _gathered_prefix(full, d, gathered)))
+            with pregathered(pairs):
+                term = w * self.loss(*part_args, **part_kwargs)
             total = term if total is None else total + term
         assert total is not None  # dims is non-empty
         return total
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, weights={self.weights}"
+
+
+def _gathered_prefix(full: Tensor, d: int, cache: dict[int, Tensor]) -> Callable[[], Tensor]:
+    """The prefix ``[..., :d]`` of one all-gather of ``full``, gathered on first use."""
+
+    def prefix() -> Tensor:
+        if id(full) not in cache:
+            cache[id(full)] = all_gather_with_grad(full)  # (W*B, ..., D)
+        return cache[id(full)][..., :d]
+
+    return prefix
 
 
 def _registered_name(loss: nn.Module) -> str | None:
