@@ -167,7 +167,7 @@ class Index(ABC):
         """(Q, K) scores and long positions for (Q, D) float32 queries (normalised for cosine)."""
 
     @abstractmethod
-    def _payload(self) -> bytes:
+    def _payload(self) -> bytes | memoryview:
         """Backend state as bytes (the vectors or a serialised FAISS index)."""
 
     @abstractmethod
@@ -398,12 +398,12 @@ def _normalize_rows(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr / np.where(norm > 1e-8, norm, 1.0), dtype=np.float32)
 
 
-def _write_chunks(handle: Any, chunks: Sequence[bytes]) -> None:
+def _write_chunks(handle: Any, chunks: Sequence[bytes | memoryview]) -> None:
     for chunk in chunks:
         handle.write(chunk)
 
 
-def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes]) -> None:
+def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes | memoryview]) -> None:
     """Write ``chunks`` to ``path`` so that readers see the old file or the new one, never half.
 
     The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and the

@@ -82,8 +82,9 @@ class _FaissIndex(Index):
             scores = scores.masked_fill(empty, float("-inf"))
         return scores, indices
 
-    def _payload(self) -> bytes:
-        return self._lib.serialize_index(self._faiss).tobytes()
+    def _payload(self) -> bytes | memoryview:
+        # A view, not .tobytes(): saving a large index then holds one serialised copy, not two.
+        return memoryview(self._lib.serialize_index(self._faiss)).cast("B")
 
     def _restore(self, payload: bytes) -> None:
         self._faiss = self._lib.deserialize_index(np.frombuffer(payload, dtype=np.uint8).copy())

@@ -189,8 +189,8 @@ class FaissBinaryIndex(_FaissIndex):
         indices = torch.from_numpy(np.concatenate(index_parts).astype(np.int64))
         return scores_t, indices.masked_fill(torch.isinf(scores_t), -1)
 
-    def _payload(self) -> bytes:
-        return self._lib.serialize_index_binary(self._faiss).tobytes()
+    def _payload(self) -> bytes | memoryview:
+        return memoryview(self._lib.serialize_index_binary(self._faiss)).cast("B")
 
     def _restore(self, payload: bytes) -> None:
         array = np.frombuffer(payload, dtype=np.uint8).copy()

@@ -3,8 +3,9 @@ train the index on a sample and add chunk by chunk; resumable from the last comp
 
 Files written in ``folder`` (each chunk is complete before the progress file says so):
 
-- ``embeddings.f32`` or ``embeddings.f16``: the (N, D) embeddings, raw little-endian, memmapped
-  (so the page cache, not the process, holds them);
+- ``embeddings.f32`` or ``embeddings.f16``: the (N, D) embeddings, raw little-endian, to be
+  memory-mapped by readers (written and read here with positioned I/O, so the OS page cache, not
+  the process, holds them: :class:`EmbeddingFile`);
 - ``metadata.jsonl``: one JSON value per document, appended per chunk;
 - ``progress.json``: written atomically after every chunk: the settings, the rows done and the
   metadata file's length at that point. An interrupted run restarted with the same settings
@@ -38,6 +39,7 @@ __all__ = [
     "METADATA_FILE",
     "PROGRESS_FILE",
     "ChunkSource",
+    "EmbeddingFile",
     "StreamedIndex",
     "TensorSource",
     "stream_index",
@@ -176,11 +178,11 @@ def stream_index(
         done, meta_bytes = int(state["done"]), int(state["metadata_bytes"])
         with open(meta_path, "r+b") as handle:  # drop a partial chunk's metadata
             handle.truncate(meta_bytes)
-        store = np.memmap(emb_path, dtype=DTYPES[dtype], mode="r+", shape=(n, keep))
+        store = EmbeddingFile(emb_path, n, keep, dtype, create=False)
     else:
         done, meta_bytes = 0, 0
         meta_path.write_bytes(b"")
-        store = np.memmap(emb_path, dtype=DTYPES[dtype], mode="w+", shape=(n, keep))
+        store = EmbeddingFile(emb_path, n, keep, dtype, create=True)
     resumed_from = done
     renormalize = dim is not None and dim < width
 
@@ -204,8 +206,7 @@ def stream_index(
                     f"{len(meta)} metadata values; expected ({stop - start}, {width}) and "
                     f"{stop - start}."
                 )
-            store[start:stop] = _prefix(emb, keep, renormalize)
-            store.flush()
+            store.write(start, _prefix(emb, keep, renormalize))
             lines = b"".join(json.dumps(m).encode("utf-8") + b"\n" for m in meta)
             meta_out.write(lines)
             meta_out.flush()
@@ -223,21 +224,62 @@ def stream_index(
     index = create_index(backend, dim=keep, metric=metric, **params)
     if not index.is_trained:
         rows = np.unique(np.linspace(0, n - 1, num=min(train_size, n)).astype(np.int64))
-        index.train(np.asarray(store[rows], dtype=np.float32))  # (S, D) sample
+        index.train(store.rows(rows, chunk))  # (S, D) evenly spaced sample
     with open(meta_path, "rb") as meta_in:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             meta = [json.loads(next(meta_in)) for _ in range(stop - start)]
             index.add(
-                np.asarray(store[start:stop], dtype=np.float32),
+                store.read(start, stop),
                 ids=[str(i) for i in range(start, stop)],
                 metadata=meta,
             )
-    del store
+    store.close()
     path = folder / index_file
     index.save(path)
     (folder / PROGRESS_FILE).unlink(missing_ok=True)  # complete: a later run starts fresh
     return StreamedIndex(index, path, emb_path, resumed_from)
+
+
+class EmbeddingFile:
+    """The (N, D) embeddings file, read and written with plain positioned I/O (``pwrite`` /
+    ``pread``) rather than a memory map: the data then sits in the OS page cache, which the
+    kernel can drop, instead of in this process's resident set. The file itself is a raw
+    little-endian array that readers can memory-map: ``np.memmap(path, dtype, shape=(N, D))``."""
+
+    def __init__(self, path: Path, n: int, dim: int, dtype: str, *, create: bool) -> None:
+        self.dtype, self.dim, self.n = DTYPES[dtype], dim, n
+        self.row_bytes = dim * self.dtype.itemsize
+        self._handle = open(path, "w+b" if create else "r+b")  # noqa: SIM115 - closed by close()
+        if create or os.fstat(self._handle.fileno()).st_size != n * self.row_bytes:
+            self._handle.truncate(n * self.row_bytes)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Rows ``start .. start + len(rows)``, durable (fsync) before returning."""
+        data = np.ascontiguousarray(rows, dtype=self.dtype).tobytes()
+        os.pwrite(self._handle.fileno(), data, start * self.row_bytes)
+        os.fsync(self._handle.fileno())
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as (stop - start, D) float32."""
+        nbytes = (stop - start) * self.row_bytes
+        data = os.pread(self._handle.fileno(), nbytes, start * self.row_bytes)
+        return (
+            np.frombuffer(data, dtype=self.dtype).reshape(stop - start, self.dim).astype(np.float32)
+        )
+
+    def rows(self, rows: np.ndarray, chunk: int) -> np.ndarray:
+        """The given sorted rows as (len(rows), D) float32, reading one chunk at a time."""
+        parts = []
+        for start in range(0, self.n, chunk):
+            stop = min(start + chunk, self.n)
+            inside = rows[(rows >= start) & (rows < stop)]
+            if inside.size:
+                parts.append(self.read(start, stop)[inside - start])
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 class TensorSource:
