@@ -195,3 +195,120 @@ def test_index_help_lists_recall_settings(capsys):
     out = capsys.readouterr().out
     for word in ("faiss_sq8", "faiss_binary", "--nprobe", "--ef", "rescore", "--dim"):
         assert word in out
+
+
+def test_shards_merged_equal_a_single_process_build(tmp_path):
+    from contrastkit.index.streaming import embed_to_folder, index_parts, shard_rows
+
+    source = CountingSource(1001)
+    q = torch.randn(15, 24, generator=torch.Generator().manual_seed(3))
+    for backend, params in (("exact", {}), ("faiss_ivfpq", {"nlist": 8, "m": 6, "nbits": 6})):
+        single = stream_index(
+            source,
+            tmp_path / f"one-{backend}",
+            backend=backend,
+            chunk=128,
+            train_size=500,
+            progress=False,
+            **params,
+        )
+        parts = [
+            embed_to_folder(
+                source,
+                tmp_path / backend / f"s{r}",
+                chunk=128,
+                rows=shard_rows(1001, r, 3),
+                progress=False,
+            )
+            for r in (2, 0, 1)  # any order: merged by row
+        ]
+        merged, _ = index_parts(
+            parts,
+            tmp_path / backend / "merged.ckindex",
+            backend=backend,
+            chunk=128,
+            train_size=500,
+            **params,
+        )
+        a, b = single.index.search(q, 10), merged.search(q, 10)
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
+        assert a.ids == b.ids and merged.metadata == single.index.metadata
+    with pytest.raises(ValueError, match=r"starts at row 334, expected 0.*gap or an overlap"):
+        index_parts(parts[:1] + parts[2:], tmp_path / "x.ckindex")
+    other = embed_to_folder(
+        source, tmp_path / "dim8", dim=8, rows=(334, 667), trained_dims=[8], progress=False
+    )
+    with pytest.raises(ValueError, match=r"has dim=8, dtype=float32 but shard .* has dim=24"):
+        index_parts([parts[1], other, parts[0]], tmp_path / "y.ckindex")
+
+
+SHARD_WORKER = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from contrastkit.index.streaming import stream_index_sharded
+
+rank, store, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+table = torch.randn(1001, 24, generator=torch.Generator().manual_seed(0))
+
+class Source:
+    calls = []
+    def size(self):
+        return 1001
+    def chunk(self, start, stop):
+        self.calls.append([start, stop])
+        return table[start:stop], [{"doc": i} for i in range(start, stop)]
+
+source = Source()
+built = stream_index_sharded(source, folder, backend="faiss_ivfpq", chunk=128, train_size=500,
+                             progress=False, nlist=8, m=6, nbits=6)
+with open(f"{folder}/rank{rank}.json", "w") as handle:
+    json.dump({"calls": source.calls, "built": built is not None}, handle)
+dist.destroy_process_group()
+"""
+
+
+def test_two_processes_build_one_index_identical_to_a_single_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(SHARD_WORKER)
+    folder = tmp_path / "index"
+    folder.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), str(tmp_path / "store"), str(folder)],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    reports = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["built"] for r in reports] == [True, False]
+    # Each process embedded only its own share (rows 0:501 and 501:1001).
+    assert {tuple(c) for c in reports[0]["calls"]} <= {
+        (s, min(s + 128, 501)) for s in range(0, 501, 128)
+    }
+    assert all(c[0] >= 501 for c in reports[1]["calls"])
+    merged = load_index(folder / "corpus.ckindex")
+    single = stream_index(
+        CountingSource(1001),
+        tmp_path / "one",
+        backend="faiss_ivfpq",
+        chunk=128,
+        train_size=500,
+        progress=False,
+        nlist=8,
+        m=6,
+        nbits=6,
+    ).index
+    q = torch.randn(15, 24, generator=torch.Generator().manual_seed(3))
+    a, b = single.search(q, 10), merged.search(q, 10)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
+    assert a.ids == b.ids and merged.metadata == single.metadata

@@ -39,10 +39,15 @@ __all__ = [
     "METADATA_FILE",
     "PROGRESS_FILE",
     "ChunkSource",
+    "EmbeddedCorpus",
     "EmbeddingFile",
     "StreamedIndex",
     "TensorSource",
+    "embed_to_folder",
+    "index_parts",
+    "shard_rows",
     "stream_index",
+    "stream_index_sharded",
     "warn_dim_not_trained",
 ]
 
@@ -96,6 +101,26 @@ def _read_progress(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | N
     return state
 
 
+@dataclass
+class EmbeddedCorpus:
+    """Rows ``start:stop`` of a corpus embedded into ``folder`` (one shard, or the whole corpus)."""
+
+    folder: Path
+    start: int
+    stop: int
+    dim: int
+    dtype: str
+    resumed_from: int
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.folder / EMBEDDINGS_FILES[self.dtype]
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.folder / METADATA_FILE
+
+
 def stream_index(
     source: ChunkSource,
     folder: str | os.PathLike[str],
@@ -139,20 +164,68 @@ def stream_index(
     Returns:
         A :class:`StreamedIndex` (the index is also saved to ``folder / index_file``).
     """
+    check_chunking(chunk, train_size)
+    embedded = embed_to_folder(
+        source,
+        folder,
+        dim=dim,
+        chunk=chunk,
+        dtype=dtype,
+        fingerprint=fingerprint,
+        trained_dims=trained_dims,
+        progress=progress,
+        on_chunk=on_chunk,
+    )
+    index, path = index_parts(
+        [embedded],
+        Path(folder) / index_file,
+        backend=backend,
+        metric=metric,
+        chunk=chunk,
+        train_size=train_size,
+        **params,
+    )
+    return StreamedIndex(index, path, embedded.embeddings_path, embedded.resumed_from)
+
+
+def check_chunking(chunk: object, train_size: object) -> None:
     for name, value in (("chunk", chunk), ("train_size", train_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def embed_to_folder(
+    source: ChunkSource,
+    folder: str | os.PathLike[str],
+    *,
+    dim: int | None = None,
+    chunk: int = 4096,
+    dtype: str = "float32",
+    fingerprint: str = "",
+    trained_dims: Sequence[int] | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+    rows: tuple[int, int] | None = None,
+) -> EmbeddedCorpus:
+    """The embedding phase of :func:`stream_index`: rows ``rows = (start, stop)`` of ``source``
+    (default: all) into ``folder``'s embeddings and metadata files, resumable chunk by chunk."""
+    check_chunking(chunk, 1)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
     if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0):
         raise ValueError(f"dim must be a positive int (the kept embedding width), got {dim!r}.")
-    n = int(source.size())
-    if n <= 0:
+    total = int(source.size())
+    if total <= 0:
         raise ValueError("the corpus is empty (0 documents); nothing to index.")
+    lo, hi = (0, total) if rows is None else rows
+    if not 0 <= lo <= hi <= total:
+        raise ValueError(f"rows must satisfy 0 <= start <= stop <= {total}, got {rows!r}.")
+    n = hi - lo
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
-    first, first_meta = source.chunk(0, min(chunk, n))
+    probe = min(lo, total - 1)  # a shard may be empty: its width still comes from one row
+    first, first_meta = source.chunk(probe, min(probe + chunk, hi) if n else probe + 1)
     first_np = first.detach().cpu().float().numpy() if isinstance(first, Tensor) else first
     width = int(first_np.shape[1])
     if dim is not None and dim > width:
@@ -165,6 +238,7 @@ def stream_index(
         warn_dim_not_trained(keep, trained_dims)
     settings = {
         "n": n,
+        "rows": [lo, hi],
         "width": width,
         "dim": keep,
         "dtype": dtype,
@@ -194,17 +268,17 @@ def stream_index(
     with open(meta_path, "ab") as meta_out:
         for start in range(done, n, chunk):
             stop = min(start + chunk, n)
-            if start == 0:
+            if start == 0 and probe == lo:
                 emb, meta = first_np, first_meta
             else:
-                emb, meta = source.chunk(start, stop)
+                emb, meta = source.chunk(lo + start, lo + stop)
                 if isinstance(emb, Tensor):
                     emb = emb.detach().cpu().float().numpy()
             if emb.shape != (stop - start, width) or len(meta) != stop - start:
                 raise ValueError(
-                    f"chunk({start}, {stop}) returned embeddings of shape {tuple(emb.shape)} and "
-                    f"{len(meta)} metadata values; expected ({stop - start}, {width}) and "
-                    f"{stop - start}."
+                    f"chunk({lo + start}, {lo + stop}) returned embeddings of shape "
+                    f"{tuple(emb.shape)} and {len(meta)} metadata values; expected "
+                    f"({stop - start}, {width}) and {stop - start}."
                 )
             store.write(start, _prefix(emb, keep, renormalize))
             lines = b"".join(json.dumps(m).encode("utf-8") + b"\n" for m in meta)
@@ -219,26 +293,154 @@ def stream_index(
             if on_chunk is not None:
                 on_chunk(stop)
     bar.close()
-    del first_np, first_meta
-
-    index = create_index(backend, dim=keep, metric=metric, **params)
-    if not index.is_trained:
-        rows = np.unique(np.linspace(0, n - 1, num=min(train_size, n)).astype(np.int64))
-        index.train(store.rows(rows, chunk))  # (S, D) evenly spaced sample
-    with open(meta_path, "rb") as meta_in:
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            meta = [json.loads(next(meta_in)) for _ in range(stop - start)]
-            index.add(
-                store.read(start, stop),
-                ids=[str(i) for i in range(start, stop)],
-                metadata=meta,
-            )
     store.close()
-    path = folder / index_file
+    return EmbeddedCorpus(folder, lo, hi, keep, dtype, resumed_from)
+
+
+def index_parts(
+    parts: Sequence[EmbeddedCorpus],
+    path: str | os.PathLike[str],
+    *,
+    backend: str = "faiss_flat",
+    metric: str = "cosine",
+    chunk: int = 4096,
+    train_size: int = 65536,
+    **params: Any,
+) -> tuple[Index, Path]:
+    """The index phase: train on an evenly spaced sample of all ``parts`` (in order: shard 0,
+    1, ...), add them chunk by chunk with ids = global positions, save to ``path`` and remove the
+    parts' progress files. Parts must tile ``0:N`` and agree on width and dtype."""
+    check_chunking(chunk, train_size)
+    if not parts:
+        raise ValueError("parts is empty; embed at least one shard before indexing.")
+    parts = sorted(parts, key=lambda p: p.start)
+    expected = 0
+    for part in parts:
+        if part.start != expected:
+            raise ValueError(
+                f"shard {part.folder} starts at row {part.start}, expected {expected}: the shard "
+                "set has a gap or an overlap; embed every rank's share with the same world size."
+            )
+        if (part.dim, part.dtype) != (parts[0].dim, parts[0].dtype):
+            raise ValueError(
+                f"shard {part.folder} has dim={part.dim}, dtype={part.dtype} but shard "
+                f"{parts[0].folder} has dim={parts[0].dim}, dtype={parts[0].dtype}; embed all "
+                "shards with the same --dim and --dtype."
+            )
+        expected = part.stop
+    n, keep = expected, parts[0].dim
+    files = [
+        EmbeddingFile(p.embeddings_path, p.stop - p.start, keep, p.dtype, create=False)
+        for p in parts
+    ]
+    try:
+        index = create_index(backend, dim=keep, metric=metric, **params)
+        if not index.is_trained:
+            rows = np.unique(np.linspace(0, n - 1, num=min(train_size, n)).astype(np.int64))
+            sample = [
+                f.rows(rows[(rows >= p.start) & (rows < p.stop)] - p.start, chunk)
+                for f, p in zip(files, parts)
+                if ((rows >= p.start) & (rows < p.stop)).any()
+            ]
+            index.train(np.concatenate(sample))  # (S, D) evenly spaced sample
+        for f, part in zip(files, parts):
+            with open(part.metadata_path, "rb") as meta_in:
+                for start in range(0, part.stop - part.start, chunk):
+                    stop = min(start + chunk, part.stop - part.start)
+                    meta = [json.loads(next(meta_in)) for _ in range(stop - start)]
+                    index.add(
+                        f.read(start, stop),
+                        ids=[str(part.start + i) for i in range(start, stop)],
+                        metadata=meta,
+                    )
+    finally:
+        for f in files:
+            f.close()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     index.save(path)
-    (folder / PROGRESS_FILE).unlink(missing_ok=True)  # complete: a later run starts fresh
-    return StreamedIndex(index, path, emb_path, resumed_from)
+    for part in parts:  # complete: a later run starts fresh
+        (part.folder / PROGRESS_FILE).unlink(missing_ok=True)
+    return index, path
+
+
+def shard_rows(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous rows ``(start, stop)`` of ``n`` that process ``rank`` of ``world`` embeds.
+
+    >>> [shard_rows(10, r, 3) for r in range(3)]
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world={world}), got {rank!r}.")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def stream_index_sharded(
+    source: ChunkSource,
+    folder: str | os.PathLike[str],
+    *,
+    backend: str = "faiss_flat",
+    metric: str = "cosine",
+    dim: int | None = None,
+    chunk: int = 4096,
+    dtype: str = "float32",
+    train_size: int = 65536,
+    fingerprint: str = "",
+    trained_dims: Sequence[int] | None = None,
+    index_file: str = "corpus.ckindex",
+    progress: bool = True,
+    **params: Any,
+) -> StreamedIndex | None:
+    """:func:`stream_index` under ``torchrun``: every process embeds its share
+    (:func:`shard_rows`) into ``folder/shard-R-of-W/``, then rank 0 trains and fills one index
+    from the shards in rank order, identical to a single-process build (same rows, same sample,
+    same ids). Returns the index on rank 0 and ``None`` on the other ranks (after rank 0 saved).
+    Without an initialised process group (or with one process) it is :func:`stream_index`.
+    """
+    import torch.distributed as dist
+
+    kw = {"dim": dim, "chunk": chunk, "dtype": dtype, "fingerprint": fingerprint}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stream_index(
+            source,
+            folder,
+            backend=backend,
+            metric=metric,
+            train_size=train_size,
+            trained_dims=trained_dims,
+            index_file=index_file,
+            progress=progress,
+            **kw,
+            **params,
+        )
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = shard_rows(int(source.size()), rank, world)
+    part = embed_to_folder(
+        source,
+        Path(folder) / f"shard-{rank}-of-{world}",
+        rows=rows,
+        trained_dims=trained_dims if rank == 0 else None,
+        progress=progress and rank == 0,
+        **kw,
+    )
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, part)
+    result = None
+    if rank == 0:
+        index, path = index_parts(
+            parts,
+            Path(folder) / index_file,
+            backend=backend,
+            metric=metric,
+            chunk=chunk,
+            train_size=train_size,
+            **params,
+        )
+        result = StreamedIndex(index, path, part.embeddings_path, part.resumed_from)
+    dist.barrier()  # the other ranks return once the index is saved
+    return result
 
 
 class EmbeddingFile:

@@ -84,14 +84,16 @@ def build_index(
 ) -> tuple[Path, int]:
     """Embed the run's corpus with its latest checkpoint and save a cosine index in the run.
 
-    The corpus is streamed ``chunk`` documents at a time into ``RUN/index/embeddings.f32`` (or
+    Under ``torchrun`` every process embeds its share of the corpus into
+    ``RUN/index/shard-R-of-W/`` and rank 0 builds the one index from the shards (identical to a
+    single-process build). The corpus is streamed ``chunk`` documents at a time into ``RUN/index/embeddings.f32`` (or
     ``.f16``) and then into the index (see :func:`contrastkit.index.streaming.stream_index`):
     an interrupted build resumes from its last complete chunk. ``dim`` keeps the first ``dim``
     coordinates, renormalised (Matryoshka); it warns when ``dim`` is not among the run's
     ``loss.matryoshka_dims``. ``params`` go to the backend (``nlist``, ``m``, ``nbits``...).
     """
     from contrastkit.index import list_indexes
-    from contrastkit.index.streaming import stream_index
+    from contrastkit.index.streaming import stream_index_sharded
     from contrastkit.train.run import load_run
 
     cfg, task, _ = load_run(run)
@@ -113,12 +115,17 @@ def build_index(
     )
     source = corpus_chunks(task)
     try:
-        built = stream_index(source, folder, backend=backend, metric="cosine", **kwargs, **params)
+        built = stream_index_sharded(
+            source, folder, backend=backend, metric="cosine", **kwargs, **params
+        )
     except ImportError:
         if backend != "faiss_flat":
             raise
         # faiss missing and the default backend asked: exact search is always available
-        built = stream_index(source, folder, backend="exact", metric="cosine", **kwargs)
+        built = stream_index_sharded(source, folder, backend="exact", metric="cosine", **kwargs)
+    path = folder / Path(INDEX_FILE).name
+    if built is None:  # torchrun, rank > 0: rank 0 wrote the index from every rank's shard
+        return path, source.size()
     return built.path, len(built.index)
 
 
