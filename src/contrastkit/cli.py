@@ -260,6 +260,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             **_int_params(args.params),
         )
+    if _finish_distributed() != 0:  # torchrun: every rank embedded its share; rank 0 reports
+        return 0
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             print(f"contrastkit index: warning: {warning.message}", file=sys.stderr)

@@ -312,3 +312,43 @@ def test_two_processes_build_one_index_identical_to_a_single_process(tmp_path):
     a, b = single.search(q, 10), merged.search(q, 10)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
     assert a.ids == b.ids and merged.metadata == single.metadata
+
+
+def test_index_command_under_torchrun_equals_one_process(tiny_run, tmp_path):
+    """`torchrun --nproc_per_node 2 -m contrastkit.cli index RUN`: two ranks embed half the
+    corpus each, rank 0 builds the index; it answers exactly like a one-process build."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from contrastkit.cli import main
+
+    run = str(tiny_run)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "contrastkit.cli",
+        "index",
+        run,
+        "--backend",
+        "faiss_sq8",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("indexed 1422 items") == 1  # rank 0 reports, once
+    assert (tiny_run / "index" / "shard-1-of-2").is_dir()
+    shutil.copy(tiny_run / "index" / "corpus.ckindex", tmp_path / "sharded.ckindex")
+    assert main(["index", run, "--backend", "faiss_sq8", "--no-progress"]) == 0
+    sharded = load_index(tmp_path / "sharded.ckindex")
+    single = load_index(tiny_run / "index" / "corpus.ckindex")
+    q = torch.randn(10, single.dim, generator=torch.Generator().manual_seed(4))
+    a, b = single.search(q, 10), sharded.search(q, 10)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
+    assert a.ids == b.ids and sharded.metadata == single.metadata

@@ -71,6 +71,17 @@ def _fingerprint(run: Path) -> str:
     return f"{ckpt.name}:{stamp}"
 
 
+def _join_torchrun() -> None:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``), join the process group so the ranks split the
+    corpus (gloo: the index build exchanges only small objects and a barrier)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
 def build_index(
     run: str | os.PathLike,
     backend: str = "faiss_flat",
@@ -96,6 +107,7 @@ def build_index(
     from contrastkit.index.streaming import stream_index_sharded
     from contrastkit.train.run import load_run
 
+    _join_torchrun()
     cfg, task, _ = load_run(run)
     if backend not in list_indexes():
         from contrastkit.index import create_index
