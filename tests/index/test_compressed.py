@@ -17,6 +17,8 @@ from contrastkit.index import (
 )
 
 pytest.importorskip("faiss")
+# The session fixture embeds 2,200 glosses with MiniLM once (about 10 s on one core).
+pytestmark = pytest.mark.slow
 
 COMPRESSED = ("faiss_fp16", "faiss_sq8", "faiss_binary", "faiss_ivfpq")
 

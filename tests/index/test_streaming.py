@@ -352,3 +352,16 @@ def test_index_command_under_torchrun_equals_one_process(tiny_run, tmp_path):
     a, b = single.search(q, 10), sharded.search(q, 10)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
     assert a.ids == b.ids and sharded.metadata == single.metadata
+
+
+def test_a_streamed_binary_index_keeps_its_floats_on_disk(tmp_path):
+    source = CountingSource(700)
+    built = stream_index(source, tmp_path, backend="faiss_binary", chunk=100, progress=False)
+    index = built.index
+    assert index._spool is not None and isinstance(index._float_matrix(), np.memmap)
+    in_memory = build_index(source.table, "faiss_binary")
+    q = torch.randn(12, 24, generator=torch.Generator().manual_seed(5))
+    a, b, c = in_memory.search(q, 5), index.search(q, 5), load_index(built.path).search(q, 5)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.indices, c.indices)
+    torch.testing.assert_close(a.scores, c.scores, rtol=0, atol=0)
+    assert (tmp_path / "corpus.ckindex.f32").stat().st_size == 700 * 24 * 4

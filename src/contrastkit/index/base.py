@@ -188,6 +188,11 @@ class Index(ABC):
     def _load_sidecars(self, path: Path) -> None:  # noqa: B027 - optional hook, no-op by default
         """Open the files :meth:`_save_sidecars` wrote, after ``_restore``."""
 
+    def spool_to(self, folder: str | os.PathLike[str]) -> None:  # noqa: B027 - optional hook
+        """Let a backend that keeps float copies beside its codes (``faiss_binary``) keep them in a
+        file under ``folder`` instead of memory while it is built; other backends ignore it.
+        Streaming builds call it so memory does not grow with the float vectors."""
+
     @property
     def is_trained(self) -> bool:
         """False until a backend that needs training (IVF, PQ, SQ8) has seen its sample."""

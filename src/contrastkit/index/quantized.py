@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -134,6 +135,8 @@ class FaissBinaryIndex(_FaissIndex):
     def __init__(self, dim: int, metric: str = "cosine", rescore: int = 10) -> None:
         self.rescore = _check_int("rescore", rescore)
         self._floats: list[np.ndarray] = []  # (n_i, D) float32 parts; after load part 0 is a memmap
+        self._spool: Any = None  # an open temp file the float vectors are appended to (spool_to)
+        self._spool_rows = 0
         super().__init__(dim, metric)
 
     def params(self) -> dict[str, Any]:
@@ -158,11 +161,32 @@ class FaissBinaryIndex(_FaissIndex):
     def _codes(self, vectors: np.ndarray) -> np.ndarray:
         return np.packbits(vectors > 0, axis=1)  # (n, ceil(D / 8)) uint8, zero-padded bits
 
+    def spool_to(self, folder: str | os.PathLike[str]) -> None:
+        """Append the float vectors of later ``add`` calls to a temporary file in ``folder``
+        (read back memory-mapped for rescoring) instead of keeping them in memory."""
+        if self._spool is None and not self._floats:
+            self._spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives with the index
+                prefix=".binary-floats.", suffix=".tmp", dir=folder
+            )
+
     def _add_vectors(self, vectors: np.ndarray) -> None:
         self._faiss.add(self._codes(vectors))
+        if self._spool is not None:
+            self._spool.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+            self._spool_rows += vectors.shape[0]
+            return
         self._floats.append(vectors.copy())
 
     def _float_matrix(self) -> np.ndarray:
+        if self._spool is not None:
+            self._spool.flush()
+            if not self._floats or self._floats[0].shape[0] != self._spool_rows:
+                self._floats = [
+                    np.memmap(
+                        self._spool.name, dtype="<f4", mode="r", shape=(self._spool_rows, self.dim)
+                    )
+                ]
+            return self._floats[0]
         if len(self._floats) > 1:  # vectors added after a load: join once (then one part again)
             self._floats = [np.concatenate(self._floats)]
         return self._floats[0]
@@ -197,6 +221,12 @@ class FaissBinaryIndex(_FaissIndex):
         self._faiss = self._lib.deserialize_index_binary(array)
 
     def _save_sidecars(self, path: Path) -> None:
+        if self._spool is not None:  # copy the spool in blocks (page cache, not process memory)
+            self._spool.flush()
+            size, fd = self._spool_rows * self.dim * 4, self._spool.fileno()
+            step = 1 << 26
+            atomic_write(sidecar_path(path), _pread_blocks(fd, size, step))
+            return
         floats = self._float_matrix() if self._floats else np.empty((0, self.dim), np.float32)
         rows = 1 << 16  # write in blocks: no second full copy of the vectors in memory
         blocks = [
@@ -223,6 +253,22 @@ class FaissBinaryIndex(_FaissIndex):
             self._floats = []
             return
         self._floats = [np.memmap(side, dtype="<f4", mode="r", shape=(len(self), self.dim))]
+
+
+class _pread_blocks:
+    """``size`` bytes of file descriptor ``fd`` as a sequence of ``step``-byte blocks, each read
+    only when the writer asks for it."""
+
+    def __init__(self, fd: int, size: int, step: int) -> None:
+        self.fd, self.size, self.step = fd, size, step
+
+    def __len__(self) -> int:
+        return -(-self.size // self.step)
+
+    def __getitem__(self, i: int) -> bytes:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return os.pread(self.fd, min(self.step, self.size - i * self.step), i * self.step)
 
 
 def _largest_divisor_at_most(n: int, bound: int) -> int:

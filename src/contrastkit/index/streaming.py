@@ -329,12 +329,14 @@ def index_parts(
             )
         expected = part.stop
     n, keep = expected, parts[0].dim
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     files = [
         EmbeddingFile(p.embeddings_path, p.stop - p.start, keep, p.dtype, create=False)
         for p in parts
     ]
     try:
         index = create_index(backend, dim=keep, metric=metric, **params)
+        index.spool_to(Path(path).parent)  # faiss_binary: float copies on disk, not in memory
         if not index.is_trained:
             rows = np.unique(np.linspace(0, n - 1, num=min(train_size, n)).astype(np.int64))
             sample = [
