@@ -58,6 +58,7 @@ STREAM_D = 384
 STREAM_BACKENDS: list[tuple[str, dict[str, int]]] = [
     ("faiss_ivfpq", {"nlist": 256, "m": 48, "nbits": 8}),
     ("faiss_sq8", {}),
+    ("faiss_binary", {}),
 ]
 
 

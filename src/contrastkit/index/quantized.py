@@ -224,7 +224,7 @@ class FaissBinaryIndex(_FaissIndex):
         if self._spool is not None:  # copy the spool in blocks (page cache, not process memory)
             self._spool.flush()
             size, fd = self._spool_rows * self.dim * 4, self._spool.fileno()
-            step = 1 << 26
+            step = 1 << 23  # two blocks are alive at once while the writer moves on: 16 MB
             atomic_write(sidecar_path(path), _pread_blocks(fd, size, step))
             return
         floats = self._float_matrix() if self._floats else np.empty((0, self.dim), np.float32)
