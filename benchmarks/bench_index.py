@@ -40,6 +40,26 @@ REAL_BACKENDS: list[tuple[str, dict[str, Any], list[dict[str, int]]]] = [
     ("faiss_hnsw", {"m": 16, "ef_construction": 40}, [{"ef_search": 64}]),
     ("faiss_ivf", {"nlist": 256}, [{"nprobe": 16}]),
 ]
+# The compressed backends, with their defaults (chosen from D and N) and the query-time knob.
+COMPRESSED_BACKENDS: list[tuple[str, dict[str, Any], list[dict[str, int]]]] = [
+    ("exact", {}, [{}]),
+    ("faiss_fp16", {}, [{}]),
+    ("faiss_sq8", {}, [{}]),
+    ("faiss_binary", {}, [{"rescore": 4}, {"rescore": 10}, {"rescore": 40}]),
+    ("faiss_ivfpq", {}, [{"nprobe": 16}, {"nprobe": 64}]),
+]
+# Backends whose FAISS object takes other inputs than float queries (binary codes) or is
+# rebuilt at training time: timed through the wrapper only.
+WRAPPER_ONLY = {"faiss_binary", "faiss_ivfpq", "faiss_sq8", "faiss_fp16"}
+MINILM_N = int(os.environ.get("CK_BENCH_MINILM_N", "20000"))
+STREAM_NS = [int(n) for n in os.environ.get("CK_BENCH_STREAM_NS", "100000,1000000").split(",")]
+STREAM_D = 384
+# Fixed IVF-PQ parameters (not the N-dependent defaults) so the rows differ only in N.
+STREAM_BACKENDS: list[tuple[str, dict[str, int]]] = [
+    ("faiss_ivfpq", {"nlist": 256, "m": 48, "nbits": 8}),
+    ("faiss_sq8", {}),
+    ("faiss_binary", {}),
+]
 
 
 class _Replay:
@@ -120,6 +140,24 @@ def _trained_data() -> tuple[torch.Tensor, torch.Tensor] | None:
     return normalize(corpus.float()), normalize(queries.float())
 
 
+def _minilm_data() -> tuple[torch.Tensor, torch.Tensor] | None:
+    """MiniLM (all-MiniLM-L6-v2, packaged) embeddings of WordNet glosses (all parts of speech,
+    seeded order): the first ``CK_BENCH_MINILM_N`` as the corpus, the next ``Q`` as queries."""
+    try:
+        from contrastkit.data.wordnet import load_wordnet
+        from contrastkit.encoders.text import TextEncoder, default_model_path
+
+        glosses = sorted(set(load_wordnet("lemma_gloss", split="all").positive))
+        encoder = TextEncoder(default_model_path()).eval()
+    except Exception:  # WordNet or MiniLM missing: skip this part
+        return None
+    order = torch.randperm(len(glosses), generator=torch.Generator().manual_seed(0))
+    texts = [glosses[i] for i in order[: MINILM_N + Q].tolist()]
+    with torch.no_grad():
+        emb = encoder.encode(texts, batch_size=128).float()
+    return emb[: len(texts) - Q], emb[len(texts) - Q :]
+
+
 def _bench(
     dataset: str, vectors: torch.Tensor, queries: torch.Tensor, backends: list[Any]
 ) -> list[dict[str, Any]]:
@@ -138,6 +176,8 @@ def _bench(
             if truth is None:  # the exact backend comes first and is the oracle
                 truth = indices
             raw = getattr(index, "faiss_index", None)  # the FAISS object the wrapper searches
+            if backend in WRAPPER_ONLY:
+                raw = None
             wrapper, direct = [], []
             for _ in range(REPEATS):  # interleaved, best of REPEATS: robust to a busy machine
                 wrapper.append(_timed(lambda index=index: index.search(queries, K)))
@@ -151,6 +191,7 @@ def _bench(
                 "build_s": round(build_s, 2),
                 "qps": round(Q / min(wrapper)),
                 "recall@10": round(_recall(indices, truth), 4),
+                "bytes/vector": index.bytes_per_vector,
                 "faiss_qps": "-",
                 "wrapper_ms": "-",
                 "overhead_%": "-",
@@ -167,14 +208,93 @@ def _bench(
     return rows
 
 
+STREAM_SCRIPT = r"""
+import json, resource, sys, tempfile, time
+import numpy as np
+from contrastkit.index.streaming import stream_index
+
+n, d, backend, params = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+freq = np.random.default_rng(0).uniform(0.001, 1.0, size=(1, d))
+phase = np.random.default_rng(1).uniform(0, 6.3, size=(1, d))
+
+class Synthetic:  # a cheap deterministic encoder: doc i -> sin(i * freq + phase)
+    def size(self):
+        return n
+    def chunk(self, start, stop):
+        i = np.arange(start, stop, dtype=np.float64)[:, None]
+        return np.sin(i * freq + phase).astype(np.float32), [None] * (stop - start)
+
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with tempfile.TemporaryDirectory() as folder:
+    t0 = time.perf_counter()
+    built = stream_index(Synthetic(), folder, backend=backend, chunk=8192, dtype="float16",
+                         train_size=20_000, progress=False, **params)
+    seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_kb": peak, "base_kb": base,
+                  "bytes_per_vector": built.index.bytes_per_vector, "n": len(built.index)}))
+"""
+
+
+def _bench_streaming() -> list[dict[str, Any]]:
+    """``stream_index`` on N synthetic documents (a deterministic sin encoder, D=384, float16
+    embeddings file, chunks of 8192): docs/s and peak RSS in a fresh process per N, so the peaks
+    compare; the index's own bytes are N * bytes/vector (+ the ids/metadata lists)."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for backend, params in STREAM_BACKENDS:
+        for n in STREAM_NS:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    STREAM_SCRIPT,
+                    str(n),
+                    str(STREAM_D),
+                    backend,
+                    json.dumps(params),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            row = {
+                "data": f"stream synthetic {n} x {STREAM_D}",
+                "backend": backend,
+                "params": ",".join(f"{k}={v}" for k, v in params.items()) or "-",
+                "docs_per_s": round(n / res["seconds"]),
+                "seconds": round(res["seconds"], 1),
+                "peak_rss_mb": round(res["peak_kb"] / 1024),
+                "rss_above_imports_mb": round((res["peak_kb"] - res["base_kb"]) / 1024),
+                "index_codes_mb": round(n * res["bytes_per_vector"] / 2**20, 1),
+            }
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def run() -> dict:
-    rows = _bench("random", *_random_data(), BACKENDS)
-    fmnist = _fashion_mnist_data()
+    parts = set(
+        os.environ.get("CK_BENCH_INDEX_PARTS", "random,fmnist,trained,minilm,stream").split(",")
+    )
+    rows = _bench("random", *_random_data(), BACKENDS) if "random" in parts else []
+    fmnist = _fashion_mnist_data() if "fmnist" in parts else None
     if fmnist is not None:
         rows += _bench("fmnist-pca", *fmnist, REAL_BACKENDS)
-    trained = _trained_data()
+        rows += _bench("fmnist-pca", *fmnist, COMPRESSED_BACKENDS[1:])
+    trained = _trained_data() if "trained" in parts else None
     if trained is not None:
         rows += _bench(f"trained-{trained[0].shape[1]}d", *trained, REAL_BACKENDS)
+        rows += _bench(f"trained-{trained[0].shape[1]}d", *trained, COMPRESSED_BACKENDS[1:])
+    minilm = _minilm_data() if "minilm" in parts else None
+    if minilm is not None:
+        rows += _bench(f"minilm-glosses-{minilm[0].shape[0]}", *minilm, COMPRESSED_BACKENDS)
+    if "stream" in parts:
+        rows += _bench_streaming()
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     notes = (
         f"random: {N} x {D} random normalised vectors (the hard case for approximate search: no "
@@ -188,7 +308,15 @@ def run() -> dict:
         "that replays the answer); overhead_% = wrapper_ms / direct FAISS time (target <= 10%); "
         "e2e_overhead_% = wrapper time / direct time - 1 measured end to end (on a shared machine "
         "dominated by noise). recall@10 is against the exact backend. build_s includes id "
-        "bookkeeping and IVF k-means training; ef_search / nprobe are varied on one built index."
+        "bookkeeping and IVF k-means training; ef_search / nprobe are varied on one built index. "
+        f"minilm-glosses-N: all-MiniLM-L6-v2 embeddings (384-d) of N WordNet glosses "
+        f"(CK_BENCH_MINILM_N); compressed backends use their defaults (IVF-PQ: chosen from D and "
+        f"N) and are timed through the wrapper only. bytes/vector: the index's own bytes per "
+        f"vector (codes + FAISS ids/links; faiss_binary keeps 4*D more on disk for rescoring). "
+        f"stream rows: stream_index on N synthetic documents (CK_BENCH_STREAM_NS), a cheap "
+        f"deterministic sin encoder, D={STREAM_D}, float16 embeddings file, one fresh process per "
+        "row; rss_above_imports_mb should grow with N only by index_codes_mb plus the ids and "
+        "metadata lists. Select parts with CK_BENCH_INDEX_PARTS=random,fmnist,trained,minilm,stream."
     )
     return {"title": "Index backends (cosine, k=10)", "rows": rows, "notes": notes}
 

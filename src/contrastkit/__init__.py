@@ -21,7 +21,7 @@ from contrastkit.functional import (
     triplet_loss,
     triplet_margin,
 )
-from contrastkit.losses import create_loss, list_losses
+from contrastkit.losses import create_loss, list_losses, matryoshka
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "list_losses",
     "load_encoder",
     "margin_ranking",
+    "matryoshka",
     "nt_xent",
     "paired_similarity",
     "preference_loss",

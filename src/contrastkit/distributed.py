@@ -28,6 +28,9 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -65,6 +68,7 @@ __all__ = [
     "info_nce_distributed",
     "is_distributed",
     "nt_xent_distributed",
+    "pregathered",
     "sigmoid_contrastive_distributed",
     "supervised_contrastive_distributed",
 ]
@@ -139,18 +143,60 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.rows]
 
 
+_PREGATHERED: contextvars.ContextVar[dict[int, tuple[Tensor, Callable[[], Tensor]]] | None] = (
+    contextvars.ContextVar("contrastkit_pregathered", default=None)
+)
+
+
 def all_gather_with_grad(x: Tensor) -> Tensor:
     """Differentiable all-gather along dim 0: (B, ...) on each rank -> (W*B, ...), rank-major.
 
     Backward all-reduces (sums) the incoming gradient and returns this rank's slice. Batch sizes
-    must agree across ranks (checked with :func:`check_same_batch_size` by the losses).
+    must agree across ranks (checked with :func:`check_same_batch_size` by the losses). Inside
+    :func:`pregathered`, a tensor registered there is answered from its registered gather
+    instead of a new collective.
 
     >>> all_gather_with_grad(torch.ones(2, 3)).shape  # one process: identity
     torch.Size([2, 3])
     """
     if get_world_size() == 1:
         return x
+    known = _PREGATHERED.get()
+    if known is not None:
+        entry = known.get(id(x))
+        if entry is not None and entry[0] is x:
+            return entry[1]()
     return _AllGatherWithGrad.apply(x)
+
+
+@contextlib.contextmanager
+def pregathered(pairs: Sequence[tuple[Tensor, Callable[[], Tensor]]]) -> Iterator[None]:
+    """Within the block, ``all_gather_with_grad(local)`` returns ``gathered()`` for every
+    registered ``(local, gathered)`` pair (matched by tensor identity) instead of gathering again.
+
+    This is how several losses share one gather: e.g. Matryoshka registers each prefix view
+    ``z[:, :d]`` of its embeddings ``z: (B, D)`` with a callable returning the same prefix of one
+    gather ``(W*B, D)`` of ``z`` (run on first use), and every prefix loss reads its keys from
+    that one gather. The gradient stays exact: the prefix gradients add up on the one gathered
+    tensor, whose backward all-reduces them once. ``gathered()`` must return what
+    :func:`all_gather_with_grad` of ``local`` would. Being a callable, the shared gather runs
+    only if a loss asks for it: a loss that gathers a concatenation of its inputs instead (like
+    NT-Xent) costs no extra collective.
+
+    >>> z = torch.randn(4, 8)
+    >>> view = z[:, :2]
+    >>> with pregathered([(view, lambda: view)]):
+    ...     all_gather_with_grad(view) is view
+    True
+    """
+    previous = _PREGATHERED.get()
+    table = dict(previous or {})
+    table.update({id(local): (local, gathered) for local, gathered in pairs})
+    token = _PREGATHERED.set(table)
+    try:
+        yield
+    finally:
+        _PREGATHERED.reset(token)
 
 
 @torch.no_grad()

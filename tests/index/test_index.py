@@ -93,8 +93,17 @@ def test_chunked_topk_rejects_bad_input():
 
 
 def test_registry_lists_every_backend_and_suggests_names():
-    assert list_indexes() == ["exact", "faiss_flat", "faiss_hnsw", "faiss_ivf"]
-    assert len(INDEXES) == 4
+    assert list_indexes() == [
+        "exact",
+        "faiss_binary",
+        "faiss_flat",
+        "faiss_fp16",
+        "faiss_hnsw",
+        "faiss_ivf",
+        "faiss_ivfpq",
+        "faiss_sq8",
+    ]
+    assert len(INDEXES) == 8
     with pytest.raises(ValueError, match="Did you mean 'faiss_hnsw'"):
         create_index("faiss_hnws", dim=4)
 

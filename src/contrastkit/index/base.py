@@ -142,6 +142,13 @@ class Index(ABC):
     """
 
     backend: ClassVar[str] = ""
+    #: Query-time settings ``search`` accepts, public name -> attribute (e.g. ``{"nprobe":
+    #: "nprobe"}``); a backend without a setting rejects it with a clear error.
+    search_knobs: ClassVar[dict[str, str]] = {}
+    #: Whether ``search`` may return fewer than ``k`` columns when ``k > len(index)``. The
+    #: compressed backends refuse instead: their codes cannot tell a caller which of the
+    #: returned neighbours are real, so a too-large ``k`` is a mistake worth naming.
+    clamps_k: ClassVar[bool] = True
 
     def __init__(self, dim: int, metric: str = "cosine") -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
@@ -162,7 +169,7 @@ class Index(ABC):
         """(Q, K) scores and long positions for (Q, D) float32 queries (normalised for cosine)."""
 
     @abstractmethod
-    def _payload(self) -> bytes:
+    def _payload(self) -> bytes | memoryview:
         """Backend state as bytes (the vectors or a serialised FAISS index)."""
 
     @abstractmethod
@@ -172,6 +179,33 @@ class Index(ABC):
     def params(self) -> dict[str, Any]:
         """Constructor keyword arguments other than ``dim`` and ``metric`` (saved with the index)."""
         return {}
+
+    def _train_vectors(self, vectors: np.ndarray) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Train on (n, D) float32 vectors (already normalised for cosine); only called while
+        ``is_trained`` is False. Backends that need training override it."""
+
+    def _save_sidecars(self, path: Path) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Write files that live beside the index file (called before the index file is written)."""
+
+    def _load_sidecars(self, path: Path) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Open the files :meth:`_save_sidecars` wrote, after ``_restore``."""
+
+    def spool_to(self, folder: str | os.PathLike[str]) -> None:  # noqa: B027 - optional hook
+        """Let a backend that keeps float copies beside its codes (``faiss_binary``) keep them in a
+        file under ``folder`` instead of memory while it is built; other backends ignore it.
+        Streaming builds call it so memory does not grow with the float vectors."""
+
+    @property
+    def is_trained(self) -> bool:
+        """False until a backend that needs training (IVF, PQ, SQ8) has seen its sample."""
+        return True
+
+    @property
+    def bytes_per_vector(self) -> float:
+        """Bytes the backend keeps in memory per stored vector: its codes plus FAISS's own
+        per-vector bookkeeping (graph links, inverted-list ids). Excludes the string ids and
+        metadata every backend keeps alike. Float32 storage: ``4 * D``."""
+        return 4.0 * self.dim
 
     # -- public interface ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -208,25 +242,77 @@ class Index(ABC):
             return
         if self.metric == "cosine":
             arr = _normalize_rows(arr)
+        if not self.is_trained:  # the first vectors are the training sample
+            self._train_vectors(arr)
         self._add_vectors(arr)
         self._ids.extend(ids)
         self._id_set.update(ids)
         self._metadata.extend(metadata)
 
+    def train(self, sample: Tensor | np.ndarray) -> None:
+        """Train the backend on ``sample: (n, D)`` before adding (IVF centroids, PQ codebooks,
+        SQ8 ranges). Without it, the first ``add`` trains on its own vectors. Backends that need
+        no training (exact, flat, HNSW, fp16, binary) accept a sample and ignore it; a trained
+        index ignores further samples (retraining would invalidate stored codes)."""
+        arr = as_float32_numpy("sample", sample, self.dim)
+        if arr.shape[0] == 0:
+            raise ValueError("sample is empty (0 rows); train on a sample of the corpus vectors.")
+        if self.is_trained:
+            return
+        if self.metric == "cosine":
+            arr = _normalize_rows(arr)
+        self._train_vectors(arr)
+
     def search(
-        self, query: Tensor | np.ndarray, k: int, *, metric: str | None = None
+        self,
+        query: Tensor | np.ndarray,
+        k: int,
+        *,
+        metric: str | None = None,
+        nprobe: int | None = None,
+        ef: int | None = None,
     ) -> SearchResult:
         """The ``k`` most similar stored vectors for each query row.
 
         Args:
             query: (Q, D) floating, finite, with the index's D.
-            k: neighbours per query; K = min(k, len(index)) columns are returned.
+            k: neighbours per query; K = min(k, len(index)) columns are returned (the compressed
+                backends raise instead when ``k > len(index)``).
             metric: optional assertion: if given it must equal the index's metric (the metric
                 itself always comes from the index).
+            nprobe: IVF backends only: cells visited for this call (default: the index's
+                ``nprobe``).
+            ef: HNSW only: candidate list for this call (default: the index's ``ef_search``).
 
         Returns:
             A :class:`SearchResult` with (Q, K) ``scores`` and ``indices``.
         """
+        knobs = {
+            name: value for name, value in (("nprobe", nprobe), ("ef", ef)) if value is not None
+        }
+        for name, value in knobs.items():
+            if name not in self.search_knobs:
+                takes = (
+                    "IVF backends (faiss_ivf, faiss_ivfpq)" if name == "nprobe" else "faiss_hnsw"
+                )
+                raise ValueError(
+                    f"{name}={value!r} is a search setting of {takes}; this index is "
+                    f"{self.backend!r}: drop {name}, or build the index with one of those backends."
+                )
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if not knobs:
+            return self._search(query, k, metric)
+        saved = {name: getattr(self, self.search_knobs[name]) for name in knobs}
+        try:
+            for name, value in knobs.items():
+                setattr(self, self.search_knobs[name], value)
+            return self._search(query, k, metric)
+        finally:
+            for name, value in saved.items():
+                setattr(self, self.search_knobs[name], value)
+
+    def _search(self, query: Tensor | np.ndarray, k: int, metric: str | None) -> SearchResult:
         if metric is not None and metric != self.metric:
             raise ValueError(
                 f"this index was built with metric={self.metric!r}, got metric={metric!r}; "
@@ -238,6 +324,11 @@ class Index(ABC):
         arr = as_float32_numpy("query", query, self.dim)
         if len(self) == 0:
             raise ValueError("the index is empty; call add(vectors) before search.")
+        if k > len(self) and not self.clamps_k:
+            raise ValueError(
+                f"k={k} is more than the {len(self)} vectors this {self.backend} index holds; "
+                f"ask for k <= {len(self)} (or add more vectors)."
+            )
         if self.metric == "cosine":
             arr = _normalize_rows(arr)
         scores, indices = self._search_vectors(arr, min(k, len(self)))
@@ -256,6 +347,7 @@ class Index(ABC):
         }
         header["checksum"] = CHECKSUM  # the file ends in the sha256 of all bytes before it
         head = json.dumps(header).encode("utf-8")
+        self._save_sidecars(Path(path))
         chunks = [MAGIC, struct.pack("<Q", len(head)), head, self._payload()]
         digest = hashlib.sha256()
         for chunk in chunks:
@@ -317,7 +409,7 @@ def _normalize_rows(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr / np.where(norm > 1e-8, norm, 1.0), dtype=np.float32)
 
 
-def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes]) -> None:
+def atomic_write(path: str | os.PathLike[str], chunks: Sequence[bytes | memoryview]) -> None:
     """Write ``chunks`` to ``path`` so that readers see the old file or the new one, never half.
 
     A thin name kept for the index's callers: :func:`contrastkit.atomic.write_bytes` (temp file in
@@ -376,7 +468,8 @@ def _import_backends() -> None:
     # The backends register themselves on import; importing here lets load_index work even when
     # only this module was imported.
     import contrastkit.index.exact
-    import contrastkit.index.faiss_backends  # noqa: F401
+    import contrastkit.index.faiss_backends
+    import contrastkit.index.quantized  # noqa: F401
 
 
 def list_indexes(pattern: str = "*") -> list[str]:
@@ -442,4 +535,5 @@ def load_index(path: str | os.PathLike[str]) -> Index:
     index._ids = ids
     index._id_set = set(index._ids)
     index._metadata = metadata
+    index._load_sidecars(Path(path))
     return index

@@ -212,8 +212,8 @@ class ExactIndex(Index):
             torch.from_numpy(query), self.vectors, k, metric=metric, chunk_size=self.chunk_size
         )
 
-    def _payload(self) -> bytes:
-        return self.vectors.numpy().astype("<f4", copy=False).tobytes()
+    def _payload(self) -> bytes | memoryview:
+        return memoryview(self.vectors.numpy().astype("<f4", copy=False)).cast("B")
 
     def _restore(self, payload: bytes) -> None:
         arr = np.frombuffer(payload, dtype="<f4").reshape(-1, self.dim)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from contrastkit.index.base import INDEXES, Index
 
-__all__ = ["FaissFlatIndex", "FaissHNSWIndex", "FaissIVFIndex"]
+__all__ = ["FaissFlatIndex", "FaissHNSWIndex", "FaissIVFIndex", "check_training_size"]
 
 
 def import_faiss() -> Any:
@@ -63,6 +63,10 @@ class _FaissIndex(Index):
         """The underlying FAISS index (for tuning or direct calls)."""
         return self._faiss
 
+    @property
+    def is_trained(self) -> bool:
+        return self._faiss is not None and bool(self._faiss.is_trained)
+
     def _add_vectors(self, vectors: np.ndarray) -> None:
         self._faiss.add(vectors)
 
@@ -78,8 +82,9 @@ class _FaissIndex(Index):
             scores = scores.masked_fill(empty, float("-inf"))
         return scores, indices
 
-    def _payload(self) -> bytes:
-        return self._lib.serialize_index(self._faiss).tobytes()
+    def _payload(self) -> bytes | memoryview:
+        # A view, not .tobytes(): saving a large index then holds one serialised copy, not two.
+        return memoryview(self._lib.serialize_index(self._faiss)).cast("B")
 
     def _restore(self, payload: bytes) -> None:
         self._faiss = self._lib.deserialize_index(np.frombuffer(payload, dtype=np.uint8).copy())
@@ -114,6 +119,7 @@ class FaissHNSWIndex(_FaissIndex):
     """
 
     backend = "faiss_hnsw"
+    search_knobs = {"ef": "ef_search"}  # noqa: RUF012 - a read-only class table
 
     def __init__(
         self,
@@ -140,6 +146,11 @@ class FaissHNSWIndex(_FaissIndex):
     def _apply_search_params(self) -> None:
         self._faiss.hnsw.efSearch = self.ef_search
 
+    @property
+    def bytes_per_vector(self) -> float:
+        # float32 vector + level-0 links (2 * m int32); upper levels add ~1/m of that again.
+        return 4.0 * self.dim + 4.0 * 2 * self.m * (1 + 1 / self.m)
+
 
 @INDEXES.register("faiss_ivf")
 class FaissIVFIndex(_FaissIndex):
@@ -156,6 +167,7 @@ class FaissIVFIndex(_FaissIndex):
     """
 
     backend = "faiss_ivf"
+    search_knobs = {"nprobe": "nprobe"}  # noqa: RUF012 - a read-only class table
 
     def __init__(
         self, dim: int, metric: str = "cosine", nlist: int = 256, nprobe: int = 16, seed: int = 0
@@ -179,16 +191,23 @@ class FaissIVFIndex(_FaissIndex):
         self._quantizer = quantizer  # keep the Python wrapper alive as long as the index
         return index
 
-    def _add_vectors(self, vectors: np.ndarray) -> None:
-        if not self._faiss.is_trained:
-            if vectors.shape[0] < self.nlist:
-                raise ValueError(
-                    f"the first add trains the IVF index and needs at least nlist={self.nlist} "
-                    f"vectors (ideally {39 * self.nlist}), got {vectors.shape[0]}; pass a larger "
-                    "first batch or a smaller nlist."
-                )
-            self._faiss.train(vectors)
-        self._faiss.add(vectors)
+    def _train_vectors(self, vectors: np.ndarray) -> None:
+        check_training_size("IVF", vectors.shape[0], "nlist", self.nlist)
+        self._faiss.train(vectors)
 
     def _apply_search_params(self) -> None:
         self._faiss.nprobe = self.nprobe
+
+    @property
+    def bytes_per_vector(self) -> float:
+        return 4.0 * self.dim + 8.0  # float32 vector + its int64 id in the inverted list
+
+
+def check_training_size(kind: str, n: int, name: str, clusters: int) -> None:
+    """k-means needs at least one training vector per cluster; say which knob to lower."""
+    if n < clusters:
+        raise ValueError(
+            f"training the {kind} index needs at least {name}={clusters} vectors (ideally "
+            f"{39 * clusters}), got {n}; train on a larger sample (index.train(sample) or a larger "
+            f"first add) or pass a smaller {name}."
+        )

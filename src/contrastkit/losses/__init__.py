@@ -9,6 +9,12 @@ from contrastkit.losses.decoupled_contrastive import DecoupledContrastive
 from contrastkit.losses.dino import DINOLoss
 from contrastkit.losses.hard_negative_contrastive import HardNegativeContrastive
 from contrastkit.losses.info_nce import InfoNCE
+from contrastkit.losses.matryoshka import (
+    Matryoshka,
+    matryoshka,
+    truncate_embeddings,
+    wrap_matryoshka,
+)
 from contrastkit.losses.nt_xent import NTXent
 from contrastkit.losses.preference import PreferenceLoss
 from contrastkit.losses.registry import (
@@ -39,6 +45,7 @@ __all__ = [
     "InfoNCE",
     "LearnableTemperature",
     "LossSpec",
+    "Matryoshka",
     "NTXent",
     "PredictionHead",
     "PreferenceLoss",
@@ -51,5 +58,8 @@ __all__ = [
     "create_loss",
     "list_losses",
     "loss_spec",
+    "matryoshka",
     "register",
+    "truncate_embeddings",
+    "wrap_matryoshka",
 ]

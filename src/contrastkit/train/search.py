@@ -13,28 +13,132 @@ from typing import Any
 INDEX_FILE = "index/corpus.ckindex"
 
 
-def build_index(run: str | os.PathLike, backend: str = "faiss_flat") -> tuple[Path, int]:
-    """Embed the run's corpus with its latest checkpoint and save a cosine index in the run."""
-    from contrastkit.index import build_index as make_index
+class TaskCorpus:
+    """The run's corpus as a :class:`contrastkit.index.streaming.ChunkSource`.
+
+    Uses the task's ``corpus_size()`` / ``embed_corpus_chunk(start, stop) -> Corpus`` when its
+    class defines them (embedding one chunk at a time, so memory stays bounded); otherwise it
+    embeds the whole corpus once with ``task.embed_corpus()`` and serves slices of it (memory
+    then grows with N, as before). Metadata per document: ``{"label", "text"}``.
+    """
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        cls = type(task)
+        self._chunked = callable(getattr(cls, "corpus_size", None)) and callable(
+            getattr(cls, "embed_corpus_chunk", None)
+        )
+        self._whole: Any = None
+
+    def _corpus(self) -> Any:
+        if self._whole is None:
+            self._whole = self.task.embed_corpus()
+        return self._whole
+
+    def size(self) -> int:
+        if self._chunked:
+            return int(self.task.corpus_size())
+        return len(self._corpus().labels)
+
+    def chunk(self, start: int, stop: int) -> tuple[Any, list[Any]]:
+        if self._chunked:
+            part = self.task.embed_corpus_chunk(start, stop)
+            embeddings, labels, items = part.embeddings, part.labels, part.items
+        else:
+            whole = self._corpus()
+            embeddings = whole.embeddings[start:stop]
+            labels, items = whole.labels[start:stop], whole.items[start:stop]
+        meta = [
+            {"label": label, "text": item if isinstance(item, str) else ""}
+            for label, item in zip(labels, items)
+        ]
+        return embeddings, meta
+
+
+def corpus_chunks(task: Any) -> TaskCorpus:
+    """The chunked corpus source of a task (see :class:`TaskCorpus`)."""
+    return TaskCorpus(task)
+
+
+def _fingerprint(run: Path) -> str:
+    from contrastkit.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        return ""
+    weights = ckpt / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns if weights.exists() else 0
+    return f"{ckpt.name}:{stamp}"
+
+
+def _join_torchrun() -> None:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``), join the process group so the ranks split the
+    corpus (gloo: the index build exchanges only small objects and a barrier)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
+def build_index(
+    run: str | os.PathLike,
+    backend: str = "faiss_flat",
+    *,
+    dim: int | None = None,
+    chunk: int = 4096,
+    dtype: str = "float32",
+    progress: bool = False,
+    train_size: int = 65536,
+    **params: Any,
+) -> tuple[Path, int]:
+    """Embed the run's corpus with its latest checkpoint and save a cosine index in the run.
+
+    Under ``torchrun`` every process embeds its share of the corpus into
+    ``RUN/index/shard-R-of-W/`` and rank 0 builds the one index from the shards (identical to a
+    single-process build). The corpus is streamed ``chunk`` documents at a time into ``RUN/index/embeddings.f32`` (or
+    ``.f16``) and then into the index (see :func:`contrastkit.index.streaming.stream_index`):
+    an interrupted build resumes from its last complete chunk. ``dim`` keeps the first ``dim``
+    coordinates, renormalised (Matryoshka); it warns when ``dim`` is not among the run's
+    ``loss.matryoshka_dims``. ``params`` go to the backend (``nlist``, ``m``, ``nbits``...).
+    """
     from contrastkit.index import list_indexes
+    from contrastkit.index.streaming import stream_index_sharded
     from contrastkit.train.run import load_run
 
-    _, task, _ = load_run(run)
-    corpus = task.embed_corpus()
+    _join_torchrun()
+    cfg, task, _ = load_run(run)
     if backend not in list_indexes():
-        backend = "exact"
-    metadata = [
-        {"label": label, "text": item if isinstance(item, str) else ""}
-        for label, item in zip(corpus.labels, corpus.items)
-    ]
+        from contrastkit.index import create_index
+
+        create_index(backend, dim=1)  # raises the registry's error with a suggestion
+    trained_dims = getattr(getattr(cfg, "loss", None), "matryoshka_dims", None)
+    folder = (Path(run) / INDEX_FILE).parent
+    kwargs = dict(
+        dim=dim,
+        chunk=chunk,
+        dtype=dtype,
+        train_size=train_size,
+        fingerprint=_fingerprint(Path(run)),
+        trained_dims=trained_dims,
+        index_file=Path(INDEX_FILE).name,
+        progress=progress,
+    )
+    source = corpus_chunks(task)
     try:
-        index = make_index(corpus.embeddings, backend=backend, metric="cosine", metadata=metadata)
-    except ImportError:  # faiss missing: exact search is always available
-        index = make_index(corpus.embeddings, backend="exact", metric="cosine", metadata=metadata)
-    path = Path(run) / INDEX_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    index.save(path)
-    return path, len(index)
+        built = stream_index_sharded(
+            source, folder, backend=backend, metric="cosine", **kwargs, **params
+        )
+    except ImportError:
+        if backend != "faiss_flat":
+            raise
+        # faiss missing and the default backend asked: exact search is always available
+        built = stream_index_sharded(source, folder, backend="exact", metric="cosine", **kwargs)
+    path = folder / Path(INDEX_FILE).name
+    if built is None:  # torchrun, rank > 0: rank 0 wrote the index from every rank's shard
+        return path, source.size()
+    return built.path, len(built.index)
 
 
 QUERIES_DIR = "queries"
@@ -72,8 +176,26 @@ def _load(run: str | os.PathLike) -> Any:
     return load_index(path)
 
 
-def search(run: str | os.PathLike, query: str, k: int = 5) -> list[dict[str, Any]]:
-    """The ``k`` nearest corpus items of a text or image-path ``query``."""
+def _fit(vector: Any, index: Any) -> Any:
+    """A query embedding at the index's width: truncated and renormalised when the index was
+    built with ``--dim`` (Matryoshka)."""
+    if vector.shape[-1] > index.dim:
+        from contrastkit.losses.matryoshka import truncate_embeddings
+
+        return truncate_embeddings(vector, index.dim)
+    return vector
+
+
+def search(
+    run: str | os.PathLike,
+    query: str,
+    k: int = 5,
+    *,
+    nprobe: int | None = None,
+    ef: int | None = None,
+) -> list[dict[str, Any]]:
+    """The ``k`` nearest corpus items of a text or image-path ``query``; ``nprobe`` (IVF) and
+    ``ef`` (HNSW) override the index's search settings for this query."""
     from contrastkit.train.run import load_run
 
     if k <= 0:
@@ -81,7 +203,7 @@ def search(run: str | os.PathLike, query: str, k: int = 5) -> list[dict[str, Any
     index = _load(run)
     _, task, _ = load_run(run)
     vector, _ = task.embed_query(query)
-    return _hits(index.search(vector, k), 0)
+    return _hits(index.search(_fit(vector, index), k, nprobe=nprobe, ef=ef), 0)
 
 
 def search_neighbours_of_test(
@@ -99,7 +221,7 @@ def search_neighbours_of_test(
             vector, _ = task.embed_query(item)
         else:
             vector = task.features(item.unsqueeze(0))
-        out.append((label, _hits(index.search(vector, k), 0)))
+        out.append((label, _hits(index.search(_fit(vector, index), k), 0)))
     return out
 
 
@@ -117,4 +239,11 @@ def _hits(result: Any, row: int) -> list[dict[str, Any]]:
     return hits
 
 
-__all__ = ["build_index", "example_queries", "search", "search_neighbours_of_test"]
+__all__ = [
+    "TaskCorpus",
+    "build_index",
+    "corpus_chunks",
+    "example_queries",
+    "search",
+    "search_neighbours_of_test",
+]

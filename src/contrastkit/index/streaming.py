@@ -1,0 +1,520 @@
+"""Index a corpus larger than memory: embed it chunk by chunk into a memory-mapped file, then
+train the index on a sample and add chunk by chunk; resumable from the last complete chunk.
+
+Files written in ``folder`` (each chunk is complete before the progress file says so):
+
+- ``embeddings.f32`` or ``embeddings.f16``: the (N, D) embeddings, raw little-endian, to be
+  memory-mapped by readers (written and read here with positioned I/O, so the OS page cache, not
+  the process, holds them: :class:`EmbeddingFile`);
+- ``metadata.jsonl``: one JSON value per document, appended per chunk;
+- ``progress.json``: written atomically after every chunk: the settings, the rows done and the
+  metadata file's length at that point. An interrupted run restarted with the same settings
+  continues from ``done`` (the metadata file is cut back to its recorded length); other
+  settings start over. It is removed once the index file is saved.
+
+Peak memory is one chunk of embeddings, the training sample and the index itself (its codes plus
+the ids and metadata every index keeps); it does not grow with N otherwise.
+
+The corpus comes from a :class:`ChunkSource`: ``size()`` documents and ``chunk(start, stop) ->
+(embeddings (n, W), metadata list)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from torch import Tensor
+
+from contrastkit.index.base import Index, atomic_write, create_index
+
+__all__ = [
+    "EMBEDDINGS_FILES",
+    "METADATA_FILE",
+    "PROGRESS_FILE",
+    "ChunkSource",
+    "EmbeddedCorpus",
+    "EmbeddingFile",
+    "StreamedIndex",
+    "TensorSource",
+    "embed_to_folder",
+    "index_parts",
+    "shard_rows",
+    "stream_index",
+    "stream_index_sharded",
+    "warn_dim_not_trained",
+]
+
+EMBEDDINGS_FILES = {"float32": "embeddings.f32", "float16": "embeddings.f16"}
+METADATA_FILE = "metadata.jsonl"
+PROGRESS_FILE = "progress.json"
+DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
+class ChunkSource(Protocol):
+    """What :func:`stream_index` reads: ``size()`` documents, embedded ``chunk(start, stop)`` at a
+    time as ``(embeddings: (stop - start, W) float, metadata: stop - start JSON values)``."""
+
+    def size(self) -> int: ...
+
+    def chunk(self, start: int, stop: int) -> tuple[Tensor | np.ndarray, list[Any]]: ...
+
+
+@dataclass
+class StreamedIndex:
+    """The result of :func:`stream_index`."""
+
+    index: Index
+    path: Path
+    embeddings_path: Path
+    resumed_from: int  # rows found complete from an earlier, interrupted run (0 if fresh)
+
+
+def _prefix(arr: np.ndarray, dim: int, renormalize: bool) -> np.ndarray:
+    arr = np.asarray(arr, dtype=np.float32)[:, :dim]  # (n, dim)
+    if renormalize:
+        norm = np.linalg.norm(arr, axis=1, keepdims=True)
+        arr = arr / np.where(norm > 1e-8, norm, 1.0)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _write_progress(folder: Path, state: dict[str, Any]) -> None:
+    atomic_write(folder / PROGRESS_FILE, [json.dumps(state).encode("utf-8")])
+
+
+def _read_progress(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    path = folder / PROGRESS_FILE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("settings") != settings:
+        return None
+    return state
+
+
+@dataclass
+class EmbeddedCorpus:
+    """Rows ``start:stop`` of a corpus embedded into ``folder`` (one shard, or the whole corpus)."""
+
+    folder: Path
+    start: int
+    stop: int
+    dim: int
+    dtype: str
+    resumed_from: int
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.folder / EMBEDDINGS_FILES[self.dtype]
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.folder / METADATA_FILE
+
+
+def stream_index(
+    source: ChunkSource,
+    folder: str | os.PathLike[str],
+    *,
+    backend: str = "faiss_flat",
+    metric: str = "cosine",
+    dim: int | None = None,
+    chunk: int = 4096,
+    dtype: str = "float32",
+    train_size: int = 65536,
+    fingerprint: str = "",
+    trained_dims: Sequence[int] | None = None,
+    index_file: str = "corpus.ckindex",
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+    **params: Any,
+) -> StreamedIndex:
+    """Embed ``source`` in chunks into ``folder`` and build a ``backend`` index over it.
+
+    Args:
+        source: the corpus (:class:`ChunkSource`).
+        folder: where the embeddings, metadata, progress and index files go.
+        backend: a registered index backend (:func:`contrastkit.index.list_indexes`).
+        metric: the index metric.
+        dim: keep the first ``dim`` coordinates, L2-renormalised (Matryoshka truncation);
+            default: the full width.
+        chunk: documents embedded and added at once (the memory bound).
+        dtype: ``"float32"`` or ``"float16"`` storage of the embeddings file.
+        train_size: rows (evenly spaced over the corpus) a backend that needs training trains on.
+        fingerprint: identifies the model (e.g. its checkpoint); a progress file written with
+            another fingerprint is not resumed.
+        trained_dims: the Matryoshka dims the model was trained with (``loss.matryoshka_dims``);
+            a ``dim`` below the full width and not among them gives a warning (it runs: a user
+            may want to measure it).
+        index_file: the index file name inside ``folder``.
+        progress: show a tqdm bar (documents and docs/s).
+        on_chunk: called with the rows done after every complete chunk (tests use it to
+            interrupt a run).
+        params: backend parameters (``nlist``, ``m``, ``nbits``, ``ef_search``...).
+
+    Returns:
+        A :class:`StreamedIndex` (the index is also saved to ``folder / index_file``).
+    """
+    check_chunking(chunk, train_size)
+    embedded = embed_to_folder(
+        source,
+        folder,
+        dim=dim,
+        chunk=chunk,
+        dtype=dtype,
+        fingerprint=fingerprint,
+        trained_dims=trained_dims,
+        progress=progress,
+        on_chunk=on_chunk,
+    )
+    index, path = index_parts(
+        [embedded],
+        Path(folder) / index_file,
+        backend=backend,
+        metric=metric,
+        chunk=chunk,
+        train_size=train_size,
+        **params,
+    )
+    return StreamedIndex(index, path, embedded.embeddings_path, embedded.resumed_from)
+
+
+def check_chunking(chunk: object, train_size: object) -> None:
+    for name, value in (("chunk", chunk), ("train_size", train_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def embed_to_folder(
+    source: ChunkSource,
+    folder: str | os.PathLike[str],
+    *,
+    dim: int | None = None,
+    chunk: int = 4096,
+    dtype: str = "float32",
+    fingerprint: str = "",
+    trained_dims: Sequence[int] | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+    rows: tuple[int, int] | None = None,
+) -> EmbeddedCorpus:
+    """The embedding phase of :func:`stream_index`: rows ``rows = (start, stop)`` of ``source``
+    (default: all) into ``folder``'s embeddings and metadata files, resumable chunk by chunk."""
+    check_chunking(chunk, 1)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+    if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0):
+        raise ValueError(f"dim must be a positive int (the kept embedding width), got {dim!r}.")
+    total = int(source.size())
+    if total <= 0:
+        raise ValueError("the corpus is empty (0 documents); nothing to index.")
+    lo, hi = (0, total) if rows is None else rows
+    if not 0 <= lo <= hi <= total:
+        raise ValueError(f"rows must satisfy 0 <= start <= stop <= {total}, got {rows!r}.")
+    n = hi - lo
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    probe = min(lo, total - 1)  # a shard may be empty: its width still comes from one row
+    first, first_meta = source.chunk(probe, min(probe + chunk, hi) if n else probe + 1)
+    first_np = first.detach().cpu().float().numpy() if isinstance(first, Tensor) else first
+    width = int(first_np.shape[1])
+    if dim is not None and dim > width:
+        raise ValueError(
+            f"dim={dim} is larger than the embedding width {width}; pass --dim <= {width} "
+            "(ideally one of the run's Matryoshka dims)."
+        )
+    keep = width if dim is None else dim
+    if keep < width:
+        warn_dim_not_trained(keep, trained_dims)
+    settings = {
+        "n": n,
+        "rows": [lo, hi],
+        "width": width,
+        "dim": keep,
+        "dtype": dtype,
+        "chunk": chunk,
+        "fingerprint": fingerprint,
+    }
+    emb_path = folder / EMBEDDINGS_FILES[dtype]
+    meta_path = folder / METADATA_FILE
+    state = _read_progress(folder, settings)
+    if state is not None and emb_path.exists() and meta_path.exists():
+        done, meta_bytes = int(state["done"]), int(state["metadata_bytes"])
+        with open(meta_path, "r+b") as handle:  # drop a partial chunk's metadata
+            handle.truncate(meta_bytes)
+        store = EmbeddingFile(emb_path, n, keep, dtype, create=False)
+    else:
+        done, meta_bytes = 0, 0
+        meta_path.write_bytes(b"")
+        store = EmbeddingFile(emb_path, n, keep, dtype, create=True)
+    resumed_from = done
+    renormalize = dim is not None and dim < width
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=n, initial=done, unit="doc", unit_scale=True, desc="embed", disable=not progress
+    )
+    with open(meta_path, "ab") as meta_out:
+        for start in range(done, n, chunk):
+            stop = min(start + chunk, n)
+            if start == 0 and probe == lo:
+                emb, meta = first_np, first_meta
+            else:
+                emb, meta = source.chunk(lo + start, lo + stop)
+                if isinstance(emb, Tensor):
+                    emb = emb.detach().cpu().float().numpy()
+            if emb.shape != (stop - start, width) or len(meta) != stop - start:
+                raise ValueError(
+                    f"chunk({lo + start}, {lo + stop}) returned embeddings of shape "
+                    f"{tuple(emb.shape)} and {len(meta)} metadata values; expected "
+                    f"({stop - start}, {width}) and {stop - start}."
+                )
+            store.write(start, _prefix(emb, keep, renormalize))
+            lines = b"".join(json.dumps(m).encode("utf-8") + b"\n" for m in meta)
+            meta_out.write(lines)
+            meta_out.flush()
+            os.fsync(meta_out.fileno())
+            meta_bytes += len(lines)
+            _write_progress(
+                folder, {"settings": settings, "done": stop, "metadata_bytes": meta_bytes}
+            )
+            bar.update(stop - start)
+            if on_chunk is not None:
+                on_chunk(stop)
+    bar.close()
+    store.close()
+    return EmbeddedCorpus(folder, lo, hi, keep, dtype, resumed_from)
+
+
+def index_parts(
+    parts: Sequence[EmbeddedCorpus],
+    path: str | os.PathLike[str],
+    *,
+    backend: str = "faiss_flat",
+    metric: str = "cosine",
+    chunk: int = 4096,
+    train_size: int = 65536,
+    **params: Any,
+) -> tuple[Index, Path]:
+    """The index phase: train on an evenly spaced sample of all ``parts`` (in order: shard 0,
+    1, ...), add them chunk by chunk with ids = global positions, save to ``path`` and remove the
+    parts' progress files. Parts must tile ``0:N`` and agree on width and dtype."""
+    check_chunking(chunk, train_size)
+    if not parts:
+        raise ValueError("parts is empty; embed at least one shard before indexing.")
+    parts = sorted(parts, key=lambda p: p.start)
+    expected = 0
+    for part in parts:
+        if part.start != expected:
+            raise ValueError(
+                f"shard {part.folder} starts at row {part.start}, expected {expected}: the shard "
+                "set has a gap or an overlap; embed every rank's share with the same world size."
+            )
+        if (part.dim, part.dtype) != (parts[0].dim, parts[0].dtype):
+            raise ValueError(
+                f"shard {part.folder} has dim={part.dim}, dtype={part.dtype} but shard "
+                f"{parts[0].folder} has dim={parts[0].dim}, dtype={parts[0].dtype}; embed all "
+                "shards with the same --dim and --dtype."
+            )
+        expected = part.stop
+    n, keep = expected, parts[0].dim
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    files = [
+        EmbeddingFile(p.embeddings_path, p.stop - p.start, keep, p.dtype, create=False)
+        for p in parts
+    ]
+    try:
+        index = create_index(backend, dim=keep, metric=metric, **params)
+        index.spool_to(Path(path).parent)  # faiss_binary: float copies on disk, not in memory
+        if not index.is_trained:
+            rows = np.unique(np.linspace(0, n - 1, num=min(train_size, n)).astype(np.int64))
+            sample = [
+                f.rows(rows[(rows >= p.start) & (rows < p.stop)] - p.start, chunk)
+                for f, p in zip(files, parts)
+                if ((rows >= p.start) & (rows < p.stop)).any()
+            ]
+            index.train(np.concatenate(sample))  # (S, D) evenly spaced sample
+        for f, part in zip(files, parts):
+            with open(part.metadata_path, "rb") as meta_in:
+                for start in range(0, part.stop - part.start, chunk):
+                    stop = min(start + chunk, part.stop - part.start)
+                    meta = [json.loads(next(meta_in)) for _ in range(stop - start)]
+                    index.add(
+                        f.read(start, stop),
+                        ids=[str(part.start + i) for i in range(start, stop)],
+                        metadata=meta,
+                    )
+    finally:
+        for f in files:
+            f.close()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index.save(path)
+    for part in parts:  # complete: a later run starts fresh
+        (part.folder / PROGRESS_FILE).unlink(missing_ok=True)
+    return index, path
+
+
+def shard_rows(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous rows ``(start, stop)`` of ``n`` that process ``rank`` of ``world`` embeds.
+
+    >>> [shard_rows(10, r, 3) for r in range(3)]
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world={world}), got {rank!r}.")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def stream_index_sharded(
+    source: ChunkSource,
+    folder: str | os.PathLike[str],
+    *,
+    backend: str = "faiss_flat",
+    metric: str = "cosine",
+    dim: int | None = None,
+    chunk: int = 4096,
+    dtype: str = "float32",
+    train_size: int = 65536,
+    fingerprint: str = "",
+    trained_dims: Sequence[int] | None = None,
+    index_file: str = "corpus.ckindex",
+    progress: bool = True,
+    **params: Any,
+) -> StreamedIndex | None:
+    """:func:`stream_index` under ``torchrun``: every process embeds its share
+    (:func:`shard_rows`) into ``folder/shard-R-of-W/``, then rank 0 trains and fills one index
+    from the shards in rank order, identical to a single-process build (same rows, same sample,
+    same ids). Returns the index on rank 0 and ``None`` on the other ranks (after rank 0 saved).
+    Without an initialised process group (or with one process) it is :func:`stream_index`.
+    """
+    import torch.distributed as dist
+
+    kw = {"dim": dim, "chunk": chunk, "dtype": dtype, "fingerprint": fingerprint}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stream_index(
+            source,
+            folder,
+            backend=backend,
+            metric=metric,
+            train_size=train_size,
+            trained_dims=trained_dims,
+            index_file=index_file,
+            progress=progress,
+            **kw,
+            **params,
+        )
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = shard_rows(int(source.size()), rank, world)
+    part = embed_to_folder(
+        source,
+        Path(folder) / f"shard-{rank}-of-{world}",
+        rows=rows,
+        trained_dims=trained_dims if rank == 0 else None,
+        progress=progress and rank == 0,
+        **kw,
+    )
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, part)
+    result = None
+    if rank == 0:
+        index, path = index_parts(
+            parts,
+            Path(folder) / index_file,
+            backend=backend,
+            metric=metric,
+            chunk=chunk,
+            train_size=train_size,
+            **params,
+        )
+        result = StreamedIndex(index, path, part.embeddings_path, part.resumed_from)
+    dist.barrier()  # the other ranks return once the index is saved
+    return result
+
+
+class EmbeddingFile:
+    """The (N, D) embeddings file, read and written with plain positioned I/O (``pwrite`` /
+    ``pread``) rather than a memory map: the data then sits in the OS page cache, which the
+    kernel can drop, instead of in this process's resident set. The file itself is a raw
+    little-endian array that readers can memory-map: ``np.memmap(path, dtype, shape=(N, D))``."""
+
+    def __init__(self, path: Path, n: int, dim: int, dtype: str, *, create: bool) -> None:
+        self.dtype, self.dim, self.n = DTYPES[dtype], dim, n
+        self.row_bytes = dim * self.dtype.itemsize
+        self._handle = open(path, "w+b" if create else "r+b")  # noqa: SIM115 - closed by close()
+        if create or os.fstat(self._handle.fileno()).st_size != n * self.row_bytes:
+            self._handle.truncate(n * self.row_bytes)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Rows ``start .. start + len(rows)``, durable (fsync) before returning."""
+        data = np.ascontiguousarray(rows, dtype=self.dtype).tobytes()
+        os.pwrite(self._handle.fileno(), data, start * self.row_bytes)
+        os.fsync(self._handle.fileno())
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as (stop - start, D) float32."""
+        nbytes = (stop - start) * self.row_bytes
+        data = os.pread(self._handle.fileno(), nbytes, start * self.row_bytes)
+        return (
+            np.frombuffer(data, dtype=self.dtype).reshape(stop - start, self.dim).astype(np.float32)
+        )
+
+    def rows(self, rows: np.ndarray, chunk: int) -> np.ndarray:
+        """The given sorted rows as (len(rows), D) float32, reading one chunk at a time."""
+        parts = []
+        for start in range(0, self.n, chunk):
+            stop = min(start + chunk, self.n)
+            inside = rows[(rows >= start) & (rows < stop)]
+            if inside.size:
+                parts.append(self.read(start, stop)[inside - start])
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class TensorSource:
+    """A :class:`ChunkSource` over embeddings already in memory: ``embeddings: (N, W)``."""
+
+    def __init__(self, embeddings: Tensor | np.ndarray, metadata: list[Any]) -> None:
+        if len(metadata) != embeddings.shape[0]:
+            raise ValueError(
+                f"metadata must have one entry per embedding ({embeddings.shape[0]}), got "
+                f"{len(metadata)}."
+            )
+        self.embeddings, self.metadata = embeddings, metadata
+
+    def size(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def chunk(self, start: int, stop: int) -> tuple[Tensor | np.ndarray, list[Any]]:
+        return self.embeddings[start:stop], self.metadata[start:stop]
+
+
+def warn_dim_not_trained(dim: int, trained: Sequence[int] | None) -> None:
+    """Warn when ``dim`` truncates to a width the model was not trained for (Matryoshka)."""
+    dims = list(trained) if trained else []
+    if dim not in dims:
+        hint = (
+            f"the run's Matryoshka dims are {dims}"
+            if dims
+            else "the run was not trained with Matryoshka dims (loss.matryoshka_dims)"
+        )
+        warnings.warn(
+            f"--dim {dim}: {hint}; a truncated embedding of another width may search much worse.",
+            UserWarning,
+            stacklevel=3,
+        )
