@@ -346,7 +346,8 @@ def info_nce_distributed(
             sharing a query's id are ignored (duplicates / false negatives).
 
     Returns:
-        Scalar, or (B,) with ``reduction="none"``, in the dtype of ``query``.
+        Scalar, or (B,) with ``reduction="none"``: float64 for float64 inputs, else float32 (half
+        inputs: the loss in float32, as the single-process path).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> q, k = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
@@ -423,7 +424,7 @@ def info_nce_distributed(
     if reduction == "none":
         return loss
     # Every anchor has its designated positive, so all W*B anchors are valid.
-    return _finish(loss.sum() if loss.ndim else loss, n, reduction).to(query.dtype)
+    return _finish(loss.sum() if loss.ndim else loss, n, reduction).to(compute_dtype(query.dtype))
 
 
 def nt_xent_distributed(
@@ -481,7 +482,7 @@ def nt_xent_distributed(
     )
     if reduction == "none":
         return loss
-    return _finish(loss, 2 * world * b, reduction).to(z1.dtype)
+    return _finish(loss, 2 * world * b, reduction).to(compute_dtype(z1.dtype))
 
 
 def supervised_contrastive_distributed(
@@ -542,7 +543,7 @@ def supervised_contrastive_distributed(
     # Valid anchors of all ranks, from the gathered labels: a label seen at least twice.
     _, inverse, counts = torch.unique(all_lab, return_inverse=True, return_counts=True)
     n_valid = int((counts[inverse] > 1).sum())
-    return _finish(loss, n_valid, reduction).to(embeddings.dtype)
+    return _finish(loss, n_valid, reduction).to(compute_dtype(embeddings.dtype))
 
 
 def _flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -614,8 +615,8 @@ def sigmoid_contrastive_distributed(
             rows = rows + diag / temperature + bias
         per_row = per_row + rows
     if reduction == "none":
-        return per_row.to(a.dtype)
-    return _finish(per_row.sum(), world * n, reduction).to(a.dtype)
+        return per_row.to(compute_dtype(a.dtype))
+    return _finish(per_row.sum(), world * n, reduction).to(compute_dtype(a.dtype))
 
 
 class GlobalBatchLoss(torch.nn.Module):

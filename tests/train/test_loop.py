@@ -364,3 +364,16 @@ def test_no_duplicates_sampler_keeps_one_row_per_group(tmp_path: Path) -> None:
     again = build_order(cfg, task, rank=1, world=2)
     again.load_state_dict(state)
     assert torch.equal(again.next(), expected)
+
+
+def test_matryoshka_dims_train_and_evaluate_each_width(tmp_path: Path) -> None:
+    """loss.matryoshka_dims wraps the loss; the evaluation reports kNN at every width."""
+    cfg = fast(tmp_path, loss={"matryoshka_dims": [4, 8]}, train={"max_steps": 2})
+    run = train(cfg, tmp_path / "mrl")
+    metrics = json.loads((run / "eval.json").read_text())["metrics"]
+    assert {"knn", "knn @4d", "knn @8d"} <= set(metrics)
+    assert "loss.matryoshka_dims" in str(
+        pytest.raises(
+            Exception, load_config_dict, tiny_config(tmp_path, loss={"matryoshka_dims": [0]})
+        ).value
+    )

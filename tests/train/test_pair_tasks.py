@@ -150,3 +150,10 @@ def test_pairs_task_on_a_saved_hugging_face_dataset_with_a_column_mapping(
     raw["data"]["columns"] = {"query": "prompt", "positive": "answer"}
     with pytest.raises(ValueError, match="prompt"):
         TextPairsTask(load_config_dict(raw))
+
+
+def test_matryoshka_pairs_report_recall_at_each_width(tmp_path: Path) -> None:
+    raw = pairs_config(tmp_path, loss={"matryoshka_dims": [4, 8]})
+    run = train(load_config_dict(raw), tmp_path / "mrl")
+    metrics = json.loads((run / "eval.json").read_text())["metrics"]
+    assert {"R@1", "R@1 @4d", "R@1 @8d", "MRR @4d"} <= set(metrics)

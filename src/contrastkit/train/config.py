@@ -200,6 +200,18 @@ class LossConfig(_Strict):
     name: str = "nt_xent"
     params: dict[str, Any] = Field(default_factory=dict)
     learnable_temperature: bool = False
+    matryoshka_dims: list[int] | None = Field(
+        default=None,
+        description="Matryoshka (Kusupati et al. 2022): also train the loss on these prefix "
+        "widths of the embedding (e.g. [32, 64, 128]); evaluation reports each",
+    )
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(d <= 0 for d in v) or len(set(v)) != len(v)):
+            raise ValueError("needs distinct positive widths, e.g. [32, 64, 128], or null")
+        return None if v is None else sorted(v)
 
     @model_validator(mode="before")
     @classmethod

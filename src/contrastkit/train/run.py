@@ -47,6 +47,10 @@ def build_loss(cfg: RunConfig, world: int = 1) -> nn.Module:
         loss = create_loss(cfg.loss.name, **params)
     except TypeError as err:
         raise ValueError(f"loss.params for {cfg.loss.name!r}: {err}") from None
+    if cfg.loss.matryoshka_dims:  # the prefix problems share one gather of the full batch
+        from contrastkit.losses.matryoshka import wrap_matryoshka
+
+        loss = wrap_matryoshka(loss, cfg.loss.matryoshka_dims)
     if world > 1 and spec.distributed == "global_batch":
         loss = GlobalBatchLoss(loss)
     n = cfg.negatives

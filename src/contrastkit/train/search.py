@@ -14,45 +14,23 @@ INDEX_FILE = "index/corpus.ckindex"
 
 
 class TaskCorpus:
-    """The run's corpus as a :class:`contrastkit.index.streaming.ChunkSource`.
-
-    Uses the task's ``corpus_size()`` / ``embed_corpus_chunk(start, stop) -> Corpus`` when its
-    class defines them (embedding one chunk at a time, so memory stays bounded); otherwise it
-    embeds the whole corpus once with ``task.embed_corpus()`` and serves slices of it (memory
-    then grows with N, as before). Metadata per document: ``{"label", "text"}``.
-    """
+    """The run's corpus as a :class:`contrastkit.index.streaming.ChunkSource`: the task's
+    ``corpus_size()`` and ``embed_corpus_chunk(start, stop)`` (one chunk embedded at a time, so
+    memory stays bounded). Metadata per document: ``{"label", "text"}``."""
 
     def __init__(self, task: Any) -> None:
         self.task = task
-        cls = type(task)
-        self._chunked = callable(getattr(cls, "corpus_size", None)) and callable(
-            getattr(cls, "embed_corpus_chunk", None)
-        )
-        self._whole: Any = None
-
-    def _corpus(self) -> Any:
-        if self._whole is None:
-            self._whole = self.task.embed_corpus()
-        return self._whole
 
     def size(self) -> int:
-        if self._chunked:
-            return int(self.task.corpus_size())
-        return len(self._corpus().labels)
+        return int(self.task.corpus_size())
 
     def chunk(self, start: int, stop: int) -> tuple[Any, list[Any]]:
-        if self._chunked:
-            part = self.task.embed_corpus_chunk(start, stop)
-            embeddings, labels, items = part.embeddings, part.labels, part.items
-        else:
-            whole = self._corpus()
-            embeddings = whole.embeddings[start:stop]
-            labels, items = whole.labels[start:stop], whole.items[start:stop]
+        part = self.task.embed_corpus_chunk(start, stop)
         meta = [
             {"label": label, "text": item if isinstance(item, str) else ""}
-            for label, item in zip(labels, items)
+            for label, item in zip(part.labels, part.items)
         ]
-        return embeddings, meta
+        return part.embeddings, meta
 
 
 def corpus_chunks(task: Any) -> TaskCorpus:

@@ -20,6 +20,7 @@ Evaluation and search::
     task.evaluate(quick=False)      -> EvalResult of the current model
     task.query_kinds                ("image",), ("text",) or ("text", "image")
     task.embed_texts(texts, side) / task.embed_images(images (N, C, H, W))  -> (N, D)
+    task.corpus_size(); task.embed_corpus_chunk(start, stop) -> Corpus (index streaming);
     task.embed_corpus() -> Corpus; task.corpus_items(); task.examples(n); task.embed_query(q)
 
 Shapes: B batch, D embedding dim, N corpus, C x H x W images.
@@ -93,6 +94,10 @@ class Task(Protocol):
     def baseline(self) -> EvalResult | None: ...
 
     def evaluate(self, *, quick: bool = False) -> EvalResult: ...
+
+    def corpus_size(self) -> int: ...
+
+    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus: ...
 
     def embed_corpus(self) -> Corpus: ...
 

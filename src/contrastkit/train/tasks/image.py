@@ -33,6 +33,7 @@ from contrastkit.encoders import (
 )
 from contrastkit.eval import knn_accuracy, linear_probe
 from contrastkit.losses import loss_spec
+from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs, chunked
 
@@ -132,6 +133,10 @@ class MemoryImages:
         """The first ``n`` images (N, C, H, W)."""
         return self.ds.images[:n]
 
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Images ``start:stop`` (N, C, H, W)."""
+        return self.ds.images[start:stop]
+
 
 class FolderImages:
     """An :class:`~contrastkit.data.ImageFiles` split streamed from disk by ``workers``
@@ -170,15 +175,20 @@ class FolderImages:
     def batches(self, size: int = 512) -> Iterator[tuple[Tensor, Tensor]]:
         """Every row in order; an unreadable file is a blank image (positions stay rows)."""
         for start in range(0, len(self.files), size):
-            rows = torch.arange(start, min(start + size, len(self.files)))
-            batch = self.reader.read(rows.tolist())
-            images = torch.zeros(len(rows), *self.image_shape)
-            images[batch["index"] - start] = batch["images"].float() / 255.0
-            yield images, rows
+            stop = min(start + size, len(self.files))
+            yield self.rows(start, stop), torch.arange(start, stop)
 
     def head(self, n: int) -> Tensor:
         """The first ``n`` images (N, C, H, W)."""
-        return next(self.batches(min(n, len(self.files))))[0]
+        return self.rows(0, min(n, len(self.files)))
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Images ``start:stop`` (N, C, H, W); an unreadable file is a blank image."""
+        rows = torch.arange(start, min(stop, len(self.files)))
+        batch = self.reader.read(rows.tolist())
+        images = torch.zeros(len(rows), *self.image_shape)
+        images[batch["index"] - start] = batch["images"].float() / 255.0
+        return images
 
     def item(self, i: int) -> Tensor:
         got = self.files[int(i)]
@@ -411,6 +421,8 @@ class ImageTask:
             metrics["knn"] = self.knn(tr, tr_y, te, te_y, e.knn_k)
             if e.probe and not quick:
                 metrics["probe"] = self.probe(tr, tr_y, te, te_y)
+            if self.cfg.loss.matryoshka_dims and not quick:
+                metrics.update(self._knn_per_width(tr_y, te_y))
         if quick:
             return EvalResult(metrics)
         # positive (two views of one test image) vs negative (different images) similarities
@@ -428,17 +440,41 @@ class ImageTask:
             arrays.update({"test_embeddings": te, "test_labels": te_y})
         return EvalResult(metrics, "model", arrays)
 
+    def _knn_per_width(self, tr_y: Tensor, te_y: Tensor) -> dict[str, float]:
+        """kNN on the projection (the space Matryoshka trains) truncated to each width."""
+        enc = self.model["encoder"]
+        out: dict[str, float] = {}
+        was = enc.training
+        enc.eval()
+        with torch.no_grad():
+            tr = torch.cat([chunked(enc, x) for x, _ in self.train_set.batches()])
+            te = torch.cat([chunked(enc, x) for x, _ in self.test_set.batches()])
+        enc.train(was)
+        for d in self.cfg.loss.matryoshka_dims or ():
+            if d <= tr.shape[1]:
+                a, b = truncate_embeddings(tr, d), truncate_embeddings(te, d)
+                out[f"knn @{d}d"] = self.knn(a, tr_y, b, te_y, self.cfg.eval.knn_k)
+        return out
+
     # -- index and search -------------------------------------------------------------------
     def _label_name(self, label: int) -> str:
         classes = self.train_set.classes
         return classes[label] if 0 <= label < len(classes) else ""
 
-    def embed_corpus(self) -> Corpus:
-        """The train images (positions = rows); folder runs carry each file's path as text."""
-        emb, labels = self.features_of(self.train_set)
+    def corpus_size(self) -> int:
+        """The corpus is the train images (positions = rows)."""
+        return len(self.train_set)
+
+    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
+        """Rows ``start:stop`` of the corpus; folder runs carry each file's path as text."""
+        emb = self.features(self.train_set.rows(start, stop))
+        labels = self.train_set.labels[start:stop]
         files = getattr(self.train_set, "files", None)
-        items = [""] * len(emb) if files is None else list(files.keys)
+        items = [""] * len(emb) if files is None else files.keys[start:stop]
         return Corpus(emb, [self._label_name(int(y)) for y in labels], items)
+
+    def embed_corpus(self) -> Corpus:
+        return self.embed_corpus_chunk(0, self.corpus_size())
 
     def corpus_items(self) -> Any:
         """The corpus images, indexed like the index's positions ((C, H, W) each)."""

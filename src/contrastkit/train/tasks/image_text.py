@@ -123,9 +123,17 @@ class ImageTextTask:
         }
         return EvalResult(metrics, "model", arrays)
 
-    def embed_corpus(self) -> Corpus:
+    def corpus_size(self) -> int:
+        """The corpus is the held-out images, captioned."""
+        return len(self.test_set)
+
+    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
         ds = self.test_set
-        return Corpus(self.embed_images(ds.images), list(ds.texts), [""] * len(ds))
+        texts = list(ds.texts[start:stop])
+        return Corpus(self.embed_images(ds.images[start:stop]), texts, [""] * len(texts))
+
+    def embed_corpus(self) -> Corpus:
+        return self.embed_corpus_chunk(0, self.corpus_size())
 
     def corpus_items(self) -> Tensor:
         return self.test_set.images

@@ -129,9 +129,16 @@ class PreferenceTask:
         arrays = {"positive_similarity": sc / SCALE, "negative_similarity": sr / SCALE}
         return EvalResult(metrics, "model", arrays, {"pairs": n})
 
+    def corpus_size(self) -> int:
+        """The corpus is the held-out responses."""
+        return len(self.test_pairs)
+
+    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
+        texts = list(self.test_pairs.positive[start:stop])
+        return Corpus(self.embed_texts(texts), list(self.test_pairs.ids[start:stop]), texts)
+
     def embed_corpus(self) -> Corpus:
-        texts = list(self.test_pairs.positive)
-        return Corpus(self.embed_texts(texts), list(self.test_pairs.ids), texts)
+        return self.embed_corpus_chunk(0, self.corpus_size())
 
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
         return self.embed_texts([query]), query

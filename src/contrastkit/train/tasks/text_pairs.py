@@ -31,6 +31,7 @@ from contrastkit.distributed import all_gather, get_rank, get_world_size
 from contrastkit.encoders import create_encoder
 from contrastkit.eval.pairs import heldout_rows, recall_summary
 from contrastkit.losses import loss_spec
+from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.negatives import ExtraNegatives
 from contrastkit.negatives.false_negatives import duplicate_mask, stable_text_ids
@@ -127,6 +128,7 @@ class TextPairsTask:
         if self.hard_negatives:
             _check_hard_negatives_fit(cfg)
         self.mask_ids = cfg.negatives.false_negatives.ids
+        self._rows: list[int] | None = None
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
         rows = indices.tolist()
@@ -226,6 +228,11 @@ class TextPairsTask:
         query = self.embed_texts([self.test_pairs.query[r] for r in q_rows])
         corpus = self.embed_texts([self.test_pairs.positive[r] for r in c_rows], "document")
         metrics = recall_summary(query, corpus, relevant, e.recall_at)
+        for d in self.cfg.loss.matryoshka_dims or ():  # each trained prefix width
+            if d < query.shape[1]:
+                q, c = truncate_embeddings(query, d), truncate_embeddings(corpus, d)
+                at_d = recall_summary(q, c, relevant, e.recall_at)
+                metrics.update({f"{k} @{d}d": v for k, v in at_d.items()})
         counts = {"corpus_size": len(c_rows), "queries": len(q_rows)}
         if quick:
             return EvalResult(metrics, counts=counts)
@@ -236,11 +243,23 @@ class TextPairsTask:
             arrays.update({"test_embeddings": query, "test_labels": labels})
         return EvalResult(metrics, "model", arrays, counts)
 
-    def embed_corpus(self) -> Corpus:
-        _, rows, _ = heldout_rows(self.test_pairs.ids, None, "first")
+    def _corpus_rows(self) -> list[int]:
+        """The corpus: one held-out key per id (its first row)."""
+        if self._rows is None:
+            self._rows = heldout_rows(self.test_pairs.ids, None, "first")[1]
+        return self._rows
+
+    def corpus_size(self) -> int:
+        return len(self._corpus_rows())
+
+    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
+        rows = self._corpus_rows()[start:stop]
         texts = [self.test_pairs.positive[r] for r in rows]
         labels = [self.test_pairs.ids[r] for r in rows]
         return Corpus(self.embed_texts(texts, "document"), labels, texts)
+
+    def embed_corpus(self) -> Corpus:
+        return self.embed_corpus_chunk(0, self.corpus_size())
 
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
         return self.embed_texts([query]), query
