@@ -367,32 +367,17 @@ def test_a_streamed_binary_index_keeps_its_floats_on_disk(tmp_path):
     assert (tmp_path / "corpus.ckindex.f32").stat().st_size == 700 * 24 * 4
 
 
-def test_task_corpus_uses_the_chunked_protocol_when_the_task_defines_it(tiny_run):
-    """`corpus_size()` / `embed_corpus_chunk(start, stop)` (the task protocol's chunked corpus):
-    used when the task's class defines them, else `embed_corpus()` is sliced; same vectors."""
+def test_task_corpus_chunks_equal_the_whole_corpus(tiny_run):
+    """The task protocol's chunked corpus (`corpus_size()`, `embed_corpus_chunk(start, stop)`)
+    gives the vectors and labels of the whole `embed_corpus()`, one chunk at a time."""
     from contrastkit.train.run import load_run
     from contrastkit.train.search import corpus_chunks
-    from contrastkit.train.tasks import Corpus
 
     _, task, _ = load_run(tiny_run)
-    calls = []
-
-    class ChunkedTask(type(task)):
-        def corpus_size(self) -> int:
-            return len(self.train_set.labels)
-
-        def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
-            calls.append((start, stop))
-            ds = self.train_set
-            labels = [ds.classes[int(y)] for y in ds.labels[start:stop]]
-            return Corpus(self.features(ds.images[start:stop]), labels, [""] * (stop - start))
-
-    chunked_task = object.__new__(ChunkedTask)
-    chunked_task.__dict__.update(task.__dict__)
-    chunked, whole = corpus_chunks(chunked_task), corpus_chunks(task)
-    assert chunked.size() == whole.size() == 1422
-    a, meta_a = chunked.chunk(100, 164)
-    b, meta_b = whole.chunk(100, 164)
-    assert calls == [(100, 164)]
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert meta_a == meta_b and meta_a[0] == {"label": meta_a[0]["label"], "text": ""}
+    source = corpus_chunks(task)
+    assert source.size() == task.corpus_size() == 1422
+    a, meta = source.chunk(100, 164)
+    whole = task.embed_corpus()
+    torch.testing.assert_close(a, whole.embeddings[100:164], rtol=1e-5, atol=1e-5)
+    assert [m["label"] for m in meta] == whole.labels[100:164]
+    assert meta[0] == {"label": meta[0]["label"], "text": ""}

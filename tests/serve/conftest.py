@@ -56,7 +56,7 @@ def image_text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "width": 4,
             "out_dim": 16,
             "options": {
-                "text": "scratch",
+                "text": "tiny_text",
                 "text_options": {
                     "hidden_size": 16,
                     "num_layers": 1,

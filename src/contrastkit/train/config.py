@@ -626,12 +626,26 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """Read a YAML file (or packaged recipe name), apply overrides, validate."""
     p = resolve_config_path(path)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file; pass a YAML config.") from None
+    if raw is None:
+        raise ConfigError(
+            f"{p}: the file is empty; write a YAML mapping (e.g. `task: views`) or pass a "
+            "packaged recipe name (contrastkit recipes)."
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{p}: a config is a YAML mapping (key: value) at the top level, got a "
+            f"{type(raw).__name__}; e.g. `task: views`."
+        )
     return load_config_dict(raw, overrides)
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
-    """Write the resolved config (every default filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config (every default filled in) as YAML, atomically."""
+    from contrastkit.atomic import write_text
+
+    write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

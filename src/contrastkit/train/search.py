@@ -6,9 +6,12 @@ runs); each stored vector carries ``{"label", "text"}`` metadata and its positio
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
+
+from contrastkit.atomic import write_bytes
 
 INDEX_FILE = "index/corpus.ckindex"
 
@@ -140,7 +143,9 @@ def example_queries(run: str | os.PathLike, n: int = 3) -> list[str]:
         name = "".join(c if c.isalnum() else "_" for c in str(label)).strip("_").lower()
         path = Path(run) / QUERIES_DIR / f"test_{i}_{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array.contiguous().numpy()).save(path)
+        buffer = io.BytesIO()
+        Image.fromarray(array.contiguous().numpy()).save(buffer, format="PNG")
+        write_bytes(path, buffer.getvalue())
         out.append(str(path))
     return out
 
