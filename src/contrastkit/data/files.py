@@ -53,7 +53,27 @@ class PairFileError(ValueError):
     """A malformed row in a pair file; the message starts with ``file:line:``."""
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> PairFileError:
+    return PairFileError(
+        f"{path}: not UTF-8 text (bad byte at offset {err.start}); save the file as UTF-8."
+    )
+
+
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        yield from _jsonl(path)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
+def _rows_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        yield from _csv(path)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
@@ -70,7 +90,7 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, row
 
 
-def _rows_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None:

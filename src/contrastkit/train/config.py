@@ -641,7 +641,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             f"{p}: a config is a YAML mapping (key: value) at the top level, got a "
             f"{type(raw).__name__}; e.g. `task: views`."
         )
-    return load_config_dict(raw, overrides)
+    try:
+        return load_config_dict(raw, overrides)
+    except ConfigError as err:  # name the file the bad keys are in
+        raise ConfigError(f"{p}: {err}") from None
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
