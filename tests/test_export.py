@@ -234,7 +234,7 @@ def test_two_tower_text_model_writes_query_and_document_folders(tmp_path):
     out = tmp_path / "two"
     with atomic_folder(out) as tmp:
         _write_sentence_transformers(task, tmp, tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == ["document", "query"]
+    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "document", "query"]
     for side, enc in towers.items():
         theirs = SentenceTransformer(str(out / side), device="cpu").encode(
             TEXTS, normalize_embeddings=True, convert_to_tensor=True

@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,18 +47,13 @@ FORMATS = ("sentence-transformers", "onnx", "safetensors")
 
 @contextlib.contextmanager
 def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it replaces ``out`` (absent or
-    empty) in one ``os.replace``, on error it is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if out.is_dir():
-            out.rmdir()  # empty (checked before), so the rename can take its place
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """A temporary folder beside ``out`` that becomes ``out`` when the block ends (with a
+    ``MANIFEST.json`` of every file's sha256, :func:`contrastkit.atomic.atomic_folder`); on an
+    error nothing appears at ``out``."""
+    from contrastkit.atomic import atomic_folder as folder
+
+    with folder(out) as writer:
+        yield writer.path
 
 
 def _text_towers(task: Any) -> dict[str, tuple[TextEncoder, nn.Linear | None]]:
