@@ -134,3 +134,56 @@ def test_image_folder_errors_name_the_key(
     (tmp_path / "empty").mkdir()
     assert main([*base, "--set", f"data.root={tmp_path / 'empty'}"]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_image_text_task_on_a_captioned_manifest(tmp_path: Path) -> None:
+    """task: image_text on a user's CSV manifest (path, caption): CLIP-style training and
+    both retrieval directions, from files streamed from disk."""
+    import csv
+
+    from tests.train.conftest import tiny_pairs_config
+
+    from contrastkit.train import load_config_dict, train
+
+    data = load_emoji(size=32)
+    root = tmp_path / "captioned"
+    root.mkdir()
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "caption"])
+        for i in range(120):
+            _save(data.images[i], root / f"e{i:03d}.png")
+            writer.writerow([f"e{i:03d}.png", data.texts[i].lower()])
+    raw = tiny_pairs_config(tmp_path)
+    raw.update(
+        task="image_text",
+        negatives={},
+        data={
+            "dataset": "image_folder",
+            "root": str(root / "manifest.csv"),
+            "options": {"caption_column": "caption"},
+            "workers": 2,
+        },
+        model={
+            "name": "emoji_towers",
+            "width": 4,
+            "out_dim": 8,
+            "options": {
+                "text": "tiny_text",
+                "freeze_text": False,
+                "text_options": {
+                    "hidden_size": 16,
+                    "num_layers": 1,
+                    "num_heads": 2,
+                    "max_length": 16,
+                },
+            },
+        },
+        eval={"recall_at": [1, 5]},
+    )
+    run = train(load_config_dict(raw), tmp_path / "clip")
+    metrics = json.loads((run / "eval.json").read_text())["metrics"]
+    assert {"image->text R@1", "text->image R@5"} <= set(metrics)
+    raw["data"]["options"] = {}
+    with pytest.raises(ValueError, match="needs a caption per image"):
+        train(load_config_dict(raw), tmp_path / "no-captions")

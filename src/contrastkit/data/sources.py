@@ -1,7 +1,7 @@
 """Named data sources: the ``data.dataset`` names a config can use, mapped to the loaders.
 
 >>> sorted(IMAGE_SOURCES)
-['digits', 'fashion_mnist']
+['digits', 'emoji', 'fashion_mnist']
 >>> sorted(TEXT_PAIR_SOURCES)
 ['beir', 'bible', 'hf', 'pairs_file', 'wordnet', 'wordnet_preference']
 """
@@ -25,6 +25,12 @@ def _digits(split: str, root: str | os.PathLike | None = None, **opts: Any) -> I
     from contrastkit.data.fashion_mnist import load_digits
 
     return load_digits(split, **opts).float()
+
+
+def _emoji(split: str, root: str | os.PathLike | None = None, **opts: Any) -> ImageDataset:
+    from contrastkit.data.emoji import load_emoji
+
+    return load_emoji(split=split, **opts).float()
 
 
 def _wordnet(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
@@ -81,6 +87,7 @@ def _hf(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextP
 IMAGE_SOURCES: dict[str, Callable[..., ImageDataset]] = {
     "fashion_mnist": _fashion_mnist,
     "digits": _digits,
+    "emoji": _emoji,  # with captions: the image-text task
 }
 TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
     "wordnet": _wordnet,

@@ -354,7 +354,7 @@ class EvalConfig(_Strict):
 
 IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
 TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir", "hf")
-IMAGE_TEXT_DATASETS = ("emoji",)
+IMAGE_TEXT_DATASETS = ("emoji", "image_folder")
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
 
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.emoji import load_emoji
+from contrastkit.data.image_source import Items, open_images
 from contrastkit.encoders import ImageTextModel, create_encoder
 from contrastkit.encoders.vision import SmallCNN
 from contrastkit.eval.pairs import recall_summary
@@ -33,9 +33,27 @@ class ImageTextTask:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
-        opts = dict(cfg.data.options)
-        self.train_set = load_emoji(split="train", **opts).float()
-        self.test_set = load_emoji(split="test", **opts).float()
+        d = cfg.data
+        self.train_set, self.test_set = (
+            open_images(
+                d.dataset,
+                split,
+                root=d.root,
+                options=d.options,
+                limit=d.subset if split == "train" else d.test_subset,
+                image_size=d.image_size,
+                workers=d.workers,
+                seed=cfg.seed,
+            )
+            for split in ("train", "test")
+        )
+        for split, source in (("train", self.train_set), ("test", self.test_set)):
+            if source.texts is None:
+                raise ValueError(
+                    f"task: image_text needs a caption per image; the {split} images of "
+                    f"data.dataset={d.dataset!r} have none (an image folder: a CSV/Parquet "
+                    "manifest with data.options.caption_column)."
+                )
         mopts = dict(cfg.model.options)
         text_name = mopts.pop("text", "minilm")
         text_options = dict(mopts.pop("text_options", {}))
@@ -45,29 +63,30 @@ class ImageTextTask:
         if mopts.pop("freeze_text", True):
             for p in text.parameters():
                 p.requires_grad_(False)
-        size = self.train_set.images.shape[-1]
-        image = SmallCNN(in_channels=3, width=cfg.model.width, stem_stride=2 if size > 32 else 1)
+        channels, size, _ = self.train_set.image_shape
+        image = SmallCNN(channels, width=cfg.model.width, stem_stride=2 if size > 32 else 1)
         self.model = nn.ModuleDict({"towers": ImageTextModel(image, text, cfg.model.out_dim)})
         self.num_train = len(self.train_set)
-        self.train_labels: Tensor | None = self.train_set.labels
+        self.train_labels: Tensor | None = self.train_set.labels if self.train_set.classes else None
         self.train_groups: Tensor | None = None
         self.class_names = list(self.test_set.classes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the image tower takes."""
-        c, h, w = self.train_set.images.shape[1:]
-        return int(c), int(h), int(w)
+        return self.train_set.image_shape
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
-        images = self.train_set.images[indices]
-        flip = torch.rand(len(indices), generator=generator) < 0.5
+        images, rows, skipped = self.train_set.read(indices)
+        flip = torch.rand(len(rows), generator=generator) < 0.5
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)  # mirrored glyphs
-        return {"images": images, "texts": [self.train_set.texts[i] for i in indices.tolist()]}
+        texts = [self.train_set.texts[i] for i in rows.tolist()]
+        return {"images": images, "texts": texts, "skipped_files": skipped}
 
     def loss_terms(self, batch: dict[str, Any], loss: nn.Module) -> Step:
         image, text = self.model["towers"](batch["images"], batch["texts"])
-        return Step({self.cfg.loss.name: loss(image.float(), text.float())}, (image, text))
+        counts = {"skipped_files": batch["skipped_files"]} if batch["skipped_files"] else {}
+        return Step({self.cfg.loss.name: loss(image.float(), text.float())}, (image, text), counts)
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing moves besides the optimizer's step."""
@@ -105,7 +124,8 @@ class ImageTextTask:
     @torch.no_grad()
     def evaluate(self, *, quick: bool = False) -> EvalResult:
         ds = self.test_set
-        image, text = self.embed_images(ds.images), self.embed_texts(list(ds.texts))
+        image = torch.cat([self.embed_images(x) for x, _ in ds.batches()])
+        text = self.embed_texts(list(ds.texts))
         rel = torch.arange(len(ds))
         ks = self.cfg.eval.recall_at
         metrics = {f"image->text {k}": v for k, v in recall_summary(image, text, rel, ks).items()}
@@ -115,12 +135,9 @@ class ImageTextTask:
         if quick:
             return EvalResult(metrics)
         pos, neg = positive_negative_similarities(image, text)
-        arrays = {
-            "positive_similarity": pos,
-            "negative_similarity": neg,
-            "test_embeddings": image,
-            "test_labels": ds.labels,
-        }
+        arrays = {"positive_similarity": pos, "negative_similarity": neg}
+        if ds.classes:
+            arrays.update({"test_embeddings": image, "test_labels": ds.labels})
         return EvalResult(metrics, "model", arrays)
 
     def corpus_size(self) -> int:
@@ -130,13 +147,13 @@ class ImageTextTask:
     def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
         ds = self.test_set
         texts = list(ds.texts[start:stop])
-        return Corpus(self.embed_images(ds.images[start:stop]), texts, [""] * len(texts))
+        return Corpus(self.embed_images(ds.rows(start, stop)), texts, [""] * len(texts))
 
     def embed_corpus(self) -> Corpus:
         return self.embed_corpus_chunk(0, self.corpus_size())
 
-    def corpus_items(self) -> Tensor:
-        return self.test_set.images
+    def corpus_items(self) -> Any:
+        return Items(self.test_set)
 
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
         if Path(query).exists():
