@@ -177,7 +177,12 @@ def test_page_and_docs_are_served(image_client: TestClient) -> None:
     page = image_client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert ".innerHTML" not in page.text  # results are built with textContent only
-    assert image_client.get("/docs").status_code == 200
+    docs = image_client.get("/docs")
+    assert docs.status_code == 200
+    # the API page loads its JavaScript and CSS from this server, not from a CDN
+    assert "cdn." not in docs.text and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    script = image_client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
     assert "/search/upload" in image_client.get("/openapi.json").json()["paths"]
 
 

@@ -216,3 +216,17 @@ def test_the_page_sends_the_api_key_for_searches_and_thumbnails(
                 for img in d.find_elements(By.CSS_SELECTOR, "#results img.thumb")
             )
         )
+
+
+def test_the_api_docs_page_renders_without_a_network(
+    browser: webdriver.Chrome, image_url: str
+) -> None:
+    """/docs is Swagger UI from this server's own files (the machine has no network): the
+    browser renders the operations of the OpenAPI schema."""
+    browser.get(image_url + "/docs")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")) > 3)
+    paths = {
+        e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+    }
+    assert {"/search", "/embed", "/health"} <= {p.replace("\u200b", "") for p in paths}

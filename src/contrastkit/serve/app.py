@@ -238,7 +238,10 @@ def create_app(
         f"({', '.join(embedder.kinds)} queries).",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: the page works without a network
     )
+    app.openapi_version = "3.0.3"  # the packaged Swagger UI (4.x) renders 3.0 documents
+    _add_offline_docs(app)
     app.state.metrics, app.state.holder = metrics, holder
     app.state.batcher, app.state.searcher = batcher, searcher
 
@@ -504,3 +507,27 @@ def create_app_from_run(
             f"{path}: no index file; build it with `contrastkit index {run}` or pass --index PATH."
         )
     return create_app(Embedder.from_run(run), path, settings, run=run)
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _add_offline_docs(app: Any) -> None:
+    """``GET /docs``: FastAPI's Swagger UI page with its JavaScript and CSS served from the
+    ``swagger-ui-bundle`` package instead of a CDN (a service on a closed network still
+    documents itself)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="contrastkit serve - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )

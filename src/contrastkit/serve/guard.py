@@ -16,6 +16,7 @@ __all__ = ["PUBLIC_PATHS", "Guard"]
 
 # Paths anyone may read: the page, health and the API documentation.
 PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+PUBLIC_PREFIXES = ("/docs-assets/",)  # the API page's local JavaScript and CSS
 
 
 class Guard:
@@ -54,7 +55,8 @@ class Guard:
         path = scope.get("path", "")
         headers = dict(scope.get("headers", ()))
         try:
-            if path not in PUBLIC_PATHS and not self._authorised(headers):
+            public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+            if not public and not self._authorised(headers):
                 await _json(
                     send_and_record,
                     401,
