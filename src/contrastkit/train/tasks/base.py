@@ -78,7 +78,6 @@ class Task(Protocol):
     """The protocol every task implements (see the module docstring)."""
 
     name: ClassVar[str]
-    config_sections: ClassVar[tuple[str, ...]]
     query_kinds: ClassVar[tuple[str, ...]]
     model: nn.ModuleDict
     num_train: int

@@ -73,7 +73,7 @@ def image_encoder_spec(model: Any, channels: int, size: int) -> dict[str, Any]:
             f"model.name={model.name!r} is not a registered encoder; allowed: {', '.join(names)}."
         )
     accepted = inspect.signature(ENCODERS.get(model.name)).parameters
-    options: dict[str, Any] = {"in_channels": channels, "width": model.width}
+    options: dict[str, Any] = {"in_channels": channels, "width": model.width, "image_size": size}
     if "pool" in accepted:
         options["pool"] = min(model.pool, max(1, size // 4))
     options = {k: v for k, v in options.items() if k in accepted}
@@ -117,16 +117,6 @@ class ImageTask:
     """``views`` and ``supervised``: two random views per image."""
 
     name: ClassVar[str] = "views"
-    config_sections: ClassVar[tuple[str, ...]] = (
-        "data",
-        "views",
-        "model",
-        "loss",
-        "negatives",
-        "optim",
-        "train",
-        "eval",
-    )
     query_kinds: ClassVar[tuple[str, ...]] = ("image",)
 
     def __init__(self, cfg: Any) -> None:

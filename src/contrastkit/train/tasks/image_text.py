@@ -26,7 +26,6 @@ class ImageTextTask:
     """``image_text``: images and captions through two towers."""
 
     name: ClassVar[str] = "image_text"
-    config_sections: ClassVar[tuple[str, ...]] = ("data", "model", "loss", "optim", "train", "eval")
     query_kinds: ClassVar[tuple[str, ...]] = ("text", "image")
     encoder_spec: ClassVar[None] = None  # two towers, not one registered encoder
 

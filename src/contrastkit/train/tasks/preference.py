@@ -51,7 +51,6 @@ class PreferenceTask:
     """``preference``: a text tower scoring (prompt, response) pairs."""
 
     name: ClassVar[str] = "preference"
-    config_sections: ClassVar[tuple[str, ...]] = ("data", "model", "loss", "optim", "train", "eval")
     query_kinds: ClassVar[tuple[str, ...]] = ("text",)
 
     def __init__(self, cfg: Any) -> None:

@@ -101,15 +101,6 @@ class TextPairsTask:
     """``pairs``: query -> key retrieval with one shared text tower."""
 
     name: ClassVar[str] = "pairs"
-    config_sections: ClassVar[tuple[str, ...]] = (
-        "data",
-        "model",
-        "loss",
-        "negatives",
-        "optim",
-        "train",
-        "eval",
-    )
     query_kinds: ClassVar[tuple[str, ...]] = ("text",)
 
     def __init__(self, cfg: Any) -> None:
