@@ -6,8 +6,10 @@ runs); each stored vector carries ``{"label", "text"}`` metadata and its positio
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,19 +109,40 @@ def build_index(
         progress=progress,
     )
     source = corpus_chunks(task)
-    try:
-        built = stream_index_sharded(
-            source, folder, backend=backend, metric="cosine", **kwargs, **params
-        )
-    except ImportError:
-        if backend != "faiss_flat":
-            raise
-        # faiss missing and the default backend asked: exact search is always available
-        built = stream_index_sharded(source, folder, backend="exact", metric="cosine", **kwargs)
+    with _one_builder(Path(run)):
+        try:
+            built = stream_index_sharded(
+                source, folder, backend=backend, metric="cosine", **kwargs, **params
+            )
+        except ImportError:
+            if backend != "faiss_flat":
+                raise
+            # faiss missing and the default backend asked: exact search is always available
+            built = stream_index_sharded(source, folder, backend="exact", metric="cosine", **kwargs)
     path = folder / Path(INDEX_FILE).name
     if built is None:  # torchrun, rank > 0: rank 0 wrote the index from every rank's shard
         return path, source.size()
     return built.path, len(built.index)
+
+
+@contextlib.contextmanager
+def _one_builder(run: Path) -> Iterator[None]:
+    """One index build of a run at a time (``RUN/index.lock``, an exclusive ``flock``): two
+    `contrastkit index RUN` at once would share the streaming build's embeddings and progress
+    files. Readers never wait: the index file itself is replaced atomically. Under torchrun
+    the ranks build one index together, so no lock is taken."""
+    import fcntl
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "index.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 QUERIES_DIR = "queries"
