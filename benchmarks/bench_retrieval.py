@@ -161,10 +161,10 @@ def _finetune_rows() -> list[dict]:
             "fine-tuned, mined negatives": out / "mined",
             "fine-tuned, no mined negatives": out / "plain",
         }
-        _cli("train", "minilm_beir_wordnet", "--set", f"data.root={out / 'mined.jsonl'}",
-             *common, "--run-dir", str(out / "mined"))  # fmt: skip
-        _cli("train", "minilm_beir_wordnet", "--set", "data.dataset=beir", "--set",
-             f"data.root={beir}", *common, "--run-dir", str(out / "plain"))  # fmt: skip
+        _cli("train", "minilm_beir_wordnet", "--set", f"data.root={beir}", "--set",
+             f"data.options.mined={out / 'mined.jsonl'}", *common, "--run-dir", str(out / "mined"))  # fmt: skip
+        _cli("train", "minilm_beir_wordnet", "--set", f"data.root={beir}", "--set",
+             "data.options.mined=null", *common, "--run-dir", str(out / "plain"))  # fmt: skip
         for name, model in runs.items():
             _cli("eval-retrieval", str(model), str(beir), "--json", str(out / "m.json"))
             m = json.loads((out / "m.json").read_text())

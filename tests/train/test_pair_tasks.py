@@ -116,6 +116,17 @@ def test_pairs_task_trains_on_a_beir_folder(tmp_path: Path) -> None:
     )
     run = train(load_config_dict(raw), tmp_path / "beir-run")
     assert json.loads((run / "eval.json").read_text())["metrics"]["R@1"] >= 0
+    # negatives mined offline (a `contrastkit mine` pairs file) join the BEIR rows
+    mined = tmp_path / "mined.jsonl"
+    rows = [
+        {"query": q, "positive": p, "negatives": [f"mined for row {i}"], "id": i}
+        for i, (q, p) in enumerate(zip(task.train_pairs.query[:5], task.train_pairs.positive[:5]))
+    ]
+    mined.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw["data"]["options"] = {"mined": str(mined)}
+    with_mined = TextPairsTask(load_config_dict(raw))
+    assert with_mined.hard_negatives
+    assert with_mined.train_pairs.negatives[0][-1] == "mined for row 0"
     raw["data"]["root"] = None
     with pytest.raises(ValueError, match=r"data\.dataset='beir' needs data\.root"):
         TextPairsTask(load_config_dict(raw))

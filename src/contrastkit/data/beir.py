@@ -227,7 +227,11 @@ def load_beir(root: str | Path, split: str = "test") -> BeirData:
 
 
 def load_beir_pairs(
-    root: str | Path, split: str = "train", min_score: int = 1, negatives: bool = True
+    root: str | Path,
+    split: str = "train",
+    min_score: int = 1,
+    negatives: bool = True,
+    mined: str | Path | None = None,
 ) -> TextPairs:
     """A BEIR split as training pairs: one row per judged-relevant (query, document).
 
@@ -236,6 +240,9 @@ def load_beir_pairs(
         split: the qrels file (``"train"`` by default).
         min_score: grades >= this are positives (e.g. 2 keeps only the best matches).
         negatives: give each row its query's documents judged 0 as ``negatives``.
+        mined: a pairs file written by ``contrastkit mine`` (``query``, ``positive``,
+            ``negatives``): each row of the split also gets the negatives mined for its
+            (query, document), after its judged-0 documents.
 
     Returns:
         :class:`TextPairs` in qrels order: ``query`` the query text, ``positive`` the document
@@ -264,6 +271,15 @@ def load_beir_pairs(
             f"{Path(root) / 'qrels' / (split + '.tsv')} has no judgement >= min_score={min_score} "
             "of a corpus document; lower min_score or check the split."
         )
+    if mined is not None:
+        from contrastkit.data.files import load_pairs
+
+        found = load_pairs(mined)
+        table = {
+            (q, p): list(n)
+            for q, p, n in zip(found.query, found.positive, found.negatives or [[]] * len(found))
+        }
+        negs = [zero + table.get((q, p), []) for q, p, zero in zip(query, positive, negs)]
     return TextPairs(
         query,
         positive,
