@@ -159,3 +159,23 @@ def test_every_packaged_recipe_validates(name: str) -> None:
 def test_task_sections_and_moved_keys(raw: dict, expected: str) -> None:
     """A key the task does not use, a loss the task cannot call, a moved key: one line each."""
     assert expected in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "lr"),
+    [
+        ({"task": "pairs", "data": {"dataset": "wordnet"}, "model": {"name": "minilm"}}, 1e-4),
+        ({"task": "pairs", "model": {"name": "hf", "options": {"path": "/m"}}}, 1e-4),
+        ({"task": "pairs", "model": {"name": "tiny_text"}}, 1e-3),
+        ({"data": {"dataset": "digits"}}, 1e-3),
+        ({"task": "image_text"}, 1e-3),
+        ({"task": "pairs", "model": {"name": "minilm"}, "optim": {"lr": 3e-5}}, 3e-5),
+    ],
+)
+def test_default_learning_rate_follows_the_model(raw: dict, lr: float, tmp_path: Path) -> None:
+    """Unset optim.lr: the fine-tuning rate for a pretrained tower, the from-scratch rate else;
+    the saved config records the rate the run used."""
+    cfg = load_config_dict(raw)
+    assert cfg.optim.lr == lr
+    save_config(cfg, tmp_path / "c.yaml")
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["optim"]["lr"] == lr

@@ -24,6 +24,21 @@ def _load_all() -> None:
     from contrastkit.encoders import heads, resnet, text, vision  # noqa: F401
 
 
+PRETRAINED: frozenset[str] = frozenset({"hf", "hf_text", "minilm"})
+"""Registered encoders that load trained weights (text towers from a model folder: the packaged
+all-MiniLM-L6-v2 or the user's own); every other entry starts from a random initialisation."""
+
+
+def is_pretrained(name: str) -> bool:
+    """Whether the encoder registered as ``name`` starts from trained weights (fine-tuning wants
+    a learning rate about 10x lower than training from scratch).
+
+    >>> is_pretrained("minilm"), is_pretrained("small_cnn")
+    (True, False)
+    """
+    return name in PRETRAINED
+
+
 def create_encoder(name: str, **kwargs: Any) -> nn.Module:
     """Build the encoder registered as ``name`` (see :func:`list_encoders`)."""
     _load_all()
