@@ -396,7 +396,7 @@ class _RunBase(_Strict):
         """Whether the trained model starts from pretrained weights (sets the default lr)."""
         from contrastkit.encoders.registry import is_pretrained
 
-        return is_pretrained(getattr(self, "model").name)  # every run type has a model section
+        return is_pretrained(self.model.name)  # type: ignore[attr-defined]  # each run type has one
 
 
 class ViewsRun(_RunBase):
