@@ -277,9 +277,81 @@ def _bench_streaming() -> list[dict[str, Any]]:
     return rows
 
 
+def _demo_run() -> Path:
+    return Path(
+        os.environ.get(
+            "CK_BENCH_RUN", Path(__file__).resolve().parents[1] / "runs/simclr_fashion_mnist_demo"
+        )
+    )
+
+
+def _index_command(run_dir: Path, processes: int) -> tuple[float, Any]:
+    """``contrastkit index RUN`` (``torchrun --nproc_per_node P`` for P > 1, one thread per
+    process; one process gets every core); return (seconds, the built index)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from contrastkit.index import load_index
+
+    shutil.rmtree(run_dir / "index", ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    threads = max(1, (os.cpu_count() or 2) // processes)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cli = ["-m", "contrastkit.cli", "index", str(run_dir), "--no-progress"]
+    if processes > 1:
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone"]
+        cli = launch + cli
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *cli], env=env, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    return seconds, load_index(run_dir / "index/corpus.ckindex")
+
+
+def _bench_sharded() -> list[dict[str, Any]]:
+    """``contrastkit index`` of the demo run's 60k-image corpus: one process vs ``torchrun`` with
+    two (each embeds half and writes a shard; the shards are merged), on a copy of the run folder
+    (the demo's own index stays). Same results: ids and scores of 1k test-embedding queries."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    demo = _demo_run()
+    if not (demo / "config.yaml").exists() or not (demo / "checkpoints").exists():
+        return []
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / demo.name
+        shutil.copytree(demo, run_dir, ignore=shutil.ignore_patterns("index", "report*"))
+        queries = normalize(load_file(str(run_dir / "eval_arrays.safetensors"))["test_embeddings"])
+        queries = queries[:Q].float()
+        answers = {}
+        for processes in (1, 2):
+            seconds, index = _index_command(run_dir, processes)
+            answers[processes] = index.search(queries, K)
+            rows.append(
+                {
+                    "data": f"demo corpus {len(index)} images",
+                    "backend": "faiss_flat",
+                    "params": f"processes={processes}",
+                    "build_s": round(seconds, 1),
+                    "docs_per_s": round(len(index) / seconds),
+                }
+            )
+        same_ids = bool((answers[1].ids == answers[2].ids).all())
+        diff = float(abs(answers[1].scores - answers[2].scores).max())
+        for row in rows:
+            row["same_top10_as_1_process"] = same_ids
+            row["max_score_diff"] = diff
+    return rows
+
+
 def run() -> dict:
     parts = set(
-        os.environ.get("CK_BENCH_INDEX_PARTS", "random,fmnist,trained,minilm,stream").split(",")
+        os.environ.get(
+            "CK_BENCH_INDEX_PARTS", "random,fmnist,trained,minilm,stream,sharded"
+        ).split(",")
     )
     rows = _bench("random", *_random_data(), BACKENDS) if "random" in parts else []
     fmnist = _fashion_mnist_data() if "fmnist" in parts else None
@@ -295,6 +367,8 @@ def run() -> dict:
         rows += _bench(f"minilm-glosses-{minilm[0].shape[0]}", *minilm, COMPRESSED_BACKENDS)
     if "stream" in parts:
         rows += _bench_streaming()
+    if "sharded" in parts:
+        rows += _bench_sharded()
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     notes = (
         f"random: {N} x {D} random normalised vectors (the hard case for approximate search: no "
@@ -316,7 +390,11 @@ def run() -> dict:
         f"stream rows: stream_index on N synthetic documents (CK_BENCH_STREAM_NS), a cheap "
         f"deterministic sin encoder, D={STREAM_D}, float16 embeddings file, one fresh process per "
         "row; rss_above_imports_mb should grow with N only by index_codes_mb plus the ids and "
-        "metadata lists. Select parts with CK_BENCH_INDEX_PARTS=random,fmnist,trained,minilm,stream."
+        "metadata lists. sharded rows: `contrastkit index RUN` of the demo run (a copy) with one "
+        "process (all cores) vs `torchrun --nproc_per_node 2` (one thread each), wall time of "
+        "the command (imports, data, embedding, shards, merge); same_top10: the 1k test queries "
+        "get the same ids from both indexes. Select parts with "
+        "CK_BENCH_INDEX_PARTS=random,fmnist,trained,minilm,stream,sharded."
     )
     return {"title": "Index backends (cosine, k=10)", "rows": rows, "notes": notes}
 
