@@ -9,7 +9,9 @@ statistics, while the gap to the per-process batch is ~log(127 / 63) = 0.7 nats.
 
 On the text-pairs task (no random views, no BatchNorm, no dropout) two processes of 16 end with
 the weights of one process of 32 (DistributedDataParallel + ``gather_distributed``), also when
-only one process's batch holds a false negative to mask (the hang of issue 16).
+only one process's batch holds a false negative to mask (the hang of issue 16), and with
+gradient caching (``train.grad_cache_chunk``: DDP around the text tower, ``no_sync`` for every
+chunk but the last, a learnable temperature averaged by the loop) against the plain step.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ the loss compares this process's queries with the keys of every process, so the 
 against the gathered ids (:func:`contrastkit.negatives.duplicate_mask`); every process gathers
 whatever its batch holds, so no process waits in a collective another one skipped.
 
+Gradient caching (``train.grad_cache_chunk``) runs the chunked backward inside
+:meth:`TextPairsTask.loss_terms`; under ``torchrun`` the chunks go through the loop's
+``DistributedDataParallel`` around :class:`~contrastkit.encoders.EmbedTokens` (see
+:meth:`TextPairsTask.distribute`), and the masks' gather runs before the chunks on every process.
+
 Hard negatives: when the loader gives per-row ``negatives``, each row draws one per step; the B
 drawn texts join every query's candidates (logits (B, W*B + W*B)); a drawn text equal to a
 query's own key is ignored.
