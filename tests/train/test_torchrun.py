@@ -218,25 +218,43 @@ def test_two_processes_end_with_the_weights_of_one_global_batch(tmp_path: Path) 
     assert [r["step"] for r in one if "loss" in r] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("learnable_temperature", [False, True])
+# (two-process settings, single-process settings): a queue of M per process holds the keys of
+# the last M / 16 steps of both processes, what a queue of W * M holds on one process
+CACHED_VARIANTS = {
+    "fixed temperature": ({}, {}),
+    "learnable temperature": (
+        {"loss": {"learnable_temperature": True}},
+        {"loss": {"learnable_temperature": True}},
+    ),
+    "queue": ({"negatives": {"queue": 32}}, {"negatives": {"queue": WORLD * 32}}),
+}
+
+
+def with_settings(raw: dict, settings: dict) -> dict:
+    for section, values in settings.items():
+        raw[section].update(values)
+    return raw
+
+
+@pytest.mark.parametrize("variant", list(CACHED_VARIANTS))
 def test_gradient_caching_under_torchrun_ends_with_the_weights_of_one_global_batch(
-    tmp_path: Path, learnable_temperature: bool
+    tmp_path: Path, variant: str
 ) -> None:
-    """``train.grad_cache_chunk=4`` on 2 x 16 (DDP over the text tower, no_sync for every
+    """``train.grad_cache_chunk=4`` on 2 x 16 (DDP around the text tower, no_sync for every
     chunk but the last; the masks' gather before the chunks; a learnable temperature outside
-    DDP averaged by the loop) == the plain step on 1 x 32 after 3 AdamW steps."""
+    DDP averaged by the loop; the queue filled once per step) == the plain step on 1 x 32
+    after 3 AdamW steps, with false-negative masking and a duplicate in one process's half."""
+    two_settings, one_settings = CACHED_VARIANTS[variant]
     data = pair_file_with_one_duplicate(tmp_path, PER_PROCESS_BATCH // 2)
-    raw = pairs_raw(tmp_path, data, 16, tmp_path / "two")
+    raw = with_settings(pairs_raw(tmp_path, data, 16, tmp_path / "two"), two_settings)
     raw["train"]["grad_cache_chunk"] = 4
-    raw["loss"]["learnable_temperature"] = learnable_temperature
     config = tmp_path / "two.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = torchrun(config, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    plain = pairs_raw(tmp_path, data, 32, tmp_path / "one")
-    plain["loss"]["learnable_temperature"] = learnable_temperature
+    plain = with_settings(pairs_raw(tmp_path, data, 32, tmp_path / "one"), one_settings)
     single = train(load_config_dict(plain))
-    what = f"2 x 16 cached (chunks of 4) vs 1 x 32 plain, learnable temperature {learnable_temperature}"
+    what = f"2 x 16 cached (chunks of 4) vs 1 x 32 plain, {variant}"
     assert_same_final_weights(tmp_path / "two" / "pairs", single, what)
     records = [
         json.loads(x)
@@ -244,7 +262,7 @@ def test_gradient_caching_under_torchrun_ends_with_the_weights_of_one_global_bat
     ]
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in steps)
-    if learnable_temperature:  # it was learned: it moved, and both runs moved it alike
+    if variant == "learnable temperature":  # it was learned: it moved, and both runs alike
         one = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
         moved = [r["temperature"] for r in steps]
         assert moved[-1] != pytest.approx(0.1, abs=1e-6)
