@@ -9,7 +9,9 @@ statistics, while the gap to the per-process batch is ~log(127 / 63) = 0.7 nats.
 
 On the text-pairs task (no random views, no BatchNorm, no dropout) two processes of 16 end with
 the weights of one process of 32 (DistributedDataParallel + ``gather_distributed``), also when
-only one process's batch holds a false negative to mask (the hang of issue 16).
+only one process's batch holds a false negative to mask (the hang of issue 16), and with
+gradient caching (``train.grad_cache_chunk``: DDP around the text tower, ``no_sync`` for every
+chunk but the last, a learnable temperature averaged by the loop) against the plain step.
 """
 
 from __future__ import annotations
@@ -179,26 +181,32 @@ def pairs_raw(tmp_path: Path, data: Path, batch: int, out: Path) -> dict:
     return raw
 
 
-def test_two_processes_end_with_the_weights_of_one_global_batch(tmp_path: Path) -> None:
-    """DDP + gather_distributed through the CLI: 2 x 16 == 1 x 32 after 3 AdamW steps, with
-    false-negative masking on and a duplicate in one process's batch only (no hang)."""
+def assert_same_final_weights(two: Path, one: Path, what: str) -> None:
+    """The last checkpoints of runs ``two`` and ``one`` hold the same weights (rtol 1e-4,
+    atol 1e-5: float32 round-off of a different summation order)."""
     from safetensors.torch import load_file
 
     from contrastkit.train.checkpoint import latest_checkpoint
 
+    a = load_file(str(latest_checkpoint(two) / "model.safetensors"))
+    b = load_file(str(latest_checkpoint(one) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    print(f"{what} after 3 steps: max abs weight difference {worst:.2e}")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_processes_end_with_the_weights_of_one_global_batch(tmp_path: Path) -> None:
+    """DDP + gather_distributed through the CLI: 2 x 16 == 1 x 32 after 3 AdamW steps, with
+    false-negative masking on and a duplicate in one process's batch only (no hang)."""
     data = pair_file_with_one_duplicate(tmp_path, PER_PROCESS_BATCH // 2)
     config = tmp_path / "two.yaml"
     config.write_text(yaml.safe_dump(pairs_raw(tmp_path, data, 16, tmp_path / "two")))
     done = torchrun(config, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     single = train(load_config_dict(pairs_raw(tmp_path, data, 32, tmp_path / "one")))
-    a = load_file(str(latest_checkpoint(tmp_path / "two" / "pairs") / "model.safetensors"))
-    b = load_file(str(latest_checkpoint(single) / "model.safetensors"))
-    assert a.keys() == b.keys()
-    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-    print(f"2 x 16 vs 1 x 32 after 3 steps: max abs weight difference {worst:.2e}")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert_same_final_weights(tmp_path / "two" / "pairs", single, "2 x 16 vs 1 x 32")
     records = [
         json.loads(x)
         for x in (tmp_path / "two" / "pairs" / "metrics.jsonl").read_text().splitlines()
@@ -208,3 +216,54 @@ def test_two_processes_end_with_the_weights_of_one_global_batch(tmp_path: Path) 
     # rank 0 logs its local loss; the global mean is what one process logs: compare the sums
     assert len(losses) == 3 and all(map(math.isfinite, losses))
     assert [r["step"] for r in one if "loss" in r] == [1, 2, 3]
+
+
+# (two-process settings, single-process settings): a queue of M per process holds the keys of
+# the last M / 16 steps of both processes, what a queue of W * M holds on one process
+CACHED_VARIANTS = {
+    "fixed temperature": ({}, {}),
+    "learnable temperature": (
+        {"loss": {"learnable_temperature": True}},
+        {"loss": {"learnable_temperature": True}},
+    ),
+    "queue": ({"negatives": {"queue": 32}}, {"negatives": {"queue": WORLD * 32}}),
+}
+
+
+def with_settings(raw: dict, settings: dict) -> dict:
+    for section, values in settings.items():
+        raw[section].update(values)
+    return raw
+
+
+@pytest.mark.parametrize("variant", list(CACHED_VARIANTS))
+def test_gradient_caching_under_torchrun_ends_with_the_weights_of_one_global_batch(
+    tmp_path: Path, variant: str
+) -> None:
+    """``train.grad_cache_chunk=4`` on 2 x 16 (DDP around the text tower, no_sync for every
+    chunk but the last; the masks' gather before the chunks; a learnable temperature outside
+    DDP averaged by the loop; the queue filled once per step) == the plain step on 1 x 32
+    after 3 AdamW steps, with false-negative masking and a duplicate in one process's half."""
+    two_settings, one_settings = CACHED_VARIANTS[variant]
+    data = pair_file_with_one_duplicate(tmp_path, PER_PROCESS_BATCH // 2)
+    raw = with_settings(pairs_raw(tmp_path, data, 16, tmp_path / "two"), two_settings)
+    raw["train"]["grad_cache_chunk"] = 4
+    config = tmp_path / "two.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = torchrun(config, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    plain = with_settings(pairs_raw(tmp_path, data, 32, tmp_path / "one"), one_settings)
+    single = train(load_config_dict(plain))
+    what = f"2 x 16 cached (chunks of 4) vs 1 x 32 plain, {variant}"
+    assert_same_final_weights(tmp_path / "two" / "pairs", single, what)
+    records = [
+        json.loads(x)
+        for x in (tmp_path / "two" / "pairs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in steps)
+    if variant == "learnable temperature":  # it was learned: it moved, and both runs alike
+        one = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+        moved = [r["temperature"] for r in steps]
+        assert moved[-1] != pytest.approx(0.1, abs=1e-6)
+        assert moved == pytest.approx([r["temperature"] for r in one if "loss" in r], rel=1e-4)

@@ -8,13 +8,14 @@ from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
 from contrastkit.encoders.resnet import ResNet, resnet18, resnet50
 from contrastkit.encoders.saved import load_encoder, save_encoder
-from contrastkit.encoders.text import TextEncoder, mean_pool, tiny_text_encoder
+from contrastkit.encoders.text import EmbedTokens, TextEncoder, mean_pool, tiny_text_encoder
 from contrastkit.encoders.towers import DualEncoder, ImageTextModel
 from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
 
 __all__ = [
     "ENCODERS",
     "DualEncoder",
+    "EmbedTokens",
     "ImageTextModel",
     "MLPEncoder",
     "MomentumEncoder",

@@ -434,6 +434,29 @@ class TextEncoder(nn.Module):
         )
 
 
+class EmbedTokens(nn.Module):
+    """``tokens -> embeddings (B, D)``: a module whose forward is ``encoder.embed_tokens``.
+
+    What a chunked backward (:func:`contrastkit.gradcache.grad_cache_step`) runs through when
+    the encoder sits in ``DistributedDataParallel``: DDP wraps a module's ``forward``, and a
+    :class:`TextEncoder`'s forward takes texts, not the tokenized chunks gradient caching
+    splits. It holds the encoder (every parameter, no copy), so wrapping it syncs all of them.
+
+    >>> enc = TextEncoder.from_scratch(hidden_size=16, num_layers=1, num_heads=2)  # doctest: +SKIP
+    >>> EmbedTokens(enc)(**enc.tokenize(["a dog", "a cat"])).shape  # doctest: +SKIP
+    torch.Size([2, 16])
+    """
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, **tokens: Tensor) -> Tensor:
+        """``input_ids`` / ``attention_mask`` (B, T) each (as :meth:`TextEncoder.tokenize`
+        returns them) -> (B, D)."""
+        return self.encoder.embed_tokens(**tokens)
+
+
 @register("tiny_text")
 def tiny_text_encoder(**kwargs: Any) -> TextEncoder:
     """Registry entry for :meth:`TextEncoder.from_scratch`."""

@@ -319,7 +319,8 @@ class TrainConfig(_Strict):
         default=None,
         gt=0,
         description="pair tasks: encode the batch in chunks of this many rows with gradient "
-        "caching (exact full-batch gradients at one chunk's activation memory)",
+        "caching (exact full-batch gradients at one chunk's activation memory; also under "
+        "torchrun)",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto",

@@ -11,7 +11,9 @@ Everything the loop runs comes from the library's registries through the task
 ``torchrun`` the loop owns distribution: losses run with ``gather_distributed=True`` (each
 process: its rows against the gathered columns) and the trainable modules are wrapped in
 ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA), so the weights follow the
-single-process global batch.
+single-process global batch. With gradient caching the task wraps the module its chunked
+backward runs through instead, and the loop averages the gradients of the parameters left
+outside (the loss's temperature).
 
 Exactness of ``--resume``: batches come from a sampler and views from a generator whose states
 are checkpointed with the model, the optimizer, the scheduler, the global RNG and the negatives
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit._checks import NonFiniteError
+from contrastkit.distributed import all_reduce_, get_world_size
 from contrastkit.losses import LearnableTemperature
 from contrastkit.monitor import CollapseMonitor
 from contrastkit.train.batches import build_order
@@ -211,14 +214,7 @@ def train(
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
     trainable = Trainable(task, build_loss(cfg, dist.world))
-    forward: nn.Module = trainable
-    if dist.world > 1:
-        if cfg.train.grad_cache_chunk:
-            raise ValueError(
-                "train.grad_cache_chunk: gradient caching does not run under torchrun yet; "
-                "remove it or train on one process."
-            )
-        forward = nn.parallel.DistributedDataParallel(trainable, broadcast_buffers=False)
+    forward, outside_ddp = wrap_in_ddp(trainable) if dist.world > 1 else (trainable, [])
     optimizer = make_optimizer(cfg, trainable.weights())
     schedule = WarmupCosine(
         cfg.train.max_steps,
@@ -295,6 +291,7 @@ def train(
                 loss = sum(out.terms.values())
                 if loss.requires_grad:  # gradient caching already accumulated the gradients
                     precision.backward(loss)
+                average_gradients(outside_ddp)  # what DDP does for the parameters it holds
                 precision.unscale(optimizer)
                 grad_norm = clip_gradients(trainable, cfg.optim.grad_clip)
                 if not math.isfinite(grad_norm) and precision.scaler is None:
@@ -374,6 +371,45 @@ def train(
         metrics.write({"step": step, "eval": result.metrics})
     metrics.close()
     return run
+
+
+def wrap_in_ddp(trainable: Trainable) -> tuple[nn.Module, list[nn.Parameter]]:
+    """``DistributedDataParallel`` for the step; returns (what the loop calls, the trainable
+    parameters outside DDP, whose gradients the loop averages).
+
+    The whole :class:`Trainable` in one DDP, unless the task runs the backward inside its
+    ``loss_terms`` (gradient caching: DDP's reducer cannot run a backward inside its own
+    forward) and wraps the modules that backward goes through itself
+    (:meth:`~contrastkit.train.tasks.base.Task.distribute`). Every wrapper is made here: gloo
+    on CPU or NCCL on CUDA, buffers not broadcast (each process keeps its own statistics).
+    """
+    wrapped: list[nn.Module] = []
+
+    def ddp(module: nn.Module) -> nn.Module:
+        wrapped.append(module)
+        return nn.parallel.DistributedDataParallel(module, broadcast_buffers=False)
+
+    if not trainable.task.distribute(ddp):
+        return ddp(trainable), []
+    inside = {id(p) for module in wrapped for p in module.parameters()}
+    outside = [p for p in trainable.parameters() if p.requires_grad and id(p) not in inside]
+    return trainable, outside
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over the processes in one all-reduce, as DDP does:
+    every process calls it every step, whatever its batch held. A parameter without a gradient
+    counts as zero; one that no process gave a gradient keeps none (AdamW skips it, as it does
+    in one process)."""
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    given = torch.tensor([p.grad is not None for p in params], device=params[0].device)
+    flat = torch.cat([*(g.detach().float().reshape(-1) for g in grads), given.float()])
+    all_reduce_(flat)  # (sum of numels + P,) summed over the processes
+    total, processes = flat.split([flat.numel() - len(params), len(params)])
+    for p, g, n in zip(params, total.split([p.numel() for p in params]), processes.tolist()):
+        p.grad = (g / get_world_size()).view_as(p).to(p.dtype) if n > 0 else None
 
 
 def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:

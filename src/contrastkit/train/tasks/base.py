@@ -12,6 +12,8 @@ Training::
     task.batch(indices, generator)  the batch of these items (views drawn from generator)
     task.loss_terms(batch, loss)    -> Step: named loss terms (summed) + embeddings to monitor
     task.after_step(step, total)    EMA updates (BYOL teacher, MoCo key encoder)
+    task.distribute(wrap)           under torchrun: True when loss_terms runs its own backward
+                                    (gradient caching) through modules it wrapped with wrap (DDP)
     task.encoder_spec               (registry name, options) of model["encoder"] (export)
 
 Evaluation and search::
@@ -28,6 +30,7 @@ Shapes: B batch, D embedding dim, N corpus, C x H x W images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -89,6 +92,15 @@ class Task(Protocol):
     def loss_terms(self, batch: dict[str, Any], loss: nn.Module) -> Step: ...
 
     def after_step(self, step: int, total_steps: int) -> None: ...
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
+        """Under ``torchrun``, before the first step. ``False``: the loop wraps the whole step
+        (task modules + loss) in one ``DistributedDataParallel``. ``True``: ``loss_terms`` runs
+        the backward itself (gradient caching, whose chunked backward DDP cannot run inside its
+        forward) through the modules it passed to ``wrap`` (the loop's DDP factory); the loop
+        then averages the gradients of every other trainable parameter (the loss's
+        temperature) across the processes itself."""
+        ...
 
     def baseline(self) -> EvalResult | None: ...
 

@@ -14,6 +14,7 @@ Shapes: B batch, V views, C x H x W images, D embedding dim.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -197,6 +198,11 @@ class ImageTask:
         if "teacher" in self.model:
             m = cosine_momentum(step, total_steps, base=BYOL_MOMENTUM)
             self.model["teacher"].update(self.model["encoder"], min(m, 0.999999))
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
+        """The loop wraps the whole step in ``DistributedDataParallel``: the backward runs
+        after ``loss_terms``."""
+        return False
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()

@@ -7,6 +7,7 @@ image -> text and text -> image retrieval over the held-out emoji.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +90,11 @@ class ImageTextTask:
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing moves besides the optimizer's step."""
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
+        """The loop wraps the whole step in ``DistributedDataParallel``: the backward runs
+        after ``loss_terms``."""
+        return False
 
     @torch.no_grad()
     def embed_images(self, images: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ the model before training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -102,6 +103,11 @@ class PreferenceTask:
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing moves besides the optimizer's step."""
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
+        """The loop wraps the whole step in ``DistributedDataParallel``: the backward runs
+        after ``loss_terms``."""
+        return False
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:

@@ -14,6 +14,11 @@ the loss compares this process's queries with the keys of every process, so the 
 against the gathered ids (:func:`contrastkit.negatives.duplicate_mask`); every process gathers
 whatever its batch holds, so no process waits in a collective another one skipped.
 
+Gradient caching (``train.grad_cache_chunk``) runs the chunked backward inside
+:meth:`TextPairsTask.loss_terms`; under ``torchrun`` the chunks go through the loop's
+``DistributedDataParallel`` around :class:`~contrastkit.encoders.EmbedTokens` (see
+:meth:`TextPairsTask.distribute`), and the masks' gather runs before the chunks on every process.
+
 Hard negatives: when the loader gives per-row ``negatives``, each row draws one per step; the B
 drawn texts join every query's candidates (logits (B, W*B + W*B)); a drawn text equal to a
 query's own key is ignored.
@@ -21,6 +26,7 @@ query's own key is ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -28,7 +34,7 @@ from torch import Tensor, nn
 
 from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
 from contrastkit.distributed import all_gather, get_rank, get_world_size
-from contrastkit.encoders import create_encoder
+from contrastkit.encoders import EmbedTokens, create_encoder
 from contrastkit.eval.pairs import heldout_rows, recall_summary
 from contrastkit.losses import loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
@@ -120,6 +126,8 @@ class TextPairsTask:
             _check_hard_negatives_fit(cfg)
         self.mask_ids = cfg.negatives.false_negatives.ids
         self._rows: list[int] | None = None
+        # what gradient caching runs its chunks through (under torchrun: DDP, see distribute)
+        self._embed_tokens: Callable[..., Tensor] = self.model["encoder"].embed_tokens
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
         rows = indices.tolist()
@@ -180,7 +188,7 @@ class TextPairsTask:
 
             texts = [queries, keys] if negs is None else [queries, keys, negs]
             value = grad_cache_step(
-                enc.embed_tokens,
+                self._embed_tokens,
                 [enc.tokenize(t, side=side) for t, side in zip(texts, SIDES)],
                 lambda *z: loss(*(x.float() for x in z), **kwargs),
                 chunk_size=chunk,
@@ -197,6 +205,16 @@ class TextPairsTask:
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing moves besides the optimizer's step."""
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
+        """With ``train.grad_cache_chunk`` the chunks run through ``wrap(EmbedTokens(encoder))``
+        (DDP over the one text tower, every parameter of the task): ``grad_cache_step`` keeps
+        every chunk but the last in ``no_sync()``, so the gradients are averaged once per step.
+        Without it the loop wraps the whole step."""
+        if not self.cfg.train.grad_cache_chunk:
+            return False
+        self._embed_tokens = wrap(EmbedTokens(self.model["encoder"]))
+        return True
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
