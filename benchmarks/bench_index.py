@@ -349,9 +349,9 @@ def _bench_sharded() -> list[dict[str, Any]]:
 
 def run() -> dict:
     parts = set(
-        os.environ.get(
-            "CK_BENCH_INDEX_PARTS", "random,fmnist,trained,minilm,stream,sharded"
-        ).split(",")
+        os.environ.get("CK_BENCH_INDEX_PARTS", "random,fmnist,trained,minilm,stream,sharded").split(
+            ","
+        )
     )
     rows = _bench("random", *_random_data(), BACKENDS) if "random" in parts else []
     fmnist = _fashion_mnist_data() if "fmnist" in parts else None

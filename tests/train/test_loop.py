@@ -376,3 +376,12 @@ def test_matryoshka_dims_train_and_evaluate_each_width(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"loss\.matryoshka_dims: got \[0\]"):
         load_config_dict(tiny_config(tmp_path, loss={"matryoshka_dims": [0]}))
+
+
+def test_gradient_caching_refuses_fp16_with_one_line(tmp_path: Path) -> None:
+    """fp16 needs the loop's GradScaler inside the chunked backward, which is not wired: the run
+    stops at its first step naming both keys instead of training on unscaled gradients."""
+    raw = tiny_pairs_config(tmp_path)
+    cfg = load_config_dict(raw, ["train.grad_cache_chunk=4", "train.precision=fp16"])
+    with pytest.raises(ValueError, match=r"train.grad_cache_chunk: .* set train.precision"):
+        train(cfg, tmp_path / "fp16")

@@ -186,6 +186,15 @@ class TextPairsTask:
         if chunk:  # GradCache: gradients land in .grad now; the returned loss is detached
             from contrastkit.gradcache import grad_cache_step
 
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if torch.is_autocast_enabled(device) and (
+                torch.get_autocast_dtype(device) == torch.float16
+            ):  # the loop's GradScaler would unscale gradients that were never scaled
+                raise ValueError(
+                    "train.grad_cache_chunk: gradient caching runs in bf16 or fp32, not fp16 "
+                    "(train.precision resolved to fp16); set train.precision: bf16 or fp32."
+                )
+
             texts = [queries, keys] if negs is None else [queries, keys, negs]
             value = grad_cache_step(
                 self._embed_tokens,
