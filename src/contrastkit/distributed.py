@@ -47,6 +47,7 @@ from contrastkit._checks import (
 )
 from contrastkit.functional.engine import (
     ContrastiveProblem,
+    RowShards,
     compute_dtype,
     sigmoid_contrastive_rows,
     softmax_contrastive,
@@ -378,6 +379,9 @@ def info_nce_distributed(
         _check_global_mask("ignore_mask", ignore_mask, (b, n + m), world)
     all_key_labels = None if key_labels is None else all_gather(key_labels)  # (W*B,)
     all_key_ids = None if key_ids is None else all_gather(key_ids)  # (W*B,)
+    # Symmetric on W > 1 ranks: only this rank's row block (B, W*B); the key -> query direction
+    # of every global key combines the blocks' column statistics over the ranks (RowShards).
+    shards = RowShards(rank * b, all_reduce_) if symmetric and world > 1 else None
     forward = ContrastiveProblem(
         query,
         all_key,
@@ -389,12 +393,15 @@ def info_nce_distributed(
         key_ids=all_key_ids,
         positive_mask=positive_mask,
         ignore_mask=ignore_mask,
+        symmetric=shards is not None,
+        row_shards=shards,
     )
-    inner = "none" if (reduction == "none" or symmetric) else "sum"
+    two_blocks = symmetric and shards is None  # W = 1: the two directions as two problems
+    inner = "none" if (reduction == "none" or two_blocks) else "sum"
     loss = softmax_contrastive(
         forward, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=inner
     )
-    if symmetric:
+    if two_blocks:
         # key -> query: local keys against the queries of all ranks. Its masks are the columns
         # of the global masks that belong to this rank's keys, hence the gathers.
         own = torch.arange(b, device=query.device) + rank * b  # global columns of local keys
