@@ -847,20 +847,25 @@ def combine_column_shards(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Column statistics over the rows of all shards from each shard's partial ones.
 
-    Each shard holds, per column (N,), the running max ``col_max`` and ``col_sum = sum_i
-    exp(l_ij - col_max_j)`` over its rows (``col_max`` 0 without a max shift), the sum of its
-    positive logits ``col_pos`` and their count ``col_cnt``. Returns the same four over all
-    shards: the max is all-reduced, each shard's sum rescaled to it, and the three sums
-    all-reduced in one call (``reduce(x, "max")``, then ``reduce(x, "sum")`` of a (3, N)
-    stack: the same two collectives on every shard). The inputs are not modified.
+    Each shard holds, per column (N,), a reference ``col_max`` and ``col_sum = sum_i
+    exp(l_ij - col_max_j)`` over its rows (``col_max`` is the running max, or 0 without a max
+    shift: not a max then), the sum of its positive logits ``col_pos`` and their count
+    ``col_cnt``. Returns the same four over all shards, ``col_max`` the max over the shards of
+    their partial log-sum-exps ``col_max + log col_sum`` (so that every rescaled term is <= 1
+    and the largest is 1, whatever reference each shard used) and ``col_sum`` the sum of the
+    rescaled terms. Two collectives, the same on every shard: ``reduce(x, "max")`` of (N,),
+    then ``reduce(x, "sum")`` of a (3, N) stack. The inputs are not modified.
 
     >>> one = lambda x, op: x  # one shard: nothing to combine
     >>> m, s = torch.zeros(2), torch.tensor([1.0, 2.0])
-    >>> [t.tolist() for t in combine_column_shards(one, m, s, s, s)][1]
-    [1.0, 2.0]
+    >>> top, total, _, _ = combine_column_shards(one, m, s, s, s)
+    >>> torch.allclose(top + total.log(), s.log())
+    True
     """
-    top = reduce(col_max.clone(), "max")  # (N,)
-    stats = torch.stack([col_sum * (col_max - top).exp(), col_pos, col_cnt])  # (3, N)
+    lowest = torch.finfo(col_max.dtype).min
+    partial = (col_max + col_sum.log()).clamp(min=lowest)  # (N,); empty columns: -inf floored
+    top = reduce(partial.clone(), "max")  # (N,)
+    stats = torch.stack([(partial - top).exp(), col_pos, col_cnt])  # (3, N)
     stats = reduce(stats, "sum")
     return top, stats[0], stats[1], stats[2]
 
