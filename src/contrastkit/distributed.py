@@ -417,8 +417,8 @@ def info_nce_distributed(
         forward, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=inner
     )
     if two_blocks:
-        # key -> query: local keys against the queries of all ranks. Its masks are the columns
-        # of the global masks that belong to this rank's keys, hence the gathers.
+        # W = 1 (the gathers are identities): key -> query as a second problem, the keys
+        # against the queries with the transposed masks, unchanged from before RowShards.
         own = torch.arange(b, device=query.device) + rank * b  # global columns of local keys
         backward = ContrastiveProblem(
             key,
