@@ -47,6 +47,7 @@ from contrastkit._checks import (
 )
 from contrastkit.functional.engine import (
     ContrastiveProblem,
+    RowShards,
     compute_dtype,
     sigmoid_contrastive_rows,
     softmax_contrastive,
@@ -323,6 +324,19 @@ def info_nce_distributed(
     the module docstring for the gradient contract), computed by the same engine
     (:func:`contrastkit.functional.engine.softmax_contrastive`, dense or chunked).
 
+    Each rank computes only its row block, the local queries against the W*B gathered keys
+    (B x W*B logits, 1/W of the global batch's), in both directions. With ``symmetric=True`` the
+    key -> query loss of global key ``j`` is a log-sum-exp over the queries of *all* ranks: each
+    rank computes its block's column statistics (column max / sum of exponentials, positive
+    logits and their count), they are all-reduced (:func:`all_reduce_`: a max of (W*B,), then a
+    sum of (3, W*B)) and the rank holding key ``j`` reports its column loss; in the backward pass
+    the (W*B,) column gradient is all-reduced and every rank backpropagates its own rows' share
+    (to the local queries, and to the gathered keys through :func:`all_gather_with_grad`). No
+    query gather, no gathered masks, memory linear as in the engine
+    (:class:`contrastkit.functional.engine.RowShards`). Every option takes this path; every
+    rank must compute the loss and run its backward pass (collectives on both). On one process
+    the two directions are two problems, as before.
+
     Args:
         query: (B, D) local queries.
         key: (B, D) local keys, row i the positive of query i (global key ``rank * B + i``).
@@ -331,7 +345,9 @@ def info_nce_distributed(
             which stay local. Candidates are ``[W*B keys, then W*M (or M) negatives]``.
         temperature: > 0.
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
-        symmetric: also the key -> query direction: local keys against the queries of all ranks.
+        symmetric: also the key -> query direction: each local key against the queries of all
+            ranks (over the W*B keys only, never the negatives); the per-anchor loss is the mean
+            of the two directions.
         positive_mask: (B, W*B) bool, extra positives: local query rows against global key
             columns (this rank's rows of the global (W*B, W*B) mask).
         ignore_mask: (B, W*B + M') bool with M' = W*M (shared) or M (per-query): local rows
@@ -378,6 +394,9 @@ def info_nce_distributed(
         _check_global_mask("ignore_mask", ignore_mask, (b, n + m), world)
     all_key_labels = None if key_labels is None else all_gather(key_labels)  # (W*B,)
     all_key_ids = None if key_ids is None else all_gather(key_ids)  # (W*B,)
+    # Symmetric on W > 1 ranks: only this rank's row block (B, W*B); the key -> query direction
+    # of every global key combines the blocks' column statistics over the ranks (RowShards).
+    shards = RowShards(rank * b, all_reduce_) if symmetric and world > 1 else None
     forward = ContrastiveProblem(
         query,
         all_key,
@@ -389,14 +408,17 @@ def info_nce_distributed(
         key_ids=all_key_ids,
         positive_mask=positive_mask,
         ignore_mask=ignore_mask,
+        symmetric=shards is not None,
+        row_shards=shards,
     )
-    inner = "none" if (reduction == "none" or symmetric) else "sum"
+    two_blocks = symmetric and shards is None  # W = 1: the two directions as two problems
+    inner = "none" if (reduction == "none" or two_blocks) else "sum"
     loss = softmax_contrastive(
         forward, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=inner
     )
-    if symmetric:
-        # key -> query: local keys against the queries of all ranks. Its masks are the columns
-        # of the global masks that belong to this rank's keys, hence the gathers.
+    if two_blocks:
+        # W = 1 (the gathers are identities): key -> query as a second problem, the keys
+        # against the queries with the transposed masks, unchanged from before RowShards.
         own = torch.arange(b, device=query.device) + rank * b  # global columns of local keys
         backward = ContrastiveProblem(
             key,

@@ -227,6 +227,252 @@ def check_info_nce_learnable_temperature() -> None:
     )
 
 
+def _symmetric_cases() -> list[tuple[str, dict[str, object], dict[str, object]]]:
+    """``(name, global kwargs, this rank's kwargs)`` of symmetric InfoNCE over every option the
+    row-block path (each rank only its (B, W*B) block, column statistics all-reduced) takes."""
+    g = 2 * B
+    gen = torch.Generator().manual_seed(40)
+    pos = torch.rand(g, g, generator=gen) < 0.15  # (G, G)
+    ign = torch.rand(g, g, generator=gen) < 0.25  # (G, G)
+    groups = torch.randint(0, 3, (g,), generator=gen)  # grouped pairs: query label = key label
+    ql, kl = torch.randint(0, 4, (g,), generator=gen), torch.randint(0, 4, (g,), generator=gen)
+    ids = torch.randint(0, 6, (g,), generator=gen)
+    cases: list[tuple[str, dict[str, object], dict[str, object]]] = [
+        ("plain", {}, {}),
+        ("dot", {"metric": "dot"}, {}),
+        ("euclidean", {"metric": "euclidean"}, {}),
+        ("ignore_mask", {"ignore_mask": ign}, {"ignore_mask": _slice(ign)}),
+        ("positive_mask", {"positive_mask": pos}, {"positive_mask": _slice(pos)}),
+        ("grouped labels", {"query_labels": groups, "key_labels": groups}, {}),
+        ("labels", {"query_labels": ql, "key_labels": kl}, {}),
+        ("ids", {"query_ids": ids, "key_ids": ids}, {}),
+        ("dot labels", {"metric": "dot", "query_labels": groups, "key_labels": groups}, {}),
+        (
+            "euclidean masks",
+            {"metric": "euclidean", "ignore_mask": ign, "positive_mask": pos},
+            {"ignore_mask": _slice(ign), "positive_mask": _slice(pos)},
+        ),
+    ]
+    out = []
+    for name, glob, local in cases:
+        local = dict(local)
+        for key in ("query_labels", "key_labels", "query_ids", "key_ids"):
+            if key in glob:
+                local[key] = _slice(glob[key])
+        out.append((name, glob, {**glob, **local}))
+    return out
+
+
+def check_info_nce_symmetric_row_blocks() -> None:
+    """Symmetric InfoNCE, every option, dense and chunked (several column tiles): loss and the
+    gradients of query, key and a learnable temperature equal the float64 global batch's."""
+    q, k = _global(41, 2 * B, D), _global(42, 2 * B, D)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    for name, glob, local in _symmetric_cases():
+        for chunk in (None, 2, 3):
+            try:
+                _compare(
+                    [q, k, t],
+                    [True, True, False],
+                    lambda a, b, c, kw=glob: info_nce(a, b, temperature=c, symmetric=True, **kw),
+                    lambda a, b, c, kw=local, ch=chunk: cd.info_nce_distributed(
+                        a, b, temperature=c, symmetric=True, chunk_size=ch, **kw
+                    ),
+                )
+            except AssertionError as err:
+                raise AssertionError(f"{name}, chunk_size={chunk}: {err}") from None
+
+
+def check_info_nce_symmetric_negatives_reductions() -> None:
+    """Shared and per-query negatives (rows only), with an ignore mask over them, and the
+    reductions, through both paths."""
+    g = 2 * B
+    q, k = _global(43, g, D), _global(44, g, D)
+    shared, per_query = _global(45, 2 * M, D), _global(46, g, M, D)
+    gen = torch.Generator().manual_seed(47)
+    ign = torch.rand(g, g + 2 * M, generator=gen) < 0.25  # (G, G + W*M)
+    ign_pq = torch.rand(g, g + M, generator=gen) < 0.25  # (G, G + M)
+    t = torch.tensor(0.2, dtype=torch.float64)
+    for chunk in (None, 2):
+        for name, negs, mask in (("shared", shared, ign), ("per-query", per_query, ign_pq)):
+            try:
+                _compare(
+                    [q, k, negs, t],
+                    [True, True, True, False],
+                    lambda a, b, c, tt, m=mask: info_nce(
+                        a, b, c, temperature=tt, symmetric=True, ignore_mask=m
+                    ),
+                    lambda a, b, c, tt, m=mask, ch=chunk: cd.info_nce_distributed(
+                        a,
+                        b,
+                        c,
+                        temperature=tt,
+                        symmetric=True,
+                        ignore_mask=_slice(m),
+                        chunk_size=ch,
+                    ),
+                )
+            except AssertionError as err:
+                raise AssertionError(f"{name} negatives, chunk_size={chunk}: {err}") from None
+        ref = info_nce(q, k, temperature=0.2, symmetric=True, reduction="none")
+        got = cd.info_nce_distributed(
+            _slice(q),
+            _slice(k),
+            temperature=0.2,
+            symmetric=True,
+            reduction="none",
+            chunk_size=chunk,
+        )
+        _close(f"none, chunk_size={chunk}", got, _slice(ref))
+        _compare(
+            [q, k],
+            [True, True],
+            lambda a, b: info_nce(a, b, temperature=0.2, symmetric=True, reduction="sum"),
+            lambda a, b, ch=chunk: cd.info_nce_distributed(
+                a, b, temperature=0.2, symmetric=True, reduction="sum", chunk_size=ch
+            ),
+        )
+
+
+def check_info_nce_symmetric_ranks_that_differ() -> None:
+    """Ranks whose data take different branches call the same collectives: rank 0's logits are
+    small (no max shift), rank 1's large (shifted); rank 1's positive logits are below -300 and
+    rank 0 ignores all of rank 1's columns, so those columns' log-sum-exp comes only from rank 1
+    (exp(-lse) overflows unless clamped). Per-query negatives of different sizes M on the ranks
+    (the dense path on one rank, the chunked one on the other) do not desynchronise either."""
+    rank, g = dist.get_rank(), 2 * B
+    u = torch.ones(D, dtype=torch.float64)
+    q = torch.cat([_global(48, B, D) * 1e-3, u * torch.linspace(5.0, 9.0, B)[:, None]])
+    k = torch.cat([_global(49, B, D), -3.0 * u.expand(B, D) + 0.1 * _global(50, B, D)])
+    ign = torch.zeros(g, g, dtype=torch.bool)
+    ign[:B, B:] = True  # rank 0's rows never see rank 1's keys
+    for chunk in (None, 2):
+        _compare(
+            [q, k],
+            [True, True],
+            lambda a, b: info_nce(
+                a, b, temperature=0.1, metric="dot", symmetric=True, ignore_mask=ign
+            ),
+            lambda a, b, ch=chunk: cd.info_nce_distributed(
+                a,
+                b,
+                temperature=0.1,
+                metric="dot",
+                symmetric=True,
+                ignore_mask=_slice(ign),
+                chunk_size=ch,
+            ),
+        )
+    # rank r brings (B, 1 + 2r, D) per-query negatives; chunk_size=None: the automatic choice
+    # is dense below 2**22 logits, so patch it to 0 on rank 1 (chunked there, dense on rank 0)
+    from unittest import mock
+
+    from contrastkit.functional import engine
+
+    n_local = _global(51 + rank, B, 1 + 2 * rank, D)
+    ql, kl = _slice(_global(53, g, D)).requires_grad_(), _slice(_global(54, g, D))
+    with mock.patch.object(engine, "DENSE_MAX_LOGITS", 2**22 if rank == 0 else 0):
+        loss = cd.info_nce_distributed(ql, kl, n_local, temperature=0.2, symmetric=True)
+    loss.backward()  # reaching the end on both ranks is the check (no hang, no error)
+    assert torch.isfinite(loss) and torch.isfinite(ql.grad).all()
+
+
+def _half_contract(name: str, out: Tensor, ref: Tensor, grads: list, ref_grads: list) -> None:
+    """The half-precision contract of tests/functional/test_engine_half.py: loss in float32
+    within 1e-3 relative of the float64 reference on the same rounded inputs, gradients in the
+    input dtype with cosine >= 0.9999."""
+    if out.dtype != torch.float32:
+        raise AssertionError(f"{name}: loss dtype {out.dtype}, expected float32")
+    rel = float((out.double() - ref).abs() / ref.abs())
+    if rel > 1e-3:
+        raise AssertionError(f"{name}: loss relative error {rel:.2e} > 1e-3")
+    for i, (gr, rg) in enumerate(zip(grads, ref_grads)):
+        cos = float(nn.functional.cosine_similarity(gr.double().flatten(), rg.flatten(), dim=0))
+        if not cos >= 0.9999:
+            raise AssertionError(f"{name}: grad[{i}] cosine {cos:.6f} < 0.9999")
+
+
+def check_info_nce_symmetric_fp32_bf16() -> None:
+    """fp32 and bf16 inputs (dense and chunked, with ids and labels): the loss comes back in
+    float32 and the gradients in the input dtype; fp32 matches the float64 global batch to
+    float32 precision, bf16 meets the engine's half contract against float64 on the same
+    bf16-rounded values. DDP-style: the per-rank gradient / W is the global gradient's slice."""
+    from unittest import mock
+
+    from contrastkit.functional import engine
+
+    rank, world, g = dist.get_rank(), dist.get_world_size(), 4 * B
+    gen = torch.Generator().manual_seed(55)
+    ids = torch.randint(0, 12, (g,), generator=gen)
+    groups = torch.randint(0, 5, (g,), generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        q64, k64 = _global(56, g, 16).to(dtype).double(), _global(57, g, 16).to(dtype).double()
+        for chunk in (None, 3):
+            for mode in ("normalized", "raw") if dtype == torch.bfloat16 else ("normalized",):
+                for kw in (
+                    {"query_ids": ids, "key_ids": ids},
+                    {"query_labels": groups, "key_labels": groups},
+                ):
+                    where = f"{dtype} chunk_size={chunk} {mode} {sorted(kw)[0]}"
+                    t64 = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
+                    a, b = q64.clone().requires_grad_(), k64.clone().requires_grad_()
+                    ref = info_nce(a, b, temperature=t64, symmetric=True, **kw)
+                    ref.backward()
+                    ql = _slice(q64).to(dtype).requires_grad_()
+                    kl = _slice(k64).to(dtype).requires_grad_()
+                    t = torch.tensor(0.07, requires_grad=True)
+                    local_kw = {key: _slice(v) for key, v in kw.items()}
+                    with mock.patch.object(engine, "HALF_PRODUCTS", mode):
+                        out = cd.info_nce_distributed(
+                            ql, kl, temperature=t, symmetric=True, chunk_size=chunk, **local_kw
+                        )
+                    out.backward()
+                    if ql.grad.dtype != dtype or kl.grad.dtype != dtype:
+                        raise AssertionError(f"{where}: gradient dtype {ql.grad.dtype}")
+                    rows = slice(rank * g // world, (rank + 1) * g // world)
+                    loss = _mean_over_ranks(out.double())
+                    grads = [ql.grad / world, kl.grad / world, _mean_over_ranks(t.grad)]
+                    ref_grads = [a.grad[rows], b.grad[rows], t64.grad]
+                    if dtype == torch.float32:
+                        _close(f"{where} loss", loss, ref.detach(), rtol=1e-5, atol=1e-6)
+                        for i, (gr, rg) in enumerate(zip(grads, ref_grads)):
+                            _close(f"{where} grad[{i}]", gr.double(), rg, rtol=1e-4, atol=1e-6)
+                    else:
+                        _half_contract(where, loss.float(), ref.detach(), grads, ref_grads)
+
+
+def check_symmetric_flops_are_one_over_w() -> None:
+    """Symmetric InfoNCE on W = 2 ranks: each rank's fwd + bwd counts (FlopCounterMode, exact
+    and deterministic) at most 0.55x the single-process symmetric loss on the 2B global batch,
+    like the one-directional loss (0.5 both: 1/W of the global work per rank)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b, d = 64, 32
+    q, k = _global(58, 2 * b, d).float(), _global(59, 2 * b, d).float()
+
+    def flops(fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, c: Tensor) -> int:
+        a, c = a.clone().requires_grad_(), c.clone().requires_grad_()
+        with FlopCounterMode(display=False) as counter:
+            fn(a, c).backward()
+        return counter.get_total_flops()
+
+    ratios = {}
+    for symmetric in (False, True):
+        whole = flops(lambda a, c, s=symmetric: info_nce(a, c, temperature=0.1, symmetric=s), q, k)
+        per_rank = flops(
+            lambda a, c, s=symmetric: cd.info_nce_distributed(a, c, temperature=0.1, symmetric=s),
+            _slice(q),
+            _slice(k),
+        )
+        ratios[symmetric] = per_rank / whole
+    if not ratios[True] <= 0.55:
+        raise AssertionError(
+            f"symmetric per-rank / global FLOPs {ratios[True]:.3f} > 0.55 "
+            f"(one-directional {ratios[False]:.3f})"
+        )
+    assert abs(ratios[True] - ratios[False]) < 0.05, ratios
+
+
 def check_nt_xent() -> None:
     z1, z2 = _global(22, 2 * B, D), _global(23, 2 * B, D)
     _compare(

@@ -25,6 +25,15 @@ left out of the mean. With ``symmetric=True`` (requires ``N == B``) the key -> q
 over the (B, N) block is added: anchor ``i``'s loss is the mean of row ``i`` and column ``i``, and
 it is valid when both are.
 
+``row_shards`` (:class:`RowShards`) lifts ``N == B`` for the symmetric loss of a problem whose
+rows are spread over processes: the B queries are one shard of the rows of a larger problem
+(this rank's queries against the keys of all ranks), each shard computes only its (B, N) block,
+and the column (key -> query) statistics are combined over the shards by an all-reduce, so
+column ``j``'s loss runs over the rows of all shards. Anchor ``i`` pairs row ``i`` with column
+``row_shards.column_offset + i`` (its own key). This is how
+:func:`contrastkit.distributed.info_nce_distributed` computes the symmetric loss on W ranks at
+1/W of the single-process work per rank.
+
 Two paths compute it, with the same value and gradients:
 
 * dense (:func:`softmax_contrastive_dense`, the reference oracle): materialises the (B, N + M)
@@ -62,6 +71,7 @@ True
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -195,6 +205,7 @@ def softmax_contrastive_dense(
     ignore: Tensor | None = None,
     negatives: Tensor | None = None,
     symmetric: bool = False,
+    row_shards: RowShards | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Dense per-anchor softmax-contrastive loss.
 
@@ -204,7 +215,11 @@ def softmax_contrastive_dense(
         positive: (B, N + M) bool.
         ignore: (B, N + M) bool or None.
         negatives: (M, D) shared or (B, M, D) per-query extra negatives, or None.
-        symmetric: also compute the key -> query direction over the (B, N) block; requires N == B.
+        symmetric: also compute the key -> query direction over the (B, N) block; requires N == B
+            unless ``row_shards`` is given.
+        row_shards: the rows are one shard of a larger problem (:class:`RowShards`): the
+            column statistics are combined over the shards, anchor i's column is
+            ``row_shards.column_offset + i``.
 
     Returns:
         ``(loss, valid)``, both (B,). With ``symmetric`` the loss is the mean of both directions.
@@ -221,7 +236,16 @@ def softmax_contrastive_dense(
         logits = torch.cat([logits, extra], dim=1)  # (B, N + M)
     logits = logits / temperature
     loss, valid = masked_log_softmax_loss(logits, positive, ignore)
-    if symmetric:
+    if symmetric and row_shards is not None:
+        n_keys = key.shape[0]
+        ign = None if ignore is None else ignore[:, :n_keys]
+        col_loss, col_valid = sharded_column_loss(
+            logits[:, :n_keys], positive[:, :n_keys], ign, row_shards.all_reduce
+        )  # (N,) over the rows of all shards
+        own = slice(row_shards.column_offset, row_shards.column_offset + q.shape[0])
+        loss = 0.5 * (loss + col_loss[own])
+        valid = valid & col_valid[own]
+    elif symmetric:
         n_keys = key.shape[0]
         block = logits[:, :n_keys].T  # (N, B): key -> query
         ign = None if ignore is None else ignore[:, :n_keys].T
@@ -231,6 +255,74 @@ def softmax_contrastive_dense(
     return loss, valid
 
 
+def sharded_column_loss(
+    block: Tensor,
+    positive: Tensor,
+    ignore: Tensor | None,
+    all_reduce: Callable[[Tensor, str], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Key -> query loss of every column of a (B, N) logit block whose rows are one shard.
+
+    Column ``j``'s loss is ``lse_j - (sum of its positive logits) / (their count)`` over the
+    rows of *all* shards. Each shard contributes its rows' share: the global column max first
+    (``all_reduce(x, "max")``), then the sum of ``exp(l_ij - max_j)``, the positive logits and
+    their count (one ``all_reduce(x, "sum")`` of a (3, N) stack): the collectives of the
+    chunked path (:func:`contrastkit.functional.tiled.combine_column_shards`), called the same
+    way on every shard. Differentiable: the backward pass sums the upstream (N,) gradient over
+    the shards, and each shard backpropagates its own rows' share.
+
+    Args:
+        block: (B, N) logits of this shard's rows.
+        positive: (B, N) bool.
+        ignore: (B, N) bool or None (positives win).
+        all_reduce: in-place reduction over the shards, ``all_reduce(x, op)``.
+
+    Returns:
+        ``(loss, valid)``, both (N,), the same on every shard (0 where a column has no positive).
+
+    >>> one = lambda x, op: x  # a single shard is the plain column loss
+    >>> lg = torch.randn(3, 3)
+    >>> loss, _ = sharded_column_loss(lg, torch.eye(3, dtype=torch.bool), None, one)
+    >>> torch.allclose(loss, torch.logsumexp(lg, 0) - lg.diagonal())
+    True
+    """
+    if ignore is not None:
+        block = block.masked_fill(ignore & ~positive, float("-inf"))
+    top = block.detach().amax(0).clamp(min=torch.finfo(block.dtype).min)  # (N,), -inf floored
+    top = all_reduce(top, "max")
+    partial = (block - top).exp().sum(0)  # (N,): this shard's rows, exp(-inf) = 0
+    # where() instead of multiply: ignored entries are -inf and -inf * 0 would be NaN.
+    pos = torch.where(positive, block, torch.zeros_like(block)).sum(0)  # (N,)
+    count = positive.sum(0).to(block.dtype)  # (N,)
+    return _ShardedColumnLoss.apply(top, partial, pos, count, all_reduce)
+
+
+class _ShardedColumnLoss(torch.autograd.Function):
+    """``loss_j = top_j + log(sum_s partial_sj) - (sum_s pos_sj) / (sum_s count_sj)`` over the
+    shards s (see :func:`sharded_column_loss`); backward: the upstream gradient summed over the
+    shards, times each shard's local derivative."""
+
+    @staticmethod
+    def forward(ctx, top, partial, pos, count, all_reduce):
+        stats = all_reduce(torch.stack([partial, pos, count]).detach(), "sum")  # (3, N)
+        total, pos_sum, n_pos = stats[0], stats[1], stats[2]
+        valid = n_pos > 0
+        total = torch.where(valid, total, 1.0)  # columns without a positive: 0, no log(0)
+        n_pos = n_pos.clamp(min=1.0)
+        loss = torch.where(valid, top + total.log() - pos_sum / n_pos, 0.0)
+        ctx.save_for_backward(total, n_pos, valid)
+        ctx.all_reduce = all_reduce
+        ctx.mark_non_differentiable(valid)
+        return loss, valid
+
+    @staticmethod
+    def backward(ctx, g, _g_valid):
+        total, n_pos, valid = ctx.saved_tensors
+        g = torch.zeros_like(total) if g is None else g.to(total.dtype)
+        g = ctx.all_reduce(g.contiguous().clone(), "sum") * valid  # (N,): every shard's columns
+        return None, g / total, -g / n_pos, None, None
+
+
 def _per_query_similarity(q: Tensor, negatives: Tensor, metric: str) -> Tensor:
     """(B, D) x (B, M, D) -> (B, M): each query against its own negatives."""
     from contrastkit.functional.similarity import paired_similarity_unchecked
@@ -238,6 +330,30 @@ def _per_query_similarity(q: Tensor, negatives: Tensor, metric: str) -> Tensor:
     b, m, d = negatives.shape
     q_rep = q[:, None, :].expand(b, m, d).reshape(b * m, d)  # (B*M, D)
     return paired_similarity_unchecked(q_rep, negatives.reshape(b * m, d), metric).view(b, m)
+
+
+@dataclass(frozen=True)
+class RowShards:
+    """The queries of a problem are one shard of the rows of a larger one (one rank of W).
+
+    The symmetric loss then needs, for key column ``j``, a log-sum-exp over the rows of every
+    shard: each shard computes its own rows' column statistics and ``all_reduce`` combines them
+    (see the module docstring). ``all_reduce(x, op)`` reduces ``x`` in place over the shards and
+    returns it, ``op`` ``"max"`` or ``"sum"`` (:func:`contrastkit.distributed.all_reduce_`); it
+    is called the same number of times with the same shapes on every shard, whatever the data,
+    forward and backward, so every shard must compute the loss and run its backward pass.
+
+    Args:
+        column_offset: the column paired with query ``i`` (its own key) is ``column_offset + i``;
+            ``rank * B`` for local queries against the rank-major gathered keys.
+        all_reduce: the in-place reduction over the shards.
+
+    >>> RowShards(column_offset=0, all_reduce=lambda x, op: x).column_offset  # one shard
+    0
+    """
+
+    column_offset: int
+    all_reduce: Callable[[Tensor, str], Tensor]
 
 
 @dataclass
@@ -255,7 +371,10 @@ class ContrastiveProblem:
         query_ids: (B,) and key_ids: (N,) integer ids, same id (not a positive) = ignored.
         positive_mask: (B, N) bool extra positives.
         ignore_mask: (B, N + M) bool, True removes a candidate (never a positive).
-        symmetric: add the key -> query direction; requires N == B.
+        symmetric: add the key -> query direction; requires N == B unless ``row_shards``.
+        row_shards: with ``symmetric``, the queries are one shard of the rows of a larger
+            problem (:class:`RowShards`): the key -> query direction of the N keys runs over the
+            rows of all shards, and anchor i's column is ``row_shards.column_offset + i``.
 
     >>> q = torch.randn(3, 2)
     >>> pos, ign = ContrastiveProblem(q, q, positive_offset=None, self_offset=0,
@@ -276,6 +395,7 @@ class ContrastiveProblem:
     positive_mask: Tensor | None = None
     ignore_mask: Tensor | None = None
     symmetric: bool = False
+    row_shards: RowShards | None = None
 
     def __post_init__(self) -> None:
         check_embeddings("query", self.query)
@@ -309,10 +429,28 @@ class ContrastiveProblem:
             check_mask("positive_mask", self.positive_mask, (b, n))
         if self.ignore_mask is not None:
             check_mask("ignore_mask", self.ignore_mask, (b, n + m))
-        if self.symmetric and n != b:
+        if self.row_shards is not None:
+            self._check_row_shards()
+        elif self.symmetric and n != b:
             raise ValueError(
                 f"symmetric=True needs as many keys as queries, got B={b} queries and N={n} "
                 "keys; use symmetric=False for gathered or extra keys."
+            )
+
+    def _check_row_shards(self) -> None:
+        shards, b, n = self.row_shards, self.n_queries, self.n_keys
+        if not isinstance(shards, RowShards):
+            raise TypeError(f"row_shards must be a RowShards or None, got {type(shards).__name__}.")
+        if not self.symmetric:
+            raise ValueError(
+                "row_shards only concerns the key -> query direction; pass symmetric=True with "
+                "it (or drop row_shards for the one-directional loss)."
+            )
+        offset = shards.column_offset
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= n - b:
+            raise ValueError(
+                f"row_shards.column_offset must be an int in [0, N - B] = [0, {n - b}] (the "
+                f"first of the B={b} columns paired with the queries), got {offset!r}."
             )
 
     @property
@@ -494,6 +632,7 @@ def softmax_contrastive(
             ignore=ignore,
             negatives=p.negatives,
             symmetric=p.symmetric,
+            row_shards=p.row_shards,
         )
         return reduce_valid(loss, valid, reduction, p.query).to(out_dtype)
     operand, scales = _kernel_operand(p.query), (None, None)
@@ -523,10 +662,14 @@ def softmax_contrastive(
         p.symmetric,
         COLUMN_BLOCK_RATIO * chunk,
         TILE_CACHE_BYTES,
+        None if p.row_shards is None else p.row_shards.all_reduce,
         operand,
         *scales,
     )
-    if p.symmetric:
+    if p.row_shards is not None:  # col: the N columns over all shards' rows; ours follow
+        own = slice(p.row_shards.column_offset, p.row_shards.column_offset + p.n_queries)
+        loss, valid = 0.5 * (row + col[own]), row_valid & col_valid[own]
+    elif p.symmetric:
         loss, valid = 0.5 * (row + col), row_valid & col_valid
     else:
         loss, valid = row, row_valid

@@ -32,6 +32,7 @@ True
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -451,6 +452,11 @@ def _column_tiles(n: int, kw: int, m3: int, width: int) -> list[tuple[int, int]]
     return ranges
 
 
+_UNSHIFTED_BOUND = {False: 40.0, True: 300.0}
+"""The largest |logit| :func:`_unshifted` exponentiates without a max shift (float32,
+float64)."""
+
+
 def _unshifted(
     query: Tensor,
     kk: Tensor,
@@ -476,7 +482,7 @@ def _unshifted(
         k_norm.append(float(torch.linalg.vector_norm(neg3, dim=-1, dtype=acc).max()))
     k_max = max(k_norm)
     bound = q_max + k_max if metric == "euclidean" else q_max * k_max
-    return bound <= (300.0 if query.dtype == torch.float64 else 40.0)
+    return bound <= _UNSHIFTED_BOUND[query.dtype == torch.float64]
 
 
 def _logit_space_rows(x: Tensor, scale: Tensor | None) -> Tensor:
@@ -589,12 +595,22 @@ class TiledSoftmaxLoss(torch.autograd.Function):
     """Per-anchor softmax-contrastive losses, tile by tile, backward by recomputation.
 
     ``apply(query, key, negatives, structure, metric, chunk, symmetric, col_chunk,
-    cache_bytes)`` with logit-space ``query: (B, D)``, ``key: (N, D)``, ``negatives: (M, D) |
-    (B, M, D) | None``; tiles are ``chunk`` query rows by ``col_chunk`` candidate columns.
-    Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,), col_valid (N,) or
-    empty)``; a loss is ``lse - mean positive logit`` and 0 where the anchor has no positive.
-    Row statistics stream across a strip's column tiles and column statistics across strips
-    (online log-sum-exp).
+    cache_bytes, column_reduce)`` with logit-space ``query: (B, D)``, ``key: (N, D)``,
+    ``negatives: (M, D) | (B, M, D) | None``; tiles are ``chunk`` query rows by ``col_chunk``
+    candidate columns. Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,),
+    col_valid (N,) or empty)``; a loss is ``lse - mean positive logit`` and 0 where the anchor
+    has no positive. Row statistics stream across a strip's column tiles and column statistics
+    across strips (online log-sum-exp).
+
+    ``column_reduce`` (symmetric only; None: the B rows are all the rows) is for a (B, N)
+    block that holds one shard of the rows of a larger problem, the other shards' rows living
+    on other processes (:func:`contrastkit.distributed.info_nce_distributed`): an in-place
+    ``column_reduce(x, op)`` with ``op`` ``"max"`` / ``"sum"`` over the shards, called the same
+    way on every shard whatever its data. The column statistics of the block's rows are then
+    combined over the shards (:func:`combine_column_shards`), so ``col_loss`` is the loss of
+    the N columns over the rows of *all* shards, the same on every shard; in the backward pass
+    the upstream column gradient is summed over the shards, and each shard backpropagates its
+    own rows' share of every column's loss. Every shard must run the backward pass.
 
     With a gradient wanted, the first tiles' exponentiated logits (``metric="dot"`` without a
     max shift) are kept for the backward pass, which then skips their product and ``exp``: at
@@ -614,6 +630,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         symmetric,
         col_chunk,
         cache_bytes,
+        column_reduce=None,
         operand=None,
         row_scale=None,
         col_scale=None,
@@ -707,6 +724,10 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
         # Rows / columns without a positive get lse = +inf: zero probability, never NaN.
         row_lse = torch.where(row_valid, row_lse, float("inf"))
+        if symmetric and column_reduce is not None:  # the other shards' rows of every column
+            col_max, col_sum, col_pos, col_cnt = combine_column_shards(
+                column_reduce, col_max, col_sum, col_pos, col_cnt
+            )
         if symmetric:
             col_valid = col_cnt > 0
             col_lse = col_max + col_sum.log()
@@ -720,6 +741,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             query, key, negatives, row_lse, row_cnt, col_lse, col_cnt, row_scale, col_scale
         )
         ctx.tiling, ctx.metric, ctx.symmetric = tiling, metric, symmetric
+        ctx.column_reduce = column_reduce if symmetric else None
         ctx.chunk, ctx.col_chunk, ctx.unshifted = chunk, col_chunk, unshifted
         ctx.cache, ctx.cache_bytes, ctx.labelled = cache, cache_bytes, labelled
         ctx.mark_non_differentiable(row_valid, col_valid)
@@ -738,6 +760,11 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         row_w = torch.zeros_like(row_lse) if g_row is None else g_row * (row_cnt > 0)
         row_pw = row_w / row_cnt.clamp(min=1.0)
         col_w = col_pw = None
+        if ctx.column_reduce is not None:
+            # every shard's column losses depend on this shard's rows: sum their gradients
+            # (each shard sends its own columns' gradient, zeros elsewhere), on every shard
+            g_col = torch.zeros_like(col_lse) if g_col is None else g_col.to(col_lse.dtype)
+            g_col = ctx.column_reduce(g_col.contiguous().clone(), "sum")
         if ctx.symmetric and g_col is not None:
             col_w = g_col * (col_cnt > 0)
             col_pw = col_w / col_cnt.clamp(min=1.0)
@@ -748,7 +775,16 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         buf = _buffer(chunk, min(ctx.col_chunk, kw), query)
         buf2 = _buffer(chunk, max(min(ctx.col_chunk, kw), m3), query)
         row_u = row_w * torch.exp(-row_lse)
-        col_u = None if col_w is None else col_w * torch.exp(-col_lse)
+        col_u = None
+        if col_w is not None:
+            lse = col_lse
+            if ctx.column_reduce is not None:
+                # a column whose rows are all ignored here takes its lse from the other shards'
+                # logits, whatever their size: clamp it to this shard's unshifted logit floor so
+                # that exp(-lse) stays finite (its tiles' e = 0 then; exact elsewhere, where
+                # lse >= a kept logit >= -floor)
+                lse = col_lse.clamp(min=-_UNSHIFTED_BOUND[col_lse.dtype == torch.float64])
+            col_u = col_w * torch.exp(-lse)
         cache, ctx.cache = ctx.cache, {}  # a second backward (retained graph) recomputes
         for r0 in range(0, b, chunk):
             r1 = min(r0 + chunk, b)
@@ -799,7 +835,39 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             _labelled_backprop(labelled, row_pw, col_pw, query, kk, dq, dkk, scale)
         d_rows, d_cols = _scale_grads(dq, dkk, query, kk, scale)
         dq, dkey, dneg = _input_dtype_grads(dq, dkk, dneg3, n, ctx.dtypes)
-        return dq, dkey, dneg, None, None, None, None, None, None, None, d_rows, d_cols
+        return dq, dkey, dneg, None, None, None, None, None, None, None, None, d_rows, d_cols
+
+
+def combine_column_shards(
+    reduce: Callable[[Tensor, str], Tensor],
+    col_max: Tensor,
+    col_sum: Tensor,
+    col_pos: Tensor,
+    col_cnt: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Column statistics over the rows of all shards from each shard's partial ones.
+
+    Each shard holds, per column (N,), a reference ``col_max`` and ``col_sum = sum_i
+    exp(l_ij - col_max_j)`` over its rows (``col_max`` is the running max, or 0 without a max
+    shift: not a max then), the sum of its positive logits ``col_pos`` and their count
+    ``col_cnt``. Returns the same four over all shards, ``col_max`` the max over the shards of
+    their partial log-sum-exps ``col_max + log col_sum`` (so that every rescaled term is <= 1
+    and the largest is 1, whatever reference each shard used) and ``col_sum`` the sum of the
+    rescaled terms. Two collectives, the same on every shard: ``reduce(x, "max")`` of (N,),
+    then ``reduce(x, "sum")`` of a (3, N) stack. The inputs are not modified.
+
+    >>> one = lambda x, op: x  # one shard: nothing to combine
+    >>> m, s = torch.zeros(2), torch.tensor([1.0, 2.0])
+    >>> top, total, _, _ = combine_column_shards(one, m, s, s, s)
+    >>> torch.allclose(top + total.log(), s.log())
+    True
+    """
+    lowest = torch.finfo(col_max.dtype).min
+    partial = (col_max + col_sum.log()).clamp(min=lowest)  # (N,); empty columns: -inf floored
+    top = reduce(partial.clone(), "max")  # (N,)
+    stats = torch.stack([(partial - top).exp(), col_pos, col_cnt])  # (3, N)
+    stats = reduce(stats, "sum")
+    return top, stats[0], stats[1], stats[2]
 
 
 class _LabelPositives:
