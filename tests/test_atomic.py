@@ -203,3 +203,27 @@ def test_written_files_and_folders_get_the_usual_permissions(tmp_path: Path) -> 
     assert mode(tmp_path / "f") == mode(plain)
     assert mode(tmp_path / "d") == mode(tmp_path / "plain_dir")
     assert mode(tmp_path / "d" / "w") == mode(plain)
+
+
+def test_a_lazy_sequence_of_blocks_is_written_one_block_at_a_time(tmp_path: Path) -> None:
+    """write_bytes of a sequence that is not a list (blocks read on demand, e.g. a binary index's
+    float file) asks for block i only after blocks 0..i-1 are on disk: the whole is never held
+    in memory (before, ``list(data)`` read all of them first: 1.5 GB at 10^6 x 384 floats)."""
+    step, n = 1000, 5
+    target = tmp_path / "big.bin"
+
+    class Blocks:
+        nbytes = step * n
+
+        def __len__(self) -> int:
+            return n
+
+        def __getitem__(self, i: int) -> bytes:
+            if not 0 <= i < n:
+                raise IndexError(i)
+            (partial,) = [p for p in tmp_path.iterdir() if p.name.startswith(".big.bin.")]
+            assert partial.stat().st_size == i * step  # every earlier block already written
+            return bytes([i]) * step
+
+    write_bytes(target, Blocks())
+    assert target.read_bytes() == b"".join(bytes([i]) * step for i in range(n))

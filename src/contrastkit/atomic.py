@@ -177,9 +177,18 @@ def open_atomic(path: str | os.PathLike[str], size_hint: int | None = None) -> I
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes | Sequence[bytes]) -> None:
-    """Write ``data`` (bytes, or a sequence of chunks written in order) to ``path`` atomically."""
-    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
-    size = sum(len(c) for c in chunks)
+    """Write ``data`` (bytes, or a sequence of chunks written in order) to ``path`` atomically.
+
+    A list or tuple is written as given; any other sequence is read one chunk at a time while
+    writing (blocks read on demand from a file stay out of memory), its ``nbytes`` attribute, if
+    any, is the size a full disk's error reports."""
+    chunks: Sequence[bytes]
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        chunks, size = [data], len(data)
+    elif isinstance(data, (list, tuple)):
+        chunks, size = data, sum(len(c) for c in data)
+    else:  # lazy: never materialised as a whole
+        chunks, size = data, getattr(data, "nbytes", None)
     with open_atomic(path, size_hint=size) as handle:
         for chunk in chunks:
             handle.write(chunk)

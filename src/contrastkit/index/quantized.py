@@ -265,6 +265,11 @@ class _pread_blocks:
     def __len__(self) -> int:
         return -(-self.size // self.step)
 
+    @property
+    def nbytes(self) -> int:
+        """All blocks together (the size a write of them needs)."""
+        return self.size
+
     def __getitem__(self, i: int) -> bytes:
         if not 0 <= i < len(self):
             raise IndexError(i)
