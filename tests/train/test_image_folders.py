@@ -125,7 +125,9 @@ def test_flat_rgb_folder_trains_views_with_resnet18(tmp_path: Path) -> None:
 def test_image_folder_errors_name_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    out = tmp_path / "runs"
     base = ["train", "simclr_fashion_mnist_demo", "--set", "data.dataset=image_folder"]
+    base += ["--set", f"train.output_dir={out}"]
     assert main(base) == 2
     assert "data.root" in capsys.readouterr().err
     assert main([*base, "--set", f"data.root={tmp_path / 'missing'}"]) == 4
@@ -134,6 +136,8 @@ def test_image_folder_errors_name_the_key(
     (tmp_path / "empty").mkdir()
     assert main([*base, "--set", f"data.root={tmp_path / 'empty'}"]) == 2
     assert "empty" in capsys.readouterr().err
+    # data that does not load leaves no run folder behind (the fixed rerun keeps its name)
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_image_text_task_on_a_captioned_manifest(tmp_path: Path) -> None:

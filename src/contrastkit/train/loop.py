@@ -205,14 +205,14 @@ def train(
     dist = init_distributed()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run = make_run_dir(cfg, run_dir)
-    if dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
+    run = make_run_dir(cfg, run_dir)  # named before any rank creates it (same name on each)
 
     # -- components: task (data, models) -> loss -> optimizer -> schedule -> sampler -----------
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
+    if dist.is_main:  # after the data loaded: a bad data path leaves no half-made run folder
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
     trainable = Trainable(task, build_loss(cfg, dist.world))
     forward, outside_ddp = wrap_in_ddp(trainable) if dist.world > 1 else (trainable, [])
     optimizer = make_optimizer(cfg, trainable.weights())
