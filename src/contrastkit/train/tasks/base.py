@@ -117,6 +117,14 @@ class Task(Protocol):
     def examples(self, n: int = 8) -> list[tuple[Any, str]]: ...
 
 
+class BackwardAfterLossTerms:
+    """:meth:`Task.distribute` of a task whose backward runs after ``loss_terms`` (every task
+    without gradient caching): the loop wraps the whole step in one ``DistributedDataParallel``."""
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
+        return False
+
+
 @torch.no_grad()
 def in_eval_mode(module: nn.Module, fn: Any, *args: Any) -> Any:
     """``fn(*args)`` with ``module`` in eval mode, its mode restored afterwards."""

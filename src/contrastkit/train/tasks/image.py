@@ -14,7 +14,6 @@ Shapes: B batch, V views, C x H x W images, D embedding dim.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,7 +34,14 @@ from contrastkit.eval import knn_accuracy, linear_probe
 from contrastkit.losses import loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
-from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs, chunked
+from contrastkit.train.tasks.base import (
+    BackwardAfterLossTerms,
+    Corpus,
+    EvalResult,
+    Step,
+    check_loss_inputs,
+    chunked,
+)
 
 BYOL_MOMENTUM = 0.99  # the teacher's starting momentum, raised to 1 on a cosine
 
@@ -114,7 +120,7 @@ def load_images(cfg: Any, split: str) -> MemoryImages | FolderImages:
     )
 
 
-class ImageTask:
+class ImageTask(BackwardAfterLossTerms):
     """``views`` and ``supervised``: two random views per image."""
 
     name: ClassVar[str] = "views"
@@ -198,11 +204,6 @@ class ImageTask:
         if "teacher" in self.model:
             m = cosine_momentum(step, total_steps, base=BYOL_MOMENTUM)
             self.model["teacher"].update(self.model["encoder"], min(m, 0.999999))
-
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
-        """The loop wraps the whole step in ``DistributedDataParallel``: the backward runs
-        after ``loss_terms``."""
-        return False
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()

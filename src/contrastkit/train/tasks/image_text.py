@@ -7,7 +7,6 @@ image -> text and text -> image retrieval over the held-out emoji.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,10 +19,16 @@ from contrastkit.encoders.vision import SmallCNN
 from contrastkit.eval.pairs import recall_summary
 from contrastkit.losses import loss_spec
 from contrastkit.monitor.functional import positive_negative_similarities
-from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs
+from contrastkit.train.tasks.base import (
+    BackwardAfterLossTerms,
+    Corpus,
+    EvalResult,
+    Step,
+    check_loss_inputs,
+)
 
 
-class ImageTextTask:
+class ImageTextTask(BackwardAfterLossTerms):
     """``image_text``: images and captions through two towers."""
 
     name: ClassVar[str] = "image_text"
@@ -90,11 +95,6 @@ class ImageTextTask:
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing moves besides the optimizer's step."""
-
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
-        """The loop wraps the whole step in ``DistributedDataParallel``: the backward runs
-        after ``loss_terms``."""
-        return False
 
     @torch.no_grad()
     def embed_images(self, images: Tensor) -> Tensor:

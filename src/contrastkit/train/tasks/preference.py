@@ -10,7 +10,6 @@ the model before training.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -20,7 +19,13 @@ from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
 from contrastkit.encoders import create_encoder
 from contrastkit.functional.similarity import paired_similarity
 from contrastkit.losses import loss_spec
-from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs
+from contrastkit.train.tasks.base import (
+    BackwardAfterLossTerms,
+    Corpus,
+    EvalResult,
+    Step,
+    check_loss_inputs,
+)
 
 SCALE = 20.0  # cosine -> score (inverse temperature of the Bradley-Terry logits)
 
@@ -48,7 +53,7 @@ def rejected_responses(pairs: Any, seed: int) -> list[str]:
     return out
 
 
-class PreferenceTask:
+class PreferenceTask(BackwardAfterLossTerms):
     """``preference``: a text tower scoring (prompt, response) pairs."""
 
     name: ClassVar[str] = "preference"
@@ -103,11 +108,6 @@ class PreferenceTask:
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing moves besides the optimizer's step."""
-
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> bool:
-        """The loop wraps the whole step in ``DistributedDataParallel``: the backward runs
-        after ``loss_terms``."""
-        return False
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
