@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import contrastkit.functional as F
-from contrastkit.functional import engine
+from contrastkit.functional import bf16_gemm, engine
 from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
 from contrastkit.functional.tiled import block_logits
 
@@ -32,6 +32,19 @@ def half_products(request):
     """Every test runs with both half-operand modes of the engine (``engine.HALF_PRODUCTS``)."""
     with mock.patch.object(engine, "HALF_PRODUCTS", request.param):
         yield request.param
+
+
+@pytest.fixture(params=["onednn", "two_gemm"], autouse=True)
+def cpu_products(request):
+    """...and with both CPU bf16 products: oneDNN's single bf16 x bf16 -> float32 GEMM and the
+    two-GEMM ``hi + residual`` fallback (a CPU without bf16 dot products or without oneDNN)."""
+    if request.param == "onednn":
+        if not bf16_gemm.available(torch.zeros(1, dtype=torch.bfloat16)):
+            pytest.skip("oneDNN's bf16 GEMM is not available here (test_bf16_gemm.py says why)")
+        yield request.param
+    else:
+        with mock.patch.object(bf16_gemm, "available", lambda x: False):
+            yield request.param
 
 
 def _half(*shape, seed, dtype):
