@@ -162,6 +162,11 @@ def worker(cfg: dict) -> dict:
     dtype = cfg.get("dtype", "float32")
     inputs, fn, flops = _loss_fn(cfg)
     matmul_gflops(3, dtype)  # warm the product's code path before the first window
+    # ...and the loss's own (libraries it loads, JIT kernels: oneDNN's bf16 GEMM is ~33 MiB of
+    # code and tables), on a small batch, so the peak below is the loss's memory alone
+    _warm_inputs, warm_fn, _ = _loss_fn({**cfg, "B": min(cfg["B"], 512)})
+    warm_fn().backward()
+    del _warm_inputs, warm_fn
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() // 1024

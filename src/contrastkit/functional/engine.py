@@ -530,12 +530,13 @@ def _logit_space(
     result to :func:`operand_dtype` for their block products (``_kernel_operand``).
     """
     dtype = compute_dtype(problem.query.dtype)
-    q, k = problem.query.to(dtype), problem.key.to(dtype)
-    neg = None if problem.negatives is None else problem.negatives.to(dtype)
-    if metric == "cosine":
-        q, k = normalize_over(q, temperature), normalize_over(k, 1.0)
-        neg = None if neg is None else normalize_over(neg, 1.0)
+    q, k, neg = problem.query, problem.key, problem.negatives
+    if metric == "cosine":  # upcast inside the node: it keeps the half inputs, not copies
+        q, k = normalize_over(q, temperature, dtype), normalize_over(k, 1.0, dtype)
+        neg = None if neg is None else normalize_over(neg, 1.0, dtype)
     else:
+        q, k = q.to(dtype), k.to(dtype)
+        neg = None if neg is None else neg.to(dtype)
         q = q / temperature
         if metric == "euclidean":
             k = k / temperature

@@ -52,47 +52,60 @@ def normalize(x: Tensor) -> Tensor:
 class _NormalizeOver(torch.autograd.Function):
     """``x / (|x| * t)`` row-wise with a hand-written backward (one fused op for autograd).
 
-    ``apply(x, temperature)`` with ``x: (..., D)`` and a float or scalar tensor temperature;
-    rows with ``|x| <= eps`` are divided by ``t`` only, like :func:`normalize`. With
-    ``y = x / (|x| t)``: ``dx = (g - t^2 (y . g) y) / (|x| t)`` and ``dt = -sum(y . g) / t``.
+    ``apply(x, temperature, dtype)`` with ``x: (..., D)``, a float or scalar tensor temperature
+    and the result's dtype (``x``'s, or float32 for half ``x``); rows with ``|x| <= eps`` are
+    divided by ``t`` only, like :func:`normalize`. With ``y = x / (|x| t)``:
+    ``dx = (g - t^2 (y . g) y) / (|x| t)`` and ``dt = -sum(y . g) / t``. Upcast inputs save
+    the half ``x`` and the (..., 1) scales and recompute ``y`` in the backward: saving the
+    float32 ``y`` would keep a float32 copy of every half embedding beside the engine's half
+    operands (+64 MiB at B = 65,536 x 256 for the two sides).
     """
 
     @staticmethod
-    def forward(ctx, x, temperature):
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    def forward(ctx, x, temperature, dtype):
+        xc = x.to(dtype)
+        norm = torch.linalg.vector_norm(xc, dim=-1, keepdim=True)
         unit = norm > _EPS
         scale = torch.where(unit, norm, torch.ones_like(norm)).mul_(temperature).reciprocal_()
-        y = x * scale
+        y = xc * scale
+        ctx.recompute = xc is not x
+        kept = x if ctx.recompute else y
         if isinstance(temperature, Tensor):  # kept as a tensor: no device sync
-            ctx.save_for_backward(y, scale, unit, temperature)
+            ctx.save_for_backward(kept, scale, unit, temperature)
         else:
-            ctx.save_for_backward(y, scale, unit)
+            ctx.save_for_backward(kept, scale, unit)
             ctx.t = temperature
         return y
 
     @staticmethod
     def backward(ctx, g):
-        y, scale, unit, *t_saved = ctx.saved_tensors
+        kept, scale, unit, *t_saved = ctx.saved_tensors
         t = t_saved[0] if t_saved else ctx.t
+        y = kept.to(g.dtype) * scale if ctx.recompute else kept
         c = torch.linalg.vecdot(y, g, dim=-1).unsqueeze(-1)  # (..., 1)
         coef = torch.where(unit, c * (t * t), 0.0)
         dx = torch.addcmul(g, y, coef, value=-1.0).mul_(scale)
         dt = -c.sum() / t if ctx.needs_input_grad[1] else None
-        return dx, dt
+        return dx.to(kept.dtype), dt, None
 
 
-def normalize_over(x: Tensor, temperature: float | Tensor) -> Tensor:
+def normalize_over(
+    x: Tensor, temperature: float | Tensor, dtype: torch.dtype | None = None
+) -> Tensor:
     """Row-wise ``normalize(x) / temperature`` for ``x: (..., D)``, in one autograd node.
 
     The chunked engine's cosine inputs: the same value and gradients as the two-step form with
-    one backward node instead of three (gradients flow to a tensor temperature too).
+    one backward node instead of three (gradients flow to a tensor temperature too). ``dtype``:
+    the result's (default ``x``'s); the engine passes float32 for half ``x``, which is then
+    upcast inside the node (the backward keeps ``x``, not a float32 copy).
 
     >>> torch.allclose(normalize_over(torch.tensor([[3.0, 4.0]]), 0.5), torch.tensor([[1.2, 1.6]]))
     True
     """
+    dtype = x.dtype if dtype is None else dtype
     if isinstance(temperature, Tensor):
-        temperature = temperature.reshape(()).to(x.dtype)
-    return _NormalizeOver.apply(x, temperature)
+        temperature = temperature.reshape(()).to(dtype)
+    return _NormalizeOver.apply(x, temperature, dtype)
 
 
 def prepare(x: Tensor, metric: str) -> Tensor:
