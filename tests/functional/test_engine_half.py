@@ -343,3 +343,25 @@ def test_unknown_half_products_mode_is_an_error():
         pytest.raises(ValueError, match="HALF_PRODUCTS must be one of"),
     ):
         F.info_nce(q, q, temperature=0.1, chunk_size=4)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_bf16_backward_keeps_no_float32_copy_of_the_embeddings(half_products, learnable):
+    """What autograd keeps for the backward of a chunked bf16 loss is half-sized: the inputs
+    themselves and the kernels' bf16 operands, never a float32 (B, D) copy (which would put the
+    bf16 path's peak memory above the float32 path's: docs/engine.md, peak memory)."""
+    b, d = 512, 32
+    q, k = (_half(b, d, seed=28, dtype=torch.bfloat16), _half(b, d, seed=29, dtype=torch.bfloat16))
+    temperature = torch.tensor(0.07, requires_grad=True) if learnable else 0.07
+    saved: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append((t.dtype, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.info_nce(q, k, temperature=temperature, symmetric=True, chunk_size=128)
+    loss.backward()
+    big = [(dt, shape) for dt, shape in saved if len(shape) == 2 and shape[0] * shape[1] >= b * d]
+    assert big, "the kernels save their operands"
+    assert all(dt == torch.bfloat16 for dt, _ in big), big

@@ -549,10 +549,10 @@ def _inverse_norms(x: Tensor, temperature: float | Tensor) -> Tensor:
     :func:`normalize_over`); differentiable, finite gradients at zero rows."""
     from contrastkit.functional.similarity import _EPS
 
-    x = x.to(compute_dtype(x.dtype))
-    sq = (x * x).sum(-1)
-    unit = sq > _EPS * _EPS
-    inv = torch.where(unit, sq.clamp_min(_EPS * _EPS).rsqrt(), 1.0)
+    # the norm upcasts inside its node, which keeps the half x (not a float32 copy) for backward
+    norm = torch.linalg.vector_norm(x, dim=-1, dtype=compute_dtype(x.dtype))
+    unit = norm > _EPS
+    inv = torch.where(unit, norm.clamp_min(_EPS).reciprocal(), 1.0)
     return inv / temperature
 
 
