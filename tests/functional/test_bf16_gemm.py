@@ -21,7 +21,7 @@ def test_used_wherever_the_cpu_has_bf16_dot_products():
     """The Makefile installs the onednn-cpu-gomp wheel: on a CPU with AVX512-BF16 / AMX the
     product must be found (a missing library would silently fall back to two GEMMs)."""
     x = torch.zeros(2, 2, dtype=torch.bfloat16)
-    assert bf16_gemm.available(x) == bf16_gemm._cpu_has_bf16_dot()
+    assert bf16_gemm.available(x) == bf16_gemm.cpu_has_bf16_dot()
     assert not bf16_gemm.available(x.float())
     assert not bf16_gemm.available(x.half())
 

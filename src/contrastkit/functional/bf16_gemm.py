@@ -41,14 +41,15 @@ import sys
 import torch
 from torch import Tensor
 
-__all__ = ["addmm_", "available"]
+__all__ = ["addmm_", "available", "cpu_has_bf16_dot"]
 
 _LIBRARY_NAMES = ("libdnnl.so.3", "libdnnl.so")
 
 
 @functools.cache
-def _cpu_has_bf16_dot() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16)."""
+def cpu_has_bf16_dot() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16): where bf16
+    runs natively (the trainer's ``train.precision: auto`` picks bf16 there)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -90,7 +91,7 @@ def available(x: Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.bfloat16
-        and _cpu_has_bf16_dot()
+        and cpu_has_bf16_dot()
         and _gemm() is not None
     )
 

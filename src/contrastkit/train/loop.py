@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from contrastkit._checks import NonFiniteError
 from contrastkit.distributed import all_reduce_, get_world_size
+from contrastkit.functional import bf16_gemm
 from contrastkit.losses import LearnableTemperature
 from contrastkit.monitor import CollapseMonitor
 from contrastkit.train.batches import build_order
@@ -153,11 +154,7 @@ def native_bf16() -> bool:
     """Whether this machine runs bfloat16 natively (CUDA bf16, or AVX512-BF16/AMX on CPU)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bf16_gemm.cpu_has_bf16_dot()
 
 
 class StopSignals:
