@@ -36,6 +36,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import site
 import sys
 
 import torch
@@ -64,8 +65,10 @@ def cpu_has_bf16_dot() -> bool:
 @functools.cache
 def _gemm() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     """oneDNN's ``dnnl_gemm_bf16bf16f32`` from the environment's ``lib/`` (where the wheel
-    installs it) or the system's library path; None when there is none."""
-    candidates = [os.path.join(sys.prefix, "lib", name) for name in _LIBRARY_NAMES]
+    installs it; the user base's for ``pip install --user``) or the system's library path;
+    None when there is none."""
+    prefixes = [sys.prefix, site.getuserbase()]  # pip install, pip install --user
+    candidates = [os.path.join(p, "lib", name) for p in prefixes for name in _LIBRARY_NAMES]
     found = ctypes.util.find_library("dnnl")
     if found:
         candidates.append(found)
