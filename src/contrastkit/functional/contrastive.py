@@ -29,6 +29,7 @@ from contrastkit.functional.engine import (
     sigmoid_contrastive_rows,
     softmax_contrastive,
 )
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import check_metric, check_paired_loss_inputs
 
 __all__ = [
@@ -58,6 +59,7 @@ def _check_negatives(negatives: Tensor, query: Tensor) -> None:
         )
 
 
+@own_precision("half")
 def info_nce(
     query: Tensor,
     key: Tensor,
@@ -176,6 +178,7 @@ def info_nce(
     )
 
 
+@own_precision("half")
 def nt_xent(
     z1: Tensor,
     z2: Tensor,
@@ -237,6 +240,7 @@ def nt_xent(
     )
 
 
+@own_precision("half")
 def supervised_contrastive(
     embeddings: Tensor,
     labels: Tensor,
@@ -311,6 +315,7 @@ def flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return z, labels.repeat(v)
 
 
+@own_precision("half")
 def sigmoid_contrastive(
     a: Tensor,
     b: Tensor,

@@ -32,6 +32,7 @@ from contrastkit._checks import (
     check_temperature,
     reduce,
 )
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import normalize
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
 # --------------------------------------------------------------------------- stop-gradient
 
 
+@own_precision("float32")
 def negative_cosine(
     prediction: Tensor,
     target: Tensor,
@@ -86,6 +88,7 @@ def negative_cosine(
     return reduce(values, reduction)
 
 
+@own_precision("float32")
 def simsiam_loss(
     prediction1: Tensor,
     prediction2: Tensor,
@@ -130,6 +133,7 @@ def simsiam_loss(
     )
 
 
+@own_precision("float32")
 def byol_loss(
     prediction1: Tensor,
     prediction2: Tensor,
@@ -177,6 +181,7 @@ def _check_batch(name: str, x: Tensor, minimum: int = 2) -> None:
         )
 
 
+@own_precision("float32")
 def vicreg_invariance(query: Tensor, key: Tensor) -> Tensor:
     """VICReg invariance term: mean squared error between the two views.
 
@@ -196,6 +201,7 @@ def vicreg_invariance(query: Tensor, key: Tensor) -> Tensor:
     return F.mse_loss(query, key)
 
 
+@own_precision("float32")
 def vicreg_variance(embeddings: Tensor, *, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
     """VICReg variance term: a hinge keeping every dimension's batch std above ``gamma``.
 
@@ -219,6 +225,7 @@ def vicreg_variance(embeddings: Tensor, *, gamma: float = 1.0, eps: float = 1e-4
     return F.relu(gamma - std).mean()
 
 
+@own_precision("float32")
 def vicreg_covariance(embeddings: Tensor) -> Tensor:
     """VICReg covariance term: squared off-diagonal covariances, divided by D.
 
@@ -240,6 +247,7 @@ def vicreg_covariance(embeddings: Tensor) -> Tensor:
     return off_diagonal.pow(2).sum() / d
 
 
+@own_precision("float32")
 def vicreg_loss(
     query: Tensor,
     key: Tensor,
@@ -297,6 +305,7 @@ def vicreg_loss(
 # --------------------------------------------------------------------------- Barlow Twins
 
 
+@own_precision("float32")
 def cross_correlation(query: Tensor, key: Tensor, *, eps: float = 1e-5) -> Tensor:
     """Barlow Twins' (D, D) cross-correlation of two batch-standardised views.
 
@@ -330,6 +339,7 @@ def cross_correlation(query: Tensor, key: Tensor, *, eps: float = 1e-5) -> Tenso
     return standardise(query).T @ standardise(key) / b  # (D, D)
 
 
+@own_precision("float32")
 def barlow_twins_loss(
     query: Tensor, key: Tensor, *, redundancy_weight: float = 5.1e-3, eps: float = 1e-5
 ) -> Tensor:
@@ -368,6 +378,7 @@ def barlow_twins_loss(
 
 
 @torch.no_grad()
+@own_precision("float32")
 def sinkhorn_knopp(
     scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3, distributed: bool = False
 ) -> Tensor:
@@ -432,6 +443,7 @@ def _sinkhorn(scores: Tensor, epsilon: float, iterations: int, distributed: bool
     return (q * b).to(scores.dtype)  # rows sum to 1
 
 
+@own_precision("float32")
 def swapped_prediction(
     scores1: Tensor,
     scores2: Tensor,
@@ -479,6 +491,7 @@ def _swapped_prediction(
     return 0.5 * (loss12 + loss21).mean()
 
 
+@own_precision("float32")
 def swav_loss(
     query: Tensor,
     key: Tensor,
@@ -541,6 +554,7 @@ def swav_loss(
 # --------------------------------------------------------------------------- DINO
 
 
+@own_precision("float32")
 def dino_loss(
     student: Tensor,
     teacher: Tensor,
