@@ -77,7 +77,7 @@ def router(state: ServeState) -> APIRouter:
         (id, position in the index, score, metadata, thumbnail URL for image corpora)."""
         if body.query is not None:
             kind, item = "text", body.query
-        else:
+        else:  # the image arrives validated to its bytes; decoding needs the model's shape
             shape = state.embedder.image_shape
             kind, item = "image", await asyncio.to_thread(decode_image, body.image, shape, "image")
         return {"tower": kind, **await _search(state, kind, item, body.k, body.filter)}
