@@ -327,9 +327,9 @@ class TrainConfig(_Strict):
     )
     fit_schedule_to_budget: bool = Field(
         default=True,
-        description="with a time budget: after calibration_steps (and again after 5x as many "
-        "and at 50 % and 80 % of the budget), set the schedule length to what fits it (at most "
-        "max_steps)",
+        description="with a time budget: after calibration_steps, and whenever the median "
+        "recent step time predicts missing the budget by over 5 % (ahead or behind), set the "
+        "schedule length to what fits it (at most max_steps)",
     )
     calibration_steps: int = Field(default=20, gt=0)
     grad_cache_chunk: int | None = Field(
