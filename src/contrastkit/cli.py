@@ -349,19 +349,17 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from contrastkit.train import load_config, train
+    from contrastkit.train import fit  # the Python entry point: one path for both
 
     if args.resume:
         run = Path(args.resume)
         if not (run / "config.yaml").exists():
             raise FileNotFoundError(f"--resume {run}: not a run folder (no config.yaml).")
-        cfg = load_config(run / "config.yaml", args.overrides)
-        run = train(cfg, run, resume=True)
+        run = fit(run, resume=True, overrides=args.overrides).path
     else:
         if not args.config:
             raise ValueError("train needs CONFIG (a YAML path or recipe name) or --resume RUN.")
-        cfg = load_config(args.config, args.overrides)
-        run = train(cfg, args.run_dir)
+        run = fit(args.config, overrides=args.overrides, run_dir=args.run_dir).path
     if _finish_distributed() != 0:  # torchrun: only rank 0 reports
         return 0
     _print_eval(run)
