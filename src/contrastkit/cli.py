@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -455,11 +456,29 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def self_command() -> str:
+    """How to call this contrastkit from the user's shell: ``contrastkit`` when that name on
+    the PATH is this program, else its path (``.venv/bin/contrastkit`` after ``make demo``,
+    which does not activate the venv), else ``python -m contrastkit.cli``."""
+    import shutil
+
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if here is not None and here.name == "contrastkit" and here.is_file():
+        found = shutil.which("contrastkit")
+        if found is not None and Path(found).resolve() == here:
+            return "contrastkit"
+        try:
+            return shlex.quote(os.path.relpath(here))
+        except ValueError:  # another drive (Windows)
+            return shlex.quote(str(here))
+    return f"{shlex.quote(sys.executable)} -m contrastkit.cli"
+
+
 def _print_search_hint(run: str | Path) -> None:
     from contrastkit.train.search import example_queries
 
     query = example_queries(run, n=1)[0]
-    print(f"search it: contrastkit search {shlex.quote(str(run))} {shlex.quote(query)}")
+    print(f"search it: {self_command()} search {shlex.quote(str(run))} {shlex.quote(query)}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
