@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--debug", action="store_true", help="on an error, print the traceback too (for reports)"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the libraries' own messages too (transformers' weight-loading report, "
+        "download and loading progress bars)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser(
@@ -301,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from contrastkit.train.loop import TrainingInterrupted
 
+    quiet_libraries(args.verbose)
     configure_logging()
     exits = _exit_codes()
     try:
@@ -325,6 +332,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc(file=sys.stderr)
         print(f"contrastkit {args.command}: {message}", file=sys.stderr)
         return code
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Quiet by default: the Hugging Face libraries' progress bars and reports are noise in a
+    command's output (and a log file); ``--verbose`` shows them. Set before they are imported."""
+    if verbose:
+        os.environ["TRANSFORMERS_VERBOSITY"] = "info"
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def configure_logging() -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +70,30 @@ def _transformers() -> Any:
 
 def _load_model(tf: Any, folder: Path) -> nn.Module:
     """``AutoModel`` without BERT's unused pooler layer (mean pooling replaces it)."""
-    verbosity = tf.logging.get_verbosity()
-    tf.logging.set_verbosity_error()  # "pooler weights unused/missing" is expected here
-    try:
+    with quiet_transformers(tf):  # "pooler weights unused/missing" is expected here
         try:
             return tf.AutoModel.from_pretrained(str(folder), add_pooling_layer=False)
         except TypeError:  # architectures without a pooler option
             return tf.AutoModel.from_pretrained(str(folder))
+
+
+@contextlib.contextmanager
+def quiet_transformers(tf: Any) -> Iterator[None]:
+    """transformers without its weight-loading report and progress bars, unless the user asked
+    for them (``contrastkit --verbose`` sets ``TRANSFORMERS_VERBOSITY=info``)."""
+    if os.environ.get("TRANSFORMERS_VERBOSITY", "").lower() in ("info", "debug"):
+        yield
+        return
+    verbosity = tf.logging.get_verbosity()
+    bars = tf.utils.logging.is_progress_bar_enabled()
+    tf.logging.set_verbosity_error()
+    tf.utils.logging.disable_progress_bar()
+    try:
+        yield
     finally:
         tf.logging.set_verbosity(verbosity)
+        if bars:
+            tf.utils.logging.enable_progress_bar()
 
 
 def mean_pool(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -596,8 +597,17 @@ def timed(what: str, fn: Any) -> Any:
 
 
 def progress_bar(cfg: RunConfig, dist: Distributed, step: int, total: int) -> Any:
-    if not (cfg.train.progress and dist.is_main):
+    """A tqdm bar on a terminal; none when stderr is a file or a pipe (a log would get a line per
+    refresh), nor with ``train.progress: false``: ``metrics.jsonl`` has every step then."""
+    if not (cfg.train.progress and dist.is_main and _is_terminal(sys.stderr)):
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
