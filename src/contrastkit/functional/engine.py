@@ -31,7 +31,7 @@ rows are spread over processes: the B queries are one shard of the rows of a lar
 and the column (key -> query) statistics are combined over the shards by an all-reduce, so
 column ``j``'s loss runs over the rows of all shards. Anchor ``i`` pairs row ``i`` with column
 ``row_shards.column_offset + i`` (its own key). This is how
-:func:`contrastkit.distributed.info_nce_distributed` computes the symmetric loss on W ranks at
+:func:`contrastkit.functional.info_nce` with a ``group`` computes the symmetric loss on W ranks at
 1/W of the single-process work per rank.
 
 Two paths compute it, with the same value and gradients:
@@ -339,7 +339,7 @@ class RowShards:
     The symmetric loss then needs, for key column ``j``, a log-sum-exp over the rows of every
     shard: each shard computes its own rows' column statistics and ``all_reduce`` combines them
     (see the module docstring). ``all_reduce(x, op)`` reduces ``x`` in place over the shards and
-    returns it, ``op`` ``"max"`` or ``"sum"`` (:func:`contrastkit.distributed.all_reduce_`); it
+    returns it, ``op`` ``"max"`` or ``"sum"`` (:func:`contrastkit.collectives.all_reduce_`); it
     is called the same number of times with the same shapes on every shard, whatever the data,
     forward and backward, so every shard must compute the loss and run its backward pass.
 

@@ -616,7 +616,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
 
     ``column_reduce`` (symmetric only; None: the B rows are all the rows) is for a (B, N)
     block that holds one shard of the rows of a larger problem, the other shards' rows living
-    on other processes (:func:`contrastkit.distributed.info_nce_distributed`): an in-place
+    on other processes (:func:`contrastkit.functional.info_nce` with a ``group``): an in-place
     ``column_reduce(x, op)`` with ``op`` ``"max"`` / ``"sum"`` over the shards, called the same
     way on every shard whatever its data. The column statistics of the block's rows are then
     combined over the shards (:func:`combine_column_shards`), so ``col_loss`` is the loss of
