@@ -24,7 +24,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from contrastkit import distributed as cd
-from contrastkit.functional import info_nce, nt_xent, sigmoid_contrastive, supervised_contrastive
+from contrastkit.functional import (
+    KeyRoles,
+    info_nce,
+    nt_xent,
+    sigmoid_contrastive,
+    supervised_contrastive,
+    tiling,
+)
 from contrastkit.gradcache import grad_cache_step
 
 B, D, M = 5, 6, 3
@@ -44,6 +51,14 @@ _info_nce_world = _over_world(info_nce)
 _nt_xent_world = _over_world(nt_xent)
 _supervised_contrastive_world = _over_world(supervised_contrastive)
 _sigmoid_contrastive_world = _over_world(sigmoid_contrastive)
+ROLE_KEYS = ("positive_mask", "ignore_mask", "query_labels", "key_labels", "query_ids", "key_ids")
+
+
+def _as_roles(kwargs: dict) -> dict:
+    """The cases' flat mask / label / id keywords as the one ``roles=KeyRoles(...)``."""
+    roles = {k: v for k, v in kwargs.items() if k in ROLE_KEYS}
+    rest = {k: v for k, v in kwargs.items() if k not in ROLE_KEYS}
+    return {**rest, "roles": KeyRoles(**roles)} if roles else rest
 
 
 def _mean_over_ranks(x: Tensor) -> Tensor:
@@ -170,7 +185,12 @@ def check_info_nce_masks_symmetric_negatives() -> None:
         [q, k, n],
         [True, True, True],
         lambda a, b, c: info_nce(
-            a, b, c, temperature=0.3, symmetric=True, positive_mask=pos, ignore_mask=ign
+            a,
+            b,
+            c,
+            temperature=0.3,
+            symmetric=True,
+            roles=KeyRoles(positive_mask=pos, ignore_mask=ign),
         ),
         lambda a, b, c: _info_nce_world(
             a,
@@ -178,8 +198,7 @@ def check_info_nce_masks_symmetric_negatives() -> None:
             c,
             temperature=0.3,
             symmetric=True,
-            positive_mask=_slice(pos),
-            ignore_mask=_slice(ign),
+            roles=KeyRoles(positive_mask=_slice(pos), ignore_mask=_slice(ign)),
         ),
     )
 
@@ -198,20 +217,19 @@ def check_info_nce_labels_ids_symmetric() -> None:
             b,
             temperature=0.3,
             symmetric=True,
-            query_labels=ql,
-            key_labels=kl,
-            query_ids=qi,
-            key_ids=ki,
+            roles=KeyRoles(query_labels=ql, key_labels=kl, query_ids=qi, key_ids=ki),
         ),
         lambda a, b: _info_nce_world(
             a,
             b,
             temperature=0.3,
             symmetric=True,
-            query_labels=_slice(ql),
-            key_labels=_slice(kl),
-            query_ids=_slice(qi),
-            key_ids=_slice(ki),
+            roles=KeyRoles(
+                query_labels=_slice(ql),
+                key_labels=_slice(kl),
+                query_ids=_slice(qi),
+                key_ids=_slice(ki),
+            ),
         ),
     )
 
@@ -289,9 +307,11 @@ def check_info_nce_symmetric_row_blocks() -> None:
                 _compare(
                     [q, k, t],
                     [True, True, False],
-                    lambda a, b, c, kw=glob: info_nce(a, b, temperature=c, symmetric=True, **kw),
-                    lambda a, b, c, kw=local, ch=chunk: _info_nce_world(
-                        a, b, temperature=c, symmetric=True, chunk_size=ch, **kw
+                    lambda a, b, c, kw=glob: info_nce(
+                        a, b, temperature=c, symmetric=True, **_as_roles(kw)
+                    ),
+                    lambda a, b, c, kw=local, ch=chunk: tiling(chunk_size=ch)(_info_nce_world)(
+                        a, b, temperature=c, symmetric=True, **_as_roles(kw)
                     ),
                 )
             except AssertionError as err:
@@ -315,36 +335,34 @@ def check_info_nce_symmetric_negatives_reductions() -> None:
                     [q, k, negs, t],
                     [True, True, True, False],
                     lambda a, b, c, tt, m=mask: info_nce(
-                        a, b, c, temperature=tt, symmetric=True, ignore_mask=m
+                        a, b, c, temperature=tt, symmetric=True, roles=KeyRoles(ignore_mask=m)
                     ),
-                    lambda a, b, c, tt, m=mask, ch=chunk: _info_nce_world(
+                    lambda a, b, c, tt, m=mask, ch=chunk: tiling(chunk_size=ch)(_info_nce_world)(
                         a,
                         b,
                         c,
                         temperature=tt,
                         symmetric=True,
-                        ignore_mask=_slice(m),
-                        chunk_size=ch,
+                        roles=KeyRoles(ignore_mask=_slice(m)),
                     ),
                 )
             except AssertionError as err:
                 raise AssertionError(f"{name} negatives, chunk_size={chunk}: {err}") from None
         ref = info_nce(q, k, temperature=0.2, symmetric=True, reduction="none")
-        got = _info_nce_world(
+        got = tiling(chunk_size=chunk)(_info_nce_world)(
             _slice(q),
             _slice(k),
             temperature=0.2,
             symmetric=True,
             reduction="none",
-            chunk_size=chunk,
         )
         _close(f"none, chunk_size={chunk}", got, _slice(ref))
         _compare(
             [q, k],
             [True, True],
             lambda a, b: info_nce(a, b, temperature=0.2, symmetric=True, reduction="sum"),
-            lambda a, b, ch=chunk: _info_nce_world(
-                a, b, temperature=0.2, symmetric=True, reduction="sum", chunk_size=ch
+            lambda a, b, ch=chunk: tiling(chunk_size=ch)(_info_nce_world)(
+                a, b, temperature=0.2, symmetric=True, reduction="sum"
             ),
         )
 
@@ -366,16 +384,15 @@ def check_info_nce_symmetric_ranks_that_differ() -> None:
             [q, k],
             [True, True],
             lambda a, b: info_nce(
-                a, b, temperature=0.1, metric="dot", symmetric=True, ignore_mask=ign
+                a, b, temperature=0.1, metric="dot", symmetric=True, roles=KeyRoles(ignore_mask=ign)
             ),
-            lambda a, b, ch=chunk: _info_nce_world(
+            lambda a, b, ch=chunk: tiling(chunk_size=ch)(_info_nce_world)(
                 a,
                 b,
                 temperature=0.1,
                 metric="dot",
                 symmetric=True,
-                ignore_mask=_slice(ign),
-                chunk_size=ch,
+                roles=KeyRoles(ignore_mask=_slice(ign)),
             ),
         )
     # rank r brings (B, 1 + 2r, D) per-query negatives; chunk_size=None: the automatic choice
@@ -431,15 +448,15 @@ def check_info_nce_symmetric_fp32_bf16() -> None:
                     where = f"{dtype} chunk_size={chunk} {mode} {sorted(kw)[0]}"
                     t64 = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
                     a, b = q64.clone().requires_grad_(), k64.clone().requires_grad_()
-                    ref = info_nce(a, b, temperature=t64, symmetric=True, **kw)
+                    ref = info_nce(a, b, temperature=t64, symmetric=True, **_as_roles(kw))
                     ref.backward()
                     ql = _slice(q64).to(dtype).requires_grad_()
                     kl = _slice(k64).to(dtype).requires_grad_()
                     t = torch.tensor(0.07, requires_grad=True)
                     local_kw = {key: _slice(v) for key, v in kw.items()}
                     with mock.patch.object(engine, "HALF_PRODUCTS", mode):
-                        out = _info_nce_world(
-                            ql, kl, temperature=t, symmetric=True, chunk_size=chunk, **local_kw
+                        out = tiling(chunk_size=chunk)(_info_nce_world)(
+                            ql, kl, temperature=t, symmetric=True, **_as_roles(local_kw)
                         )
                     out.backward()
                     if ql.grad.dtype != dtype or kl.grad.dtype != dtype:
@@ -545,35 +562,35 @@ def check_chunked_engine() -> None:
         [q, k, n],
         [True, True, True],
         lambda a, b, c: info_nce(a, b, c, temperature=0.1),
-        lambda a, b, c: _info_nce_world(a, b, c, temperature=0.1, chunk_size=2),
+        lambda a, b, c: tiling(chunk_size=2)(_info_nce_world)(a, b, c, temperature=0.1),
     )
     _compare(
         [q, k],
         [True, True],
         lambda a, b: info_nce(a, b, temperature=0.1, symmetric=True),
-        lambda a, b: _info_nce_world(a, b, temperature=0.1, symmetric=True, chunk_size=3),
+        lambda a, b: tiling(chunk_size=3)(_info_nce_world)(a, b, temperature=0.1, symmetric=True),
     )
     _compare(
         [q, k],
         [True, True],
         lambda a, b: nt_xent(a, b, temperature=0.5),
-        lambda a, b: _nt_xent_world(a, b, temperature=0.5, chunk_size=3),
+        lambda a, b: tiling(chunk_size=3)(_nt_xent_world)(a, b, temperature=0.5),
     )
     labels = torch.tensor([0, 1, 2, 0, 7, 1, 2, 3, 3, 9])
     _compare(
         [q],
         [True],
         lambda a: supervised_contrastive(a, labels, temperature=0.2),
-        lambda a: _supervised_contrastive_world(
-            a, _slice(labels), temperature=0.2, chunk_size=2
+        lambda a: tiling(chunk_size=2)(_supervised_contrastive_world)(
+            a, _slice(labels), temperature=0.2
         ),
     )
     _compare(
         [q, k],
         [True, True],
         lambda a, b: sigmoid_contrastive(a, b, temperature=0.3, bias=-1.0),
-        lambda a, b: _sigmoid_contrastive_world(
-            a, b, temperature=0.3, bias=-1.0, chunk_size=2
+        lambda a, b: tiling(chunk_size=2)(_sigmoid_contrastive_world)(
+            a, b, temperature=0.3, bias=-1.0
         ),
     )
 
@@ -625,7 +642,7 @@ def check_local_shaped_mask_gets_a_hint() -> None:
     q = torch.randn(3, 4)
     try:
         _info_nce_world(
-            q, q, temperature=0.1, ignore_mask=torch.zeros(3, 3, dtype=torch.bool)
+            q, q, temperature=0.1, roles=KeyRoles(ignore_mask=torch.zeros(3, 3, dtype=torch.bool))
         )
     except ValueError as err:
         assert "must have shape (3, 6), got (3, 3)" in str(err), str(err)

@@ -20,6 +20,7 @@ loss on the concatenated global batch (:mod:`contrastkit.distributed` states the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,7 +36,9 @@ from contrastkit._checks import (
 )
 from contrastkit.collectives import Ranks
 from contrastkit.functional.engine import (
+    NO_ROLES,
     ContrastiveProblem,
+    KeyRoles,
     RowShards,
     compute_dtype,
     reduce_valid,
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 __all__ = [
+    "KeyRoles",
     "info_nce",
     "nt_xent",
     "reduce_valid",
@@ -86,14 +90,8 @@ def info_nce(
     temperature: float | Tensor,
     metric: str = "cosine",
     symmetric: bool = False,
-    positive_mask: Tensor | None = None,
-    ignore_mask: Tensor | None = None,
+    roles: KeyRoles | None = None,
     reduction: str = "mean",
-    chunk_size: int | None = None,
-    query_labels: Tensor | None = None,
-    key_labels: Tensor | None = None,
-    query_ids: Tensor | None = None,
-    key_ids: Tensor | None = None,
     group: ProcessGroup | None = None,
 ) -> Tensor:
     """InfoNCE with in-batch negatives (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
@@ -120,19 +118,15 @@ def info_nce(
         temperature: > 0, float or scalar tensor (e.g. a learnable temperature).
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         symmetric: average with the key -> query direction.
-        positive_mask: (B, B) bool, extra positives among the keys (the diagonal always is one).
-        ignore_mask: (B, B + M) bool, True drops a candidate from the softmax (known false
-            negatives); positives are never dropped.
+        roles: which other keys are positives and which candidates are ignored
+            (:class:`~contrastkit.functional.engine.KeyRoles`): ``positive_mask`` (B, B) extra
+            positives (the diagonal always is one), ``ignore_mask`` (B, B + M) dropped
+            candidates (known false negatives; positives are never dropped), labels
+            ``query_labels`` / ``key_labels`` (B,) (shared label = positive) and ids
+            ``query_ids`` / ``key_ids`` (B,) (shared id = ignored), without a dense mask.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (one value per anchor, shape (B,)).
             With a ``group``: this rank's share, whose mean over the ranks is the global
             ``"mean"`` / ``"sum"`` (``"none"``: this rank's rows of the global per-anchor loss).
-        chunk_size: None picks the path automatically (dense up to 2**22 logits, chunked
-            beyond); an int forces the memory-linear chunked path with that many query rows
-            per block. Both give the same value and gradients (:mod:`contrastkit.functional.engine`).
-        query_labels: (B,) and key_labels: (B,) integer labels: keys sharing the query's label
-            are extra positives, without a dense (B, B) mask.
-        query_ids: (B,) and key_ids: (B,) integer ids: keys sharing the query's id that are not
-            positives are ignored (duplicates / known false negatives), without a dense mask.
         group: the ``torch.distributed`` process group whose ranks hold the rest of the
             batch (e.g. :func:`contrastkit.collectives.world_group`): the local queries against
             the keys (and shared negatives, labels, ids) gathered from all its ranks, masks as
@@ -150,13 +144,27 @@ def info_nce(
     >>> same = torch.ones(8, 16)
     >>> round(float(info_nce(same, same, temperature=0.1)), 4)  # log B: nothing to tell apart
     2.0794
+    >>> ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])  # query 7 repeats query 0's document
+    >>> float(info_nce(q, q, temperature=0.1, roles=KeyRoles(query_ids=ids, key_ids=ids))) < 0.01
+    True
+
+    The memory-linear chunked path is the engine's choice (automatic beyond 2**22 logits);
+    ``with contrastkit.functional.engine.tiling(chunk_size=256):`` forces it, with the same value
+    and gradients.
     """
     metric, reduction = check_paired_loss_inputs(
         "query", query, "key", key, temperature=temperature, metric=metric, reduction=reduction
     )
     b = query.shape[0]
-    _check_pair_labels("query_labels", query_labels, "key_labels", key_labels, b)
-    _check_pair_labels("query_ids", query_ids, "key_ids", key_ids, b)
+    roles = NO_ROLES if roles is None else roles
+    if not isinstance(roles, KeyRoles):
+        raise TypeError(
+            f"roles must be a KeyRoles or None, got {type(roles).__name__}; e.g. "
+            "roles=KeyRoles(ignore_mask=mask) or KeyRoles(query_ids=ids, key_ids=ids)."
+        )
+    for name in ("query_labels", "key_labels", "query_ids", "key_ids"):
+        if getattr(roles, name) is not None:  # local (B,) before the keys' are gathered
+            check_labels(name, getattr(roles, name), b, what=name.split("_")[0])
     ranks = Ranks.of(group)
     ranks.check_same_batch_size("query", b)
     n = ranks.world * b
@@ -167,10 +175,10 @@ def info_nce(
             ranks.check_same_batch_size("negatives", negatives.shape[0])
             negatives = ranks.gather_with_grad(negatives)  # (W*M, D), after the W*B keys
     m = 0 if negatives is None else negatives.shape[-2]
-    if positive_mask is not None:
-        _check_global_mask("positive_mask", positive_mask, (b, n), ranks.world)
-    if ignore_mask is not None:
-        _check_global_mask("ignore_mask", ignore_mask, (b, n + m), ranks.world)
+    if roles.positive_mask is not None:
+        _check_global_mask("positive_mask", roles.positive_mask, (b, n), ranks.world)
+    if roles.ignore_mask is not None:
+        _check_global_mask("ignore_mask", roles.ignore_mask, (b, n + m), ranks.world)
     # Symmetric on W > 1 ranks: only this rank's row block (B, W*B); the key -> query direction
     # of every global key combines the blocks' column statistics over the ranks (RowShards).
     shards = RowShards(ranks.rank * b, ranks.all_reduce_) if symmetric and ranks.world > 1 else None
@@ -179,12 +187,11 @@ def info_nce(
         all_key,
         negatives,
         positive_offset=ranks.rank * b,
-        query_labels=query_labels,
-        key_labels=None if key_labels is None else ranks.gather(key_labels),  # (W*B,)
-        query_ids=query_ids,
-        key_ids=None if key_ids is None else ranks.gather(key_ids),  # (W*B,)
-        positive_mask=positive_mask,
-        ignore_mask=ignore_mask,
+        roles=replace(  # the keys' labels and ids travel with the keys: (W*B,)
+            roles,
+            key_labels=None if roles.key_labels is None else ranks.gather(roles.key_labels),
+            key_ids=None if roles.key_ids is None else ranks.gather(roles.key_ids),
+        ),
         symmetric=symmetric,
         row_shards=shards,
     )
@@ -192,7 +199,6 @@ def info_nce(
         problem,
         temperature=temperature,
         metric=metric,
-        chunk_size=chunk_size,
         reduction="none" if reduction == "none" else "sum",
     )
     # Every anchor has its designated positive, so all W*B anchors are valid.
@@ -206,7 +212,6 @@ def nt_xent(
     temperature: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
-    chunk_size: int | None = None,
     group: ProcessGroup | None = None,
 ) -> Tensor:
     """NT-Xent, the SimCLR loss (Chen et al. 2020, https://arxiv.org/abs/2002.05709).
@@ -226,7 +231,6 @@ def nt_xent(
         temperature: > 0, float or scalar tensor.
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` ((2B,) per view: z1 rows then z2 rows).
-        chunk_size: None (automatic) or query rows per block of the chunked engine path.
         group: the process group whose ranks hold the rest of the batch (see
             :func:`info_nce`); None (default): this batch alone.
 
@@ -255,8 +259,7 @@ def nt_xent(
         labels = torch.cat([example, example])  # (2B,)
         partners = {
             "positive_offset": None,
-            "query_labels": labels,
-            "key_labels": ranks.gather(labels),  # (2WB,)
+            "roles": KeyRoles(query_labels=labels, key_labels=ranks.gather(labels)),  # (2WB,)
         }
     problem = ContrastiveProblem(
         anchors,
@@ -268,7 +271,6 @@ def nt_xent(
         problem,
         temperature=temperature,
         metric=metric,
-        chunk_size=chunk_size,
         reduction="none" if reduction == "none" else "sum",
     )
     return _share(loss, 2 * ranks.world * b, reduction, ranks).to(compute_dtype(z1.dtype))
@@ -281,7 +283,6 @@ def supervised_contrastive(
     temperature: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
-    chunk_size: int | None = None,
     group: ProcessGroup | None = None,
 ) -> Tensor:
     """Supervised contrastive loss, SupCon "outside" form (Khosla et al. 2020,
@@ -302,10 +303,10 @@ def supervised_contrastive(
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` ((B*V,), view-major:
             all first views, then all second views; 0 for anchors without a positive).
-        chunk_size: None (automatic) or query rows per block of the chunked engine path; the
-            positives come from the labels per block, never as a dense (BV, BV) mask.
         group: the process group whose ranks hold the rest of the batch (see
             :func:`info_nce`); None (default): this batch alone.
+
+    The positives come from the labels (never a dense (BV, BV) mask on the chunked path).
 
     Returns:
         Scalar loss, or per-anchor losses with ``reduction="none"``.
@@ -328,14 +329,12 @@ def supervised_contrastive(
         ranks.gather_with_grad(z),  # (W*V*B, D): each rank's flattened block in turn
         positive_offset=None,
         self_offset=z.shape[0] * ranks.rank,  # anchor j is candidate V B rank + j
-        query_labels=lab,
-        key_labels=all_lab,
+        roles=KeyRoles(query_labels=lab, key_labels=all_lab),
     )
     loss = softmax_contrastive(
         problem,
         temperature=temperature,
         metric=metric,
-        chunk_size=chunk_size,
         reduction="none" if reduction == "none" else "sum",
     )
     if reduction == "none":
@@ -363,7 +362,6 @@ def sigmoid_contrastive(
     bias: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
-    chunk_size: int | None = None,
     group: ProcessGroup | None = None,
 ) -> Tensor:
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, https://arxiv.org/abs/2303.15343).
@@ -384,8 +382,6 @@ def sigmoid_contrastive(
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"`` (sum over pairs / B, as in the paper), ``"sum"`` (over all pairs) or
             ``"none"`` ((B,) per row of ``a``, summed over its B pairs).
-        chunk_size: None (automatic) or rows of ``a`` per block of the chunked path, which
-            never holds the (B, B) logits.
         group: the process group whose ranks hold the rest of the batch (see
             :func:`info_nce`); None (default): this batch alone.
 
@@ -416,7 +412,7 @@ def sigmoid_contrastive(
     for r in range(ranks.world):
         block = all_b[r * n : (r + 1) * n]  # (B, D): the columns of rank r
         rows = sigmoid_contrastive_rows(
-            a, block, temperature=temperature, bias=bias, metric=metric, chunk_size=chunk_size
+            a, block, temperature=temperature, bias=bias, metric=metric
         )  # (B,), positive on the diagonal
         if r != ranks.rank:  # no positive in this block: turn the diagonal term into a negative
             diag = paired_similarity_unchecked(a.to(dtype), block.to(dtype), metric)
@@ -443,20 +439,6 @@ def _share(loss: Tensor, n_valid: int, reduction: str, ranks: Ranks) -> Tensor:
     if reduction == "sum":
         return loss * ranks.world
     return loss * ranks.world / max(int(n_valid), 1)
-
-
-def _check_pair_labels(
-    q_name: str, q: Tensor | None, k_name: str, k: Tensor | None, b: int
-) -> None:
-    """Labels / ids come in pairs, each (B,) like the local batch (gathered afterwards)."""
-    if (q is None) != (k is None):
-        raise ValueError(
-            f"{q_name} and {k_name} go together, got only {q_name if q is not None else k_name}; "
-            "pass both (the same tensor when the queries are the keys)."
-        )
-    if q is not None:
-        check_labels(q_name, q, b, what="query")
-        check_labels(k_name, k, b, what="key")
 
 
 def _check_global_mask(name: str, mask: Tensor, shape: tuple[int, int], world: int) -> None:

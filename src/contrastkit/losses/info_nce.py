@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit.collectives import world_group
-from contrastkit.functional import info_nce
+from contrastkit.functional import KeyRoles, info_nce
 from contrastkit.functional.similarity import check_metric
 from contrastkit.losses.examples import paired_example, temperature_repr
 from contrastkit.losses.registry import register
@@ -67,6 +67,9 @@ class InfoNCE(nn.Module):
         ignore_mask: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor:
+        """query: (B, D), key: (B, D), negatives: (M, D) or (B, M, D); the masks as the
+        ``roles`` of :func:`~contrastkit.functional.info_nce` (``ignore_mask``: (B, W*B + M),
+        the loss-registry contract of losses that take negatives)."""
         return info_nce(
             query,
             key,
@@ -74,8 +77,7 @@ class InfoNCE(nn.Module):
             temperature=resolve_temperature(self.temperature),
             metric=self.metric,
             symmetric=self.symmetric,
-            positive_mask=positive_mask,
-            ignore_mask=ignore_mask,
+            roles=KeyRoles(positive_mask=positive_mask, ignore_mask=ignore_mask),
             reduction=reduction,
             group=world_group() if self.gather_distributed else None,
         )
