@@ -88,9 +88,10 @@ def check_same_batch_size(name: str, n: int, group: Any = None) -> None:
     values = [int(s) for s in sizes]
     if len(set(values)) != 1:
         raise ValueError(
-            f"{name} must have the same batch size on every rank for gather_distributed=True, got "
-            f"sizes {values} on ranks 0..{world - 1}; use drop_last=True in the DataLoader (or a "
-            "batch sampler with an exact length) so every rank sees full batches."
+            f"{name} must have the same batch size on every rank of a loss computed over a "
+            f"process group (gather_distributed=True), got sizes {values} on ranks "
+            f"0..{world - 1}; use drop_last=True in the DataLoader (or a batch sampler with an "
+            "exact length) so every rank sees full batches."
         )
 
 

@@ -450,3 +450,55 @@ def test_low_temperature_float32_parity():
             dtype=torch.float32,
             chunks=(5, 24),
         )
+
+
+def test_tiling_is_a_scoped_engine_setting():
+    """``tiling(chunk_size=...)`` sets the engine's blocks inside its block only (a nested block
+    restores the outer setting), for every loss, with the dense path's value and gradients."""
+    q, k = _randn(6, 4, seed=40), _randn(6, 4, seed=41)
+    assert engine.resolve_chunk_size(6, 6) is None  # automatic: dense at this size
+    with tiling(chunk_size=4):
+        assert engine.resolve_chunk_size(6, 6) == 4
+        with tiling(chunk_size=2):
+            assert engine.resolve_chunk_size(6, 6) == 2
+        assert engine.resolve_chunk_size(6, 6) == 4
+        with tiling():  # back to automatic inside
+            assert engine.resolve_chunk_size(6, 6) is None
+    assert engine.resolve_chunk_size(6, 6) is None
+    for loss in (
+        lambda: F.info_nce(q, k, temperature=0.2, symmetric=True),
+        lambda: F.nt_xent(q, k, temperature=0.5),
+        lambda: F.sigmoid_contrastive(q, k, temperature=0.3, bias=-1.0),
+    ):
+        dense, dense_grads = _value_and_grads(loss, [q, k])
+        chunked, chunked_grads = _value_and_grads(tiling(chunk_size=4)(loss), [q, k])
+        torch.testing.assert_close(chunked, dense, **TOL[torch.float64])
+        for g, rg in zip(chunked_grads, dense_grads):
+            torch.testing.assert_close(g, rg, **TOL[torch.float64])
+    with pytest.raises(ValueError, match=r"chunk_size must be a positive int .* got 2.5"):
+        tiling(chunk_size=2.5).__enter__()  # type: ignore[arg-type]
+
+
+def test_key_roles_are_the_one_description_of_positives_and_ignored_keys():
+    """Labels and ids in ``KeyRoles`` equal their dense-mask forms; misuse names the fix."""
+    q, k = _randn(6, 4, seed=42), _randn(6, 4, seed=43)
+    labels, ids = torch.tensor([0, 1, 0, 2, 1, 3]), torch.tensor([5, 6, 7, 5, 8, 9])
+    by_labels = F.info_nce(
+        q, k, temperature=0.2, roles=KeyRoles(query_labels=labels, key_labels=labels)
+    )
+    by_mask = F.info_nce(
+        q, k, temperature=0.2, roles=KeyRoles(positive_mask=labels[:, None] == labels[None, :])
+    )
+    torch.testing.assert_close(by_labels, by_mask)
+    by_ids = F.info_nce(q, k, temperature=0.2, roles=KeyRoles(query_ids=ids, key_ids=ids))
+    ignore = (ids[:, None] == ids[None, :]) & ~torch.eye(6, dtype=torch.bool)
+    by_ignore = F.info_nce(q, k, temperature=0.2, roles=KeyRoles(ignore_mask=ignore))
+    torch.testing.assert_close(by_ids, by_ignore)
+    with pytest.raises(TypeError, match="roles must be a KeyRoles or None, got dict"):
+        F.info_nce(q, k, temperature=0.2, roles={"ignore_mask": ignore})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="query_ids and key_ids go together, got only key_ids"):
+        KeyRoles(key_ids=ids)
+    with pytest.raises(ValueError, match="key_labels must"):
+        F.info_nce(q, k, temperature=0.2, roles=KeyRoles(query_labels=labels, key_labels=ids[:3]))
+    with pytest.raises(TypeError, match="roles must be a KeyRoles, got dict"):
+        ContrastiveProblem(q, k, roles={})  # type: ignore[arg-type]
