@@ -173,6 +173,41 @@ def test_metrics_count_requests_latency_and_batches(image_client: TestClient) ->
             float(line.rsplit(" ", 1)[1])
 
 
+def test_metrics_parse_with_prometheus_client(image_client: TestClient, image_run: Path) -> None:
+    """``/metrics`` is valid exposition text: prometheus_client's own parser reads every family
+    the docs list, with the types and values the service counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    image_client.get("/health")
+    image_client.post("/search", json={"query": "x"})  # a 400 on an image model
+    response = image_client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    types = {name: f.type for name, f in families.items()}
+    assert types == {
+        "contrastkit_requests": "counter",
+        "contrastkit_request_seconds": "histogram",
+        "contrastkit_batch_size": "histogram",
+        "contrastkit_rejected": "counter",
+        "contrastkit_index_reloads": "counter",
+        "contrastkit_queue_depth": "gauge",
+        "contrastkit_index_size": "gauge",
+        "contrastkit_uptime_seconds": "gauge",
+    }
+    samples = [s for f in families.values() for s in f.samples]
+
+    def value(name: str, **labels: str) -> float:
+        (found,) = [s.value for s in samples if s.name == name and s.labels == labels]
+        return found
+
+    assert value("contrastkit_requests_total", endpoint="/search", status="400") >= 1
+    assert value("contrastkit_request_seconds_bucket", endpoint="/health", le="+Inf") >= 1
+    assert value("contrastkit_index_size") == len(load_index(image_run / INDEX_FILE))
+    assert value("contrastkit_rejected_total") == 0
+    assert value("contrastkit_uptime_seconds") > 0
+    assert not [s.name for s in samples if s.name.endswith("_created")]
+
+
 def test_page_and_docs_are_served(image_client: TestClient) -> None:
     page = image_client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -211,21 +246,22 @@ def test_concurrent_requests_share_a_batch(text_run: Path) -> None:
 
     async def main() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        await app.state.batcher.start()
-        await app.state.searcher.start()
+        await app.state.serve.batcher.start()
+        await app.state.serve.searcher.start()
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 return await asyncio.gather(
                     *(client.post("/search", json={"query": t, "k": 2}) for t in texts)
                 )
         finally:
-            await app.state.searcher.stop()
-            await app.state.batcher.stop()
+            await app.state.serve.searcher.stop()
+            await app.state.serve.batcher.stop()
 
     responses = asyncio.run(main())
     assert [r.status_code for r in responses] == [200] * 8
-    batches = app.state.metrics.batches
-    assert batches.n < 8 and batches.total == 8  # fewer model calls than requests
+    metrics = app.state.serve.metrics
+    calls, items = (metrics.value(f"contrastkit_batch_size_{s}") for s in ("count", "sum"))
+    assert calls < 8 and items == 8  # fewer model calls than requests
     # each got the answer of its own query, not a neighbour's in the batch
     _, task, _ = load_run(text_run)
     for text, response in zip(texts, responses):
@@ -260,8 +296,8 @@ def test_full_queue_answers_503_with_retry_after(text_run: Path) -> None:
         raise TimeoutError(what)
 
     async def main() -> list[httpx.Response]:
-        await app.state.batcher.start()
-        await app.state.searcher.start()
+        await app.state.serve.batcher.start()
+        await app.state.serve.searcher.start()
         try:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -272,32 +308,32 @@ def test_full_queue_answers_503_with_retry_after(text_run: Path) -> None:
                 first = [post("in the model")]
                 await until(entered.is_set, "the model call")
                 first += [post("queued 1"), post("queued 2")]
-                await until(lambda: app.state.batcher.waiting == 2, "two queued requests")
+                await until(lambda: app.state.serve.batcher.waiting == 2, "two queued requests")
                 refused = await client.post("/search", json={"query": "one too many"})
                 gate.set()
                 return [refused, *await asyncio.gather(*first)]
         finally:
             gate.set()
-            await app.state.searcher.stop()
-            await app.state.batcher.stop()
+            await app.state.serve.searcher.stop()
+            await app.state.serve.batcher.stop()
 
     refused, *served = asyncio.run(main())
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert "queue is full" in refused.json()["error"]
     assert [r.status_code for r in served] == [200, 200, 200]
-    assert "contrastkit_rejected_total 1" in app.state.metrics.render()
+    assert "contrastkit_rejected_total 1" in app.state.serve.metrics.render()
 
 
 # -- bad input ------------------------------------------------------------------------------
 BAD_IMAGE_REQUESTS = [
     # (method, path, kwargs, status, field)
-    ("post", "/search", {"content": b'{"image": ', "headers": {"content-type": "application/json"}}, 422, "body"),
-    ("post", "/search", {"content": b"not json at all"}, 422, "body"),
-    ("post", "/search", {"json": {"image": 12}}, 422, "image"),
-    ("post", "/search", {"json": {"image": "AAAA", "k": "5"}}, 422, "k"),
-    ("post", "/search", {"json": {"image": "AAAA", "k": 2.5}}, 422, "k"),
-    ("post", "/search", {"json": {"image": "AAAA", "colour": 1}}, 422, "colour"),
+    ("post", "/search", {"content": b'{"image": ', "headers": {"content-type": "application/json"}}, 400, "body"),
+    ("post", "/search", {"content": b"not json at all"}, 400, "body"),
+    ("post", "/search", {"json": {"image": 12}}, 400, "image"),
+    ("post", "/search", {"json": {"image": "AAAA", "k": "5"}}, 400, "k"),
+    ("post", "/search", {"json": {"image": "AAAA", "k": 2.5}}, 400, "k"),
+    ("post", "/search", {"json": {"image": "AAAA", "colour": 1}}, 400, "colour"),
     ("post", "/search", {"json": {}}, 400, "query/image"),
     ("post", "/search", {"json": {"image": "@@@", "query": "x"}}, 400, "query/image"),
     ("post", "/search", {"json": {"query": "a text"}}, 400, "query"),
@@ -306,16 +342,16 @@ BAD_IMAGE_REQUESTS = [
     ("post", "/search", {"json": {"image": "QUJD", "k": 0}}, 400, "k"),
     ("post", "/search", {"json": {"image": "QUJD", "k": -3}}, 400, "k"),
     ("post", "/search", {"json": {"image": "QUJD", "k": 101}}, 400, "k"),
-    ("post", "/search", {"json": {"image": "QUJD", "filter": {"label": [1]}}}, 422, "filter.label"),
-    ("post", "/search", {"json": {"image": "QUJD", "filter": "label=3"}}, 422, "filter"),
+    ("post", "/search", {"json": {"image": "QUJD", "filter": {"label": [1]}}}, 400, "filter.label"),
+    ("post", "/search", {"json": {"image": "QUJD", "filter": "label=3"}}, 400, "filter"),
     ("post", "/search/upload", {"files": {"file": ("x.png", b"\x89PNG broken", "image/png")}}, 400, "file"),
-    ("post", "/search/upload", {"data": {"k": "3"}}, 422, "file"),
-    ("post", "/search/upload", {"files": {"file": ("x.png", b"x", "image/png")}, "data": {"k": "many"}}, 422, "k"),
+    ("post", "/search/upload", {"data": {"k": "3"}}, 400, "file"),
+    ("post", "/search/upload", {"files": {"file": ("x.png", b"x", "image/png")}, "data": {"k": "many"}}, 400, "k"),
     ("post", "/embed", {"json": {"texts": ["a"]}}, 400, "texts"),
     ("post", "/embed", {"json": {"images": []}}, 400, "images"),
     ("post", "/embed", {"json": {"images": ["QUJD"] * 65}}, 400, "images"),
     ("post", "/embed", {"json": {"images": ["QUJD"], "texts": ["a"]}}, 400, "texts/images"),
-    ("post", "/embed", {"json": {"images": "QUJD"}}, 422, "images"),
+    ("post", "/embed", {"json": {"images": "QUJD"}}, 400, "images"),
     ("get", "/thumb/100000", {}, 404, "position"),
     ("get", "/thumb/-1", {}, 404, "position"),
 ]  # fmt: skip
@@ -326,6 +362,61 @@ def test_bad_input_on_an_image_run(
     image_client: TestClient, method: str, path: str, kwargs: dict, status: int, field: str
 ) -> None:
     _bad(getattr(image_client, method)(path, **kwargs), status, field)
+
+
+ONE_SHAPE = {"error", "field", "value", "allowed"}
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "field", "value"),
+    [
+        ("/search", {"json": {"image": "QUJD", "k": "5"}}, "k", '"5"'),
+        ("/search", {"json": {"image": "QUJD", "k": 0}}, "k", "0"),
+        ("/search", {"json": {"image": "QUJD", "k": -1}}, "k", "-1"),
+        ("/search", {"json": {"image": "QUJD", "k": 10**9}}, "k", "1000000000"),
+        ("/search", {"json": {"image": "QUJD", "k": None}}, "k", "None"),
+        ("/search", {"json": {"image": "QUJD", "k": True}}, "k", "True"),
+        ("/search", {"json": {"query": ["a text"]}}, "query", "['a text']"),
+        ("/search", {"json": {"image": "QUJD", "filter": {"label": {"x": 1}}}}, "filter.label",
+         "{'x': 1}"),
+        ("/search", {"json": {"k": 5}}, "query/image", '"neither"'),
+        ("/search", {"json": {"image": "QUJD", "k": 5, "knn": 5}}, "knn", "5"),
+        ("/search", {"json": ["QUJD"]}, "body", "['QUJD']"),
+        ("/search/upload", {"files": {"file": ("q.png", b"x")}, "data": {"k": "0"}}, "k", '"0"'),
+        ("/search/upload", {"files": {"file": ("q.png", b"x")}, "data": {"k": "5.5"}}, "k",
+         '"5.5"'),
+        ("/search/upload", {"files": {"file": ("q.png", b"x")}, "data": {"filter": "{"}},
+         "filter", '"{"'),
+        ("/search/upload", {"data": {"k": "5"}}, "file", None),
+        ("/embed", {"json": {"images": ["QUJD", 7]}}, "images[1]", "7"),
+        ("/embed", {"json": {"images": ["QUJD", "%%%"]}}, "images[1]", '"%%%"'),
+        ("/embed", {"json": {"images": ["QUJD"] * 65}}, "images", '"65 items"'),
+        ("/embed", {"json": {}}, "texts/images", '"neither"'),
+    ],
+)  # fmt: skip
+def test_every_bad_field_answers_400_in_the_one_shape(
+    image_client: TestClient, path: str, kwargs: dict, field: str, value: str | None
+) -> None:
+    """One validation layer: a value of the wrong type, out of bounds or missing gets the same
+    status and body shape, naming the field (on 2b7de80 k="5" was FastAPI's 422 and k=0 a 400)."""
+    response = image_client.post(path, **kwargs)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert set(body) == ONE_SHAPE, body
+    assert body["field"] == field, body
+    assert body["error"] == f"{field}: got {body['value']}; allowed: {body['allowed']}", body
+    if value is not None:
+        assert body["value"] == value, body
+    if field == "k":
+        assert body["allowed"] == "an integer from 1 to 100", body
+
+
+def test_the_request_models_publish_their_bounds(image_client: TestClient) -> None:
+    """The limits the models check are the ones the API page shows (``--max-k`` included)."""
+    schemas = image_client.get("/openapi.json").json()["components"]["schemas"]
+    k = schemas["SearchRequest"]["properties"]["k"]
+    assert (k["minimum"], k["maximum"], k["default"]) == (1, 100, 10)
+    assert k["description"] == "an integer from 1 to 100"
 
 
 def test_unknown_filter_field_names_the_allowed_ones(
@@ -344,7 +435,7 @@ def test_bad_input_on_a_text_run(text_client: TestClient, query_png: bytes) -> N
     _bad(text_client.post("/search", json={"query": ""}), 400, "query")
     _bad(text_client.post("/search", json={"image": b64(query_png)}), 400, "image")
     _bad(text_client.post("/embed", json={"texts": ["ok", ""]}), 400, "texts[1]")
-    _bad(text_client.post("/embed", json={"texts": [1, 2]}), 422, "texts.0")
+    _bad(text_client.post("/embed", json={"texts": [1, 2]}), 400, "texts[0]")
     files = {"file": ("q.png", query_png, "image/png")}
     _bad(text_client.post("/search/upload", files=files), 400, "file")
     _bad(text_client.get("/thumb/0"), 404, "position")
@@ -474,7 +565,7 @@ def test_an_index_of_another_width_is_refused(image_run: Path, tmp_path: Path) -
 def test_batched_search_equals_one_query_at_a_time(image_client: TestClient) -> None:
     from contrastkit.serve.live_index import search_index, search_many
 
-    loaded = image_client.app.state.holder.loaded
+    loaded = image_client.app.state.serve.holder.loaded
     index = loaded.index
     g = torch.Generator().manual_seed(0)
     queries = torch.randn(5, index.dim, generator=g)  # (Q, D)

@@ -139,7 +139,7 @@ def test_torchrun_time_budget_decisions_agree_across_ranks(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = [json.loads(x) for x in (runs / "tiny" / "metrics.jsonl").read_text().splitlines()]
     fits = [r["total_steps"] for r in records if r.get("event") == "schedule_fitted"]
-    assert len(fits) >= 3 and fits[-1] < 10_000  # calibration, 5x, half the budget (and 80 %)
+    assert fits and fits[-1] < 10_000  # fitted after calibration, then whenever off the budget
     last = max(r["step"] for r in records if "loss" in r)
     assert json.loads((runs / "tiny" / "eval.json").read_text())["step"] == last
 

@@ -45,6 +45,7 @@ from contrastkit.functional.engine import (
     sigmoid_contrastive_rows,
     softmax_contrastive,
 )
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import (
     check_metric,
     check_paired_loss_inputs,
@@ -82,6 +83,7 @@ def _check_negatives(negatives: Tensor, query: Tensor) -> None:
         )
 
 
+@own_precision("half")
 def info_nce(
     query: Tensor,
     key: Tensor,
@@ -205,6 +207,7 @@ def info_nce(
     return _share(loss, n, reduction, ranks).to(compute_dtype(query.dtype))
 
 
+@own_precision("half")
 def nt_xent(
     z1: Tensor,
     z2: Tensor,
@@ -276,6 +279,7 @@ def nt_xent(
     return _share(loss, 2 * ranks.world * b, reduction, ranks).to(compute_dtype(z1.dtype))
 
 
+@own_precision("half")
 def supervised_contrastive(
     embeddings: Tensor,
     labels: Tensor,
@@ -354,6 +358,7 @@ def flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return z, labels.repeat(v)
 
 
+@own_precision("half")
 def sigmoid_contrastive(
     a: Tensor,
     b: Tensor,

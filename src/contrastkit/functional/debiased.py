@@ -40,6 +40,7 @@ from contrastkit._checks import (
     reduce,
 )
 from contrastkit.functional.engine import compute_dtype
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import (
     check_paired_loss_inputs,
     similarity_matrix_unchecked,
@@ -61,6 +62,7 @@ def _check_tau_plus(tau_plus: object) -> float:
     return float(tau_plus)
 
 
+@own_precision("float32")
 def hard_negative_contrastive(
     query: Tensor,
     key: Tensor,
@@ -133,6 +135,7 @@ def _debiased_terms(
     return -(pos - shift) + torch.log(p + ng)
 
 
+@own_precision("float32")
 def debiased_contrastive(
     query: Tensor,
     key: Tensor,
@@ -174,6 +177,7 @@ def debiased_contrastive(
     )
 
 
+@own_precision("float32")
 def decoupled_contrastive(
     z1: Tensor,
     z2: Tensor,

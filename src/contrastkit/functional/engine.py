@@ -89,6 +89,7 @@ from contrastkit._checks import (
     check_reduction,
     check_temperature,
 )
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import (
     check_metric,
     normalize_over,
@@ -678,6 +679,7 @@ def _kernel_operand(x: Tensor) -> torch.dtype | None:
     return None if operand == compute_dtype(x.dtype) else operand
 
 
+@own_precision("half")
 def softmax_contrastive(
     problem: ContrastiveProblem,
     *,
@@ -782,6 +784,7 @@ def reduce_valid(loss: Tensor, valid: Tensor, reduction: str, graph_source: Tens
     return loss
 
 
+@own_precision("half")
 def sigmoid_contrastive_rows(
     a: Tensor,
     b: Tensor,

@@ -23,6 +23,7 @@ from contrastkit._checks import (
     reduce,
 )
 from contrastkit.functional.engine import compute_dtype
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import (
     check_metric,
     paired_similarity_unchecked,
@@ -45,6 +46,7 @@ def _check_margin(margin: object, *, allow_zero: bool = True) -> float:
     return check_positive_number("margin", margin, allow_zero=allow_zero)
 
 
+@own_precision("float32")
 def triplet_margin(
     embeddings: Tensor,
     labels: Tensor,
@@ -132,6 +134,7 @@ def triplet_margin(
     return F.relu(chosen - sim + margin)[pair_valid].mean()
 
 
+@own_precision("float32")
 def triplet_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -170,6 +173,7 @@ def triplet_loss(
     return reduce(F.relu(s_an - s_ap + margin), reduction)
 
 
+@own_precision("float32")
 def contrastive_margin(
     a: Tensor,
     b: Tensor,
@@ -225,6 +229,7 @@ def contrastive_margin(
     return reduce(loss, reduction)
 
 
+@own_precision("float32")
 def margin_ranking(
     positive_scores: Tensor,
     negative_scores: Tensor,
@@ -261,6 +266,7 @@ def margin_ranking(
     return reduce(F.relu(margin - (pos - negative_scores)), reduction)
 
 
+@own_precision("float32")
 def preference_loss(
     chosen_scores: Tensor,
     rejected_scores: Tensor,

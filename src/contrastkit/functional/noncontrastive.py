@@ -33,6 +33,7 @@ from contrastkit._checks import (
     reduce,
 )
 from contrastkit.collectives import all_reduce_, get_world_size
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import normalize
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
 # --------------------------------------------------------------------------- stop-gradient
 
 
+@own_precision("float32")
 def negative_cosine(
     prediction: Tensor,
     target: Tensor,
@@ -87,6 +89,7 @@ def negative_cosine(
     return reduce(values, reduction)
 
 
+@own_precision("float32")
 def simsiam_loss(
     prediction1: Tensor,
     prediction2: Tensor,
@@ -131,6 +134,7 @@ def simsiam_loss(
     )
 
 
+@own_precision("float32")
 def byol_loss(
     prediction1: Tensor,
     prediction2: Tensor,
@@ -178,6 +182,7 @@ def _check_batch(name: str, x: Tensor, minimum: int = 2) -> None:
         )
 
 
+@own_precision("float32")
 def vicreg_invariance(query: Tensor, key: Tensor) -> Tensor:
     """VICReg invariance term: mean squared error between the two views.
 
@@ -197,6 +202,7 @@ def vicreg_invariance(query: Tensor, key: Tensor) -> Tensor:
     return F.mse_loss(query, key)
 
 
+@own_precision("float32")
 def vicreg_variance(embeddings: Tensor, *, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
     """VICReg variance term: a hinge keeping every dimension's batch std above ``gamma``.
 
@@ -220,6 +226,7 @@ def vicreg_variance(embeddings: Tensor, *, gamma: float = 1.0, eps: float = 1e-4
     return F.relu(gamma - std).mean()
 
 
+@own_precision("float32")
 def vicreg_covariance(embeddings: Tensor) -> Tensor:
     """VICReg covariance term: squared off-diagonal covariances, divided by D.
 
@@ -241,6 +248,7 @@ def vicreg_covariance(embeddings: Tensor) -> Tensor:
     return off_diagonal.pow(2).sum() / d
 
 
+@own_precision("float32")
 def vicreg_loss(
     query: Tensor,
     key: Tensor,
@@ -298,6 +306,7 @@ def vicreg_loss(
 # --------------------------------------------------------------------------- Barlow Twins
 
 
+@own_precision("float32")
 def cross_correlation(query: Tensor, key: Tensor, *, eps: float = 1e-5) -> Tensor:
     """Barlow Twins' (D, D) cross-correlation of two batch-standardised views.
 
@@ -331,6 +340,7 @@ def cross_correlation(query: Tensor, key: Tensor, *, eps: float = 1e-5) -> Tenso
     return standardise(query).T @ standardise(key) / b  # (D, D)
 
 
+@own_precision("float32")
 def barlow_twins_loss(
     query: Tensor, key: Tensor, *, redundancy_weight: float = 5.1e-3, eps: float = 1e-5
 ) -> Tensor:
@@ -369,6 +379,7 @@ def barlow_twins_loss(
 
 
 @torch.no_grad()
+@own_precision("float32")
 def sinkhorn_knopp(
     scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3, distributed: bool = False
 ) -> Tensor:
@@ -431,6 +442,7 @@ def _sinkhorn(scores: Tensor, epsilon: float, iterations: int, distributed: bool
     return (q * b).to(scores.dtype)  # rows sum to 1
 
 
+@own_precision("float32")
 def swapped_prediction(
     scores1: Tensor,
     scores2: Tensor,
@@ -478,6 +490,7 @@ def _swapped_prediction(
     return 0.5 * (loss12 + loss21).mean()
 
 
+@own_precision("float32")
 def swav_loss(
     query: Tensor,
     key: Tensor,
@@ -540,6 +553,7 @@ def swav_loss(
 # --------------------------------------------------------------------------- DINO
 
 
+@own_precision("float32")
 def dino_loss(
     student: Tensor,
     teacher: Tensor,

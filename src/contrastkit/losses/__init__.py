@@ -20,8 +20,10 @@ from contrastkit.losses.preference import PreferenceLoss
 from contrastkit.losses.registry import (
     LOSSES,
     LossSpec,
+    check_loss_params,
     create_loss,
     list_losses,
+    loss_defaults,
     loss_spec,
     register,
 )
@@ -55,8 +57,10 @@ __all__ = [
     "SwAVLoss",
     "TripletMargin",
     "VICRegLoss",
+    "check_loss_params",
     "create_loss",
     "list_losses",
+    "loss_defaults",
     "loss_spec",
     "matryoshka",
     "register",

@@ -20,10 +20,16 @@ Each registered loss class sets three class attributes (read back with :func:`lo
 True
 >>> create_loss("info_nce", temperature=0.1)
 InfoNCE(temperature=0.1, metric='cosine', symmetric=False)
+
+A loss's defaults are declared once, by its constructor's signature; :func:`loss_defaults` reads
+them back (the trainer starts a learnable temperature there) and :func:`check_loss_params`
+checks a config's parameters against it before any data is read.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,3 +86,57 @@ def loss_spec(name: str) -> LossSpec:
             f"{DISTRIBUTED} as class attributes, got {spec.inputs!r} / {spec.distributed!r}."
         )
     return spec
+
+
+# Set by the trainer, never by a config (see train/run.py build_loss).
+TRAINER_PARAMS = frozenset({"gather_distributed"})
+
+
+def _parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The constructor parameters of loss ``name``; a constructor that only forwards
+    ``*args, **kwargs`` to its base class (BYOL) declares its base's."""
+    cls = LOSSES.get(name)
+    for klass in getattr(cls, "__mro__", (cls,)):
+        init = klass.__dict__.get("__init__") if isinstance(klass, type) else klass
+        if init is None:
+            continue
+        params = dict(inspect.signature(init).parameters)
+        params.pop("self", None)
+        forwards = {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}
+        if not all(p.kind in forwards for p in params.values()) or not params:
+            return params
+    return {}
+
+
+def loss_defaults(name: str) -> dict[str, Any]:
+    """The keyword parameters of loss ``name`` and their defaults (required ones left out).
+
+    >>> loss_defaults("nt_xent")["temperature"], loss_defaults("supcon")["temperature"]
+    (0.5, 0.1)
+    """
+    return {
+        p.name: p.default
+        for p in _parameters(name).values()
+        if p.default is not inspect.Parameter.empty and p.name not in TRAINER_PARAMS
+    }
+
+
+def check_loss_params(name: str, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming each parameter that loss ``name`` does not take, with the
+    closest accepted names and the full list.
+
+    >>> check_loss_params("info_nce", {"temperature": 0.1})
+    >>> check_loss_params("info_nce", {"temprature": 0.1})
+    Traceback (most recent call last):
+    ...
+    ValueError: info_nce takes no parameter 'temprature'. Did you mean 'temperature'? Accepted: \
+temperature, metric, symmetric.
+    """
+    accepted = [p for p in _parameters(name) if p not in TRAINER_PARAMS]
+    for key in params:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=2)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"{name} takes no parameter {key!r}.{hint} Accepted: {', '.join(accepted)}."
+            )

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from contrastkit._checks import check_embeddings, check_pair, check_positive_number
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import check_metric, similarity_matrix_unchecked
 
 __all__ = [
@@ -119,6 +120,7 @@ def mask_from_labels(query_labels: Tensor, key_labels: Tensor) -> Tensor:
     return _drop_positive(q[:, None] == k[None, :])
 
 
+@own_precision("float32")
 def _candidate_scores(query: Tensor, key: Tensor, negatives: Tensor | None, metric: str) -> Tensor:
     check_embeddings("query", query)
     check_embeddings("key", key)

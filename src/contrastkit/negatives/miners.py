@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from contrastkit._checks import check_embeddings, check_pair, check_positive_number
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import (
     check_metric,
     paired_similarity_unchecked,
@@ -37,6 +38,7 @@ def _check_k(name: str, k: object) -> int:
 
 
 @torch.no_grad()
+@own_precision("float32")
 def hard_negatives_in_batch(
     query: Tensor,
     key: Tensor,
@@ -119,6 +121,7 @@ class MinedNegatives:
 
 
 @torch.no_grad()
+@own_precision("float32")
 def exact_search(
     query: Tensor, corpus: Tensor, k: int, *, metric: str = "cosine", chunk_size: int = 1024
 ) -> tuple[Tensor, Tensor]:

@@ -2,9 +2,9 @@
 
 Reads runs only through :class:`~contrastkit.serve.embedder.Embedder` (an adapter over
 ``contrastkit.train.run.load_run``) and indexes through :func:`contrastkit.index.load_index`.
-FastAPI and uvicorn are the optional extra ``contrastkit[serve]``: they are imported when the app
-module is first used (``create_app`` and friends), so the batcher, the metrics and the embedder
-import without them.
+FastAPI, uvicorn and prometheus_client are the optional extra ``contrastkit[serve]``: they are
+imported when the app or the metrics are first used (``create_app``, ``Metrics`` and friends),
+so the batcher and the embedder import without them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 from contrastkit.serve.batcher import Batcher, Overloaded
 from contrastkit.serve.embedder import Embedder
-from contrastkit.serve.metrics import Metrics
 
 __all__ = [
     "Batcher",
@@ -26,12 +25,19 @@ __all__ = [
     "create_app_from_run",
 ]
 
-_APP_NAMES = ("ServeSettings", "check_bind", "create_app", "create_app_from_run")
+# names that need the serve extra: imported on first use, with the install hint
+_LAZY = {
+    "Metrics": "metrics",
+    "ServeSettings": "app",
+    "check_bind": "app",
+    "create_app": "app",
+    "create_app_from_run": "app",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _APP_NAMES:  # needs FastAPI: import on first use, with the install hint
-        from contrastkit.serve import app
+    if name in _LAZY:
+        import importlib
 
-        return getattr(app, name)
+        return getattr(importlib.import_module(f"contrastkit.serve.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'contrastkit.serve' has no attribute {name!r}")

@@ -1,124 +1,107 @@
-"""Request counts, latency and batch-size histograms in the Prometheus text format.
+"""Request counts, latency and batch-size histograms for ``/metrics``, through ``prometheus_client``.
 
-Written by hand (no client library): counters and cumulative histograms with ``_bucket``,
-``_sum`` and ``_count`` series, as https://prometheus.io/docs/instrumenting/exposition_formats/
-describes.
+Each :class:`Metrics` owns a :class:`~prometheus_client.CollectorRegistry` (never the process-wide
+default one), so every app (and every test) counts on its own. The exposition text is
+``prometheus_client.generate_latest`` of that registry, less the ``*_created`` timestamps.
 
 >>> m = Metrics()
 >>> m.observe_request("/search", 200, 0.004)
 >>> m.observe_batch(3)
 >>> text = m.render()
->>> 'contrastkit_requests_total{endpoint="/search",status="200"} 1' in text
+>>> 'contrastkit_requests_total{endpoint="/search",status="200"} 1.0' in text
 True
->>> 'contrastkit_batch_size_bucket{le="4"} 1' in text
+>>> 'contrastkit_batch_size_bucket{le="4.0"} 1.0' in text
 True
+>>> m.value("contrastkit_batch_size_sum")
+3.0
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import defaultdict
+from collections.abc import Callable, Iterator
 
-__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "Metrics"]
+try:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from prometheus_client.metrics_core import Metric
+except ImportError as err:  # pragma: no cover - the optional extra
+    raise ImportError(
+        f"contrastkit serve needs prometheus_client ({err.name} missing); "
+        "install it with `pip install 'contrastkit[serve]'`."
+    ) from None
+
+__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last slot is +Inf
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.n += 1
-
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        sep = "," if labels else ""
-        out, running = [], 0
-        for bound, count in zip((*self.buckets, float("inf")), self.counts):
-            running += count
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
-        braces = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{braces} {self.total:.6g}", f"{name}_count{braces} {self.n}"]
-        return out
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the text format generate_latest writes
 
 
 class Metrics:
-    """Thread-safe counters for the service; :meth:`render` gives the ``/metrics`` body."""
+    """The service's metrics in a registry of their own; :meth:`render` gives the ``/metrics`` body.
+
+    Series: ``contrastkit_requests_total{endpoint,status}``, ``contrastkit_request_seconds``
+    (histogram by endpoint), ``contrastkit_batch_size`` (histogram), ``contrastkit_rejected_total``,
+    ``contrastkit_index_reloads_total``, and the gauges added with :meth:`gauge` (queue depth,
+    index size, uptime: read when scraped).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.latency: dict[str, _Histogram] = {}
-        self.batches = _Histogram(BATCH_BUCKETS)
-        self.rejected = 0
-        self.reloads = 0
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._requests = Counter("contrastkit_requests", "Requests by endpoint and status code.",
+                                 ["endpoint", "status"], registry=r)  # fmt: skip
+        self._latency = Histogram("contrastkit_request_seconds", "Request latency by endpoint.",
+                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self._batches = Histogram("contrastkit_batch_size", "Items per model call (micro-batch size).",
+                                  buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
+        self._rejected = Counter("contrastkit_rejected", "Requests refused with 503 (queue full).",
+                                 registry=r)  # fmt: skip
+        self._reloads = Counter("contrastkit_index_reloads", "Index swaps since start.", registry=r)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         """One finished request: its route (not the raw path), status code and latency."""
-        with self._lock:
-            self.requests[(endpoint, int(status))] += 1
-            self.latency.setdefault(endpoint, _Histogram(LATENCY_BUCKETS)).observe(seconds)
+        self._requests.labels(endpoint=endpoint, status=str(int(status))).inc()
+        self._latency.labels(endpoint=endpoint).observe(seconds)
 
     def observe_batch(self, size: int) -> None:
         """One model call on ``size`` items."""
-        with self._lock:
-            self.batches.observe(size)
+        self._batches.observe(size)
 
     def observe_rejected(self) -> None:
         """One request refused because the queue was full (503)."""
-        with self._lock:
-            self.rejected += 1
+        self._rejected.inc()
 
     def observe_reload(self) -> None:
         """One index swap."""
-        with self._lock:
-            self.reloads += 1
+        self._reloads.inc()
+
+    def gauge(self, name: str, help_: str, read: Callable[[], float]) -> None:
+        """A gauge ``name`` whose value is ``read()`` at each scrape."""
+        Gauge(name, help_, registry=self.registry).set_function(read)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """The current value of one sample, e.g. ``value("contrastkit_batch_size_count")``;
+        None when that series has not been observed."""
+        return self.registry.get_sample_value(name, labels or {})
 
     def mean_batch_size(self) -> float:
         """Mean items per model call so far (0 before the first call)."""
-        with self._lock:
-            return self.batches.total / self.batches.n if self.batches.n else 0.0
+        n = self.value("contrastkit_batch_size_count") or 0.0
+        return (self.value("contrastkit_batch_size_sum") or 0.0) / n if n else 0.0
 
-    def render(self, gauges: dict[str, tuple[str, float]] | None = None) -> str:
-        """The exposition text; ``gauges``: name -> (help, value) added as gauges."""
-        with self._lock:
-            lines = [
-                "# HELP contrastkit_requests_total Requests by endpoint and status code.",
-                "# TYPE contrastkit_requests_total counter",
-            ]
-            for (endpoint, status), n in sorted(self.requests.items()):
-                labels = f'endpoint="{_escape(endpoint)}",status="{status}"'
-                lines.append(f"contrastkit_requests_total{{{labels}}} {n}")
-            lines += [
-                "# HELP contrastkit_request_seconds Request latency by endpoint.",
-                "# TYPE contrastkit_request_seconds histogram",
-            ]
-            for endpoint, hist in sorted(self.latency.items()):
-                labels = f'endpoint="{_escape(endpoint)}"'
-                lines += hist.lines("contrastkit_request_seconds", labels)
-            lines += [
-                "# HELP contrastkit_batch_size Items per model call (micro-batch size).",
-                "# TYPE contrastkit_batch_size histogram",
-                *self.batches.lines("contrastkit_batch_size"),
-                "# HELP contrastkit_rejected_total Requests refused with 503 (queue full).",
-                "# TYPE contrastkit_rejected_total counter",
-                f"contrastkit_rejected_total {self.rejected}",
-                "# HELP contrastkit_index_reloads_total Index swaps since start.",
-                "# TYPE contrastkit_index_reloads_total counter",
-                f"contrastkit_index_reloads_total {self.reloads}",
-            ]
-        for name, (help_, value) in (gauges or {}).items():
-            lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def render(self) -> str:
+        """The exposition text (Prometheus text format 0.0.4)."""
+        return generate_latest(_WithoutCreated(self.registry)).decode()
+
+
+class _WithoutCreated:
+    """The registry's metrics without the ``*_created`` samples (creation timestamps that the
+    service never exposed; scrapers do not need them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric

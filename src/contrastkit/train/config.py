@@ -239,6 +239,23 @@ class LossConfig(_Strict):
             raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(list_losses())}")
         return v
 
+    @model_validator(mode="after")
+    def _params_of_the_loss(self) -> LossConfig:
+        """``loss.params`` against the loss's own signature, when the config loads (before any
+        data is read), and a learnable temperature only for a loss that has one."""
+        from contrastkit.losses import check_loss_params, loss_defaults
+
+        try:
+            check_loss_params(self.name, self.params)
+        except ValueError as err:
+            raise ValueError(f"loss.params: {err}") from None
+        if self.learnable_temperature and "temperature" not in loss_defaults(self.name):
+            raise ValueError(
+                f"loss.learnable_temperature: {self.name} has no temperature to learn; remove "
+                "it or pick a loss with one (e.g. info_nce, nt_xent, supcon)"
+            )
+        return self
+
 
 MOVED_LOSS_KEYS = {
     "queue_size": "negatives.queue (e.g. negatives: {queue: 4096})",
@@ -310,9 +327,9 @@ class TrainConfig(_Strict):
     )
     fit_schedule_to_budget: bool = Field(
         default=True,
-        description="with a time budget: after calibration_steps (and again after 5x as many "
-        "and at 50 % and 80 % of the budget), set the schedule length to what fits it (at most "
-        "max_steps)",
+        description="with a time budget: after calibration_steps, and whenever the median "
+        "recent step time predicts missing the budget by over 5 % (ahead or behind), set the "
+        "schedule length to what fits it (at most max_steps)",
     )
     calibration_steps: int = Field(default=20, gt=0)
     grad_cache_chunk: int | None = Field(

@@ -42,7 +42,7 @@ from contrastkit.functional import bf16_gemm
 from contrastkit.losses import LearnableTemperature
 from contrastkit.monitor import CollapseMonitor
 from contrastkit.train.batches import build_order
-from contrastkit.train.budget import BudgetFit
+from contrastkit.train.budget import BudgetFit, BudgetSummary
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig, save_config
 from contrastkit.train.metrics_log import MetricsLog
@@ -229,7 +229,7 @@ def train(
         budget = BudgetFit(
             cfg.train.time_budget_s, cfg.train.calibration_steps, cfg.train.max_steps
         )
-    step, elapsed = 0, 0.0
+    step, elapsed, stopped_at_budget = 0, 0.0, False
     if resume:
         step, elapsed = restore(run, trainable, optimizer, scheduler, order, view_generator)
         budget = None  # a resumed run keeps the length it had
@@ -356,12 +356,19 @@ def train(
                     metrics.write(
                         {"step": step, "event": "time_budget_reached", "elapsed_s": elapsed}
                     )
+                    stopped_at_budget = True
                     break
         finally:
             if progress is not None:
                 progress.close()
 
     save()
+    if cfg.train.time_budget_s:  # say how much of the budget was used, and why
+        used = BudgetSummary.of(
+            cfg.train.time_budget_s, step, elapsed, cfg.train.max_steps, stopped_at_budget
+        )
+        metrics.write({"step": step, **used.record()})
+        log.info("%s", used.message())
     if dist.is_main:
         result = timed("final evaluation", task.evaluate)
         write_eval(run, step, elapsed, result)

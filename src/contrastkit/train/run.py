@@ -30,7 +30,7 @@ def build_loss(cfg: RunConfig, world: int = 1) -> nn.Module:
     import inspect
 
     from contrastkit.distributed import GlobalBatchLoss
-    from contrastkit.losses import LOSSES, loss_spec
+    from contrastkit.losses import LOSSES, loss_defaults, loss_spec
     from contrastkit.negatives import ExtraNegatives
 
     params = dict(cfg.loss.params)
@@ -39,7 +39,8 @@ def build_loss(cfg: RunConfig, world: int = 1) -> nn.Module:
     if "dim" in accepted and "dim" not in params and projection:
         params["dim"] = projection  # e.g. SwAV's prototypes live in that space
     if cfg.loss.learnable_temperature:
-        params["temperature"] = LearnableTemperature(float(params.get("temperature", 0.07)))
+        start = params.get("temperature", loss_defaults(cfg.loss.name)["temperature"])
+        params["temperature"] = LearnableTemperature(float(start))
     spec = loss_spec(cfg.loss.name)
     if world > 1 and spec.distributed == "gather":
         params["gather_distributed"] = True

@@ -1,0 +1,46 @@
+"""Images in and out of the service: uploads decoded to the model's input, corpus images as PNG."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from contrastkit.serve.errors import BadInput
+
+__all__ = ["MAX_PIXELS", "decode_image", "png"]
+
+MAX_PIXELS = 25_000_000  # an upload larger than this (e.g. 5000 x 5000) is refused undecoded
+
+
+def decode_image(data: bytes, shape: tuple[int, int, int], field: str) -> Any:
+    """Encoded image bytes -> (C, H, W) float in [0, 1] at ``shape`` = (C, H, W), the model's
+    input; :class:`BadInput` naming ``field`` for bytes that are not an image or too large."""
+    from PIL import Image
+
+    from contrastkit.data.images import load_image
+
+    c, h, w = shape
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    except Exception:  # not an image at all
+        width = height = 0
+    if width * height > MAX_PIXELS:  # refuse before decoding: a small file can be a huge image
+        raise BadInput(field, f"{width}x{height} pixels", f"at most {MAX_PIXELS:,} pixels")
+    try:
+        return load_image(data, channels=c, size=(h, w), name=field)
+    except Exception:  # not an image, a truncated file, a decompression bomb
+        raise BadInput(
+            field, data[:16], "the bytes of a PNG, JPEG, BMP, GIF, WebP or TIFF image"
+        ) from None
+
+
+def png(image: Any) -> bytes:
+    """(C, H, W) in [0, 1] -> PNG bytes."""
+    from PIL import Image
+
+    pixels = (image.float().clamp(0, 1) * 255).round().byte()  # (C, H, W)
+    array = pixels[0] if pixels.shape[0] == 1 else pixels.permute(1, 2, 0)  # (H, W[, C])
+    buf = io.BytesIO()
+    Image.fromarray(array.contiguous().numpy()).save(buf, format="PNG")
+    return buf.getvalue()

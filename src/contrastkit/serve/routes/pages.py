@@ -1,0 +1,47 @@
+"""What a browser reads: the search page ``GET /`` and corpus thumbnails ``GET /thumb/{position}``.
+
+(No ``from __future__ import annotations``: see ``routes/search.py``.)
+"""
+
+from importlib import resources
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+from contrastkit.serve.errors import BadInput
+from contrastkit.serve.images import png
+from contrastkit.serve.state import ServeState
+
+__all__ = ["router"]
+
+MAX_THUMBS = 4096  # PNGs kept in memory; the cache starts over past this
+
+
+def router(state: ServeState) -> APIRouter:
+    """The page and thumbnail routes of ``state``'s service."""
+    api = APIRouter(tags=["page"])
+
+    @api.get("/thumb/{position}", summary="A corpus image as PNG")
+    async def thumb(position: int) -> Response:
+        """The corpus image at index position `position` (image corpora only)."""
+        images = state.embedder.thumbnails
+        n = len(images) if images is not None else 0
+        if not 0 <= position < n:
+            allowed = f"an index position from 0 to {n - 1}" if n else "none: this corpus is text"
+            raise BadInput("position", position, allowed, 404)
+        if position not in state.thumbs:
+            if len(state.thumbs) > MAX_THUMBS:
+                state.thumbs.clear()
+            state.thumbs[position] = png(images[position])  # type: ignore[index]
+        return Response(
+            state.thumbs[position],
+            media_type="image/png",
+            headers={"Cache-Control": "max-age=3600"},
+        )
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        page = resources.files("contrastkit.serve").joinpath("page.html")
+        return HTMLResponse(page.read_text(encoding="utf-8"))
+
+    return api

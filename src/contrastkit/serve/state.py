@@ -1,0 +1,89 @@
+"""What the routes share: the service's limits (:class:`ServeSettings`) and its parts
+(:class:`ServeState`: the model, the index, the two batchers, the metrics).
+
+No web framework here: ``create_app`` builds one ``ServeState`` and hands it to every router.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from contrastkit.serve.batcher import Batcher
+from contrastkit.serve.embedder import Embedder
+from contrastkit.serve.live_index import IndexHolder
+from contrastkit.serve.metrics import Metrics
+
+__all__ = ["ServeSettings", "ServeState"]
+
+
+@dataclass
+class ServeSettings:
+    """Service limits (the ``contrastkit serve`` options).
+
+    Attributes:
+        max_batch: most items per model call; 1 turns micro-batching off.
+        max_wait_ms: how long a request waits for others to share its batch.
+        queue: most requests waiting for the model; beyond it 503 with ``Retry-After``.
+        max_body_mb: largest request body (JSON or upload) in MiB; larger gets 413.
+        max_k: largest ``k`` a search may ask for.
+        max_items: most texts or images in one ``/embed`` request.
+        threads: torch threads of the model worker (None: torch's default).
+        api_key: when set, every request but the page, ``/health`` and the docs must send
+            ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+    """
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    queue: int = 256
+    max_body_mb: float = 8.0
+    max_k: int = 100
+    max_items: int = 64
+    threads: int | None = 1
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "queue", "max_k", "max_items"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if not self.max_body_mb > 0:
+            raise ValueError(f"max_body_mb must be > 0 (MiB), got {self.max_body_mb!r}.")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {self.threads!r}.")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key must be a non-empty string; pass --api-key KEY or omit it.")
+
+
+@dataclass
+class ServeState:
+    """One service: what every router reads (``app.state.serve``).
+
+    Attributes:
+        embedder: the run's model (query kinds, image shape, corpus thumbnails).
+        settings: the limits.
+        holder: the served index, re-read when its file changes.
+        batcher: micro-batches model calls (``kind``, items) -> (N, D).
+        searcher: batches index searches, per index version.
+        metrics: the Prometheus registry of this app.
+        run: the run folder served, if any (shown by ``/health``).
+        started: ``time.time()`` at start (uptime).
+        thumbs: PNG bytes of corpus images already served, by index position.
+    """
+
+    embedder: Embedder
+    settings: ServeSettings
+    holder: IndexHolder
+    batcher: Batcher
+    searcher: Batcher
+    metrics: Metrics
+    run: str | None = None
+    started: float = field(default_factory=time.time)
+    thumbs: dict[int, bytes] = field(default_factory=dict)
+
+    async def embed(self, kind: str, items: list[Any]) -> Any:
+        """``items`` (N texts, or N (C, H, W) images) -> (N, D) through the model batcher."""
+        return await self.batcher.submit(kind, items)  # (N, D)
