@@ -151,8 +151,8 @@ def info_nce(
     True
 
     The memory-linear chunked path is the engine's choice (automatic beyond 2**22 logits);
-    ``with contrastkit.functional.engine.tiling(chunk_size=256):`` forces it, with the same value
-    and gradients.
+    ``with contrastkit.functional.tiling(chunk_size=256):`` forces it, with the same value and
+    gradients.
     """
     metric, reduction = check_paired_loss_inputs(
         "query", query, "key", key, temperature=temperature, metric=metric, reduction=reduction
