@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -349,19 +350,17 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from contrastkit.train import load_config, train
+    from contrastkit.train import fit  # the Python entry point: one path for both
 
     if args.resume:
         run = Path(args.resume)
         if not (run / "config.yaml").exists():
             raise FileNotFoundError(f"--resume {run}: not a run folder (no config.yaml).")
-        cfg = load_config(run / "config.yaml", args.overrides)
-        run = train(cfg, run, resume=True)
+        run = fit(run, resume=True, overrides=args.overrides).path
     else:
         if not args.config:
             raise ValueError("train needs CONFIG (a YAML path or recipe name) or --resume RUN.")
-        cfg = load_config(args.config, args.overrides)
-        run = train(cfg, args.run_dir)
+        run = fit(args.config, overrides=args.overrides, run_dir=args.run_dir).path
     if _finish_distributed() != 0:  # torchrun: only rank 0 reports
         return 0
     _print_eval(run)
@@ -457,11 +456,29 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def self_command() -> str:
+    """How to call this contrastkit from the user's shell: ``contrastkit`` when that name on
+    the PATH is this program, else its path (``.venv/bin/contrastkit`` after ``make demo``,
+    which does not activate the venv), else ``python -m contrastkit.cli``."""
+    import shutil
+
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if here is not None and here.name == "contrastkit" and here.is_file():
+        found = shutil.which("contrastkit")
+        if found is not None and Path(found).resolve() == here:
+            return "contrastkit"
+        try:
+            return shlex.quote(os.path.relpath(here))
+        except ValueError:  # another drive (Windows)
+            return shlex.quote(str(here))
+    return f"{shlex.quote(sys.executable)} -m contrastkit.cli"
+
+
 def _print_search_hint(run: str | Path) -> None:
     from contrastkit.train.search import example_queries
 
     query = example_queries(run, n=1)[0]
-    print(f"search it: contrastkit search {shlex.quote(str(run))} {shlex.quote(query)}")
+    print(f"search it: {self_command()} search {shlex.quote(str(run))} {shlex.quote(query)}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

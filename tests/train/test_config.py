@@ -29,7 +29,7 @@ def test_unknown_key_names_dotted_path_and_allowed_keys() -> None:
 
 def test_bad_value_names_path_value_and_constraint() -> None:
     msg = error_of({"optim": {"lr": -3}})
-    assert "optim.lr: got -3" in msg and "greater than 0" in msg
+    assert "optim.lr: got -3" in msg and "must be > 0" in msg
     msg = error_of({"task": "regression"})
     assert "task: got 'regression'" in msg and "'views'" in msg
 

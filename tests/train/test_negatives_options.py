@@ -166,13 +166,13 @@ def test_pairs_task_queue_with_in_batch_false_negative_mask(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("section", "expected"),
     [
-        ({"negatives": {"queue": -1}}, ["negatives.queue: got -1", "greater than or equal to 0"]),
+        ({"negatives": {"queue": -1}}, ["negatives.queue: got -1", "must be >= 0"]),
         (
             {"negatives": {"queue": 64}, "loss": {"name": "nt_xent"}},
             ["negatives.queue: got 64", "'nt_xent'", "info_nce"],
         ),
         ({"model": {"key_encoder": {"momentum": 1.0}}}, ["momentum: got 1.0", "[0, 1)", "0.99"]),
-        ({"negatives": {"mining": 0}}, ["negatives.mining: got 0", "greater than or equal to 1"]),
+        ({"negatives": {"mining": 0}}, ["negatives.mining: got 0", "must be >= 1"]),
         (
             {"negatives": {"mining": 200}},
             ["negatives.mining: got 200", "optim.batch_size - 1 + negatives.queue = 31"],

@@ -5,6 +5,7 @@
 True
 """
 
+from contrastkit.train.api import Run, fit
 from contrastkit.train.config import (
     ConfigError,
     RunConfig,
@@ -18,9 +19,11 @@ from contrastkit.train.run import load_run
 
 __all__ = [
     "ConfigError",
+    "Run",
     "RunConfig",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "fit",
     "list_recipes",
     "load_config",
     "load_config_dict",

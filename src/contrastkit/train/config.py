@@ -16,7 +16,7 @@ validation, so they are validated like the file.
 ... except ConfigError as err:
 ...     print(err)
 invalid config:
-  optim.lr: got -1; Input should be greater than 0
+  optim.lr: got -1; must be > 0
 """
 
 from __future__ import annotations
@@ -564,7 +564,43 @@ def _divisor(n: int) -> int:
     return next(m for m in (4, 2, 8, 3, 5, 6, 7) if n % m == 0) if n > 1 else 2
 
 
-def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
+_PYDANTIC_WORDS = (
+    (r"^Input should be greater than or equal to (.+)$", r"must be >= \1"),
+    (r"^Input should be greater than (.+)$", r"must be > \1"),
+    (r"^Input should be less than or equal to (.+)$", r"must be <= \1"),
+    (r"^Input should be less than (.+)$", r"must be < \1"),
+    (r"^Input should be a valid number.*$", "must be a number"),
+    (r"^Input should be a valid integer.*$", "must be a whole number"),
+    (r"^Input should be a valid boolean.*$", "must be true or false"),
+    (r"^Input should be a valid string.*$", "must be a string (quote it)"),
+    (r"^Input should be a valid list.*$", "must be a list, e.g. [1, 2]"),
+    (r"^Input should be a valid dictionary.*$", "must be a mapping, e.g. {key: value}"),
+    (r"^Input should be (.+)$", r"must be \1"),
+    (r"^Field required$", "missing: add it"),
+)
+
+
+def _in_our_words(msg: str) -> str:
+    """pydantic's phrasing of a failed check in the project's words.
+
+    >>> _in_our_words("Input should be greater than 1")
+    'must be > 1'
+    >>> _in_our_words("Input should be a valid number, unable to parse string as a number")
+    'must be a number'
+    """
+    import re
+
+    for pattern, words in _PYDANTIC_WORDS:
+        if re.match(pattern, msg):
+            return re.sub(pattern, words, msg)
+    return msg
+
+
+def _format_errors(
+    err: ValidationError, raw: dict[str, Any], overridden: dict[str, str] | None = None
+) -> str:
+    """One line per failed key; a key set by ``--set`` names that override, not the file."""
+    overridden = overridden or {}
     lines = ["invalid config:"]
     for e in err.errors():
         loc = list(e["loc"])
@@ -589,7 +625,8 @@ def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
             msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
             if not loc[:-1] and loc and loc[-1] in ("views", "model", "data"):
                 msg += f" (task: {raw.get('task', 'views')} has no such section)"
-        lines.append(f"  {path}: got {e.get('input')!r}; {msg}")
+        source = f" (from --set {overridden[path]})" if path in overridden else ""
+        lines.append(f"  {path}: got {e.get('input')!r}{source}; {_in_our_words(msg)}")
     return "\n".join(lines)
 
 
@@ -635,10 +672,18 @@ def load_config_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
         )
     raw = apply_overrides(raw, overrides or [])
     raw.setdefault("task", "views")
+    overridden = {".".join(parse_override(o)[0]): o for o in overrides or []}
     try:
         return _RUN_ADAPTER.validate_python(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, raw)) from None
+        error = ConfigError(_format_errors(err, raw, overridden))
+        error.only_overrides = (
+            bool(overridden)
+            and all(  # type: ignore[attr-defined]
+                ".".join(str(p) for p in e["loc"][1:]) in overridden for e in err.errors()
+            )
+        )
+        raise error from None
 
 
 def resolve_config_path(path: str | os.PathLike) -> Path:
@@ -681,7 +726,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         )
     try:
         return load_config_dict(raw, overrides)
-    except ConfigError as err:  # name the file the bad keys are in
+    except ConfigError as err:  # name the file the bad keys are in (not when --set set them)
+        if getattr(err, "only_overrides", False):
+            raise
         raise ConfigError(f"{p}: {err}") from None
 
 
