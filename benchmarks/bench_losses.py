@@ -99,8 +99,9 @@ def _loss_fn(cfg: dict):
 
         else:
 
+            @F.tiling(chunk_size=chunk)
             def fn():
-                return F.info_nce(q, k, temperature=0.07, symmetric=sym, chunk_size=chunk)
+                return F.info_nce(q, k, temperature=0.07, symmetric=sym)
 
         return [q, k], fn, 3 * 2 * b * b * D  # fwd 2BBD + bwd 2*2BBD
     z = randn(b, D)  # b embeddings in all
@@ -114,7 +115,7 @@ def _loss_fn(cfg: dict):
         h = b // 2
         return (
             [z],
-            lambda: F.nt_xent(z[:h], z[h:], temperature=0.07, chunk_size=chunk),
+            F.tiling(chunk_size=chunk)(lambda: F.nt_xent(z[:h], z[h:], temperature=0.07)),
             3 * 2 * b * b * D,
         )
     labels = torch.arange(b, device=DEVICE) % max(b // 8, 1)  # SupCon: 8 examples per class
@@ -125,7 +126,7 @@ def _loss_fn(cfg: dict):
         return [z], lambda: pml(z, labels), 3 * 2 * b * b * D
     return (
         [z],
-        lambda: F.supervised_contrastive(z, labels, temperature=0.07, chunk_size=chunk),
+        F.tiling(chunk_size=chunk)(lambda: F.supervised_contrastive(z, labels, temperature=0.07)),
         3 * 2 * b * b * D,
     )
 

@@ -155,3 +155,16 @@ def preference(chosen, rejected, *, kind, margin):
 
 def log(x: float) -> float:
     return math.log(x)
+
+
+ROLE_KEYS = ("positive_mask", "ignore_mask", "query_labels", "key_labels", "query_ids", "key_ids")
+
+
+def as_roles(kwargs: dict) -> dict:
+    """Keyword arguments with the flat mask / label / id keywords (the references' form)
+    gathered into the library's one ``roles=KeyRoles(...)`` argument."""
+    from contrastkit.functional import KeyRoles
+
+    roles = {k: v for k, v in kwargs.items() if k in ROLE_KEYS}
+    rest = {k: v for k, v in kwargs.items() if k not in ROLE_KEYS}
+    return {**rest, "roles": KeyRoles(**roles)} if roles else rest

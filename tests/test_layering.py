@@ -57,3 +57,21 @@ def test_train_has_no_import_cycle_and_task_files_import_only_base() -> None:
     for task in tasks:
         assert edges[task] <= {"contrastkit.train.tasks.base"}, (task, edges[task])
     assert "contrastkit.train.loop" not in graph["contrastkit.train.run"]
+
+
+def test_functional_imports_only_itself_checks_and_collectives() -> None:
+    """DESIGN rule 1: ``functional/`` imports only ``collectives`` (and the leaf ``_checks``)
+    from outside itself, and ``collectives`` imports nothing else from contrastkit, so no loss
+    can switch to a distributed twin that imports ``functional/`` back."""
+    graph = _graph()
+    allowed = {"contrastkit._checks", "contrastkit.collectives", "contrastkit.functional"}
+    outside = [
+        (m, d)
+        for m in graph
+        if m.startswith("contrastkit.functional")
+        for d in graph[m]
+        if not d.startswith("contrastkit.functional.") and d not in allowed
+    ]
+    assert outside == []
+    assert graph["contrastkit.collectives"] == set()
+    assert graph["contrastkit._checks"] == set()

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import contrastkit.functional as F
+from contrastkit.functional import KeyRoles
 from contrastkit.losses import InfoNCE
 
 X = torch.randn(4, 8)
@@ -72,13 +73,15 @@ CASES = [
     ),
     (
         "posmask_shape",
-        lambda: F.info_nce(X, X, temperature=0.1, positive_mask=torch.eye(3, dtype=torch.bool)),
+        lambda: F.info_nce(
+            X, X, temperature=0.1, roles=KeyRoles(positive_mask=torch.eye(3, dtype=torch.bool))
+        ),
         ValueError,
         r"positive_mask must have shape \(4, 4\)",
     ),
     (
         "posmask_dtype",
-        lambda: F.info_nce(X, X, temperature=0.1, positive_mask=torch.eye(4)),
+        lambda: F.info_nce(X, X, temperature=0.1, roles=KeyRoles(positive_mask=torch.eye(4))),
         TypeError,
         "positive_mask must have dtype torch.bool",
     ),
@@ -89,7 +92,7 @@ CASES = [
             X,
             torch.randn(2, 8),
             temperature=0.1,
-            ignore_mask=torch.zeros(4, 4, dtype=torch.bool),
+            roles=KeyRoles(ignore_mask=torch.zeros(4, 4, dtype=torch.bool)),
         ),
         ValueError,
         r"ignore_mask must have shape \(4, 6\)",
@@ -227,8 +230,7 @@ def test_info_nce_shapes_and_masks_property(b, m, d, per_query, symmetric, seed)
         negs,
         temperature=0.5,
         symmetric=symmetric,
-        positive_mask=pos,
-        ignore_mask=ign,
+        roles=KeyRoles(positive_mask=pos, ignore_mask=ign),
         reduction="none",
     )
     assert per_anchor.shape == (b,)
@@ -244,12 +246,13 @@ def test_info_nce_shapes_and_masks_property(b, m, d, per_query, symmetric, seed)
         k,
         negs,
         temperature=0.5,
-        positive_mask=pos,
-        ignore_mask=torch.ones(b, b + m, dtype=torch.bool),
+        roles=KeyRoles(positive_mask=pos, ignore_mask=torch.ones(b, b + m, dtype=torch.bool)),
         reduction="none",
     )
     assert (only_pos >= torch.log(n_pos) - 1e-5).all()
-    plain = F.info_nce(q, k, negs, temperature=0.5, positive_mask=pos, reduction="none")
+    plain = F.info_nce(
+        q, k, negs, temperature=0.5, roles=KeyRoles(positive_mask=pos), reduction="none"
+    )
     assert (only_pos <= plain + 1e-5).all()
 
 

@@ -9,7 +9,7 @@ import torch
 
 import contrastkit.functional as F
 import reference as ref
-from contrastkit.functional import METRICS
+from contrastkit.functional import METRICS, KeyRoles
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 
@@ -47,7 +47,7 @@ def test_info_nce_masks(symmetric: bool) -> None:
     pos = rand_mask(6, 6, seed=9)
     ign = rand_mask(6, 8, p=0.4, seed=10)
     kw = {"temperature": 0.25, "symmetric": symmetric, "positive_mask": pos, "ignore_mask": ign}
-    got = F.info_nce(q, k, negs, reduction="none", **kw)
+    got = F.info_nce(q, k, negs, reduction="none", **ref.as_roles(kw))
     torch.testing.assert_close(got, ref.info_nce(q, k, negs, **kw), **TOL)
 
 
@@ -55,19 +55,26 @@ def test_ignoring_a_positive_changes_nothing() -> None:
     q, k = rand(5, 4, seed=11), rand(5, 4, seed=12)
     eye = torch.eye(5, dtype=torch.bool)
     plain = F.info_nce(q, k, temperature=0.1)
-    torch.testing.assert_close(F.info_nce(q, k, temperature=0.1, ignore_mask=eye), plain)
     torch.testing.assert_close(
-        F.info_nce(q, k, temperature=0.1, ignore_mask=torch.zeros(5, 5, dtype=torch.bool)), plain
+        F.info_nce(q, k, temperature=0.1, roles=KeyRoles(ignore_mask=eye)), plain
+    )
+    torch.testing.assert_close(
+        F.info_nce(
+            q, k, temperature=0.1, roles=KeyRoles(ignore_mask=torch.zeros(5, 5, dtype=torch.bool))
+        ),
+        plain,
     )
 
 
 def test_ignoring_negatives_lowers_the_loss() -> None:
     q, k = rand(5, 4, seed=13), rand(5, 4, seed=14)
     off_diag = ~torch.eye(5, dtype=torch.bool)
-    assert F.info_nce(q, k, temperature=0.5, ignore_mask=off_diag) < 1e-12  # only the positive left
-    assert F.info_nce(q, k, temperature=0.5, ignore_mask=rand_mask(5, 5, seed=1)) < F.info_nce(
-        q, k, temperature=0.5
-    )
+    assert (
+        F.info_nce(q, k, temperature=0.5, roles=KeyRoles(ignore_mask=off_diag)) < 1e-12
+    )  # only the positive left
+    assert F.info_nce(
+        q, k, temperature=0.5, roles=KeyRoles(ignore_mask=rand_mask(5, 5, seed=1))
+    ) < F.info_nce(q, k, temperature=0.5)
 
 
 def test_info_nce_analytic_values() -> None:
@@ -278,8 +285,7 @@ GRADCHECK_CASES = {
         k,
         temperature=0.3,
         symmetric=True,
-        positive_mask=rand_mask(5, 5, seed=1),
-        ignore_mask=rand_mask(5, 5, seed=2),
+        roles=KeyRoles(positive_mask=rand_mask(5, 5, seed=1), ignore_mask=rand_mask(5, 5, seed=2)),
     ),
     "info_nce_euclidean": lambda q, k: F.info_nce(q, k, temperature=0.7, metric="euclidean"),
     "nt_xent": lambda q, k: F.nt_xent(q, k, temperature=0.3),

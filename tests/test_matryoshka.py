@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from contrastkit.functional import tiling
 from contrastkit.losses import (
     LOSSES,
     InfoNCE,
@@ -240,7 +241,7 @@ class _ChunkedInfoNCE(torch.nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         from contrastkit.functional import info_nce
 
-        return info_nce(query, key, temperature=0.1, symmetric=True, chunk_size=3)
+        return tiling(chunk_size=3)(info_nce)(query, key, temperature=0.1, symmetric=True)
 
 
 def test_prefix_views_through_the_memory_linear_engine_match_the_dense_loss() -> None:

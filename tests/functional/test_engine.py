@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import contrastkit.functional as F
-from contrastkit.functional import engine
+from contrastkit.functional import KeyRoles, engine, tiling
 from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
-from contrastkit.functional.tiled import FusedRowSoftmaxLoss, Structure, TiledSoftmaxLoss
+from contrastkit.functional.tiled import Blocks, FusedRowSoftmaxLoss, Structure, TiledSoftmaxLoss
+from reference import as_roles
 
 CHUNKS = (1, 3, 5, 64)  # 3 and 5 do not divide the batch sizes used below
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -65,14 +66,13 @@ def test_info_nce_parity(metric, symmetric, reduction):
     q, k = _randn(7, 5, seed=1), _randn(7, 5, seed=2)
     temperature = 0.5 if metric == "dot" else 0.2
     _assert_parity(
-        lambda c: F.info_nce(
+        lambda c: tiling(chunk_size=c)(F.info_nce)(
             q,
             k,
             temperature=temperature,
             metric=metric,
             symmetric=symmetric,
             reduction=reduction,
-            chunk_size=c,
         ),
         [q, k],
     )
@@ -89,16 +89,14 @@ def test_info_nce_negatives_and_masks(shared, metric):
     ignore_mask = torch.rand(b, b + m, generator=g) < 0.3
     for symmetric in (False, True):
         _assert_parity(
-            lambda c, s=symmetric: F.info_nce(
+            lambda c, s=symmetric: tiling(chunk_size=c)(F.info_nce)(
                 q,
                 k,
                 neg,
                 temperature=0.3,
                 metric=metric,
                 symmetric=s,
-                positive_mask=positive_mask,
-                ignore_mask=ignore_mask,
-                chunk_size=c,
+                roles=KeyRoles(positive_mask=positive_mask, ignore_mask=ignore_mask),
             ),
             [q, k, neg],
         )
@@ -113,24 +111,24 @@ def test_info_nce_labels_and_ids_match_dense_masks():
     pos_all = positive_mask | torch.eye(b, dtype=torch.bool)
     ignore_mask = (ids[:, None] == ids[None, :]) & ~pos_all
     by_mask = F.info_nce(
-        q, k, temperature=0.3, symmetric=True, positive_mask=positive_mask, ignore_mask=ignore_mask
+        q,
+        k,
+        temperature=0.3,
+        symmetric=True,
+        roles=KeyRoles(positive_mask=positive_mask, ignore_mask=ignore_mask),
     )
     for chunk in (None, 3):
-        by_labels = F.info_nce(
+        by_labels = tiling(chunk_size=chunk)(F.info_nce)(
             q,
             k,
             temperature=0.3,
             symmetric=True,
-            query_labels=labels,
-            key_labels=labels,
-            query_ids=ids,
-            key_ids=ids,
-            chunk_size=chunk,
+            roles=KeyRoles(query_labels=labels, key_labels=labels, query_ids=ids, key_ids=ids),
         )
         torch.testing.assert_close(by_labels, by_mask, rtol=1e-10, atol=1e-12)
     _assert_parity(
-        lambda c: F.info_nce(
-            q, k, temperature=0.3, query_labels=labels, key_labels=labels, chunk_size=c
+        lambda c: tiling(chunk_size=c)(F.info_nce)(
+            q, k, temperature=0.3, roles=KeyRoles(query_labels=labels, key_labels=labels)
         ),
         [q, k],
     )
@@ -158,11 +156,12 @@ def test_label_positives_from_class_sums(symmetric, reduction, offsets, diagonal
             k,
             positive_offset=positive_offset,
             self_offset=self_offset,
-            query_labels=labels,
-            key_labels=key_labels,
+            roles=KeyRoles(query_labels=labels, key_labels=key_labels),
             symmetric=symmetric,
         )
-        return softmax_contrastive(problem, temperature=0.3, reduction=reduction, chunk_size=chunk)
+        return tiling(chunk_size=chunk)(softmax_contrastive)(
+            problem, temperature=0.3, reduction=reduction
+        )
 
     _assert_parity(loss, [q, k])
 
@@ -182,10 +181,9 @@ def test_engine_gathered_keys_with_offset(reduction):
         {"query_ids": torch.arange(5), "key_ids": ids_k, "negatives": neg},
     ):
         _assert_parity(
-            lambda c, kw=kwargs: softmax_contrastive(
-                ContrastiveProblem(q, k, positive_offset=10, **kw),
+            lambda c, kw=kwargs: tiling(chunk_size=c)(softmax_contrastive)(
+                ContrastiveProblem(q, k, positive_offset=10, **as_roles(kw)),
                 temperature=0.25,
-                chunk_size=c,
                 reduction=reduction,
             ),
             [q, k] + ([neg] if "negatives" in kwargs else []),
@@ -198,35 +196,35 @@ def test_anchors_without_positives_are_excluded():
     labels = torch.tensor([0, 0, 1, 2, 3, 3])
     for reduction in ("mean", "none"):
         _assert_parity(
-            lambda c, r=reduction: softmax_contrastive(
+            lambda c, r=reduction: tiling(chunk_size=c)(softmax_contrastive)(
                 ContrastiveProblem(
                     q,
                     q,
                     positive_offset=None,
                     self_offset=0,
-                    query_labels=labels,
-                    key_labels=labels,
+                    roles=KeyRoles(query_labels=labels, key_labels=labels),
                 ),
                 temperature=0.5,
-                chunk_size=c,
                 reduction=r,
             ),
             [q],
         )
-    per_anchor = softmax_contrastive(
+    per_anchor = tiling(chunk_size=4)(softmax_contrastive)(
         ContrastiveProblem(
-            q, q, positive_offset=None, self_offset=0, query_labels=labels, key_labels=labels
+            q,
+            q,
+            positive_offset=None,
+            self_offset=0,
+            roles=KeyRoles(query_labels=labels, key_labels=labels),
         ),
         temperature=0.5,
-        chunk_size=4,
         reduction="none",
     )
     assert per_anchor[2] == 0 and per_anchor[3] == 0 and bool((per_anchor[[0, 1, 4, 5]] > 0).all())
     with pytest.warns(RuntimeWarning, match="no anchor has a positive"):
-        lone = softmax_contrastive(
+        lone = tiling(chunk_size=4)(softmax_contrastive)(
             ContrastiveProblem(q, q, positive_offset=None, self_offset=0),
             temperature=0.5,
-            chunk_size=4,
         )
     lone.backward()
     assert lone.item() == 0 and torch.isfinite(q.grad).all()
@@ -237,8 +235,8 @@ def test_nt_xent_parity(metric):
     z1, z2 = _randn(5, 4, seed=13), _randn(5, 4, seed=14)
     for reduction in ("mean", "none"):
         _assert_parity(
-            lambda c, r=reduction: F.nt_xent(
-                z1, z2, temperature=0.3, metric=metric, reduction=r, chunk_size=c
+            lambda c, r=reduction: tiling(chunk_size=c)(F.nt_xent)(
+                z1, z2, temperature=0.3, metric=metric, reduction=r
             ),
             [z1, z2],
         )
@@ -251,8 +249,8 @@ def test_supcon_views_parity(metric):
     labels = torch.tensor([0, 1, 0, 2, 1, 3])
     for reduction in ("mean", "none"):
         _assert_parity(
-            lambda c, r=reduction: F.supervised_contrastive(
-                emb, labels, temperature=0.4, metric=metric, reduction=r, chunk_size=c
+            lambda c, r=reduction: tiling(chunk_size=c)(F.supervised_contrastive)(
+                emb, labels, temperature=0.4, metric=metric, reduction=r
             ),
             [emb],
         )
@@ -265,8 +263,8 @@ def test_sigmoid_parity(metric):
     temperature = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     for reduction in ("mean", "none"):
         _assert_parity(
-            lambda c, r=reduction: F.sigmoid_contrastive(
-                a, b, temperature=temperature, bias=bias, metric=metric, reduction=r, chunk_size=c
+            lambda c, r=reduction: tiling(chunk_size=c)(F.sigmoid_contrastive)(
+                a, b, temperature=temperature, bias=bias, metric=metric, reduction=r
             ),
             [a, b, bias, temperature],
         )
@@ -277,7 +275,9 @@ def test_learnable_temperature_gradient_parity():
     t = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
     for symmetric in (False, True):
         _assert_parity(
-            lambda c, s=symmetric: F.info_nce(q, k, temperature=t, symmetric=s, chunk_size=c),
+            lambda c, s=symmetric: tiling(chunk_size=c)(F.info_nce)(
+                q, k, temperature=t, symmetric=s
+            ),
             [q, k, t],
         )
 
@@ -289,7 +289,9 @@ def test_float32_parity():
     )
     for symmetric in (False, True):
         _assert_parity(
-            lambda c, s=symmetric: F.info_nce(q, k, temperature=0.07, symmetric=s, chunk_size=c),
+            lambda c, s=symmetric: tiling(chunk_size=c)(F.info_nce)(
+                q, k, temperature=0.07, symmetric=s
+            ),
             [q, k],
             dtype=torch.float32,
             chunks=(7, 16, 32),
@@ -301,7 +303,7 @@ def test_half_precision_small_temperature_is_finite(dtype):
     q, k = _randn(40, 16, seed=22, dtype=dtype), _randn(40, 16, seed=23, dtype=dtype)
     ref = F.info_nce(q.float(), k.float(), temperature=0.01, symmetric=True)
     for chunk in (None, 16):
-        loss = F.info_nce(q, k, temperature=0.01, symmetric=True, chunk_size=chunk)
+        loss = tiling(chunk_size=chunk)(F.info_nce)(q, k, temperature=0.01, symmetric=True)
         q.grad = k.grad = None
         loss.backward()
         assert loss.dtype == torch.float32 and torch.isfinite(loss)  # autocast-style float32
@@ -327,12 +329,14 @@ def test_gradcheck_kernels():
     for metric, cache in (("dot", 0), ("dot", 1 << 20), ("euclidean", 0)):  # 1 MiB: kept tiles
         assert torch.autograd.gradcheck(
             lambda q_, k_, n_, mt=metric, c=cache: TiledSoftmaxLoss.apply(
-                q_, k_, n_, full, mt, 3, False, 2, c
+                q_, k_, n_, full, Blocks(mt, 3, col_chunk=2, cache_bytes=c)
             )[0],
             (q, k, neg),
         )
         assert torch.autograd.gradcheck(
-            lambda q_, k_, n_, mt=metric: FusedRowSoftmaxLoss.apply(q_, k_, n_, full, mt, 3)[0],
+            lambda q_, k_, n_, mt=metric: FusedRowSoftmaxLoss.apply(
+                q_, k_, n_, full, Blocks(mt, 3)
+            )[0],
             (q, k, neg),
         )
     # labels alone (SupCon, here with gathered keys N > B and shared negatives): class sums;
@@ -342,7 +346,7 @@ def test_gradcheck_kernels():
         n_keys=n, positive_offset=None, self_offset=3, query_labels=labels[0], key_labels=labels[1]
     )
     assert torch.autograd.gradcheck(
-        lambda q_, k_, n_: FusedRowSoftmaxLoss.apply(q_, k_, n_, labelled, "dot", 3)[0],
+        lambda q_, k_, n_: FusedRowSoftmaxLoss.apply(q_, k_, n_, labelled, Blocks("dot", 3))[0],
         (q, k, shared),
     )
     k4 = _randn(b, 3, seed=27)
@@ -353,13 +357,14 @@ def test_gradcheck_kernels():
         self_offset=0,
         query_labels=labels[0],
         key_labels=torch.tensor([0, 1, 1, 0]),
+        symmetric=True,
     )
-    square = Structure(n_keys=b, positive_offset=1, self_offset=3)
+    square = Structure(n_keys=b, positive_offset=1, self_offset=3, symmetric=True)
     # kept tiles: none, all, or 2 of the 4 (3 x 3 float64 slots)
     for structure, cache in itertools.product((labelled_square, square), (0, 1 << 20, 144)):
         assert torch.autograd.gradcheck(
             lambda q_, k_, s=structure, c=cache: sum(
-                TiledSoftmaxLoss.apply(q_, k_, None, s, "dot", 3, True, 3, c)[:2]
+                TiledSoftmaxLoss.apply(q_, k_, None, s, Blocks("dot", 3, 3, c))[:2]
             ),
             (q, k4),
         )
@@ -372,7 +377,7 @@ def test_kept_tiles_survive_retained_graphs_and_overlapping_calls():
     q2, k2 = _randn(12, 5, seed=32), _randn(12, 5, seed=33)
 
     def loss(a, b):
-        return F.info_nce(a, b, temperature=0.2, symmetric=True, chunk_size=3)
+        return tiling(chunk_size=3)(F.info_nce)(a, b, temperature=0.2, symmetric=True)
 
     with mock.patch.object(engine, "TILE_CACHE_BYTES", 0):
         ref = list(torch.autograd.grad(loss(q, k), (q, k)))
@@ -395,11 +400,11 @@ def test_kept_tiles_survive_retained_graphs_and_overlapping_calls():
 def test_auto_selection_and_errors():
     q = torch.randn(4, 3)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        F.info_nce(q, q, temperature=0.1, chunk_size=0)
+        tiling(chunk_size=0)(F.info_nce)(q, q, temperature=0.1)
     with pytest.raises(ValueError, match="symmetric=True needs as many keys"):
         ContrastiveProblem(q, torch.randn(8, 3), symmetric=True)
     with pytest.raises(ValueError, match="query_labels and key_labels go together"):
-        ContrastiveProblem(q, q, query_labels=torch.arange(4))
+        ContrastiveProblem(q, q, roles=KeyRoles(query_labels=torch.arange(4)))
 
 
 @pytest.mark.parametrize("metric", ["dot", "euclidean"])
@@ -415,17 +420,18 @@ def test_max_shifted_path_parity(monkeypatch, metric):
     ignore_mask = torch.rand(b, b + m, generator=g) < 0.3
     for symmetric in (False, True):
         _assert_parity(
-            lambda c, s=symmetric: F.info_nce(
+            lambda c, s=symmetric: tiling(chunk_size=c)(F.info_nce)(
                 q,
                 k,
                 neg,
                 temperature=0.3,
                 metric=metric,
                 symmetric=s,
-                ignore_mask=ignore_mask,
-                query_labels=torch.tensor([0, 1, 0, 1, 2, 2]),
-                key_labels=torch.tensor([0, 1, 0, 3, 2, 4]),
-                chunk_size=c,
+                roles=KeyRoles(
+                    ignore_mask=ignore_mask,
+                    query_labels=torch.tensor([0, 1, 0, 1, 2, 2]),
+                    key_labels=torch.tensor([0, 1, 0, 3, 2, 4]),
+                ),
             ),
             [q, k, neg],
         )
@@ -437,8 +443,62 @@ def test_low_temperature_float32_parity():
     k = _randn(24, 8, seed=35, dtype=torch.float32)
     for symmetric in (False, True):
         _assert_parity(
-            lambda c, s=symmetric: F.info_nce(q, k, temperature=0.01, symmetric=s, chunk_size=c),
+            lambda c, s=symmetric: tiling(chunk_size=c)(F.info_nce)(
+                q, k, temperature=0.01, symmetric=s
+            ),
             [q, k],
             dtype=torch.float32,
             chunks=(5, 24),
         )
+
+
+def test_tiling_is_a_scoped_engine_setting():
+    """``tiling(chunk_size=...)`` sets the engine's blocks inside its block only (a nested block
+    restores the outer setting), for every loss, with the dense path's value and gradients."""
+    q, k = _randn(6, 4, seed=40), _randn(6, 4, seed=41)
+    assert engine.resolve_chunk_size(6, 6) is None  # automatic: dense at this size
+    with tiling(chunk_size=4):
+        assert engine.resolve_chunk_size(6, 6) == 4
+        with tiling(chunk_size=2):
+            assert engine.resolve_chunk_size(6, 6) == 2
+        assert engine.resolve_chunk_size(6, 6) == 4
+        with tiling():  # back to automatic inside
+            assert engine.resolve_chunk_size(6, 6) is None
+    assert engine.resolve_chunk_size(6, 6) is None
+    for loss in (
+        lambda: F.info_nce(q, k, temperature=0.2, symmetric=True),
+        lambda: F.nt_xent(q, k, temperature=0.5),
+        lambda: F.sigmoid_contrastive(q, k, temperature=0.3, bias=-1.0),
+    ):
+        dense, dense_grads = _value_and_grads(loss, [q, k])
+        chunked, chunked_grads = _value_and_grads(tiling(chunk_size=4)(loss), [q, k])
+        torch.testing.assert_close(chunked, dense, **TOL[torch.float64])
+        for g, rg in zip(chunked_grads, dense_grads):
+            torch.testing.assert_close(g, rg, **TOL[torch.float64])
+    with pytest.raises(ValueError, match=r"chunk_size must be a positive int .* got 2.5"):
+        tiling(chunk_size=2.5).__enter__()  # type: ignore[arg-type]
+
+
+def test_key_roles_are_the_one_description_of_positives_and_ignored_keys():
+    """Labels and ids in ``KeyRoles`` equal their dense-mask forms; misuse names the fix."""
+    q, k = _randn(6, 4, seed=42), _randn(6, 4, seed=43)
+    labels, ids = torch.tensor([0, 1, 0, 2, 1, 3]), torch.tensor([5, 6, 7, 5, 8, 9])
+    by_labels = F.info_nce(
+        q, k, temperature=0.2, roles=KeyRoles(query_labels=labels, key_labels=labels)
+    )
+    by_mask = F.info_nce(
+        q, k, temperature=0.2, roles=KeyRoles(positive_mask=labels[:, None] == labels[None, :])
+    )
+    torch.testing.assert_close(by_labels, by_mask)
+    by_ids = F.info_nce(q, k, temperature=0.2, roles=KeyRoles(query_ids=ids, key_ids=ids))
+    ignore = (ids[:, None] == ids[None, :]) & ~torch.eye(6, dtype=torch.bool)
+    by_ignore = F.info_nce(q, k, temperature=0.2, roles=KeyRoles(ignore_mask=ignore))
+    torch.testing.assert_close(by_ids, by_ignore)
+    with pytest.raises(TypeError, match="roles must be a KeyRoles or None, got dict"):
+        F.info_nce(q, k, temperature=0.2, roles={"ignore_mask": ignore})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="query_ids and key_ids go together, got only key_ids"):
+        KeyRoles(key_ids=ids)
+    with pytest.raises(ValueError, match="key_labels must"):
+        F.info_nce(q, k, temperature=0.2, roles=KeyRoles(query_labels=labels, key_labels=ids[:3]))
+    with pytest.raises(TypeError, match="roles must be a KeyRoles, got dict"):
+        ContrastiveProblem(q, k, roles={})  # type: ignore[arg-type]

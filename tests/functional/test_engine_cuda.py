@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import contrastkit.functional as F
-from contrastkit.functional import engine, tiled
+from contrastkit.functional import KeyRoles, engine, tiled, tiling
 from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -79,8 +79,8 @@ def test_info_nce_parity(dtype, symmetric, chunk):
     for cache in (engine.TILE_CACHE_BYTES, 0):  # kept tiles allocate on the GPU, not the pool
         with mock.patch.object(engine, "TILE_CACHE_BYTES", cache):
             _check(
-                lambda q_, k_: F.info_nce(
-                    q_, k_, temperature=0.07, symmetric=symmetric, chunk_size=chunk
+                lambda q_, k_: tiling(chunk_size=chunk)(F.info_nce)(
+                    q_, k_, temperature=0.07, symmetric=symmetric
                 ),
                 [q, k],
                 dtype,
@@ -102,33 +102,28 @@ def test_masks_labels_negatives_supcon_sigmoid(dtype):
         return x.to(like.device)
 
     cases = {
-        "labels": lambda q_, k_: F.info_nce(
+        "labels": lambda q_, k_: tiling(chunk_size=32)(F.info_nce)(
             q_,
             k_,
             temperature=0.1,
-            chunk_size=32,
-            query_labels=on(labels, q_),
-            key_labels=on(labels, q_),
+            roles=KeyRoles(query_labels=on(labels, q_), key_labels=on(labels, q_)),
         ),
-        "ids+negatives": lambda q_, k_, n_: F.info_nce(
+        "ids+negatives": lambda q_, k_, n_: tiling(chunk_size=32)(F.info_nce)(
             q_,
             k_,
             n_,
             temperature=0.1,
-            chunk_size=32,
             reduction="none",
-            query_ids=on(ids, q_),
-            key_ids=on(ids, q_),
-            ignore_mask=on(ignore, q_),
+            roles=KeyRoles(query_ids=on(ids, q_), key_ids=on(ids, q_), ignore_mask=on(ignore, q_)),
         ),
-        "per-query negatives": lambda q_, k_, n_: F.info_nce(
-            q_, k_, n_, temperature=0.1, chunk_size=32
+        "per-query negatives": lambda q_, k_, n_: tiling(chunk_size=32)(F.info_nce)(
+            q_, k_, n_, temperature=0.1
         ),
-        "supcon": lambda q_: F.supervised_contrastive(
-            q_, on(labels, q_), temperature=0.1, chunk_size=32
+        "supcon": lambda q_: tiling(chunk_size=32)(F.supervised_contrastive)(
+            q_, on(labels, q_), temperature=0.1
         ),
-        "sigmoid": lambda q_, k_: F.sigmoid_contrastive(
-            q_, k_, temperature=0.5, bias=-2.0, chunk_size=32
+        "sigmoid": lambda q_, k_: tiling(chunk_size=32)(F.sigmoid_contrastive)(
+            q_, k_, temperature=0.5, bias=-2.0
         ),
     }
     args = {
@@ -151,8 +146,8 @@ def test_no_host_sync_in_the_tile_loop():
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with _count_sync_warnings() as seen:
-                loss = softmax_contrastive(
-                    ContrastiveProblem(q, k, symmetric=True), temperature=0.07, chunk_size=chunk
+                loss = tiling(chunk_size=chunk)(softmax_contrastive)(
+                    ContrastiveProblem(q, k, symmetric=True), temperature=0.07
                 )
                 loss.backward()
         finally:

@@ -16,9 +16,11 @@ import pytest
 import torch
 
 import contrastkit.functional as F
-from contrastkit.functional import bf16_gemm, engine
+from contrastkit.collectives import world_group
+from contrastkit.functional import KeyRoles, bf16_gemm, engine, tiling
 from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
 from contrastkit.functional.tiled import block_logits
+from reference import as_roles
 
 HALF = (torch.bfloat16, torch.float16)
 LOSS_RTOL = 1e-3
@@ -114,8 +116,8 @@ def test_info_nce_contract(dtype, temperature, symmetric):
     for chunk, cache in ((32, engine.TILE_CACHE_BYTES), (48, 0), (None, 0)):
         with mock.patch.object(engine, "TILE_CACHE_BYTES", cache):
             _assert_contract(
-                lambda q_, k_, c=chunk: F.info_nce(
-                    q_, k_, temperature=temperature, symmetric=symmetric, chunk_size=c
+                lambda q_, k_, c=chunk: tiling(chunk_size=c)(F.info_nce)(
+                    q_, k_, temperature=temperature, symmetric=symmetric
                 ),
                 [q, k],
                 where=f"{dtype}, tau={temperature}, symmetric={symmetric}, chunk={chunk}",
@@ -128,8 +130,8 @@ def test_info_nce_contract_large_batch(dtype):
     q, k = _half(2048, 64, seed=3, dtype=dtype), _half(2048, 64, seed=4, dtype=dtype)
     for symmetric in (False, True):
         _assert_contract(
-            lambda q_, k_, s=symmetric: F.info_nce(
-                q_, k_, temperature=0.07, symmetric=s, chunk_size=256
+            lambda q_, k_, s=symmetric: tiling(chunk_size=256)(F.info_nce)(
+                q_, k_, temperature=0.07, symmetric=s
             ),
             [q, k],
             where=f"{dtype}, symmetric={symmetric}",
@@ -159,15 +161,14 @@ def test_negatives_masks_labels_ids(dtype, metric, shared):
     for opts in options:
         for reduction, chunk in (("mean", 16), ("none", 7)):
             _assert_contract(
-                lambda q_, k_, n_, o=opts, r=reduction, c=chunk: F.info_nce(
+                lambda q_, k_, n_, o=opts, r=reduction, c=chunk: tiling(chunk_size=c)(F.info_nce)(
                     q_,
                     k_,
                     n_,
                     temperature=temperature,
                     metric=metric,
                     reduction=r,
-                    chunk_size=c,
-                    **o,
+                    **as_roles(o),
                 ),
                 [q, k, neg],
                 where=f"{dtype}, {metric}, shared={shared}, {sorted(opts)}, {reduction}",
@@ -184,27 +185,27 @@ def test_supcon_nt_xent_sigmoid(dtype, temperature):
     z1, z2 = _half(48, 32, seed=11, dtype=dtype), _half(48, 32, seed=12, dtype=dtype)
     for chunk in (16, 40):
         _assert_contract(
-            lambda e, c=chunk: F.supervised_contrastive(
-                e, labels, temperature=temperature, chunk_size=c
+            lambda e, c=chunk: tiling(chunk_size=c)(F.supervised_contrastive)(
+                e, labels, temperature=temperature
             ),
             [emb],
             where=f"supcon {dtype} tau={temperature} chunk={chunk}",
         )
         _assert_contract(
-            lambda e, c=chunk: F.supervised_contrastive(
-                e, labels, temperature=temperature, chunk_size=c, reduction="none"
+            lambda e, c=chunk: tiling(chunk_size=c)(F.supervised_contrastive)(
+                e, labels, temperature=temperature, reduction="none"
             ),
             [emb],
             where=f"supcon none {dtype} tau={temperature} chunk={chunk}",
         )
         _assert_contract(
-            lambda a, b, c=chunk: F.nt_xent(a, b, temperature=temperature, chunk_size=c),
+            lambda a, b, c=chunk: tiling(chunk_size=c)(F.nt_xent)(a, b, temperature=temperature),
             [z1, z2],
             where=f"nt_xent {dtype} tau={temperature} chunk={chunk}",
         )
         _assert_contract(
-            lambda a, b, c=chunk: F.sigmoid_contrastive(
-                a, b, temperature=temperature * 10, bias=-2.0, chunk_size=c
+            lambda a, b, c=chunk: tiling(chunk_size=c)(F.sigmoid_contrastive)(
+                a, b, temperature=temperature * 10, bias=-2.0
             ),
             [z1, z2],
             where=f"sigmoid {dtype} tau={temperature * 10} chunk={chunk}",
@@ -218,10 +219,11 @@ def test_symmetric_labelled_class_sums(dtype):
     labels = torch.arange(b) % 8
     q, k = _half(b, 32, seed=13, dtype=dtype), _half(b, 32, seed=14, dtype=dtype)
     _assert_contract(
-        lambda q_, k_: softmax_contrastive(
-            ContrastiveProblem(q_, k_, query_labels=labels, key_labels=labels, symmetric=True),
+        lambda q_, k_: tiling(chunk_size=16)(softmax_contrastive)(
+            ContrastiveProblem(
+                q_, k_, roles=KeyRoles(query_labels=labels, key_labels=labels), symmetric=True
+            ),
             temperature=0.07,
-            chunk_size=16,
         ),
         [q, k],
     )
@@ -234,7 +236,7 @@ def test_learnable_temperature_gets_a_float32_gradient():
     )
     t = torch.tensor(0.07, requires_grad=True)
     t64 = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
-    loss = F.info_nce(q, k, temperature=t, symmetric=True, chunk_size=16)
+    loss = tiling(chunk_size=16)(F.info_nce)(q, k, temperature=t, symmetric=True)
     ref = F.info_nce(q.detach().double(), k.detach().double(), temperature=t64, symmetric=True)
     loss.backward()
     ref.backward()
@@ -250,8 +252,8 @@ def test_fp16_small_temperature_does_not_overflow():
     )
     for symmetric in (False, True):
         for metric in ("cosine", "dot"):
-            loss = F.info_nce(
-                q, k, temperature=0.01, metric=metric, symmetric=symmetric, chunk_size=32
+            loss = tiling(chunk_size=32)(F.info_nce)(
+                q, k, temperature=0.01, metric=metric, symmetric=symmetric
             )
             gq, gk = torch.autograd.grad(loss, [q, k])
             assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -259,13 +261,13 @@ def test_fp16_small_temperature_does_not_overflow():
 
 
 def test_gathered_keys_on_one_process():
-    """``gather_distributed=True`` without a process group is the local loss, also in bf16."""
+    """``group=world_group()`` without a process group is the local loss, also in bf16."""
     q, k = (
         _half(64, 16, seed=19, dtype=torch.bfloat16),
         _half(64, 16, seed=20, dtype=torch.bfloat16),
     )
-    local = F.info_nce(q, k, temperature=0.07, chunk_size=16)
-    gathered = F.info_nce(q, k, temperature=0.07, chunk_size=16, gather_distributed=True)
+    local = tiling(chunk_size=16)(F.info_nce)(q, k, temperature=0.07)
+    gathered = tiling(chunk_size=16)(F.info_nce)(q, k, temperature=0.07, group=world_group())
     torch.testing.assert_close(gathered.float(), local, rtol=5e-3, atol=5e-3)
 
 
@@ -285,7 +287,8 @@ def test_bf16_tight_clusters_gradient():
     emb = (centers[labels] + 0.1 * torch.randn(512, 64, generator=g) / 8.0).bfloat16()
     emb.requires_grad_()
     _assert_contract(
-        lambda e: F.supervised_contrastive(e, labels, temperature=0.07, chunk_size=64), [emb]
+        lambda e: tiling(chunk_size=64)(F.supervised_contrastive)(e, labels, temperature=0.07),
+        [emb],
     )
 
 
@@ -299,7 +302,8 @@ def test_float32_operands_for_tight_clusters():
     emb.requires_grad_()
     with mock.patch.object(engine, "HALF_PRODUCTS", "float32"):
         _assert_contract(
-            lambda e: F.supervised_contrastive(e, labels, temperature=0.07, chunk_size=64), [emb]
+            lambda e: tiling(chunk_size=64)(F.supervised_contrastive)(e, labels, temperature=0.07),
+            [emb],
         )
 
 
@@ -312,7 +316,7 @@ def test_bf16_autocast_training_step():
     x1, x2 = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q, k = enc(x1), enc(x2)
-        loss = F.info_nce(q, k, temperature=0.07, symmetric=True, chunk_size=64)
+        loss = tiling(chunk_size=64)(F.info_nce)(q, k, temperature=0.07, symmetric=True)
     loss.backward()
     assert q.dtype == torch.bfloat16 and loss.dtype == torch.float32
     for p in enc.parameters():
@@ -328,7 +332,7 @@ def test_raw_products_are_float32_exact(half_products):
     )
     with torch.no_grad():
         q[0] = 0.0  # a zero row: finite gradients like normalize_over's
-    loss = F.info_nce(q, k, temperature=0.07, symmetric=True, chunk_size=32)
+    loss = tiling(chunk_size=32)(F.info_nce)(q, k, temperature=0.07, symmetric=True)
     ref = F.info_nce(q.double(), k.double(), temperature=0.07, symmetric=True)
     gq, gk = torch.autograd.grad(loss, [q, k])
     assert torch.isfinite(gq).all() and torch.isfinite(gk).all()
@@ -342,7 +346,7 @@ def test_unknown_half_products_mode_is_an_error():
         mock.patch.object(engine, "HALF_PRODUCTS", "fast"),
         pytest.raises(ValueError, match="HALF_PRODUCTS must be one of"),
     ):
-        F.info_nce(q, q, temperature=0.1, chunk_size=4)
+        tiling(chunk_size=4)(F.info_nce)(q, q, temperature=0.1)
 
 
 @pytest.mark.parametrize("learnable", [False, True])
@@ -360,7 +364,7 @@ def test_bf16_backward_keeps_no_float32_copy_of_the_embeddings(half_products, le
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.info_nce(q, k, temperature=temperature, symmetric=True, chunk_size=128)
+        loss = tiling(chunk_size=128)(F.info_nce)(q, k, temperature=temperature, symmetric=True)
     loss.backward()
     big = [(dt, shape) for dt, shape in saved if len(shape) == 2 and shape[0] * shape[1] >= b * d]
     assert big, "the kernels save their operands"

@@ -19,7 +19,8 @@ chunk = None if sys.argv[2] == "dense" else int(sys.argv[2])
 engine.DENSE_MAX_LOGITS = 1 << 62  # chunk None = dense, whatever the size
 g = torch.Generator().manual_seed(0)
 small = torch.randn(64, 32, generator=g, requires_grad=True)
-F.info_nce(small, small, temperature=0.1, symmetric=True, chunk_size=chunk).backward()  # warm up
+with F.tiling(chunk_size=chunk):
+    F.info_nce(small, small, temperature=0.1, symmetric=True).backward()  # warm up
 q = torch.randn(4096, 32, generator=g, requires_grad=True)
 k = torch.randn(4096, 32, generator=g, requires_grad=True)
 def status_kib(field):
@@ -32,7 +33,8 @@ try:  # reset the peak-RSS mark so that import-time peaks cannot hide this run's
 except OSError:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_of = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-loss = F.info_nce(q, k, temperature=0.1, symmetric=True, chunk_size=chunk)
+with F.tiling(chunk_size=chunk):
+    loss = F.info_nce(q, k, temperature=0.1, symmetric=True)
 loss.backward()
 peak = peak_of()
 print(json.dumps({"extra_mib": (peak - base) / 1024, "finite": bool(torch.isfinite(q.grad).all())}))

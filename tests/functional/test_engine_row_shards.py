@@ -17,7 +17,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from contrastkit.functional import tiling
 from contrastkit.functional.engine import ContrastiveProblem, RowShards, softmax_contrastive
+from reference import as_roles
 
 B, D, M = 4, 5, 3
 
@@ -111,7 +113,7 @@ def test_shards_equal_the_whole_problem(world: int, chunk: int | None, case: str
 
     leaves = [x.clone().requires_grad_() for x in (q, k, t)]
     neg = None if negatives is None else negatives.clone().requires_grad_()
-    whole = ContrastiveProblem(leaves[0], leaves[1], neg, symmetric=True, **kw)
+    whole = ContrastiveProblem(leaves[0], leaves[1], neg, symmetric=True, **as_roles(kw))
     ref = softmax_contrastive(whole, temperature=leaves[2], metric=metric, reduction="none")
     ref.sum().backward()
 
@@ -130,10 +132,10 @@ def test_shards_equal_the_whole_problem(world: int, chunk: int | None, case: str
             positive_offset=rank * B,
             symmetric=True,
             row_shards=RowShards(rank * B, group.all_reduce(rank)),
-            **_shard_kwargs(kw, rows),
+            **as_roles(_shard_kwargs(kw, rows)),
         )
-        loss = softmax_contrastive(
-            problem, temperature=ts, metric=metric, chunk_size=chunk, reduction="none"
+        loss = tiling(chunk_size=chunk)(softmax_contrastive)(
+            problem, temperature=ts, metric=metric, reduction="none"
         )
         loss.sum().backward()
         out[rank] = loss.detach(), [qs.grad, ks.grad, ts.grad, None if ns is None else ns.grad]
@@ -155,10 +157,9 @@ def test_one_shard_is_the_symmetric_loss() -> None:
     alone = RowShards(column_offset=0, all_reduce=lambda x, op: x)
     for chunk in (None, 2):
         ref = softmax_contrastive(ContrastiveProblem(q, k, symmetric=True), temperature=0.2)
-        got = softmax_contrastive(
+        got = tiling(chunk_size=chunk)(softmax_contrastive)(
             ContrastiveProblem(q, k, symmetric=True, row_shards=alone),
             temperature=0.2,
-            chunk_size=chunk,
         )
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 

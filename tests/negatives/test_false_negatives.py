@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contrastkit.functional import info_nce, similarity_matrix
+from contrastkit.functional import KeyRoles, info_nce, similarity_matrix
 from contrastkit.negatives import (
     mask_from_guide,
     mask_from_ids,
@@ -64,7 +64,9 @@ def test_guide_mask_is_gistembed_rule_and_lowers_the_loss() -> None:
             assert bool(mask[i, j]) == (i != j and bool(s[i, j] > s[i, i] - 0.05))
     assert mask[0, 3]
     q, k = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
-    assert info_nce(q, k, temperature=0.1, ignore_mask=mask) < info_nce(q, k, temperature=0.1)
+    assert info_nce(q, k, temperature=0.1, roles=KeyRoles(ignore_mask=mask)) < info_nce(
+        q, k, temperature=0.1
+    )
 
 
 def test_bad_input() -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from contrastkit.encoders.momentum import MomentumEncoder
-from contrastkit.functional import info_nce
+from contrastkit.functional import KeyRoles, info_nce
 from contrastkit.negatives import EmbeddingQueue, mask_from_ids
 
 
@@ -55,7 +55,12 @@ def test_mask_ignores_own_positive_in_the_loss() -> None:
     in_batch = mask_from_ids(ids, ids)
     ignore = torch.cat([in_batch, mask], dim=1)  # (B, B + M)
     masked = info_nce(
-        q, k, queue.negatives(), temperature=0.1, ignore_mask=ignore, reduction="none"
+        q,
+        k,
+        queue.negatives(),
+        temperature=0.1,
+        roles=KeyRoles(ignore_mask=ignore),
+        reduction="none",
     )
     unmasked = info_nce(q, k, queue.negatives(), temperature=0.1, reduction="none")
     # Masking the duplicate positive removes a competitor that is as close as the positive.
@@ -96,7 +101,7 @@ def test_moco_step_with_momentum_encoder() -> None:
         ignore = queue.mask(ids) if len(queue) else None
         if ignore is not None:
             ignore = torch.cat([torch.zeros(8, 8, dtype=torch.bool), ignore], dim=1)
-        loss = info_nce(q, k, negatives, temperature=0.2, ignore_mask=ignore)
+        loss = info_nce(q, k, negatives, temperature=0.2, roles=KeyRoles(ignore_mask=ignore))
         before = target.module.weight.clone()
         opt.zero_grad()
         loss.backward()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contrastkit.functional import info_nce
+from contrastkit.functional import KeyRoles, info_nce
 from contrastkit.losses import create_loss
 from contrastkit.negatives import ExtraNegatives, mask_from_threshold
 from contrastkit.train import ConfigError, load_config_dict, train
@@ -62,7 +62,7 @@ def test_queue_negatives_and_masks_equal_the_plain_info_nce_call() -> None:
     ignore = torch.zeros(4, 8, dtype=torch.bool)
     ignore[0, 4 + 2] = True  # query 0 (id 2) vs the queued key of id 2
     ignore |= mask_from_threshold(q.detach(), k2, k1, threshold=0.5)
-    expected = info_nce(q, k2, k1, temperature=0.1, ignore_mask=ignore)
+    expected = info_nce(q, k2, k1, temperature=0.1, roles=KeyRoles(ignore_mask=ignore))
     (expected_grad,) = torch.autograd.grad(expected, q)
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(grad, expected_grad)
@@ -79,7 +79,7 @@ def test_hard_negative_mining_keeps_the_k_most_similar_candidates() -> None:
     keep = torch.zeros(6, 6, dtype=torch.bool)
     keep.scatter_(1, sims.topk(2, dim=1).indices, True)
     keep.fill_diagonal_(True)
-    expected = info_nce(q, k, temperature=0.1, ignore_mask=~keep)
+    expected = info_nce(q, k, temperature=0.1, roles=KeyRoles(ignore_mask=~keep))
     torch.testing.assert_close(wrapped(q, k), expected)
 
 

@@ -5,11 +5,13 @@ K neighbours. ``*_matrix`` returns all pairs, ``paired_*`` row-wise.
 """
 
 from contrastkit.functional.contrastive import (
+    KeyRoles,
     info_nce,
     nt_xent,
     sigmoid_contrastive,
     supervised_contrastive,
 )
+from contrastkit.functional.engine import tiling
 from contrastkit.functional.margin import (
     contrastive_margin,
     margin_ranking,
@@ -35,6 +37,7 @@ from contrastkit.functional.similarity import (
 
 __all__ = [
     "METRICS",
+    "KeyRoles",
     "barlow_twins_loss",
     "byol_loss",
     "contrastive_margin",
@@ -51,6 +54,7 @@ __all__ = [
     "sinkhorn_knopp",
     "supervised_contrastive",
     "swav_loss",
+    "tiling",
     "triplet_loss",
     "triplet_margin",
     "vicreg_loss",

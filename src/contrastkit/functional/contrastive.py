@@ -6,9 +6,22 @@ N corpus, Q queries, K neighbours.
 All softmax losses here go through one engine (:mod:`contrastkit.functional.engine`), compute the
 softmax in float32 (float64 for float64 inputs) and return the loss in that dtype: a
 half-precision (bf16 / fp16) batch gets a float32 loss and gradients in its own dtype.
+
+Each loss has one code path for a local and a distributed batch. ``group`` names the
+``torch.distributed`` process group whose ranks hold the rest of the batch (e.g.
+:func:`contrastkit.collectives.world_group`); the local queries are compared with the keys of
+all its ranks, gathered by :mod:`contrastkit.collectives` (the identity with ``group=None``, the
+default, or a single process). On W ranks with a local batch of B, the candidates are rank-major
+(the W*B keys, then the gathered shared negatives), masks are this rank's B rows against those
+global columns, and a rank returns its share of the global loss: the ``"mean"`` over ranks of
+the per-rank values, and the gradients DDP averages, are exactly those of the single-process
+loss on the concatenated global batch (:mod:`contrastkit.distributed` states the contract).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -20,19 +33,30 @@ from contrastkit._checks import (
     check_pair,
     check_reduction,
     check_temperature,
-    reduce,
 )
+from contrastkit.collectives import Ranks
 from contrastkit.functional.engine import (
+    NO_ROLES,
     ContrastiveProblem,
+    KeyRoles,
+    RowShards,
     compute_dtype,
     reduce_valid,
     sigmoid_contrastive_rows,
     softmax_contrastive,
 )
 from contrastkit.functional.precision import own_precision
-from contrastkit.functional.similarity import check_metric, check_paired_loss_inputs
+from contrastkit.functional.similarity import (
+    check_metric,
+    check_paired_loss_inputs,
+    paired_similarity_unchecked,
+)
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
+    "KeyRoles",
     "info_nce",
     "nt_xent",
     "reduce_valid",
@@ -68,15 +92,9 @@ def info_nce(
     temperature: float | Tensor,
     metric: str = "cosine",
     symmetric: bool = False,
-    positive_mask: Tensor | None = None,
-    ignore_mask: Tensor | None = None,
+    roles: KeyRoles | None = None,
     reduction: str = "mean",
-    chunk_size: int | None = None,
-    query_labels: Tensor | None = None,
-    key_labels: Tensor | None = None,
-    query_ids: Tensor | None = None,
-    key_ids: Tensor | None = None,
-    gather_distributed: bool = False,
+    group: ProcessGroup | None = None,
 ) -> Tensor:
     """InfoNCE with in-batch negatives (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
 
@@ -102,20 +120,20 @@ def info_nce(
         temperature: > 0, float or scalar tensor (e.g. a learnable temperature).
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         symmetric: average with the key -> query direction.
-        positive_mask: (B, B) bool, extra positives among the keys (the diagonal always is one).
-        ignore_mask: (B, B + M) bool, True drops a candidate from the softmax (known false
-            negatives); positives are never dropped.
+        roles: which other keys are positives and which candidates are ignored
+            (:class:`~contrastkit.functional.engine.KeyRoles`): ``positive_mask`` (B, B) extra
+            positives (the diagonal always is one), ``ignore_mask`` (B, B + M) dropped
+            candidates (known false negatives; positives are never dropped), labels
+            ``query_labels`` / ``key_labels`` (B,) (shared label = positive) and ids
+            ``query_ids`` / ``key_ids`` (B,) (shared id = ignored), without a dense mask.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (one value per anchor, shape (B,)).
-        chunk_size: None picks the path automatically (dense up to 2**22 logits, chunked
-            beyond); an int forces the memory-linear chunked path with that many query rows
-            per block. Both give the same value and gradients (:mod:`contrastkit.functional.engine`).
-        query_labels: (B,) and key_labels: (B,) integer labels: keys sharing the query's label
-            are extra positives, without a dense (B, B) mask.
-        query_ids: (B,) and key_ids: (B,) integer ids: keys sharing the query's id that are not
-            positives are ignored (duplicates / known false negatives), without a dense mask.
-        gather_distributed: compute over all ranks of ``torch.distributed`` (local queries
-            against the gathered keys, masks as local rows against global columns); see
-            :mod:`contrastkit.distributed`. Without a process group it changes nothing.
+            With a ``group``: this rank's share, whose mean over the ranks is the global
+            ``"mean"`` / ``"sum"`` (``"none"``: this rank's rows of the global per-anchor loss).
+        group: the ``torch.distributed`` process group whose ranks hold the rest of the
+            batch (e.g. :func:`contrastkit.collectives.world_group`): the local queries against
+            the keys (and shared negatives, labels, ids) gathered from all its ranks, masks as
+            the local rows against those global columns, per-query negatives local; see the
+            module docstring. None (default) or a single process: this batch alone.
 
     Returns:
         Scalar loss, or (B,) with ``reduction="none"``: float64 for float64 ``query``, float32
@@ -128,54 +146,65 @@ def info_nce(
     >>> same = torch.ones(8, 16)
     >>> round(float(info_nce(same, same, temperature=0.1)), 4)  # log B: nothing to tell apart
     2.0794
-    """
-    if gather_distributed:
-        from contrastkit.distributed import info_nce_distributed
+    >>> ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])  # query 7 repeats query 0's document
+    >>> float(info_nce(q, q, temperature=0.1, roles=KeyRoles(query_ids=ids, key_ids=ids))) < 0.01
+    True
 
-        return info_nce_distributed(
-            query,
-            key,
-            negatives,
-            temperature=temperature,
-            metric=metric,
-            symmetric=symmetric,
-            positive_mask=positive_mask,
-            ignore_mask=ignore_mask,
-            reduction=reduction,
-            chunk_size=chunk_size,
-            query_labels=query_labels,
-            key_labels=key_labels,
-            query_ids=query_ids,
-            key_ids=key_ids,
-        )
+    The memory-linear chunked path is the engine's choice (automatic beyond 2**22 logits);
+    ``with contrastkit.functional.tiling(chunk_size=256):`` forces it, with the same value and
+    gradients.
+    """
     metric, reduction = check_paired_loss_inputs(
         "query", query, "key", key, temperature=temperature, metric=metric, reduction=reduction
     )
     b = query.shape[0]
-    m = 0
+    roles = NO_ROLES if roles is None else roles
+    if not isinstance(roles, KeyRoles):
+        raise TypeError(
+            f"roles must be a KeyRoles or None, got {type(roles).__name__}; e.g. "
+            "roles=KeyRoles(ignore_mask=mask) or KeyRoles(query_ids=ids, key_ids=ids)."
+        )
+    for name in ("query_labels", "key_labels", "query_ids", "key_ids"):
+        if getattr(roles, name) is not None:  # local (B,) before the keys' are gathered
+            check_labels(name, getattr(roles, name), b, what=name.split("_")[0])
+    ranks = Ranks.of(group)
+    ranks.check_same_batch_size("query", b)
+    n = ranks.world * b
+    all_key = ranks.gather_with_grad(key)  # (W*B, D) rank-major
     if negatives is not None:
         _check_negatives(negatives, query)
-        m = negatives.shape[-2]
-    if positive_mask is not None:
-        check_mask("positive_mask", positive_mask, (b, b))
-    if ignore_mask is not None:
-        check_mask("ignore_mask", ignore_mask, (b, b + m))
+        if negatives.ndim == 2:
+            ranks.check_same_batch_size("negatives", negatives.shape[0])
+            negatives = ranks.gather_with_grad(negatives)  # (W*M, D), after the W*B keys
+    m = 0 if negatives is None else negatives.shape[-2]
+    if roles.positive_mask is not None:
+        _check_global_mask("positive_mask", roles.positive_mask, (b, n), ranks.world)
+    if roles.ignore_mask is not None:
+        _check_global_mask("ignore_mask", roles.ignore_mask, (b, n + m), ranks.world)
+    # Symmetric on W > 1 ranks: only this rank's row block (B, W*B); the key -> query direction
+    # of every global key combines the blocks' column statistics over the ranks (RowShards).
+    shards = RowShards(ranks.rank * b, ranks.all_reduce_) if symmetric and ranks.world > 1 else None
     problem = ContrastiveProblem(
         query,
-        key,
+        all_key,
         negatives,
-        positive_offset=0,
-        query_labels=query_labels,
-        key_labels=key_labels,
-        query_ids=query_ids,
-        key_ids=key_ids,
-        positive_mask=positive_mask,
-        ignore_mask=ignore_mask,
+        positive_offset=ranks.rank * b,
+        roles=replace(  # the keys' labels and ids travel with the keys: (W*B,)
+            roles,
+            key_labels=None if roles.key_labels is None else ranks.gather(roles.key_labels),
+            key_ids=None if roles.key_ids is None else ranks.gather(roles.key_ids),
+        ),
         symmetric=symmetric,
+        row_shards=shards,
     )
-    return softmax_contrastive(
-        problem, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=reduction
+    loss = softmax_contrastive(
+        problem,
+        temperature=temperature,
+        metric=metric,
+        reduction="none" if reduction == "none" else "sum",
     )
+    # Every anchor has its designated positive, so all W*B anchors are valid.
+    return _share(loss, n, reduction, ranks).to(compute_dtype(query.dtype))
 
 
 @own_precision("half")
@@ -186,8 +215,7 @@ def nt_xent(
     temperature: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
-    chunk_size: int | None = None,
-    gather_distributed: bool = False,
+    group: ProcessGroup | None = None,
 ) -> Tensor:
     """NT-Xent, the SimCLR loss (Chen et al. 2020, https://arxiv.org/abs/2002.05709).
 
@@ -206,9 +234,8 @@ def nt_xent(
         temperature: > 0, float or scalar tensor.
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` ((2B,) per view: z1 rows then z2 rows).
-        chunk_size: None (automatic) or query rows per block of the chunked engine path.
-        gather_distributed: compute over all ranks of ``torch.distributed`` (see
-            :mod:`contrastkit.distributed`); without a process group it changes nothing.
+        group: the process group whose ranks hold the rest of the batch (see
+            :func:`info_nce`); None (default): this batch alone.
 
     Returns:
         Scalar loss, or (2B,) with ``reduction="none"``.
@@ -217,27 +244,39 @@ def nt_xent(
     >>> round(float(nt_xent(same, same, temperature=0.5)), 4)  # log(2B - 1)
     1.9459
     """
-    if gather_distributed:
-        from contrastkit.distributed import nt_xent_distributed
-
-        return nt_xent_distributed(
-            z1,
-            z2,
-            temperature=temperature,
-            metric=metric,
-            reduction=reduction,
-            chunk_size=chunk_size,
-        )
     metric, reduction = check_paired_loss_inputs(
         "z1", z1, "z2", z2, temperature=temperature, metric=metric, reduction=reduction
     )
     b = z1.shape[0]
-    z = torch.cat([z1, z2], dim=0)  # (2B, D) anchors and keys at once
-    # The positive of anchor i is its partner z[(i + B) mod 2B]; key i is anchor i itself.
-    problem = ContrastiveProblem(z, z, positive_offset=b, self_offset=0)
-    return softmax_contrastive(
-        problem, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=reduction
+    ranks = Ranks.of(group)
+    ranks.check_same_batch_size("z1", b)
+    anchors = torch.cat([z1, z2], dim=0)  # (2B, D): this rank's block of the candidates
+    candidates = ranks.gather_with_grad(anchors)  # (2WB, D): [z1_r; z2_r] for r = 0..W-1
+    if ranks.world == 1:
+        # The partner of anchor i is z[(i + B) mod 2B]: an index, no labels to compare.
+        partners: dict[str, object] = {"positive_offset": b}
+    else:
+        # The ranks' blocks interleave, so no single offset reaches every partner: a view's
+        # partner is the other view of the same example, label = the global example index.
+        example = torch.arange(b, device=z1.device) + ranks.rank * b
+        labels = torch.cat([example, example])  # (2B,)
+        partners = {
+            "positive_offset": None,
+            "roles": KeyRoles(query_labels=labels, key_labels=ranks.gather(labels)),  # (2WB,)
+        }
+    problem = ContrastiveProblem(
+        anchors,
+        candidates,
+        self_offset=2 * b * ranks.rank,  # anchor j is candidate 2 B rank + j
+        **partners,  # type: ignore[arg-type]
     )
+    loss = softmax_contrastive(
+        problem,
+        temperature=temperature,
+        metric=metric,
+        reduction="none" if reduction == "none" else "sum",
+    )
+    return _share(loss, 2 * ranks.world * b, reduction, ranks).to(compute_dtype(z1.dtype))
 
 
 @own_precision("half")
@@ -248,8 +287,7 @@ def supervised_contrastive(
     temperature: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
-    chunk_size: int | None = None,
-    gather_distributed: bool = False,
+    group: ProcessGroup | None = None,
 ) -> Tensor:
     """Supervised contrastive loss, SupCon "outside" form (Khosla et al. 2020,
     https://arxiv.org/abs/2004.11362).
@@ -269,10 +307,10 @@ def supervised_contrastive(
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` ((B*V,), view-major:
             all first views, then all second views; 0 for anchors without a positive).
-        chunk_size: None (automatic) or query rows per block of the chunked engine path; the
-            positives come from the labels per block, never as a dense (BV, BV) mask.
-        gather_distributed: compute over all ranks of ``torch.distributed`` (see
-            :mod:`contrastkit.distributed`); without a process group it changes nothing.
+        group: the process group whose ranks hold the rest of the batch (see
+            :func:`info_nce`); None (default): this batch alone.
+
+    The positives come from the labels (never a dense (BV, BV) mask on the chunked path).
 
     Returns:
         Scalar loss, or per-anchor losses with ``reduction="none"``.
@@ -281,29 +319,34 @@ def supervised_contrastive(
     >>> round(float(supervised_contrastive(torch.ones(4, 3), labels, temperature=0.1)), 4)  # log 3
     1.0986
     """
-    if gather_distributed:
-        from contrastkit.distributed import supervised_contrastive_distributed
-
-        return supervised_contrastive_distributed(
-            embeddings,
-            labels,
-            temperature=temperature,
-            metric=metric,
-            reduction=reduction,
-            chunk_size=chunk_size,
-        )
     check_embeddings("embeddings", embeddings, ndim=(2, 3))
     check_labels("labels", labels, embeddings.shape[0])
     check_temperature(temperature)
     metric = check_metric(metric)
     reduction = check_reduction(reduction)
-    z, lab = flatten_views(embeddings, labels)  # (B*V, D), (B*V,)
+    ranks = Ranks.of(group)
+    ranks.check_same_batch_size("embeddings", embeddings.shape[0])
+    z, lab = flatten_views(embeddings, labels)  # (V*B, D), (V*B,) local anchors, view-major
+    all_lab = ranks.gather(lab)  # (W*V*B,)
     problem = ContrastiveProblem(
-        z, z, positive_offset=None, self_offset=0, query_labels=lab, key_labels=lab
+        z,
+        ranks.gather_with_grad(z),  # (W*V*B, D): each rank's flattened block in turn
+        positive_offset=None,
+        self_offset=z.shape[0] * ranks.rank,  # anchor j is candidate V B rank + j
+        roles=KeyRoles(query_labels=lab, key_labels=all_lab),
     )
-    return softmax_contrastive(
-        problem, temperature=temperature, metric=metric, chunk_size=chunk_size, reduction=reduction
+    loss = softmax_contrastive(
+        problem,
+        temperature=temperature,
+        metric=metric,
+        reduction="none" if reduction == "none" else "sum",
     )
+    if reduction == "none":
+        return loss
+    # Valid anchors of all ranks, from the gathered labels: a label seen at least twice.
+    _, inverse, counts = torch.unique(all_lab, return_inverse=True, return_counts=True)
+    n_valid = int((counts[inverse] > 1).sum())
+    return _share(loss, n_valid, reduction, ranks).to(compute_dtype(embeddings.dtype))
 
 
 def flatten_views(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -324,8 +367,7 @@ def sigmoid_contrastive(
     bias: float | Tensor,
     metric: str = "cosine",
     reduction: str = "mean",
-    chunk_size: int | None = None,
-    gather_distributed: bool = False,
+    group: ProcessGroup | None = None,
 ) -> Tensor:
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, https://arxiv.org/abs/2303.15343).
 
@@ -345,27 +387,13 @@ def sigmoid_contrastive(
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
         reduction: ``"mean"`` (sum over pairs / B, as in the paper), ``"sum"`` (over all pairs) or
             ``"none"`` ((B,) per row of ``a``, summed over its B pairs).
-        chunk_size: None (automatic) or rows of ``a`` per block of the chunked path, which
-            never holds the (B, B) logits.
-        gather_distributed: compute over all ranks of ``torch.distributed`` (see
-            :mod:`contrastkit.distributed`); without a process group it changes nothing.
+        group: the process group whose ranks hold the rest of the batch (see
+            :func:`info_nce`); None (default): this batch alone.
 
     >>> x = torch.eye(4)
     >>> round(float(sigmoid_contrastive(x, x, temperature=0.1, bias=-5.0)), 4)
     0.0269
     """
-    if gather_distributed:
-        from contrastkit.distributed import sigmoid_contrastive_distributed
-
-        return sigmoid_contrastive_distributed(
-            a,
-            b,
-            temperature=temperature,
-            bias=bias,
-            metric=metric,
-            reduction=reduction,
-            chunk_size=chunk_size,
-        )
     check_embeddings("a", a)
     check_embeddings("b", b)
     check_pair("a", a, "b", b)
@@ -377,9 +405,57 @@ def sigmoid_contrastive(
         raise TypeError(f"bias must be a float or a scalar tensor, got {type(bias).__name__}.")
     metric = check_metric(metric)
     reduction = check_reduction(reduction)
-    per_row = sigmoid_contrastive_rows(
-        a, b, temperature=temperature, bias=bias, metric=metric, chunk_size=chunk_size
-    )  # (B,)
     n = a.shape[0]
-    out = per_row.sum() / n if reduction == "mean" else reduce(per_row, reduction)
-    return out.to(compute_dtype(a.dtype))  # float32 for half inputs, like the softmax losses
+    ranks = Ranks.of(group)
+    ranks.check_same_batch_size("a", n)
+    dtype = compute_dtype(a.dtype)
+    all_b = ranks.gather_with_grad(b)  # (W*B, D)
+    # Local rows of a against the b of every rank, one rank block at a time: every global pair
+    # is computed on exactly one rank. An off-diagonal block has no positive; its rows are the
+    # diagonal-block formula plus l_ii, since softplus(x) - softplus(-x) = x.
+    per_row: Tensor | None = None
+    for r in range(ranks.world):
+        block = all_b[r * n : (r + 1) * n]  # (B, D): the columns of rank r
+        rows = sigmoid_contrastive_rows(
+            a, block, temperature=temperature, bias=bias, metric=metric
+        )  # (B,), positive on the diagonal
+        if r != ranks.rank:  # no positive in this block: turn the diagonal term into a negative
+            diag = paired_similarity_unchecked(a.to(dtype), block.to(dtype), metric)
+            rows = rows + diag / temperature + bias
+        per_row = rows if per_row is None else per_row + rows
+    assert per_row is not None  # world >= 1
+    if reduction == "none":
+        return per_row.to(dtype)
+    total = per_row.sum()
+    # "mean": the sum over pairs / B, as in the paper (its mean over ranks: the global one)
+    return _share(total, n * ranks.world, reduction, ranks).to(dtype)
+
+
+def _share(loss: Tensor, n_valid: int, reduction: str, ranks: Ranks) -> Tensor:
+    """This rank's share of the global reduction, from its per-anchor ``loss`` ((B,), with
+    ``"none"``, returned as is) or its sum over valid anchors (a scalar).
+
+    The mean over the ranks of the returned values is the global ``"mean"`` (``n_valid``: the
+    valid anchors of all ranks) or ``"sum"``: local sum * W / n_valid, or W * local sum. One
+    process: the plain mean / sum.
+    """
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss * ranks.world
+    return loss * ranks.world / max(int(n_valid), 1)
+
+
+def _check_global_mask(name: str, mask: Tensor, shape: tuple[int, int], world: int) -> None:
+    """A mask has this rank's B rows against the columns of all ranks; hint at that when not."""
+    try:
+        check_mask(name, mask, shape)
+    except ValueError as err:
+        if world == 1:
+            raise
+        raise ValueError(
+            f"{err} With a process group of W={world} ranks a mask has this rank's B "
+            "query rows against the columns of ALL ranks (W*B keys, then the gathered "
+            "negatives); build it from gathered ids, e.g. ids[:, None] == all_gather(ids)[None, :], "
+            "or pass query_ids/key_ids instead."
+        ) from None

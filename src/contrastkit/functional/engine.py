@@ -8,12 +8,13 @@ the N keys, and a description of which candidates are *positives* and which are 
 * ``positive_offset``: key ``(positive_offset + i) mod N`` is the designated positive of query
   ``i`` (0 for paired batches, ``rank * B`` for gathered keys, ``B`` for NT-Xent's ``[z1; z2]``
   against itself); None for no designated positive;
-* ``query_labels: (B,)``, ``key_labels: (N,)``: a key with the query's label is a positive;
-* ``query_ids: (B,)``, ``key_ids: (N,)``: a key with the query's id that is not a positive is an
-  ignored false negative (e.g. the same document appearing twice in a batch);
 * ``self_offset``: key ``(self_offset + i) mod N`` is query ``i`` itself (NT-Xent, SupCon where
   the queries are the keys): it is neither a positive nor a candidate;
-* ``positive_mask: (B, N)`` and ``ignore_mask: (B, N + M)`` dense booleans, for small problems.
+* ``roles`` (:class:`KeyRoles`, the one argument users pass to :func:`~contrastkit.functional.
+  info_nce`): ``query_labels: (B,)``, ``key_labels: (N,)`` (a key with the query's label is a
+  positive), ``query_ids: (B,)``, ``key_ids: (N,)`` (a key with the query's id that is not a
+  positive is an ignored false negative, e.g. the same document twice in a batch), and the
+  dense ``positive_mask: (B, N)`` and ``ignore_mask: (B, N + M)`` for small problems.
 
 Negatives are never positives; a positive is never ignored. For an anchor ``i`` with positive
 set ``P(i)`` and kept candidates ``C(i)``::
@@ -31,7 +32,7 @@ rows are spread over processes: the B queries are one shard of the rows of a lar
 and the column (key -> query) statistics are combined over the shards by an all-reduce, so
 column ``j``'s loss runs over the rows of all shards. Anchor ``i`` pairs row ``i`` with column
 ``row_shards.column_offset + i`` (its own key). This is how
-:func:`contrastkit.distributed.info_nce_distributed` computes the symmetric loss on W ranks at
+:func:`contrastkit.functional.info_nce` with a ``group`` computes the symmetric loss on W ranks at
 1/W of the single-process work per rank.
 
 Two paths compute it, with the same value and gradients:
@@ -50,10 +51,10 @@ Two paths compute it, with the same value and gradients:
   Cosine inputs are normalised and divided by the temperature in one autograd node
   (:func:`contrastkit.functional.similarity.normalize_over`).
 
-:func:`softmax_contrastive` picks the path: ``chunk_size=None`` is automatic -- dense while
-``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in float32, i.e. B = N = 2048), chunked
-with :func:`default_chunk_size` rows beyond; an integer forces the chunked path with that strip
-height. Softmaxes are computed in float32 (float64 for float64 inputs) so half-precision inputs
+:func:`softmax_contrastive` picks the path; tiling is the engine's, not the losses': by default
+it is automatic -- dense while ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in
+float32, i.e. B = N = 2048), chunked with :func:`default_chunk_size` rows beyond; inside
+``with tiling(chunk_size=n):`` every loss takes the chunked path with strips of ``n`` rows. Softmaxes are computed in float32 (float64 for float64 inputs) so half-precision inputs
 at small temperatures do not overflow. For bf16 / fp16 inputs the chunked path's block products
 run with half operands and float32 results (:func:`contrastkit.functional.tiled.block_logits`:
 the logits are never rounded to half), the gradients come back in the input dtype and the loss
@@ -63,16 +64,19 @@ in float32 (see docs/engine.md for the accuracy contract).
 >>> q, k = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
 >>> p = ContrastiveProblem(q, k, symmetric=True)
 >>> dense = softmax_contrastive(p, temperature=0.1)
->>> chunked = softmax_contrastive(p, temperature=0.1, chunk_size=4)
+>>> with tiling(chunk_size=4):
+...     chunked = softmax_contrastive(p, temperature=0.1)
 >>> torch.allclose(dense, chunked)
 True
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -92,6 +96,7 @@ from contrastkit.functional.similarity import (
     similarity_matrix_unchecked,
 )
 from contrastkit.functional.tiled import (
+    Blocks,
     FusedRowSoftmaxLoss,
     Structure,
     TiledSigmoidLoss,
@@ -340,7 +345,7 @@ class RowShards:
     The symmetric loss then needs, for key column ``j``, a log-sum-exp over the rows of every
     shard: each shard computes its own rows' column statistics and ``all_reduce`` combines them
     (see the module docstring). ``all_reduce(x, op)`` reduces ``x`` in place over the shards and
-    returns it, ``op`` ``"max"`` or ``"sum"`` (:func:`contrastkit.distributed.all_reduce_`); it
+    returns it, ``op`` ``"max"`` or ``"sum"`` (:func:`contrastkit.collectives.all_reduce_`); it
     is called the same number of times with the same shapes on every shard, whatever the data,
     forward and backward, so every shard must compute the loss and run its backward pass.
 
@@ -357,6 +362,73 @@ class RowShards:
     all_reduce: Callable[[Tensor, str], Tensor]
 
 
+@dataclass(frozen=True)
+class KeyRoles:
+    """Which keys are positives and which are ignored, besides a loss's designated positive.
+
+    The one description of a softmax loss's positives and ignored candidates
+    (:func:`~contrastkit.functional.info_nce` takes it as ``roles``; the engine reads it from
+    :class:`ContrastiveProblem`). Every field is optional and they combine: a key is a
+    positive when a label or the mask says so, ignored when an id or the mask says so, and a
+    positive is never ignored.
+
+    Args:
+        positive_mask: (B, N) bool, extra positives among the N keys.
+        ignore_mask: (B, N + M) bool, True drops a candidate from the softmax (known false
+            negatives), over the keys and then the M extra negatives.
+        query_labels: (B,) and key_labels: (N,) integer labels: keys sharing the query's label
+            are positives, without a dense (B, N) mask.
+        query_ids: (B,) and key_ids: (N,) integer ids: keys sharing the query's id that are not
+            positives are ignored (duplicates / known false negatives), without a dense mask.
+
+    With a process group (``group=``) a loss gathers ``key_labels`` and ``key_ids`` from the
+    ranks with its keys, so pass the local (B,) ones; the masks are this rank's B rows against
+    the global columns.
+
+    >>> ids = torch.tensor([0, 1, 1])
+    >>> KeyRoles(query_ids=ids, key_ids=ids).query_labels is None
+    True
+    >>> KeyRoles(query_labels=ids)
+    Traceback (most recent call last):
+    ...
+    ValueError: query_labels and key_labels go together, got only query_labels; pass both (the same tensor when the queries are the keys).
+    """
+
+    positive_mask: Tensor | None = None
+    ignore_mask: Tensor | None = None
+    query_labels: Tensor | None = None
+    key_labels: Tensor | None = None
+    query_ids: Tensor | None = None
+    key_ids: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for q_name, k_name in (("query_labels", "key_labels"), ("query_ids", "key_ids")):
+            q_val, k_val = getattr(self, q_name), getattr(self, k_name)
+            if (q_val is None) != (k_val is None):
+                raise ValueError(
+                    f"{q_name} and {k_name} go together, got only "
+                    f"{q_name if q_val is not None else k_name}; pass both (the same tensor "
+                    "when the queries are the keys)."
+                )
+
+    def check(self, n_queries: int, n_keys: int, n_negatives: int = 0) -> None:
+        """Check the shapes against B = ``n_queries``, N = ``n_keys`` and M = ``n_negatives``."""
+        for name in ("query_labels", "query_ids"):
+            if getattr(self, name) is not None:
+                check_labels(name, getattr(self, name), n_queries, what="query")
+        for name in ("key_labels", "key_ids"):
+            if getattr(self, name) is not None:
+                check_labels(name, getattr(self, name), n_keys, what="key")
+        if self.positive_mask is not None:
+            check_mask("positive_mask", self.positive_mask, (n_queries, n_keys))
+        if self.ignore_mask is not None:
+            check_mask("ignore_mask", self.ignore_mask, (n_queries, n_keys + n_negatives))
+
+
+NO_ROLES = KeyRoles()
+"""Only the designated positives; nothing ignored."""
+
+
 @dataclass
 class ContrastiveProblem:
     """Queries, candidates, and who is a positive / ignored (see the module docstring).
@@ -368,18 +440,15 @@ class ContrastiveProblem:
         positive_offset: key ``(positive_offset + i) mod N`` is the positive of query i; None
             for no designated positive (then labels or ``positive_mask`` must give positives).
         self_offset: key ``(self_offset + i) mod N`` is query i itself, removed; or None.
-        query_labels: (B,) and key_labels: (N,) integer labels, same label = positive.
-        query_ids: (B,) and key_ids: (N,) integer ids, same id (not a positive) = ignored.
-        positive_mask: (B, N) bool extra positives.
-        ignore_mask: (B, N + M) bool, True removes a candidate (never a positive).
+        roles: further positives / ignored candidates (:class:`KeyRoles`: labels, ids, masks).
         symmetric: add the key -> query direction; requires N == B unless ``row_shards``.
         row_shards: with ``symmetric``, the queries are one shard of the rows of a larger
             problem (:class:`RowShards`): the key -> query direction of the N keys runs over the
             rows of all shards, and anchor i's column is ``row_shards.column_offset + i``.
 
-    >>> q = torch.randn(3, 2)
+    >>> q, labels = torch.randn(3, 2), torch.tensor([0, 0, 1])
     >>> pos, ign = ContrastiveProblem(q, q, positive_offset=None, self_offset=0,
-    ...     query_labels=torch.tensor([0, 0, 1]), key_labels=torch.tensor([0, 0, 1])).to_dense()
+    ...     roles=KeyRoles(query_labels=labels, key_labels=labels)).to_dense()
     >>> pos.int().tolist(), ign.int().tolist()
     ([[0, 1, 0], [1, 0, 0], [0, 0, 0]], [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     """
@@ -389,12 +458,7 @@ class ContrastiveProblem:
     negatives: Tensor | None = None
     positive_offset: int | None = 0
     self_offset: int | None = None
-    query_labels: Tensor | None = None
-    key_labels: Tensor | None = None
-    query_ids: Tensor | None = None
-    key_ids: Tensor | None = None
-    positive_mask: Tensor | None = None
-    ignore_mask: Tensor | None = None
+    roles: KeyRoles = field(default=NO_ROLES)
     symmetric: bool = False
     row_shards: RowShards | None = None
 
@@ -415,21 +479,12 @@ class ContrastiveProblem:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise TypeError(f"{name} must be an int or None, got {value!r}.")
-        for q_name, k_name in (("query_labels", "key_labels"), ("query_ids", "key_ids")):
-            q_val, k_val = getattr(self, q_name), getattr(self, k_name)
-            if (q_val is None) != (k_val is None):
-                raise ValueError(
-                    f"{q_name} and {k_name} go together, got only "
-                    f"{q_name if q_val is not None else k_name}; pass both (the same tensor "
-                    "when the queries are the keys)."
-                )
-            if q_val is not None:
-                check_labels(q_name, q_val, b, what="query")
-                check_labels(k_name, k_val, n, what="key")
-        if self.positive_mask is not None:
-            check_mask("positive_mask", self.positive_mask, (b, n))
-        if self.ignore_mask is not None:
-            check_mask("ignore_mask", self.ignore_mask, (b, n + m))
+        if not isinstance(self.roles, KeyRoles):
+            raise TypeError(
+                f"roles must be a KeyRoles, got {type(self.roles).__name__}; wrap masks, labels "
+                "and ids as KeyRoles(ignore_mask=..., query_labels=..., ...)."
+            )
+        self.roles.check(b, n, m)
         if self.row_shards is not None:
             self._check_row_shards()
         elif self.symmetric and n != b:
@@ -468,35 +523,39 @@ class ContrastiveProblem:
 
     def structure(self) -> Structure:
         """The mask description the blocked kernels read (no dense tensor)."""
+        r = self.roles
         return Structure(
             n_keys=self.n_keys,
             positive_offset=self.positive_offset,
             self_offset=self.self_offset,
-            query_labels=self.query_labels,
-            key_labels=self.key_labels,
-            query_ids=self.query_ids,
-            key_ids=self.key_ids,
-            positive_mask=self.positive_mask,
-            ignore_mask=self.ignore_mask,
+            query_labels=r.query_labels,
+            key_labels=r.key_labels,
+            query_ids=r.query_ids,
+            key_ids=r.key_ids,
+            positive_mask=r.positive_mask,
+            ignore_mask=r.ignore_mask,
+            symmetric=self.symmetric,
+            column_reduce=None if self.row_shards is None else self.row_shards.all_reduce,
         )
 
     def to_dense(self) -> tuple[Tensor, Tensor | None]:
         """``(positive, ignore)``, both (B, N + M) bool (ignore None when nothing is ignored)."""
         b, n, m = self.n_queries, self.n_keys, self.n_negatives
+        r = self.roles
         device = self.query.device
         rows = torch.arange(b, device=device)
         positive = torch.zeros(b, n + m, dtype=torch.bool, device=device)
         if self.positive_offset is not None:
             positive[rows, (rows + self.positive_offset) % n] = True
-        if self.query_labels is not None:
-            positive[:, :n] |= self.query_labels[:, None] == self.key_labels[None, :]
-        if self.positive_mask is not None:
-            positive[:, :n] |= self.positive_mask
+        if r.query_labels is not None:
+            positive[:, :n] |= r.query_labels[:, None] == r.key_labels[None, :]
+        if r.positive_mask is not None:
+            positive[:, :n] |= r.positive_mask
         ignore = torch.zeros(b, n + m, dtype=torch.bool, device=device)
-        if self.ignore_mask is not None:
-            ignore |= self.ignore_mask
-        if self.query_ids is not None:
-            ignore[:, :n] |= self.query_ids[:, None] == self.key_ids[None, :]
+        if r.ignore_mask is not None:
+            ignore |= r.ignore_mask
+        if r.query_ids is not None:
+            ignore[:, :n] |= r.query_ids[:, None] == r.key_ids[None, :]
         if self.self_offset is not None:
             self_cols = (rows + self.self_offset) % n
             positive[rows, self_cols] = False
@@ -505,19 +564,55 @@ class ContrastiveProblem:
         return positive, (ignore if bool(ignore.any()) else None)
 
 
-def resolve_chunk_size(
-    chunk_size: object, rows: int, width: int, tiled: bool = False
-) -> int | None:
-    """None -> automatic (dense up to ``DENSE_MAX_LOGITS`` logits); an int > 0 -> that strip."""
-    if chunk_size is None:
-        if rows * width <= DENSE_MAX_LOGITS:
-            return None
-        return min(default_chunk_size(width, tiled), rows)
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+_CHUNK_SIZE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "contrastkit_chunk_size", default=None
+)
+
+
+def _check_chunk_size(chunk_size: object) -> int | None:
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0
+    ):
         raise ValueError(
             f"chunk_size must be a positive int (query rows per block, e.g. 256) or None for "
             f"automatic selection, got {chunk_size!r}."
         )
+    return chunk_size
+
+
+@contextlib.contextmanager
+def tiling(chunk_size: int | None = None) -> Iterator[None]:
+    """Within the block, the engine computes every softmax / sigmoid loss with ``chunk_size``
+    query rows per block of its chunked path (None: the automatic choice, dense up to
+    ``DENSE_MAX_LOGITS`` logits). Value and gradients are the same either way; the chunked path
+    needs memory O(chunk_size * (N + M)) instead of O(B * (N + M)).
+
+    Tiling is the engine's business: the losses take no ``chunk_size``. The setting is read when
+    a loss runs its forward pass (the backward pass follows the forward's blocks), and also
+    works as a decorator.
+
+    >>> q = torch.randn(64, 8)
+    >>> from contrastkit.functional import info_nce
+    >>> with tiling(chunk_size=16):
+    ...     chunked = info_nce(q, q.flip(0), temperature=0.1)
+    >>> bool(torch.isclose(chunked, info_nce(q, q.flip(0), temperature=0.1)))
+    True
+    """
+    token = _CHUNK_SIZE.set(_check_chunk_size(chunk_size))
+    try:
+        yield
+    finally:
+        _CHUNK_SIZE.reset(token)
+
+
+def resolve_chunk_size(rows: int, width: int, tiled: bool = False) -> int | None:
+    """The block height for ``rows`` queries against ``width = N + M`` candidates: the
+    :func:`tiling` setting, or automatic (None = dense up to ``DENSE_MAX_LOGITS`` logits)."""
+    chunk_size = _CHUNK_SIZE.get()
+    if chunk_size is None:
+        if rows * width <= DENSE_MAX_LOGITS:
+            return None
+        return min(default_chunk_size(width, tiled), rows)
     return min(chunk_size, max(rows, 1))
 
 
@@ -590,17 +685,15 @@ def softmax_contrastive(
     *,
     temperature: float | Tensor,
     metric: str = "cosine",
-    chunk_size: int | None = None,
     reduction: str = "mean",
 ) -> Tensor:
-    """The softmax-contrastive loss of a :class:`ContrastiveProblem`, dense or chunked.
+    """The softmax-contrastive loss of a :class:`ContrastiveProblem`, dense or chunked
+    (:func:`tiling` sets the blocks).
 
     Args:
         problem: queries, candidates and the positive / ignore description.
         temperature: > 0, float or scalar tensor (gradients flow to a tensor temperature).
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
-        chunk_size: None for automatic selection, or the number of query rows per block of the
-            chunked path (any value, it need not divide B).
         reduction: ``"mean"`` over valid anchors, ``"sum"`` over valid anchors, or ``"none"``
             ((B,), 0 for anchors without a positive). If no anchor is valid the result is a
             zero that still backpropagates, with a warning.
@@ -623,7 +716,7 @@ def softmax_contrastive(
     )
     fused = wants_grad and not p.symmetric and reduction != "none"
     out_dtype = compute_dtype(p.query.dtype)
-    chunk = resolve_chunk_size(chunk_size, p.n_queries, p.n_keys + p.n_negatives, not fused)
+    chunk = resolve_chunk_size(p.n_queries, p.n_keys + p.n_negatives, not fused)
     if chunk is None:
         positive, ignore = p.to_dense()
         loss, valid = softmax_contrastive_dense(
@@ -646,28 +739,17 @@ def softmax_contrastive(
         q, k, neg = _logit_space(p, temperature, metric)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
     if fused:
-        total, valid = FusedRowSoftmaxLoss.apply(
-            q, k, neg, p.structure(), kernel_metric, chunk, operand, *scales
-        )
+        blocks = Blocks(kernel_metric, chunk, operand=operand)
+        total, valid = FusedRowSoftmaxLoss.apply(q, k, neg, p.structure(), blocks, *scales)
         n_valid = valid.sum()
         if int(n_valid) == 0:
             _warn_no_positive()
             return (q.sum() * 0.0).to(out_dtype)
         out = total / n_valid if reduction == "mean" else total
         return out.to(out_dtype)
+    blocks = Blocks(kernel_metric, chunk, COLUMN_BLOCK_RATIO * chunk, TILE_CACHE_BYTES, operand)
     row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
-        q,
-        k,
-        neg,
-        p.structure(),
-        kernel_metric,
-        chunk,
-        p.symmetric,
-        COLUMN_BLOCK_RATIO * chunk,
-        TILE_CACHE_BYTES,
-        None if p.row_shards is None else p.row_shards.all_reduce,
-        operand,
-        *scales,
+        q, k, neg, p.structure(), blocks, *scales
     )
     if p.row_shards is not None:  # col: the N columns over all shards' rows; ours follow
         own = slice(p.row_shards.column_offset, p.row_shards.column_offset + p.n_queries)
@@ -710,16 +792,15 @@ def sigmoid_contrastive_rows(
     temperature: float | Tensor,
     bias: float | Tensor,
     metric: str,
-    chunk_size: int | None = None,
 ) -> Tensor:
     """Per-row SigLIP loss ``sum_j -log sigmoid(label_ij * (s(a_i, b_j) / t + bias))``.
 
     ``a: (B, D)``, ``b: (B, D)`` (inputs already checked); returns (B,) in the compute dtype.
-    ``chunk_size`` selects the path as in :func:`softmax_contrastive`; the chunked path never
+    :func:`tiling` selects the path as for :func:`softmax_contrastive`; the chunked path never
     holds the (B, B) logits (its per-logit gradient is local, so backward just recomputes).
     """
     dtype = compute_dtype(a.dtype)
-    chunk = resolve_chunk_size(chunk_size, a.shape[0], b.shape[0])
+    chunk = resolve_chunk_size(a.shape[0], b.shape[0])
     if chunk is None:
         logits = similarity_matrix_unchecked(a.to(dtype), b.to(dtype), metric) / temperature + bias
         n = a.shape[0]
@@ -732,4 +813,5 @@ def sigmoid_contrastive_rows(
     else:
         bias_t = torch.tensor(float(bias), dtype=dtype, device=a.device)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
-    return TiledSigmoidLoss.apply(q, k, bias_t, kernel_metric, chunk, _kernel_operand(a))
+    blocks = Blocks(kernel_metric, chunk, operand=_kernel_operand(a))
+    return TiledSigmoidLoss.apply(q, k, bias_t, blocks)

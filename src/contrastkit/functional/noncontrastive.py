@@ -32,6 +32,7 @@ from contrastkit._checks import (
     check_temperature,
     reduce,
 )
+from contrastkit.collectives import all_reduce_, get_world_size
 from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import normalize
 
@@ -416,8 +417,6 @@ def sinkhorn_knopp(
 
 @torch.no_grad()
 def _sinkhorn(scores: Tensor, epsilon: float, iterations: int, distributed: bool = False) -> Tensor:
-    from contrastkit.distributed import all_reduce_, get_world_size  # imports functional/
-
     world = get_world_size() if distributed else 1
     b, k = scores.shape
     logits = scores.float() / epsilon if scores.dtype != torch.float64 else scores / epsilon

@@ -22,8 +22,8 @@ buffers plus the ``(N + M, D)`` gradient accumulators; the ``(B, N)`` matrix nev
 
 >>> g = torch.Generator().manual_seed(0)
 >>> q, k = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
->>> s = Structure(n_keys=5, positive_offset=0)
->>> row, col, vr, vc = TiledSoftmaxLoss.apply(q, k, None, s, "dot", 2, True, 3, 0)
+>>> s = Structure(n_keys=5, positive_offset=0, symmetric=True)
+>>> row, col, vr, vc = TiledSoftmaxLoss.apply(q, k, None, s, Blocks("dot", 2, col_chunk=3))
 >>> dense = torch.logsumexp(q @ k.T, 1) - (q * k).sum(1)
 >>> torch.allclose(row, dense)
 True
@@ -41,7 +41,7 @@ from torch import Tensor
 
 from contrastkit.functional import bf16_gemm
 
-__all__ = ["FusedRowSoftmaxLoss", "Structure", "TiledSigmoidLoss", "TiledSoftmaxLoss"]
+__all__ = ["Blocks", "FusedRowSoftmaxLoss", "Structure", "TiledSigmoidLoss", "TiledSoftmaxLoss"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ class Structure:
     ``positive_offset`` (key ``(offset + i) mod N`` is the positive of query i, or None),
     ``self_offset`` (key ``(offset + i) mod N`` is query i itself: neither positive nor
     candidate, or None), labels ``(B,)`` / ``(N,)``, ids ``(B,)`` / ``(N,)``, and the optional
-    dense ``positive_mask: (B, N)`` and ``ignore_mask: (B, N + M)``.
+    dense ``positive_mask: (B, N)`` and ``ignore_mask: (B, N + M)``; ``symmetric`` adds the
+    key -> query direction (N == B, or the B rows are one shard of the rows of a larger problem
+    with ``column_reduce``, see :class:`TiledSoftmaxLoss`).
     """
 
     n_keys: int
@@ -64,6 +66,8 @@ class Structure:
     key_ids: Tensor | None = None
     positive_mask: Tensor | None = None
     ignore_mask: Tensor | None = None
+    symmetric: bool = False
+    column_reduce: Callable[[Tensor, str], Tensor] | None = None
 
     @property
     def simple(self) -> bool:
@@ -74,6 +78,31 @@ class Structure:
             and self.positive_mask is None
             and self.ignore_mask is None
         )
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """How the kernels cut and compute a problem: everything but the tensors and the structure.
+
+    Attributes:
+        metric: the logits, ``"dot"`` (``q_i . k_j``) or ``"euclidean"`` (``-|q_i - k_j|``).
+        chunk: query rows per strip.
+        col_chunk: candidate columns per tile of :class:`TiledSoftmaxLoss` (its strips are cut
+            into ``chunk x col_chunk`` tiles); None: full-width tiles.
+        cache_bytes: :class:`TiledSoftmaxLoss` keeps up to this many bytes of exponentiated
+            forward tiles for the backward pass (0: recompute every tile).
+        operand: the dtype the block products' operands are rounded to (half precision), or
+            None for the inputs' own dtype.
+
+    >>> Blocks("dot", 256)
+    Blocks(metric='dot', chunk=256, col_chunk=None, cache_bytes=0, operand=None)
+    """
+
+    metric: str
+    chunk: int
+    col_chunk: int | None = None
+    cache_bytes: int = 0
+    operand: torch.dtype | None = None
 
 
 class _Tile:
@@ -606,17 +635,17 @@ def _finite_floor(x: Tensor) -> Tensor:
 class TiledSoftmaxLoss(torch.autograd.Function):
     """Per-anchor softmax-contrastive losses, tile by tile, backward by recomputation.
 
-    ``apply(query, key, negatives, structure, metric, chunk, symmetric, col_chunk,
-    cache_bytes, column_reduce)`` with logit-space ``query: (B, D)``, ``key: (N, D)``,
-    ``negatives: (M, D) | (B, M, D) | None``; tiles are ``chunk`` query rows by ``col_chunk``
-    candidate columns. Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,),
+    ``apply(query, key, negatives, structure, blocks, row_scale=None, col_scale=None)`` with
+    logit-space ``query: (B, D)``, ``key: (N, D)``, ``negatives: (M, D) | (B, M, D) | None``,
+    a :class:`Structure` and the :class:`Blocks` settings; tiles are ``blocks.chunk`` query
+    rows by ``blocks.col_chunk`` candidate columns. Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,),
     col_valid (N,) or empty)``; a loss is ``lse - mean positive logit`` and 0 where the anchor
     has no positive. Row statistics stream across a strip's column tiles and column statistics
     across strips (online log-sum-exp).
 
-    ``column_reduce`` (symmetric only; None: the B rows are all the rows) is for a (B, N)
+    ``structure.column_reduce`` (symmetric only; None: the B rows are all the rows) is for a (B, N)
     block that holds one shard of the rows of a larger problem, the other shards' rows living
-    on other processes (:func:`contrastkit.distributed.info_nce_distributed`): an in-place
+    on other processes (:func:`contrastkit.functional.info_nce` with a ``group``): an in-place
     ``column_reduce(x, op)`` with ``op`` ``"max"`` / ``"sum"`` over the shards, called the same
     way on every shard whatever its data. The column statistics of the block's rows are then
     combined over the shards (:func:`combine_column_shards`), so ``col_loss`` is the loss of
@@ -626,7 +655,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
 
     With a gradient wanted, the first tiles' exponentiated logits (``metric="dot"`` without a
     max shift) are kept for the backward pass, which then skips their product and ``exp``: at
-    most ``cache_bytes`` and never more than two strips' worth, so memory stays O(chunk * N).
+    most ``blocks.cache_bytes`` and never more than two strips' worth, so memory stays O(chunk * N).
     A second backward through a retained graph recomputes every tile.
     """
 
@@ -637,22 +666,19 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         key,
         negatives,
         structure,
-        metric,
-        chunk,
-        symmetric,
-        col_chunk,
-        cache_bytes,
-        column_reduce=None,
-        operand=None,
+        blocks,
         row_scale=None,
         col_scale=None,
     ):
+        metric, chunk, symmetric = blocks.metric, blocks.chunk, structure.symmetric
+        column_reduce, cache_bytes = structure.column_reduce, blocks.cache_bytes
         ctx.dtypes = _dtypes(query, key, negatives)
-        query, key, negatives = _as_operands(query, key, negatives, operand)
-        scale = None if row_scale is None else (row_scale, col_scale)
+        query, key, negatives = _as_operands(query, key, negatives, blocks.operand)
         b, n = query.shape[0], key.shape[0]
+        scale = None if row_scale is None else (row_scale, col_scale)
         kk, neg3 = _keys(key, negatives)
         kw, m3 = kk.shape[0], 0 if neg3 is None else neg3.shape[1]
+        col_chunk = blocks.col_chunk or max(kw, 1)  # None: full-width tiles
         tiles = _column_tiles(n, kw, m3, col_chunk)
         kk_sq = _sq_norms(kk) if metric == "euclidean" else None
         acc = acc_dtype(query.dtype)
@@ -847,7 +873,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             _labelled_backprop(labelled, row_pw, col_pw, query, kk, dq, dkk, scale)
         d_rows, d_cols = _scale_grads(dq, dkk, query, kk, scale)
         dq, dkey, dneg = _input_dtype_grads(dq, dkk, dneg3, n, ctx.dtypes)
-        return dq, dkey, dneg, None, None, None, None, None, None, None, None, d_rows, d_cols
+        return dq, dkey, dneg, None, None, d_rows, d_cols
 
 
 def combine_column_shards(
@@ -988,8 +1014,8 @@ class _LabelPositives:
 class FusedRowSoftmaxLoss(torch.autograd.Function):
     """One-directional loss summed over valid anchors, gradients accumulated in the forward pass.
 
-    ``apply(query, key, negatives, structure, metric, chunk)`` (logit space, shapes as in
-    :class:`TiledSoftmaxLoss`) returns ``(loss_sum (), row_valid (B,))``; each strip of
+    ``apply(query, key, negatives, structure, blocks, row_scale=None, col_scale=None)`` (logit
+    space, shapes as in :class:`TiledSoftmaxLoss`; strips of ``blocks.chunk`` rows) returns ``(loss_sum (), row_valid (B,))``; each strip of
     ``chunk`` query rows spans all candidates, so its row statistics are exact at once. Only use
     it when a gradient is wanted: the forward pass always computes it.
     """
@@ -1001,14 +1027,13 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
         key,
         negatives,
         structure,
-        metric,
-        chunk,
-        operand=None,
+        blocks,
         row_scale=None,
         col_scale=None,
     ):
+        metric, chunk = blocks.metric, blocks.chunk
         ctx.dtypes = _dtypes(query, key, negatives)
-        query, key, negatives = _as_operands(query, key, negatives, operand)
+        query, key, negatives = _as_operands(query, key, negatives, blocks.operand)
         scale = None if row_scale is None else (row_scale, col_scale)
         b, n = query.shape[0], key.shape[0]
         kk, neg3 = _keys(key, negatives)
@@ -1088,8 +1113,6 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
             None if dneg is None else (dneg * g_total).to(n_dtype),
             None,
             None,
-            None,
-            None,
             None if d_rows is None else d_rows * g_total,
             None if d_cols is None else d_cols * g_total,
         )
@@ -1098,14 +1121,15 @@ class FusedRowSoftmaxLoss(torch.autograd.Function):
 class TiledSigmoidLoss(torch.autograd.Function):
     """Per-row SigLIP loss ``sum_j softplus(l_ij) - l_ii`` with ``l = s(a_i, b_j) + bias``.
 
-    ``apply(a, b, bias, metric, chunk)`` with logit-space ``a: (B, D)``, ``b: (B, D)``, scalar
+    ``apply(a, b, bias, blocks)`` with logit-space ``a: (B, D)``, ``b: (B, D)``, scalar
     ``bias`` tensor; returns (B,). Uses ``-log sigmoid(x) = softplus(-x) = softplus(x) - x``.
     """
 
     @staticmethod
-    def forward(ctx, a, b, bias, metric, chunk, operand=None):
+    def forward(ctx, a, b, bias, blocks):
+        metric, chunk = blocks.metric, blocks.chunk
         ctx.dtypes = a.dtype, b.dtype
-        a, b, _ = _as_operands(a, b, None, operand)
+        a, b, _ = _as_operands(a, b, None, blocks.operand)
         s = Structure(n_keys=b.shape[0], positive_offset=0)
         b_sq = _sq_norms(b) if metric == "euclidean" else None
         out = torch.empty(a.shape[0], dtype=acc_dtype(a.dtype), device=a.device)
@@ -1139,4 +1163,4 @@ class TiledSigmoidLoss(torch.autograd.Function):
             strip.backprop(grad, a[r0:r1], b, None, ctx.metric, da[r0:r1], db, None)
         a_dtype, b_dtype = ctx.dtypes
         dbias = dbias.reshape(bias.shape).to(bias.dtype)
-        return da.to(a_dtype), db.to(b_dtype), dbias, None, None, None
+        return da.to(a_dtype), db.to(b_dtype), dbias, None

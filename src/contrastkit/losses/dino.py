@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit._checks import check_embeddings, check_temperature
-from contrastkit.distributed import all_reduce_
+from contrastkit.collectives import all_reduce_
 from contrastkit.functional.noncontrastive import dino_loss
 from contrastkit.losses.registry import register
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from contrastkit.functional import info_nce
+from contrastkit.collectives import world_group
+from contrastkit.functional import KeyRoles, info_nce
 from contrastkit.functional.similarity import check_metric
 from contrastkit.losses.examples import paired_example, temperature_repr
 from contrastkit.losses.registry import register
@@ -24,7 +25,8 @@ class InfoNCE(nn.Module):
         temperature: float > 0 or a :class:`LearnableTemperature`.
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
         symmetric: average with the key -> query direction.
-        gather_distributed: compute over all ranks (see :mod:`contrastkit.distributed`).
+        gather_distributed: compute the problem over all ranks of the default process group
+            (``group=world_group()``, see :mod:`contrastkit.distributed`); the trainer sets it.
 
     >>> import torch
     >>> loss = InfoNCE(temperature=0.1, symmetric=True)
@@ -65,6 +67,9 @@ class InfoNCE(nn.Module):
         ignore_mask: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor:
+        """query: (B, D), key: (B, D), negatives: (M, D) or (B, M, D); the masks as the
+        ``roles`` of :func:`~contrastkit.functional.info_nce` (``ignore_mask``: (B, W*B + M),
+        the loss-registry contract of losses that take negatives)."""
         return info_nce(
             query,
             key,
@@ -72,10 +77,9 @@ class InfoNCE(nn.Module):
             temperature=resolve_temperature(self.temperature),
             metric=self.metric,
             symmetric=self.symmetric,
-            positive_mask=positive_mask,
-            ignore_mask=ignore_mask,
+            roles=KeyRoles(positive_mask=positive_mask, ignore_mask=ignore_mask),
             reduction=reduction,
-            gather_distributed=self.gather_distributed,
+            group=world_group() if self.gather_distributed else None,
         )
 
     def extra_repr(self) -> str:

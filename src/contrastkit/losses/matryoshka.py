@@ -22,7 +22,7 @@ Distributed: with ``gather_distributed=True`` on the wrapped loss each prefix pr
 global-batch problem of that prefix (slicing commutes with the all-gather), so the result equals
 the single-process global batch. The prefix problems share one gather of each full embedding
 input: ``matryoshka`` gathers it once and registers its prefixes with
-:func:`contrastkit.distributed.pregathered`, so the wrapped loss's own gather of ``z[:, :d]`` is
+:func:`contrastkit.collectives.pregathered`, so the wrapped loss's own gather of ``z[:, :d]`` is
 answered from it (labels and ids, which are small, are still gathered per prefix). A loss that
 gathers a concatenation of its inputs instead (``nt_xent`` gathers ``[z1; z2]``) still does one
 gather per prefix.
@@ -40,7 +40,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from contrastkit.distributed import all_gather_with_grad, get_world_size, pregathered
+from contrastkit.collectives import all_gather_with_grad, get_world_size, pregathered
 from contrastkit.functional.similarity import normalize
 
 __all__ = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from contrastkit.collectives import world_group
 from contrastkit.functional import sigmoid_contrastive
 from contrastkit.functional.similarity import check_metric
 from contrastkit.losses.examples import paired_example
@@ -65,5 +66,5 @@ class SigmoidContrastive(nn.Module):
             bias=self.bias,
             metric=self.metric,
             reduction=reduction,
-            gather_distributed=self.gather_distributed,
+            group=world_group() if self.gather_distributed else None,
         )

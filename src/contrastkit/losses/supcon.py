@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from contrastkit.collectives import world_group
 from contrastkit.functional import supervised_contrastive
 from contrastkit.functional.similarity import check_metric
 from contrastkit.losses.examples import temperature_repr
@@ -52,7 +53,7 @@ class SupCon(nn.Module):
             temperature=resolve_temperature(self.temperature),
             metric=self.metric,
             reduction=reduction,
-            gather_distributed=self.gather_distributed,
+            group=world_group() if self.gather_distributed else None,
         )
 
     def extra_repr(self) -> str:

@@ -75,7 +75,7 @@ class StreamingStatistic:
         call would add the other ranks again). Every rank must have called ``update`` at least
         once with the same D. :class:`~contrastkit.monitor.CollapseMonitor` handles this.
         """
-        from contrastkit.distributed import all_reduce_
+        from contrastkit.collectives import all_reduce_
 
         for name in sorted(self._states):
             all_reduce_(self._states[name], "sum", group=process_group)

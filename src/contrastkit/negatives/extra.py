@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from contrastkit.distributed import all_gather, get_rank, get_world_size
+from contrastkit.collectives import all_gather, get_rank, get_world_size
 from contrastkit.negatives.false_negatives import mask_from_threshold
 from contrastkit.negatives.miners import hard_negatives_in_batch
 from contrastkit.negatives.queue import EmbeddingQueue

@@ -12,7 +12,7 @@ Use with :func:`contrastkit.functional.info_nce`::
                     ignore_mask=torch.cat([in_batch_ignore, queue.mask(ids)], dim=1))
     queue.push(k, ids)  # after the loss: the current keys become negatives for the next batches
 
-Under DDP, push each rank's local keys: ``info_nce(..., gather_distributed=True)`` gathers the
+Under DDP, push each rank's local keys: ``info_nce(..., group=world_group())`` gathers the
 (M, D) negatives of all ranks, so the W queues together act as one queue of W * size keys.
 """
 
