@@ -302,3 +302,65 @@ def verify_manifest(folder: str | os.PathLike[str]) -> None:
             raise CorruptFolderError(f"{path}: {actual} bytes, {MANIFEST} says {size} (truncated?)")
         if _sha256(path) != sha:
             raise CorruptFolderError(f"{path}: sha256 does not match {MANIFEST} (corrupted)")
+
+
+class LockHeldError(ValueError):
+    """Another process holds a lock that is not waited for (see :func:`exclusive_lock`)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], *, what: str, wait: bool) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, never followed through a symlink) for
+    the block; the holder's pid is written into it, so a second writer can be told who holds it.
+
+    Args:
+        path: the lock file, e.g. ``RUN/train.lock``.
+        what: what the lock protects, for the error (``"training of runs/x"``).
+        wait: block until the holder releases it (index builds queue), or raise
+            :class:`LockHeldError` at once naming the holder's pid (two trainings of one run).
+
+    The lock is released when the block ends or the process dies (the kernel drops a dead
+    process's ``flock``), so a killed run never leaves a stale lock.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> lock = Path(tempfile.mkdtemp()) / "x.lock"
+    >>> with exclusive_lock(lock, what="x", wait=False):
+    ...     try:
+    ...         with exclusive_lock(lock, what="x", wait=False):
+    ...             pass
+    ...     except LockHeldError as err:
+    ...         print(str(err).split(" (")[0])
+    x is in use by another contrastkit process
+    """
+    import fcntl
+
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(
+                f"{path} is a symlink; contrastkit never writes through links in a run folder: "
+                "remove it"
+            ) from None
+        raise
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise LockHeldError(
+                f"{what} is in use by another contrastkit process (pid {holder}, lock {path}); "
+                "wait for it to finish, or use another run folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -163,7 +163,7 @@ def save_checkpoint(
         folder.write_bytes(STATE_TENSORS, save_safetensors(tensors))
         folder.write_json(STATE_JSON, skeleton)
     write_text(root / "latest", final.name)
-    old = sorted(p for p in root.glob("step_*") if p.is_dir() and p != final)
+    old = sorted((p for p in root.glob("step_*") if p.is_dir() and p != final), key=_step_of)
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return final
@@ -187,7 +187,8 @@ def _sweep(root: Path) -> None:
 
 # -- finding and verifying -------------------------------------------------------------------
 def _step_of(path: Path) -> int:
-    match = re.fullmatch(r"step_(\d+)", path.name)
+    """The step of ``step_N`` or of its set-aside copy ``.old_step_N.<pid>``; -1 otherwise."""
+    match = re.fullmatch(r"(?:\.old_)?step_(\d+)(?:\.\d+)?", path.name)
     return int(match.group(1)) if match else -1
 
 
@@ -242,6 +243,16 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """
     root = checkpoint_dir(run_dir)
     candidates = sorted((p for p in root.glob("step_*") if p.is_dir()), key=_step_of, reverse=True)
+    # A process killed between the two renames of a same-step rewrite left its old copy aside
+    # (``.old_step_N.<pid>``) and no ``step_N``: that copy is a whole checkpoint; use it (the
+    # next save puts it back in place). Read-only here: loading never moves files.
+    present = {p.name for p in candidates}
+    aside = [
+        p
+        for p in root.glob(".old_step_*")
+        if p.is_dir() and p.name[len(".old_") :].split(".")[0] not in present
+    ]
+    candidates = sorted([*candidates, *aside], key=_step_of, reverse=True)
     pointer = root / "latest"
     if pointer.is_file():
         try:

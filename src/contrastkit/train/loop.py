@@ -23,6 +23,7 @@ one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit._checks import NonFiniteError
+from contrastkit.atomic import exclusive_lock
 from contrastkit.distributed import all_reduce_, get_world_size
 from contrastkit.functional import bf16_gemm
 from contrastkit.losses import LearnableTemperature
@@ -47,7 +49,14 @@ from contrastkit.train.budget import BudgetFit, BudgetSummary
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig, save_config
 from contrastkit.train.metrics_log import MetricsLog
-from contrastkit.train.run import base_loss, build_loss, make_run_dir, write_baseline, write_eval
+from contrastkit.train.run import (
+    base_loss,
+    build_loss,
+    claim_run_dir,
+    make_run_dir,
+    write_baseline,
+    write_eval,
+)
 from contrastkit.train.schedule import WarmupCosine
 from contrastkit.train.tasks import Step, Task, build_task
 
@@ -200,6 +209,17 @@ def train(
         TrainingDiverged: a loss term, an embedding or the gradient norm is not finite.
         TrainingInterrupted: Ctrl-C or SIGTERM (after saving a checkpoint).
     """
+    with contextlib.ExitStack() as hold:  # the run lock, held until the run ends
+        return _train(cfg, run_dir, resume, stop_after, hold)
+
+
+def _train(
+    cfg: RunConfig,
+    run_dir: str | os.PathLike | None,
+    resume: bool,
+    stop_after: int | None,
+    hold: contextlib.ExitStack,
+) -> Path:
     dist = init_distributed()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -209,7 +229,12 @@ def train(
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
     if dist.is_main:  # after the data loaded: a bad data path leaves no half-made run folder
-        run.mkdir(parents=True, exist_ok=True)
+        if dist.world == 1:  # claimed atomically (torchrun: every rank already has the name)
+            run = claim_run_dir(run, explicit=run_dir is not None or resume)
+        else:
+            run.mkdir(parents=True, exist_ok=True)
+        # One writer per run folder: a second `train` (or `--run-dir` at a live run) stops here.
+        hold.enter_context(exclusive_lock(run / "train.lock", what=f"run {run}", wait=False))
         save_config(cfg, run / "config.yaml")
     trainable = Trainable(task, build_loss(cfg, dist.world))
     forward, outside_ddp = wrap_in_ddp(trainable) if dist.world > 1 else (trainable, [])
@@ -237,7 +262,12 @@ def train(
     monitor = CollapseMonitor(warn=False)
     metrics = MetricsLog(run, dist.is_main, cfg.train.tensorboard)
 
+    saved_step = step if resume else -1  # the step whose checkpoint is on disk
+
     def save() -> None:
+        nonlocal saved_step
+        if step == saved_step:  # never rewrite an identical step: a kill mid-swap could hide it
+            return
         state = {
             "step": step,
             "elapsed": elapsed,
@@ -255,6 +285,7 @@ def train(
             raise TrainingDiverged(diagnostic(step - 1, what, last_loss, cfg, run))
         if dist.is_main:
             save_checkpoint(run, step, weights, state)
+        saved_step = step
 
     if not resume and dist.is_main:
         metrics.write(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,31 @@ def base_loss(loss: nn.Module) -> nn.Module:
     while hasattr(loss, "loss") and isinstance(loss.loss, nn.Module):
         loss = loss.loss
     return loss
+
+
+def claim_run_dir(run: Path, explicit: bool) -> Path:
+    """Create the run folder ``run`` named by :func:`make_run_dir`, atomically: a name another
+    training took since it was chosen is not shared, the next free ``<name>-N`` is taken
+    (``mkdir`` fails for all but one process). An ``explicit`` folder (``--run-dir``, a resume)
+    is used as it is; the run lock then keeps a second writer out.
+
+    >>> import tempfile
+    >>> base = Path(tempfile.mkdtemp()) / "tiny"
+    >>> claim_run_dir(base, False).name, claim_run_dir(base, False).name
+    ('tiny', 'tiny-2')
+    """
+    if explicit:
+        run.mkdir(parents=True, exist_ok=True)
+        return run
+    run.parent.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"-\d+$", "", run.name) or run.name
+    candidate, i = run, 2
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate, i = run.with_name(f"{stem}-{i}"), i + 1
 
 
 def make_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None) -> Path:

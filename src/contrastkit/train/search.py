@@ -131,18 +131,14 @@ def _one_builder(run: Path) -> Iterator[None]:
     `contrastkit index RUN` at once would share the streaming build's embeddings and progress
     files. Readers never wait: the index file itself is replaced atomically. Under torchrun
     the ranks build one index together, so no lock is taken."""
-    import fcntl
+    from contrastkit.atomic import exclusive_lock
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield
         return
     run.mkdir(parents=True, exist_ok=True)
-    with open(run / "index.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(run / "index.lock", what=f"the index build of {run}", wait=True):
+        yield
 
 
 QUERIES_DIR = "queries"
