@@ -97,7 +97,7 @@ def mean_pool(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
     return (token_embeddings * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
 
 
-@register("hf_text")
+@register("hf_text", inputs="text", pretrained=True)
 class TextEncoder(nn.Module):
     """``texts (list of B str) -> embeddings (B, D)``: a transformer, pooling, optional Dense
     layers and L2 normalisation, as the model folder says.
@@ -457,19 +457,19 @@ class EmbedTokens(nn.Module):
         return self.encoder.embed_tokens(**tokens)
 
 
-@register("tiny_text")
+@register("tiny_text", inputs="text")
 def tiny_text_encoder(**kwargs: Any) -> TextEncoder:
     """Registry entry for :meth:`TextEncoder.from_scratch`."""
     return TextEncoder.from_scratch(**kwargs)
 
 
-@register("minilm")
+@register("minilm", inputs="text", pretrained=True)
 def minilm_encoder(**kwargs: Any) -> TextEncoder:
     """Registry entry for the packaged pretrained all-MiniLM-L6-v2 (:class:`TextEncoder`)."""
     return TextEncoder(**kwargs)
 
 
-@register("hf")
+@register("hf", inputs="text", pretrained=True)
 def hf_text_encoder(
     path: str | Path | None = None,
     pooling: str | list[str] | None = None,
