@@ -122,11 +122,14 @@ def test_dim_truncates_and_renormalises_and_float16_halves_the_file(tmp_path):
     stored = np.memmap(built.embeddings_path, dtype="<f2", mode="r", shape=(300, 8))
     expected = torch.nn.functional.normalize(source.table[:, :8], dim=1).numpy()
     np.testing.assert_allclose(stored.astype(np.float32), expected, atol=1e-3)
-    with pytest.raises(ValueError, match=r"dim=25 is larger than the embedding width 24"):
+    # the library names its arguments (dim, trained_dims); the CLI restates them (--dim, below)
+    with pytest.raises(
+        ValueError, match=r"^dim=25 is larger than the embedding width 24; pass dim <= 24"
+    ):
         stream_index(source, tmp_path / "x", dim=25, progress=False)
-    with pytest.warns(UserWarning, match=r"--dim 12: the run's Matryoshka dims are \[8, 24\]"):
+    with pytest.warns(UserWarning, match=r"^dim 12: the run's Matryoshka dims are \[8, 24\]"):
         stream_index(source, tmp_path / "y", dim=12, trained_dims=[8, 24], progress=False)
-    with pytest.warns(UserWarning, match="not trained with Matryoshka dims"):
+    with pytest.warns(UserWarning, match=r"not trained with Matryoshka dims \(trained_dims\)"):
         stream_index(source, tmp_path / "z", dim=12, progress=False)
     with pytest.raises(ValueError, match="dtype must be 'float32' or 'float16'"):
         stream_index(source, tmp_path / "w", dtype="int8", progress=False)
@@ -168,7 +171,10 @@ def test_index_and_search_commands_on_a_real_run(tiny_run, capsys):
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "indexed 1422 items" in captured.out
-    assert "--dim 8: the run was not trained with Matryoshka dims" in captured.err
+    assert (
+        "--dim 8: the run was not trained with Matryoshka dims (loss.matryoshka_dims)"
+        in captured.err
+    )
     index = load_index(tiny_run / "index" / "corpus.ckindex")
     assert index.backend == "faiss_ivfpq" and index.dim == 8 and index.nlist == 8
     query = re.search(r"search it: contrastkit search (\S+) (\S+)", captured.out).group(2)
@@ -179,7 +185,9 @@ def test_index_and_search_commands_on_a_real_run(tiny_run, capsys):
     assert err.startswith("contrastkit search: ef=32 is a search setting of faiss_hnsw")
     assert len(err.splitlines()) == 1
     assert main(["index", run, "--dim", "999", "--no-progress"]) == 2
-    assert "dim=999 is larger than the embedding width" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--dim=999 is larger than the embedding width" in err
+    assert re.search(r"; pass --dim <= \d+ ", err)
     assert main(["index", run, "--backend", "faiss_ivfpq", "--param", "m=3", "--no-progress"]) == 2
     assert "m=3 does not divide dim=" in capsys.readouterr().err
     assert main(["index", run, "--param", "nlist"]) == 2

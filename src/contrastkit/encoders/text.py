@@ -42,6 +42,7 @@ from contrastkit.encoders.st_folder import (
     read_st_folder,
     side_prompt,
 )
+from contrastkit.errors import ArgumentError
 
 _INSTALL_HINT = "pip install transformers"
 
@@ -481,10 +482,11 @@ def hf_text_encoder(
     """Registry entry ``hf``: any local Hugging Face or sentence-transformers text model
     folder (``model.name: hf`` with ``model.options.path``); see :class:`TextEncoder`."""
     if path is None or not isinstance(path, str | Path) or not str(path):
-        raise ValueError(
-            f"model.options.path must be a local model folder for model.name 'hf', got {path!r}; "
-            "e.g. --set model.options.path=/models/bge-small (or model.name=minilm for the "
-            "packaged all-MiniLM-L6-v2)."
+        raise ArgumentError(
+            f"{{path}} must be a local model folder for the encoder 'hf', got {path!r}; e.g. "
+            "{path}=/models/bge-small (or the encoder 'minilm' for the packaged "
+            "all-MiniLM-L6-v2).",
+            "path",
         )
     return TextEncoder(
         path,

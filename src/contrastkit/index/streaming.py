@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
+from contrastkit.errors import ArgumentError, ArgumentWarning
 from contrastkit.index.base import Index, atomic_write, create_index
 
 __all__ = [
@@ -229,9 +230,10 @@ def embed_to_folder(
     first_np = first.detach().cpu().float().numpy() if isinstance(first, Tensor) else first
     width = int(first_np.shape[1])
     if dim is not None and dim > width:
-        raise ValueError(
-            f"dim={dim} is larger than the embedding width {width}; pass --dim <= {width} "
-            "(ideally one of the run's Matryoshka dims)."
+        raise ArgumentError(
+            f"{{dim}}={dim} is larger than the embedding width {width}; pass {{dim}} <= {width} "
+            "(ideally one of the run's Matryoshka dims).",
+            "dim",
         )
     keep = width if dim is None else dim
     if keep < width:
@@ -322,10 +324,12 @@ def index_parts(
                 "set has a gap or an overlap; embed every rank's share with the same world size."
             )
         if (part.dim, part.dtype) != (parts[0].dim, parts[0].dtype):
-            raise ValueError(
-                f"shard {part.folder} has dim={part.dim}, dtype={part.dtype} but shard "
-                f"{parts[0].folder} has dim={parts[0].dim}, dtype={parts[0].dtype}; embed all "
-                "shards with the same --dim and --dtype."
+            raise ArgumentError(
+                f"shard {part.folder} has {{dim}}={part.dim}, {{dtype}}={part.dtype} but shard "
+                f"{parts[0].folder} has {{dim}}={parts[0].dim}, {{dtype}}={parts[0].dtype}; "
+                "embed all shards with the same {dim} and {dtype}.",
+                "dim",
+                "dtype",
             )
         expected = part.stop
     n, keep = expected, parts[0].dim
@@ -511,10 +515,14 @@ def warn_dim_not_trained(dim: int, trained: Sequence[int] | None) -> None:
         hint = (
             f"the run's Matryoshka dims are {dims}"
             if dims
-            else "the run was not trained with Matryoshka dims (loss.matryoshka_dims)"
+            else "the run was not trained with Matryoshka dims ({trained_dims})"
         )
         warnings.warn(
-            f"--dim {dim}: {hint}; a truncated embedding of another width may search much worse.",
-            UserWarning,
+            ArgumentWarning(
+                f"{{dim}} {dim}: {hint}; a truncated embedding of another width may search much "
+                "worse.",
+                "dim",
+                "trained_dims",
+            ),
             stacklevel=3,
         )
