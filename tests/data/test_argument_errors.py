@@ -69,6 +69,8 @@ def test_argument_errors_pickle_and_warnings_restate() -> None:
 
 
 def test_the_cli_names_the_config_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The config checks data.root before any data is read, naming the keys (the CLI restating
+    a library error mid-run: tests/index/test_streaming.py, --dim)."""
     from tests.train.conftest import tiny_pairs_config
 
     from contrastkit.cli import main

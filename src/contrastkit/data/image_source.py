@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contrastkit.data.sources import IMAGE_SOURCES, load_source
+from contrastkit.data.sources import IMAGE_SOURCES, load_source, root_required
 from contrastkit.errors import ArgumentError
 
 
@@ -168,12 +168,7 @@ def open_images(
         from contrastkit.data.image_folder import ImageFiles, first_image_size
 
         if not root:
-            raise ArgumentError(
-                "{dataset}='image_folder' needs {root}: a folder of class folders, a flat "
-                "folder of images, or a CSV/Parquet manifest with a path column.",
-                "root",
-                "dataset",
-            )
+            raise root_required("image_folder")
         size = image_size or first_image_size(root)
         files = ImageFiles(root, image_size=size, split=split, seed=seed, **options)
         return FolderImages(files, workers)

@@ -15,6 +15,28 @@ from typing import Any
 from contrastkit.data._common import ImageDataset, TextPairs
 from contrastkit.errors import ArgumentError
 
+ROOT_REQUIRED: dict[str, str] = {
+    "pairs_file": "the .jsonl/.csv/.parquet file",
+    "beir": "a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), e.g. one written "
+    "by `contrastkit data export-beir wordnet DIR`",
+    "hf": "a datasets.save_to_disk folder or local .jsonl/.csv/.parquet data files",
+    "image_folder": "a folder of class folders, a flat folder of images, or a CSV/Parquet "
+    "manifest with a path column",
+}
+"""The sources that read the user's own files, and what their ``root`` must be (a config can
+check it before any data is read)."""
+
+
+def root_required(dataset: str) -> ArgumentError:
+    """The error for source ``dataset`` loaded without its ``root``.
+
+    >>> str(root_required("pairs_file"))
+    "dataset='pairs_file' needs root: the .jsonl/.csv/.parquet file."
+    """
+    return ArgumentError(
+        f"{{dataset}}={dataset!r} needs {{root}}: {ROOT_REQUIRED[dataset]}.", "root", "dataset"
+    )
+
 
 def _fashion_mnist(split: str, root: str | os.PathLike | None = None, **opts: Any) -> ImageDataset:
     from contrastkit.data.fashion_mnist import load_fashion_mnist
@@ -50,9 +72,7 @@ def _pairs_file(split: str, root: str | os.PathLike | None = None, **opts: Any) 
     from contrastkit.data.files import load_pairs
 
     if not root:
-        raise ArgumentError(
-            "{dataset}='pairs_file' needs {root}: the .jsonl/.csv/.parquet file.", "root", "dataset"
-        )
+        raise root_required("pairs_file")
     return load_pairs(root, split=split, **opts)
 
 
@@ -66,12 +86,7 @@ def _beir(
     from contrastkit.data.beir import load_beir_pairs
 
     if not root:
-        raise ArgumentError(
-            "{dataset}='beir' needs {root}: a BEIR folder (corpus.jsonl, queries.jsonl, "
-            "qrels/<split>.tsv), e.g. one written by `contrastkit data export-beir wordnet DIR`.",
-            "root",
-            "dataset",
-        )
+        raise root_required("beir")
     return load_beir_pairs(root, train_split if split == "train" else test_split, **opts)
 
 
@@ -79,12 +94,7 @@ def _hf(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextP
     from contrastkit.data.hf import load_hf_pairs
 
     if not root:
-        raise ArgumentError(
-            "{dataset}='hf' needs {root}: a datasets.save_to_disk folder or local "
-            ".jsonl/.csv/.parquet data files.",
-            "root",
-            "dataset",
-        )
+        raise root_required("hf")
     return load_hf_pairs(root, split=split, **opts)
 
 
