@@ -211,7 +211,7 @@ def _bench(
 STREAM_SCRIPT = r"""
 import json, sys, tempfile, time
 import numpy as np
-from contrastkit.index.streaming import stream_index
+from contrastkit.index.streaming import EmbeddingSpec, IndexSpec, stream_index
 
 n, d, backend, params = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 freq = np.random.default_rng(0).uniform(0.001, 1.0, size=(1, d))
@@ -231,8 +231,8 @@ def peak_kb():  # this process's own high-water mark (ru_maxrss keeps the parent
 base = peak_kb()
 with tempfile.TemporaryDirectory() as folder:
     t0 = time.perf_counter()
-    built = stream_index(Synthetic(), folder, backend=backend, chunk=8192, dtype="float16",
-                         train_size=20_000, progress=False, **params)
+    built = stream_index(Synthetic(), folder, IndexSpec(backend, params=params, train_size=20_000),
+                         EmbeddingSpec(dtype="float16", chunk=8192), progress=False)
     seconds = time.perf_counter() - t0
 peak = peak_kb()
 print(json.dumps({"seconds": seconds, "peak_kb": peak, "base_kb": base,

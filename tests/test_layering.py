@@ -9,6 +9,18 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 APPLICATION = ("contrastkit.train", "contrastkit.cli", "contrastkit.serve", "contrastkit.export")
 
+#: Edges the library-wide cycle check tolerates for now. Issue 27 point 5 removes the
+#: functional <-> distributed cycle (the ``*_distributed`` twins that four functional losses
+#: reach through a function-local import); delete these two at that merge.
+KNOWN_CYCLE_EDGES = {
+    ("contrastkit.functional.contrastive", "contrastkit.distributed"),
+    ("contrastkit.functional.noncontrastive", "contrastkit.distributed"),
+    # encoders/__init__ -> encoders.towers -> losses.temperature runs losses/__init__, which
+    # re-exports encoders.heads.PredictionHead: a package-level cycle. The fix is to drop that
+    # re-export from losses/__init__ (outside this branch's files); then delete this edge.
+    ("contrastkit.losses", "contrastkit.encoders"),
+}
+
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -33,12 +45,124 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run: module level and function-local alike, but not the
+    ones under ``if TYPE_CHECKING:`` (annotations only; they never execute)."""
+    out: list[ast.Import | ast.ImportFrom] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> modules its import statements execute``, as Python runs them.
+
+    ``from pkg import sub`` where ``sub`` is a module is an edge to ``pkg.sub``; ``from pkg import
+    name`` for any other name is an edge to ``pkg`` (its ``__init__`` must have defined it).
+    Importing ``a.b.c`` also runs the ``__init__`` of every package above it that the importer
+    is not itself inside (a member's own package is already being imported when it runs).
+    """
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, f in mods.items():
+        named: set[str] = set()
+        for node in _runtime_imports(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if not node.module or node.level != 0:
+                    continue
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    named.add(sub if sub in mods else node.module)
+            else:
+                named |= {a.name for a in node.names}
+        deps = {d for d in named if d in mods}
+        for d in list(deps):
+            parts = d.split(".")
+            for i in range(1, len(parts)):
+                package = ".".join(parts[:i])
+                if package in mods and not name.startswith(package + "."):
+                    deps.add(package)
+        graph[name] = deps - {name}
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
 def test_the_library_never_imports_the_application() -> None:
     graph = _graph()
     library = [m for m in graph if not m.startswith((*APPLICATION, "contrastkit.report"))]
     library = [m for m in library if m != "contrastkit"]
     up = [(m, d) for m in library for d in graph[m] if d.startswith(APPLICATION)]
     assert up == []
+
+
+def test_the_library_has_no_import_cycle() -> None:
+    """Any cycle among the library's modules, through module-level or function-local imports:
+    a function-local import that closes a loop is a cycle postponed, not removed. Members import
+    their registry module and the package ``__init__`` imports the members, never the reverse."""
+    graph = import_graph()
+    library = {m for m in graph if not m.startswith((*APPLICATION, "contrastkit.report"))}
+    library.discard("contrastkit")  # the top-level namespace re-exports everything
+    edges = {
+        m: {d for d in graph[m] if d in library and (m, d) not in KNOWN_CYCLE_EDGES}
+        for m in library
+    }
+    cycles = find_cycles(edges)
+    detail = [[(a, b) for a in c for b in sorted(edges[a]) if b in c] for c in cycles]
+    assert cycles == [], detail
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert find_cycles(graph) == [["a", "b", "c"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_train_has_no_import_cycle_and_task_files_import_only_base() -> None:

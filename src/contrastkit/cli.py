@@ -28,6 +28,19 @@ from typing import Any
 EXIT_USAGE, EXIT_DIVERGED, EXIT_MISSING, EXIT_INTERRUPTED = 2, 3, 4, 130
 EXIT_WRITE, EXIT_BUG = 5, 1
 
+ARGUMENT_NAMES = {
+    "dataset": "data.dataset",
+    "root": "data.root",
+    "hf_split": "data.options.hf_split",
+    "path": "model.options.path",
+    "trained_dims": "loss.matryoshka_dims",
+    "dim": "--dim",
+    "dtype": "--dtype",
+}
+"""The library's argument names -> the config keys and flags a user of the command sets: a
+library error or warning about ``root`` (:class:`contrastkit.errors.ArgumentError`) is printed
+about ``data.root``."""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -289,8 +302,12 @@ def _exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
 
 
 def _one_line(err: BaseException) -> str:
-    """The error as one line (multi-line messages, e.g. pydantic's, are joined)."""
-    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    """The error as one line (multi-line messages, e.g. pydantic's, are joined), naming the
+    library's arguments by their config keys and flags (:data:`ARGUMENT_NAMES`)."""
+    from contrastkit.errors import restate
+
+    message = restate(err, ARGUMENT_NAMES)
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
     return text or type(err).__name__
 
 
@@ -467,9 +484,12 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
     if _finish_distributed() != 0:  # torchrun: every rank embedded its share; rank 0 reports
         return 0
+    from contrastkit.errors import restate
+
     for warning in caught:
         if issubclass(warning.category, UserWarning):
-            print(f"contrastkit index: warning: {warning.message}", file=sys.stderr)
+            message = restate(warning.message, ARGUMENT_NAMES)
+            print(f"contrastkit index: warning: {message}", file=sys.stderr)
     print(f"indexed {n} items into {path}")
     _print_search_hint(args.run)
     return 0

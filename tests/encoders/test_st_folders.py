@@ -211,7 +211,9 @@ def test_hf_registry_entry_and_save_round_trip(dense_prompt_folder, tmp_path):
     torch.testing.assert_close(
         TextEncoder(saved).encode(TEXTS, side="document"), reference, atol=1e-5, rtol=0
     )
-    with pytest.raises(ValueError, match=r"model.options.path"):
+    with pytest.raises(
+        ValueError, match=r"^path must be a local model folder for the encoder 'hf'"
+    ):
         create_encoder("hf")
 
 

@@ -9,6 +9,7 @@ import torch
 
 from contrastkit.eval import (
     KNNAccuracy,
+    Relevance,
     evaluate_embeddings,
     knn_accuracy,
     knn_predict,
@@ -136,7 +137,7 @@ def test_evaluate_embeddings_reports_every_number(digits):
     # The shared search gives the same numbers as the separate functions.
     assert out["knn_accuracy"] == knn_accuracy(x_test, y_test, x_train, y_train)
     separate = retrieval_metrics(
-        x_test, x_train, query_labels=y_test, corpus_labels=y_train, ks=(1, 10), with_map_at_r=True
+        x_test, x_train, Relevance(y_test, y_train), ks=(1, 10), with_map_at_r=True
     )
     for name in ("precision@1", "hit_rate@10", "map@r", "r_precision"):
         assert out[name] == pytest.approx(separate[name], abs=1e-6), name

@@ -14,7 +14,9 @@ from contrastkit.eval import (
     NDCGAtK,
     PrecisionAtK,
     RecallAtK,
+    Relevance,
     RetrievalMetrics,
+    SearchChunks,
     hit_rate_at_k,
     map_at_r,
     mrr_at_k,
@@ -94,13 +96,11 @@ def test_label_relevance_matches_reference(metric):
     got = retrieval_scores(
         query,
         corpus,
-        query_labels=query_labels,
-        corpus_labels=corpus_labels,
+        Relevance(query_labels, corpus_labels),
         ks=KS,
         metric=metric,
         with_map_at_r=True,
-        chunk_size=7,
-        query_chunk_size=5,
+        chunks=SearchChunks(corpus=7, query=5),
     )
     sets = [[j for j in range(40) if corpus_labels[j] == query_labels[q]] for q in range(23)]
     want = reference_metrics(query, corpus, sets, KS, metric)
@@ -118,11 +118,11 @@ def test_explicit_relevant_indices_one_or_many():
         items = torch.randperm(30, generator=gen(100 + q))[:n]
         relevant[q, :n] = items
         sets.append(items.tolist())
-    got = retrieval_scores(query, corpus, relevant=relevant, ks=KS, with_map_at_r=True)
+    got = retrieval_scores(query, corpus, Relevance(relevant=relevant), ks=KS, with_map_at_r=True)
     assert_same(got, reference_metrics(query, corpus, sets, KS))
     # One relevant item per query as a (Q,) tensor.
     single = torch.randint(0, 30, (12,), generator=gen(6))
-    got = retrieval_scores(query, corpus, relevant=single, ks=(1, 5))
+    got = retrieval_scores(query, corpus, Relevance(relevant=single), ks=(1, 5))
     assert_same(got, reference_metrics(query, corpus, [[int(i)] for i in single], (1, 5)))
     torch.testing.assert_close(got["recall@5"], got["hit_rate@5"])  # equal with one relevant
 
@@ -132,8 +132,8 @@ def test_leave_one_out_matches_reference():
     labels = torch.randint(0, 4, (25,), generator=gen(8))
     labels[0] = 9  # a singleton: nothing relevant once itself is excluded
     got = retrieval_scores(
-        emb, emb, query_labels=labels, corpus_labels=labels, ks=KS, exclude_self=True,
-        with_map_at_r=True, chunk_size=6,
+        emb, emb, Relevance(labels, labels, exclude="self"), ks=KS, with_map_at_r=True,
+        chunks=SearchChunks(corpus=6),
     )  # fmt: skip
     sets = [[j for j in range(25) if labels[j] == labels[q]] for q in range(25)]
     want = reference_metrics(emb, emb, sets, KS, exclude=list(range(25)))
@@ -146,8 +146,8 @@ def test_ties_are_ranked_by_lower_corpus_index():
     corpus = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     for chunk_size in (1, 2, 4):
         got = retrieval_scores(
-            torch.tensor([[1.0, 0.0]]), corpus, relevant=torch.tensor([2]), ks=(3,),
-            chunk_size=chunk_size,
+            torch.tensor([[1.0, 0.0]]), corpus, Relevance(relevant=torch.tensor([2])), ks=(3,),
+            chunks=SearchChunks(corpus=chunk_size),
         )  # fmt: skip
         assert got["mrr@3"].tolist() == pytest.approx([1 / 3])
 
@@ -175,11 +175,12 @@ def test_hand_made_values():
 def test_queries_without_relevant_items_are_skipped():
     corpus = torch.eye(3)
     metrics = retrieval_metrics(
-        corpus, corpus, relevant=torch.tensor([[0], [-1], [2]]), ks=(1,), with_map_at_r=True
-    )
+        corpus, corpus, Relevance(relevant=torch.tensor([[0], [-1], [2]])), ks=(1,),
+        with_map_at_r=True,
+    )  # fmt: skip
     assert metrics["recall@1"] == 1.0 and metrics["map@r"] == 1.0
     assert metrics["skipped_queries"] == 1.0
-    none = retrieval_metrics(corpus, corpus, relevant=torch.full((3, 1), -1), ks=(1,))
+    none = retrieval_metrics(corpus, corpus, Relevance(relevant=torch.full((3, 1), -1)), ks=(1,))
     assert math.isnan(none["recall@1"]) and none["skipped_queries"] == 3.0
 
 
@@ -188,11 +189,17 @@ def test_chunked_equals_unchunked():
     corpus = torch.randn(300, 8, generator=gen(10))
     ql = torch.randint(0, 7, (40,), generator=gen(11))
     cl = torch.randint(0, 7, (300,), generator=gen(12))
-    kw = {"query_labels": ql, "corpus_labels": cl, "ks": (1, 5, 20), "with_map_at_r": True}
-    whole = retrieval_scores(query, corpus, chunk_size=10_000, query_chunk_size=10_000, **kw)
+    kw = {"ks": (1, 5, 20), "with_map_at_r": True}
+    whole = retrieval_scores(
+        query, corpus, Relevance(ql, cl), chunks=SearchChunks(10_000, 10_000), **kw
+    )
     for chunk_size, query_chunk_size in [(1, 3), (17, 7), (64, 40)]:
         part = retrieval_scores(
-            query, corpus, chunk_size=chunk_size, query_chunk_size=query_chunk_size, **kw
+            query,
+            corpus,
+            Relevance(ql, cl),
+            chunks=SearchChunks(chunk_size, query_chunk_size),
+            **kw,
         )
         assert_same(part, whole)
 
@@ -200,13 +207,13 @@ def test_chunked_equals_unchunked():
 def test_index_backed_equals_exact_and_handles_exclude():
     emb = torch.randn(200, 8, generator=gen(13))
     labels = torch.randint(0, 5, (200,), generator=gen(14))
-    kw = {"query_labels": labels, "corpus_labels": labels, "ks": (1, 10), "exclude_self": True}
-    exact = retrieval_scores(emb, emb, metric="dot", **kw)
+    relevance = Relevance(labels, labels, exclude="self")
+    exact = retrieval_scores(emb, emb, relevance, metric="dot", ks=(1, 10))
     for backend in ("exact", "faiss_flat"):
         index = build_index(emb, backend, "dot")
-        assert_same(retrieval_scores(emb, index=index, **kw), exact)
+        assert_same(retrieval_scores(emb, index, relevance, ks=(1, 10)), exact)
     with pytest.raises(ValueError, match="built with metric='dot'"):
-        retrieval_scores(emb, index=index, metric="cosine", **kw)
+        retrieval_scores(emb, index, relevance, metric="cosine", ks=(1, 10))
 
 
 def test_stateful_metrics_equal_functional():
@@ -214,9 +221,7 @@ def test_stateful_metrics_equal_functional():
     corpus = torch.randn(120, 6, generator=gen(16))
     ql = torch.randint(0, 8, (50,), generator=gen(17))  # labels 6, 7 absent from the corpus
     cl = torch.randint(0, 6, (120,), generator=gen(18))
-    want = retrieval_metrics(
-        query, corpus, query_labels=ql, corpus_labels=cl, ks=(1, 5), with_map_at_r=True
-    )
+    want = retrieval_metrics(query, corpus, Relevance(ql, cl), ks=(1, 5), with_map_at_r=True)
     collection = RetrievalMetrics(corpus, cl, ks=(1, 5), with_map_at_r=True)
     singles = {
         "recall@5": RecallAtK(corpus, cl, k=5),
@@ -251,13 +256,21 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="retrieve k >= R"):
         map_at_r(hits, torch.tensor([3]))
     q, c = torch.randn(3, 2), torch.randn(4, 2)
-    with pytest.raises(ValueError, match="exclude_self=True needs"):
-        retrieval_scores(q, c, relevant=torch.tensor([0, 1, 2]), exclude_self=True)
+    with pytest.raises(ValueError, match="exclude='self' needs"):
+        retrieval_scores(q, c, Relevance(relevant=torch.tensor([0, 1, 2]), exclude="self"))
     with pytest.raises(ValueError, match="repeats a corpus index"):
-        retrieval_scores(q, c, relevant=torch.tensor([[0, 0], [1, -1], [2, -1]]))
-    with pytest.raises(ValueError, match="exactly one of corpus"):
-        retrieval_scores(q, relevant=torch.tensor([0, 1, 2]))
+        retrieval_scores(q, c, Relevance(relevant=torch.tensor([[0, 0], [1, -1], [2, -1]])))
+    with pytest.raises(TypeError, match="corpus must be an \\(N, D\\) tensor"):
+        retrieval_scores(q, None, Relevance(relevant=torch.tensor([0, 1, 2])))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="corpus_labels must have shape"):
-        retrieval_scores(
-            q, c, query_labels=torch.tensor([0, 1, 2]), corpus_labels=torch.tensor([1])
-        )
+        retrieval_scores(q, c, Relevance(torch.tensor([0, 1, 2]), torch.tensor([1])))
+    with pytest.raises(ValueError, match="either by labels or by relevant indices, not both"):
+        Relevance(torch.tensor([0]), torch.tensor([0]), relevant=torch.tensor([0]))
+    with pytest.raises(ValueError, match="give relevance as query_labels and corpus_labels"):
+        Relevance(query_labels=torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"exclude must be .* or 'self', got 'me'"):
+        Relevance(relevant=torch.tensor([0]), exclude="me")
+    with pytest.raises(ValueError, match=r"SearchChunks\.query must be a positive int, got 0"):
+        SearchChunks(query=0)
+    with pytest.raises(TypeError, match="relevance must be a Relevance"):
+        retrieval_scores(q, c, torch.tensor([0, 1, 2]))  # type: ignore[arg-type]

@@ -14,7 +14,13 @@ import torch
 import yaml
 
 from contrastkit.index import build_index, load_index
-from contrastkit.index.streaming import PROGRESS_FILE, TensorSource, stream_index
+from contrastkit.index.streaming import (
+    PROGRESS_FILE,
+    EmbeddingSpec,
+    IndexSpec,
+    TensorSource,
+    stream_index,
+)
 
 
 class CountingSource:
@@ -41,7 +47,9 @@ class Interrupt(Exception):
 def test_streamed_index_equals_an_in_memory_build(tmp_path):
     source = CountingSource(1000)
     queries = torch.randn(20, 24, generator=torch.Generator().manual_seed(1))
-    built = stream_index(source, tmp_path / "a", backend="exact", chunk=128, progress=False)
+    built = stream_index(
+        source, tmp_path / "a", IndexSpec("exact"), EmbeddingSpec(chunk=128), progress=False
+    )
     whole = build_index(source.table, "exact")
     assert torch.equal(built.index.search(queries, 10).indices, whole.search(queries, 10).indices)
     loaded = load_index(built.path)
@@ -51,7 +59,11 @@ def test_streamed_index_equals_an_in_memory_build(tmp_path):
     assert not (tmp_path / "a" / PROGRESS_FILE).exists()  # complete: nothing to resume
     # A trainable backend trains on the (here: whole) sample, then gets the chunks one by one.
     pq = stream_index(
-        source, tmp_path / "b", backend="faiss_ivfpq", chunk=100, train_size=1000, progress=False
+        source,
+        tmp_path / "b",
+        IndexSpec("faiss_ivfpq", train_size=1000),
+        EmbeddingSpec(chunk=100),
+        progress=False,
     )
     ref = build_index(source.table, "faiss_ivfpq")
     assert pq.index.params() == ref.params()
@@ -69,8 +81,8 @@ def test_an_interrupted_build_resumes_from_its_last_complete_chunk(tmp_path):
         stream_index(
             source,
             tmp_path,
-            backend="faiss_sq8",
-            chunk=100,
+            IndexSpec("faiss_sq8"),
+            EmbeddingSpec(chunk=100),
             on_chunk=stop_after_three,
             progress=False,
         )
@@ -78,13 +90,12 @@ def test_an_interrupted_build_resumes_from_its_last_complete_chunk(tmp_path):
     with open(tmp_path / "metadata.jsonl", "ab") as handle:  # a chunk half-written when killed
         handle.write(b'{"doc": 300}\n{"do')
     source.calls.clear()
-    resumed = stream_index(source, tmp_path, backend="faiss_sq8", chunk=100, progress=False)
+    sq8, by_100 = IndexSpec("faiss_sq8"), EmbeddingSpec(chunk=100)
+    resumed = stream_index(source, tmp_path, sq8, by_100, progress=False)
     assert resumed.resumed_from == 300
     # Only chunk 0 (to learn the width) and the missing chunks are embedded again.
     assert source.calls == [(0, 100)] + [(s, s + 100) for s in range(300, 1000, 100)]
-    fresh = stream_index(
-        CountingSource(1000), tmp_path / "fresh", backend="faiss_sq8", chunk=100, progress=False
-    )
+    fresh = stream_index(CountingSource(1000), tmp_path / "fresh", sq8, by_100, progress=False)
     q = torch.randn(10, 24, generator=torch.Generator().manual_seed(2))
     assert torch.equal(resumed.index.search(q, 10).indices, fresh.index.search(q, 10).indices)
     assert resumed.index.metadata == fresh.index.metadata
@@ -93,14 +104,17 @@ def test_an_interrupted_build_resumes_from_its_last_complete_chunk(tmp_path):
         stream_index(
             source,
             tmp_path,
-            backend="exact",
-            chunk=100,
-            fingerprint="step_4",
+            IndexSpec("exact"),
+            EmbeddingSpec(chunk=100, fingerprint="step_4"),
             on_chunk=stop_after_three,
             progress=False,
         )
     again = stream_index(
-        source, tmp_path, backend="exact", chunk=100, fingerprint="step_8", progress=False
+        source,
+        tmp_path,
+        IndexSpec("exact"),
+        EmbeddingSpec(chunk=100, fingerprint="step_8"),
+        progress=False,
     )
     assert again.resumed_from == 0
 
@@ -110,11 +124,8 @@ def test_dim_truncates_and_renormalises_and_float16_halves_the_file(tmp_path):
     built = stream_index(
         source,
         tmp_path,
-        backend="exact",
-        dim=8,
-        dtype="float16",
-        chunk=64,
-        trained_dims=[8, 24],
+        IndexSpec("exact"),
+        EmbeddingSpec(dim=8, dtype="float16", chunk=64, trained_dims=[8, 24]),
         progress=False,
     )
     assert built.index.dim == 8 and built.embeddings_path.name == "embeddings.f16"
@@ -122,14 +133,29 @@ def test_dim_truncates_and_renormalises_and_float16_halves_the_file(tmp_path):
     stored = np.memmap(built.embeddings_path, dtype="<f2", mode="r", shape=(300, 8))
     expected = torch.nn.functional.normalize(source.table[:, :8], dim=1).numpy()
     np.testing.assert_allclose(stored.astype(np.float32), expected, atol=1e-3)
-    with pytest.raises(ValueError, match=r"dim=25 is larger than the embedding width 24"):
-        stream_index(source, tmp_path / "x", dim=25, progress=False)
-    with pytest.warns(UserWarning, match=r"--dim 12: the run's Matryoshka dims are \[8, 24\]"):
-        stream_index(source, tmp_path / "y", dim=12, trained_dims=[8, 24], progress=False)
-    with pytest.warns(UserWarning, match="not trained with Matryoshka dims"):
-        stream_index(source, tmp_path / "z", dim=12, progress=False)
+    # the library names its arguments (dim, trained_dims); the CLI restates them (--dim, below)
+    with pytest.raises(
+        ValueError, match=r"^dim=25 is larger than the embedding width 24; pass dim <= 24"
+    ):
+        stream_index(source, tmp_path / "x", embedding=EmbeddingSpec(dim=25), progress=False)
+    with pytest.warns(UserWarning, match=r"^dim 12: the run's Matryoshka dims are \[8, 24\]"):
+        stream_index(
+            source,
+            tmp_path / "y",
+            None,
+            EmbeddingSpec(dim=12, trained_dims=[8, 24]),
+            progress=False,
+        )
+    with pytest.warns(UserWarning, match=r"not trained with Matryoshka dims \(trained_dims\)"):
+        stream_index(source, tmp_path / "z", embedding=EmbeddingSpec(dim=12), progress=False)
     with pytest.raises(ValueError, match="dtype must be 'float32' or 'float16'"):
-        stream_index(source, tmp_path / "w", dtype="int8", progress=False)
+        EmbeddingSpec(dtype="int8")
+    with pytest.raises(ValueError, match="chunk must be a positive int, got 0"):
+        EmbeddingSpec(chunk=0)
+    with pytest.raises(ValueError, match="train_size must be a positive int"):
+        IndexSpec(train_size=-1)
+    with pytest.raises(TypeError, match="params must be a mapping"):
+        IndexSpec("faiss_ivf", params=[("nlist", 4)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="one entry per embedding"):
         TensorSource(torch.zeros(3, 2), [{}])
 
@@ -168,7 +194,10 @@ def test_index_and_search_commands_on_a_real_run(tiny_run, capsys):
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "indexed 1422 items" in captured.out
-    assert "--dim 8: the run was not trained with Matryoshka dims" in captured.err
+    assert (
+        "--dim 8: the run was not trained with Matryoshka dims (loss.matryoshka_dims)"
+        in captured.err
+    )
     index = load_index(tiny_run / "index" / "corpus.ckindex")
     assert index.backend == "faiss_ivfpq" and index.dim == 8 and index.nlist == 8
     query = re.search(r"search it: contrastkit search (\S+) (\S+)", captured.out).group(2)
@@ -179,7 +208,9 @@ def test_index_and_search_commands_on_a_real_run(tiny_run, capsys):
     assert err.startswith("contrastkit search: ef=32 is a search setting of faiss_hnsw")
     assert len(err.splitlines()) == 1
     assert main(["index", run, "--dim", "999", "--no-progress"]) == 2
-    assert "dim=999 is larger than the embedding width" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--dim=999 is larger than the embedding width" in err
+    assert re.search(r"; pass --dim <= \d+ ", err)
     assert main(["index", run, "--backend", "faiss_ivfpq", "--param", "m=3", "--no-progress"]) == 2
     assert "m=3 does not divide dim=" in capsys.readouterr().err
     assert main(["index", run, "--param", "nlist"]) == 2
@@ -203,40 +234,30 @@ def test_shards_merged_equal_a_single_process_build(tmp_path):
     source = CountingSource(1001)
     q = torch.randn(15, 24, generator=torch.Generator().manual_seed(3))
     for backend, params in (("exact", {}), ("faiss_ivfpq", {"nlist": 8, "m": 6, "nbits": 6})):
-        single = stream_index(
-            source,
-            tmp_path / f"one-{backend}",
-            backend=backend,
-            chunk=128,
-            train_size=500,
-            progress=False,
-            **params,
-        )
+        spec, by_128 = IndexSpec(backend, params=params, train_size=500), EmbeddingSpec(chunk=128)
+        single = stream_index(source, tmp_path / f"one-{backend}", spec, by_128, progress=False)
         parts = [
             embed_to_folder(
                 source,
                 tmp_path / backend / f"s{r}",
-                chunk=128,
+                by_128,
                 rows=shard_rows(1001, r, 3),
                 progress=False,
             )
             for r in (2, 0, 1)  # any order: merged by row
         ]
-        merged, _ = index_parts(
-            parts,
-            tmp_path / backend / "merged.ckindex",
-            backend=backend,
-            chunk=128,
-            train_size=500,
-            **params,
-        )
+        merged, _ = index_parts(parts, tmp_path / backend / "merged.ckindex", spec, chunk=128)
         a, b = single.index.search(q, 10), merged.search(q, 10)
         assert torch.equal(a.indices, b.indices) and torch.equal(a.scores, b.scores)
         assert a.ids == b.ids and merged.metadata == single.index.metadata
     with pytest.raises(ValueError, match=r"starts at row 334, expected 0.*gap or an overlap"):
         index_parts(parts[:1] + parts[2:], tmp_path / "x.ckindex")
     other = embed_to_folder(
-        source, tmp_path / "dim8", dim=8, rows=(334, 667), trained_dims=[8], progress=False
+        source,
+        tmp_path / "dim8",
+        EmbeddingSpec(dim=8, trained_dims=[8]),
+        rows=(334, 667),
+        progress=False,
     )
     with pytest.raises(ValueError, match=r"has dim=8, dtype=float32 but shard .* has dim=24"):
         index_parts([parts[1], other, parts[0]], tmp_path / "y.ckindex")
@@ -246,7 +267,7 @@ SHARD_WORKER = r"""
 import json, sys
 import torch
 import torch.distributed as dist
-from contrastkit.index.streaming import stream_index_sharded
+from contrastkit.index.streaming import EmbeddingSpec, IndexSpec, stream_index_sharded
 
 rank, store, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -261,8 +282,8 @@ class Source:
         return table[start:stop], [{"doc": i} for i in range(start, stop)]
 
 source = Source()
-built = stream_index_sharded(source, folder, backend="faiss_ivfpq", chunk=128, train_size=500,
-                             progress=False, nlist=8, m=6, nbits=6)
+index = IndexSpec("faiss_ivfpq", params={"nlist": 8, "m": 6, "nbits": 6}, train_size=500)
+built = stream_index_sharded(source, folder, index, EmbeddingSpec(chunk=128), progress=False)
 with open(f"{folder}/rank{rank}.json", "w") as handle:
     json.dump({"calls": source.calls, "built": built is not None}, handle)
 dist.destroy_process_group()
@@ -300,13 +321,9 @@ def test_two_processes_build_one_index_identical_to_a_single_process(tmp_path):
     single = stream_index(
         CountingSource(1001),
         tmp_path / "one",
-        backend="faiss_ivfpq",
-        chunk=128,
-        train_size=500,
+        IndexSpec("faiss_ivfpq", params={"nlist": 8, "m": 6, "nbits": 6}, train_size=500),
+        EmbeddingSpec(chunk=128),
         progress=False,
-        nlist=8,
-        m=6,
-        nbits=6,
     ).index
     q = torch.randn(15, 24, generator=torch.Generator().manual_seed(3))
     a, b = single.search(q, 10), merged.search(q, 10)
@@ -356,7 +373,9 @@ def test_index_command_under_torchrun_equals_one_process(tiny_run, tmp_path):
 
 def test_a_streamed_binary_index_keeps_its_floats_on_disk(tmp_path):
     source = CountingSource(700)
-    built = stream_index(source, tmp_path, backend="faiss_binary", chunk=100, progress=False)
+    built = stream_index(
+        source, tmp_path, IndexSpec("faiss_binary"), EmbeddingSpec(chunk=100), progress=False
+    )
     index = built.index
     assert index._spool is not None and isinstance(index._float_matrix(), np.memmap)
     in_memory = build_index(source.table, "faiss_binary")

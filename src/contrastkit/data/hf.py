@@ -20,6 +20,7 @@ from typing import Any
 
 from contrastkit.data._common import TextPairs, cache_dir, check_split, missing
 from contrastkit.data.files import PAIR_FORMATS, _mapped, check_columns, pairs_from_rows
+from contrastkit.errors import ArgumentError
 
 _BUILDERS = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
 
@@ -72,9 +73,11 @@ def _open(root: Path, hf_split: str | None) -> Any:
         names = list(data)
         if hf_split is None:
             if len(names) != 1 and "train" not in names:
-                raise ValueError(
-                    f"root {str(root)!r} holds the splits {', '.join(names)}; pass hf_split= "
-                    "(data.options.hf_split) to pick one."
+                raise ArgumentError(
+                    f"{{root}} {str(root)!r} holds the splits {', '.join(names)}; pick one "
+                    "with {hf_split}.",
+                    "hf_split",
+                    "root",
                 )
             hf_split = names[0] if len(names) == 1 else "train"
         if hf_split not in data:

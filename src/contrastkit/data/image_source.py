@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contrastkit.data.sources import IMAGE_SOURCES, load_source
+from contrastkit.data.sources import IMAGE_SOURCES, load_source, root_required
+from contrastkit.errors import ArgumentError
 
 
 class MemoryImages:
@@ -92,9 +93,10 @@ class FolderImages:
         batch = self.reader.read(rows.tolist())
         images, index = batch["images"], batch["index"]
         if not len(index):
-            raise ValueError(
-                f"data.root: no file of this batch decodes ({batch['skipped_files']} skipped); "
-                f"check the images under {self.files.root}."
+            raise ArgumentError(
+                f"{{root}}: no file of this batch decodes ({batch['skipped_files']} skipped); "
+                f"check the images under {self.files.root}.",
+                "root",
             )
         if len(index) < len(rows):  # refill the places of skipped files from readable rows
             fill = torch.arange(len(rows) - len(index)) % len(index)
@@ -166,10 +168,7 @@ def open_images(
         from contrastkit.data.image_folder import ImageFiles, first_image_size
 
         if not root:
-            raise ValueError(
-                "data.dataset='image_folder' needs data.root: a folder of class folders, a flat "
-                "folder of images, or a CSV/Parquet manifest with a path column."
-            )
+            raise root_required("image_folder")
         size = image_size or first_image_size(root)
         files = ImageFiles(root, image_size=size, split=split, seed=seed, **options)
         return FolderImages(files, workers)

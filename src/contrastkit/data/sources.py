@@ -13,6 +13,29 @@ from collections.abc import Callable
 from typing import Any
 
 from contrastkit.data._common import ImageDataset, TextPairs
+from contrastkit.errors import ArgumentError
+
+ROOT_REQUIRED: dict[str, str] = {
+    "pairs_file": "the .jsonl/.csv/.parquet file",
+    "beir": "a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), e.g. one written "
+    "by `contrastkit data export-beir wordnet DIR`",
+    "hf": "a datasets.save_to_disk folder or local .jsonl/.csv/.parquet data files",
+    "image_folder": "a folder of class folders, a flat folder of images, or a CSV/Parquet "
+    "manifest with a path column",
+}
+"""The sources that read the user's own files, and what their ``root`` must be (a config can
+check it before any data is read)."""
+
+
+def root_required(dataset: str) -> ArgumentError:
+    """The error for source ``dataset`` loaded without its ``root``.
+
+    >>> str(root_required("pairs_file"))
+    "dataset='pairs_file' needs root: the .jsonl/.csv/.parquet file."
+    """
+    return ArgumentError(
+        f"{{dataset}}={dataset!r} needs {{root}}: {ROOT_REQUIRED[dataset]}.", "root", "dataset"
+    )
 
 
 def _fashion_mnist(split: str, root: str | os.PathLike | None = None, **opts: Any) -> ImageDataset:
@@ -49,9 +72,7 @@ def _pairs_file(split: str, root: str | os.PathLike | None = None, **opts: Any) 
     from contrastkit.data.files import load_pairs
 
     if not root:
-        raise ValueError(
-            "data.dataset='pairs_file' needs data.root: the .jsonl/.csv/.parquet file."
-        )
+        raise root_required("pairs_file")
     return load_pairs(root, split=split, **opts)
 
 
@@ -65,10 +86,7 @@ def _beir(
     from contrastkit.data.beir import load_beir_pairs
 
     if not root:
-        raise ValueError(
-            "data.dataset='beir' needs data.root: a BEIR folder (corpus.jsonl, queries.jsonl, "
-            "qrels/<split>.tsv), e.g. one written by `contrastkit data export-beir wordnet DIR`."
-        )
+        raise root_required("beir")
     return load_beir_pairs(root, train_split if split == "train" else test_split, **opts)
 
 
@@ -76,10 +94,7 @@ def _hf(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextP
     from contrastkit.data.hf import load_hf_pairs
 
     if not root:
-        raise ValueError(
-            "data.dataset='hf' needs data.root: a datasets.save_to_disk folder or local "
-            ".jsonl/.csv/.parquet data files."
-        )
+        raise root_required("hf")
     return load_hf_pairs(root, split=split, **opts)
 
 
@@ -100,9 +115,13 @@ TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
 
 
 def load_source(table: dict[str, Callable[..., Any]], name: str, split: str, **kw: Any) -> Any:
-    """Load ``split`` of source ``name`` from ``table``; a clear error for an unknown name."""
+    """Load ``split`` of source ``name`` from ``table``; a clear error for an unknown name.
+
+    Errors about the source's arguments are :class:`~contrastkit.errors.ArgumentError` naming
+    them as the loaders do (``dataset`` for ``name``, ``root``); an application restates them
+    in its own keys (:func:`contrastkit.errors.restate`)."""
     if name not in table:
-        raise ValueError(
-            f"data.dataset={name!r} is not available here; allowed: {', '.join(table)}."
+        raise ArgumentError(
+            f"{{dataset}}={name!r} is not available here; allowed: {', '.join(table)}.", "dataset"
         )
     return table[name](split, **kw)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from contrastkit.encoders.registry import register
+from contrastkit.encoders.registry import create_encoder, register
 
 
 def mlp(
@@ -33,7 +33,7 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-@register("projection_head")
+@register("projection_head", inputs="embedding")
 class ProjectionHead(nn.Module):
     """SimCLR's projection MLP: ``features (B, F) -> (B, out_features)``.
 
@@ -65,7 +65,7 @@ class ProjectionHead(nn.Module):
         return self.net(features)
 
 
-@register("prediction_head")
+@register("prediction_head", inputs="embedding")
 class PredictionHead(nn.Module):
     """BYOL / SimSiam predictor: a bottleneck MLP ``(B, D) -> (B, D)``.
 
@@ -117,7 +117,7 @@ class ProjectedEncoder(nn.Module):
         return self.head(self.backbone(images))
 
 
-@register("projected")
+@register("projected", inputs="image")
 def projected_encoder(
     backbone: str, backbone_options: dict | None = None, head: dict | None = None
 ) -> ProjectedEncoder:
@@ -130,7 +130,5 @@ def projected_encoder(
     >>> enc(torch.rand(2, 1, 28, 28)).shape
     torch.Size([2, 4])
     """
-    from contrastkit.encoders.registry import create_encoder
-
     net = create_encoder(backbone, **(backbone_options or {}))
     return ProjectedEncoder(net, ProjectionHead(net.out_features, **head) if head else None)

@@ -232,7 +232,7 @@ class ResNet(nn.Module):
         )
 
 
-@register("resnet18")
+@register("resnet18", inputs="image")
 def resnet18(
     in_channels: int = 3,
     image_size: int = 224,
@@ -248,7 +248,7 @@ def resnet18(
                   projection_dim, hidden_dim, zero_init_residual)  # fmt: skip
 
 
-@register("resnet50")
+@register("resnet50", inputs="image")
 def resnet50(
     in_channels: int = 3,
     image_size: int = 224,

@@ -44,6 +44,7 @@ from contrastkit.encoders.st_folder import (
     read_st_folder,
     side_prompt,
 )
+from contrastkit.errors import ArgumentError
 
 _INSTALL_HINT = "pip install transformers"
 
@@ -114,7 +115,7 @@ def mean_pool(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
     return (token_embeddings * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
 
 
-@register("hf_text")
+@register("hf_text", inputs="text", pretrained=True)
 class TextEncoder(nn.Module):
     """``texts (list of B str) -> embeddings (B, D)``: a transformer, pooling, optional Dense
     layers and L2 normalisation, as the model folder says.
@@ -474,19 +475,19 @@ class EmbedTokens(nn.Module):
         return self.encoder.embed_tokens(**tokens)
 
 
-@register("tiny_text")
+@register("tiny_text", inputs="text")
 def tiny_text_encoder(**kwargs: Any) -> TextEncoder:
     """Registry entry for :meth:`TextEncoder.from_scratch`."""
     return TextEncoder.from_scratch(**kwargs)
 
 
-@register("minilm")
+@register("minilm", inputs="text", pretrained=True)
 def minilm_encoder(**kwargs: Any) -> TextEncoder:
     """Registry entry for the packaged pretrained all-MiniLM-L6-v2 (:class:`TextEncoder`)."""
     return TextEncoder(**kwargs)
 
 
-@register("hf")
+@register("hf", inputs="text", pretrained=True)
 def hf_text_encoder(
     path: str | Path | None = None,
     pooling: str | list[str] | None = None,
@@ -498,10 +499,11 @@ def hf_text_encoder(
     """Registry entry ``hf``: any local Hugging Face or sentence-transformers text model
     folder (``model.name: hf`` with ``model.options.path``); see :class:`TextEncoder`."""
     if path is None or not isinstance(path, str | Path) or not str(path):
-        raise ValueError(
-            f"model.options.path must be a local model folder for model.name 'hf', got {path!r}; "
-            "e.g. --set model.options.path=/models/bge-small (or model.name=minilm for the "
-            "packaged all-MiniLM-L6-v2)."
+        raise ArgumentError(
+            f"{{path}} must be a local model folder for the encoder 'hf', got {path!r}; e.g. "
+            "{path}=/models/bge-small (or the encoder 'minilm' for the packaged "
+            "all-MiniLM-L6-v2).",
+            "path",
         )
     return TextEncoder(
         path,

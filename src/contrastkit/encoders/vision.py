@@ -29,7 +29,7 @@ def _check_images(images: object, channels: int) -> Tensor:
     return images
 
 
-@register("mlp")
+@register("mlp", inputs="image")
 class MLPEncoder(nn.Module):
     """The SPEC's encoder: ``Linear -> ReLU -> Linear``, then optional L2 normalisation.
 
@@ -82,7 +82,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-@register("small_cnn")
+@register("small_cnn", inputs="image")
 class SmallCNN(nn.Module):
     """A small VGG-style BatchNorm CNN: five 3x3 conv-BN-ReLU layers (widths w, w, 2w, 2w, 4w;
     2x2 max-pool after the second and the fourth), then average pooling to a ``pool`` x ``pool``
@@ -147,7 +147,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x), inplace=True)
 
 
-@register("small_resnet")
+@register("small_resnet", inputs="image")
 class SmallResNet(nn.Module):
     """A CIFAR-style ResNet: 3x3 stem, three stages of :class:`BasicBlock` (widths w, 2w, 4w;
     stride 2 between stages) and global average pooling: ``images (B, C, H, W) -> (B, 4w)``.

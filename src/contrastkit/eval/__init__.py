@@ -20,6 +20,8 @@ from contrastkit.eval.metrics import (
     RetrievalMetrics,
 )
 from contrastkit.eval.retrieval import (
+    Relevance,
+    SearchChunks,
     count_relevant,
     hit_rate_at_k,
     map_at_r,
@@ -43,7 +45,9 @@ __all__ = [
     "NDCGAtK",
     "PrecisionAtK",
     "RecallAtK",
+    "Relevance",
     "RetrievalMetrics",
+    "SearchChunks",
     "count_relevant",
     "evaluate_embeddings",
     "evaluate_retrieval",

@@ -8,6 +8,7 @@ from contrastkit._checks import check_embeddings, check_labels, check_pair, chec
 from contrastkit.eval.knn import votes_from_neighbours
 from contrastkit.eval.linear_probe import linear_probe
 from contrastkit.eval.retrieval import (
+    Relevance,
     hit_rate_at_k,
     precision_at_k,
     relevance_hits,
@@ -99,8 +100,7 @@ def evaluate_embeddings(
         full = retrieval_scores(
             test_emb,
             train_emb,
-            query_labels=test_labels,
-            corpus_labels=train_labels,
+            Relevance(test_labels, train_labels),
             ks=ks,
             metric=metric,
             with_map_at_r=True,

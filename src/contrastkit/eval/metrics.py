@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from contrastkit.eval.retrieval import retrieval_scores
+from contrastkit.eval.retrieval import Relevance, SearchChunks, retrieval_scores
 
 if TYPE_CHECKING:
     from contrastkit.index.base import Index
@@ -64,13 +64,13 @@ class RetrievalMetrics:
         chunk_size: int = 16384,
     ) -> None:
         self.corpus = corpus
+        self.index = index
         self.corpus_labels = corpus_labels
         self.options: dict[str, Any] = {
             "ks": tuple(ks),
             "metric": metric,
-            "index": index,
             "with_map_at_r": with_map_at_r,
-            "chunk_size": chunk_size,
+            "chunks": SearchChunks(corpus=chunk_size),
         }
         self.reset()
 
@@ -95,15 +95,16 @@ class RetrievalMetrics:
             relevant: (B,) or (B, R) relevant corpus indices (-1 padded), instead of labels.
             exclude: (B,) corpus position to leave out per query (-1: none).
         """
-        scores = retrieval_scores(
-            query,
-            self.corpus,
+        if (self.corpus is None) == (self.index is None):
+            raise ValueError("pass exactly one of corpus (exact search) or index (index search).")
+        relevance = Relevance(
             query_labels=query_labels,
             corpus_labels=self.corpus_labels if relevant is None else None,
             relevant=relevant,
             exclude=exclude,
-            **self.options,
         )
+        searched = self.corpus if self.index is None else self.index
+        scores = retrieval_scores(query, searched, relevance, **self.options)
         for name, values in scores.items():
             defined = ~torch.isnan(values)
             self.sums[name] = self.sums.get(name, 0.0) + float(values[defined].double().sum())

@@ -61,10 +61,12 @@ def recall_summary(
     >>> recall_summary(x, x, torch.arange(3), [1, 5])
     {'R@1': 1.0, 'MRR': 1.0}
     """
-    from contrastkit.eval.retrieval import retrieval_metrics
+    from contrastkit.eval.retrieval import Relevance, retrieval_metrics
 
     ks = sorted({k for k in ks if k <= corpus.shape[0]} | {1})
-    m = retrieval_metrics(query, corpus, relevant=relevant, ks=tuple(ks), metric="cosine")
+    m = retrieval_metrics(
+        query, corpus, Relevance(relevant=relevant), ks=tuple(ks), metric="cosine"
+    )
     out = {f"R@{k}": m[f"recall@{k}"] for k in ks}
     out["MRR"] = m[f"mrr@{max(ks)}"]
     return out

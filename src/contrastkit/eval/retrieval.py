@@ -10,9 +10,10 @@ Two layers, in the torchmetrics spirit:
   :func:`precision_at_k`, :func:`mrr_at_k`, :func:`ndcg_at_k`, :func:`map_at_r`,
   :func:`r_precision`;
 * :func:`retrieval_scores` / :func:`retrieval_metrics`, which search the corpus (exact chunked
-  top-K or an :class:`~contrastkit.index.Index`), derive ``hits`` from labels or from explicit
-  relevant indices and apply the functions above, query block by query block, so neither the
-  (Q, N) score matrix nor a (Q, N) relevance matrix is ever built.
+  top-K over an (N, D) tensor, or an :class:`~contrastkit.index.Index`), derive ``hits`` from a
+  :class:`Relevance` (labels or explicit relevant indices, and what to leave out) and apply the
+  functions above, query block by query block (:class:`SearchChunks`), so neither the (Q, N)
+  score matrix nor a (Q, N) relevance matrix is ever built.
 
 Conventions:
 
@@ -33,19 +34,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from contrastkit._checks import check_embeddings, check_labels, check_pair
 from contrastkit.functional.similarity import check_metric
+from contrastkit.index.base import Index
 from contrastkit.index.exact import chunked_topk
 
-if TYPE_CHECKING:
-    from contrastkit.index.base import Index
-
 __all__ = [
+    "Relevance",
+    "SearchChunks",
     "count_relevant",
     "hit_rate_at_k",
     "map_at_r",
@@ -369,67 +370,118 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
+@dataclass(frozen=True)
+class Relevance:
+    """Which corpus items are relevant to each query, and which one to leave out of its ranking.
+
+    Relevance is given by labels (corpus item j is relevant to query q when
+    ``corpus_labels[j] == query_labels[q]``) or by explicit corpus indices, not both.
+
+    Args:
+        query_labels, corpus_labels: (Q,), (N,) integer labels; same label = relevant.
+        relevant: alternatively (Q,) or (Q, R) long relevant corpus indices, -1 padded.
+        exclude: (Q,) long corpus position to leave out per query (-1: none), or ``"self"``
+            when the queries are the corpus (leave-one-out: ``exclude = arange(Q)``).
+
+    >>> labels = torch.tensor([0, 1, 0])
+    >>> Relevance(labels, labels, exclude="self").exclude
+    'self'
+    """
+
+    query_labels: Tensor | None = None
+    corpus_labels: Tensor | None = None
+    relevant: Tensor | None = None
+    exclude: Tensor | str | None = None
+
+    def __post_init__(self) -> None:
+        by_labels = self.query_labels is not None or self.corpus_labels is not None
+        if by_labels and self.relevant is not None:
+            raise ValueError("give relevance either by labels or by relevant indices, not both.")
+        if self.relevant is None and (self.query_labels is None or self.corpus_labels is None):
+            raise ValueError(
+                "give relevance as query_labels and corpus_labels, or as relevant corpus indices."
+            )
+        if isinstance(self.exclude, str) and self.exclude != "self":
+            raise ValueError(
+                f"exclude must be a (Q,) long tensor of corpus positions or 'self', "
+                f"got {self.exclude!r}."
+            )
+
+
+@dataclass(frozen=True)
+class SearchChunks:
+    """How much of the exact search is held at once: ``corpus`` rows scored per block and
+    ``query`` rows per block (peak memory about ``query * (corpus + 2K)`` scores). The values do
+    not change the results."""
+
+    corpus: int = 16384
+    query: int = 1024
+
+    def __post_init__(self) -> None:
+        for name, value in (("corpus", self.corpus), ("query", self.query)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"SearchChunks.{name} must be a positive int, got {value!r}.")
+
+
 def retrieval_scores(
     query: Tensor,
-    corpus: Tensor | None = None,
+    corpus: Tensor | Index,
+    relevance: Relevance,
     *,
-    query_labels: Tensor | None = None,
-    corpus_labels: Tensor | None = None,
-    relevant: Tensor | None = None,
     ks: Sequence[int] = (1, 5, 10),
     metric: str | None = None,
-    index: Index | None = None,
-    exclude: Tensor | None = None,
-    exclude_self: bool = False,
     with_map_at_r: bool = False,
-    chunk_size: int = 16384,
-    query_chunk_size: int = 1024,
+    chunks: SearchChunks | None = None,
 ) -> dict[str, Tensor]:
     """Per-query retrieval metrics from one search of the corpus.
 
     Args:
         query: (Q, D) query embeddings.
-        corpus: (N, D) corpus embeddings (exact chunked search); or pass ``index``.
-        query_labels, corpus_labels: (Q,), (N,) integer labels; same label = relevant.
-        relevant: alternatively (Q,) or (Q, R) long relevant corpus indices, -1 padded.
+        corpus: (N, D) corpus embeddings (exact chunked search), or an
+            :class:`~contrastkit.index.Index` whose positions match the relevance.
+        relevance: which corpus items are relevant to each query (:class:`Relevance`).
         ks: cut-offs; for each k the keys ``recall@k``, ``hit_rate@k``, ``precision@k``,
             ``mrr@k`` and ``ndcg@k`` are returned.
-        metric: similarity; default ``"cosine"``, or the index's metric when ``index`` is
-            given (an explicit metric must match it).
-        index: an :class:`~contrastkit.index.Index` whose positions match ``corpus_labels``.
-        exclude: (Q,) corpus position to leave out per query (-1: none).
-        exclude_self: shorthand for ``exclude = arange(Q)`` when the queries are the corpus
-            (leave-one-out evaluation).
+        metric: similarity; default ``"cosine"``, or the index's metric when ``corpus`` is an
+            index (an explicit metric must match it).
         with_map_at_r: also ``map@r`` and ``r_precision`` (retrieves max R items per query).
+        chunks: block sizes of the exact search (:class:`SearchChunks`; default 16384 corpus
+            rows, 1024 queries).
 
     Returns:
         ``{name: (Q,) tensor}``; NaN for queries without a relevant item.
 
     >>> corpus = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
     >>> labels = torch.tensor([0, 1, 0])
-    >>> out = retrieval_scores(corpus, corpus, query_labels=labels, corpus_labels=labels,
-    ...                        ks=(1,), exclude_self=True)
+    >>> out = retrieval_scores(corpus, corpus, Relevance(labels, labels, exclude="self"), ks=(1,))
     >>> out["hit_rate@1"]  # item 1 is the only one of its class
     tensor([1., nan, 1.])
     """
     check_embeddings("query", query)
+    if not isinstance(relevance, Relevance):
+        raise TypeError(
+            f"relevance must be a Relevance, got {type(relevance).__name__}; e.g. "
+            "Relevance(query_labels, corpus_labels) or Relevance(relevant=indices)."
+        )
     if metric is not None:
         metric = check_metric(metric)
     ks = _check_ks(ks)
-    n = _corpus_size(query, corpus, index)
+    chunks = chunks or SearchChunks()
+    n = _corpus_size(query, corpus)
+    exact, index = (corpus, None) if isinstance(corpus, Tensor) else (None, corpus)
     q = query.shape[0]
+    query_labels, corpus_labels = relevance.query_labels, relevance.corpus_labels
+    relevant, exclude = relevance.relevant, relevance.exclude
     if query_labels is not None:
         query_labels = check_labels("query_labels", query_labels, q, what="query").cpu()
     if corpus_labels is not None:
         corpus_labels = check_labels("corpus_labels", corpus_labels, n, what="the corpus").cpu()
     if relevant is not None:
         relevant = _check_relevant(relevant, q).cpu()
-    if exclude_self:
-        if exclude is not None:
-            raise ValueError("pass exclude or exclude_self=True, not both.")
+    if isinstance(exclude, str):  # "self" (Relevance checks the word)
         if q != n:
             raise ValueError(
-                f"exclude_self=True needs the queries to be the corpus (Q == N), got Q={q}, N={n}."
+                f"exclude='self' needs the queries to be the corpus (Q == N), got Q={q}, N={n}."
             )
         exclude = torch.arange(q)
     if exclude is not None and (
@@ -442,8 +494,8 @@ def retrieval_scores(
     if with_map_at_r:
         names += ["map@r", "r_precision"]
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
-    for s in range(0, q, query_chunk_size):
-        block = slice(s, s + query_chunk_size)
+    for s in range(0, q, chunks.query):
+        block = slice(s, s + chunks.query)
         ex = None if exclude is None else exclude[block]
         labels_kw = {
             "query_labels": None if query_labels is None else query_labels[block],
@@ -458,12 +510,12 @@ def retrieval_scores(
             k_needed = max(k_needed, int(num_relevant.max()))
         _, indices = retrieve(
             query[block],
-            corpus,
+            exact,
             k_needed,
             metric=metric,
             index=index,
             exclude=ex,
-            chunk_size=chunk_size,
+            chunk_size=chunks.corpus,
         )
         hits, _ = relevance_hits(indices.cpu(), exclude=ex, **labels_kw)
         for k in ks:
@@ -478,20 +530,23 @@ def retrieval_scores(
     return {name: torch.cat(values) if values else torch.empty(0) for name, values in parts.items()}
 
 
-def _corpus_size(query: Tensor, corpus: Tensor | None, index: Index | None) -> int:
-    if (corpus is None) == (index is None):
-        raise ValueError("pass exactly one of corpus (exact search) or index (index search).")
-    if corpus is not None:
+def _corpus_size(query: Tensor, corpus: object) -> int:
+    if isinstance(corpus, Tensor):
         check_embeddings("corpus", corpus)
         check_pair("query", query, "corpus", corpus, same_rows=False)
         return int(corpus.shape[0])
-    assert index is not None
-    return len(index)
+    if isinstance(corpus, Index):
+        return len(corpus)
+    raise TypeError(
+        f"corpus must be an (N, D) tensor (exact search) or a contrastkit.index.Index (index "
+        f"search), got {type(corpus).__name__}."
+    )
 
 
 def retrieval_metrics(
     query: Tensor,
-    corpus: Tensor | None = None,
+    corpus: Tensor | Index,
+    relevance: Relevance,
     **kwargs: object,
 ) -> dict[str, float]:
     """Mean of :func:`retrieval_scores` over the queries that have a relevant item.
@@ -499,11 +554,11 @@ def retrieval_metrics(
     Takes the same arguments; adds ``"skipped_queries"`` (queries without any relevant item).
 
     >>> corpus = torch.eye(3)
-    >>> metrics = retrieval_metrics(corpus + 0.1, corpus, relevant=torch.tensor([0, 1, 2]), ks=(1,))
+    >>> metrics = retrieval_metrics(corpus + 0.1, corpus, Relevance(relevant=torch.arange(3)), ks=(1,))
     >>> metrics["recall@1"], metrics["mrr@1"], metrics["skipped_queries"]
     (1.0, 1.0, 0.0)
     """
-    scores = retrieval_scores(query, corpus, **kwargs)  # type: ignore[arg-type]
+    scores = retrieval_scores(query, corpus, relevance, **kwargs)  # type: ignore[arg-type]
     return summarize(scores)
 
 

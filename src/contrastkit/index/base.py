@@ -50,6 +50,10 @@ MAGIC = b"CKINDEX1"
 FORMAT_VERSION = 1
 
 INDEXES: Registry[Any] = Registry("index backend")
+"""Every backend: each module registers its :class:`Index` subclasses here, and each class
+declares what it is in its class attributes (``backend``, ``search_knobs``, ``clamps_k``). The
+package ``__init__`` imports the backend modules, so importing anything from
+``contrastkit.index`` fills the registry; this module imports none of them (no import cycle)."""
 
 
 class SearchResult:
@@ -464,17 +468,8 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
     return header, data[start + head_len : end]
 
 
-def _import_backends() -> None:
-    # The backends register themselves on import; importing here lets load_index work even when
-    # only this module was imported.
-    import contrastkit.index.exact
-    import contrastkit.index.faiss_backends
-    import contrastkit.index.quantized  # noqa: F401
-
-
 def list_indexes(pattern: str = "*") -> list[str]:
     """Registered backend names, e.g. ``['exact', 'faiss_flat', 'faiss_hnsw', 'faiss_ivf']``."""
-    _import_backends()
     return INDEXES.list(pattern)
 
 
@@ -484,7 +479,6 @@ def create_index(backend: str, dim: int, metric: str = "cosine", **params: Any) 
     >>> create_index("exact", dim=4, metric="dot")
     ExactIndex(dim=4, metric='dot', chunk_size=16384, size=0)
     """
-    _import_backends()
     return INDEXES.get(backend)(dim=dim, metric=metric, **params)
 
 
@@ -521,7 +515,6 @@ def load_index(path: str | os.PathLike[str]) -> Index:
             the message names the file and says to rebuild it.
     """
     header, payload = _read(path)
-    _import_backends()
     try:
         index = INDEXES.get(header["backend"])(
             dim=header["dim"], metric=header["metric"], **header["params"]

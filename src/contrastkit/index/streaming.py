@@ -16,7 +16,16 @@ Peak memory is one chunk of embeddings, the training sample and the index itself
 the ids and metadata every index keeps); it does not grow with N otherwise.
 
 The corpus comes from a :class:`ChunkSource`: ``size()`` documents and ``chunk(start, stop) ->
-(embeddings (n, W), metadata list)``.
+(embeddings (n, W), metadata list)``. What to build is one :class:`IndexSpec` (the backend, its
+metric and parameters, the training sample); how the embeddings are kept is one
+:class:`EmbeddingSpec` (width, storage dtype, chunk, the model they come from).
+
+>>> import torch, tempfile
+>>> corpus = TensorSource(torch.eye(6, 4), [{"n": i} for i in range(6)])
+>>> built = stream_index(corpus, tempfile.mkdtemp(), IndexSpec("exact"), EmbeddingSpec(chunk=4),
+...                      progress=False)
+>>> len(built.index), built.index.backend
+(6, 'exact')
 """
 
 from __future__ import annotations
@@ -24,14 +33,15 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from torch import Tensor
 
+from contrastkit.errors import ArgumentError, ArgumentWarning
 from contrastkit.index.base import Index, atomic_write, create_index
 
 __all__ = [
@@ -41,6 +51,8 @@ __all__ = [
     "ChunkSource",
     "EmbeddedCorpus",
     "EmbeddingFile",
+    "EmbeddingSpec",
+    "IndexSpec",
     "StreamedIndex",
     "TensorSource",
     "embed_to_folder",
@@ -64,6 +76,76 @@ class ChunkSource(Protocol):
     def size(self) -> int: ...
 
     def chunk(self, start: int, stop: int) -> tuple[Tensor | np.ndarray, list[Any]]: ...
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The index a streamed build makes.
+
+    Args:
+        backend: a registered index backend (:func:`contrastkit.index.list_indexes`).
+        metric: the index metric (``"cosine"``, ``"dot"``, ``"euclidean"``).
+        params: the backend's own parameters (``nlist``, ``m``, ``nbits``, ``ef_search``...).
+        train_size: rows (evenly spaced over the corpus) a backend that needs training trains on.
+
+    >>> IndexSpec("faiss_ivfpq", params={"nlist": 8}).create(dim=16).nlist
+    8
+    """
+
+    backend: str = "faiss_flat"
+    metric: str = "cosine"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    train_size: int = 65536
+
+    def __post_init__(self) -> None:
+        _positive_int("train_size", self.train_size)
+        if not isinstance(self.params, Mapping) or not all(isinstance(k, str) for k in self.params):
+            raise TypeError(
+                f"params must be a mapping of backend parameter names to values, got "
+                f"{self.params!r}; e.g. params={{'nlist': 1024}}."
+            )
+
+    def create(self, dim: int) -> Index:
+        """An empty index of this spec for ``dim``-wide vectors."""
+        return create_index(self.backend, dim=dim, metric=self.metric, **self.params)
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """How a streamed build keeps the corpus embeddings.
+
+    Args:
+        dim: keep the first ``dim`` coordinates, L2-renormalised (Matryoshka truncation);
+            default: the full width.
+        dtype: ``"float32"`` or ``"float16"`` storage of the embeddings file.
+        chunk: documents embedded and added at once (the memory bound).
+        fingerprint: identifies the model (e.g. its checkpoint); a progress file written with
+            another fingerprint is not resumed.
+        trained_dims: the Matryoshka dims the model was trained with; a ``dim`` below the full
+            width and not among them gives a warning (it runs: a user may want to measure it).
+    """
+
+    dim: int | None = None
+    dtype: str = "float32"
+    chunk: int = 4096
+    fingerprint: str = ""
+    trained_dims: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("chunk", self.chunk)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}.")
+        if self.dim is not None and (
+            not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim <= 0
+        ):
+            raise ValueError(
+                f"dim must be a positive int (the kept embedding width), got {self.dim!r}."
+            )
 
 
 @dataclass
@@ -124,96 +206,49 @@ class EmbeddedCorpus:
 def stream_index(
     source: ChunkSource,
     folder: str | os.PathLike[str],
+    index: IndexSpec | None = None,
+    embedding: EmbeddingSpec | None = None,
     *,
-    backend: str = "faiss_flat",
-    metric: str = "cosine",
-    dim: int | None = None,
-    chunk: int = 4096,
-    dtype: str = "float32",
-    train_size: int = 65536,
-    fingerprint: str = "",
-    trained_dims: Sequence[int] | None = None,
     index_file: str = "corpus.ckindex",
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
-    **params: Any,
 ) -> StreamedIndex:
-    """Embed ``source`` in chunks into ``folder`` and build a ``backend`` index over it.
+    """Embed ``source`` in chunks into ``folder`` and build an index over it.
 
     Args:
         source: the corpus (:class:`ChunkSource`).
         folder: where the embeddings, metadata, progress and index files go.
-        backend: a registered index backend (:func:`contrastkit.index.list_indexes`).
-        metric: the index metric.
-        dim: keep the first ``dim`` coordinates, L2-renormalised (Matryoshka truncation);
-            default: the full width.
-        chunk: documents embedded and added at once (the memory bound).
-        dtype: ``"float32"`` or ``"float16"`` storage of the embeddings file.
-        train_size: rows (evenly spaced over the corpus) a backend that needs training trains on.
-        fingerprint: identifies the model (e.g. its checkpoint); a progress file written with
-            another fingerprint is not resumed.
-        trained_dims: the Matryoshka dims the model was trained with (``loss.matryoshka_dims``);
-            a ``dim`` below the full width and not among them gives a warning (it runs: a user
-            may want to measure it).
+        index: what to build (:class:`IndexSpec`; default: ``faiss_flat``, cosine).
+        embedding: how the embeddings are kept (:class:`EmbeddingSpec`; default: full width,
+            float32, 4096-row chunks).
         index_file: the index file name inside ``folder``.
         progress: show a tqdm bar (documents and docs/s).
         on_chunk: called with the rows done after every complete chunk (tests use it to
             interrupt a run).
-        params: backend parameters (``nlist``, ``m``, ``nbits``, ``ef_search``...).
 
     Returns:
         A :class:`StreamedIndex` (the index is also saved to ``folder / index_file``).
     """
-    check_chunking(chunk, train_size)
-    embedded = embed_to_folder(
-        source,
-        folder,
-        dim=dim,
-        chunk=chunk,
-        dtype=dtype,
-        fingerprint=fingerprint,
-        trained_dims=trained_dims,
-        progress=progress,
-        on_chunk=on_chunk,
-    )
-    index, path = index_parts(
-        [embedded],
-        Path(folder) / index_file,
-        backend=backend,
-        metric=metric,
-        chunk=chunk,
-        train_size=train_size,
-        **params,
-    )
-    return StreamedIndex(index, path, embedded.embeddings_path, embedded.resumed_from)
-
-
-def check_chunking(chunk: object, train_size: object) -> None:
-    for name, value in (("chunk", chunk), ("train_size", train_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    index, embedding = index or IndexSpec(), embedding or EmbeddingSpec()
+    embedded = embed_to_folder(source, folder, embedding, progress=progress, on_chunk=on_chunk)
+    built, path = index_parts([embedded], Path(folder) / index_file, index, chunk=embedding.chunk)
+    return StreamedIndex(built, path, embedded.embeddings_path, embedded.resumed_from)
 
 
 def embed_to_folder(
     source: ChunkSource,
     folder: str | os.PathLike[str],
+    embedding: EmbeddingSpec | None = None,
     *,
-    dim: int | None = None,
-    chunk: int = 4096,
-    dtype: str = "float32",
-    fingerprint: str = "",
-    trained_dims: Sequence[int] | None = None,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
     rows: tuple[int, int] | None = None,
 ) -> EmbeddedCorpus:
     """The embedding phase of :func:`stream_index`: rows ``rows = (start, stop)`` of ``source``
     (default: all) into ``folder``'s embeddings and metadata files, resumable chunk by chunk."""
-    check_chunking(chunk, 1)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
-    if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0):
-        raise ValueError(f"dim must be a positive int (the kept embedding width), got {dim!r}.")
+    embedding = embedding or EmbeddingSpec()
+    dim, dtype, chunk = embedding.dim, embedding.dtype, embedding.chunk
+    fingerprint, trained_dims = embedding.fingerprint, embedding.trained_dims
     total = int(source.size())
     if total <= 0:
         raise ValueError("the corpus is empty (0 documents); nothing to index.")
@@ -229,9 +264,10 @@ def embed_to_folder(
     first_np = first.detach().cpu().float().numpy() if isinstance(first, Tensor) else first
     width = int(first_np.shape[1])
     if dim is not None and dim > width:
-        raise ValueError(
-            f"dim={dim} is larger than the embedding width {width}; pass --dim <= {width} "
-            "(ideally one of the run's Matryoshka dims)."
+        raise ArgumentError(
+            f"{{dim}}={dim} is larger than the embedding width {width}; pass {{dim}} <= {width} "
+            "(ideally one of the run's Matryoshka dims).",
+            "dim",
         )
     keep = width if dim is None else dim
     if keep < width:
@@ -300,17 +336,17 @@ def embed_to_folder(
 def index_parts(
     parts: Sequence[EmbeddedCorpus],
     path: str | os.PathLike[str],
+    index: IndexSpec | None = None,
     *,
-    backend: str = "faiss_flat",
-    metric: str = "cosine",
     chunk: int = 4096,
-    train_size: int = 65536,
-    **params: Any,
 ) -> tuple[Index, Path]:
     """The index phase: train on an evenly spaced sample of all ``parts`` (in order: shard 0,
-    1, ...), add them chunk by chunk with ids = global positions, save to ``path`` and remove the
-    parts' progress files. Parts must tile ``0:N`` and agree on width and dtype."""
-    check_chunking(chunk, train_size)
+    1, ...), add them chunk by chunk (``chunk`` rows at once) with ids = global positions, save
+    to ``path`` and remove the parts' progress files. Parts must tile ``0:N`` and agree on width
+    and dtype."""
+    spec = index or IndexSpec()
+    _positive_int("chunk", chunk)
+    train_size = spec.train_size
     if not parts:
         raise ValueError("parts is empty; embed at least one shard before indexing.")
     parts = sorted(parts, key=lambda p: p.start)
@@ -322,10 +358,12 @@ def index_parts(
                 "set has a gap or an overlap; embed every rank's share with the same world size."
             )
         if (part.dim, part.dtype) != (parts[0].dim, parts[0].dtype):
-            raise ValueError(
-                f"shard {part.folder} has dim={part.dim}, dtype={part.dtype} but shard "
-                f"{parts[0].folder} has dim={parts[0].dim}, dtype={parts[0].dtype}; embed all "
-                "shards with the same --dim and --dtype."
+            raise ArgumentError(
+                f"shard {part.folder} has {{dim}}={part.dim}, {{dtype}}={part.dtype} but shard "
+                f"{parts[0].folder} has {{dim}}={parts[0].dim}, {{dtype}}={parts[0].dtype}; "
+                "embed all shards with the same {dim} and {dtype}.",
+                "dim",
+                "dtype",
             )
         expected = part.stop
     n, keep = expected, parts[0].dim
@@ -335,7 +373,7 @@ def index_parts(
         for p in parts
     ]
     try:
-        index = create_index(backend, dim=keep, metric=metric, **params)
+        index = spec.create(keep)
         index.spool_to(Path(path).parent)  # faiss_binary: float copies on disk, not in memory
         if not index.is_trained:
             rows = np.unique(np.linspace(0, n - 1, num=min(train_size, n)).astype(np.int64))
@@ -382,18 +420,11 @@ def shard_rows(n: int, rank: int, world: int) -> tuple[int, int]:
 def stream_index_sharded(
     source: ChunkSource,
     folder: str | os.PathLike[str],
+    index: IndexSpec | None = None,
+    embedding: EmbeddingSpec | None = None,
     *,
-    backend: str = "faiss_flat",
-    metric: str = "cosine",
-    dim: int | None = None,
-    chunk: int = 4096,
-    dtype: str = "float32",
-    train_size: int = 65536,
-    fingerprint: str = "",
-    trained_dims: Sequence[int] | None = None,
     index_file: str = "corpus.ckindex",
     progress: bool = True,
-    **params: Any,
 ) -> StreamedIndex | None:
     """:func:`stream_index` under ``torchrun``: every process embeds its share
     (:func:`shard_rows`) into ``folder/shard-R-of-W/``, then rank 0 trains and fills one index
@@ -403,44 +434,26 @@ def stream_index_sharded(
     """
     import torch.distributed as dist
 
-    kw = {"dim": dim, "chunk": chunk, "dtype": dtype, "fingerprint": fingerprint}
+    index, embedding = index or IndexSpec(), embedding or EmbeddingSpec()
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return stream_index(
-            source,
-            folder,
-            backend=backend,
-            metric=metric,
-            train_size=train_size,
-            trained_dims=trained_dims,
-            index_file=index_file,
-            progress=progress,
-            **kw,
-            **params,
+            source, folder, index, embedding, index_file=index_file, progress=progress
         )
     rank, world = dist.get_rank(), dist.get_world_size()
     rows = shard_rows(int(source.size()), rank, world)
     part = embed_to_folder(
         source,
         Path(folder) / f"shard-{rank}-of-{world}",
+        embedding if rank == 0 else replace(embedding, trained_dims=None),
         rows=rows,
-        trained_dims=trained_dims if rank == 0 else None,
         progress=progress and rank == 0,
-        **kw,
     )
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, part)
     result = None
     if rank == 0:
-        index, path = index_parts(
-            parts,
-            Path(folder) / index_file,
-            backend=backend,
-            metric=metric,
-            chunk=chunk,
-            train_size=train_size,
-            **params,
-        )
-        result = StreamedIndex(index, path, part.embeddings_path, part.resumed_from)
+        built, path = index_parts(parts, Path(folder) / index_file, index, chunk=embedding.chunk)
+        result = StreamedIndex(built, path, part.embeddings_path, part.resumed_from)
     dist.barrier()  # the other ranks return once the index is saved
     return result
 
@@ -511,10 +524,14 @@ def warn_dim_not_trained(dim: int, trained: Sequence[int] | None) -> None:
         hint = (
             f"the run's Matryoshka dims are {dims}"
             if dims
-            else "the run was not trained with Matryoshka dims (loss.matryoshka_dims)"
+            else "the run was not trained with Matryoshka dims ({trained_dims})"
         )
         warnings.warn(
-            f"--dim {dim}: {hint}; a truncated embedding of another width may search much worse.",
-            UserWarning,
+            ArgumentWarning(
+                f"{{dim}} {dim}: {hint}; a truncated embedding of another width may search much "
+                "worse.",
+                "dim",
+                "trained_dims",
+            ),
             stacklevel=3,
         )

@@ -493,9 +493,14 @@ _RUN_ADAPTER: TypeAdapter[Any] = TypeAdapter(RunConfig)
 
 def task_problems(cfg: _RunBase) -> list[str]:
     """What the task of ``cfg`` cannot run, one line per key (dotted path, value, fix)."""
+    from contrastkit.data.sources import ROOT_REQUIRED
     from contrastkit.losses import loss_spec
 
     problems = []
+    if not cfg.data.root and cfg.data.dataset in ROOT_REQUIRED:  # before any data is read
+        problems.append(
+            f"data.dataset={cfg.data.dataset!r} needs data.root: {ROOT_REQUIRED[cfg.data.dataset]}."
+        )
     if cfg.data.dataset not in cfg.DATASETS:
         hint = next(
             (

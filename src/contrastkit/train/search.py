@@ -87,7 +87,7 @@ def build_index(
     ``loss.matryoshka_dims``. ``params`` go to the backend (``nlist``, ``m``, ``nbits``...).
     """
     from contrastkit.index import list_indexes
-    from contrastkit.index.streaming import stream_index_sharded
+    from contrastkit.index.streaming import EmbeddingSpec, IndexSpec, stream_index_sharded
     from contrastkit.train.run import load_run
 
     _join_torchrun()
@@ -98,27 +98,25 @@ def build_index(
         create_index(backend, dim=1)  # raises the registry's error with a suggestion
     trained_dims = getattr(getattr(cfg, "loss", None), "matryoshka_dims", None)
     folder = (Path(run) / INDEX_FILE).parent
-    kwargs = dict(
+    embedding = EmbeddingSpec(
         dim=dim,
-        chunk=chunk,
         dtype=dtype,
-        train_size=train_size,
+        chunk=chunk,
         fingerprint=_fingerprint(Path(run)),
         trained_dims=trained_dims,
-        index_file=Path(INDEX_FILE).name,
-        progress=progress,
     )
+    index = IndexSpec(backend, "cosine", params, train_size)
+    options: dict[str, Any] = {"index_file": Path(INDEX_FILE).name, "progress": progress}
     source = corpus_chunks(task)
     with _one_builder(Path(run)):
         try:
-            built = stream_index_sharded(
-                source, folder, backend=backend, metric="cosine", **kwargs, **params
-            )
+            built = stream_index_sharded(source, folder, index, embedding, **options)
         except ImportError:
             if backend != "faiss_flat":
                 raise
             # faiss missing and the default backend asked: exact search is always available
-            built = stream_index_sharded(source, folder, backend="exact", metric="cosine", **kwargs)
+            exact = IndexSpec("exact", "cosine", {}, train_size)
+            built = stream_index_sharded(source, folder, exact, embedding, **options)
     path = folder / Path(INDEX_FILE).name
     if built is None:  # torchrun, rank > 0: rank 0 wrote the index from every rank's shard
         return path, source.size()
