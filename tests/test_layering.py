@@ -9,17 +9,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 APPLICATION = ("contrastkit.train", "contrastkit.cli", "contrastkit.serve", "contrastkit.export")
 
-#: Edges the library-wide cycle check tolerates for now. Issue 27 point 5 removes the
-#: functional <-> distributed cycle (the ``*_distributed`` twins that four functional losses
-#: reach through a function-local import); delete these two at that merge.
-KNOWN_CYCLE_EDGES = {
-    ("contrastkit.functional.contrastive", "contrastkit.distributed"),
-    ("contrastkit.functional.noncontrastive", "contrastkit.distributed"),
-    # encoders/__init__ -> encoders.towers -> losses.temperature runs losses/__init__, which
-    # re-exports encoders.heads.PredictionHead: a package-level cycle. The fix is to drop that
-    # re-export from losses/__init__ (outside this branch's files); then delete this edge.
-    ("contrastkit.losses", "contrastkit.encoders"),
-}
+#: Edges the library-wide cycle check tolerates: none (issue 27 removed the last ones).
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from contrastkit.losses import PredictionHead, SimSiamLoss, VICRegLoss
+from contrastkit.encoders import PredictionHead
+from contrastkit.losses import SimSiamLoss, VICRegLoss
 from contrastkit.monitor import CollapseMonitor, HealthReport
 
 

@@ -1,6 +1,5 @@
 """Thin ``nn.Module`` wrappers over :mod:`contrastkit.functional`, one per file, and their registry."""
 
-from contrastkit.encoders.heads import PredictionHead  # the one predictor, re-exported
 from contrastkit.losses.barlow_twins import BarlowTwinsLoss
 from contrastkit.losses.byol import BYOLLoss
 from contrastkit.losses.contrastive_margin import ContrastiveMargin
@@ -49,7 +48,6 @@ __all__ = [
     "LossSpec",
     "Matryoshka",
     "NTXent",
-    "PredictionHead",
     "PreferenceLoss",
     "SigmoidContrastive",
     "SimSiamLoss",
