@@ -33,8 +33,8 @@ repetition, from a seeded generator. :func:`export_glyphs` writes the whole set 
 folders (``contrastkit data export-identity glyphs DIR``).
 
 >>> ds = load_glyphs(split="test", size=32, limit=60)  # doctest: +SKIP
->>> ds.images.shape[1:], len(FACES), ds.classes[0]  # doctest: +SKIP
-(torch.Size([1, 32, 32]), 12, 'U+5B89')
+>>> ds.images.shape, len(FACES), ds.classes[0]  # 10 held-out characters x 12 faces  # doctest: +SKIP
+(torch.Size([120, 1, 32, 32]), 12, 'U+57C3')
 """
 
 from __future__ import annotations

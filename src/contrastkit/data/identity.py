@@ -58,7 +58,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -111,6 +111,7 @@ class IdentityFolder:
     root: Path
     names: list[str]
     files: dict[str, list[str]]
+    _numbering: dict[str, dict[int, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -135,12 +136,7 @@ class IdentityFolder:
                 f"{where}: names the identity {name!r}, but {self.root} has no folder {name!r}"
                 f"{hint}; fix the name or add the folder {self.root / name}."
             )
-        lfw = re.compile(rf"{re.escape(name)}_(\d{{4,}})\.[^./]+")
-        numbered = {}
-        for rel in files:
-            m = lfw.fullmatch(rel.rsplit("/", 1)[-1])
-            if m and rel.count("/") == 1:
-                numbered[int(m.group(1))] = rel
+        numbered = self._numbered(name)
         if numbered:
             found = numbered.get(number)
         else:
@@ -161,6 +157,19 @@ class IdentityFolder:
             f"{where}: names image {number} of {name!r}, which does not exist ({name} has "
             f"{len(files)} image(s), {how}: {shown}); fix the number or add {want}."
         )
+
+    def _numbered(self, name: str) -> dict[int, str]:
+        """``{number: path}`` of the identity's files named LFW's way (``name/name_0001.jpg``),
+        computed once per identity."""
+        cache = self._numbering
+        if name not in cache:
+            lfw = re.compile(rf"{re.escape(name)}_(\d{{4,}})\.[^./]+")
+            cache[name] = {}
+            for rel in self.files[name]:
+                m = lfw.fullmatch(rel.rsplit("/", 1)[-1])
+                if m and rel.count("/") == 1:
+                    cache[name][int(m.group(1))] = rel
+        return cache[name]
 
     def image_files(self, image_size: int, **options: object) -> ImageFiles:
         """The folder as a training set: one class per identity (labels index ``names``).

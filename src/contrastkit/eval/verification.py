@@ -66,6 +66,7 @@ __all__ = [
     "VerificationMetrics",
     "best_threshold",
     "eer",
+    "far_key",
     "indexed_pair_scores",
     "lfw_accuracy",
     "open_set_identification",
