@@ -16,7 +16,7 @@ box) and every render has ink: 2,568 with Debian 12's fonts. ``limit`` takes the
 ``limit`` of them, for quick tests.
 
 **Images**: ``size`` x ``size`` grayscale uint8, black on white, the character drawn at
-``0.85 * size`` pixels and centred by its ink box. Rendering takes ~1.5 ms a glyph (about 45 s
+``0.85 * size`` pixels and centred by its ink box. Rendering takes ~1.3 ms a glyph (about 40 s
 for all 30k at 32 px); the result is cached under :func:`contrastkit.data.cache_dir`
 (``glyphs/``, written atomically, keyed by the size, the limit and the font files), as the
 emoji renders are.
