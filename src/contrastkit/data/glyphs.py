@@ -199,12 +199,12 @@ def _fingerprint(faces: Sequence[GlyphFace]) -> list[object]:
     return out
 
 
-def _covered(faces: Sequence[GlyphFace], candidates: list[int]) -> list[int]:
+def _covered(faces: Sequence[GlyphFace], candidates: list[int], cache: bool = True) -> list[int]:
     """The candidates every face maps (fontTools' cmap; else: renders unlike .notdef),
     cached beside the renders (reading the cmaps takes seconds)."""
     tag = hashlib.sha1(repr([*_fingerprint(faces), candidates]).encode()).hexdigest()[:12]
     cache_file = cache_dir() / "glyphs" / f"coverage_{tag}.npy"
-    if cache_file.exists():
+    if cache and cache_file.exists():
         try:
             return np.load(cache_file).tolist()
         except (OSError, ValueError):
@@ -219,9 +219,10 @@ def _covered(faces: Sequence[GlyphFace], candidates: list[int]) -> list[int]:
             font = TTFont(face.path, fontNumber=_face_index(face), lazy=True)  # only the cmap
             keep &= set(font.getBestCmap())
         covered = [c for c in candidates if c in keep]
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(covered, dtype=np.int64))
-    write_cache(cache_file, buf.getvalue())
+    if cache:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(covered, dtype=np.int64))
+        write_cache(cache_file, buf.getvalue())
     return covered
 
 
@@ -266,13 +267,13 @@ def _draw(font, ch: str, size: int) -> np.ndarray:  # font: ImageFont.FreeTypeFo
 
 
 def _render(
-    faces: Sequence[GlyphFace], size: int, limit: int | None
+    faces: Sequence[GlyphFace], size: int, limit: int | None, cache: bool = True
 ) -> tuple[np.ndarray, list[int]]:
     """(K, F, S, S) uint8 renders and the K code points: the first ``limit`` characters that
     every face covers and draws with ink."""
     fonts = _fonts(faces, size)
     images, kept = [], []
-    for c in _covered(faces, _gb2312_level1()):
+    for c in _covered(faces, _gb2312_level1(), cache):
         if limit is not None and len(kept) == limit:
             break
         row = [_draw(font, chr(c), size) for font in fonts]
@@ -314,7 +315,7 @@ def _renders(
                 return z["images"], z["codepoints"].tolist()
         except (OSError, ValueError, KeyError):
             pass  # a corrupt cache is rebuilt below
-    images, kept = _render(faces, size, limit)
+    images, kept = _render(faces, size, limit, cache)
     if cache:
         buf = io.BytesIO()
         np.savez(buf, images=images, codepoints=np.asarray(kept, dtype=np.int64))
@@ -440,7 +441,7 @@ def glyph_pairs(
     return "\n".join(lines) + "\n"
 
 
-_MARKER = "faces.txt"  # written last: a folder holding it is a finished glyph export
+_WRITTEN = ("train", "test", "faces.txt")  # what an export writes into root
 
 
 def export_glyphs(
@@ -464,8 +465,9 @@ def export_glyphs(
 
     Both folders load with :func:`contrastkit.data.identity.load_identity_folder`; the pairs
     with :func:`contrastkit.data.identity.read_pairs`. The arguments are
-    :func:`load_glyphs`'s and :func:`glyph_pairs`'s. ``root`` must be new, empty, or an
-    earlier glyph export (whose ``train`` and ``test`` folders are replaced).
+    :func:`load_glyphs`'s and :func:`glyph_pairs`'s. ``root`` must be new, empty, or hold only
+    what an export writes (an earlier or interrupted export: its ``train`` and ``test``
+    folders are replaced).
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
@@ -475,9 +477,13 @@ def export_glyphs(
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ValueError(f"root={str(root)!r} is a file; pass a folder to write the set into.")
-    if root.is_dir() and any(root.iterdir()) and not (root / _MARKER).is_file():
+    foreign = (
+        sorted(e.name for e in root.iterdir() if e.name not in _WRITTEN) if root.is_dir() else []
+    )
+    if foreign:
         raise ValueError(
-            f"root={str(root)!r} is not empty and not a glyph export; pass a new or empty folder."
+            f"root={str(root)!r} holds {foreign[0]!r}, which a glyph export does not write; pass "
+            "a new or empty folder (or an earlier export's)."
         )
     _check_size(size)
     _check_limit(limit)
@@ -488,7 +494,7 @@ def export_glyphs(
     pairs = glyph_pairs(held_out, len(faces), folds=folds, pairs_per_fold=pairs_per_fold, seed=seed)
     for part in ("train", "test"):
         shutil.rmtree(root / part, ignore_errors=True)
-    (root / _MARKER).unlink(missing_ok=True)
+    (root / "faces.txt").unlink(missing_ok=True)
     for k, (c, t) in enumerate(zip(kept, test)):
         name = glyph_name(c)
         folder = root / ("test" if t else "train") / name
@@ -497,5 +503,5 @@ def export_glyphs(
             Image.fromarray(images[k, f]).save(folder / f"{name}_{f + 1:04d}.png")
     atomic_write_bytes(root / "test" / "pairs.txt", pairs.encode())
     listing = "".join(f"{f + 1}\t{face.name}\n" for f, face in enumerate(faces))
-    atomic_write_bytes(root / _MARKER, listing.encode())
+    atomic_write_bytes(root / "faces.txt", listing.encode())
     return root

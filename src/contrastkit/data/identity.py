@@ -471,15 +471,30 @@ def _read_csv(path: Path, root: Path, seed: int) -> IdentityPairs:
 # -- packaged sets ----------------------------------------------------------------------------
 
 
-def export_identity(name: str, root: str | os.PathLike, **options: object) -> Path:
+def export_identity(
+    name: str,
+    root: str | os.PathLike,
+    *,
+    size: int = 32,
+    limit: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    pairs_per_fold: int = 300,
+    folds: int = 10,
+) -> Path:
     """Write the packaged identity set ``name`` as LFW-layout folders under ``root``:
     ``root/train/<identity>/...`` (training identities) and ``root/test/<identity>/...`` with
     ``root/test/pairs.txt`` (held-out identities only).
 
     Args:
-        name: one of :data:`EXPORTS` (``"glyphs"``: :func:`contrastkit.data.glyphs.export_glyphs`,
-            whose keyword arguments ``options`` are).
-        root: the folder to write.
+        name: one of :data:`EXPORTS` (``"glyphs"``: :func:`contrastkit.data.glyphs.export_glyphs`).
+        root: the folder to write (new, empty, or an earlier export, which is replaced).
+        size: image side in pixels.
+        limit: only the first ``limit`` identities (None: all).
+        test_fraction, seed: the split by identity (the loader's, e.g.
+            :func:`contrastkit.data.glyphs.load_glyphs`).
+        pairs_per_fold, folds: ``pairs.txt``: folds of ``pairs_per_fold`` same and as many
+            different pairs.
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
@@ -490,4 +505,12 @@ def export_identity(name: str, root: str | os.PathLike, **options: object) -> Pa
         )
     from contrastkit.data.glyphs import export_glyphs
 
-    return export_glyphs(root, **options)  # type: ignore[arg-type]
+    return export_glyphs(
+        root,
+        size=size,
+        limit=limit,
+        test_fraction=test_fraction,
+        seed=seed,
+        pairs_per_fold=pairs_per_fold,
+        folds=folds,
+    )
