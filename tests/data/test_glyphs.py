@@ -138,7 +138,9 @@ def test_export_loads_back(tmp_path):
     )
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match=r"holds 'notes\.txt', which a glyph export does not write"):
+    with pytest.raises(
+        ValueError, match=r"holds 'notes\.txt', which a glyph export does not write"
+    ):
         export_glyphs(tmp_path / "mine", limit=LIMIT)
     with pytest.raises(ValueError, match="name must be one of"):
         export_identity("faces", tmp_path / "x")
