@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from contrastkit.encoders import PredictionHead
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.functional.noncontrastive import (
     barlow_twins_loss,
@@ -29,7 +30,6 @@ from contrastkit.losses import (
     BarlowTwinsLoss,
     BYOLLoss,
     DINOLoss,
-    PredictionHead,
     SimSiamLoss,
     SwAVLoss,
     VICRegLoss,
