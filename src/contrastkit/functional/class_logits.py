@@ -117,24 +117,19 @@ def cosface_margin(cos: Tensor, margin: float) -> Tensor:
 
 def class_shard(num_classes: int, rank: int, world: int) -> tuple[int, int]:
     """The classes ``[start, stop)`` that rank ``rank`` of ``world`` holds: contiguous ranges
-    of ``ceil(C / W)`` classes, the last ranks possibly smaller (never empty: C >= W).
+    whose sizes differ by at most one (the first ``C mod W`` ranks hold one more; never empty).
 
     >>> [class_shard(10, r, 3) for r in range(3)]
-    [(0, 4), (4, 8), (8, 10)]
+    [(0, 4), (4, 7), (7, 10)]
     """
     if num_classes < world:
         raise ValueError(
             f"num_classes ({num_classes}) must be >= the world size ({world}) to shard the "
             "classes over the ranks; use shard_classes=False."
         )
-    size = -(-num_classes // world)
-    start = min(rank * size, num_classes)
-    stop = min(start + size, num_classes)
-    if stop <= start:  # e.g. C = 9, W = 4 gives sizes 3, 3, 3, 0: rebalance
-        base, extra = divmod(num_classes, world)
-        start = rank * base + min(rank, extra)
-        stop = start + base + (rank < extra)
-    return start, stop
+    base, extra = divmod(num_classes, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
 
 
 def sample_classes(
