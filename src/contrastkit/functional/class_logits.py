@@ -73,7 +73,7 @@ __all__ = [
     "sample_classes",
 ]
 
-DEFAULT_BLOCK_SIZE = 8192  # classes per block: (1024, 8192) float32 logits are 32 MiB
+DEFAULT_BLOCK_SIZE = 2048  # classes per block: (1024, 2048) float32 logits are 8 MiB, cache-sized
 _EPS = 1e-12  # torch.nn.functional.normalize's
 
 
@@ -231,9 +231,8 @@ class _StreamedLogSumExp(torch.autograd.Function):
             stop = min(start + block, num)
             z = _block_logits(xo, weight, target, labels, scale, k, start, stop, acc).cos
             new_max = torch.maximum(run_max, z.max(dim=1).values)
-            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(z - new_max[:, None]).sum(
-                dim=1
-            )
+            block_sum = z.sub_(new_max[:, None]).exp_().sum(dim=1)  # in place: z is spent
+            run_sum = run_sum * torch.exp(run_max - new_max) + block_sum
             run_max = new_max
         if sharded:
             global_max = cd.all_reduce_(run_max.clone(), "max")
@@ -262,13 +261,17 @@ class _StreamedLogSumExp(torch.autograd.Function):
         for start in range(0, num, block):
             stop = min(start + block, num)
             blk = _block_logits(xo, weight, target, labels, scale, k, start, stop, acc)
-            p = torch.exp(blk.cos - lse[:, None]).mul_(grad[:, None])  # (B, c): d loss / d z
+            z = blk.cos
+            if ctx.needs_input_grad[4]:  # a learnable scale needs z beside p
+                p = torch.exp(z - lse[:, None]).mul_(grad[:, None])  # (B, c): d loss / d z
+            else:
+                p = z.sub_(lse[:, None]).exp_().mul_(grad[:, None])  # in place: z is spent
             inside = (labels >= start) & (labels < stop)
             r, col = rows[inside], labels[inside] - start
             grad_t[r] = p[r, col]
             p[r, col] = 0.0
             if ctx.needs_input_grad[4]:  # z = scale * cos off the target column
-                grad_scale += (p * blk.cos).sum() / scale
+                grad_scale += (p * z).sum() / scale
             p.mul_(scale)  # d loss / d cos
             if k > 1:  # the gradient reaches the arg-max sub-centre only
                 assert blk.argmax is not None
@@ -276,7 +279,7 @@ class _StreamedLogSumExp(torch.autograd.Function):
                 p = full.scatter_(2, blk.argmax[..., None], p[..., None]).view(p.shape[0], -1)
             grad_x += _mm_acc(p, blk.operand, acc)  # (B, D)
             if grad_w is not None:
-                g_unit = _mm_acc(p.T.contiguous(), xo, acc)  # (c*K, D)
+                g_unit = _mm_acc(p.T, xo, acc)  # (c*K, D)
                 radial = (g_unit * blk.unit).sum(dim=1, keepdim=True)
                 g = (g_unit - blk.unit * radial) / blk.norm[:, None]
                 grad_w[start * k : stop * k] = g.to(weight.dtype)
