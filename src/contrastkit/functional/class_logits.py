@@ -52,7 +52,9 @@ Shape notation: B batch, D embedding dim, C classes, K sub-centres per class.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -223,13 +225,16 @@ class _Block:
         self.cos = cos  # (B, c)
 
 
-class _StreamedLogSumExp(torch.autograd.Function):
-    """``lse_i = log sum_j exp(z_ij)`` over the classes of ``weight``, block by block.
+class _MarginSoftmax(torch.autograd.Function):
+    """Per-row ``loss_i = lse_i - t_i`` with the classes of ``weight`` streamed in blocks.
 
-    Inputs: ``x (B, D)`` unit rows (float32 / float64, or rounded to ``operand_dtype``),
-    ``weight (C*K, D)`` raw centres, ``target (B,)`` the target logits ``z_{i y_i}`` that
-    replace ``s * cos`` in the target column, ``labels (B,)`` block-local class ids (``-1``: the
-    target is on another rank's shard). Output ``(B,)`` in the accumulation dtype, combined over
+    Inputs: ``x (N, D)`` unit rows in the accumulation dtype, ``weight (C*K, D)`` raw centres,
+    ``scale_tensor`` the scale ``s`` (0-d; a learnable one gets its gradient), ``labels (N,)``
+    this shard's class ids (``-1``: the target is on another rank's shard), ``margin_fn`` the
+    elementwise target margin ``f``. The target logit ``t_i = s * f(cos_{i y_i})`` is computed
+    here too, so that its gradient to the centres is added into the one centre gradient (an
+    autograd path through ``weight[labels]`` would allocate a second ``(C*K, D)`` gradient);
+    ``f'`` comes from autograd on the ``(N,)`` target cosines. Output ``(N,)``, combined over
     ranks when ``sharded``.
     """
 
@@ -238,26 +243,33 @@ class _StreamedLogSumExp(torch.autograd.Function):
         ctx: Any,
         x: Tensor,
         weight: Tensor,
-        target: Tensor,
-        labels: Tensor,
         scale_tensor: Tensor,
+        labels: Tensor,
+        margin_fn: Callable[[Tensor], Tensor],
         k: int,
         block: int,
         operand_dtype: torch.dtype,
         sharded: bool,
     ) -> Tensor:
-        xo = _compute_operand(x, operand_dtype)
-        acc = _acc_dtype(x)
+        acc = x.dtype
         scale = float(scale_tensor.detach())
+        xo = _compute_operand(x, operand_dtype)
+        owned = (labels >= 0).nonzero().squeeze(1)  # rows whose class is on this shard
+        cos_y = _target_geometry(xo, weight, labels[owned], owned, k, operand_dtype, acc)[0]
+        with torch.enable_grad():
+            c = cos_y.detach().requires_grad_()
+            f = margin_fn(c)
+            (df,) = torch.autograd.grad(f.sum(), c)  # f is elementwise: its derivative
+        target = torch.zeros(x.shape[0], dtype=acc, device=x.device)
+        target[owned] = scale * f.detach()
+        if sharded:  # each row's class is on exactly one rank
+            target = cd.all_reduce_(target, "sum")
         num = weight.shape[0] // k
-        rows = x.shape[0]
-        run_max = torch.full((rows,), -math.inf, dtype=acc, device=x.device)
-        run_sum = torch.zeros(rows, dtype=acc, device=x.device)
+        run_max = torch.full((x.shape[0],), -math.inf, dtype=acc, device=x.device)
+        run_sum = torch.zeros(x.shape[0], dtype=acc, device=x.device)
         for start in range(0, num, block):
             stop = min(start + block, num)
-            z = _block_logits(
-                xo, weight, target, labels, scale, k, start, stop, acc, operand_dtype
-            ).cos
+            z = _block_logits(xo, weight, target, labels, scale, k, start, stop, operand_dtype).cos
             new_max = torch.maximum(run_max, z.max(dim=1).values)
             block_sum = z.sub_(new_max[:, None]).exp_().sum(dim=1)  # in place: z is spent
             run_sum = run_sum * torch.exp(run_max - new_max) + block_sum
@@ -267,40 +279,39 @@ class _StreamedLogSumExp(torch.autograd.Function):
             run_sum = cd.all_reduce_(run_sum * torch.exp(run_max - global_max), "sum")
             run_max = global_max
         lse = run_max + torch.log(run_sum)
-        ctx.save_for_backward(x, weight, target, labels, lse)
+        ctx.save_for_backward(x, weight, labels, lse, target, f.detach(), df)
         ctx.params = (scale, k, block, operand_dtype, sharded)
         ctx.scale_dtype = scale_tensor.dtype
-        return lse
+        return lse - target
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, target, labels, lse = ctx.saved_tensors
+        x, weight, labels, lse, target, f, df = ctx.saved_tensors
         scale, k, block, operand_dtype, sharded = ctx.params
         if sharded:  # every rank's centres see every rank's rows
             grad = cd.all_reduce_(grad.contiguous().clone(), "sum")
         xo = _compute_operand(x, operand_dtype)
         acc = lse.dtype
         num = weight.shape[0] // k
+        learnable = ctx.needs_input_grad[2]
         grad_x = torch.zeros(x.shape, dtype=acc, device=x.device)
         grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        grad_t = torch.zeros_like(target, dtype=acc)
-        grad_scale = torch.zeros((), dtype=acc, device=x.device)  # a learnable temperature's
+        grad_t = -grad  # d loss_i / d t_i through "- t_i"; the softmax adds p_iy below
+        grad_scale = torch.zeros((), dtype=acc, device=x.device)
         rows = torch.arange(x.shape[0], device=x.device)
         for start in range(0, num, block):
             stop = min(start + block, num)
-            blk = _block_logits(
-                xo, weight, target, labels, scale, k, start, stop, acc, operand_dtype
-            )
+            blk = _block_logits(xo, weight, target, labels, scale, k, start, stop, operand_dtype)
             z = blk.cos
-            if ctx.needs_input_grad[4]:  # a learnable scale needs z beside p
+            if learnable:  # a learnable scale needs z beside p
                 p = torch.exp(z - lse[:, None]).mul_(grad[:, None])  # (B, c): d loss / d z
             else:
                 p = z.sub_(lse[:, None]).exp_().mul_(grad[:, None])  # in place: z is spent
             inside = (labels >= start) & (labels < stop)
             r, col = rows[inside], labels[inside] - start
-            grad_t[r] = p[r, col]
+            grad_t[r] += p[r, col]
             p[r, col] = 0.0
-            if ctx.needs_input_grad[4]:  # z = scale * cos off the target column
+            if learnable:  # z = scale * cos off the target column
                 grad_scale += (p * z).sum() / scale
             p.mul_(scale)  # d loss / d cos
             if k > 1:  # the gradient reaches the arg-max sub-centre only
@@ -313,8 +324,24 @@ class _StreamedLogSumExp(torch.autograd.Function):
                 radial = (g_unit * blk.unit).sum(dim=1, keepdim=True)
                 g = (g_unit - blk.unit * radial) / blk.norm[:, None]
                 grad_w[start * k : stop * k] = g.to(weight.dtype)
-        grad_s = grad_scale.to(ctx.scale_dtype) if ctx.needs_input_grad[4] else None
-        return (grad_x.to(x.dtype), grad_w, grad_t.to(target.dtype), None, grad_s) + (None,) * 4
+        # The target column: t_i = scale * f(cos_i), cos_i = <x_i, u_i> on this shard's rows.
+        owned = (labels >= 0).nonzero().squeeze(1)
+        g_t = grad_t[owned]
+        if learnable:
+            grad_scale += (g_t * f).sum()
+        g_cos = g_t * scale * df  # (n,)
+        _, unit, operand, norm, row = _target_geometry(
+            xo, weight, labels[owned], owned, k, operand_dtype, acc
+        )
+        grad_x.index_add_(0, owned, g_cos[:, None] * operand)
+        if grad_w is not None:
+            g_unit = g_cos[:, None] * xo[owned].to(acc)  # (n, D)
+            g = (g_unit - unit * (g_unit * unit).sum(dim=1, keepdim=True)) / norm[:, None]
+            grad_w.index_add_(0, row, g.to(weight.dtype))
+            if sharded:  # W ranks' local-row losses each weighted every row (see the module doc)
+                grad_w /= cd.get_world_size()
+        grad_s = grad_scale.to(ctx.scale_dtype) if learnable else None
+        return (grad_x.to(x.dtype), grad_w, grad_s) + (None,) * 6
 
 
 def _block_logits(
@@ -326,44 +353,43 @@ def _block_logits(
     k: int,
     start: int,
     stop: int,
-    acc: torch.dtype,
     operand_dtype: torch.dtype,
 ) -> _Block:
     """The block's logits ``z`` (B, c) in ``blk.cos``: ``s * cos`` with the target column
     replaced by ``target``."""
+    acc = target.dtype
     blk = _Block(xo, weight, start, stop, k, acc, operand_dtype)
     z = blk.cos.mul_(scale)
     inside = (labels >= start) & (labels < stop)
     rows = inside.nonzero().squeeze(1)
-    z[rows, labels[rows] - start] = target[rows].to(acc)
+    z[rows, labels[rows] - start] = target[rows]
     return blk
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """All-reduce (sum) whose backward sums the gradient over ranks as well: every rank's loss
-    reads the combined value, so each rank's contribution gets the sum of those gradients."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        return cd.all_reduce_(x.clone(), "sum")
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return cd.all_reduce_(grad.contiguous().clone(), "sum")
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward, gradient times ``factor`` (a sharded rank's centres: their gradient
-    arrives ``W`` times, once per rank's local-row loss, see :func:`margin_softmax_loss`)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, factor: float) -> Tensor:  # type: ignore[override]
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return grad * ctx.factor, None
+def _target_geometry(
+    xo: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    rows: Tensor,
+    k: int,
+    operand_dtype: torch.dtype,
+    acc: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """For the rows ``rows`` and their classes ``labels`` (n,): the target cosine (max over
+    the K sub-centres), that sub-centre's unit vector (``acc``) and half-rounded operand, its
+    norm and its row in ``weight``: ``(n,), (n, D), (n, D), (n,), (n,)``."""
+    d = weight.shape[1]
+    centres = weight.view(-1, k, d)[labels]  # (n, K, D)
+    if operand_dtype != acc:  # the same rounded operands as the streamed logits
+        centres = centres.to(operand_dtype)
+    centres = centres.to(acc)
+    norm = centres.norm(dim=2).clamp_min(_EPS)  # (n, K)
+    unit = centres / norm[..., None]
+    operand = unit.to(operand_dtype).to(acc)
+    cos_all = torch.einsum("nd,nkd->nk", xo[rows].to(acc), operand)  # (n, K)
+    cos, sub = cos_all.max(dim=1)
+    pick = torch.arange(labels.shape[0], device=labels.device)
+    return cos, unit[pick, sub], operand[pick, sub], norm[pick, sub], labels * k + sub
 
 
 def _check_inputs(embeddings: Tensor, labels: Tensor, weight: Tensor, k: int) -> None:
@@ -398,21 +424,6 @@ def _check_label_range(labels: Tensor, num_classes: int) -> None:
             f"build the loss with num_classes > {max(high, 0)} (one centre per class) or remap "
             "the labels to 0..C-1."
         )
-
-
-def _target_cos(x: Tensor, weight: Tensor, labels: Tensor, k: int, operand: torch.dtype) -> Tensor:
-    """``cos(x_i, centre of labels_i)`` (max over the K sub-centres), ``(B,)``, with autograd;
-    ``labels`` must be valid rows (callers mask the others)."""
-    acc = x.dtype
-    centres = weight.view(-1, k, weight.shape[1])[labels]  # (B, K, D)
-    if operand != acc:
-        centres = centres.to(operand)
-    centres = centres.to(acc)
-    unit = centres / centres.norm(dim=2, keepdim=True).clamp_min(_EPS)
-    if operand != acc:  # the same rounded operands as the streamed logits
-        unit = unit.to(operand).to(acc)
-        x = x.to(operand).to(acc)
-    return torch.einsum("bd,bkd->bk", x, unit).max(dim=1).values  # (B,)
 
 
 @own_precision("float32")
@@ -484,7 +495,6 @@ def margin_softmax_loss(
         offset, num_classes = int(sizes[:rank].sum()), int(sizes.sum())
         x = cd.all_gather_with_grad(x)  # (W*B, D), rank-major
         labels = cd.all_gather(labels)  # (W*B,)
-        weight = _ScaleGrad.apply(weight, 1.0 / world)
     else:
         offset, num_classes = 0, local_classes
     _check_label_range(labels, num_classes)
@@ -497,22 +507,22 @@ def margin_softmax_loss(
         owned = local >= 0
         local = torch.where(owned, torch.searchsorted(kept, local.clamp_min(0)), -1)
 
-    owned = local >= 0
-    cos = _target_cos(x, weight, local.clamp_min(0), k, operand)  # (B,) or (W*B,)
     if margin == "arcface":
-        cos = arcface_margin(cos, margin_value, easy_margin=easy_margin)
+        margin_fn = functools.partial(arcface_margin, margin=margin_value, easy_margin=easy_margin)
     elif margin == "cosface":
-        cos = cosface_margin(cos, margin_value)
-    target = torch.where(owned, scale * cos, torch.zeros_like(cos))
-    if sharded:
-        target = _SumOverRanks.apply(target)
+        margin_fn = functools.partial(cosface_margin, margin=margin_value)
+    else:
+        margin_fn = _identity
     scale_tensor = torch.as_tensor(scale, dtype=acc, device=x.device)
-    lse = _StreamedLogSumExp.apply(
-        x, weight, target, local, scale_tensor, k, int(block_size), operand, sharded
+    per_row = _MarginSoftmax.apply(
+        x, weight, scale_tensor, local, margin_fn, k, int(block_size), operand, sharded
     )
-    per_row = lse - target
     if sharded:
         per_row = per_row[rank * rows : (rank + 1) * rows]  # this rank's rows
         if reduction == "sum":  # the mean over ranks is the global sum
             return per_row.sum() * world
     return reduce(per_row, reduction)
+
+
+def _identity(cos: Tensor) -> Tensor:
+    return cos
