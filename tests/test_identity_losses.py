@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from contrastkit.functional.class_logits import margin_softmax_loss, sample_classes
 from contrastkit.functional.proxy import (
@@ -432,3 +433,41 @@ def test_wrong_shapes_name_the_argument() -> None:
         )
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
         ArcFace(num_classes=0)
+
+
+# --- memory: no (B, C) matrix, one centre-sized gradient ------------------------------------
+
+
+class _Sizes(TorchDispatchMode):
+    """Records the element count of every tensor an op allocates (views and in-place results
+    share an input's storage and are left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numels: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        seen = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                self.numels.append(t.numel())
+        return out
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_streamed_loss_allocates_no_logit_matrix_and_one_centre_gradient(k: int) -> None:
+    b, d, c, block = 16, 8, 4096, 64
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, d, generator=g).requires_grad_()
+    w = torch.randn(c * k, d, generator=g).requires_grad_()
+    y = torch.randint(0, c, (b,), generator=g)
+    with _Sizes() as sizes:
+        arcface_loss(x, y, w, num_subcenters=k, block_size=block).backward()
+    assert max(n for n in sizes.numels if n != c * k * d) <= b * block * k
+    assert sizes.numels.count(c * k * d) == 1  # the centres' gradient, written in place

@@ -7,8 +7,10 @@ of ``block_size`` classes: the forward keeps a running max and sum of exponentia
 (online log-sum-exp), the backward recomputes each block's logits and writes that block's
 gradient. The logits ``(B, C)`` and their gradient are never stored: the extra memory is
 ``O(B * block_size * K)`` whatever ``C`` is (at C = 10^6, B = 1,024 the dense float32 logits and
-their gradient alone are 8 GiB). The margin touches the target column only, so it is applied
-outside the stream, by autograd, on the ``(B,)`` target cosines:
+their gradient alone are 8 GiB); the centres' gradient is written block by block into one
+``(C * K, D)`` tensor (the target column's share added into it too), the only centre-sized
+allocation. The margin touches the target column only: it is any elementwise function ``f`` of
+the ``(B,)`` target cosines, differentiated by autograd on those:
 
     loss_i = logsumexp_j(z_ij) - z_{i y_i},   z_ij = s * cos_ij (j != y_i),   z_{i y_i} = s * f(cos_{i y_i})
 
