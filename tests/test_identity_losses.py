@@ -416,7 +416,8 @@ def test_label_out_of_range_names_num_classes_and_the_fix() -> None:
 def test_wrong_shapes_name_the_argument() -> None:
     loss = CosFace(num_classes=6, embedding_dim=4)
     with pytest.raises(
-        ValueError, match=r"weight must have the embedding dimension D = 5.*embedding_dim=5"
+        ValueError,
+        match=r"weight must have at least the embedding dimension D = 5.*embedding_dim=5",
     ):
         loss(torch.randn(3, 5), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):

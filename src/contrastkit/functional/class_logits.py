@@ -71,6 +71,7 @@ from contrastkit.functional.tiled import block_logits
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "arcface_margin",
+    "centre_prefix",
     "class_shard",
     "cosface_margin",
     "margin_softmax_loss",
@@ -402,17 +403,29 @@ def _check_inputs(embeddings: Tensor, labels: Tensor, weight: Tensor, k: int) ->
             f"weight must be a 2-D (C * K, D) tensor of class centres, got "
             f"{getattr(weight, 'shape', type(weight).__name__)}."
         )
-    if weight.shape[1] != embeddings.shape[1]:
+    if weight.shape[1] < embeddings.shape[1]:
         raise ValueError(
-            f"weight must have the embedding dimension D = {embeddings.shape[1]} of embeddings "
-            f"{tuple(embeddings.shape)}, got weight {tuple(weight.shape)}; build the loss with "
-            f"embedding_dim={embeddings.shape[1]}."
+            f"weight must have at least the embedding dimension D = {embeddings.shape[1]} of "
+            f"embeddings {tuple(embeddings.shape)}, got weight {tuple(weight.shape)}; build the "
+            f"loss with embedding_dim={embeddings.shape[1]}."
         )
     if not isinstance(k, int) or k < 1 or weight.shape[0] % k or weight.shape[0] == 0:
         raise ValueError(
             f"weight rows ({weight.shape[0]}) must be a positive multiple of num_subcenters "
             f"({k!r}): (C * K, D), class-major."
         )
+
+
+def centre_prefix(weight: Tensor, dim: int) -> Tensor:
+    """The first ``dim`` coordinates of the centres ``(C * K, D)`` for embeddings of width
+    ``dim <= D``: Matryoshka prefixes share the centres' prefixes (MRL-E, Kusupati et al.,
+    Matryoshka Representation Learning, 2022, https://arxiv.org/abs/2205.13147). A view; its
+    gradient costs one more centre-sized tensor (autograd's slice backward).
+
+    >>> centre_prefix(torch.zeros(5, 8), 3).shape
+    torch.Size([5, 3])
+    """
+    return weight if weight.shape[1] == dim else weight[:, :dim]
 
 
 def _check_label_range(labels: Tensor, num_classes: int) -> None:
@@ -458,6 +471,8 @@ def margin_softmax_loss(
         labels: ``(B,)`` class ids in ``[0, C)``.
         weight: ``(C * K, D)`` class centres, class-major (rows ``c*K .. c*K+K-1`` are class
             ``c``'s sub-centres); with ``shard_classes`` this rank's shard (:func:`class_shard`).
+            Narrower embeddings (a Matryoshka prefix) use the centres' prefix
+            (:func:`centre_prefix`).
         scale: ``s`` (64 for ArcFace / CosFace; ``1 / temperature`` for normalized softmax); a
             scalar tensor (a learnable temperature's inverse) gets its gradient.
         margin, margin_value, easy_margin: the target's margin (above).
@@ -483,6 +498,7 @@ def margin_softmax_loss(
         raise ValueError(f"margin must be 'none', 'arcface' or 'cosface', got {margin!r}.")
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1 (classes per block), got {block_size!r}.")
+    weight = centre_prefix(weight, embeddings.shape[1])
     operand = embeddings.dtype
     acc = _acc_dtype(embeddings)
     x = embeddings.to(acc)

@@ -35,6 +35,7 @@ from contrastkit.functional.class_logits import (
     DEFAULT_BLOCK_SIZE,
     _check_inputs,
     _check_label_range,
+    centre_prefix,
     margin_softmax_loss,
 )
 from contrastkit.functional.precision import own_precision
@@ -242,6 +243,7 @@ def proxy_anchor_loss(
     """
     _check_inputs(embeddings, labels, weight, 1)
     _check_label_range(labels, weight.shape[0])
+    weight = centre_prefix(weight, embeddings.shape[1])  # a Matryoshka prefix
     _check_number("alpha", alpha)
     _check_number("margin", margin, strict=False)
     if not isinstance(block_size, int) or block_size < 1:

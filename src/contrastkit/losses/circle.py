@@ -32,7 +32,7 @@ class Circle(nn.Module):
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Small float64 positional inputs of ``forward``."""
-        return labelled_example(generator, dim=16)
+        return labelled_example(generator)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return circle_loss(embeddings, labels, m=self.m, gamma=self.gamma)

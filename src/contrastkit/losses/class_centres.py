@@ -48,13 +48,13 @@ def centres(
 
 
 def labelled_example(
-    generator: torch.Generator, dim: int = 128, num_classes: int = 10, batch: int = 8
+    generator: torch.Generator, dim: int = 16, num_classes: int = 10, batch: int = 8
 ) -> tuple[Tensor, Tensor]:
     """Float64 ``(B, D)`` embeddings and ``(B,)`` labels with repeated classes in ``[0, C)``.
 
     >>> x, y = labelled_example(torch.Generator().manual_seed(0))
     >>> x.shape, y.tolist()
-    (torch.Size([8, 128]), [0, 2, 4, 6, 0, 2, 4, 6])
+    (torch.Size([8, 16]), [0, 2, 4, 6, 0, 2, 4, 6])
     """
     x = torch.randn(batch, dim, generator=generator, dtype=torch.float64)
     return x, (torch.arange(batch) % 4 * 2) % num_classes  # (B,)

@@ -28,7 +28,7 @@ class MultiSimilarity(nn.Module):
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
         """Small float64 positional inputs of ``forward``."""
-        return labelled_example(generator, dim=16)
+        return labelled_example(generator)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return multi_similarity_loss(

@@ -51,7 +51,8 @@ class SubCenterArcFace(nn.Module):
 
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Small float64 positional inputs of ``forward`` (D = 128, C = 10: the defaults)."""
+        """Small float64 positional inputs of ``forward`` (D = 16: a prefix of the default
+        ``embedding_dim``, as a Matryoshka wrapper passes; C = 10)."""
         return labelled_example(generator)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
