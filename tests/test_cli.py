@@ -97,7 +97,7 @@ def test_train_eval_index_search_report_end_to_end(
     assert main(["index", str(run)]) == 0
     out = capsys.readouterr().out
     assert "indexed 1422 items" in out
-    hint = re.search(r"search it: contrastkit search (\S+) (\S+)", out)  # a test image as PNG
+    hint = re.search(r"search it: .*?\bsearch (\S+) (\S+)$", out, re.M)  # a test image as PNG
     assert hint is not None and hint.group(1) == str(run)
     assert main(["search", str(run), hint.group(2)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 5
