@@ -34,8 +34,7 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     )
 
 
-@pytest.fixture
-def ghostscript_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fake_ghostscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A ``gs`` first on PATH that logs each call: where Ghostscript is installed, Pillow's EPS
     plugin runs it on the file (the native parser an upload must never reach). Returns the log."""
     from PIL import EpsImagePlugin
@@ -49,6 +48,11 @@ def ghostscript_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow looks for gs again
     return log
+
+
+@pytest.fixture
+def ghostscript_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return fake_ghostscript(tmp_path, monkeypatch)
 
 
 def test_eps_bytes_and_files_are_refused_unparsed(tmp_path: Path, ghostscript_calls: Path) -> None:

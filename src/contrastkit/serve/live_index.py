@@ -48,7 +48,7 @@ class IndexHolder:
         dim: int | None = None,
     ) -> None:
         self.path = Path(path)
-        self.dim = dim  # the model's embedding width: a file of another width is refused
+        self.dim = dim  # the model's embedding width: a wider index file is refused
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"{self.path}: no index file; build it with `contrastkit index RUN` or pass "
@@ -71,7 +71,9 @@ class IndexHolder:
 
         signature = self._signature()
         index = load_index(self.path)
-        if self.dim is not None and index.dim != self.dim:
+        # an index built with `contrastkit index RUN --dim D'` is narrower than the model:
+        # queries are truncated to its width as `contrastkit search` does (Matryoshka)
+        if self.dim is not None and index.dim > self.dim:
             raise ValueError(
                 f"{self.path}: the index holds {index.dim}-d vectors but the model embeds "
                 f"{self.dim}-d; build the index from this run (`contrastkit index RUN`) or pass "
