@@ -239,3 +239,110 @@ def test_ctrl_c_stops_the_server_with_exit_0(image_run: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert code == 0, proc.stderr.read() if proc.stderr else ""
+
+
+# -- point 11: a filter scores only the items it matches ------------------------------------
+class _Counted:
+    """An index that records the work asked of it: the rows each call ranks (a ``search``
+    ranks all N vectors for each query; ``search_among`` the positions it is given)."""
+
+    def __init__(self, index) -> None:
+        self.index, self.calls = index, []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getattr__(self, name: str):
+        return getattr(self.index, name)
+
+    def search(self, query, k, **kwargs):
+        self.calls.append(("search", len(self.index) * len(query), k))
+        return self.index.search(query, k, **kwargs)
+
+    def search_among(self, query, k, positions):
+        self.calls.append(("search_among", len(positions) * len(query), k))
+        return self.index.search_among(query, k, positions)
+
+
+@pytest.fixture(scope="module")
+def large_index(tmp_path_factory: pytest.TempPathFactory):
+    """10^5 vectors labelled "common" but for three labelled "rare" (positions 7, 50_000, 99_999)."""
+    from contrastkit.index import build_index
+
+    n = 100_000
+    vectors = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    labels = ["common"] * n
+    for position in (7, 50_000, 99_999):
+        labels[position] = "rare"
+    index = build_index(vectors, metric="cosine", metadata=[{"label": x} for x in labels])
+    path = tmp_path_factory.mktemp("large") / "large.ckindex"
+    index.save(path)
+    return path, vectors
+
+
+def _loaded(path: Path):
+    from dataclasses import replace
+
+    from contrastkit.serve.live_index import IndexHolder
+
+    loaded = IndexHolder(path).loaded
+    return replace(loaded, index=_Counted(loaded.index))
+
+
+def test_a_filter_on_an_absent_value_searches_nothing(large_index: tuple) -> None:
+    from contrastkit.serve.live_index import search_many
+
+    loaded = _loaded(large_index[0])
+    query = torch.randn(1, 8, generator=torch.Generator().manual_seed(1))
+    for flt in ({"label": "absent"}, {"id": "no-such-id"}, {"label": "rare", "id": "0"}):
+        assert search_many(loaded, query, [10], [flt]) == [[]]
+    assert loaded.index.calls == []  # answered from the value -> positions map, no ranking
+
+
+def test_a_rare_filter_value_scores_only_its_items(large_index: tuple) -> None:
+    from contrastkit.serve.live_index import search_many
+
+    path, vectors = large_index
+    loaded = _loaded(path)
+    query = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    filters = [{"label": "rare"}, {}]
+    rare, plain = search_many(loaded, query, [10, 4], filters)
+    assert [call[:2] for call in loaded.index.calls] == [
+        ("search", len(vectors)),  # the unfiltered query: one ranking of all N
+        ("search_among", 3),  # the filtered one: its 3 items, not N
+    ]
+    # the same hits as scoring the three by hand (cosine), best first
+    rows = torch.tensor([7, 50_000, 99_999])
+    scores = torch.nn.functional.normalize(vectors[rows], dim=1) @ torch.nn.functional.normalize(
+        query[0], dim=0
+    )
+    order = scores.argsort(descending=True)
+    assert [hit["position"] for hit in rare] == rows[order].tolist()
+    assert [hit["score"] for hit in rare] == pytest.approx(scores[order].tolist(), abs=1e-5)
+    assert {hit["metadata"]["label"] for hit in rare} == {"rare"}
+    assert len(plain) == 4
+    common = search_many(loaded, query[:1], [5], [{"label": "common"}])[0]
+    assert len(common) == 5 and {hit["metadata"]["label"] for hit in common} == {"common"}
+
+
+@pytest.mark.parametrize(
+    "backend", ["exact", "faiss_flat", "faiss_sq8", "faiss_hnsw", "faiss_binary"]
+)
+def test_filtered_search_equals_the_filtered_ranking(backend: str, tmp_path: Path) -> None:
+    """Every backend: the hits of a filter are the backend's own ranking of the whole index,
+    restricted to the matching items (what the filter meant before it scored only those)."""
+    from contrastkit.index import create_index
+    from contrastkit.serve.live_index import IndexHolder, search_many
+
+    g = torch.Generator().manual_seed(3)
+    vectors, query = torch.randn(2000, 16, generator=g), torch.randn(1, 16, generator=g)
+    labels = [str(i % 7) for i in range(2000)]
+    index = create_index(backend, dim=16)
+    index.add(vectors, metadata=[{"label": x} for x in labels])
+    path = tmp_path / "i.ckindex"
+    index.save(path)
+    loaded = IndexHolder(path).loaded
+    full = loaded.index.search(query, 2000)
+    want = [p for p in full.indices[0].tolist() if p >= 0 and labels[p] == "3"][:6]
+    got = search_many(loaded, query, [6], [{"label": "3"}])[0]
+    assert [hit["position"] for hit in got] == want

@@ -5,6 +5,10 @@ search :class:`IndexHolder` compares the file's inode, mtime and size with the l
 a new file in a thread while requests keep the old index, then swaps one reference. A request
 holds the :class:`LoadedIndex` it started with, so a swap never fails one. Needs no web framework.
 
+A filter is answered from a map of metadata value -> positions built when the index is read
+(:func:`metadata_postings`): a value no item holds gets no hits at once, and a known one has
+only its items scored (:meth:`contrastkit.index.Index.search_among`), never the whole index.
+
 Shapes: ``vectors: (Q, D)`` queries; hits are dicts ``{"id", "position", "score", "metadata"}``.
 """
 
@@ -15,23 +19,80 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IndexHolder", "LoadedIndex", "search_batch", "search_index", "search_many"]
+import numpy as np
+
+__all__ = [
+    "IndexHolder",
+    "LoadedIndex",
+    "metadata_postings",
+    "search_batch",
+    "search_index",
+    "search_many",
+]
+
+Postings = dict[str, dict[Any, "int | np.ndarray"]]  # field -> value -> position(s)
+_SCALARS = (str, int, float, bool)  # the metadata values a filter can equal
+
+
+def metadata_postings(ids: list[str], metadata: list[Any]) -> Postings:
+    """Field -> value -> the positions of the items holding that value, for every scalar
+    metadata value and ``"id"`` (the item id): an int for a value one item holds (ids, text
+    snippets), else a sorted int64 array. Values compare as Python's ``==`` does (``1 == 1.0``),
+    as the filter always has; lists and objects never equal a filter's scalar.
+
+    >>> post = metadata_postings(["a", "b", "c"], [{"label": "x"}, {"label": "y"}, {"label": "x"}])
+    >>> post["label"]["x"].tolist(), post["id"]["b"], sorted(post)
+    ([0, 2], 1, ['id', 'label'])
+    """
+    lists: dict[str, dict[Any, list[int]]] = {"id": {}}
+    for position, id_ in enumerate(ids):
+        lists["id"].setdefault(id_, []).append(position)
+    for position, meta in enumerate(metadata):
+        if not isinstance(meta, dict):
+            continue
+        for key, value in meta.items():
+            if key != "id" and isinstance(value, _SCALARS):  # a filter's "id" is the item id
+                lists.setdefault(key, {}).setdefault(value, []).append(position)
+    return {
+        key: {
+            value: positions[0] if len(positions) == 1 else np.asarray(positions, dtype=np.int64)
+            for value, positions in values.items()
+        }
+        for key, values in lists.items()
+    }
 
 
 @dataclass(frozen=True)
 class LoadedIndex:
     """One read of the index file: the index, the file's identity, the filterable metadata
-    fields, a version (1 at start, +1 per swap) and when it was read."""
+    fields, a version (1 at start, +1 per swap), when it was read, and the positions of each
+    metadata value (:func:`metadata_postings`)."""
 
     index: Any
     signature: tuple[int, int, int]  # (inode, mtime_ns, size) of the file it was read from
     fields: tuple[str, ...]  # metadata keys a filter may use (plus "id")
     version: int
     loaded_at: float
+    postings: Postings = field(repr=False, compare=False)
+
+    def matching(self, flt: dict[str, Any]) -> np.ndarray:
+        """(P,) sorted positions of the items whose metadata equals every value of ``flt``
+        (``"id"``: the item id); empty, at once, when a value is held by no item."""
+        found: np.ndarray | None = None
+        for key, value in flt.items():
+            try:
+                hit = self.postings.get(key, {}).get(value)
+            except TypeError:  # an unhashable value equals no scalar
+                hit = None
+            if hit is None:
+                return np.empty(0, dtype=np.int64)
+            hit = np.atleast_1d(np.asarray(hit, dtype=np.int64))
+            found = hit if found is None else np.intersect1d(found, hit, assume_unique=True)
+        return found if found is not None else np.arange(len(self.index), dtype=np.int64)
 
 
 class IndexHolder:
@@ -82,7 +143,10 @@ class IndexHolder:
         fields = sorted(
             {key for meta in index.metadata if isinstance(meta, dict) for key in meta} | {"id"}
         )
-        return LoadedIndex(index, signature or (0, 0, 0), tuple(fields), version, time.time())
+        postings = metadata_postings(index.ids, index.metadata)  # answers filters (read once)
+        return LoadedIndex(
+            index, signature or (0, 0, 0), tuple(fields), version, time.time(), postings
+        )
 
     async def current(self, force: bool = False) -> LoadedIndex:
         """The index to search now; re-read first when the file changed (or ``force``).
@@ -121,39 +185,37 @@ def search_many(
     loaded: LoadedIndex, vectors: Any, ks: list[int], filters: list[dict[str, Any]]
 ) -> list[list[dict]]:
     """The best hits of each query ``vectors: (Q, D)``: ``ks[i]`` of them, matching
-    ``filters[i]`` exactly, searched in one call per round.
+    ``filters[i]`` exactly.
 
-    A filtered query asks the index for more neighbours (x4 each round, from ``max(4k, 64)``)
-    until ``k`` match or the whole index was ranked, so a rare label is still found.
+    Unfiltered queries are searched in one index call. A filtered query scores only the items
+    its filter matches (:meth:`LoadedIndex.matching`, then ``index.search_among``); a filter
+    value no item holds answers no hits without a search.
     """
     index = loaded.index
-    n = len(index)
-    wants = [min(n, k if not f else max(4 * k, 64)) for k, f in zip(ks, filters)]
     out: list[list[dict]] = [[] for _ in ks]
-    todo = list(range(len(ks)))
-    while todo:
-        want = max(wants[i] for i in todo)
-        result = index.search(vectors[todo], want)  # (len(todo), K)
-        scores, positions = result.scores.tolist(), result.indices.tolist()
-        ids, metadata = result.ids, result.metadata
-        again = []
-        for row, i in enumerate(todo):
-            flt, hits = filters[i], []
-            for score, pos, id_, meta in zip(scores[row], positions[row], ids[row], metadata[row]):
-                if pos < 0:
-                    continue
-                record = meta if isinstance(meta, dict) else {}
-                if all((id_ if key == "id" else record.get(key)) == v for key, v in flt.items()):
-                    hits.append(
-                        {"id": id_, "position": int(pos), "score": float(score), "metadata": meta}
-                    )
-            if len(hits) >= ks[i] or want >= n:
-                out[i] = hits[: ks[i]]
-            else:
-                wants[i] = min(n, want * 4)
-                again.append(i)
-        todo = again
+    plain = [i for i, flt in enumerate(filters) if not flt]
+    if plain:
+        k = min(len(index), max(ks[i] for i in plain))
+        result = index.search(vectors[plain], k)  # (len(plain), K)
+        for row, i in enumerate(plain):
+            out[i] = _hits(result, row)[: ks[i]]
+    for i, flt in enumerate(filters):
+        if not flt:
+            continue
+        among = loaded.matching(flt)  # (P,)
+        if among.size:
+            out[i] = _hits(index.search_among(vectors[i : i + 1], ks[i], among), 0)
     return out
+
+
+def _hits(result: Any, row: int) -> list[dict]:
+    """Row ``row`` of a search result as hits, empty slots dropped."""
+    scores, positions = result.scores[row].tolist(), result.indices[row].tolist()
+    return [
+        {"id": id_, "position": int(pos), "score": float(score), "metadata": meta}
+        for score, pos, id_, meta in zip(scores, positions, result.ids[row], result.metadata[row])
+        if pos >= 0
+    ]
 
 
 def search_index(loaded: LoadedIndex, vector: Any, k: int, flt: dict[str, Any]) -> list[dict]:
