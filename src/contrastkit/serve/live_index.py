@@ -5,9 +5,10 @@ search :class:`IndexHolder` compares the file's inode, mtime and size with the l
 a new file in a thread while requests keep the old index, then swaps one reference. A request
 holds the :class:`LoadedIndex` it started with, so a swap never fails one. Needs no web framework.
 
-A filter is answered from a map of metadata value -> positions built when the index is read
-(:func:`metadata_postings`): a value no item holds gets no hits at once, and a known one has
-only its items scored (:meth:`contrastkit.index.Index.search_among`), never the whole index.
+A filter is answered from a map of metadata value -> positions (:func:`value_positions`, built
+per field on its first filtered search): a value no item holds gets no hits without a search,
+and a known one has only its items scored (:meth:`contrastkit.index.Index.search_among`), never
+the whole index in rounds.
 
 Shapes: ``vectors: (Q, D)`` queries; hits are dicts ``{"id", "position", "score", "metadata"}``.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -28,64 +30,70 @@ import numpy as np
 __all__ = [
     "IndexHolder",
     "LoadedIndex",
-    "metadata_postings",
     "search_batch",
     "search_index",
     "search_many",
+    "value_positions",
 ]
 
-Postings = dict[str, dict[Any, "int | np.ndarray"]]  # field -> value -> position(s)
 _SCALARS = (str, int, float, bool)  # the metadata values a filter can equal
 
 
-def metadata_postings(ids: list[str], metadata: list[Any]) -> Postings:
-    """Field -> value -> the positions of the items holding that value, for every scalar
-    metadata value and ``"id"`` (the item id): an int for a value one item holds (ids, text
-    snippets), else a sorted int64 array. Values compare as Python's ``==`` does (``1 == 1.0``),
-    as the filter always has; lists and objects never equal a filter's scalar.
+def value_positions(values: list[Any]) -> dict[Any, int | np.ndarray]:
+    """Value -> the positions holding it, for one metadata field (``values[i]``: item i's value,
+    None where it has none): an int for a value one item holds (ids, text snippets), else a
+    sorted int64 array. Values compare as Python's ``==`` does (``1 == 1.0``), as the filter
+    always has; lists and objects, which never equal a filter's scalar, are left out.
 
-    >>> post = metadata_postings(["a", "b", "c"], [{"label": "x"}, {"label": "y"}, {"label": "x"}])
-    >>> post["label"]["x"].tolist(), post["id"]["b"], sorted(post)
-    ([0, 2], 1, ['id', 'label'])
+    >>> table = value_positions(["x", "y", "x", None, [1]])
+    >>> table["x"].tolist(), table["y"], sorted(table)
+    ([0, 2], 1, ['x', 'y'])
     """
-    lists: dict[str, dict[Any, list[int]]] = {"id": {}}
-    for position, id_ in enumerate(ids):
-        lists["id"].setdefault(id_, []).append(position)
-    for position, meta in enumerate(metadata):
-        if not isinstance(meta, dict):
-            continue
-        for key, value in meta.items():
-            if key != "id" and isinstance(value, _SCALARS):  # a filter's "id" is the item id
-                lists.setdefault(key, {}).setdefault(value, []).append(position)
-    return {
-        key: {
-            value: positions[0] if len(positions) == 1 else np.asarray(positions, dtype=np.int64)
-            for value, positions in values.items()
-        }
-        for key, values in lists.items()
-    }
+    table: dict[Any, Any] = {}  # value -> its first position
+    repeated: dict[Any, list[int]] = {}  # value -> all its positions, for values held twice+
+    for position, value in enumerate(values):
+        if isinstance(value, _SCALARS):
+            first = table.setdefault(value, position)
+            if first != position:
+                repeated.setdefault(value, [first]).append(position)
+    for value, positions in repeated.items():
+        table[value] = np.asarray(positions, dtype=np.int64)
+    return table
 
 
 @dataclass(frozen=True)
 class LoadedIndex:
     """One read of the index file: the index, the file's identity, the filterable metadata
-    fields, a version (1 at start, +1 per swap), when it was read, and the positions of each
-    metadata value (:func:`metadata_postings`)."""
+    fields, a version (1 at start, +1 per swap) and when it was read. For filters it keeps, per
+    field, a map of value -> positions (:func:`value_positions`), built on the field's first
+    filtered search (one pass over the metadata) and reused until the next swap."""
 
     index: Any
     signature: tuple[int, int, int]  # (inode, mtime_ns, size) of the file it was read from
     fields: tuple[str, ...]  # metadata keys a filter may use (plus "id")
     version: int
     loaded_at: float
-    postings: Postings = field(repr=False, compare=False)
+    _tables: dict[str, dict[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def _table(self, key: str) -> dict[Any, Any]:
+        with self._lock:  # one build per field, whichever thread searches first
+            if key not in self._tables:
+                if key == "id":  # a filter's "id" is the item id
+                    values: list[Any] = self.index.ids
+                else:
+                    values = [m.get(key) if isinstance(m, dict) else None
+                              for m in self.index.metadata]  # fmt: skip
+                self._tables[key] = value_positions(values)
+            return self._tables[key]
 
     def matching(self, flt: dict[str, Any]) -> np.ndarray:
         """(P,) sorted positions of the items whose metadata equals every value of ``flt``
-        (``"id"``: the item id); empty, at once, when a value is held by no item."""
+        (``"id"``: the item id); empty, without a search, when a value is held by no item."""
         found: np.ndarray | None = None
         for key, value in flt.items():
             try:
-                hit = self.postings.get(key, {}).get(value)
+                hit = self._table(key).get(value)
             except TypeError:  # an unhashable value equals no scalar
                 hit = None
             if hit is None:
@@ -143,10 +151,7 @@ class IndexHolder:
         fields = sorted(
             {key for meta in index.metadata if isinstance(meta, dict) for key in meta} | {"id"}
         )
-        postings = metadata_postings(index.ids, index.metadata)  # answers filters (read once)
-        return LoadedIndex(
-            index, signature or (0, 0, 0), tuple(fields), version, time.time(), postings
-        )
+        return LoadedIndex(index, signature or (0, 0, 0), tuple(fields), version, time.time())
 
     async def current(self, force: bool = False) -> LoadedIndex:
         """The index to search now; re-read first when the file changed (or ``force``).
