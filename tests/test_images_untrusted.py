@@ -124,3 +124,18 @@ def test_a_lowered_pixel_limit_applies(tmp_path: Path, monkeypatch: pytest.Monke
     Image.new("L", (20, 20)).save(path)  # 400 pixels > 2 * 50
     with pytest.raises(ImageTooLargeError, match=r"big\.png"):
         load_image(path, channels=1, size=None)
+
+
+def test_every_image_is_opened_through_open_image() -> None:
+    """No module but ``data/images.py`` calls Pillow's ``Image.open`` (which tries every format
+    Pillow knows): the library and the service open images through ``open_image`` only."""
+    import contrastkit
+
+    src = Path(contrastkit.__file__).parent
+    callers = [
+        str(path.relative_to(src))
+        for path in sorted(src.rglob("*.py"))
+        if "Image.open(" in path.read_text(encoding="utf-8") and path.name != "images.py"
+    ]
+    assert callers == [], callers
+    assert "Image.open(handle, formats=IMAGE_FORMATS)" in (src / "data" / "images.py").read_text()

@@ -104,12 +104,13 @@ def check_bind(host: str, api_key: str | None) -> None:
     >>> check_bind("0.0.0.0", None)
     Traceback (most recent call last):
     ...
-    ValueError: --host '0.0.0.0' is not loopback: pass --api-key KEY to serve beyond this machine, or bind --host 127.0.0.1.
+    ValueError: --host '0.0.0.0' is not loopback: give an API key (--api-key-file PATH, CONTRASTKIT_API_KEY or --api-key KEY) to serve beyond this machine, or bind --host 127.0.0.1.
     """
     if host not in LOOPBACK and not api_key:
         raise ValueError(
-            f"--host {host!r} is not loopback: pass --api-key KEY to serve beyond this machine, "
-            "or bind --host 127.0.0.1."
+            f"--host {host!r} is not loopback: give an API key (--api-key-file PATH, "
+            f"{API_KEY_ENV} or --api-key KEY) to serve beyond this machine, or bind --host "
+            "127.0.0.1."
         )
 
 
