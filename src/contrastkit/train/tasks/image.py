@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.image_source import FolderImages, Items, MemoryImages, open_images
+from contrastkit.data.image_source import Items
 from contrastkit.data.views import SimCLRViews
 from contrastkit.encoders import (
     ENCODERS,
@@ -41,6 +41,8 @@ from contrastkit.train.tasks.base import (
     Step,
     check_loss_inputs,
     chunked,
+    eval_mode,
+    load_images,
 )
 
 BYOL_MOMENTUM = 0.99  # the teacher's starting momentum, raised to 1 on a cosine
@@ -103,21 +105,6 @@ def build_image_encoder(spec: dict[str, Any]) -> nn.Module:
     except TypeError as err:
         raise ValueError(f"model.options for {spec['backbone']!r}: {err}") from None
     return encoder.to(memory_format=torch.channels_last)
-
-
-def load_images(cfg: Any, split: str) -> MemoryImages | FolderImages:
-    """The ``split`` of ``cfg.data`` as an image source (in memory, or streamed from disk)."""
-    d = cfg.data
-    return open_images(
-        d.dataset,
-        split,
-        root=d.root,
-        options=d.options,
-        limit=d.subset if split == "train" else d.test_subset,
-        image_size=d.image_size,
-        workers=d.workers,
-        seed=cfg.seed,
-    )
 
 
 class ImageTask(BackwardAfterLossTerms):
@@ -209,12 +196,8 @@ class ImageTask(BackwardAfterLossTerms):
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, F) backbone features (or the projection), eval mode."""
-        enc = self.model["encoder"]
-        was = enc.training
-        enc.eval()
-        out = chunked(enc.embed if self.cfg.eval.features == "backbone" else enc, images)
-        enc.train(was)
-        return out
+        with eval_mode(self.model["encoder"]) as enc:
+            return chunked(enc.embed if self.cfg.eval.features == "backbone" else enc, images)
 
     def features_of(self, source: Any, limit: int | None = None) -> tuple[Tensor, Tensor]:
         """(features (N, F), labels (N,)) of a whole image source (its first ``limit`` rows)."""
@@ -300,12 +283,9 @@ class ImageTask(BackwardAfterLossTerms):
         # positive (two views of one test image) vs negative (different images) similarities
         g = torch.Generator().manual_seed(self.cfg.seed + 1)
         sample = self.test_set.head(1000)
-        enc = self.model["encoder"]
-        was = enc.training
-        enc.eval()
         views = self.views(sample, n_views=2, generator=g)  # (2, N, C, H, W)
-        v1, v2 = enc(views[0]), enc(views[1])
-        enc.train(was)
+        with eval_mode(self.model["encoder"]) as enc:
+            v1, v2 = enc(views[0]), enc(views[1])
         pos, neg = positive_negative_similarities(v1, v2)
         arrays = {"positive_similarity": pos, "negative_similarity": neg}
         if self._labelled():
@@ -314,14 +294,10 @@ class ImageTask(BackwardAfterLossTerms):
 
     def _knn_per_width(self, tr_y: Tensor, te_y: Tensor) -> dict[str, float]:
         """kNN on the projection (the space Matryoshka trains) truncated to each width."""
-        enc = self.model["encoder"]
         out: dict[str, float] = {}
-        was = enc.training
-        enc.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model["encoder"]) as enc:
             tr = torch.cat([chunked(enc, x) for x, _ in self.train_set.batches()])
             te = torch.cat([chunked(enc, x) for x, _ in self.test_set.batches()])
-        enc.train(was)
         for d in self.cfg.loss.matryoshka_dims or ():
             if d <= tr.shape[1]:
                 a, b = truncate_embeddings(tr, d), truncate_embeddings(te, d)
