@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.image_source import Items
+from contrastkit.data.image_source import FolderImages, Items
 from contrastkit.data.views import SimCLRViews
 from contrastkit.encoders import (
     ENCODERS,
@@ -30,7 +30,7 @@ from contrastkit.encoders import (
     create_encoder,
     list_encoders,
 )
-from contrastkit.eval import knn_accuracy, linear_probe
+from contrastkit.eval.evaluate import KNN_ACCURACY, evaluate_embeddings
 from contrastkit.losses import loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
@@ -216,35 +216,16 @@ class ImageTask(BackwardAfterLossTerms):
         """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 (eval mode)."""
         return self.features(images)
 
-    @staticmethod
-    def knn(
-        train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, k: int
-    ) -> float:
-        """Weighted k-NN accuracy of the test features over ``train`` (each neighbour votes
-        ``exp(cosine / 0.07)``, :func:`contrastkit.eval.knn_accuracy`)."""
-        return knn_accuracy(
-            test,
-            test_labels,
-            train,
-            train_labels,
-            k=min(k, len(train)),
-            temperature=0.07,
-            metric="cosine",
+    def classification(
+        self, train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, probe: bool
+    ) -> dict[str, float]:
+        """``knn_accuracy`` (and ``linear_probe_accuracy`` when ``probe``) of the test features
+        ``(Q, F)`` against the train features ``(N, F)``: :func:`contrastkit.eval.evaluate_embeddings`
+        with ``eval.knn_k`` neighbours (at most N) and the library's kNN temperature and probe."""
+        k = min(self.cfg.eval.knn_k, len(train))
+        return evaluate_embeddings(
+            train, train_labels, test, test_labels, knn_k=k, with_linear_probe=probe, ks=()
         )
-
-    @staticmethod
-    def probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor) -> float:
-        """Test accuracy of a logistic-regression probe fitted on the frozen train features
-        (:func:`contrastkit.eval.linear_probe`)."""
-        result = linear_probe(
-            train.float(),
-            train_labels,
-            test.float(),
-            test_labels,
-            weight_decays=(1e-4,),
-            max_iter=100,
-        )
-        return float(result.accuracy)
 
     def _labelled(self) -> bool:
         return bool((self.train_set.labels >= 0).all()) and len(self.train_set.classes) > 1
@@ -260,10 +241,7 @@ class ImageTask(BackwardAfterLossTerms):
             return None  # too many pixels to hold
         (tr, tr_rows), (te, te_rows) = train, test
         tr_y, te_y = self.train_set.labels[tr_rows], self.test_set.labels[te_rows]
-        metrics = {"knn": self.knn(tr, tr_y, te, te_y, e.knn_k)}
-        if e.probe:
-            metrics["probe"] = self.probe(tr, tr_y, te, te_y)
-        return EvalResult(metrics, "raw pixels")
+        return EvalResult(self.classification(tr, tr_y, te, te_y, e.probe), "raw pixels")
 
     @torch.no_grad()
     def evaluate(self, *, quick: bool = False) -> EvalResult:
@@ -273,9 +251,7 @@ class ImageTask(BackwardAfterLossTerms):
         te, te_y = self.features_of(self.test_set)
         metrics: dict[str, float] = {}
         if self._labelled():
-            metrics["knn"] = self.knn(tr, tr_y, te, te_y, e.knn_k)
-            if e.probe and not quick:
-                metrics["probe"] = self.probe(tr, tr_y, te, te_y)
+            metrics.update(self.classification(tr, tr_y, te, te_y, e.probe and not quick))
             if self.cfg.loss.matryoshka_dims and not quick:
                 metrics.update(self._knn_per_width(tr_y, te_y))
         if quick:
@@ -301,7 +277,8 @@ class ImageTask(BackwardAfterLossTerms):
         for d in self.cfg.loss.matryoshka_dims or ():
             if d <= tr.shape[1]:
                 a, b = truncate_embeddings(tr, d), truncate_embeddings(te, d)
-                out[f"knn @{d}d"] = self.knn(a, tr_y, b, te_y, self.cfg.eval.knn_k)
+                knn = self.classification(a, tr_y, b, te_y, probe=False)[KNN_ACCURACY]
+                out[f"{KNN_ACCURACY} @{d}d"] = knn
         return out
 
     # -- index and search -------------------------------------------------------------------
@@ -317,8 +294,9 @@ class ImageTask(BackwardAfterLossTerms):
         """Rows ``start:stop`` of the corpus; folder runs carry each file's path as text."""
         emb = self.features(self.train_set.rows(start, stop))
         labels = self.train_set.labels[start:stop]
-        files = getattr(self.train_set, "files", None)
-        items = [""] * len(emb) if files is None else files.keys[start:stop]
+        items: list[Any] = [""] * len(emb)
+        if isinstance(self.train_set, FolderImages):  # decode this chunk's keys only
+            items = [self.train_set.files.key(i) for i in range(start, start + len(emb))]
         return Corpus(emb, [self._label_name(int(y)) for y in labels], items)
 
     def embed_corpus(self) -> Corpus:
