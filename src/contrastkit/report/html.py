@@ -201,7 +201,7 @@ def _class_names(run: Path) -> list[str] | None:
         from contrastkit.train.run import load_run
 
         _, task, _ = load_run(run)
-        return list(getattr(task, "class_names", []) or []) or None
+        return list(task.class_names) or None
     except Exception:  # the projection still works with numeric labels
         return None
 

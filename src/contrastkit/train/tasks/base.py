@@ -15,23 +15,35 @@ Training::
     task.after_step(step, total)    EMA updates (BYOL teacher, MoCo key encoder)
     task.distribute(wrap)           under torchrun: True when loss_terms runs its own backward
                                     (gradient caching) through modules it wrapped with wrap (DDP)
-    task.encoder_spec               (registry name, options) of model["encoder"] (export)
 
-Evaluation and search::
+Evaluation, search, serving and the report::
 
     task.baseline()                 -> EvalResult | None, before training (raw input or initial model)
     task.evaluate(quick=False)      -> EvalResult of the current model
     task.query_kinds                ("image",), ("text",) or ("text", "image")
-    task.embed_texts(texts, side) / task.embed_images(images (N, C, H, W))  -> (N, D)
+    task.embed_texts(texts, side)   N texts -> (N, D) (a ValueError without "text" in query_kinds)
+    task.embed_images(images)       (N, C, H, W) -> (N, D) (a ValueError without "image")
+    task.image_shape                (C, H, W) the image side takes, or None without one
+    task.class_names                label names (the report's projection), [] without labels
     task.corpus_size(); task.embed_corpus_chunk(start, stop) -> Corpus (index streaming);
-    task.embed_corpus() -> Corpus; task.corpus_items(); task.examples(n); task.embed_query(q)
+    task.embed_corpus() -> Corpus; task.examples(n); task.embed_query(q)
+    task.corpus_items()             the corpus images (C, H, W) by index position, or None (text)
+
+Export::
+
+    task.encoder_spec               (registry name, options) of export_towers().encoder, or None
+    task.export_towers()            -> ExportTowers: the text towers, the image tower and the
+                                    registered encoder, each embedding as the task does
+
+Serving (:mod:`contrastkit.serve.embedder`), export (:mod:`contrastkit.export`) and the report
+call these members only; a task gives its own answers, never its model's keys.
 
 Shapes: B batch, D embedding dim, N corpus, C x H x W images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -85,6 +97,39 @@ class Step:
         return sum(self.terms.values())  # type: ignore[return-value]
 
 
+@dataclass
+class ExportTowers:
+    """What export writes of a task, each module embedding as the task itself does.
+
+    Attributes:
+        text: tower name (``""`` for one shared tower; ``"query"`` / ``"document"`` for separate
+            ones) -> (text encoder, projection or None). The embedding of ``texts`` is the
+            encoder's, followed by ``projection`` and L2 normalisation when there is one:
+            :meth:`Task.embed_texts`.
+        image: ``images (B, C, H, W)`` in [0, 1] -> (B, D), as :meth:`Task.embed_images`; None
+            without an image side.
+        encoder: the registered encoder that ``task.encoder_spec`` rebuilds (safetensors
+            export, :func:`contrastkit.load_encoder`), or None.
+    """
+
+    text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
+    image: nn.Module | None = None
+    encoder: nn.Module | None = None
+
+
+class CallMethod(nn.Module):
+    """``forward(x) = getattr(module, method)(x)``: a module's named embedding (e.g. a projected
+    encoder's ``embed``, the image-text towers' ``encode_image``) as a module of its own, for
+    export."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.module, self.method)(x)
+
+
 @runtime_checkable
 class Task(Protocol):
     """The protocol every task implements (see the module docstring)."""
@@ -125,6 +170,21 @@ class Task(Protocol):
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]: ...
 
+    # -- what serve, export and the report ask ---------------------------------------------
+    class_names: list[str]
+    encoder_spec: tuple[str, dict[str, Any]] | None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None: ...
+
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor: ...
+
+    def embed_images(self, images: Tensor) -> Tensor: ...
+
+    def corpus_items(self) -> Sequence[Tensor] | None: ...
+
+    def export_towers(self) -> ExportTowers: ...
+
 
 class BackwardAfterLossTerms:
     """:meth:`Task.distribute` of a task whose backward runs after ``loss_terms`` (every task
@@ -145,6 +205,21 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was)
+
+
+class TextQueries:
+    """The protocol's image members for a task without an image side."""
+
+    image_shape: ClassVar[None] = None
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        raise ValueError(
+            f"images: this run ({type(self).__name__}) embeds text only; pass texts to embed_texts."
+        )
+
+    def corpus_items(self) -> Sequence[Tensor] | None:
+        """None: the corpus is text (its items are the index metadata's snippets)."""
+        return None
 
 
 def chunked(fn: Any, x: Tensor, chunk: int = 2048) -> Tensor:

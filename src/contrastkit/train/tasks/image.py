@@ -36,8 +36,10 @@ from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
+    CallMethod,
     Corpus,
     EvalResult,
+    ExportTowers,
     Step,
     check_loss_inputs,
     chunked,
@@ -215,6 +217,21 @@ class ImageTask(BackwardAfterLossTerms):
     def embed_images(self, images: Tensor) -> Tensor:
         """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 (eval mode)."""
         return self.features(images)
+
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
+        raise ValueError(
+            f"texts: this run (task: {self.cfg.task}) embeds images only; pass images "
+            "(N, C, H, W) to embed_images."
+        )
+
+    def export_towers(self) -> ExportTowers:
+        """The image side as :meth:`features` reads it (the backbone's ``embed`` with
+        ``eval.features: backbone``, else the projection), and the registered encoder."""
+        encoder = self.model["encoder"]
+        backbone = self.cfg.eval.features == "backbone"
+        return ExportTowers(
+            image=CallMethod(encoder, "embed") if backbone else encoder, encoder=encoder
+        )
 
     def classification(
         self, train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, probe: bool

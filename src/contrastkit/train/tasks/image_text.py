@@ -21,8 +21,10 @@ from contrastkit.losses import loss_spec
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
+    CallMethod,
     Corpus,
     EvalResult,
+    ExportTowers,
     Step,
     check_loss_inputs,
     eval_mode,
@@ -154,3 +156,12 @@ class ImageTextTask(BackwardAfterLossTerms):
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         ds = self.test_set
         return [(ds.texts[i], ds.texts[i]) for i in range(min(n, len(ds)))]
+
+    def export_towers(self) -> ExportTowers:
+        """The text tower with its projection, and the image side (``encode_image``: image
+        tower, projection, L2 normalisation); no single registered encoder."""
+        towers = self.model["towers"]
+        return ExportTowers(
+            text={"": (towers.text_encoder, towers.text_projection)},
+            image=CallMethod(towers, "encode_image"),
+        )

@@ -22,7 +22,9 @@ from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
     Corpus,
     EvalResult,
+    ExportTowers,
     Step,
+    TextQueries,
     build_text_encoder,
     check_loss_inputs,
     load_text_pairs,
@@ -55,7 +57,7 @@ def rejected_responses(pairs: Any, seed: int) -> list[str]:
     return out
 
 
-class PreferenceTask(BackwardAfterLossTerms):
+class PreferenceTask(TextQueries, BackwardAfterLossTerms):
     """``preference``: a text tower scoring (prompt, response) pairs."""
 
     name: ClassVar[str] = "preference"
@@ -139,3 +141,8 @@ class PreferenceTask(BackwardAfterLossTerms):
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         p = self.test_pairs
         return [(p.query[i], p.ids[i]) for i in range(min(n, len(p)))]
+
+    def export_towers(self) -> ExportTowers:
+        """One text tower for prompts and responses, the registered encoder of ``encoder_spec``."""
+        encoder = self.model["encoder"]
+        return ExportTowers(text={"": (encoder, None)}, encoder=encoder)

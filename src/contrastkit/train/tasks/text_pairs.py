@@ -43,7 +43,9 @@ from contrastkit.negatives.false_negatives import duplicate_mask, stable_text_id
 from contrastkit.train.tasks.base import (
     Corpus,
     EvalResult,
+    ExportTowers,
     Step,
+    TextQueries,
     build_text_encoder,
     check_loss_inputs,
     load_text_pairs,
@@ -59,7 +61,7 @@ def ids_to_int(ids: list[str]) -> Tensor:
     return torch.tensor([table.setdefault(i, len(table)) for i in ids], dtype=torch.long)
 
 
-class TextPairsTask:
+class TextPairsTask(TextQueries):
     """``pairs``: query -> key retrieval with one shared text tower."""
 
     name: ClassVar[str] = "pairs"
@@ -241,6 +243,11 @@ class TextPairsTask:
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         p = self.test_pairs
         return [(p.query[i], p.ids[i]) for i in range(min(n, len(p)))]
+
+    def export_towers(self) -> ExportTowers:
+        """One shared text tower, the registered encoder of ``encoder_spec``."""
+        encoder = self.model["encoder"]
+        return ExportTowers(text={"": (encoder, None)}, encoder=encoder)
 
 
 def _check_hard_negatives_fit(cfg: Any) -> None:
