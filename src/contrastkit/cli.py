@@ -158,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--api-key", help="require this key (Authorization: Bearer KEY); needed off loopback"
     )
+    v.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="read the key from this file (mode 600, one line); or set CONTRASTKIT_API_KEY",
+    )
     v.add_argument("--max-batch", type=int, default=32, help="items per model call (default 32)")
     v.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="wait for a batch to fill (default 5)"
@@ -542,11 +547,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from contrastkit.serve import ServeSettings, check_bind, create_app_from_run
+        from contrastkit.serve import (
+            ServeSettings,
+            check_bind,
+            create_app_from_run,
+            resolve_api_key,
+        )
     except ImportError as err:
         raise ValueError(f"{err} (e.g. `pip install 'contrastkit[serve]'`)") from None
 
-    check_bind(args.host, args.api_key)
+    api_key = resolve_api_key(args.api_key, args.api_key_file)  # option, file or environment
+    check_bind(args.host, api_key)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0..65535, got {args.port}.")
     settings = ServeSettings(
@@ -556,7 +567,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_mb=args.max_body_mb,
         max_k=args.max_k,
         threads=args.threads,
-        api_key=args.api_key,
+        api_key=api_key,
     )
     import torch
 
