@@ -62,7 +62,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contrastkit import distributed as cd
+import contrastkit.collectives as cd
 from contrastkit._checks import check_embeddings, check_labels, check_reduction, reduce
 from contrastkit.functional import bf16_gemm
 from contrastkit.functional.precision import own_precision

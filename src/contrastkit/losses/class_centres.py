@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from contrastkit import distributed as cd
+import contrastkit.collectives as cd
 from contrastkit.functional.class_logits import class_shard
 
 
