@@ -43,15 +43,27 @@ def test_every_task_has_a_page() -> None:
     assert {p.stem for p in PAGES} == set(RUN_TYPES)
 
 
+def _your_files(raw: dict) -> list[str]:
+    """The files a config names that a user brings (data.root, eval.heldout)."""
+    names = [(raw.get("data") or {}).get("root"), (raw.get("eval") or {}).get("heldout")]
+    return [n for n in names if n]
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_howto_commands_and_configs_validate(page: Path, tmp_path: Path) -> None:
+def test_howto_commands_and_configs_validate(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the user's files, stand-ins here, are checked when a config loads
     text = page.read_text(encoding="utf-8")
     commands = _train_commands(text)
     yamls = [code for lang, code in _BLOCK.findall(text) if lang == "yaml"]
     assert commands, f"{page.name} shows no `contrastkit train` command"
     for code in yamls:
         name = next(iter(re.findall(r"^# (\S+\.yaml)", code, re.M)), "config.yaml")
-        cfg = load_config_dict(yaml.safe_load(code))
+        raw = yaml.safe_load(code)
+        for yours in _your_files(raw):
+            (tmp_path / yours).write_text('{"query": "q", "positive": "p"}\n', encoding="utf-8")
+        cfg = load_config_dict(raw)
         (tmp_path / name).write_text(code, encoding="utf-8")
         assert cfg.task == page.stem
     for config, sets in commands:
