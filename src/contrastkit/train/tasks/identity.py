@@ -201,13 +201,14 @@ def folder_data(cfg: Any) -> tuple[FolderImages, HeldOutPairs]:
     return train, held
 
 
-def pair_metrics(embeddings: Tensor, pairs: HeldOutPairs) -> tuple[dict[str, float], Tensor]:
+def pair_metrics(embeddings: Tensor, pairs: Any) -> tuple[dict[str, float], Tensor]:
     """(verification figures + open-set ``rank1``, the (N,) pair scores) of ``embeddings``
-    (U, D), one row per distinct image of ``pairs``."""
+    (U, D), one row per distinct image of ``pairs`` (a :class:`HeldOutPairs`, or anything with
+    its ``identities``, ``index_a``, ``index_b``, ``same`` and ``folds``)."""
     scores = indexed_pair_scores(embeddings, pairs.index_a, pairs.index_b)  # (N,)
     folds = pairs.folds if int(pairs.folds.unique().numel()) >= 2 else None
     metrics = verification_metrics(scores, pairs.same, folds=folds)
-    first = torch.zeros(len(pairs.names), dtype=torch.bool)  # gallery: each identity's first
+    first = torch.zeros(len(pairs.identities), dtype=torch.bool)  # gallery: identity's first
     seen: set[int] = set()
     for i, who in enumerate(pairs.identities.tolist()):
         if who not in seen:
