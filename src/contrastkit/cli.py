@@ -908,7 +908,13 @@ def _verify_model(model: str) -> _VerifyModel:
         graph = spec.get("graphs", {}).get("image")
         if graph is None:
             raise ValueError(f"{path / 'export.json'}: no image graph; export an image run.")
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ValueError(
+                f"MODEL_OR_RUN {model!r} is an ONNX export, and onnxruntime is not installed: "
+                "pip install onnxruntime, or export the run with --format safetensors."
+            ) from None
 
         session = ort.InferenceSession(str(path / graph["file"]))
         c, s, _ = graph["image_shape"]
