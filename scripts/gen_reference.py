@@ -306,6 +306,14 @@ def cli_reference() -> str:
     from contrastkit.cli import _parser
 
     parser = _parser()
+
+    def plain(p: argparse.ArgumentParser) -> None:  # Python >= 3.14 may colour usage lines
+        if hasattr(p, "color"):
+            p.color = False
+        for _, _, child in _subparsers(p):
+            plain(child)
+
+    plain(parser)
     out = [HEADER.format(source="the argparse parser of src/contrastkit/cli.py")]
     out.append("# Command-line reference\n")
     out.append(
