@@ -230,8 +230,8 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
         "--k",
         type=int,
         nargs="+",
-        default=[1, 3, 5, 10, 100],
-        help="cut-offs (default 1 3 5 10 100)",
+        default=None,
+        help="cut-offs (default 1 3 5 10 100, those no larger than the corpus)",
     )
     er.add_argument(
         "--keep-identical-ids",
@@ -693,6 +693,8 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from contrastkit.eval.beir import evaluate_retrieval
 
     data = load_beir(args.dir, args.split)
+    if args.k is None:  # the default cut-offs that a small corpus allows
+        args.k = [k for k in (1, 3, 5, 10, 100) if k <= len(data.corpus)] or [len(data.corpus)]
     if max(args.k) > len(data.corpus):  # before loading the model: fail fast
         raise ValueError(
             f"--k {max(args.k)} is larger than the corpus ({len(data.corpus)} documents); pass "

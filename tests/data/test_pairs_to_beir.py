@@ -33,3 +33,18 @@ def test_export_beir_bad_input_is_one_line(tmp_path: Path, capsys) -> None:  # t
     assert main(["data", "export-beir", "pairs", str(tmp_path / "no.jsonl"), "x"]) == 4
     assert main(["data", "export-beir", "pairs", "a.jsonl", "x", "--columns", "{bad"]) == 2
     assert "--columns: not valid JSON" in capsys.readouterr().err
+
+
+def test_eval_retrieval_defaults_fit_a_small_corpus(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Default cut-offs (1 3 5 10 100) keep those a 4-document corpus allows: the tutorial's
+    own held-out folder used to need --k."""
+    source = tmp_path / "held.jsonl"
+    rows = [("what is a dog", "a domestic canine"), ("what is a cat", "a small feline"),
+            ("what is rain", "water falling from clouds"), ("what is snow", "frozen rain")]  # fmt: skip
+    source.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in rows))
+    out = tmp_path / "beir"
+    assert main(["data", "export-beir", "pairs", str(source), str(out)]) == 0
+    assert main(["eval-retrieval", "minilm", str(out), "--json", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = metrics.get("metrics", metrics)
+    assert "nDCG@3" in metrics and "nDCG@10" not in metrics and metrics["Recall@3"] >= 0.75
