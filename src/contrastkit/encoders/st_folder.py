@@ -3,8 +3,8 @@
 A folder written by ``SentenceTransformer.save`` lists its pipeline in ``modules.json``:
 ``Transformer`` (the Hugging Face model; ``sentence_bert_config.json`` may set
 ``max_seq_length`` and ``do_lower_case``) -> ``Pooling`` (``1_Pooling/config.json``) ->
-any number of ``Dense`` layers (``2_Dense/config.json`` + ``model.safetensors`` or
-``pytorch_model.bin``) and ``Normalize`` modules. ``config_sentence_transformers.json`` holds
+any number of ``Dense`` layers (``2_Dense/config.json`` + ``model.safetensors``; a pickled
+``pytorch_model.bin`` is refused with the command that converts it) and ``Normalize`` modules. ``config_sentence_transformers.json`` holds
 the ``prompts`` and ``default_prompt_name``. :func:`read_st_folder` turns these files into a
 :class:`FolderSpec`; :func:`pool_tokens` and :class:`Dense` compute what the Pooling and Dense
 modules compute, so :class:`contrastkit.encoders.TextEncoder` reproduces
@@ -259,18 +259,32 @@ def _load_dense(folder: Path) -> Dense:
         activation=short,
         use_residual=bool(config.get("use_residual", False)),
     )
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(
-            f"{folder} has no model.safetensors or pytorch_model.bin for its Dense layer; "
-            "re-save the model with SentenceTransformer.save."
+    weights = folder / "model.safetensors"
+    if not weights.is_file() and (folder / "pytorch_model.bin").is_file():
+        # a pickle: never unpickled here (torch.load's weights_only is not a sandbox)
+        bin_file = folder / "pytorch_model.bin"
+        raise ValueError(
+            f"{bin_file}: contrastkit reads weights only from safetensors files, never a pickled "
+            'pytorch_model.bin; if you trust the file, convert it once: python -c "import torch; '
+            "from safetensors.torch import save_file; save_file(torch.load('"
+            f"{bin_file}', weights_only=True), '{weights}')\""
         )
-    layer.load_state_dict(state)
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no model.safetensors for its Dense layer; re-save the model with "
+            "SentenceTransformer.save (safe_serialization=True)."
+        )
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+        layer.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{weights}: not the weights of this Dense layer ({reason}); re-save the model."
+        ) from None
     return layer
 
 
