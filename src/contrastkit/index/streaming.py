@@ -30,6 +30,7 @@ metric and parameters, the training sample); how the embeddings are kept is one
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import warnings
@@ -41,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
+from contrastkit.atomic import open_nofollow, pwrite_all, refuse_symlink
 from contrastkit.errors import ArgumentError, ArgumentWarning
 from contrastkit.index.base import Index, atomic_write, create_index
 
@@ -176,10 +178,20 @@ def _read_progress(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | N
         return None
     try:
         state = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable: start over
         return None
-    if state.get("settings") != settings:
+    if not isinstance(state, dict) or state.get("settings") != settings:
         return None
+    done, meta_bytes = state.get("done"), state.get("metadata_bytes")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (done, meta_bytes)):
+        return None
+    meta = folder / METADATA_FILE
+    if (
+        not 0 <= done <= settings["n"]
+        or not meta_bytes >= 0
+        or (meta.is_file() and meta.stat().st_size < meta_bytes)
+    ):
+        return None  # not what this build wrote: start over
     return state
 
 
@@ -257,6 +269,7 @@ def embed_to_folder(
         raise ValueError(f"rows must satisfy 0 <= start <= stop <= {total}, got {rows!r}.")
     n = hi - lo
     folder = Path(folder)
+    refuse_symlink(folder, "index folder")  # a planted link would send every write elsewhere
     folder.mkdir(parents=True, exist_ok=True)
 
     probe = min(lo, total - 1)  # a shard may be empty: its width still comes from one row
@@ -283,15 +296,21 @@ def embed_to_folder(
     }
     emb_path = folder / EMBEDDINGS_FILES[dtype]
     meta_path = folder / METADATA_FILE
+    for leftover in folder.glob(f".{PROGRESS_FILE}.*.tmp"):  # a killed build's temporary file
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
     state = _read_progress(folder, settings)
     if state is not None and emb_path.exists() and meta_path.exists():
         done, meta_bytes = int(state["done"]), int(state["metadata_bytes"])
-        with open(meta_path, "r+b") as handle:  # drop a partial chunk's metadata
-            handle.truncate(meta_bytes)
+        fd = open_nofollow(meta_path, os.O_RDWR)  # drop a partial chunk's metadata
+        try:
+            os.ftruncate(fd, meta_bytes)
+        finally:
+            os.close(fd)
         store = EmbeddingFile(emb_path, n, keep, dtype, create=False)
     else:
         done, meta_bytes = 0, 0
-        meta_path.write_bytes(b"")
+        os.close(open_nofollow(meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
         store = EmbeddingFile(emb_path, n, keep, dtype, create=True)
     resumed_from = done
     renormalize = dim is not None and dim < width
@@ -301,7 +320,7 @@ def embed_to_folder(
     bar = tqdm(
         total=n, initial=done, unit="doc", unit_scale=True, desc="embed", disable=not progress
     )
-    with open(meta_path, "ab") as meta_out:
+    with os.fdopen(open_nofollow(meta_path, os.O_WRONLY | os.O_APPEND), "ab") as meta_out:
         for start in range(done, n, chunk):
             stop = min(start + chunk, n)
             if start == 0 and probe == lo:
@@ -367,7 +386,9 @@ def index_parts(
             )
         expected = part.stop
     n, keep = expected, parts[0].dim
+    refuse_symlink(Path(path).parent, "index folder")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(Path(path))
     files = [
         EmbeddingFile(p.embeddings_path, p.stop - p.start, keep, p.dtype, create=False)
         for p in parts
@@ -384,10 +405,10 @@ def index_parts(
             ]
             index.train(np.concatenate(sample))  # (S, D) evenly spaced sample
         for f, part in zip(files, parts):
-            with open(part.metadata_path, "rb") as meta_in:
+            with os.fdopen(open_nofollow(part.metadata_path, os.O_RDONLY), "rb") as meta_in:
                 for start in range(0, part.stop - part.start, chunk):
                     stop = min(start + chunk, part.stop - part.start)
-                    meta = [json.loads(next(meta_in)) for _ in range(stop - start)]
+                    meta = _read_metadata(meta_in, part.metadata_path, start, stop - start)
                     index.add(
                         f.read(start, stop),
                         ids=[str(part.start + i) for i in range(start, stop)],
@@ -402,6 +423,38 @@ def index_parts(
     for part in parts:  # complete: a later run starts fresh
         (part.folder / PROGRESS_FILE).unlink(missing_ok=True)
     return index, path
+
+
+def _read_metadata(handle: Any, path: Path, start: int, n: int) -> list[Any]:
+    """The next ``n`` lines of ``metadata.jsonl`` (rows ``start...``) as JSON values; a short or
+    damaged file is a ValueError naming it (the embedding phase wrote one line per row)."""
+    out = []
+    for row in range(start, start + n):
+        line = handle.readline()
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("missing")
+            out.append(json.loads(line))
+        except (ValueError, RecursionError):
+            raise ValueError(
+                f"{path}: line {row + 1} is missing or not JSON; the embedding phase was "
+                "interrupted or the file was changed: remove the folder's progress.json and "
+                "rebuild the index"
+            ) from None
+    return out
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the temporary files a killed build of index file ``path`` left in its folder:
+    the atomic writer's ``.<name>.*.tmp`` (index, float file) and the binary backend's spool
+    ``.binary-floats.*.tmp``. Called with the folder's build lock held (``contrastkit index``
+    takes ``RUN/index.lock``), so no live build's file is touched."""
+    folder = path.parent
+    patterns = (f".{glob.escape(path.name)}.*.tmp", ".binary-floats.*.tmp")
+    for pattern in patterns:
+        for leftover in folder.glob(pattern):
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink(missing_ok=True)
 
 
 def shard_rows(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -467,14 +520,15 @@ class EmbeddingFile:
     def __init__(self, path: Path, n: int, dim: int, dtype: str, *, create: bool) -> None:
         self.dtype, self.dim, self.n = DTYPES[dtype], dim, n
         self.row_bytes = dim * self.dtype.itemsize
-        self._handle = open(path, "w+b" if create else "r+b")  # noqa: SIM115 - closed by close()
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        self._handle = os.fdopen(open_nofollow(path, flags), "r+b")  # closed by close()
         if create or os.fstat(self._handle.fileno()).st_size != n * self.row_bytes:
             self._handle.truncate(n * self.row_bytes)
 
     def write(self, start: int, rows: np.ndarray) -> None:
         """Rows ``start .. start + len(rows)``, durable (fsync) before returning."""
         data = np.ascontiguousarray(rows, dtype=self.dtype).tobytes()
-        os.pwrite(self._handle.fileno(), data, start * self.row_bytes)
+        pwrite_all(self._handle.fileno(), data, start * self.row_bytes)  # a short write resumes
         os.fsync(self._handle.fileno())
 
     def read(self, start: int, stop: int) -> np.ndarray:
