@@ -284,6 +284,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync_file(path: Path, final: Path) -> None:
+    """fsync ``path`` (a file of a folder being built; ``final`` names it in errors)."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise _failed(err, final, None) from err
+
+
 class FolderWriter:
     """The temporary folder of :func:`atomic_folder`; files written here enter the manifest."""
 
@@ -327,6 +339,12 @@ def atomic_folder(final: str | os.PathLike[str]) -> Iterator[FolderWriter]:
     try:
         yield writer
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        # files written by other writers (save_pretrained, torch.onnx.export) into the folder
+        # are fsync'ed too, and every subfolder, before the manifest and the rename
+        for path in files:
+            _fsync_file(path, final / path.relative_to(tmp))
+        for sub in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+            fsync_dir(sub)
         entries = {
             p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
             for p in files

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastkit.atomic import write_bytes, write_json, write_text
 from contrastkit.encoders.saved import ENCODER_CONFIG, WEIGHTS
 from contrastkit.encoders.st_folder import Dense, Normalize
 from contrastkit.encoders.text import TextEncoder
@@ -204,11 +205,11 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
         example = torch.rand(2, c, h, w, generator=torch.Generator().manual_seed(0))
         _onnx_export(image, (example,), tmp / "image.onnx", {"images": {0: "batch"}})
         graphs["image"] = {"file": "image.onnx", "inputs": ["images"], "image_shape": [c, h, w]}
-    (tmp / "export.json").write_text(json.dumps({"format": "onnx", "graphs": graphs}, indent=2))
+    write_json(tmp / "export.json", {"format": "onnx", "graphs": graphs})
 
 
 def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     spec = task.encoder_spec
     if "encoder" not in task.model or spec is None:
@@ -220,7 +221,7 @@ def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
     registry, options = spec
     encoder = task.model["encoder"]
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS))
+    write_bytes(tmp / WEIGHTS, save(state))
     config = {
         "encoder": registry,
         "options": options,
@@ -229,7 +230,7 @@ def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
         "task": cfg.task,
         "run": str(run),
     }
-    (tmp / ENCODER_CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    write_text(tmp / ENCODER_CONFIG, json.dumps(config, indent=2, default=str))
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str) -> Path:
