@@ -7,10 +7,12 @@ Files written in ``folder`` (each chunk is complete before the progress file say
   memory-mapped by readers (written and read here with positioned I/O, so the OS page cache, not
   the process, holds them: :class:`EmbeddingFile`);
 - ``metadata.jsonl``: one JSON value per document, appended per chunk;
-- ``progress.json``: written atomically after every chunk: the settings, the rows done and the
-  metadata file's length at that point. An interrupted run restarted with the same settings
-  continues from ``done`` (the metadata file is cut back to its recorded length); other
-  settings start over. It is removed once the index file is saved.
+- ``progress.json``: written atomically after every chunk: the settings, the rows done, the
+  metadata file's length at that point, and per chunk the sha256 of its embedding and metadata
+  bytes. An interrupted run restarted with the same settings continues after the last chunk that
+  still hashes to what was written (the metadata file is cut back to its length there; a
+  damaged chunk and every later one are embedded again); other settings start over. It is
+  removed once the index file is saved.
 
 Peak memory is one chunk of embeddings, the training sample and the index itself (its codes plus
 the ids and metadata every index keeps); it does not grow with N otherwise.
@@ -31,6 +33,7 @@ metric and parameters, the training sample); how the embeddings are kept is one
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import warnings
@@ -300,14 +303,18 @@ def embed_to_folder(
         if leftover.is_file() and not leftover.is_symlink():
             leftover.unlink(missing_ok=True)
     state = _read_progress(folder, settings)
+    chunks: list[list[Any]] = []
     if state is not None and emb_path.exists() and meta_path.exists():
-        done, meta_bytes = int(state["done"]), int(state["metadata_bytes"])
+        store = EmbeddingFile(emb_path, n, keep, dtype, create=False)
+        # every chunk recorded must still hash to what was written; the build resumes after
+        # the last one that does (a damaged chunk and all after it are embedded again)
+        chunks = _intact_chunks(state, store, meta_path, chunk)
+        done, meta_bytes = (chunks[-1][0], chunks[-1][1]) if chunks else (0, 0)
         fd = open_nofollow(meta_path, os.O_RDWR)  # drop a partial chunk's metadata
         try:
             os.ftruncate(fd, meta_bytes)
         finally:
             os.close(fd)
-        store = EmbeddingFile(emb_path, n, keep, dtype, create=False)
     else:
         done, meta_bytes = 0, 0
         os.close(open_nofollow(meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
@@ -335,15 +342,15 @@ def embed_to_folder(
                     f"{tuple(emb.shape)} and {len(meta)} metadata values; expected "
                     f"({stop - start}, {width}) and {stop - start}."
                 )
-            store.write(start, _prefix(emb, keep, renormalize))
+            data = store.write(start, _prefix(emb, keep, renormalize))
             lines = b"".join(json.dumps(m).encode("utf-8") + b"\n" for m in meta)
             meta_out.write(lines)
             meta_out.flush()
             os.fsync(meta_out.fileno())
             meta_bytes += len(lines)
-            _write_progress(
-                folder, {"settings": settings, "done": stop, "metadata_bytes": meta_bytes}
-            )
+            chunks.append([stop, meta_bytes, _chunk_digest(data, lines)])
+            state = {"settings": settings, "done": stop, "metadata_bytes": meta_bytes}
+            _write_progress(folder, {**state, "chunks": chunks})
             bar.update(stop - start)
             if on_chunk is not None:
                 on_chunk(stop)
@@ -423,6 +430,53 @@ def index_parts(
     for part in parts:  # complete: a later run starts fresh
         (part.folder / PROGRESS_FILE).unlink(missing_ok=True)
     return index, path
+
+
+def _chunk_digest(embeddings: bytes, metadata: bytes) -> str:
+    """What progress.json records per chunk: sha256 of its embedding and metadata bytes."""
+    digest = hashlib.sha256(embeddings)
+    digest.update(metadata)
+    return digest.hexdigest()[:32]
+
+
+def _intact_chunks(
+    state: dict[str, Any], store: EmbeddingFile, meta_path: Path, chunk: int
+) -> list[list[Any]]:
+    """The recorded chunks, in order, up to the first whose embeddings or metadata no longer
+    hash to what was written (or whose record is not one this build wrote)."""
+    records = state.get("chunks")
+    if (
+        not isinstance(records, list)
+        or not records
+        or records[-1][:2]
+        != [
+            state["done"],
+            state["metadata_bytes"],
+        ]
+    ):
+        return []
+    intact: list[list[Any]] = []
+    start, meta_start = 0, 0
+    fd = open_nofollow(meta_path, os.O_RDONLY)
+    try:
+        for record in records:
+            if not (
+                isinstance(record, list)
+                and len(record) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in record[:2])
+                and record[0] == min(start + chunk, store.n)
+                and record[1] >= meta_start
+            ):
+                break
+            stop, meta_end, digest = record
+            lines = os.pread(fd, meta_end - meta_start, meta_start)
+            if _chunk_digest(store.read_bytes(start, stop), lines) != digest:
+                break
+            intact.append(record)
+            start, meta_start = stop, meta_end
+    finally:
+        os.close(fd)
+    return intact
 
 
 def _read_metadata(handle: Any, path: Path, start: int, n: int) -> list[Any]:
@@ -525,11 +579,19 @@ class EmbeddingFile:
         if create or os.fstat(self._handle.fileno()).st_size != n * self.row_bytes:
             self._handle.truncate(n * self.row_bytes)
 
-    def write(self, start: int, rows: np.ndarray) -> None:
-        """Rows ``start .. start + len(rows)``, durable (fsync) before returning."""
+    def write(self, start: int, rows: np.ndarray) -> bytes:
+        """Rows ``start .. start + len(rows)``, durable (fsync) before returning; returns the
+        bytes written."""
         data = np.ascontiguousarray(rows, dtype=self.dtype).tobytes()
         pwrite_all(self._handle.fileno(), data, start * self.row_bytes)  # a short write resumes
         os.fsync(self._handle.fileno())
+        return data
+
+    def read_bytes(self, start: int, stop: int) -> bytes:
+        """The raw bytes of rows ``start:stop``."""
+        return os.pread(
+            self._handle.fileno(), (stop - start) * self.row_bytes, start * self.row_bytes
+        )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as (stop - start, D) float32."""
