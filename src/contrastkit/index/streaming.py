@@ -445,15 +445,9 @@ def _intact_chunks(
     """The recorded chunks, in order, up to the first whose embeddings or metadata no longer
     hash to what was written (or whose record is not one this build wrote)."""
     records = state.get("chunks")
-    if (
-        not isinstance(records, list)
-        or not records
-        or records[-1][:2]
-        != [
-            state["done"],
-            state["metadata_bytes"],
-        ]
-    ):
+    if not isinstance(records, list) or not records or not isinstance(records[-1], list):
+        return []
+    if records[-1][:2] != [state["done"], state["metadata_bytes"]]:
         return []
     intact: list[list[Any]] = []
     start, meta_start = 0, 0
