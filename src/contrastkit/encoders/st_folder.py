@@ -225,6 +225,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON ({err.msg}); re-save the model.") from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        what = "not UTF-8" if isinstance(err, UnicodeDecodeError) else "JSON nested too deeply"
+        raise ValueError(f"{path}: unreadable ({what}); re-save the model.") from None
     if not isinstance(data, dict | list):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}.")
     return data  # type: ignore[return-value]
@@ -300,13 +303,35 @@ def read_st_folder(folder: str | Path) -> FolderSpec | None:
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         return None
+    try:
+        return _read_modules(folder, modules_file)
+    except (KeyError, TypeError, AttributeError, OverflowError) as err:
+        # a value of the wrong type somewhere in the folder's JSON files
+        raise ValueError(
+            f"{folder}: malformed sentence-transformers configuration ({type(err).__name__}: "
+            f"{err}); re-save the model with SentenceTransformer.save."
+        ) from None
+
+
+def _module_folder(folder: Path, entry: dict[str, Any], modules_file: Path) -> Path:
+    """The module's sub-folder: a relative path inside ``folder`` (no ``..``, not absolute)."""
+    rel = Path(str(entry.get("path", "")))
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(
+            f"{modules_file}: module path {str(rel)!r} points outside the model folder; "
+            "module paths are sub-folders of it."
+        )
+    return folder / rel
+
+
+def _read_modules(folder: Path, modules_file: Path) -> FolderSpec:
     modules = _read_json(modules_file)
     if not isinstance(modules, list):
         raise ValueError(f"{modules_file}: expected a list of modules, got an object.")
     spec: FolderSpec | None = None
     for entry in sorted(modules, key=lambda m: m.get("idx", 0)):
         kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
-        sub = folder / str(entry.get("path", ""))
+        sub = _module_folder(folder, entry, modules_file)
         if kind not in MODULE_TYPES:
             raise ValueError(
                 f"{modules_file}: module type {entry.get('type')!r} is not supported; "

@@ -93,6 +93,24 @@ def check_safetensors_folder(folder: Path) -> None:
     )
 
 
+def _load_folder(tf: Any, folder: Path) -> tuple[Any, nn.Module]:
+    """The tokenizer and model of a Hugging Face folder; a damaged folder (a config.json that
+    is not JSON or names an unknown architecture, weights that do not fit it) is one
+    ``ValueError`` naming the folder."""
+    check_safetensors_folder(folder)
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        return tokenizer, _load_model(tf, folder)
+    except ImportError:
+        raise
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError, TypeError...
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise ValueError(
+            f"{folder}: not a loadable model folder ({type(err).__name__}: {reason}); re-save it "
+            "with save_pretrained (safe_serialization=True) / TextEncoder.save."
+        ) from None
+
+
 def _load_model(tf: Any, folder: Path) -> nn.Module:
     """``AutoModel`` without BERT's unused pooler layer (mean pooling replaces it)."""
     check_safetensors_folder(folder)
@@ -221,10 +239,7 @@ class TextEncoder(nn.Module):
                     "config.json); pass a folder saved with save_pretrained / TextEncoder.save, "
                     "or omit path for the packaged all-MiniLM-L6-v2."
                 )
-            tokenizer = tf.AutoTokenizer.from_pretrained(
-                str(spec.transformer), trust_remote_code=False
-            )
-            model = _load_model(tf, spec.transformer)
+            tokenizer, model = _load_folder(tf, spec.transformer)
             if max_length is None:
                 max_length = spec.max_length
         if max_length is None:

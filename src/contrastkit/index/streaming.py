@@ -459,7 +459,8 @@ def _intact_chunks(
                 and len(record) == 3
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in record[:2])
                 and record[0] == min(start + chunk, store.n)
-                and record[1] >= meta_start
+                and meta_start <= record[1] <= state["metadata_bytes"]
+                and isinstance(record[2], str)
             ):
                 break
             stop, meta_end, digest = record
