@@ -117,8 +117,10 @@ def cross_entropy_baseline(budget: float) -> dict:
         "budget_s": budget,
         "steps": step,
         "train_s": round(elapsed, 1),
-        "knn": round(task.knn(train_f, train_y, test_f, test_y, 20), 4),
-        "probe": round(task.probe(train_f, train_y, test_f, test_y), 4),
+        **{
+            k: round(v, 4)
+            for k, v in task.classification(train_f, train_y, test_f, test_y, True).items()
+        },
         "test_accuracy": round(acc, 4),
     }
 

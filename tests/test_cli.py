@@ -84,7 +84,7 @@ def test_train_eval_index_search_report_end_to_end(
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(run), "--set", "train.max_steps=8"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"knn\s+\d\.\d+\s+\d\.\d+", out) and "probe" in out
+    assert re.search(r"knn_accuracy\s+\d\.\d+\s+\d\.\d+", out) and "linear_probe_accuracy" in out
     assert (run / "config.yaml").exists() and (run / "eval.json").exists()
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["train"]["max_steps"] == 8  # the override is in the saved config
@@ -97,7 +97,7 @@ def test_train_eval_index_search_report_end_to_end(
     assert main(["index", str(run)]) == 0
     out = capsys.readouterr().out
     assert "indexed 1422 items" in out
-    hint = re.search(r"search it: contrastkit search (\S+) (\S+)", out)  # a test image as PNG
+    hint = re.search(r"search it: .*?\bsearch (\S+) (\S+)$", out, re.M)  # a test image as PNG
     assert hint is not None and hint.group(1) == str(run)
     assert main(["search", str(run), hint.group(2)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 5

@@ -215,22 +215,23 @@ def test_image_text_run_exports_both_towers(tmp_path, capsys):
 
 
 def test_two_tower_text_model_writes_query_and_document_folders(tmp_path):
-    """A task with separate query and document towers (the layout two-tower runs will have)
-    gets OUT/query and OUT/document, each loading back in sentence-transformers."""
+    """A task whose export_towers() names separate query and document towers (the layout
+    two-tower runs will have) gets OUT/query and OUT/document, each loading back in
+    sentence-transformers."""
     from types import SimpleNamespace
 
     from sentence_transformers import SentenceTransformer
-    from torch import nn
 
     from contrastkit.encoders import TextEncoder
     from contrastkit.export import _write_sentence_transformers, atomic_folder
+    from contrastkit.train.tasks.base import ExportTowers
 
     towers = {
         side: TextEncoder.from_scratch(hidden_size=16, num_layers=1, num_heads=2, seed=seed).eval()
         for seed, side in enumerate(("query", "document"))
     }
-    model = nn.ModuleDict({f"{side}_encoder": enc for side, enc in towers.items()})
-    task = SimpleNamespace(model=model, query_kinds=("text",))
+    text = {side: (enc, None) for side, enc in towers.items()}
+    task = SimpleNamespace(query_kinds=("text",), export_towers=lambda: ExportTowers(text=text))
     out = tmp_path / "two"
     with atomic_folder(out) as tmp:
         _write_sentence_transformers(task, tmp, tmp_path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from contrastkit.encoders import PredictionHead
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.functional.noncontrastive import (
     barlow_twins_loss,
@@ -29,7 +30,6 @@ from contrastkit.losses import (
     BarlowTwinsLoss,
     BYOLLoss,
     DINOLoss,
-    PredictionHead,
     SimSiamLoss,
     SwAVLoss,
     VICRegLoss,
@@ -184,6 +184,23 @@ def test_swav_matches_reference_with_reference_codes() -> None:
         ref += -(q2[i] * torch.log_softmax(s1[i] / 0.1, 0)).sum()
         ref += -(q1[i] * torch.log_softmax(s2[i] / 0.1, 0)).sum()
     torch.testing.assert_close(swav_loss(z1, z2, c), ref / 20)
+
+
+def test_sinkhorn_and_swav_take_a_process_group_like_the_softmax_losses() -> None:
+    # group=None is this batch alone (the 2-rank run is tests/monitor/test_distributed.py); the
+    # old distributed: bool switch is gone, as gather_distributed is from the functional losses.
+    scores = torch.rand(10, 6, generator=torch.Generator().manual_seed(0), dtype=D64) * 2 - 1
+    torch.testing.assert_close(sinkhorn_knopp(scores, group=None), ref_sinkhorn(scores, 0.05, 3))
+    z1, z2, c = randn(10, 4, seed=5), randn(10, 4, seed=6), randn(5, 4, seed=7)
+    assert float(swav_loss(z1, z2, c, group=None)) == float(swav_loss(z1, z2, c))
+    module = SwAVLoss(dim=4, num_prototypes=5, gather_distributed=True).double()
+    with torch.no_grad():
+        module.prototypes.copy_(c)
+    assert float(module(z1, z2).detach()) == float(swav_loss(z1, z2, c))  # one process: same
+    with pytest.raises(TypeError, match="distributed"):
+        sinkhorn_knopp(scores, distributed=True)
+    with pytest.raises(TypeError, match="distributed"):
+        swav_loss(z1, z2, c, distributed=True)
 
 
 @pytest.mark.parametrize("crops", [None, (2, 4)])

@@ -158,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--api-key", help="require this key (Authorization: Bearer KEY); needed off loopback"
     )
+    v.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="read the key from this file (mode 600, one line); or set CONTRASTKIT_API_KEY",
+    )
     v.add_argument("--max-batch", type=int, default=32, help="items per model call (default 32)")
     v.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="wait for a batch to fill (default 5)"
@@ -267,13 +272,22 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
     dsub = da.add_subparsers(dest="data_command", metavar="ACTION")
     ex = dsub.add_parser(
         "export-beir",
-        help="write a packaged BEIR-format set (wordnet)",
-        description="Write NAME (wordnet: noun lemmas -> glosses, own synset judged 2, "
-        "hypernyms/hyponyms judged 1; train/test qrels follow the WordNet loader's split) as a "
-        "BEIR folder DIR.",
+        help="write a BEIR-format folder: the packaged wordnet set, or your own pairs",
+        description="contrastkit data export-beir wordnet DIR: noun lemmas -> glosses, own "
+        "synset judged 2, hypernyms/hyponyms judged 1; train/test qrels follow the WordNet "
+        "loader's split. contrastkit data export-beir pairs FILE DIR: your pairs file (.jsonl, "
+        ".csv, .parquet) as queries, documents and qrels/test.tsv (each query relevant to its "
+        "own positives; negatives become distractors), to evaluate on with eval-retrieval or "
+        "eval.heldout. contrastkit data export-beir hf FOLDER DIR: the same from a Hugging Face "
+        "datasets folder (save_to_disk).",
     )
-    ex.add_argument("name", help="packaged set: wordnet")
-    ex.add_argument("dir", help="folder to write")
+    ex.add_argument("name", help="wordnet, pairs or hf")
+    ex.add_argument("paths", nargs="+", metavar="[SOURCE] DIR", help="SOURCE (pairs, hf), DIR")
+    ex.add_argument(
+        "--columns",
+        metavar="JSON",
+        help='pairs/hf: your column names, e.g. \'{"query": "question", "positive": "answer"}\'',
+    )
     ex.add_argument("--test-queries", type=int, default=500, help="test queries (default 500)")
     ex.add_argument("--train-queries", type=int, default=2000, help="train queries (default 2000)")
     ex.add_argument("--corpus-size", type=int, default=5000, help="corpus size (at least judged)")
@@ -533,11 +547,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from contrastkit.serve import ServeSettings, check_bind, create_app_from_run
+        from contrastkit.serve import (
+            ServeSettings,
+            check_bind,
+            create_app_from_run,
+            resolve_api_key,
+        )
     except ImportError as err:
         raise ValueError(f"{err} (e.g. `pip install 'contrastkit[serve]'`)") from None
 
-    check_bind(args.host, args.api_key)
+    api_key = resolve_api_key(args.api_key, args.api_key_file)  # option, file or environment
+    check_bind(args.host, api_key)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0..65535, got {args.port}.")
     settings = ServeSettings(
@@ -547,7 +567,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_mb=args.max_body_mb,
         max_k=args.max_k,
         threads=args.threads,
-        api_key=args.api_key,
+        api_key=api_key,
     )
     import torch
 
@@ -726,13 +746,44 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from contrastkit.data.beir import export_beir, load_beir
+    from contrastkit.data.beir import export_beir, load_beir, pairs_to_beir
 
     if args.data_command != "export-beir":
         raise ValueError("data needs an action: contrastkit data export-beir wordnet DIR.")
+    if args.name not in ("wordnet", "pairs", "hf"):
+        raise ValueError(
+            f"name must be one of wordnet (the packaged set), pairs (your .jsonl/.csv/.parquet "
+            f"file) or hf (a datasets save_to_disk folder), got {args.name!r}."
+        )
+    wanted = 1 if args.name == "wordnet" else 2
+    if len(args.paths) != wanted:
+        usage = "wordnet DIR" if args.name == "wordnet" else f"{args.name} SOURCE DIR"
+        raise ValueError(f"data export-beir {usage}: got {len(args.paths)} paths {args.paths}.")
+    if args.name != "wordnet":
+        columns = None
+        if args.columns:
+            try:
+                columns = json.loads(args.columns)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"--columns: not valid JSON ({err.msg}): {args.columns!r}"
+                ) from None
+        if args.name == "pairs":
+            from contrastkit.data.files import load_pairs
+
+            pairs = load_pairs(args.paths[0], columns=columns)
+        else:
+            from contrastkit.data.hf import load_hf_pairs
+
+            pairs = load_hf_pairs(args.paths[0], columns=columns)
+        root = pairs_to_beir(pairs, args.paths[1])
+        data = load_beir(root, "test")
+        print(f"test: {len(data.qrels)} queries, {sum(len(v) for v in data.qrels.values())} judged")
+        print(f"wrote {root} ({len(data.corpus)} documents)")
+        return 0
     root = export_beir(
         args.name,
-        args.dir,
+        args.paths[0],
         test_queries=args.test_queries,
         train_queries=args.train_queries,
         corpus_size=args.corpus_size,

@@ -5,7 +5,7 @@
 
 * ``sentence-transformers`` (text towers): a folder ``SentenceTransformer(out)`` loads, whose
   ``encode(texts, normalize_embeddings=True)`` equals the run's ``task.embed_texts(texts)``. A
-  run with separate query and document towers writes ``out/query`` and ``out/document``. The
+  task with separate query and document towers writes ``out/query`` and ``out/document``. The
   image-text run's text side is Transformer -> Pooling -> (Normalize) -> Dense (its projection,
   no activation) -> Normalize.
 * ``onnx``: one graph per tower with dynamic batch (and sequence) axes: ``text.onnx``
@@ -18,6 +18,10 @@
 * ``safetensors``: ``model.safetensors`` (the encoder's weights) + ``encoder.json`` (the encoder
   registry name and its resolved options, plus the run's model config);
   :func:`contrastkit.load_encoder` rebuilds the encoder from them without the run folder.
+
+What is written comes from the task protocol only (``task.export_towers()``, ``encoder_spec``,
+``image_shape``, ``query_kinds``: :mod:`contrastkit.train.tasks.base`): a task says which towers
+it has; export never looks inside its model.
 
 ``out`` is written into a temporary sibling folder and renamed into place at the end
 (:func:`atomic_folder`), so a crash never leaves a half export behind; ``out`` must not exist or
@@ -34,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastkit.atomic import write_bytes, write_json, write_text
@@ -58,19 +61,14 @@ def atomic_folder(out: Path) -> Iterator[Path]:
 
 
 def _text_towers(task: Any) -> dict[str, tuple[TextEncoder, nn.Linear | None]]:
-    """The run's text towers: name ("" for a single tower) -> (encoder, projection or None)."""
-    model = task.model
-    if "query_encoder" in model and "document_encoder" in model:
-        return {
-            "query": (model["query_encoder"], None),
-            "document": (model["document_encoder"], None),
-        }
-    if "encoder" in model and isinstance(model["encoder"], TextEncoder):
-        return {"": (model["encoder"], None)}
-    towers = model["towers"] if "towers" in model else None  # noqa: SIM401 (ModuleDict has no get)
-    if towers is not None and isinstance(getattr(towers, "text_encoder", None), TextEncoder):
-        return {"": (towers.text_encoder, towers.text_projection)}
-    return {}
+    """The run's text towers that sentence-transformers / ONNX can write: name ("" for a single
+    tower) -> (encoder, projection or None), from the task's :meth:`export_towers`."""
+    towers = task.export_towers().text
+    return {
+        name: (encoder, projection)
+        for name, (encoder, projection) in towers.items()
+        if isinstance(encoder, TextEncoder)
+    }
 
 
 def _projected(encoder: TextEncoder, projection: nn.Linear | None) -> TextEncoder:
@@ -117,39 +115,6 @@ class _TextGraph(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.encoder.embed_padded({"input_ids": input_ids, "attention_mask": attention_mask})
-
-
-class _ImageGraph(nn.Module):
-    """``images (B, C, H, W) -> embeddings (B, D)`` for ONNX, as the run embeds images."""
-
-    def __init__(self, embed: nn.Module, project: nn.Module | None = None) -> None:
-        super().__init__()
-        self.embed, self.project = embed, project
-
-    def forward(self, images: Tensor) -> Tensor:
-        out = self.embed(images)
-        return out if self.project is None else F.normalize(self.project(out), dim=-1)
-
-
-class _Backbone(nn.Module):
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.encoder.embed(images)
-
-
-def _image_graph(cfg: Any, task: Any) -> _ImageGraph | None:
-    model = task.model
-    if "towers" in model:
-        towers = model["towers"]
-        return _ImageGraph(towers.image_encoder, towers.image_projection)
-    if "encoder" in model and "image" in task.query_kinds:
-        enc = model["encoder"]
-        backbone = getattr(cfg.eval, "features", "backbone") == "backbone" and hasattr(enc, "embed")
-        return _ImageGraph(_Backbone(enc) if backbone else enc)
-    return None
 
 
 def _onnx_export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: dict) -> None:
@@ -199,7 +164,7 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
             # the graph pools every token: with include_prompt false it also pools the prompt
             "include_prompt": enc.include_prompt,
         }
-    image = _image_graph(cfg, task)
+    image = task.export_towers().image
     if image is not None:
         c, h, w = task.image_shape
         example = torch.rand(2, c, h, w, generator=torch.Generator().manual_seed(0))
@@ -211,15 +176,14 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
 def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
     from safetensors.torch import save
 
-    spec = task.encoder_spec
-    if "encoder" not in task.model or spec is None:
+    spec, encoder = task.encoder_spec, task.export_towers().encoder
+    if encoder is None or spec is None:
         raise ValueError(
             f"run {str(run)!r}: task {cfg.task!r} has no single registered encoder "
-            f"(model['encoder'] with an encoder_spec), so load_encoder could not rebuild it; "
+            f"(an encoder_spec and its encoder), so load_encoder could not rebuild it; "
             f"use --format onnx."
         )
     registry, options = spec
-    encoder = task.model["encoder"]
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     write_bytes(tmp / WEIGHTS, save(state))
     config = {

@@ -200,7 +200,7 @@ def test_index_and_search_commands_on_a_real_run(tiny_run, capsys):
     )
     index = load_index(tiny_run / "index" / "corpus.ckindex")
     assert index.backend == "faiss_ivfpq" and index.dim == 8 and index.nlist == 8
-    query = re.search(r"search it: contrastkit search (\S+) (\S+)", captured.out).group(2)
+    query = re.search(r"search it: .*?\bsearch (\S+) (\S+)$", captured.out, re.M).group(2)
     assert main(["search", run, query, "--nprobe", "8", "-k", "3"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert main(["search", run, query, "--ef", "32"]) == 2

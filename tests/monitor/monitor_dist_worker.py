@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from contrastkit.collectives import world_group
 from contrastkit.functional.noncontrastive import sinkhorn_knopp, swav_loss
-from contrastkit.losses import DINOLoss
+from contrastkit.losses import DINOLoss, SwAVLoss
 from contrastkit.monitor import CollapseMonitor
 
 
@@ -38,9 +39,14 @@ def swav_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
 
 def swav_observe(rows: slice, distributed: bool) -> dict:
     scores, query, key, prototypes = swav_inputs()
+    group = world_group() if distributed else None  # None: this process's rows alone
+    module = SwAVLoss(dim=4, num_prototypes=5, gather_distributed=distributed).double()
+    with torch.no_grad():
+        module.prototypes.copy_(prototypes)
     return {
-        "codes": sinkhorn_knopp(scores[rows], distributed=distributed).tolist(),
-        "swav": float(swav_loss(query[rows], key[rows], prototypes, distributed=distributed)),
+        "codes": sinkhorn_knopp(scores[rows], group=group).tolist(),
+        "swav": float(swav_loss(query[rows], key[rows], prototypes, group=group)),
+        "swav_module": float(module(query[rows], key[rows]).detach()),
     }
 
 

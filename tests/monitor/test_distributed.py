@@ -65,6 +65,8 @@ def test_two_rank_reduction_equals_single_process() -> None:
     # each rank averages its own rows: the mean over ranks is the single-process loss
     mean_loss = (results[0]["swav"] + results[1]["swav"]) / 2
     assert mean_loss == pytest.approx(whole["swav"], rel=1e-10)
+    # the module's gather_distributed is group=world_group() of the functional loss
+    assert [r["swav_module"] for r in results.values()] == [r["swav"] for r in results.values()]
     # and the global balance differs from balancing each half alone
     local = worker.swav_observe(slice(0, 6), distributed=False)
     assert not torch.allclose(

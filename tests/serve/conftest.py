@@ -16,6 +16,10 @@ import httpx
 import pytest
 from tests.train.conftest import tiny_config, tiny_pairs_config
 
+LOCAL = "http://127.0.0.1"
+"""TestClient's base URL: a loopback Host, which a service without an API key requires (its
+default ``testserver`` would be refused like any other name)."""
+
 
 @pytest.fixture(scope="session")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -114,10 +118,11 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
     raise TimeoutError(f"{url} did not answer /health in {timeout} s")
 
 
-def start_server(run: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """``python -m contrastkit.cli serve RUN`` on a free loopback port (real uvicorn)."""
+def start_server(run: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``python -m contrastkit.cli serve RUN`` on a free loopback port (real uvicorn); ``env``:
+    variables added to this process's environment."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "contrastkit.cli", "serve", str(run), "--port", str(port), *args],
         env=env,

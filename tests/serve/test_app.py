@@ -23,18 +23,18 @@ from contrastkit.serve.embedder import Embedder
 from contrastkit.train.run import load_run
 from contrastkit.train.search import INDEX_FILE
 
-from .conftest import b64, png_bytes
+from .conftest import LOCAL, b64, png_bytes
 
 
 @pytest.fixture(scope="module")
 def image_client(image_run: Path):
-    with TestClient(create_app_from_run(image_run)) as client:
+    with TestClient(create_app_from_run(image_run), base_url=LOCAL) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def text_client(text_run: Path):
-    with TestClient(create_app_from_run(text_run)) as client:
+    with TestClient(create_app_from_run(text_run), base_url=LOCAL) as client:
         yield client
 
 
@@ -227,7 +227,7 @@ def test_admin_reload_swaps_in_a_new_index(image_run: Path, tmp_path: Path) -> N
     path = tmp_path / "copy.ckindex"
     original = load_index(image_run / INDEX_FILE)
     original.save(path)
-    with TestClient(create_app(Embedder.from_run(image_run), path)) as client:
+    with TestClient(create_app(Embedder.from_run(image_run), path), base_url=LOCAL) as client:
         assert client.get("/health").json()["index_size"] == len(original)
         vectors = torch.randn(10, original.dim, generator=torch.Generator().manual_seed(0))
         small = build_index(vectors, metric="cosine", ids=[f"n{i}" for i in range(10)],
@@ -249,7 +249,7 @@ def test_concurrent_requests_share_a_batch(text_run: Path) -> None:
         await app.state.serve.batcher.start()
         await app.state.serve.searcher.start()
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
                 return await asyncio.gather(
                     *(client.post("/search", json={"query": t, "k": 2}) for t in texts)
                 )
@@ -300,7 +300,7 @@ def test_full_queue_answers_503_with_retry_after(text_run: Path) -> None:
         await app.state.serve.searcher.start()
         try:
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
 
                 def post(text: str) -> asyncio.Future:
                     return asyncio.ensure_future(client.post("/search", json={"query": text}))
@@ -443,7 +443,7 @@ def test_bad_input_on_a_text_run(text_client: TestClient, query_png: bytes) -> N
 
 def test_oversized_bodies_get_413(image_run: Path, query_png: bytes) -> None:
     settings = ServeSettings(max_body_mb=0.01)  # ~10 KB
-    with TestClient(create_app_from_run(image_run, settings=settings)) as client:
+    with TestClient(create_app_from_run(image_run, settings=settings), base_url=LOCAL) as client:
         big = "A" * 20_000
         _bad(client.post("/search", json={"image": big}), 413, "body")
         files = {"file": ("big.png", b"\0" * 20_000, "image/png")}
@@ -462,7 +462,7 @@ def test_api_key_guards_everything_but_page_health_and_docs(
     image_run: Path, query_png: bytes
 ) -> None:
     settings = ServeSettings(api_key="s3cret")
-    with TestClient(create_app_from_run(image_run, settings=settings)) as client:
+    with TestClient(create_app_from_run(image_run, settings=settings), base_url=LOCAL) as client:
         for path in ("/", "/health", "/docs", "/openapi.json"):
             assert client.get(path).status_code == 200, path
         assert client.get("/health").json()["auth"] is True
@@ -522,7 +522,7 @@ def test_an_unreadable_new_index_keeps_the_old_one_in_service(
 ) -> None:
     path = tmp_path / "copy.ckindex"
     load_index(image_run / INDEX_FILE).save(path)
-    with TestClient(create_app(Embedder.from_run(image_run), path)) as client:
+    with TestClient(create_app(Embedder.from_run(image_run), path), base_url=LOCAL) as client:
         size = client.get("/health").json()["index_size"]
         path.write_bytes(b"CKINDEX1 truncated")  # written in place, not renamed: unreadable
         with pytest.warns(RuntimeWarning, match="not readable"):
@@ -556,7 +556,7 @@ def test_an_index_of_another_width_is_refused(image_run: Path, tmp_path: Path) -
         create_app(Embedder.from_run(image_run), path)
     good = tmp_path / "good.ckindex"
     load_index(image_run / INDEX_FILE).save(good)
-    with TestClient(create_app(Embedder.from_run(image_run), good)) as client:
+    with TestClient(create_app(Embedder.from_run(image_run), good), base_url=LOCAL) as client:
         wrong.save(good)  # swapped in by rename, but for another model: not taken
         with pytest.warns(RuntimeWarning, match="not readable"):
             assert client.get("/health").json()["dimension"] == dim

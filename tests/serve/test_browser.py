@@ -8,6 +8,7 @@ Set ``CONTRASTKIT_SCREENSHOT=path.png`` to save the image-search page (docs/serv
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -43,6 +44,7 @@ EVIL = [
     '<img src=x onerror="window.__pwned = 2"> a document with an onerror attribute',
 ]
 EVIL_LABEL = '<b onmouseover="window.__pwned = 3">label</b>'
+REBOUND = "rebound.example"  # an attacker's name that resolves to 127.0.0.1 (DNS rebinding)
 
 
 def _live(app) -> Iterator[str]:
@@ -71,6 +73,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--no-first-run", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", f"--user-data-dir={profile}", "--window-size=1000,760",
+        f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1",  # a DNS-rebinding name, resolved here
     ):  # fmt: skip
         options.add_argument(flag)
     service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
@@ -230,3 +233,59 @@ def test_the_api_docs_page_renders_without_a_network(
         e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
     }
     assert {"/search", "/embed", "/health"} <= {p.replace("\u200b", "") for p in paths}
+
+
+@pytest.fixture
+def attacker_page(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """Another site: a folder served on http://localhost:PORT (a different site from
+    127.0.0.1), for pages that post to the service."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path, f"http://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_another_site_cannot_use_a_keyless_server(
+    browser: webdriver.Chrome, image_run: Path, attacker_page: tuple[Path, str]
+) -> None:
+    """A form on another site posting to /admin/reload (and /search/upload) is refused, and a
+    page reached through a rebound DNS name gets nothing; the service's own page still works."""
+    live = _live(create_app_from_run(image_run))
+    url = next(live)
+    try:
+        folder, site = attacker_page
+        for target in ("/admin/reload", "/search/upload"):
+            (folder / "post.html").write_text(
+                f'<form id="f" method="POST" action="{url}{target}" enctype="multipart/form-data">'
+                '<input name="k" value="1"></form><script>document.getElementById("f").submit()'
+                "</script>"
+            )
+            browser.get(f"{site}/post.html")
+            wait = WebDriverWait(browser, 30)
+            wait.until(lambda d: d.current_url.startswith(url))  # the form was sent
+            wait.until(lambda d: "same origin" in d.find_element(By.TAG_NAME, "body").text)
+            answer = json.loads(browser.find_element(By.TAG_NAME, "body").text)
+            assert answer["field"] == "Sec-Fetch-Site" and answer["value"] == '"cross-site"'
+        assert httpx.get(url + "/health").json()["index_version"] == 1  # never reloaded
+        port = url.rsplit(":", 1)[1]
+        browser.get(f"http://{REBOUND}:{port}/health")
+        answer = json.loads(browser.find_element(By.TAG_NAME, "body").text)
+        assert answer["field"] == "Host" and REBOUND in answer["value"]  # not the health report
+        _open(browser, url)  # the service's own page loads and its POSTs pass (same origin)
+        browser.execute_script(
+            "window.__reload = fetch('/admin/reload', {method: 'POST'}).then(r => r.status)"
+        )
+        status = browser.execute_async_script(
+            "window.__reload.then(arguments[arguments.length - 1])"
+        )
+        assert status == 200
+    finally:
+        live.close()

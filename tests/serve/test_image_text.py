@@ -17,12 +17,12 @@ from contrastkit.serve import create_app_from_run
 from contrastkit.train.run import load_run
 from contrastkit.train.search import INDEX_FILE
 
-from .conftest import b64, png_bytes
+from .conftest import LOCAL, b64, png_bytes
 
 
 @pytest.fixture(scope="module")
 def client(image_text_run: Path):
-    with TestClient(create_app_from_run(image_text_run)) as client:
+    with TestClient(create_app_from_run(image_text_run), base_url=LOCAL) as client:
         yield client
 
 

@@ -77,7 +77,7 @@ def test_demo_recipe_on_an_image_folder_end_to_end(
     steps = [r for r in records if "loss" in r]
     assert len(steps) == 4
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["metrics"]["knn"] > 0.3 and ev["baseline_name"] == "raw pixels"  # 10 classes
+    assert ev["metrics"]["knn_accuracy"] > 0.3 and ev["baseline_name"] == "raw pixels"  # 10 classes
     # the encoder follows the data: 1 channel, 28 px (the first image's size)
     _, task, _ = __import__("contrastkit.train.run", fromlist=["load_run"]).load_run(run)
     assert task.image_shape == (1, 28, 28)
@@ -117,7 +117,7 @@ def test_flat_rgb_folder_trains_views_with_resnet18(tmp_path: Path) -> None:
     argv[argv.index("optim.batch_size=64")] = "optim.batch_size=16"
     assert main(argv) == 0
     ev = json.loads((run / "eval.json").read_text())
-    assert "knn" not in ev["metrics"]  # no labels in a flat folder: nothing to classify
+    assert "knn_accuracy" not in ev["metrics"]  # no labels in a flat folder: nothing to classify
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["event"] == "start" and len([r for r in records if "loss" in r]) == 4
 

@@ -375,7 +375,7 @@ def test_matryoshka_dims_train_and_evaluate_each_width(tmp_path: Path) -> None:
     cfg = fast(tmp_path, loss={"matryoshka_dims": [4, 8]}, train={"max_steps": 2})
     run = train(cfg, tmp_path / "mrl")
     metrics = json.loads((run / "eval.json").read_text())["metrics"]
-    assert {"knn", "knn @4d", "knn @8d"} <= set(metrics)
+    assert {"knn_accuracy", "knn_accuracy @4d", "knn_accuracy @8d"} <= set(metrics)
     from contrastkit.train import ConfigError
 
     with pytest.raises(ConfigError, match=r"loss\.matryoshka_dims: got \[0\]"):

@@ -168,3 +168,40 @@ def test_matryoshka_pairs_report_recall_at_each_width(tmp_path: Path) -> None:
     run = train(load_config_dict(raw), tmp_path / "mrl")
     metrics = json.loads((run / "eval.json").read_text())["metrics"]
     assert {"R@1", "R@1 @4d", "R@1 @8d", "MRR @4d"} <= set(metrics)
+
+
+def test_preference_task_reads_your_column_names(tmp_path: Path) -> None:
+    """data.columns maps a preference file's renamed columns (prompt, chosen, rejected) onto
+    (query, positive, negatives), as for the pairs task; a name that is not a column is an
+    error naming it."""
+    from contrastkit.data.wordnet import load_wordnet
+    from contrastkit.train.tasks.preference import PreferenceTask
+
+    source = load_wordnet(split="all", kind="lemma_gloss", pos="r")
+    path = tmp_path / "prefs.jsonl"
+    first = list({q: r for r, q in reversed(list(enumerate(source.query)))}.values())[:120]
+    rows = [  # one row per prompt; the rejected answer is another row's gloss
+        {"prompt": source.query[r], "chosen": source.positive[r], "worse": source.positive[o]}
+        for r, o in zip(first, first[7:] + first[:7])
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = pairs_config(tmp_path, task="preference", negatives={})
+    raw["loss"] = {"name": "preference", "params": {"kind": "logistic"}}
+    raw["data"] = {
+        "dataset": "pairs_file",
+        "root": str(path),
+        "columns": {"query": "prompt", "positive": "chosen", "negatives": ["worse"]},
+    }
+    task = PreferenceTask(load_config_dict(raw))
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert len(task.train_pairs) + len(task.test_pairs) == 120
+    for pairs, rejected in ((task.train_pairs, task.train_rejected),
+                            (task.test_pairs, task.test_rejected)):  # fmt: skip
+        for prompt, chosen, worse in zip(pairs.query, pairs.positive, rejected):
+            assert (chosen, worse) == (by_prompt[prompt]["chosen"], by_prompt[prompt]["worse"])
+    run = train(load_config_dict(raw), tmp_path / "pref-run")
+    ev = json.loads((run / "eval.json").read_text())
+    assert 0 <= ev["metrics"]["pairwise_accuracy"] <= 1
+    raw["data"]["columns"] = {"query": "question", "positive": "chosen"}
+    with pytest.raises(ValueError, match="question"):
+        PreferenceTask(load_config_dict(raw))

@@ -41,6 +41,8 @@ __all__ = [
     "export_beir",
     "load_beir",
     "load_beir_pairs",
+    "pairs_as_beir",
+    "pairs_to_beir",
 ]
 
 log = logging.getLogger(__name__)
@@ -421,4 +423,68 @@ def export_beir(
             for did, grade in sorted(judged.items())
         ]
         atomic_write_bytes(root / "qrels" / f"{split}.tsv", ("\n".join(lines) + "\n").encode())
+    return root
+
+
+def pairs_as_beir(pairs: TextPairs) -> BeirData:
+    """Aligned pairs as one BEIR split in memory (what :func:`pairs_to_beir` writes).
+
+    Queries are the distinct query texts (``q<i>`` in first-seen order); documents are the
+    distinct positive texts, then the distinct negatives that are no positive (``d<i>``,
+    unjudged distractors). A query is judged relevant (1) to the positive of every row it
+    appears in, so a query repeated with two answers has two relevant documents.
+
+    >>> from contrastkit.data._common import TextPairs
+    >>> data = pairs_as_beir(TextPairs(["hi", "bye", "hi"], ["hello", "goodbye", "hey"]))
+    >>> len(data.queries), len(data.corpus), data.qrels["q0"]
+    (2, 3, {'d0': 1, 'd2': 1})
+    """
+    if len(pairs) == 0:
+        raise ValueError("pairs is empty: nothing to evaluate; pass a file with at least one row.")
+    queries: dict[str, str] = {}
+    docs: dict[str, str] = {}
+    judged: dict[str, dict[str, int]] = {}
+    for query, positive in zip(pairs.query, pairs.positive):
+        qid = queries.setdefault(query, f"q{len(queries)}")
+        did = docs.setdefault(positive, f"d{len(docs)}")
+        judged.setdefault(qid, {})[did] = 1
+    for row in pairs.negatives or []:
+        for negative in row:
+            docs.setdefault(negative, f"d{len(docs)}")
+    corpus = {did: {"title": "", "text": text} for text, did in docs.items()}
+    return BeirData(corpus, {qid: t for t, qid in queries.items()}, judged)
+
+
+def pairs_to_beir(pairs: TextPairs, root: str | Path, split: str = "test") -> Path:
+    """Write aligned pairs as a BEIR folder (:func:`pairs_as_beir`): your own held-out pairs,
+    evaluated with the same trec_eval conventions as any BEIR set (``contrastkit
+    eval-retrieval``, ``eval.heldout``).
+
+    Args:
+        pairs: :class:`~contrastkit.data._common.TextPairs` (e.g. from
+            :func:`contrastkit.data.files.load_pairs` or
+            :func:`contrastkit.data.hf.load_hf_pairs`).
+        root: the folder to write (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
+        split: the qrels file name.
+
+    >>> import tempfile
+    >>> from contrastkit.data._common import TextPairs
+    >>> root = pairs_to_beir(TextPairs(["hi", "bye", "hi"], ["hello", "goodbye", "hey"]),
+    ...                      tempfile.mkdtemp())
+    >>> load_beir(root).qrels == pairs_as_beir(TextPairs(["hi", "bye", "hi"],
+    ...                                                  ["hello", "goodbye", "hey"])).qrels
+    True
+    """
+    if not isinstance(split, str) or not split.isidentifier():
+        raise ValueError(f"split must be a plain name like 'test', got {split!r}.")
+    data = pairs_as_beir(pairs)
+    root = Path(root)
+    corpus = [json.dumps({"_id": did, **doc}) for did, doc in data.corpus.items()]
+    query_lines = [json.dumps({"_id": qid, "text": t}) for qid, t in data.queries.items()]
+    qrels = ["query-id\tcorpus-id\tscore"] + [
+        f"{qid}\t{did}\t{grade}" for qid, row in data.qrels.items() for did, grade in row.items()
+    ]
+    atomic_write_bytes(root / "corpus.jsonl", ("\n".join(corpus) + "\n").encode())
+    atomic_write_bytes(root / "queries.jsonl", ("\n".join(query_lines) + "\n").encode())
+    atomic_write_bytes(root / "qrels" / f"{split}.tsv", ("\n".join(qrels) + "\n").encode())
     return root

@@ -56,7 +56,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from contrastkit.data._common import check_split, held_out_mask, missing
-from contrastkit.data.images import IMAGE_SUFFIXES, ImageDecodeError
+from contrastkit.data.images import IMAGE_SUFFIXES, ImageDecodeError, bomb_error, open_image
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 CROPS = ("center", "random")
@@ -261,7 +261,7 @@ def decode_image(
 
     name = str(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path, name=name) as img:
             mode = "RGB" if channels == 3 else "L"
             if image_size is not None and img.format == "JPEG":
                 img.draft(mode, (image_size, image_size))  # decode big JPEGs at 1/2, 1/4, 1/8
@@ -282,7 +282,11 @@ def decode_image(
             array = np.array(img, dtype=np.uint8)  # (H, W) or (H, W, C), a writable copy
     except FileNotFoundError:
         raise FileNotFoundError(f"{name}: no such image file.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as err:  # a frame past the limit, found while decoding
+        raise bomb_error(name, err) from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(
             f"{name}: not a readable image (PNG, JPEG, BMP, GIF, WebP or TIFF) ({err})."
         ) from err
@@ -292,12 +296,10 @@ def decode_image(
 
 def _probe_channels(paths: Iterable[str]) -> int:
     """3 if any of the first readable files is colour (mode other than L / LA / 1 / I / F), else 1."""
-    from PIL import Image
-
     seen = 0
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 if img.mode not in ("1", "L", "LA", "I", "I;16", "F"):
                     return 3
         except (OSError, SyntaxError, ValueError):
@@ -452,9 +454,13 @@ class ImageFiles(Dataset):
 
         path = self.path(i)
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img.thumbnail((size, size))
                 return _upright_on_white(img, "RGB" if self.channels == 3 else "L")
+        except ImageDecodeError:
+            raise
+        except Image.DecompressionBombError as err:
+            raise bomb_error(str(path), err) from None
         except (OSError, SyntaxError, ValueError) as err:
             raise ImageDecodeError(f"{path}: not a readable image ({err}).") from err
 
@@ -613,8 +619,6 @@ class FolderReader:
 def first_image_size(dataset_root: str | os.PathLike, cap: int = 224) -> int:
     """The shorter side of the first image of a folder or manifest, at most ``cap`` (what
     ``data.image_size`` defaults to: the encoder follows the data)."""
-    from PIL import Image
-
     source = Path(dataset_root)
     if source.suffix.lower() in MANIFEST_SUFFIXES and not source.is_dir():
         cells, _, _ = read_manifest(source, "path", None, None)
@@ -623,7 +627,7 @@ def first_image_size(dataset_root: str | os.PathLike, cap: int = 224) -> int:
         keys, _, _ = list_image_folder(source)
         first = source / keys[0]
     try:
-        with Image.open(first) as img:
+        with open_image(first) as img:
             return max(2, min(cap, min(img.size)))
-    except OSError:
+    except (OSError, ImageDecodeError):  # not an image: the file is skipped when read
         return min(cap, 64)

@@ -1,6 +1,18 @@
-"""One call for periodic evaluation during training: kNN, linear probe and retrieval metrics."""
+"""One call for periodic evaluation during training: kNN, linear probe and retrieval metrics,
+and the names they are logged under.
+
+The names returned here are the ones every run writes (``metrics.jsonl``, ``eval.json``, the
+report): ``knn_accuracy``, ``linear_probe_accuracy``; a Matryoshka width ``d`` adds
+``"<name> @<d>d"``. Runs written before this vocabulary used ``knn`` and ``probe``;
+:func:`current_metric_names` reads them in today's names.
+
+>>> current_metric_names({"knn": 0.8, "probe": 0.9, "knn @8d": 0.7, "R@1": 0.5})
+{'knn_accuracy': 0.8, 'linear_probe_accuracy': 0.9, 'knn_accuracy @8d': 0.7, 'R@1': 0.5}
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import Tensor
 
@@ -17,7 +29,30 @@ from contrastkit.eval.retrieval import (
     summarize,
 )
 
-__all__ = ["evaluate_embeddings"]
+__all__ = [
+    "KNN_ACCURACY",
+    "LINEAR_PROBE_ACCURACY",
+    "current_metric_name",
+    "current_metric_names",
+    "evaluate_embeddings",
+]
+
+KNN_ACCURACY = "knn_accuracy"
+LINEAR_PROBE_ACCURACY = "linear_probe_accuracy"
+# names of runs written before one vocabulary (the image tasks logged these)
+LEGACY_METRIC_NAMES = {"knn": KNN_ACCURACY, "probe": LINEAR_PROBE_ACCURACY}
+
+
+def current_metric_name(name: str) -> str:
+    """Today's name of a logged metric ``name`` (a legacy name, optionally followed by a
+    Matryoshka width suffix such as ``" @8d"``); any other name is returned unchanged."""
+    base, sep, suffix = name.partition(" @")
+    return LEGACY_METRIC_NAMES.get(base, base) + sep + suffix
+
+
+def current_metric_names(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` (as read from an old or new run) keyed by today's names, order kept."""
+    return {current_metric_name(k): v for k, v in metrics.items()}
 
 
 def evaluate_embeddings(
@@ -48,7 +83,8 @@ def evaluate_embeddings(
         with_linear_probe: fit the L-BFGS logistic-regression probe (the slowest part).
         probe_weight_decays: one value (default; no selection, fastest) or several (chosen on a
             held-out 10% of the training set).
-        ks: retrieval cut-offs; label-based so ``precision@k`` and ``hit_rate@k`` are reported.
+        ks: retrieval cut-offs; label-based so ``precision@k`` and ``hit_rate@k`` are reported
+            (``()``: kNN and probe only).
         with_map_at_r: also MAP@R and R-Precision (retrieves up to the largest class size per
             query: slower on large corpora).
 
@@ -80,15 +116,17 @@ def evaluate_embeddings(
             weight_decays=probe_weight_decays,
             max_iter=probe_max_iter,
         )
-        out["linear_probe_accuracy"] = probe.accuracy
+        out[LINEAR_PROBE_ACCURACY] = float(probe.accuracy)
     train_labels, test_labels = train_labels.cpu(), test_labels.cpu()
     num_classes = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
     # One exact search serves both the kNN vote and the retrieval metrics.
-    scores, indices = retrieve(test_emb, train_emb, max(knn_k, *ks), metric=metric)
+    scores, indices = retrieve(test_emb, train_emb, max((knn_k, *ks)), metric=metric)
     votes = votes_from_neighbours(
         scores[:, :knn_k], indices[:, :knn_k], train_labels, knn_temperature, num_classes
     )
-    out["knn_accuracy"] = float((votes.argmax(1) == test_labels).float().mean())
+    out[KNN_ACCURACY] = float((votes.argmax(1) == test_labels).float().mean())
+    if not ks and not with_map_at_r:
+        return {KNN_ACCURACY: out.pop(KNN_ACCURACY), **out}
     hits, num_relevant = relevance_hits(
         indices.cpu(), query_labels=test_labels, corpus_labels=train_labels
     )
@@ -108,4 +146,4 @@ def evaluate_embeddings(
         per_query["map@r"], per_query["r_precision"] = full["map@r"], full["r_precision"]
     summary = summarize(per_query)
     out.update({name: summary[name] for name in per_query})
-    return {"knn_accuracy": out.pop("knn_accuracy"), **out}
+    return {KNN_ACCURACY: out.pop(KNN_ACCURACY), **out}

@@ -20,6 +20,8 @@ None of them guarantees it: watch the embeddings with :mod:`contrastkit.monitor`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,9 +34,12 @@ from contrastkit._checks import (
     check_temperature,
     reduce,
 )
-from contrastkit.collectives import all_reduce_, get_world_size
+from contrastkit.collectives import Ranks
 from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import normalize
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "barlow_twins_loss",
@@ -381,7 +386,11 @@ def barlow_twins_loss(
 @torch.no_grad()
 @own_precision("float32")
 def sinkhorn_knopp(
-    scores: Tensor, *, epsilon: float = 0.05, iterations: int = 3, distributed: bool = False
+    scores: Tensor,
+    *,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    group: ProcessGroup | None = None,
 ) -> Tensor:
     """Soft cluster assignments with equal cluster sizes (Cuturi 2013; SwAV's codes).
 
@@ -397,8 +406,10 @@ def sinkhorn_knopp(
         epsilon: entropic regularisation; smaller is closer to hard assignments (0.05 in SwAV).
         iterations: normalisation rounds (3 in SwAV); rows sum exactly to 1 after any number,
             columns converge to B / K.
-        distributed: under ``torch.distributed``, balance the prototypes over the global batch
-            (all ranks, equal batch sizes; SwAV's ``distributed_sinkhorn``); every rank must call.
+        group: the ``torch.distributed`` process group whose ranks hold the rest of the batch
+            (e.g. :func:`contrastkit.collectives.world_group`): the prototypes are balanced over
+            the global batch of its ranks (equal batch sizes; SwAV's ``distributed_sinkhorn``),
+            every rank of it must call. None (default): this batch alone.
 
     Returns:
         (B, K) codes, each row a distribution over prototypes, in the dtype of ``scores``.
@@ -412,31 +423,31 @@ def sinkhorn_knopp(
     check_positive_number("epsilon", epsilon)
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
         raise ValueError(f"iterations must be an int >= 1 (3 in SwAV), got {iterations!r}.")
-    return _sinkhorn(scores, epsilon, iterations, bool(distributed))
+    return _sinkhorn(scores, epsilon, iterations, Ranks.of(group))
 
 
 @torch.no_grad()
-def _sinkhorn(scores: Tensor, epsilon: float, iterations: int, distributed: bool = False) -> Tensor:
-    world = get_world_size() if distributed else 1
+def _sinkhorn(scores: Tensor, epsilon: float, iterations: int, ranks: Ranks) -> Tensor:
+    world = ranks.world
     b, k = scores.shape
     logits = scores.float() / epsilon if scores.dtype != torch.float64 else scores / epsilon
     high, low = logits.max(), logits.min()
     if world > 1:  # the same shift and the same dtype on every rank
-        all_reduce_(high, "max")
-        all_reduce_(low, "min")
+        ranks.all_reduce_(high, "max")
+        ranks.all_reduce_(low, "min")
     logits = logits - high  # the shift cancels in the normalisation
     if logits.dtype != torch.float64 and float(low - high) < -80.0:
         logits = logits.double()  # exp would underflow to 0 in float32 (cosines never get here)
     q = torch.exp(logits)  # (B, K)
     total = q.sum()
     if world > 1:
-        all_reduce_(total)
+        ranks.all_reduce_(total)
         b = b * world  # equal batch sizes on every rank, as in SwAV
     q = q / total
     for _ in range(iterations):
         columns = q.sum(dim=0, keepdim=True)  # (1, K)
         if world > 1:
-            all_reduce_(columns)
+            ranks.all_reduce_(columns)
         q = q / columns / k  # columns: each prototype holds 1/K of the mass
         q = q / q.sum(dim=1, keepdim=True) / b  # rows: each example holds 1/B of the mass
     return (q * b).to(scores.dtype)  # rows sum to 1
@@ -499,7 +510,7 @@ def swav_loss(
     temperature: float | Tensor = 0.1,
     epsilon: float = 0.05,
     sinkhorn_iterations: int = 3,
-    distributed: bool = False,
+    group: ProcessGroup | None = None,
 ) -> Tensor:
     """SwAV (Caron et al. 2020, https://arxiv.org/abs/2006.09882), two views, no queue.
 
@@ -519,7 +530,10 @@ def swav_loss(
         temperature: softmax temperature of the prediction (0.1).
         epsilon: Sinkhorn regularisation (0.05).
         sinkhorn_iterations: Sinkhorn rounds (3).
-        distributed: equipartition over the global batch of all ranks (see :func:`sinkhorn_knopp`).
+        group: the process group whose ranks hold the rest of the batch: the codes are
+            balanced over its global batch (see :func:`sinkhorn_knopp`); None (default): this
+            batch alone. Each rank returns the mean over its own rows, whose mean over the ranks
+            is the loss of the global batch.
 
     >>> g = torch.Generator().manual_seed(0)
     >>> z, c = torch.randn(8, 4, generator=g), torch.randn(3, 4, generator=g)
@@ -545,8 +559,9 @@ def swav_loss(
         raise ValueError(
             f"sinkhorn_iterations must be an int >= 1 (3), got {sinkhorn_iterations!r}."
         )
-    codes1 = _sinkhorn(scores1.detach(), epsilon, sinkhorn_iterations, bool(distributed))
-    codes2 = _sinkhorn(scores2.detach(), epsilon, sinkhorn_iterations, bool(distributed))
+    ranks = Ranks.of(group)
+    codes1 = _sinkhorn(scores1.detach(), epsilon, sinkhorn_iterations, ranks)
+    codes2 = _sinkhorn(scores2.detach(), epsilon, sinkhorn_iterations, ranks)
     return _swapped_prediction(scores1, scores2, codes1, codes2, temperature)
 
 

@@ -343,6 +343,57 @@ class Index(ABC):
         scores, indices = self._search_vectors(arr, min(k, len(self)))
         return SearchResult(scores, indices, self._ids, self._metadata)
 
+    def search_among(
+        self, query: Tensor | np.ndarray, k: int, positions: Sequence[int] | np.ndarray
+    ) -> SearchResult:
+        """The ``k`` most similar stored vectors among ``positions`` (e.g. the items a metadata
+        filter matches) for each query row. Backends that can score a subset alone (exact,
+        ``faiss_flat``, ``faiss_sq8``, ``faiss_fp16``) score only those vectors; the others rank
+        the whole index once and keep those positions.
+
+        Args:
+            query: (Q, D) floating, finite, with the index's D.
+            k: neighbours per query; K = min(k, P) columns, P the distinct positions.
+            positions: (P,) positions in the index (insertion order); order and repeats ignored.
+
+        Returns:
+            A :class:`SearchResult` with (Q, K) ``scores`` and ``indices`` (``-1`` / ``-inf`` in
+            slots an approximate backend left empty).
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"k must be a positive int, got {k!r}.")
+        among = np.unique(np.asarray(positions, dtype=np.int64).ravel())  # (P,) sorted
+        if among.size and (among[0] < 0 or among[-1] >= len(self)):
+            bad = int(among[0] if among[0] < 0 else among[-1])
+            raise ValueError(
+                f"positions holds {bad}, outside this index of {len(self)} vectors; pass "
+                f"positions from 0 to {len(self) - 1}."
+            )
+        arr = as_float32_numpy("query", query, self.dim)
+        if among.size == 0:
+            empty = torch.empty((arr.shape[0], 0))
+            return SearchResult(empty, empty.long(), self._ids, self._metadata)
+        if self.metric == "cosine":
+            arr = _normalize_rows(arr)
+        scores, indices = self._search_among(arr, min(k, among.size), among)
+        return SearchResult(scores, indices, self._ids, self._metadata)
+
+    def _search_among(
+        self, query: np.ndarray, k: int, positions: np.ndarray
+    ) -> tuple[Tensor, Tensor]:
+        """(Q, k) scores and positions among sorted ``positions: (P,)``, k <= P. This default
+        ranks the whole index and keeps the rows at ``positions``; backends that can score a
+        subset alone override it."""
+        scores, indices = self._search_vectors(query, len(self))  # (Q, N) best first
+        keep = np.isin(indices.numpy(), positions)  # (Q, N)
+        out_scores = torch.full((query.shape[0], k), float("-inf"))
+        out_indices = torch.full((query.shape[0], k), -1, dtype=torch.long)
+        for row in range(query.shape[0]):
+            cols = torch.from_numpy(np.flatnonzero(keep[row])[:k])
+            out_scores[row, : len(cols)] = scores[row, cols]
+            out_indices[row, : len(cols)] = indices[row, cols]
+        return out_scores, out_indices
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to one file atomically (temp file, fsync, ``os.replace``)."""
         header = {

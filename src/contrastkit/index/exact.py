@@ -212,6 +212,18 @@ class ExactIndex(Index):
             torch.from_numpy(query), self.vectors, k, metric=metric, chunk_size=self.chunk_size
         )
 
+    def _search_among(
+        self, query: np.ndarray, k: int, positions: np.ndarray
+    ) -> tuple[Tensor, Tensor]:
+        # only the P rows at `positions` are scored; sorted positions keep ties by lower index
+        metric = "dot" if self.metric == "cosine" else self.metric
+        among = torch.from_numpy(positions)  # (P,)
+        scores, local = chunked_topk(
+            torch.from_numpy(query), self.vectors[among], k, metric=metric,
+            chunk_size=self.chunk_size,
+        )  # fmt: skip
+        return scores, among[local]  # (Q, k) positions in the index
+
     def _payload(self) -> bytes | memoryview:
         return memoryview(self.vectors.numpy().astype("<f4", copy=False)).cast("B")
 

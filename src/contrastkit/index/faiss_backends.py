@@ -83,6 +83,23 @@ class _FaissIndex(Index):
             scores = scores.masked_fill(empty, float("-inf"))
         return scores, indices
 
+    def _search_among(
+        self, query: np.ndarray, k: int, positions: np.ndarray
+    ) -> tuple[Tensor, Tensor]:
+        # Flat and scalar-quantised indexes scan their codes and score only the ids a selector
+        # admits; IVF and HNSW would visit a filtered subset of their cells or graph (missing
+        # matches), binary codes score differently: those rank everything (the default).
+        lib = self._lib
+        if not isinstance(self._faiss, (lib.IndexFlat, lib.IndexScalarQuantizer)):
+            return super()._search_among(query, k, positions)
+        params = lib.SearchParameters(sel=lib.IDSelectorBatch(positions))
+        distances, labels = self._faiss.search(query, k, params=params)
+        scores = torch.from_numpy(distances)
+        if self.metric == "euclidean":
+            scores = scores.clamp_min_(0.0).sqrt_().neg_()
+        indices = torch.from_numpy(labels)
+        return scores.masked_fill(indices < 0, float("-inf")), indices
+
     def _payload(self) -> bytes | memoryview:
         # A view, not .tobytes(): saving a large index then holds one serialised copy, not two.
         return memoryview(self._lib.serialize_index(self._faiss)).cast("B")

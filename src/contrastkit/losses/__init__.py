@@ -1,8 +1,11 @@
 """Thin ``nn.Module`` wrappers over :mod:`contrastkit.functional`, one per file, and their registry."""
 
+from contrastkit.losses.arcface import ArcFace
 from contrastkit.losses.barlow_twins import BarlowTwinsLoss
 from contrastkit.losses.byol import BYOLLoss
+from contrastkit.losses.circle import Circle
 from contrastkit.losses.contrastive_margin import ContrastiveMargin
+from contrastkit.losses.cosface import CosFace
 from contrastkit.losses.debiased_contrastive import DebiasedContrastive
 from contrastkit.losses.decoupled_contrastive import DecoupledContrastive
 from contrastkit.losses.dino import DINOLoss
@@ -14,8 +17,11 @@ from contrastkit.losses.matryoshka import (
     truncate_embeddings,
     wrap_matryoshka,
 )
+from contrastkit.losses.multi_similarity import MultiSimilarity
 from contrastkit.losses.nt_xent import NTXent
 from contrastkit.losses.preference import PreferenceLoss
+from contrastkit.losses.proxy_anchor import ProxyAnchor
+from contrastkit.losses.proxy_nca import ProxyNCA
 from contrastkit.losses.registry import (
     LOSSES,
     LossSpec,
@@ -28,6 +34,7 @@ from contrastkit.losses.registry import (
 )
 from contrastkit.losses.sigmoid_contrastive import SigmoidContrastive
 from contrastkit.losses.simsiam import SimSiamLoss
+from contrastkit.losses.subcenter_arcface import SubCenterArcFace
 from contrastkit.losses.supcon import SupCon
 from contrastkit.losses.swav import SwAVLoss
 from contrastkit.losses.temperature import LearnableTemperature
@@ -36,9 +43,12 @@ from contrastkit.losses.vicreg import VICRegLoss
 
 __all__ = [
     "LOSSES",
+    "ArcFace",
     "BYOLLoss",
     "BarlowTwinsLoss",
+    "Circle",
     "ContrastiveMargin",
+    "CosFace",
     "DINOLoss",
     "DebiasedContrastive",
     "DecoupledContrastive",
@@ -47,10 +57,14 @@ __all__ = [
     "LearnableTemperature",
     "LossSpec",
     "Matryoshka",
+    "MultiSimilarity",
     "NTXent",
     "PreferenceLoss",
+    "ProxyAnchor",
+    "ProxyNCA",
     "SigmoidContrastive",
     "SimSiamLoss",
+    "SubCenterArcFace",
     "SupCon",
     "SwAVLoss",
     "TripletMargin",

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit._checks import check_positive_number
+from contrastkit.collectives import world_group
 from contrastkit.functional.noncontrastive import swav_loss
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
@@ -30,8 +31,10 @@ class SwAVLoss(nn.Module):
         temperature: prediction temperature (0.1), float or :class:`LearnableTemperature`.
         epsilon: Sinkhorn regularisation (0.05).
         sinkhorn_iterations: Sinkhorn rounds (3).
-        gather_distributed: balance the codes over the global batch of all ranks (every rank
-            calls); the trainer sets it under ``torchrun``.
+        gather_distributed: balance the codes over the global batch of all ranks of the default
+            process group (``group=world_group()`` of
+            :func:`~contrastkit.functional.noncontrastive.swav_loss`; every rank calls); the
+            trainer sets it under ``torchrun``.
 
     >>> loss = SwAVLoss(dim=8, num_prototypes=4)
     >>> z = torch.randn(6, 8)
@@ -82,7 +85,7 @@ class SwAVLoss(nn.Module):
             temperature=resolve_temperature(self.temperature),
             epsilon=self.epsilon,
             sinkhorn_iterations=self.sinkhorn_iterations,
-            distributed=self.gather_distributed,
+            group=world_group() if self.gather_distributed else None,
         )
 
     def extra_repr(self) -> str:

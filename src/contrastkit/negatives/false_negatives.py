@@ -2,8 +2,9 @@
 
 An in-batch "negative" may really be a positive: the same document twice in a batch, another
 caption of the same image, an example of the same class, a near-duplicate. Each function here
-returns a boolean ``ignore_mask`` ready for :func:`contrastkit.functional.info_nce` (True removes a
-candidate from the softmax). The designated positive (column ``i`` of row ``i``) is never True.
+returns a boolean ``ignore_mask`` ready for :func:`contrastkit.functional.info_nce` (as
+``roles=KeyRoles(ignore_mask=mask)``; True removes a candidate from the softmax). The designated
+positive (column ``i`` of row ``i``) is never True.
 
 | source                   | function               | typical use                              |
 |--------------------------|------------------------|------------------------------------------|

@@ -8,8 +8,8 @@ earlier batch), which would otherwise be pushed away as negatives.
 
 Use with :func:`contrastkit.functional.info_nce`::
 
-    loss = info_nce(q, k, queue.negatives(), temperature=0.2,
-                    ignore_mask=torch.cat([in_batch_ignore, queue.mask(ids)], dim=1))
+    ignore = torch.cat([in_batch_ignore, queue.mask(ids)], dim=1)  # (B, B + M)
+    loss = info_nce(q, k, queue.negatives(), temperature=0.2, roles=KeyRoles(ignore_mask=ignore))
     queue.push(k, ids)  # after the loss: the current keys become negatives for the next batches
 
 Under DDP, push each rank's local keys: ``info_nce(..., group=world_group())`` gathers the

@@ -12,12 +12,15 @@ from typing import Any
 import torch
 
 from contrastkit.atomic import write_text
+from contrastkit.eval.evaluate import current_metric_names
 from contrastkit.report import plots
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl``; a torn last line (a crash mid-append) is dropped, any
-    other unreadable line is a ValueError naming the file and line."""
+    other unreadable line is a ValueError naming the file and line. Evaluation records come
+    back in today's metric names (:func:`contrastkit.eval.evaluate.current_metric_names`), so
+    a run logged with the old ``knn`` / ``probe`` reads like a new one."""
     if not path.exists():
         return []
     try:
@@ -39,12 +42,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             ) from None
         if not isinstance(record, dict) or not isinstance(record.get("step", 0), (int, float)):
             raise ValueError(f"{path}: line {number} is not a metrics record; delete that line")
+        if isinstance(record.get("eval"), dict):
+            record["eval"] = current_metric_names(record["eval"])
         out.append(record)
     return out
 
 
 def read_eval(path: str | os.PathLike) -> dict[str, Any] | None:
-    """``eval.json`` as a dict (None if absent); a ValueError naming the file if unreadable."""
+    """``eval.json`` as a dict (None if absent); a ValueError naming the file if unreadable.
+
+    ``metrics`` and ``baseline`` come back in today's metric names
+    (:func:`contrastkit.eval.evaluate.current_metric_names`): an old run's ``knn`` / ``probe``
+    (also in a ``baseline.json`` that a new ``contrastkit eval`` copied) read as
+    ``knn_accuracy`` / ``linear_probe_accuracy``."""
     path = Path(path)
     if not path.exists():
         return None
@@ -62,6 +72,9 @@ def read_eval(path: str | os.PathLike) -> dict[str, Any] | None:
     )
     if not ok:
         raise ValueError(f"{path}: not an evaluation file; rerun `contrastkit eval RUN`")
+    for key in ("metrics", "baseline"):
+        if key in data:
+            data[key] = current_metric_names(data[key])
     return data
 
 
@@ -188,7 +201,7 @@ def _class_names(run: Path) -> list[str] | None:
         from contrastkit.train.run import load_run
 
         _, task, _ = load_run(run)
-        return list(getattr(task, "class_names", []) or []) or None
+        return list(task.class_names) or None
     except Exception:  # the projection still works with numeric labels
         return None
 

@@ -23,6 +23,7 @@ __all__ = [
     "check_bind",
     "create_app",
     "create_app_from_run",
+    "resolve_api_key",
 ]
 
 # names that need the serve extra: imported on first use, with the install hint
@@ -32,6 +33,7 @@ _LAZY = {
     "check_bind": "app",
     "create_app": "app",
     "create_app_from_run": "app",
+    "resolve_api_key": "app",
 }
 
 

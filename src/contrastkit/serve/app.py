@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,61 @@ from contrastkit.serve.requests import bad_input
 from contrastkit.serve.routes import ROUTERS
 from contrastkit.serve.state import ServeSettings, ServeState
 
-__all__ = ["LOOPBACK", "ServeSettings", "check_bind", "create_app", "create_app_from_run"]
+__all__ = [
+    "API_KEY_ENV",
+    "LOOPBACK",
+    "ServeSettings",
+    "check_bind",
+    "create_app",
+    "create_app_from_run",
+    "resolve_api_key",
+]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DOCS_ASSETS = "/docs-assets"
+API_KEY_ENV = "CONTRASTKIT_API_KEY"
+
+
+def resolve_api_key(
+    api_key: str | None,
+    api_key_file: str | os.PathLike | None,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """The service's API key: ``--api-key KEY`` (visible to other local users in ``ps``),
+    ``--api-key-file PATH`` (one line, readable by its owner only) or the environment variable
+    ``CONTRASTKIT_API_KEY``, in that order; None when none is given. Raises ``ValueError`` for
+    both options at once, a file others may read, or an empty or multi-line key.
+
+    >>> resolve_api_key(None, None, {"CONTRASTKIT_API_KEY": "s3cret"})
+    's3cret'
+    >>> resolve_api_key(None, None, {}) is None
+    True
+    """
+    environ = os.environ if environ is None else environ
+    if api_key is not None and api_key_file is not None:
+        raise ValueError("--api-key and --api-key-file both given; pass one of them.")
+    if api_key_file is not None:
+        path = Path(api_key_file)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--api-key-file {path}: no such file.") from None
+        if mode & 0o077:
+            raise ValueError(
+                f"--api-key-file {path}: mode {mode & 0o777:o} lets other users read it; "
+                f"`chmod 600 {path}` (readable by you only)."
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if len(lines) != 1 or not lines[0].strip():
+            got = "is empty" if not "".join(lines).strip() else f"holds {len(lines)} lines"
+            raise ValueError(f"--api-key-file {path}: {got}; write the key alone on one line.")
+        return lines[0].strip()
+    if api_key is not None:
+        return api_key
+    key = environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise ValueError(f"{API_KEY_ENV} is set but empty; set it to the key or unset it.")
+    return key.strip() if key is not None else None
 
 
 def check_bind(host: str, api_key: str | None) -> None:
@@ -53,12 +104,13 @@ def check_bind(host: str, api_key: str | None) -> None:
     >>> check_bind("0.0.0.0", None)
     Traceback (most recent call last):
     ...
-    ValueError: --host '0.0.0.0' is not loopback: pass --api-key KEY to serve beyond this machine, or bind --host 127.0.0.1.
+    ValueError: --host '0.0.0.0' is not loopback: give an API key (--api-key-file PATH, CONTRASTKIT_API_KEY or --api-key KEY) to serve beyond this machine, or bind --host 127.0.0.1.
     """
     if host not in LOOPBACK and not api_key:
         raise ValueError(
-            f"--host {host!r} is not loopback: pass --api-key KEY to serve beyond this machine, "
-            "or bind --host 127.0.0.1."
+            f"--host {host!r} is not loopback: give an API key (--api-key-file PATH, "
+            f"{API_KEY_ENV} or --api-key KEY) to serve beyond this machine, or bind --host "
+            "127.0.0.1."
         )
 
 
@@ -93,6 +145,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
         docs_url=None,  # served by _add_offline_docs: the page works without a network
+        redoc_url=None,  # ReDoc would load its script from a CDN, on the origin of the API key
     )
     app.openapi_version = "3.0.3"  # the packaged Swagger UI (4.x) renders 3.0 documents
     app.state.serve = state

@@ -1,5 +1,20 @@
 """The ASGI layer in front of the app: the API key, the body-size limit (413) and the request
-metrics, for every request including the ones the app never sees."""
+metrics, for every request including the ones the app never sees.
+
+Without an API key the service is loopback-only (``check_bind``), and a web page on another site
+must not be able to use it through the visitor's browser:
+
+* the ``Host`` header must name this machine (``127.0.0.1``, ``localhost`` or ``[::1]``, with
+  any port), else 421: a DNS-rebinding page (``evil.example`` resolved to 127.0.0.1) is refused;
+* a ``POST`` from a browser must come from this origin: ``Sec-Fetch-Site`` (sent by browsers)
+  must be ``same-origin`` or ``none`` and ``Origin``, when sent, must be this server's own
+  (``http://`` + ``Host``), else 403. A cross-site form post (``/admin/reload``,
+  ``/search/upload``) carries ``Origin: https://other.site``; the search page's own ``fetch``
+  calls carry this origin; ``curl`` and other programs send neither header and pass.
+
+With a key both checks are left to the key (a browser cannot send it cross-site without CORS,
+which the service does not grant).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +30,32 @@ from contrastkit.serve.metrics import Metrics
 __all__ = ["PUBLIC_PATHS", "Guard"]
 
 # Paths anyone may read: the page, health and the API documentation.
-PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 PUBLIC_PREFIXES = ("/docs-assets/",)  # the API page's local JavaScript and CSS
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host header names of this machine
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+SAME_ORIGIN_FETCH = (b"same-origin", b"none")  # Sec-Fetch-Site values of this site's own requests
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine (a loopback name, any port).
+
+    >>> [loopback_host(h) for h in ("127.0.0.1:8000", "localhost", "[::1]:80", "evil.example:8000")]
+    [True, True, True, False]
+    """
+    name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not name or not port.isdigit():  # no port, or an IPv6 literal without one
+        name = host
+    return name.lower() in LOOPBACK_HOSTS
+
+
+_SAME_ORIGIN = "a request from this server's own page (same origin) or a program, not another site"
 
 
 class Guard:
-    """ASGI wrapper around the app: API key, body-size limit (413) and request metrics.
+    """ASGI wrapper around the app: API key (or, without one, the Host and same-origin checks:
+    421 / 403), body-size limit (413) and request metrics. ``request.state.authorised`` tells a
+    route whether the caller sent the key (always True without a key).
 
     The body is read here up to the limit before the app sees it, so an oversized or endless
     upload costs at most ``max_body`` bytes of memory.
@@ -29,6 +64,25 @@ class Guard:
     def __init__(self, app: Any, api_key: str | None, max_body: int, metrics: Metrics) -> None:
         self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
         self.state = app.state
+
+    def _foreign(self, scope: dict, headers: dict[bytes, bytes]) -> BadInput | None:
+        """Without a key: the answer for a request from another site (see the module doc)."""
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not loopback_host(host):
+            allowed = "this machine's name (127.0.0.1, localhost or [::1]); pass --api-key KEY"
+            return BadInput("Host", host, f"{allowed} to serve other names", 421)
+        if scope.get("method", "GET").encode() in SAFE_METHODS:
+            return None
+        fetch_site = headers.get(b"sec-fetch-site")
+        origin = headers.get(b"origin")
+        if fetch_site is not None and fetch_site.lower() not in SAME_ORIGIN_FETCH:
+            return BadInput("Sec-Fetch-Site", fetch_site.decode("latin-1"), _SAME_ORIGIN, 403)
+        if origin is not None and origin.decode("latin-1").lower() not in (
+            f"http://{host}".lower(),
+            f"https://{host}".lower(),
+        ):
+            return BadInput("Origin", origin.decode("latin-1"), _SAME_ORIGIN, 403)
+        return None
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         if self.api_key is None:
@@ -55,8 +109,14 @@ class Guard:
         path = scope.get("path", "")
         headers = dict(scope.get("headers", ()))
         try:
+            foreign = self._foreign(scope, headers) if self.api_key is None else None
+            if foreign is not None:
+                await _json(send_and_record, foreign.status, foreign.body())
+                return
+            authorised = self._authorised(headers)
+            scope.setdefault("state", {})["authorised"] = authorised  # request.state.authorised
             public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-            if not public and not self._authorised(headers):
+            if not public and not authorised:
                 await _json(
                     send_and_record,
                     401,

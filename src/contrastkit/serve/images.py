@@ -10,29 +10,34 @@ from contrastkit.serve.errors import BadInput
 __all__ = ["MAX_PIXELS", "decode_image", "png"]
 
 MAX_PIXELS = 25_000_000  # an upload larger than this (e.g. 5000 x 5000) is refused undecoded
+FORMATS = "PNG, JPEG, BMP, GIF, WebP or TIFF"
 
 
 def decode_image(data: bytes, shape: tuple[int, int, int], field: str) -> Any:
     """Encoded image bytes -> (C, H, W) float in [0, 1] at ``shape`` = (C, H, W), the model's
-    input; :class:`BadInput` naming ``field`` for bytes that are not an image or too large."""
-    from PIL import Image
-
-    from contrastkit.data.images import load_image
+    input; :class:`BadInput` naming ``field`` for bytes that are not an image of the allowed
+    formats (never handed to another decoder: an EPS upload does not reach Ghostscript) or an
+    image too large (refused from its header, before its pixels are decoded)."""
+    from contrastkit.data.images import (
+        ImageDecodeError,
+        ImageTooLargeError,
+        load_image,
+        open_image,
+    )
 
     c, h, w = shape
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+        with open_image(data, name=field) as probe:  # reads the header only
             width, height = probe.size
-    except Exception:  # not an image at all
-        width = height = 0
-    if width * height > MAX_PIXELS:  # refuse before decoding: a small file can be a huge image
-        raise BadInput(field, f"{width}x{height} pixels", f"at most {MAX_PIXELS:,} pixels")
-    try:
+        if width * height > MAX_PIXELS:  # a small file can be a huge image
+            raise BadInput(field, f"{width}x{height} pixels", f"at most {MAX_PIXELS:,} pixels")
         return load_image(data, channels=c, size=(h, w), name=field)
-    except Exception:  # not an image, a truncated file, a decompression bomb
+    except ImageTooLargeError:  # over Pillow's limit (MAX_IMAGE_PIXELS): a decompression bomb
         raise BadInput(
-            field, data[:16], "the bytes of a PNG, JPEG, BMP, GIF, WebP or TIFF image"
+            field, data[:16], f"a {FORMATS} image of at most {MAX_PIXELS:,} pixels"
         ) from None
+    except ImageDecodeError:  # not an image of those formats, a truncated file
+        raise BadInput(field, data[:16], f"the bytes of a {FORMATS} image") from None
 
 
 def png(image: Any) -> bytes:

@@ -5,6 +5,11 @@ search :class:`IndexHolder` compares the file's inode, mtime and size with the l
 a new file in a thread while requests keep the old index, then swaps one reference. A request
 holds the :class:`LoadedIndex` it started with, so a swap never fails one. Needs no web framework.
 
+A filter is answered from a map of metadata value -> positions (:func:`value_positions`, built
+per field on its first filtered search): a value no item holds gets no hits without a search,
+and a known one has only its items scored (:meth:`contrastkit.index.Index.search_among`), never
+the whole index in rounds.
+
 Shapes: ``vectors: (Q, D)`` queries; hits are dicts ``{"id", "position", "score", "metadata"}``.
 """
 
@@ -12,26 +17,90 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IndexHolder", "LoadedIndex", "search_batch", "search_index", "search_many"]
+import numpy as np
+
+__all__ = [
+    "IndexHolder",
+    "LoadedIndex",
+    "search_batch",
+    "search_index",
+    "search_many",
+    "value_positions",
+]
+
+_SCALARS = (str, int, float, bool)  # the metadata values a filter can equal
+
+
+def value_positions(values: list[Any]) -> dict[Any, int | np.ndarray]:
+    """Value -> the positions holding it, for one metadata field (``values[i]``: item i's value,
+    None where it has none): an int for a value one item holds (ids, text snippets), else a
+    sorted int64 array. Values compare as Python's ``==`` does (``1 == 1.0``), as the filter
+    always has; lists and objects, which never equal a filter's scalar, are left out.
+
+    >>> table = value_positions(["x", "y", "x", None, [1]])
+    >>> table["x"].tolist(), table["y"], sorted(table)
+    ([0, 2], 1, ['x', 'y'])
+    """
+    table: dict[Any, Any] = {}  # value -> its first position
+    repeated: dict[Any, list[int]] = {}  # value -> all its positions, for values held twice+
+    for position, value in enumerate(values):
+        if isinstance(value, _SCALARS):
+            first = table.setdefault(value, position)
+            if first != position:
+                repeated.setdefault(value, [first]).append(position)
+    for value, positions in repeated.items():
+        table[value] = np.asarray(positions, dtype=np.int64)
+    return table
 
 
 @dataclass(frozen=True)
 class LoadedIndex:
     """One read of the index file: the index, the file's identity, the filterable metadata
-    fields, a version (1 at start, +1 per swap) and when it was read."""
+    fields, a version (1 at start, +1 per swap) and when it was read. For filters it keeps, per
+    field, a map of value -> positions (:func:`value_positions`), built on the field's first
+    filtered search (one pass over the metadata) and reused until the next swap."""
 
     index: Any
     signature: tuple[int, int, int]  # (inode, mtime_ns, size) of the file it was read from
     fields: tuple[str, ...]  # metadata keys a filter may use (plus "id")
     version: int
     loaded_at: float
+    _tables: dict[str, dict[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def _table(self, key: str) -> dict[Any, Any]:
+        with self._lock:  # one build per field, whichever thread searches first
+            if key not in self._tables:
+                if key == "id":  # a filter's "id" is the item id
+                    values: list[Any] = self.index.ids
+                else:
+                    values = [m.get(key) if isinstance(m, dict) else None
+                              for m in self.index.metadata]  # fmt: skip
+                self._tables[key] = value_positions(values)
+            return self._tables[key]
+
+    def matching(self, flt: dict[str, Any]) -> np.ndarray:
+        """(P,) sorted positions of the items whose metadata equals every value of ``flt``
+        (``"id"``: the item id); empty, without a search, when a value is held by no item."""
+        found: np.ndarray | None = None
+        for key, value in flt.items():
+            try:
+                hit = self._table(key).get(value)
+            except TypeError:  # an unhashable value equals no scalar
+                hit = None
+            if hit is None:
+                return np.empty(0, dtype=np.int64)
+            hit = np.atleast_1d(np.asarray(hit, dtype=np.int64))
+            found = hit if found is None else np.intersect1d(found, hit, assume_unique=True)
+        return found if found is not None else np.arange(len(self.index), dtype=np.int64)
 
 
 class IndexHolder:
@@ -48,7 +117,7 @@ class IndexHolder:
         dim: int | None = None,
     ) -> None:
         self.path = Path(path)
-        self.dim = dim  # the model's embedding width: a file of another width is refused
+        self.dim = dim  # the model's embedding width: a wider index file is refused
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"{self.path}: no index file; build it with `contrastkit index RUN` or pass "
@@ -71,7 +140,9 @@ class IndexHolder:
 
         signature = self._signature()
         index = load_index(self.path)
-        if self.dim is not None and index.dim != self.dim:
+        # an index built with `contrastkit index RUN --dim D'` is narrower than the model:
+        # queries are truncated to its width as `contrastkit search` does (Matryoshka)
+        if self.dim is not None and index.dim > self.dim:
             raise ValueError(
                 f"{self.path}: the index holds {index.dim}-d vectors but the model embeds "
                 f"{self.dim}-d; build the index from this run (`contrastkit index RUN`) or pass "
@@ -119,39 +190,37 @@ def search_many(
     loaded: LoadedIndex, vectors: Any, ks: list[int], filters: list[dict[str, Any]]
 ) -> list[list[dict]]:
     """The best hits of each query ``vectors: (Q, D)``: ``ks[i]`` of them, matching
-    ``filters[i]`` exactly, searched in one call per round.
+    ``filters[i]`` exactly.
 
-    A filtered query asks the index for more neighbours (x4 each round, from ``max(4k, 64)``)
-    until ``k`` match or the whole index was ranked, so a rare label is still found.
+    Unfiltered queries are searched in one index call. A filtered query scores only the items
+    its filter matches (:meth:`LoadedIndex.matching`, then ``index.search_among``); a filter
+    value no item holds answers no hits without a search.
     """
     index = loaded.index
-    n = len(index)
-    wants = [min(n, k if not f else max(4 * k, 64)) for k, f in zip(ks, filters)]
     out: list[list[dict]] = [[] for _ in ks]
-    todo = list(range(len(ks)))
-    while todo:
-        want = max(wants[i] for i in todo)
-        result = index.search(vectors[todo], want)  # (len(todo), K)
-        scores, positions = result.scores.tolist(), result.indices.tolist()
-        ids, metadata = result.ids, result.metadata
-        again = []
-        for row, i in enumerate(todo):
-            flt, hits = filters[i], []
-            for score, pos, id_, meta in zip(scores[row], positions[row], ids[row], metadata[row]):
-                if pos < 0:
-                    continue
-                record = meta if isinstance(meta, dict) else {}
-                if all((id_ if key == "id" else record.get(key)) == v for key, v in flt.items()):
-                    hits.append(
-                        {"id": id_, "position": int(pos), "score": float(score), "metadata": meta}
-                    )
-            if len(hits) >= ks[i] or want >= n:
-                out[i] = hits[: ks[i]]
-            else:
-                wants[i] = min(n, want * 4)
-                again.append(i)
-        todo = again
+    plain = [i for i, flt in enumerate(filters) if not flt]
+    if plain:
+        k = min(len(index), max(ks[i] for i in plain))
+        result = index.search(vectors[plain], k)  # (len(plain), K)
+        for row, i in enumerate(plain):
+            out[i] = _hits(result, row)[: ks[i]]
+    for i, flt in enumerate(filters):
+        if not flt:
+            continue
+        among = loaded.matching(flt)  # (P,)
+        if among.size:
+            out[i] = _hits(index.search_among(vectors[i : i + 1], ks[i], among), 0)
     return out
+
+
+def _hits(result: Any, row: int) -> list[dict]:
+    """Row ``row`` of a search result as hits, empty slots dropped."""
+    scores, positions = result.scores[row].tolist(), result.indices[row].tolist()
+    return [
+        {"id": id_, "position": int(pos), "score": float(score), "metadata": meta}
+        for score, pos, id_, meta in zip(scores, positions, result.ids[row], result.metadata[row])
+        if pos >= 0
+    ]
 
 
 def search_index(loaded: LoadedIndex, vector: Any, k: int, flt: dict[str, Any]) -> list[dict]:

@@ -380,6 +380,12 @@ class EvalConfig(_Strict):
         description="pairs: 'first' asks one query per held-out id (its first row, e.g. a "
         "WordNet synset's head lemma), 'all' asks every held-out row of the corpus ids",
     )
+    heldout: str | None = Field(
+        default=None,
+        description="pairs: your held-out pairs (a .jsonl/.csv/.parquet file, columns as "
+        "data.columns, or a BEIR folder), evaluated before training and at the end with "
+        "trec_eval's measures (nDCG@10, Recall@k, MRR@10); the training data is then used whole",
+    )
 
 
 IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
@@ -514,6 +520,19 @@ def task_problems(cfg: _RunBase) -> list[str]:
             f"data.dataset: got {cfg.data.dataset!r}; task: {cfg.task} trains on "
             f"{', '.join(cfg.DATASETS)}{hint}"
         )
+    heldout = cfg.eval.heldout
+    if heldout is not None:  # only the pairs task reads it; the file must be there now
+        if cfg.task != "pairs":
+            problems.append(
+                f"eval.heldout: got {heldout!r}; only task: pairs evaluates a held-out pairs "
+                "file; remove it"
+            )
+        elif not Path(heldout).exists():
+            problems.append(
+                f"eval.heldout: got {heldout!r}; no such file or folder; pass your held-out "
+                "pairs file (.jsonl, .csv, .parquet) or a BEIR folder (contrastkit data "
+                "export-beir pairs FILE DIR writes one)"
+            )
     spec = loss_spec(cfg.loss.name)
     if spec.inputs not in cfg.INPUTS:
         fit = [t for t, c in RUN_TYPES.items() if spec.inputs in c.INPUTS]

@@ -4,9 +4,10 @@
 """
 
 import time
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from contrastkit.serve.metrics import CONTENT_TYPE
@@ -27,16 +28,23 @@ def router(state: ServeState) -> APIRouter:
     api = APIRouter(tags=["status"])
 
     @api.get("/health", summary="Model, index and uptime")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        """Public (a load balancer's probe); the run folder and index file are shown as absolute
+        paths only to a caller that sent the API key, by name otherwise."""
         loaded = await state.holder.current()
         index, embedder = loaded.index, state.embedder
+        shown = getattr(request.state, "authorised", False)
+
+        def path(value: Any) -> Any:
+            return value if value is None or shown else Path(value).name
+
         return {
             "status": "ok",
             "model": embedder.name,
-            "run": state.run,
+            "run": path(state.run),
             "query_kinds": list(embedder.kinds),
             "corpus": "image" if embedder.thumbnails is not None else "text",
-            "index_path": str(state.holder.path),
+            "index_path": path(str(state.holder.path)),
             "index_size": len(index),
             "index_version": loaded.version,
             "index_backend": index.backend,

@@ -3,6 +3,7 @@
 (No ``from __future__ import annotations``: see ``routes/search.py``.)
 """
 
+import asyncio
 from importlib import resources
 
 from fastapi import APIRouter
@@ -15,11 +16,15 @@ from contrastkit.serve.state import ServeState
 __all__ = ["router"]
 
 MAX_THUMBS = 4096  # PNGs kept in memory; the cache starts over past this
+THUMB_THREADS = 4  # thumbnails decoded and encoded at once, in worker threads
 
 
 def router(state: ServeState) -> APIRouter:
     """The page and thumbnail routes of ``state``'s service."""
     api = APIRouter(tags=["page"])
+    # a corpus image is read (from disk, for an image folder) and encoded off the event loop,
+    # a few at a time: a page of thumbnails never stalls the other requests
+    slots = asyncio.Semaphore(THUMB_THREADS)
 
     @api.get("/thumb/{position}", summary="A corpus image as PNG")
     async def thumb(position: int) -> Response:
@@ -32,7 +37,9 @@ def router(state: ServeState) -> APIRouter:
         if position not in state.thumbs:
             if len(state.thumbs) > MAX_THUMBS:
                 state.thumbs.clear()
-            state.thumbs[position] = png(images[position])  # type: ignore[index]
+            async with slots:
+                encoded = await asyncio.to_thread(lambda: png(images[position]))  # type: ignore[index]
+            state.thumbs[position] = encoded
         return Response(
             state.thumbs[position],
             media_type="image/png",

@@ -102,7 +102,7 @@ async def _search(
     loaded = await state.holder.current()
     flt = _check_filter(flt or {}, loaded)
     vector = await state.embed(kind, [item])  # (1, D)
-    job = (loaded, vector[0], k, flt)
+    job = (loaded, fit_to_index(vector, loaded.index.dim)[0], k, flt)
     (hits,) = await state.searcher.submit(f"search@{loaded.version}", [job])
     thumbs = state.embedder.thumbnails
     n_thumbs = len(thumbs) if thumbs is not None else 0
@@ -110,6 +110,17 @@ async def _search(
         hit["rank"] = rank
         hit["thumb"] = f"/thumb/{hit['position']}" if hit["position"] < n_thumbs else None
     return {"k": k, "results": hits, "index_version": loaded.version}
+
+
+def fit_to_index(vector: Any, dim: int) -> Any:
+    """A query embedding ``vector: (1, D)`` at the index's width ``dim <= D``: its first ``dim``
+    coordinates, renormalised, for an index built with ``contrastkit index RUN --dim`` (as
+    ``contrastkit search`` does); unchanged at the model's own width."""
+    if vector.shape[-1] > dim:
+        from contrastkit.losses.matryoshka import truncate_embeddings
+
+        return truncate_embeddings(vector, dim)  # (1, dim)
+    return vector
 
 
 def _check_filter(flt: dict[str, Any], loaded: LoadedIndex) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contrastkit.train.tasks.base import Corpus, EvalResult, Step, Task
+from contrastkit.train.tasks.base import Corpus, EvalResult, ExportTowers, Step, Task
 from contrastkit.train.tasks.image import ImageTask, SupervisedTask
 from contrastkit.train.tasks.image_text import ImageTextTask
 from contrastkit.train.tasks.preference import PreferenceTask
@@ -26,4 +26,4 @@ def build_task(cfg: Any) -> Task:
     return TASKS[cfg.task](cfg)
 
 
-__all__ = ["TASKS", "Corpus", "EvalResult", "Step", "Task", "build_task"]
+__all__ = ["TASKS", "Corpus", "EvalResult", "ExportTowers", "Step", "Task", "build_task"]

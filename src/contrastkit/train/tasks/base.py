@@ -2,7 +2,8 @@
 
 A task turns a config's data into batches, embeddings and loss terms, and says how its model
 is evaluated and searched. The loop calls only the methods of :class:`Task`; a task file imports
-this module and the library, never another task (what two tasks share lives in the library).
+this module and the library, never another task: what two tasks share (loading the config's
+pairs or images, the from-scratch text tower's seed, eval mode) lives here or in the library.
 
 Training::
 
@@ -14,28 +15,48 @@ Training::
     task.after_step(step, total)    EMA updates (BYOL teacher, MoCo key encoder)
     task.distribute(wrap)           under torchrun: True when loss_terms runs its own backward
                                     (gradient caching) through modules it wrapped with wrap (DDP)
-    task.encoder_spec               (registry name, options) of model["encoder"] (export)
 
-Evaluation and search::
+Evaluation, search, serving and the report::
 
     task.baseline()                 -> EvalResult | None, before training (raw input or initial model)
     task.evaluate(quick=False)      -> EvalResult of the current model
     task.query_kinds                ("image",), ("text",) or ("text", "image")
-    task.embed_texts(texts, side) / task.embed_images(images (N, C, H, W))  -> (N, D)
+    task.embed_texts(texts, side)   N texts -> (N, D) (a ValueError without "text" in query_kinds)
+    task.embed_images(images)       (N, C, H, W) -> (N, D) (a ValueError without "image")
+    task.image_shape                (C, H, W) the image side takes, or None without one
+    task.class_names                label names (the report's projection), [] without labels
     task.corpus_size(); task.embed_corpus_chunk(start, stop) -> Corpus (index streaming);
-    task.embed_corpus() -> Corpus; task.corpus_items(); task.examples(n); task.embed_query(q)
+    task.embed_corpus() -> Corpus; task.examples(n); task.embed_query(q)
+    task.corpus_items()             the corpus images (C, H, W) by index position, or None (text)
+
+Export::
+
+    task.encoder_spec               (registry name, options) of export_towers().encoder, or None
+    task.export_towers()            -> ExportTowers: the text towers, the image tower and the
+                                    registered encoder, each embedding as the task does
+
+Serving (:mod:`contrastkit.serve.embedder`), export (:mod:`contrastkit.export`) and the report
+call these members only; a task gives its own answers, never its model's keys.
 
 Shapes: B batch, D embedding dim, N corpus, C x H x W images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from contrastkit.data import TextPairs
+from contrastkit.data.image_source import FolderImages, MemoryImages, open_images
+from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
+from contrastkit.encoders import create_encoder
+
+USER_PAIR_SOURCES = ("pairs_file", "hf")  # the sources whose columns data.columns names
 
 
 @dataclass
@@ -74,6 +95,39 @@ class Step:
     @property
     def loss(self) -> Tensor:
         return sum(self.terms.values())  # type: ignore[return-value]
+
+
+@dataclass
+class ExportTowers:
+    """What export writes of a task, each module embedding as the task itself does.
+
+    Attributes:
+        text: tower name (``""`` for one shared tower; ``"query"`` / ``"document"`` for separate
+            ones) -> (text encoder, projection or None). The embedding of ``texts`` is the
+            encoder's, followed by ``projection`` and L2 normalisation when there is one:
+            :meth:`Task.embed_texts`.
+        image: ``images (B, C, H, W)`` in [0, 1] -> (B, D), as :meth:`Task.embed_images`; None
+            without an image side.
+        encoder: the registered encoder that ``task.encoder_spec`` rebuilds (safetensors
+            export, :func:`contrastkit.load_encoder`), or None.
+    """
+
+    text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
+    image: nn.Module | None = None
+    encoder: nn.Module | None = None
+
+
+class CallMethod(nn.Module):
+    """``forward(x) = getattr(module, method)(x)``: a module's named embedding (e.g. a projected
+    encoder's ``embed``, the image-text towers' ``encode_image``) as a module of its own, for
+    export."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.module, self.method)(x)
 
 
 @runtime_checkable
@@ -116,6 +170,21 @@ class Task(Protocol):
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]: ...
 
+    # -- what serve, export and the report ask ---------------------------------------------
+    class_names: list[str]
+    encoder_spec: tuple[str, dict[str, Any]] | None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None: ...
+
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor: ...
+
+    def embed_images(self, images: Tensor) -> Tensor: ...
+
+    def corpus_items(self) -> Sequence[Tensor] | None: ...
+
+    def export_towers(self) -> ExportTowers: ...
+
 
 class BackwardAfterLossTerms:
     """:meth:`Task.distribute` of a task whose backward runs after ``loss_terms`` (every task
@@ -125,15 +194,32 @@ class BackwardAfterLossTerms:
         return False
 
 
-@torch.no_grad()
-def in_eval_mode(module: nn.Module, fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` with ``module`` in eval mode, its mode restored afterwards."""
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(module):`` runs the block with ``module`` in eval mode (dropout off,
+    BatchNorm on its running statistics) and restores its training flag afterwards, also when
+    the block raises."""
     was = module.training
     module.eval()
     try:
-        return fn(*args)
+        yield module
     finally:
         module.train(was)
+
+
+class TextQueries:
+    """The protocol's image members for a task without an image side."""
+
+    image_shape: ClassVar[None] = None
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        raise ValueError(
+            f"images: this run ({type(self).__name__}) embeds text only; pass texts to embed_texts."
+        )
+
+    def corpus_items(self) -> Sequence[Tensor] | None:
+        """None: the corpus is text (its items are the index metadata's snippets)."""
+        return None
 
 
 def chunked(fn: Any, x: Tensor, chunk: int = 2048) -> Tensor:
@@ -154,3 +240,78 @@ def check_loss_inputs(task: str, loss_name: str, inputs: str, allowed: tuple[str
             f"loss.name={loss_name!r} takes {inputs} inputs; task: {task} calls its loss with "
             f"{' or '.join(allowed)}."
         )
+
+
+# -- what tasks share: loading the config's data, building its encoders ---------------------
+def load_text_pairs(cfg: Any, *, drop_heldout_keys: bool = False) -> tuple[TextPairs, TextPairs]:
+    """(train, test) :class:`~contrastkit.data.TextPairs` of ``cfg.data``: the source
+    ``data.dataset`` with ``data.options``, your column names (``data.columns``, for
+    ``pairs_file`` / ``hf``), then ``data.subset`` / ``data.test_subset``.
+
+    ``drop_heldout_keys``: drop the training rows whose key is also a held-out key (and such texts
+    among their hard negatives), before the subset: retrieval evaluation then never asks for a
+    key the model was trained on."""
+    d = cfg.data
+    kw: dict[str, Any] = {"root": d.root, **d.options}
+    if d.columns is not None:
+        if d.dataset not in USER_PAIR_SOURCES:
+            raise ValueError(
+                f"data.columns: got {d.columns!r}; it maps the columns of your own data "
+                f"(data.dataset: pairs_file or hf), not of {d.dataset!r}; remove it."
+            )
+        kw["columns"] = d.columns
+    train = load_source(TEXT_PAIR_SOURCES, d.dataset, "train", **kw)
+    test = load_source(TEXT_PAIR_SOURCES, d.dataset, "test", **kw)
+    if drop_heldout_keys:
+        train = drop_texts(train, set(test.positive))
+    if d.subset:
+        train = train.subset(torch.arange(min(d.subset, len(train))))
+    if d.test_subset:
+        test = test.subset(torch.arange(min(d.test_subset, len(test))))
+    return train, test
+
+
+def drop_texts(pairs: TextPairs, banned: set[str]) -> TextPairs:
+    """``pairs`` without the rows whose key (``positive``) is in ``banned``, and without
+    ``banned`` texts among their ``negatives``."""
+    keep = [r for r, text in enumerate(pairs.positive) if text not in banned]
+    if len(keep) < len(pairs):
+        pairs = pairs.subset(torch.tensor(keep, dtype=torch.long))
+    if pairs.negatives is not None:
+        pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
+    return pairs
+
+
+def text_encoder_spec(name: str, options: dict[str, Any], seed: int) -> tuple[str, dict[str, Any]]:
+    """(registry name, options) of a text tower: a from-scratch tower (``tiny_text``) gets the
+    run's ``seed`` unless its options set one, so a run and its reload build the same weights;
+    export writes the same pair, so ``load_encoder`` rebuilds it."""
+    opts = dict(options)
+    if name == "tiny_text":
+        opts.setdefault("seed", seed)
+    return name, opts
+
+
+def build_text_encoder(spec: tuple[str, dict[str, Any]]) -> nn.Module:
+    """The text encoder of :func:`text_encoder_spec`, from the encoder registry."""
+    name, opts = spec
+    try:
+        return create_encoder(name, **opts)
+    except TypeError as err:
+        raise ValueError(f"model.options for {name!r}: {err}") from None
+
+
+def load_images(cfg: Any, split: str) -> MemoryImages | FolderImages:
+    """The ``split`` of ``cfg.data`` as an image source: a packaged set in memory (the first
+    ``data.subset`` / ``data.test_subset`` items), or an image folder streamed from disk."""
+    d = cfg.data
+    return open_images(
+        d.dataset,
+        split,
+        root=d.root,
+        options=d.options,
+        limit=d.subset if split == "train" else d.test_subset,
+        image_size=d.image_size,
+        workers=d.workers,
+        seed=cfg.seed,
+    )

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.image_source import FolderImages, Items, MemoryImages, open_images
+from contrastkit.data.image_source import FolderImages, Items
 from contrastkit.data.views import SimCLRViews
 from contrastkit.encoders import (
     ENCODERS,
@@ -30,17 +30,21 @@ from contrastkit.encoders import (
     create_encoder,
     list_encoders,
 )
-from contrastkit.eval import knn_accuracy, linear_probe
+from contrastkit.eval.evaluate import KNN_ACCURACY, evaluate_embeddings
 from contrastkit.losses import loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
+    CallMethod,
     Corpus,
     EvalResult,
+    ExportTowers,
     Step,
     check_loss_inputs,
     chunked,
+    eval_mode,
+    load_images,
 )
 
 BYOL_MOMENTUM = 0.99  # the teacher's starting momentum, raised to 1 on a cosine
@@ -103,21 +107,6 @@ def build_image_encoder(spec: dict[str, Any]) -> nn.Module:
     except TypeError as err:
         raise ValueError(f"model.options for {spec['backbone']!r}: {err}") from None
     return encoder.to(memory_format=torch.channels_last)
-
-
-def load_images(cfg: Any, split: str) -> MemoryImages | FolderImages:
-    """The ``split`` of ``cfg.data`` as an image source (in memory, or streamed from disk)."""
-    d = cfg.data
-    return open_images(
-        d.dataset,
-        split,
-        root=d.root,
-        options=d.options,
-        limit=d.subset if split == "train" else d.test_subset,
-        image_size=d.image_size,
-        workers=d.workers,
-        seed=cfg.seed,
-    )
 
 
 class ImageTask(BackwardAfterLossTerms):
@@ -209,12 +198,8 @@ class ImageTask(BackwardAfterLossTerms):
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, F) backbone features (or the projection), eval mode."""
-        enc = self.model["encoder"]
-        was = enc.training
-        enc.eval()
-        out = chunked(enc.embed if self.cfg.eval.features == "backbone" else enc, images)
-        enc.train(was)
-        return out
+        with eval_mode(self.model["encoder"]) as enc:
+            return chunked(enc.embed if self.cfg.eval.features == "backbone" else enc, images)
 
     def features_of(self, source: Any, limit: int | None = None) -> tuple[Tensor, Tensor]:
         """(features (N, F), labels (N,)) of a whole image source (its first ``limit`` rows)."""
@@ -233,35 +218,31 @@ class ImageTask(BackwardAfterLossTerms):
         """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 (eval mode)."""
         return self.features(images)
 
-    @staticmethod
-    def knn(
-        train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, k: int
-    ) -> float:
-        """Weighted k-NN accuracy of the test features over ``train`` (each neighbour votes
-        ``exp(cosine / 0.07)``, :func:`contrastkit.eval.knn_accuracy`)."""
-        return knn_accuracy(
-            test,
-            test_labels,
-            train,
-            train_labels,
-            k=min(k, len(train)),
-            temperature=0.07,
-            metric="cosine",
+    def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
+        raise ValueError(
+            f"texts: this run (task: {self.cfg.task}) embeds images only; pass images "
+            "(N, C, H, W) to embed_images."
         )
 
-    @staticmethod
-    def probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor) -> float:
-        """Test accuracy of a logistic-regression probe fitted on the frozen train features
-        (:func:`contrastkit.eval.linear_probe`)."""
-        result = linear_probe(
-            train.float(),
-            train_labels,
-            test.float(),
-            test_labels,
-            weight_decays=(1e-4,),
-            max_iter=100,
+    def export_towers(self) -> ExportTowers:
+        """The image side as :meth:`features` reads it (the backbone's ``embed`` with
+        ``eval.features: backbone``, else the projection), and the registered encoder."""
+        encoder = self.model["encoder"]
+        backbone = self.cfg.eval.features == "backbone"
+        return ExportTowers(
+            image=CallMethod(encoder, "embed") if backbone else encoder, encoder=encoder
         )
-        return float(result.accuracy)
+
+    def classification(
+        self, train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, probe: bool
+    ) -> dict[str, float]:
+        """``knn_accuracy`` (and ``linear_probe_accuracy`` when ``probe``) of the test features
+        ``(Q, F)`` against the train features ``(N, F)``: :func:`contrastkit.eval.evaluate_embeddings`
+        with ``eval.knn_k`` neighbours (at most N) and the library's kNN temperature and probe."""
+        k = min(self.cfg.eval.knn_k, len(train))
+        return evaluate_embeddings(
+            train, train_labels, test, test_labels, knn_k=k, with_linear_probe=probe, ks=()
+        )
 
     def _labelled(self) -> bool:
         return bool((self.train_set.labels >= 0).all()) and len(self.train_set.classes) > 1
@@ -277,10 +258,7 @@ class ImageTask(BackwardAfterLossTerms):
             return None  # too many pixels to hold
         (tr, tr_rows), (te, te_rows) = train, test
         tr_y, te_y = self.train_set.labels[tr_rows], self.test_set.labels[te_rows]
-        metrics = {"knn": self.knn(tr, tr_y, te, te_y, e.knn_k)}
-        if e.probe:
-            metrics["probe"] = self.probe(tr, tr_y, te, te_y)
-        return EvalResult(metrics, "raw pixels")
+        return EvalResult(self.classification(tr, tr_y, te, te_y, e.probe), "raw pixels")
 
     @torch.no_grad()
     def evaluate(self, *, quick: bool = False) -> EvalResult:
@@ -290,9 +268,7 @@ class ImageTask(BackwardAfterLossTerms):
         te, te_y = self.features_of(self.test_set)
         metrics: dict[str, float] = {}
         if self._labelled():
-            metrics["knn"] = self.knn(tr, tr_y, te, te_y, e.knn_k)
-            if e.probe and not quick:
-                metrics["probe"] = self.probe(tr, tr_y, te, te_y)
+            metrics.update(self.classification(tr, tr_y, te, te_y, e.probe and not quick))
             if self.cfg.loss.matryoshka_dims and not quick:
                 metrics.update(self._knn_per_width(tr_y, te_y))
         if quick:
@@ -300,12 +276,9 @@ class ImageTask(BackwardAfterLossTerms):
         # positive (two views of one test image) vs negative (different images) similarities
         g = torch.Generator().manual_seed(self.cfg.seed + 1)
         sample = self.test_set.head(1000)
-        enc = self.model["encoder"]
-        was = enc.training
-        enc.eval()
         views = self.views(sample, n_views=2, generator=g)  # (2, N, C, H, W)
-        v1, v2 = enc(views[0]), enc(views[1])
-        enc.train(was)
+        with eval_mode(self.model["encoder"]) as enc:
+            v1, v2 = enc(views[0]), enc(views[1])
         pos, neg = positive_negative_similarities(v1, v2)
         arrays = {"positive_similarity": pos, "negative_similarity": neg}
         if self._labelled():
@@ -314,18 +287,15 @@ class ImageTask(BackwardAfterLossTerms):
 
     def _knn_per_width(self, tr_y: Tensor, te_y: Tensor) -> dict[str, float]:
         """kNN on the projection (the space Matryoshka trains) truncated to each width."""
-        enc = self.model["encoder"]
         out: dict[str, float] = {}
-        was = enc.training
-        enc.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model["encoder"]) as enc:
             tr = torch.cat([chunked(enc, x) for x, _ in self.train_set.batches()])
             te = torch.cat([chunked(enc, x) for x, _ in self.test_set.batches()])
-        enc.train(was)
         for d in self.cfg.loss.matryoshka_dims or ():
             if d <= tr.shape[1]:
                 a, b = truncate_embeddings(tr, d), truncate_embeddings(te, d)
-                out[f"knn @{d}d"] = self.knn(a, tr_y, b, te_y, self.cfg.eval.knn_k)
+                knn = self.classification(a, tr_y, b, te_y, probe=False)[KNN_ACCURACY]
+                out[f"{KNN_ACCURACY} @{d}d"] = knn
         return out
 
     # -- index and search -------------------------------------------------------------------
@@ -341,8 +311,9 @@ class ImageTask(BackwardAfterLossTerms):
         """Rows ``start:stop`` of the corpus; folder runs carry each file's path as text."""
         emb = self.features(self.train_set.rows(start, stop))
         labels = self.train_set.labels[start:stop]
-        files = getattr(self.train_set, "files", None)
-        items = [""] * len(emb) if files is None else files.keys[start:stop]
+        items: list[Any] = [""] * len(emb)
+        if isinstance(self.train_set, FolderImages):  # decode this chunk's keys only
+            items = [self.train_set.files.key(i) for i in range(start, start + len(emb))]
         return Corpus(emb, [self._label_name(int(y)) for y in labels], items)
 
     def embed_corpus(self) -> Corpus:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.image_source import Items, open_images
+from contrastkit.data.image_source import Items
 from contrastkit.encoders import ImageTextModel, create_encoder
 from contrastkit.encoders.vision import SmallCNN
 from contrastkit.eval.pairs import recall_summary
@@ -21,10 +21,15 @@ from contrastkit.losses import loss_spec
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
+    CallMethod,
     Corpus,
     EvalResult,
+    ExportTowers,
     Step,
     check_loss_inputs,
+    eval_mode,
+    load_images,
+    text_encoder_spec,
 )
 
 
@@ -39,19 +44,7 @@ class ImageTextTask(BackwardAfterLossTerms):
         self.cfg = cfg
         check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
         d = cfg.data
-        self.train_set, self.test_set = (
-            open_images(
-                d.dataset,
-                split,
-                root=d.root,
-                options=d.options,
-                limit=d.subset if split == "train" else d.test_subset,
-                image_size=d.image_size,
-                workers=d.workers,
-                seed=cfg.seed,
-            )
-            for split in ("train", "test")
-        )
+        self.train_set, self.test_set = load_images(cfg, "train"), load_images(cfg, "test")
         for split, source in (("train", self.train_set), ("test", self.test_set)):
             if source.texts is None:
                 raise ValueError(
@@ -60,10 +53,9 @@ class ImageTextTask(BackwardAfterLossTerms):
                     "manifest with data.options.caption_column)."
                 )
         mopts = dict(cfg.model.options)
-        text_name = mopts.pop("text", "minilm")
-        text_options = dict(mopts.pop("text_options", {}))
-        if text_name == "tiny_text":
-            text_options.setdefault("seed", cfg.seed)
+        text_name, text_options = text_encoder_spec(
+            mopts.pop("text", "minilm"), mopts.pop("text_options", {}), cfg.seed
+        )
         text = create_encoder(text_name, **text_options)
         if mopts.pop("freeze_text", True):
             for p in text.parameters():
@@ -99,26 +91,18 @@ class ImageTextTask(BackwardAfterLossTerms):
     @torch.no_grad()
     def embed_images(self, images: Tensor) -> Tensor:
         """images: (N, C, H, W) float in [0, 1] -> (N, D) float32 from the image tower."""
-        towers = self.model["towers"]
-        was = towers.training
-        towers.eval()
-        out = torch.cat(
-            [towers.encode_image(images[i : i + 256]) for i in range(0, len(images), 256)]
-        )
-        towers.train(was)
-        return out.float()
+        with eval_mode(self.model["towers"]) as towers:
+            out = [towers.encode_image(images[i : i + 256]) for i in range(0, len(images), 256)]
+        return torch.cat(out).float()
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
         """N captions -> (N, D) float32 from the text tower (``side`` is accepted for the
         common signature; captions have one tower)."""
-        towers = self.model["towers"]
-        was = towers.training
-        towers.eval()
         texts = list(texts)
-        out = torch.cat([towers.encode_text(texts[i : i + 256]) for i in range(0, len(texts), 256)])
-        towers.train(was)
-        return out.float()
+        with eval_mode(self.model["towers"]) as towers:
+            out = [towers.encode_text(texts[i : i + 256]) for i in range(0, len(texts), 256)]
+        return torch.cat(out).float()
 
     def baseline(self) -> EvalResult | None:
         """The model before training."""
@@ -172,3 +156,12 @@ class ImageTextTask(BackwardAfterLossTerms):
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         ds = self.test_set
         return [(ds.texts[i], ds.texts[i]) for i in range(min(n, len(ds)))]
+
+    def export_towers(self) -> ExportTowers:
+        """The text tower with its projection, and the image side (``encode_image``: image
+        tower, projection, L2 normalisation); no single registered encoder."""
+        towers = self.model["towers"]
+        return ExportTowers(
+            text={"": (towers.text_encoder, towers.text_projection)},
+            image=CallMethod(towers, "encode_image"),
+        )

@@ -3,7 +3,8 @@ with a preference loss (logistic: Bradley-Terry) on (prompt, chosen, rejected) t
 
 ``wordnet_preference``: prompt = a lemma, chosen = its gloss, rejected = the gloss of another
 synset with the same lexicographer label (a hard, on-topic wrong answer), fixed by the seed. A
-pair file with a ``negatives`` column takes its first negative as the rejected response. The
+pair file with a ``negatives`` column takes its first negative as the rejected response; your
+column names map through ``data.columns`` as in the pairs task (:func:`load_text_pairs`). The
 metric is pairwise accuracy (chosen scored above rejected) on held-out triples; the baseline is
 the model before training.
 """
@@ -15,16 +16,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
-from contrastkit.encoders import create_encoder
 from contrastkit.functional.similarity import paired_similarity
 from contrastkit.losses import loss_spec
 from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
     Corpus,
     EvalResult,
+    ExportTowers,
     Step,
+    TextQueries,
+    build_text_encoder,
     check_loss_inputs,
+    load_text_pairs,
+    text_encoder_spec,
 )
 
 SCALE = 20.0  # cosine -> score (inverse temperature of the Bradley-Terry logits)
@@ -53,7 +57,7 @@ def rejected_responses(pairs: Any, seed: int) -> list[str]:
     return out
 
 
-class PreferenceTask(BackwardAfterLossTerms):
+class PreferenceTask(TextQueries, BackwardAfterLossTerms):
     """``preference``: a text tower scoring (prompt, response) pairs."""
 
     name: ClassVar[str] = "preference"
@@ -62,23 +66,9 @@ class PreferenceTask(BackwardAfterLossTerms):
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("scores",))
-        d = cfg.data
-        kw = {"root": d.root, **d.options}
-        self.train_pairs = load_source(TEXT_PAIR_SOURCES, d.dataset, "train", **kw)
-        self.test_pairs = load_source(TEXT_PAIR_SOURCES, d.dataset, "test", **kw)
-        if d.subset:
-            self.train_pairs = self.train_pairs.subset(
-                torch.arange(min(d.subset, len(self.train_pairs)))
-            )
-        if d.test_subset:
-            self.test_pairs = self.test_pairs.subset(
-                torch.arange(min(d.test_subset, len(self.test_pairs)))
-            )
-        opts = dict(cfg.model.options)
-        if cfg.model.name == "tiny_text":
-            opts.setdefault("seed", cfg.seed)
-        self.encoder_spec = (cfg.model.name, opts)
-        self.model = nn.ModuleDict({"encoder": create_encoder(cfg.model.name, **opts)})
+        self.train_pairs, self.test_pairs = load_text_pairs(cfg)
+        self.encoder_spec = text_encoder_spec(cfg.model.name, cfg.model.options, cfg.seed)
+        self.model = nn.ModuleDict({"encoder": build_text_encoder(self.encoder_spec)})
         self.train_rejected = rejected_responses(self.train_pairs, cfg.seed)
         self.test_rejected = rejected_responses(self.test_pairs, cfg.seed + 1)
         self.num_train = len(self.train_pairs)
@@ -151,3 +141,8 @@ class PreferenceTask(BackwardAfterLossTerms):
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         p = self.test_pairs
         return [(p.query[i], p.ids[i]) for i in range(min(n, len(p)))]
+
+    def export_towers(self) -> ExportTowers:
+        """One text tower for prompts and responses, the registered encoder of ``encoder_spec``."""
+        encoder = self.model["encoder"]
+        return ExportTowers(text={"": (encoder, None)}, encoder=encoder)

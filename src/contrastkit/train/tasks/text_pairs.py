@@ -32,69 +32,27 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
 from contrastkit.distributed import all_gather, get_rank, get_world_size
-from contrastkit.encoders import EmbedTokens, create_encoder
+from contrastkit.encoders import EmbedTokens
 from contrastkit.eval.pairs import heldout_rows, recall_summary
 from contrastkit.losses import loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.negatives import ExtraNegatives
 from contrastkit.negatives.false_negatives import duplicate_mask, stable_text_ids
-from contrastkit.train.tasks.base import Corpus, EvalResult, Step, check_loss_inputs
+from contrastkit.train.tasks.base import (
+    Corpus,
+    EvalResult,
+    ExportTowers,
+    Step,
+    TextQueries,
+    build_text_encoder,
+    check_loss_inputs,
+    load_text_pairs,
+    text_encoder_spec,
+)
 
 SIDES = ("query", "document", "document")  # queries, keys, drawn negatives
-
-
-def text_encoder_spec(model: Any, seed: int) -> tuple[str, dict[str, Any]]:
-    """(registry name, options) of ``model`` (a from-scratch tower gets the run's seed unless
-    the options set one); export writes the same, so ``load_encoder`` rebuilds it."""
-    opts = dict(model.options)
-    if model.name == "tiny_text":
-        opts.setdefault("seed", seed)
-    return model.name, opts
-
-
-def build_text_encoder(spec: tuple[str, dict[str, Any]]) -> nn.Module:
-    """The text encoder of :func:`text_encoder_spec`, from the encoder registry."""
-    name, opts = spec
-    try:
-        return create_encoder(name, **opts)
-    except TypeError as err:
-        raise ValueError(f"model.options for {name!r}: {err}") from None
-
-
-def drop_texts(pairs: Any, banned: set[str]) -> Any:
-    """``pairs`` without the rows whose key (``positive``) is in ``banned``, and without
-    ``banned`` texts among their ``negatives``."""
-    keep = [r for r, text in enumerate(pairs.positive) if text not in banned]
-    if len(keep) < len(pairs):
-        pairs = pairs.subset(torch.tensor(keep, dtype=torch.long))
-    if pairs.negatives is not None:
-        pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
-    return pairs
-
-
-def load_pairs_for(cfg: Any) -> tuple[Any, Any]:
-    """(train, test) :class:`~contrastkit.data.TextPairs` of ``cfg.data``, held-out keys dropped
-    from training and both subsets applied."""
-    d = cfg.data
-    kw = {"root": d.root, **d.options}
-    if d.columns is not None:
-        if d.dataset not in ("pairs_file", "hf"):
-            raise ValueError(
-                f"data.columns: got {d.columns!r}; it maps the columns of your own data "
-                f"(data.dataset: pairs_file or hf), not of {d.dataset!r}; remove it."
-            )
-        kw["columns"] = d.columns
-    train = load_source(TEXT_PAIR_SOURCES, d.dataset, "train", **kw)
-    test = load_source(TEXT_PAIR_SOURCES, d.dataset, "test", **kw)
-    train = drop_texts(train, set(test.positive))
-    if d.subset:
-        train = train.subset(torch.arange(min(d.subset, len(train))))
-    if d.test_subset:
-        test = test.subset(torch.arange(min(d.test_subset, len(test))))
-    return train, test
 
 
 def ids_to_int(ids: list[str]) -> Tensor:
@@ -103,7 +61,7 @@ def ids_to_int(ids: list[str]) -> Tensor:
     return torch.tensor([table.setdefault(i, len(table)) for i in ids], dtype=torch.long)
 
 
-class TextPairsTask:
+class TextPairsTask(TextQueries):
     """``pairs``: query -> key retrieval with one shared text tower."""
 
     name: ClassVar[str] = "pairs"
@@ -111,10 +69,10 @@ class TextPairsTask:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.train_pairs, self.test_pairs = load_pairs_for(cfg)
+        self.train_pairs, self.test_pairs = load_text_pairs(cfg, drop_heldout_keys=True)
         check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
         self.train_ids = ids_to_int(self.train_pairs.ids)
-        self.encoder_spec = text_encoder_spec(cfg.model, cfg.seed)
+        self.encoder_spec = text_encoder_spec(cfg.model.name, cfg.model.options, cfg.seed)
         self.model = nn.ModuleDict({"encoder": build_text_encoder(self.encoder_spec)})
         self.num_train = len(self.train_pairs)
         self.train_labels: Tensor | None = None
@@ -285,6 +243,11 @@ class TextPairsTask:
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         p = self.test_pairs
         return [(p.query[i], p.ids[i]) for i in range(min(n, len(p)))]
+
+    def export_towers(self) -> ExportTowers:
+        """One shared text tower, the registered encoder of ``encoder_spec``."""
+        encoder = self.model["encoder"]
+        return ExportTowers(text={"": (encoder, None)}, encoder=encoder)
 
 
 def _check_hard_negatives_fit(cfg: Any) -> None:

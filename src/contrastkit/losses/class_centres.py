@@ -1,0 +1,60 @@
+"""Shared pieces of the class-centre losses (ArcFace, CosFace, Sub-center ArcFace, Proxy-NCA,
+Proxy Anchor): the centres parameter, its shard under ``shard_classes``, example inputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import contrastkit.collectives as cd
+from contrastkit.functional.class_logits import class_shard
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    return value
+
+
+def centres(
+    num_classes: int,
+    embedding_dim: int,
+    *,
+    num_subcenters: int = 1,
+    shard_classes: bool = False,
+    std: float | None = 0.01,
+) -> nn.Parameter:
+    """The ``weight`` parameter ``(C * K, D)``, class-major; with ``shard_classes`` under
+    ``torch.distributed`` only this rank's classes (:func:`class_shard`), so build the module
+    after ``init_process_group``. ``std``: normal init (insightface's 0.01); None: Kaiming
+    normal (fan out), Proxy Anchor's.
+
+    >>> centres(10, 4, num_subcenters=3).shape
+    torch.Size([30, 4])
+    """
+    _positive_int("num_classes", num_classes)
+    _positive_int("embedding_dim", embedding_dim)
+    _positive_int("num_subcenters", num_subcenters)
+    rows = num_classes
+    if shard_classes and cd.get_world_size() > 1:
+        start, stop = class_shard(num_classes, cd.get_rank(), cd.get_world_size())
+        rows = stop - start
+    weight = torch.empty(rows * num_subcenters, embedding_dim)
+    if std is None:
+        nn.init.kaiming_normal_(weight, mode="fan_out")
+    else:
+        nn.init.normal_(weight, std=std)
+    return nn.Parameter(weight)
+
+
+def labelled_example(
+    generator: torch.Generator, dim: int = 16, num_classes: int = 10, batch: int = 8
+) -> tuple[Tensor, Tensor]:
+    """Float64 ``(B, D)`` embeddings and ``(B,)`` labels with repeated classes in ``[0, C)``.
+
+    >>> x, y = labelled_example(torch.Generator().manual_seed(0))
+    >>> x.shape, y.tolist()
+    (torch.Size([8, 16]), [0, 2, 4, 6, 0, 2, 4, 6])
+    """
+    x = torch.randn(batch, dim, generator=generator, dtype=torch.float64)
+    return x, (torch.arange(batch) % 4 * 2) % num_classes  # (B,)
