@@ -243,10 +243,13 @@ def check_loss_inputs(task: str, loss_name: str, inputs: str, allowed: tuple[str
 
 
 # -- what tasks share: loading the config's data, building its encoders ---------------------
-def load_text_pairs(cfg: Any, *, drop_heldout_keys: bool = False) -> tuple[TextPairs, TextPairs]:
+def load_text_pairs(
+    cfg: Any, *, drop_heldout_keys: bool = False, split: str = "train"
+) -> tuple[TextPairs, TextPairs]:
     """(train, test) :class:`~contrastkit.data.TextPairs` of ``cfg.data``: the source
     ``data.dataset`` with ``data.options``, your column names (``data.columns``, for
-    ``pairs_file`` / ``hf``), then ``data.subset`` / ``data.test_subset``.
+    ``pairs_file`` / ``hf``), then ``data.subset`` / ``data.test_subset``. ``split="all"``
+    trains on every row (your own held-out file evaluates: ``eval.heldout``).
 
     ``drop_heldout_keys``: drop the training rows whose key is also a held-out key (and such texts
     among their hard negatives), before the subset: retrieval evaluation then never asks for a
@@ -260,7 +263,7 @@ def load_text_pairs(cfg: Any, *, drop_heldout_keys: bool = False) -> tuple[TextP
                 f"(data.dataset: pairs_file or hf), not of {d.dataset!r}; remove it."
             )
         kw["columns"] = d.columns
-    train = load_source(TEXT_PAIR_SOURCES, d.dataset, "train", **kw)
+    train = load_source(TEXT_PAIR_SOURCES, d.dataset, split, **kw)
     test = load_source(TEXT_PAIR_SOURCES, d.dataset, "test", **kw)
     if drop_heldout_keys:
         train = drop_texts(train, set(test.positive))

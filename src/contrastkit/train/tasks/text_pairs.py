@@ -32,8 +32,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from contrastkit.data import TextPairs
+from contrastkit.data.beir import BeirData
 from contrastkit.distributed import all_gather, get_rank, get_world_size
 from contrastkit.encoders import EmbedTokens
+from contrastkit.eval.beir import evaluate_retrieval
 from contrastkit.eval.pairs import heldout_rows, recall_summary
 from contrastkit.losses import loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
@@ -48,6 +51,7 @@ from contrastkit.train.tasks.base import (
     TextQueries,
     build_text_encoder,
     check_loss_inputs,
+    drop_texts,
     load_text_pairs,
     text_encoder_spec,
 )
@@ -69,7 +73,13 @@ class TextPairsTask(TextQueries):
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.train_pairs, self.test_pairs = load_text_pairs(cfg, drop_heldout_keys=True)
+        self.heldout: BeirData | None = None
+        if cfg.eval.heldout is not None:  # your held-out file: train on all of data.root
+            self.heldout, self.test_pairs = load_heldout(cfg.eval.heldout, cfg.data.columns)
+            self.train_pairs, _ = load_text_pairs(cfg, split="all")
+            self.train_pairs = drop_texts(self.train_pairs, set(self.test_pairs.positive))
+        else:
+            self.train_pairs, self.test_pairs = load_text_pairs(cfg, drop_heldout_keys=True)
         check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
         self.train_ids = ids_to_int(self.train_pairs.ids)
         self.encoder_spec = text_encoder_spec(cfg.model.name, cfg.model.options, cfg.seed)
@@ -198,6 +208,8 @@ class TextPairsTask(TextQueries):
 
     @torch.no_grad()
     def evaluate(self, *, quick: bool = False) -> EvalResult:
+        if self.heldout is not None:
+            return self._evaluate_heldout()
         e = self.cfg.eval
         size = min(e.corpus_size or 10**9, 300) if quick else e.corpus_size
         q_rows, c_rows, relevant = heldout_rows(self.test_pairs.ids, size, e.queries)
@@ -218,6 +230,23 @@ class TextPairsTask(TextQueries):
         if bool((labels >= 0).all()):
             arrays.update({"test_embeddings": query, "test_labels": labels})
         return EvalResult(metrics, "model", arrays, counts)
+
+    def _evaluate_heldout(self) -> EvalResult:
+        """``eval.heldout``: trec_eval's measures on your held-out queries, documents and
+        judgements (:func:`contrastkit.eval.beir.evaluate_retrieval`)."""
+        data = self.heldout
+        assert data is not None
+        ks = [k for k in (1, 3, 5, 10, 100) if k <= len(data.corpus)] or [len(data.corpus)]
+        metrics = evaluate_retrieval(
+            lambda texts: self.embed_texts(texts, "query"),
+            lambda texts: self.embed_texts(texts, "document"),
+            data.corpus,
+            data.queries,
+            data.qrels,
+            k_values=ks,
+        )
+        counts = {"corpus_size": len(data.corpus), "queries": len(data.qrels)}
+        return EvalResult(metrics, "model", counts=counts)
 
     def _corpus_rows(self) -> list[int]:
         """The corpus: one held-out key per id (its first row)."""
@@ -264,3 +293,17 @@ def _check_hard_negatives_fit(cfg: Any) -> None:
             "data.options.hard_negatives cannot be combined with negatives.queue, "
             "negatives.mining or negatives.false_negatives.threshold yet; remove one of them."
         )
+
+
+def load_heldout(path: str, columns: dict[str, Any] | None) -> tuple[BeirData, TextPairs]:
+    """``eval.heldout``: a BEIR folder (its ``test`` qrels) or a pairs file read with your
+    ``data.columns``; as a BEIR split and as pairs (the corpus the index and report show)."""
+    from pathlib import Path
+
+    from contrastkit.data.beir import load_beir, load_beir_pairs, pairs_as_beir
+    from contrastkit.data.files import load_pairs
+
+    if Path(path).is_dir():
+        return load_beir(path, "test"), load_beir_pairs(path, "test", negatives=False)
+    pairs = load_pairs(path, columns=columns)
+    return pairs_as_beir(pairs), pairs
