@@ -243,10 +243,22 @@ def check_faiss_payload(payload: bytes | memoryview, expect: FaissExpect) -> Non
 
 
 def check_faiss_object(index: Any, expect: FaissExpect) -> None:
-    """The object FAISS built from a checked payload: its dimension, count and metric again."""
+    """The object FAISS built from a checked payload: its dimension, count, metric and
+    parameters again."""
     code_size = (expect.dim + 7) // 8
     d = 8 * code_size if expect.kind == "binary" else expect.dim
     _expect("the loaded dimension", int(index.d), d)
     _expect("the loaded vector count", int(index.ntotal), expect.ntotal)
     if expect.kind != "binary":
         _expect("the loaded metric", int(index.metric_type), expect.faiss_metric)
+    params = expect.params
+    if expect.kind in ("ivf", "ivfpq") and "nlist" in params:
+        _expect("the loaded nlist", int(index.nlist), params["nlist"])
+    if expect.kind == "ivfpq":
+        for name, value in (("m", int(index.pq.M)), ("nbits", int(index.pq.nbits))):
+            if name in params:
+                _expect(f"the loaded {name}", value, params[name])
+    if expect.kind == "sq":
+        _expect("the loaded code size", int(index.code_size), params["code_size"])
+    if expect.kind == "binary":
+        _expect("the loaded code size", int(index.code_size), code_size)
