@@ -1,5 +1,6 @@
 """The ``contrastkit`` command: train, evaluate, index, search, serve, report, demo, export,
-and BEIR-format retrieval (eval-retrieval, mine, data export-beir).
+BEIR-format retrieval (eval-retrieval, mine, data export-beir) and identity verification
+(eval-verify, data export-identity).
 
 Every subcommand has ``--help``; errors print one clear line ``contrastkit <cmd>: <message>``
 and exit with a non-zero code (2: bad usage, config or file, 3: training diverged, 4: missing
@@ -292,6 +293,44 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--train-queries", type=int, default=2000, help="train queries (default 2000)")
     ex.add_argument("--corpus-size", type=int, default=5000, help="corpus size (at least judged)")
     ex.add_argument("--seed", type=int, default=0, help="the WordNet loader's split seed")
+    ei = dsub.add_parser(
+        "export-identity",
+        help="write a packaged identity set as LFW-layout folders with pairs.txt",
+        description="contrastkit data export-identity glyphs DIR: the glyph identity set (Han "
+        "characters = identities, their 12 typefaces = images) as DIR/train/<identity>/..., "
+        "DIR/test/<identity>/... and DIR/test/pairs.txt (LFW format, held-out identities only), "
+        "for data.dataset: identity_folder or contrastkit eval-verify.",
+    )
+    ei.add_argument("name", help="glyphs")
+    ei.add_argument("dir", help="folder to write (new, empty, or an earlier export)")
+    ei.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    ei.add_argument("--limit", type=int, help="only the first N identities (default all)")
+    ei.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (0.2)")
+    ei.add_argument("--seed", type=int, default=0, help="the split and pairs seed")
+    ei.add_argument("--folds", type=int, default=10, help="pairs.txt folds (default 10)")
+    ei.add_argument(
+        "--pairs-per-fold", type=int, default=300, help="same (and different) pairs per fold"
+    )
+    vf = sub.add_parser(
+        "eval-verify",
+        help="verification figures (TAR at FAR, EER, AUC, 10-fold accuracy) on a pairs file",
+        description="Embed the images of PAIRS (LFW pairs.txt or a CSV path_a,path_b,same"
+        "[,fold]) with MODEL (a run folder, or an export: --format safetensors or onnx) and "
+        "print the verification protocol: AUC, EER, TAR at FAR 1e-1 .. 1e-4 (thresholds "
+        "included), the 10-fold accuracy and open-set rank-1 (gallery: the first image of each "
+        "identity folder). Images are resolved relative to the pairs file's folder or --root.",
+    )
+    vf.add_argument("model", metavar="MODEL_OR_RUN", help="run folder or exported model folder")
+    vf.add_argument("pairs", metavar="PAIRS", help="pairs.txt (LFW) or .csv")
+    vf.add_argument("--root", help="the identity folder (default: the pairs file's folder)")
+    vf.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead")
+    vf.add_argument("--batch-size", type=int, default=512, help="images embedded at once")
+    vf.add_argument(
+        "--image-size",
+        type=int,
+        help="side the images are resized to (default: the run's; an export that does not "
+        "record it: the first image's shorter side)",
+    )
 
 
 def _exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
@@ -748,8 +787,13 @@ def cmd_mine(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from contrastkit.data.beir import export_beir, load_beir, pairs_to_beir
 
+    if args.data_command == "export-identity":
+        return _export_identity(args)
     if args.data_command != "export-beir":
-        raise ValueError("data needs an action: contrastkit data export-beir wordnet DIR.")
+        raise ValueError(
+            "data needs an action: contrastkit data export-beir wordnet DIR, or "
+            "contrastkit data export-identity glyphs DIR."
+        )
     if args.name not in ("wordnet", "pairs", "hf"):
         raise ValueError(
             f"name must be one of wordnet (the packaged set), pairs (your .jsonl/.csv/.parquet "
@@ -796,6 +840,182 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(f"wrote {root} ({len(data.corpus)} documents)")
 
 
+def _export_identity(args: argparse.Namespace) -> int:
+    """``data export-identity NAME DIR``: :func:`contrastkit.data.identity.export_identity`."""
+    from contrastkit.data.identity import EXPORTS, export_identity, load_identity_folder
+
+    if args.name not in EXPORTS:
+        raise ValueError(
+            f"NAME must be one of {', '.join(EXPORTS)} (packaged identity sets), got "
+            f"{args.name!r}; e.g. contrastkit data export-identity glyphs DIR."
+        )
+    t0 = time.perf_counter()
+    root = export_identity(
+        args.name,
+        args.dir,
+        size=args.size,
+        limit=args.limit,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        pairs_per_fold=args.pairs_per_fold,
+        folds=args.folds,
+    )
+    for split in ("train", "test"):
+        folder = load_identity_folder(root / split)
+        print(f"{split}: {len(folder)} identities, {folder.num_images} images")
+    print(f"pairs: {root / 'test' / 'pairs.txt'}")
+    print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+class _VerifyModel:
+    """MODEL of ``eval-verify``: ``embed(images (B, C, S, S) float in [0, 1]) -> (B, D)`` and
+    the (C, S) images it takes."""
+
+    def __init__(self, embed: Any, channels: int, size: int | None, name: str) -> None:
+        self.embed, self.channels, self.size, self.name = embed, channels, size, name
+
+
+def _verify_model(model: str) -> _VerifyModel:
+    """A run folder (its task's ``embed_images``), a ``--format safetensors`` export (the
+    encoder's output) or a ``--format onnx`` export (its image graph)."""
+    import torch
+
+    path = Path(model)
+    if (path / "config.yaml").is_file():
+        from contrastkit.train.run import load_run
+
+        _, task, _ = load_run(path)
+        if "image" not in tuple(task.query_kinds):
+            raise ValueError(
+                f"MODEL_OR_RUN {model!r} is a run that embeds {', '.join(task.query_kinds)}, not "
+                "images; pass an image run (task: identity or supervised) or its export."
+            )
+        c, h, _ = task.image_shape
+        return _VerifyModel(task.embed_images, c, h, path.name)
+    if (path / "encoder.json").is_file():
+        from contrastkit.encoders.saved import load_encoder
+
+        encoder = load_encoder(path)
+        config = json.loads((path / "encoder.json").read_text(encoding="utf-8"))
+        opts = config.get("options", {})
+        inner = opts.get("backbone_options", opts)
+        c, s = inner.get("in_channels"), inner.get("image_size")  # s: None for small_cnn
+        if not isinstance(c, int):
+            raise ValueError(
+                f"{path / 'encoder.json'}: no in_channels of an image encoder; pass an image "
+                "run's export."
+            )
+
+        encoder.to(memory_format=torch.channels_last)  # as the run embeds (oneDNN's path)
+
+        def embed(x: Any) -> Any:
+            with torch.no_grad():
+                return encoder(x.contiguous(memory_format=torch.channels_last)).float()
+
+        return _VerifyModel(embed, c, s, path.name)
+    if (path / "export.json").is_file():
+        spec = json.loads((path / "export.json").read_text(encoding="utf-8"))
+        graph = spec.get("graphs", {}).get("image")
+        if graph is None:
+            raise ValueError(f"{path / 'export.json'}: no image graph; export an image run.")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ValueError(
+                f"MODEL_OR_RUN {model!r} is an ONNX export, and onnxruntime is not installed: "
+                "pip install onnxruntime, or export the run with --format safetensors."
+            ) from None
+
+        session = ort.InferenceSession(str(path / graph["file"]))
+        c, s, _ = graph["image_shape"]
+
+        def embed_onnx(x: Any) -> Any:
+            out = session.run(None, {"images": x.numpy().astype("float32")})[0]
+            return torch.from_numpy(out).float()
+
+        return _VerifyModel(embed_onnx, c, s, path.name)
+    raise FileNotFoundError(
+        f"MODEL_OR_RUN {model!r} is neither a run folder (config.yaml) nor an exported model "
+        "(encoder.json from --format safetensors, export.json from --format onnx); pass one."
+    )
+
+
+def verify_figures(model: _VerifyModel, pairs: Any, batch_size: int = 512) -> dict[str, float]:
+    """The verification figures of ``model`` on ``pairs`` (:class:`IdentityPairs`): each
+    distinct image decoded and embedded once, in chunks of ``batch_size``."""
+    import torch
+
+    from contrastkit.data.image_folder import decode_image
+    from contrastkit.train.tasks.identity import HeldOutPairs, pair_metrics
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}.")
+    parts = []
+    for start in range(0, len(pairs.paths), batch_size):
+        stop = min(start + batch_size, len(pairs.paths))
+        images = torch.stack(
+            [
+                decode_image(pairs.path(i), channels=model.channels, image_size=model.size)
+                for i in range(start, stop)
+            ]
+        )
+        parts.append(model.embed(images.float() / 255.0))
+    who = [Path(p).parent.name or Path(p).stem for p in pairs.paths]  # identity = folder
+    ids = {name: k for k, name in enumerate(dict.fromkeys(who))}
+    held = HeldOutPairs(
+        torch.empty(0, dtype=torch.uint8),
+        list(pairs.paths),
+        torch.tensor([ids[w] for w in who]),
+        pairs.index_a,
+        pairs.index_b,
+        pairs.same,
+        pairs.folds,
+    )
+    figures, _ = pair_metrics(torch.cat(parts), held)
+    return figures
+
+
+def cmd_eval_verify(args: argparse.Namespace) -> int:
+    from contrastkit.data.identity import read_pairs
+
+    pairs = read_pairs(args.pairs, args.root)  # bad lines fail before the model loads
+    model = _verify_model(args.model)
+    if args.image_size is not None:
+        if args.image_size < 2:
+            raise ValueError(f"--image-size must be >= 2 pixels, got {args.image_size}.")
+        model.size = args.image_size
+    if model.size is None:  # an export of a size-agnostic CNN: the images' own size
+        from PIL import Image
+
+        with Image.open(pairs.path(0)) as first:
+            model.size = min(first.size)
+    t0 = time.perf_counter()
+    figures = verify_figures(model, pairs, args.batch_size)
+    seconds = time.perf_counter() - t0
+    if args.as_json:
+        out = {
+            "model": str(args.model),
+            "pairs": str(args.pairs),
+            "images": len(pairs.paths),
+            "seconds": round(seconds, 3),
+            "metrics": figures,
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(
+        f"{model.name} on {args.pairs}: {len(pairs)} pairs ({int(pairs.same.sum())} same), "
+        f"{len(pairs.paths)} images, {int(pairs.folds.unique().numel())} folds, {seconds:.1f} s"
+    )
+    for k, v in figures.items():
+        print(
+            f"{k:<24} {int(v):>10d}"
+            if k.startswith(("pairs_", "probes_"))
+            else f"{k:<24} {v:>10.6f}"
+        )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from contrastkit.export import export_run
 
@@ -820,6 +1040,7 @@ COMMANDS = {
     "mine": cmd_mine,
     "data": cmd_data,
     "export": cmd_export,
+    "eval-verify": cmd_eval_verify,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -173,6 +173,8 @@ def write_report(run: str | os.PathLike) -> Path:
             pos, neg = arrays["positive_similarity"], arrays["negative_similarity"]
             p = plots.plot_similarity_hist(pos, neg, out)
             sections.append(f'<h2>Similarities</h2><img src="{p.name}" alt="similarities">')
+        if "verification_scores" in arrays:
+            sections.append(_verification(arrays, ev, out))
         if "test_embeddings" in arrays:
             names = ev.get("class_names") if ev else None
             if names is None:
@@ -194,6 +196,33 @@ def write_report(run: str | os.PathLike) -> Path:
     path = out / "index.html"
     write_text(path, page)
     return path
+
+
+def _verification(arrays: dict[str, torch.Tensor], ev: dict[str, Any] | None, out: Path) -> str:
+    """An identity run's verification section: the ROC on a log FAR axis (and the untrained
+    encoder's, when the run saved it) and the worst false accepts and false rejects."""
+    same = arrays["verification_same"].bool()
+    curves = {"model": (arrays["verification_scores"], same)}
+    if "baseline_verification_scores" in arrays:
+        name = str((ev or {}).get("baseline_name", "baseline"))
+        curves[name] = (arrays["baseline_verification_scores"], same)
+    roc = plots.plot_roc(curves, out)
+    parts = [
+        "<h2>Verification</h2><p>Held-out pairs scored by the cosine of their embeddings; a "
+        "threshold accepts a pair when its score is at least the threshold.</p>"
+        f'<img src="{roc.name}" alt="ROC">'
+    ]
+    worst = (
+        ("false_accept", "Worst false accepts: different identities, highest scores"),
+        ("false_reject", "Worst false rejects: same identity, lowest scores"),
+    )
+    for key, title in worst:
+        if f"{key}_images" in arrays:
+            path = plots.plot_pair_grid(
+                arrays[f"{key}_images"], arrays[f"{key}_scores"], title, out / f"{key}s.png"
+            )
+            parts.append(f'<h3>{html.escape(title)}</h3><img src="{path.name}" alt="{key}">')
+    return "".join(parts)
 
 
 def _class_names(run: Path) -> list[str] | None:

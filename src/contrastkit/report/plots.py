@@ -172,3 +172,60 @@ def plot_neighbour_grid(
     _save(fig, path)
     plt.close(fig)
     return path
+
+
+def plot_roc(curves: dict[str, tuple[Tensor, Tensor]], out: Path) -> Path:
+    """ROC curves of verification pairs on a log FAR axis: ``curves`` maps a name to (scores
+    (N,), same (N,) bool); TAR against FAR from 1 / (different pairs) to 1, with the FAR
+    targets 1e-4 .. 1e-1 marked."""
+    from contrastkit.eval.verification import roc_auc, roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    floor = 1.0
+    for name, (scores, same) in curves.items():
+        fpr, tpr, _ = roc_curve(scores, same, drop_intermediate=False)
+        different = max(int((~same.bool()).sum()), 1)
+        floor = min(floor, 1.0 / different)
+        auc = roc_auc(fpr, tpr)
+        keep = fpr > 0  # log axis: FAR 0 has no place on it
+        ax.step(
+            fpr[keep].tolist(), tpr[keep].tolist(), where="post", label=f"{name} (AUC {auc:.3f})"
+        )
+    for far in (1e-4, 1e-3, 1e-2, 1e-1):
+        if far >= floor:
+            ax.axvline(far, color="lightgray", lw=0.8, zorder=0)
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set(xlabel="false accept rate (log)", ylabel="true accept rate", title="verification ROC")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = out / "roc.png"
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_pair_grid(images: Tensor, scores: Tensor, title: str, path: Path) -> Path:
+    """One column per pair, its two images stacked, titled with the pair's score: ``images``
+    (K, 2, C, H, W) uint8 or float in [0, 1], ``scores`` (K,)."""
+    plt = _plt()
+    k = images.shape[0]
+    fig, axes = plt.subplots(2, k, figsize=(1.2 * k + 0.4, 2.9), squeeze=False)
+    pics = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    for j in range(k):
+        for i in range(2):
+            ax = axes[i][j]
+            ax.axis("off")
+            img = pics[j, i]
+            if img.shape[0] == 1:
+                ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1))
+        axes[0][j].set_title(f"{float(scores[j]):.3f}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path

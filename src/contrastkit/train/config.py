@@ -392,6 +392,7 @@ IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
 TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir", "hf")
 IMAGE_TEXT_DATASETS = ("emoji", "image_folder")
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
+IDENTITY_DATASETS = ("glyphs", "identity_folder")
 
 
 class _RunBase(_Strict):
@@ -482,15 +483,51 @@ class PreferenceRun(_RunBase):
     INPUTS = ("scores",)
 
 
+class IdentityRun(_RunBase):
+    """``task: identity``: one view of each image with its identity; ``loss(embeddings (B, D),
+    labels (B,))`` (margin-softmax, proxy or pair losses: the trainer gives proxy losses
+    ``num_classes`` and ``embedding_dim``); evaluated by the verification protocol on held-out
+    pairs. ``data.dataset``: ``glyphs`` (the packaged glyph set) or ``identity_folder``
+    (``data.root``: an LFW-layout folder of training identities, ``data.options.pairs``: a
+    ``pairs.txt`` or CSV of held-out pairs)."""
+
+    task: Literal["identity"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="glyphs"))
+    views: ViewsConfig = Field(default_factory=lambda: ViewsConfig(flip=0.0))
+    model: ImageModelConfig = Field(default_factory=ImageModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="arcface"))
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(features="projection"))
+    DATASETS = IDENTITY_DATASETS
+    INPUTS = ("labelled",)
+
+    @model_validator(mode="after")
+    def _identity_data(self) -> IdentityRun:
+        d = self.data
+        if d.dataset == "identity_folder":
+            if not d.root:
+                raise ValueError(
+                    "data.root: got None; data.dataset: identity_folder trains on an LFW-layout "
+                    "folder (root/<identity>/<images>): set data.root to it."
+                )
+            if not d.options.get("pairs"):
+                raise ValueError(
+                    f"data.options.pairs: got {d.options.get('pairs')!r}; identity_folder "
+                    "evaluates on held-out pairs: set it to a pairs.txt (LFW) or CSV "
+                    "(path_a, path_b, same) file."
+                )
+        return self
+
+
 RUN_TYPES: dict[str, type[_RunBase]] = {
     "views": ViewsRun,
     "supervised": SupervisedRun,
     "pairs": PairsRun,
     "image_text": ImageTextRun,
     "preference": PreferenceRun,
+    "identity": IdentityRun,
 }
 RunConfig = Annotated[
-    Union[ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun],  # noqa: UP007
+    Union[ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun, IdentityRun],  # noqa: UP007
     Field(discriminator="task"),
 ]
 """A whole run: one of the task's config classes, chosen by ``task`` (default ``views``)."""

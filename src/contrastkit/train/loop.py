@@ -236,7 +236,7 @@ def _train(
         # One writer per run folder: a second `train` (or `--run-dir` at a live run) stops here.
         hold.enter_context(exclusive_lock(run / "train.lock", what=f"run {run}", wait=False))
         save_config(cfg, run / "config.yaml")
-    trainable = Trainable(task, build_loss(cfg, dist.world))
+    trainable = Trainable(task, build_loss(cfg, dist.world, task))
     forward, outside_ddp = wrap_in_ddp(trainable) if dist.world > 1 else (trainable, [])
     optimizer = make_optimizer(cfg, trainable.weights())
     schedule = WarmupCosine(

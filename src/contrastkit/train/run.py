@@ -23,11 +23,18 @@ from contrastkit.train.config import RunConfig, load_config
 from contrastkit.train.tasks import EvalResult, build_task
 
 
-def build_loss(cfg: RunConfig, world: int = 1) -> nn.Module:
+def build_loss(cfg: RunConfig, world: int = 1, task: Any = None) -> nn.Module:
     """The registered loss ``cfg.loss.name`` with its params (temperature learnable if asked),
     set up for ``world`` processes as the loss declares (:func:`contrastkit.losses.loss_spec`):
     ``gather_distributed=True`` for the softmax losses, :class:`GlobalBatchLoss` for losses that
-    need every row; then the ``negatives:`` section's queue / mining / threshold around it."""
+    need every row; then the ``negatives:`` section's queue / mining / threshold around it.
+
+    What the data decides is injected when the loss's signature asks for it and the config
+    does not set it (never by the loss's name): ``dim`` (SwAV's prototypes) and
+    ``embedding_dim`` (class centres) = the embedding the task gives the loss (``task.
+    embedding_dim``, else ``model.projection_dim``); ``num_classes`` = the task's training
+    classes (``len(task.class_names)``). A ``loss.params.num_classes`` smaller than that is an
+    error: a label would have no centre."""
     import inspect
 
     from contrastkit.distributed import GlobalBatchLoss
@@ -39,6 +46,7 @@ def build_loss(cfg: RunConfig, world: int = 1) -> nn.Module:
     projection = getattr(cfg.model, "projection_dim", None)
     if "dim" in accepted and "dim" not in params and projection:
         params["dim"] = projection  # e.g. SwAV's prototypes live in that space
+    params.update(_data_params(cfg, accepted, params, task))
     if cfg.loss.learnable_temperature:
         start = params.get("temperature", loss_defaults(cfg.loss.name)["temperature"])
         params["temperature"] = LearnableTemperature(float(start))
@@ -64,6 +72,30 @@ def build_loss(cfg: RunConfig, world: int = 1) -> nn.Module:
             false_negative_threshold=n.false_negatives.threshold,
         )
     return loss
+
+
+def _data_params(
+    cfg: RunConfig, accepted: Any, params: dict[str, Any], task: Any
+) -> dict[str, Any]:
+    """``embedding_dim`` and ``num_classes`` for a loss whose signature takes them (class
+    centres), from the task (see :func:`build_loss`)."""
+    out: dict[str, Any] = {}
+    dim = getattr(task, "embedding_dim", None) or getattr(cfg.model, "projection_dim", None)
+    if "embedding_dim" in accepted and "embedding_dim" not in params and dim:
+        out["embedding_dim"] = int(dim)
+    classes = len(getattr(task, "class_names", None) or [])
+    if "num_classes" in accepted and classes:
+        given = params.get("num_classes")
+        if given is None:
+            out["num_classes"] = classes
+        elif not isinstance(given, int) or isinstance(given, bool) or given < classes:
+            raise ValueError(
+                f"loss.params.num_classes: got {given!r}; the training data has {classes} "
+                f"classes (labels 0..{classes - 1}), so a label >= {given!r} would have no "
+                f"class centre; remove loss.params.num_classes (the trainer sets it) or set it "
+                f">= {classes}."
+            )
+    return out
 
 
 def base_loss(loss: nn.Module) -> nn.Module:
@@ -172,7 +204,7 @@ def _load_run(run: Path) -> tuple[RunConfig, Any, nn.Module]:
     cfg = load_config(run / "config.yaml")
     torch.manual_seed(cfg.seed)
     task = build_task(cfg)
-    loss_fn = build_loss(cfg)
+    loss_fn = build_loss(cfg, task=task)
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise FileNotFoundError(f"{run} has no checkpoint yet; train it first.")

@@ -2,7 +2,7 @@
 :class:`~contrastkit.train.tasks.base.Task`.
 
 >>> sorted(TASKS)
-['image_text', 'pairs', 'preference', 'supervised', 'views']
+['identity', 'image_text', 'pairs', 'preference', 'supervised', 'views']
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from contrastkit.train.tasks.base import Corpus, EvalResult, ExportTowers, Step, Task
+from contrastkit.train.tasks.identity import IdentityTask
 from contrastkit.train.tasks.image import ImageTask, SupervisedTask
 from contrastkit.train.tasks.image_text import ImageTextTask
 from contrastkit.train.tasks.preference import PreferenceTask
@@ -17,7 +18,14 @@ from contrastkit.train.tasks.text_pairs import TextPairsTask
 
 TASKS: dict[str, type[Any]] = {
     cls.name: cls
-    for cls in (ImageTask, SupervisedTask, TextPairsTask, ImageTextTask, PreferenceTask)
+    for cls in (
+        ImageTask,
+        SupervisedTask,
+        TextPairsTask,
+        ImageTextTask,
+        PreferenceTask,
+        IdentityTask,
+    )
 }
 
 

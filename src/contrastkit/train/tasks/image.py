@@ -13,7 +13,6 @@ Shapes: B batch, V views, C x H x W images, D embedding dim.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,15 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit.data.image_source import FolderImages, Items
-from contrastkit.data.views import SimCLRViews
-from contrastkit.encoders import (
-    ENCODERS,
-    MomentumEncoder,
-    PredictionHead,
-    cosine_momentum,
-    create_encoder,
-    list_encoders,
-)
+from contrastkit.encoders import MomentumEncoder, PredictionHead, cosine_momentum
 from contrastkit.eval.evaluate import KNN_ACCURACY, evaluate_embeddings
 from contrastkit.losses import loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
@@ -41,72 +32,16 @@ from contrastkit.train.tasks.base import (
     EvalResult,
     ExportTowers,
     Step,
+    build_image_encoder,
+    build_views,
     check_loss_inputs,
     chunked,
     eval_mode,
+    image_encoder_spec,
     load_images,
 )
 
 BYOL_MOMENTUM = 0.99  # the teacher's starting momentum, raised to 1 on a cosine
-
-
-def build_views(views: Any, images: Tensor | tuple[int, int, int]) -> SimCLRViews:
-    """The kornia :class:`~contrastkit.data.SimCLRViews` of the ``views:`` config section for
-    square images shaped like ``images`` (B, C, H, H), or of that (C, H, W) shape."""
-    shape = tuple(images) if isinstance(images, tuple) else tuple(images.shape[1:])
-    channels, height, size = shape
-    if height != size:
-        raise ValueError(
-            f"image tasks need square images for their views, got {(height, size)}; "
-            "resize the dataset to H x H."
-        )
-    return SimCLRViews(
-        size=size,
-        channels=channels,
-        strength=views.strength,
-        crop_scale=views.crop_scale,
-        crop_ratio=views.crop_ratio,
-        flip=views.flip,
-        jitter_p=views.jitter_p,
-        blur=views.blur,
-        noise=views.noise,
-    )
-
-
-def image_encoder_spec(model: Any, channels: int, size: int) -> dict[str, Any]:
-    """The encoder registry's ``projected`` options for ``model.name`` on ``channels``-channel
-    ``size`` x ``size`` images, with a 3-layer BatchNorm projection head to
-    ``model.projection_dim`` (0: none). Export writes the same options, so ``load_encoder``
-    rebuilds the encoder without the run."""
-    names = list_encoders()  # imports (registers) every encoder
-    if model.name not in names:
-        raise ValueError(
-            f"model.name={model.name!r} is not a registered encoder; allowed: {', '.join(names)}."
-        )
-    accepted = inspect.signature(ENCODERS.get(model.name)).parameters
-    options: dict[str, Any] = {"in_channels": channels, "width": model.width, "image_size": size}
-    if "pool" in accepted:
-        options["pool"] = min(model.pool, max(1, size // 4))
-    options = {k: v for k, v in options.items() if k in accepted}
-    options.update(model.options)
-    head = None
-    if model.projection_dim:
-        head = {
-            "hidden_features": model.out_dim,
-            "out_features": model.projection_dim,
-            "num_layers": 3,
-        }
-    return {"backbone": model.name, "backbone_options": options, "head": head}
-
-
-def build_image_encoder(spec: dict[str, Any]) -> nn.Module:
-    """The ``projected`` encoder of :func:`image_encoder_spec`, channels-last (oneDNN's fast
-    convolution path on CPU)."""
-    try:
-        encoder = create_encoder("projected", **spec)
-    except TypeError as err:
-        raise ValueError(f"model.options for {spec['backbone']!r}: {err}") from None
-    return encoder.to(memory_format=torch.channels_last)
 
 
 class ImageTask(BackwardAfterLossTerms):
