@@ -43,8 +43,9 @@ def test_a_run_slowed_in_its_first_steps_uses_its_budget() -> None:
         lambda s: 1.0 if s <= 100 else 0.5,  # the machine gets faster
         lambda s: 0.5 if s <= 100 else 1.0,  # ... or slower
         lambda s: 1.0 + 0.5 * (s % 2),  # noisy
+        lambda s: 40.0,  # slow steps: 20 calibration steps would take 800 s
     ],
-    ids=["steady", "warm-up", "stall", "faster", "slower", "noisy"],
+    ids=["steady", "warm-up", "stall", "faster", "slower", "noisy", "slow"],
 )
 def test_the_budget_is_used_whatever_the_step_times(seconds: Callable[[int], float]) -> None:
     steps, elapsed = simulate(600.0, 20, seconds)

@@ -9,7 +9,8 @@ budget does:
   tokenizer's first calls). A median is not moved by a few stalled steps (an evaluation, a
   checkpoint, another process taking the CPU for a while); a mean from the start was, and once
   fitted from slow first steps a run never found out it had become fast;
-* the first fit comes after ``calibration_steps``; after it, the predicted end
+* the first fit comes after ``calibration_steps``, or once a tenth of the budget is spent when
+  steps are slow (at least 3 steps); after it, the predicted end
   ``elapsed + (total - step) * step_time`` is checked at every step, and the length is fitted
   again when it misses the budget by more than ``TOLERANCE`` of it, **ahead as well as behind**
   (at most every ``max(calibration_steps // 2, 5)`` steps, and always before a run would end
@@ -41,6 +42,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+FIRST_FIT_FRACTION = 0.1
+"""Fit at the latest when this fraction of the budget is spent (slow steps: a long calibration
+would overrun a short budget)."""
 TOLERANCE = 0.05
 """Refit when the predicted end misses the budget by more than this fraction of it."""
 MIN_WINDOW = 10
@@ -120,7 +124,11 @@ class BudgetFit:
         steps = max(step - self.previous[0], 1)
         self.durations.extend([(elapsed - self.previous[1]) / steps] * steps)
         self.previous = (step, elapsed)
-        if step < self.calibration:
+        # The first fit after calibration_steps, or sooner when steps are slow: once a tenth
+        # of the budget is spent (at least 3 steps), so calibration cannot overrun the budget.
+        if self.last_fit < 0 and not (
+            step >= self.calibration or (step >= 3 and elapsed >= FIRST_FIT_FRACTION * self.budget)
+        ):
             return None
         rate = self.step_time()
         predicted = elapsed + (self.total - step) * rate
@@ -138,4 +146,4 @@ class BudgetFit:
 
     def calibrating(self, step: int) -> bool:
         """True before the first fit (the budget stop waits for it)."""
-        return step < self.calibration
+        return self.last_fit < 0
