@@ -227,3 +227,138 @@ def test_a_lazy_sequence_of_blocks_is_written_one_block_at_a_time(tmp_path: Path
 
     write_bytes(target, Blocks())
     assert target.read_bytes() == b"".join(bytes([i]) * step for i in range(n))
+
+
+# -- issue 33, point 9: every write atomic and checked ---------------------------------------
+
+
+def _fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the path of every fd passed to os.fsync (the real fsync still runs)."""
+    real, seen = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name an fd")
+def test_files_written_into_an_atomic_folder_by_other_writers_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export writes with third-party writers (save_pretrained, torch.onnx.export) into the
+    temporary folder: each of its files and subfolders is fsync'ed before the folder's rename,
+    so a power loss after the rename cannot leave an empty file behind a valid name."""
+    seen = _fsynced_paths(monkeypatch)
+    with atomic_folder(tmp_path / "export") as folder:
+        (folder.path / "tokenizer").mkdir()
+        (folder.path / "tokenizer" / "vocab.txt").write_text("a\nb\n")  # a plain open()
+        (folder.path / "export.json").write_text("{}")
+    names = [Path(p).name for p in seen]
+    assert "vocab.txt" in names and "export.json" in names and "tokenizer" in names
+
+
+def test_fsync_dir_raises_an_io_error_and_ignores_only_unsupported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contrastkit.atomic import fsync_dir
+
+    real = os.fsync
+    code = [errno.EIO]
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(code[0], os.strerror(code[0]))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(WriteFailedError, match=r"could not persist the files renamed in .*check"):
+        fsync_dir(tmp_path)
+    with pytest.raises(WriteFailedError):  # and so does a write that needs it
+        write_bytes(tmp_path / "a", b"1")
+    code[0] = errno.EINVAL  # a filesystem that cannot fsync a folder: not an error
+    fsync_dir(tmp_path)
+    write_bytes(tmp_path / "b", b"2")
+    assert (tmp_path / "b").read_bytes() == b"2"
+
+
+def test_a_short_pwrite_is_completed_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """os.pwrite may write fewer bytes than asked; the embeddings file gets every row."""
+    import numpy as np
+
+    from contrastkit.index.streaming import EmbeddingFile
+
+    real = os.pwrite
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:  # at most 5 bytes per call
+        return real(fd, bytes(memoryview(data)[:5]), offset)
+
+    store = EmbeddingFile(tmp_path / "e.f32", 4, 3, "float32", create=True)
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3) + 0.5
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    store.write(0, rows)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(store.read(0, 4), rows)
+    store.close()
+
+
+def test_save_encoder_never_truncates_the_previous_save(tmp_path: Path) -> None:
+    """A real file-size limit (RLIMIT_FSIZE) stops the second save of a larger encoder halfway:
+    the error names the file and the first save's weights still load."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import resource, signal, sys
+        from pathlib import Path
+        import torch
+        from contrastkit.encoders.registry import create_encoder
+        from contrastkit.encoders.saved import save_encoder
+        folder = Path(sys.argv[1])
+        opts = dict(in_features=4, hidden_features=8, embedding_dim=2)
+        save_encoder(create_encoder("mlp", **opts), folder, "mlp", **opts)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        size = (folder / "model.safetensors").stat().st_size
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64, size + 64))
+        big = dict(in_features=4, hidden_features=4096, embedding_dim=2)
+        try:
+            save_encoder(create_encoder("mlp", **big), folder, "mlp", **big)
+        except Exception as err:
+            print(type(err).__name__, str(err).splitlines()[0])
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert "model.safetensors" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
+    from contrastkit.encoders.saved import load_encoder
+
+    encoder = load_encoder(tmp_path)  # the first save, whole
+    assert encoder(torch.rand(3, 4)).shape == (3, 2)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_killed_index_builds_temporary_files_are_removed_by_the_next_build(tmp_path: Path):
+    from contrastkit.index.streaming import EmbeddingSpec, IndexSpec, TensorSource, stream_index
+
+    # what kill -9 leaves: the atomic writer's temp files (index, float file, progress) and the
+    # binary backend's spool, named as their writers name them
+    planted = [
+        ".corpus.ckindex.k3j2_1xq.tmp",
+        ".corpus.ckindex.0123456789abcdef.f32.zz9_q.tmp",
+        ".binary-floats.a8s7d6.tmp",
+        ".progress.json.q1w2e3.tmp",
+    ]
+    for name in planted:
+        (tmp_path / name).write_bytes(b"\0" * 64)
+    corpus = TensorSource(
+        torch.randn(40, 8, generator=torch.Generator().manual_seed(0)), [None] * 40
+    )
+    stream_index(
+        corpus, tmp_path, IndexSpec("faiss_binary"), EmbeddingSpec(chunk=16), progress=False
+    )
+    assert _leftovers(tmp_path) == []

@@ -395,3 +395,320 @@ def test_two_index_processes_while_search_reads(world: World) -> None:
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert loads > 0 and len(load_index(path)) == n
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+# -- the files the commands above do not reach (issue 33) ------------------------------------
+#
+# Each kind below is a file a library reader meets: hypothesis damages it (garbage, truncated,
+# bit flips) and the reader must either accept it (where the damage is harmless by design) or
+# raise one ValueError whose message is one line; never another exception, never a crash.
+# "guarded" kinds are checksummed: damage must never go unnoticed. The streaming build's files
+# are held to more: the resumed build must equal a clean one (a damaged chunk is embedded again).
+
+FILE_EXAMPLES = int(os.environ.get("CONTRASTKIT_FUZZ_FILE_EXAMPLES", "25"))
+VICTIM = b"precious: never written through a link\n"
+
+
+class Files:
+    """Good files of every kind, built once per module, and how each is read."""
+
+    def __init__(self, tmp: Path) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        import torch
+
+        from contrastkit.encoders import TextEncoder
+        from contrastkit.encoders.registry import create_encoder
+        from contrastkit.encoders.saved import save_encoder
+        from contrastkit.index import create_index
+
+        self.tmp = tmp
+        rows = [
+            {"query": f"word {i}", "positive": f"a gloss of word {i}", "id": str(i)}
+            for i in range(12)
+        ]
+        (tmp / "pairs.csv").write_text(
+            "query,positive,id\n"
+            + "".join(f"{r['query']},{r['positive']},{r['id']}\n" for r in rows)
+        )
+        pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
+        beir = tmp / "beir"
+        (beir / "qrels").mkdir(parents=True)
+        (beir / "corpus.jsonl").write_text(
+            "".join(
+                json.dumps({"_id": f"d{i}", "title": "", "text": f"doc {i}"}) + "\n"
+                for i in range(6)
+            )
+        )
+        (beir / "queries.jsonl").write_text(
+            "".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(3))
+        )
+        (beir / "qrels" / "test.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(3))
+        )
+        self.model = tmp / "model"
+        TextEncoder.from_scratch(hidden_size=16, num_layers=1, num_heads=2).save(self.model)
+        opts = {"in_features": 4, "hidden_features": 8, "embedding_dim": 2}
+        self.encoder = save_encoder(create_encoder("mlp", **opts), tmp / "encoder", "mlp", **opts)
+        g = torch.Generator().manual_seed(0)
+        self.vectors = torch.randn(64, 8, generator=g)
+        self.query = torch.randn(3, 8, generator=g)
+        binary = create_index("faiss_binary", dim=8)
+        binary.add(self.vectors)
+        binary.save(tmp / "binary" / "b.ckindex") if (tmp / "binary").mkdir() is None else None
+        for backend, params in (
+            ("faiss_hnsw", {"m": 4}),
+            ("faiss_ivfpq", {"nlist": 2, "m": 2, "nbits": 2}),
+        ):
+            index = create_index(backend, dim=8, **params)
+            index.add(self.vectors)
+            index.save(tmp / f"{backend}.ckindex")
+        self.stream = tmp / "stream"
+        self.stream_reference = self._stream(self.stream, interrupt=None)
+        shutil.rmtree(self.stream)
+        self._stream(self.stream, interrupt=40)  # an interrupted build: progress.json stays
+        self.snapshot = {
+            p: p.read_bytes() for p in tmp.rglob("*") if p.is_file() and not p.is_symlink()
+        }
+        self.np = np
+
+    def _stream(self, folder: Path, interrupt: int | None) -> Any:
+        from contrastkit.index.streaming import EmbeddingSpec, IndexSpec, TensorSource, stream_index
+
+        def stop(done: int) -> None:
+            if interrupt is not None and done >= interrupt:
+                raise KeyboardInterrupt
+
+        source = TensorSource(self.vectors, [{"n": i} for i in range(64)])
+        try:
+            built = stream_index(
+                source,
+                folder,
+                IndexSpec("exact"),
+                EmbeddingSpec(chunk=16),
+                progress=False,
+                on_chunk=stop,
+            )
+        except KeyboardInterrupt:
+            return None
+        return built.index.search(self.query, 5)
+
+    def restore(self) -> None:
+        for path in sorted(self.tmp.rglob("*"), reverse=True):
+            if path.is_symlink() or (path.is_file() and path not in self.snapshot):
+                path.unlink()
+        for path, data in self.snapshot.items():
+            if not path.is_file() or path.read_bytes() != data:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+
+    # -- readers: return normally, or raise ---------------------------------------------------
+    def load_pairs(self, name: str) -> None:
+        from contrastkit.data.files import load_pairs
+
+        load_pairs(self.tmp / name)
+
+    def load_beir(self) -> None:
+        from contrastkit.data.beir import load_beir
+
+        load_beir(self.tmp / "beir")
+
+    def load_model(self) -> None:
+        from contrastkit.encoders import TextEncoder
+
+        TextEncoder(self.model).encode(["a dog"])
+
+    def load_encoder(self) -> None:
+        import torch
+
+        from contrastkit.encoders.saved import load_encoder
+
+        load_encoder(self.encoder)(torch.rand(2, 4))
+
+    def load_index(self, name: str) -> None:
+        from contrastkit.index import load_index
+
+        load_index(self.tmp / name).search(self.query, 5)
+
+    def resume_stream(self) -> None:
+        result = self._stream(self.stream, interrupt=None)
+        ref = self.stream_reference
+        assert result.ids == ref.ids and result.metadata == ref.metadata, (
+            "a damaged chunk was indexed"
+        )
+        assert bool((result.scores == ref.scores).all()), "a damaged chunk was indexed"
+
+
+def _reforge(path: Path, damage: tuple) -> bytes:
+    """Damage the FAISS payload of an index file and recompute its sha256: a crafted file."""
+    import hashlib
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[8:16])
+    head, payload = data[: 16 + n], data[16 + n : -32]
+    body = head + damaged(payload, damage)
+    return body + hashlib.sha256(body).digest()
+
+
+# kind -> (file under the module's folder, reader, damage may be harmless)
+FILE_KINDS: dict[str, tuple[str, Callable[[Files], None], bool]] = {
+    "pairs.csv": ("pairs.csv", lambda f: f.load_pairs("pairs.csv"), True),
+    "pairs.parquet": ("pairs.parquet", lambda f: f.load_pairs("pairs.parquet"), True),
+    "BEIR corpus.jsonl": ("beir/corpus.jsonl", Files.load_beir, True),
+    "BEIR queries.jsonl": ("beir/queries.jsonl", Files.load_beir, True),
+    "BEIR qrels/test.tsv": ("beir/qrels/test.tsv", Files.load_beir, True),
+    "model config.json": ("model/config.json", Files.load_model, True),
+    "model modules.json": ("model/modules.json", Files.load_model, True),
+    "model 1_Pooling/config.json": ("model/1_Pooling/config.json", Files.load_model, True),
+    "encoder.json": ("encoder/encoder.json", Files.load_encoder, True),
+    "binary index sidecar (.f32)": (
+        "binary/*.f32",
+        lambda f: f.load_index("binary/b.ckindex"),
+        False,
+    ),
+    "hnsw index, valid checksum": (
+        "faiss_hnsw.ckindex",
+        lambda f: f.load_index("faiss_hnsw.ckindex"),
+        True,
+    ),
+    "ivfpq index, valid checksum": (
+        "faiss_ivfpq.ckindex",
+        lambda f: f.load_index("faiss_ivfpq.ckindex"),
+        True,
+    ),
+    "streaming embeddings.f32": ("stream/embeddings.f32", Files.resume_stream, True),
+    "streaming metadata.jsonl": ("stream/metadata.jsonl", Files.resume_stream, True),
+    "streaming progress.json": ("stream/progress.json", Files.resume_stream, True),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Files]:
+    yield Files(tmp_path_factory.mktemp("fuzz_files"))
+    write_tally()
+
+
+def _one_line_value_error(err: BaseException) -> None:
+    assert isinstance(err, ValueError), f"{type(err).__name__} escaped: {err!r}"
+    assert str(err).strip() and "\n" not in str(err).strip(), f"not one line: {err}"
+
+
+@pytest.mark.parametrize("kind", list(FILE_KINDS))
+@settings(max_examples=FILE_EXAMPLES, **SETTINGS)
+@given(damage=DAMAGE)
+def test_bad_library_file_gives_one_value_error(files: Files, kind: str, damage: tuple) -> None:
+    pattern, read, may_survive = FILE_KINDS[kind]
+    files.restore()
+    (target,) = files.tmp.glob(pattern)
+    good = files.snapshot[target]
+    new = _reforge(target, damage) if "valid checksum" in kind else damaged(good, damage)
+    if new == good:
+        return
+    target.write_bytes(new)
+    try:
+        read(files)
+        outcome = "accepted"
+    except Exception as err:  # the assertion below is the test
+        _one_line_value_error(err)
+        outcome = "ValueError"
+    finally:
+        files.restore()
+    TALLY[(kind, "library", damage[0], "cases")] += 1
+    TALLY[(kind, "library", damage[0], outcome)] += 1
+    if outcome == "accepted":
+        assert may_survive, f"{kind} {damage[0]}: damage went unnoticed"
+
+
+@pytest.mark.parametrize(
+    "link", ["embeddings.f32", "metadata.jsonl", "progress.json", "corpus.ckindex"]
+)
+def test_a_link_planted_in_a_streaming_folder_is_never_written_through(
+    files: Files, link: str
+) -> None:
+    files.restore()
+    victim = files.tmp / "victim"
+    victim.write_bytes(VICTIM)
+    (files.stream / link).unlink(missing_ok=True)
+    (files.stream / link).symlink_to(victim)
+    try:
+        files.resume_stream()
+        outcome = "accepted"
+    except Exception as err:
+        _one_line_value_error(err)
+        assert "symbolic link" in str(err)
+        outcome = "ValueError"
+    finally:
+        assert victim.read_bytes() == VICTIM
+        files.restore()
+    TALLY[("symlink " + link, "library", "link", outcome)] += 1
+    # progress.json and the index file are replaced by the atomic writer (the link goes, the
+    # victim stays); the files opened for writing refuse the link
+    assert outcome == ("accepted" if link in ("progress.json", "corpus.ckindex") else "ValueError")
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion limit
+
+
+@pytest.mark.parametrize(
+    "where, content",
+    [
+        ("pairs.csv", "query,positive\n" + "a," + "x" * 1_000_000 + "\n"),  # a 1 MB cell
+        ("beir/corpus.jsonl", DEEP + "\n"),
+        ("beir/queries.jsonl", '{"_id": "q0", "text": ' + DEEP + "}\n"),
+        ("beir/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq0\td0\t\u00b2\n"),
+        ("model/modules.json", DEEP),
+        ("model/modules.json", '[{"idx": 0, "path": "/etc", "type": "x.Transformer"}]'),
+        ("model/config.json", DEEP),
+        ("model/1_Pooling/config.json", DEEP),
+        ("encoder/encoder.json", DEEP),
+        ("stream/progress.json", DEEP),
+    ],
+    ids=[
+        "csv 1 MB cell",
+        "beir deep JSON line",
+        "beir deep JSON value",
+        "qrels unicode digit",
+        "modules.json deep",
+        "modules.json absolute path",
+        "config.json deep",
+        "pooling config deep",
+        "encoder.json deep",
+        "progress.json deep",
+    ],
+)
+def test_very_large_or_deep_inputs_give_one_value_error(files: Files, where: str, content: str):
+    readers = {
+        "pairs.csv": lambda: files.load_pairs("pairs.csv"),
+        "beir": files.load_beir,
+        "model": files.load_model,
+        "encoder": files.load_encoder,
+        "stream": files.resume_stream,
+    }
+    files.restore()
+    (files.tmp / where).write_text(content)
+    try:
+        readers[where.split("/")[0]]()
+        outcome = None
+    except Exception as err:
+        _one_line_value_error(err)
+        outcome = err
+    finally:
+        files.restore()
+    if where != "stream/progress.json":  # an unreadable progress file: the build starts over
+        assert outcome is not None, f"{where}: accepted"
+
+
+def test_very_large_inputs_through_the_command_line(world: World, capsys) -> None:
+    """A deeply nested pairs line: exit 2 with one line, not exit 1 (RecursionError)."""
+    restore(world)
+    world["pairs"].write_text(DEEP + "\n")
+    try:
+        code = main(["train", str(world["pconfig"]), "--run-dir", str(world["tmp"] / "pairs_run")])
+        err = capsys.readouterr().err
+    finally:
+        restore(world)
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "pairs.jsonl:1" in lines[0], err

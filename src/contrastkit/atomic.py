@@ -60,10 +60,14 @@ __all__ = [
     "MANIFEST",
     "CorruptFolderError",
     "DiskFullError",
+    "SymlinkRefusedError",
     "WriteFailedError",
     "atomic_folder",
     "fsync_dir",
     "open_atomic",
+    "open_nofollow",
+    "pwrite_all",
+    "refuse_symlink",
     "verify_manifest",
     "write_bytes",
     "write_json",
@@ -107,14 +111,82 @@ def _failed(err: OSError, path: Path, needed: int | None) -> WriteFailedError:
     )
 
 
+# fsync of a folder that this platform or filesystem cannot do: nothing to persist, not a failure
+_NO_DIR_FSYNC = {
+    errno.EINVAL,
+    errno.EBADF,
+    getattr(errno, "ENOTSUP", errno.EINVAL),
+    getattr(errno, "EOPNOTSUPP", errno.EINVAL),
+    getattr(errno, "ENOSYS", errno.EINVAL),
+}
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Persist a rename in folder ``path`` (best effort: not every platform can fsync a folder)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(os.fspath(path), os.O_RDONLY)
+    """Persist a rename in folder ``path``.
+
+    Only "this folder cannot be fsync'ed here" is ignored (Windows, where a folder cannot be
+    opened; EINVAL / ENOTSUP from filesystems without folder fsync); any other error (EIO, a
+    full journal) is a :class:`WriteFailedError`: the rename may not survive a power loss.
+    """
+    if os.name == "nt":  # pragma: no cover - folders cannot be opened for fsync on Windows
+        return
+    folder = Path(path)
+    try:
+        fd = os.open(os.fspath(folder), os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as err:
+        if err.errno in _NO_DIR_FSYNC:
+            return
+        reason = err.strerror or str(err)
+        raise WriteFailedError(
+            err.errno,
+            f"could not persist the files renamed in {folder} (fsync of the folder: {reason}); "
+            "check the disk, then retry",
+        ) from err
+
+
+class SymlinkRefusedError(ValueError):
+    """A path contrastkit would write (or read as its own file) is a symbolic link."""
+
+
+def refuse_symlink(path: str | os.PathLike[str], what: str = "") -> None:
+    """Raise :class:`SymlinkRefusedError` (one line) if ``path`` itself is a symbolic link: a
+    link planted in a run folder (or the folder itself) would send writes somewhere else."""
+    if Path(path).is_symlink():
+        subject = f"{os.fspath(path)}: the {what}" if what else os.fspath(path)
+        raise SymlinkRefusedError(
+            f"{subject} is a symbolic link; contrastkit never writes through links in a run "
+            "folder: remove it (or copy the real file or folder there)"
+        )
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)``: a symbolic link at ``path`` is refused with one line
+    (:class:`SymlinkRefusedError`) instead of being followed to the file it points at."""
+    try:
+        return os.open(os.fspath(path), flags | _NOFOLLOW, mode)
+    except OSError as err:
+        # Linux gives ELOOP for a link under O_NOFOLLOW, FreeBSD EMLINK
+        if err.errno in (errno.ELOOP, errno.EMLINK) and Path(path).is_symlink():
+            refuse_symlink(path)
+        raise
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd``: ``os.pwrite`` may write fewer bytes than
+    asked (a signal, a full disk); the rest is written, and no progress at all is an error."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, f"pwrite wrote nothing at offset {offset}")
+        view, offset = view[n:], offset + n
 
 
 class _Sink:
@@ -212,6 +284,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync_file(path: Path, final: Path) -> None:
+    """fsync ``path`` (a file of a folder being built; ``final`` names it in errors)."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise _failed(err, final, None) from err
+
+
 class FolderWriter:
     """The temporary folder of :func:`atomic_folder`; files written here enter the manifest."""
 
@@ -255,6 +339,12 @@ def atomic_folder(final: str | os.PathLike[str]) -> Iterator[FolderWriter]:
     try:
         yield writer
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        # files written by other writers (save_pretrained, torch.onnx.export) into the folder
+        # are fsync'ed too, and every subfolder, before the manifest and the rename
+        for path in files:
+            _fsync_file(path, final / path.relative_to(tmp))
+        for sub in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+            fsync_dir(sub)
         entries = {
             p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
             for p in files
@@ -336,16 +426,7 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str, wait: bool) -> It
     import fcntl
 
     path = Path(path)
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ValueError(
-                f"{path} is a symlink; contrastkit never writes through links in a run folder: "
-                "remove it"
-            ) from None
-        raise
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

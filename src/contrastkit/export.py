@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from contrastkit.atomic import write_bytes, write_json, write_text
 from contrastkit.encoders.saved import ENCODER_CONFIG, WEIGHTS
 from contrastkit.encoders.st_folder import Dense, Normalize
 from contrastkit.encoders.text import TextEncoder
@@ -169,11 +170,11 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
         example = torch.rand(2, c, h, w, generator=torch.Generator().manual_seed(0))
         _onnx_export(image, (example,), tmp / "image.onnx", {"images": {0: "batch"}})
         graphs["image"] = {"file": "image.onnx", "inputs": ["images"], "image_shape": [c, h, w]}
-    (tmp / "export.json").write_text(json.dumps({"format": "onnx", "graphs": graphs}, indent=2))
+    write_json(tmp / "export.json", {"format": "onnx", "graphs": graphs})
 
 
 def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     spec, encoder = task.encoder_spec, task.export_towers().encoder
     if encoder is None or spec is None:
@@ -184,7 +185,7 @@ def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
         )
     registry, options = spec
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS))
+    write_bytes(tmp / WEIGHTS, save(state))
     config = {
         "encoder": registry,
         "options": options,
@@ -193,7 +194,7 @@ def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
         "task": cfg.task,
         "run": str(run),
     }
-    (tmp / ENCODER_CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    write_text(tmp / ENCODER_CONFIG, json.dumps(config, indent=2, default=str))
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str) -> Path:

@@ -158,7 +158,14 @@ def test_dense_and_prompts_match_sentence_transformers(dense_prompt_folder):
         torch.testing.assert_close(enc(TEXTS, side="document"), doc, atol=1e-5, rtol=0)
 
 
-def test_dense_from_pytorch_bin(dense_prompt_folder, tmp_path):
+def test_dense_from_pytorch_bin_is_refused_with_the_command_that_converts_it(
+    dense_prompt_folder, tmp_path
+):
+    """A pickled Dense weights file is never unpickled (issue 33, point 2): one line that gives
+    the conversion command; after running that command the folder loads as the original."""
+    import subprocess
+    import sys
+
     from safetensors.torch import load_file
 
     folder = tmp_path / "bin"
@@ -166,9 +173,51 @@ def test_dense_from_pytorch_bin(dense_prompt_folder, tmp_path):
     dense = folder / "2_Dense"
     torch.save(load_file(str(dense / "model.safetensors")), dense / "pytorch_model.bin")
     (dense / "model.safetensors").unlink()
+    with pytest.raises(
+        ValueError, match=r"pytorch_model\.bin: .*safetensors files.*convert"
+    ) as err:
+        TextEncoder(folder)
+    message = str(err.value)
+    assert "\n" not in message
+    command = message.split("python -c ", 1)[1]
+    subprocess.run([sys.executable, "-c", command.strip('"')], check=True)
     torch.testing.assert_close(
         TextEncoder(folder).encode(TEXTS), TextEncoder(dense_prompt_folder).encode(TEXTS)
     )
+
+
+class _Boom:
+    """Unpickling this runs code: what a planted pickle does."""
+
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['CK_PWNED'], 'w').write('ran')",))
+
+
+def test_a_pickle_in_a_model_folder_is_never_unpickled(base_folder, tmp_path, monkeypatch):
+    """A transformers folder whose weights are only pytorch_model.bin (here a payload that
+    writes a file when unpickled, and a config asking for remote code) is refused with the
+    conversion command; the payload never runs."""
+    import pickle
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for name in TRANSFORMER_FILES:
+        if name != "model.safetensors" and (base_folder / name).is_file():
+            shutil.copy2(base_folder / name, folder / name)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil.Model"}  # remote code that must not be imported
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("CK_PWNED", str(marker))
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Boom()}))
+    with pytest.raises(ValueError, match=r"pickled.*pytorch_model\.bin.*safe_serialization=True"):
+        TextEncoder(folder)
+    assert not marker.exists()
+    # with safetensors weights beside it, the pickle is still not read and no remote code runs
+    os.symlink(base_folder / "model.safetensors", folder / "model.safetensors")
+    TextEncoder(folder).encode(["a dog"])
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "weightedmean", "lasttoken"])
@@ -252,3 +301,16 @@ def test_activation_outside_the_allow_list_is_refused(dense_prompt_folder, tmp_p
     _edit_json(folder / "2_Dense" / "config.json", activation_function="os.system")
     with pytest.raises(ValueError, match=r"2_Dense.*'os.system'.*supported torch.nn"):
         TextEncoder(folder)
+
+
+def test_the_torch_floor_is_a_release_where_weights_only_is_safe():
+    """torch.load(weights_only=True) is not safe before torch 2.6 (CVE-2025-32434): the floor."""
+    import re
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch_dep,) = [d for d in deps if re.match(r"torch\b", d)]
+    floor = re.search(r">=\s*(\d+)\.(\d+)", torch_dep)
+    assert floor is not None and (int(floor[1]), int(floor[2])) >= (2, 6), torch_dep

@@ -15,12 +15,15 @@ packaged set built from WordNet (installed data, no download).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from contrastkit.data._common import (
     TextPairs,
@@ -79,6 +82,22 @@ class BeirData:
     qrels: dict[str, dict[str, int]]
 
 
+def _utf8(read: Callable[[Path], Any]) -> Callable[[Path], Any]:
+    """``read(path, ...)`` with a file that is not UTF-8 as one BeirFormatError naming it."""
+
+    @functools.wraps(read)
+    def wrapped(path: Path, *args: Any) -> Any:
+        try:
+            return read(path, *args)
+        except UnicodeDecodeError as err:
+            raise BeirFormatError(
+                f"{path}: not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8."
+            ) from None
+
+    return wrapped
+
+
+@_utf8
 def _read_jsonl(path: Path, fields: tuple[str, ...]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     first_line: dict[str, int] = {}
@@ -90,6 +109,8 @@ def _read_jsonl(path: Path, fields: tuple[str, ...]) -> dict[str, dict[str, str]
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise BeirFormatError(f"{path}:{line_no}: invalid JSON ({err.msg}).") from None
+            except RecursionError:
+                raise BeirFormatError(f"{path}:{line_no}: JSON nested too deeply.") from None
             if not isinstance(row, dict) or row.get("_id") in (None, ""):
                 raise BeirFormatError(
                     f"{path}:{line_no}: expected a JSON object with a non-empty '_id', got "
@@ -116,6 +137,7 @@ def _read_jsonl(path: Path, fields: tuple[str, ...]) -> dict[str, dict[str, str]
     return out
 
 
+@_utf8
 def _read_qrels(path: Path) -> list[tuple[int, str, str, int]]:
     rows: list[tuple[int, str, str, int]] = []
     seen: dict[tuple[str, str], int] = {}
@@ -149,7 +171,7 @@ def _read_qrels(path: Path) -> list[tuple[int, str, str, int]]:
 
 
 def _is_int(text: str) -> bool:
-    return text.lstrip("+-").isdigit()
+    return re.fullmatch(r"[+-]?[0-9]+", text) is not None  # ASCII digits: int() accepts them
 
 
 def load_beir(root: str | Path, split: str = "test") -> BeirData:

@@ -82,6 +82,10 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise PairFileError(f"{path}:{line_no}: invalid JSON ({err.msg}).") from None
+            except RecursionError:
+                raise PairFileError(
+                    f"{path}:{line_no}: JSON nested too deeply; a pair is a flat object."
+                ) from None
             if not isinstance(row, dict):
                 raise PairFileError(
                     f"{path}:{line_no}: expected a JSON object with 'query' and 'positive', "
@@ -93,17 +97,30 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames is None:
-            raise PairFileError(f"{path}:1: empty file; expected a header with query,positive.")
-        for row in reader:
-            if None in row:  # more cells than header columns
-                raise PairFileError(
-                    f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells but the "
-                    f"header has {len(reader.fieldnames)} columns; quote cells containing commas."
+        try:
+            yield from _csv_rows(path, reader)
+        except csv.Error as err:  # a cell over the csv module's limit, a NUL byte, a bad quote
+            hint = ""
+            if "field larger" in str(err):
+                hint = (
+                    f" (a cell may hold {csv.field_size_limit():,} characters; use JSONL or "
+                    "Parquet for longer texts)"
                 )
-            if all(v in (None, "") for v in row.values()):
-                continue
-            yield reader.line_num, row
+            raise PairFileError(f"{path}:{reader.line_num}: unreadable CSV: {err}{hint}.") from None
+
+
+def _csv_rows(path: Path, reader: csv.DictReader) -> Iterator[tuple[int, dict[str, Any]]]:
+    if reader.fieldnames is None:
+        raise PairFileError(f"{path}:1: empty file; expected a header with query,positive.")
+    for row in reader:
+        if None in row:  # more cells than header columns
+            raise PairFileError(
+                f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells but the "
+                f"header has {len(reader.fieldnames)} columns; quote cells containing commas."
+            )
+        if all(v in (None, "") for v in row.values()):
+            continue
+        yield reader.line_num, row
 
 
 def _rows_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -111,8 +128,15 @@ def _rows_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         import pyarrow.parquet as pq
     except ImportError as err:  # pragma: no cover - pyarrow is in the data extra
         raise ImportError("reading Parquet needs pyarrow: pip install pyarrow") from err
-    table = pq.read_table(path)
-    yield from enumerate(table.to_pylist(), start=1)
+    import pyarrow as pa
+
+    try:
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PairFileError(f"{path}: not a readable Parquet file ({reason}).") from None
+    yield from enumerate(rows, start=1)
 
 
 def _negatives(row: dict[str, Any], where: str) -> list[str]:

@@ -13,9 +13,10 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from contrastkit.atomic import write_bytes, write_text
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders
 
 ENCODER_CONFIG = "encoder.json"
@@ -27,6 +28,9 @@ def save_encoder(
 ) -> Path:
     """Write ``encoder``'s weights and ``{"encoder": name, "options": options}`` to ``folder``
     (``name`` must be a registered encoder that ``options`` rebuild).
+
+    Each file is written atomically (:mod:`contrastkit.atomic`): a failed or killed save leaves
+    the previous files whole, never a truncated ``model.safetensors``.
 
     >>> import tempfile, torch
     >>> enc = create_encoder("mlp", in_features=4, hidden_features=8, embedding_dim=2)
@@ -43,9 +47,9 @@ def save_encoder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS))
+    write_bytes(folder / WEIGHTS, save(state))
     config = {"encoder": name, "options": options}
-    (folder / ENCODER_CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    write_text(folder / ENCODER_CONFIG, json.dumps(config, indent=2, default=str))
     return folder
 
 
@@ -63,6 +67,14 @@ def load_encoder(folder: str | os.PathLike) -> nn.Module:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path}: invalid JSON ({err.msg}); re-export the run.") from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        what = "not UTF-8" if isinstance(err, UnicodeDecodeError) else "nested too deeply"
+        raise ValueError(f"{config_path}: unreadable JSON ({what}); re-export the run.") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{config_path}: a JSON object was expected, got {type(config).__name__}; re-export "
+            "the run."
+        )
     name, options = config.get("encoder"), config.get("options", {})
     if not isinstance(name, str) or name not in list_encoders():
         raise ValueError(
@@ -71,6 +83,16 @@ def load_encoder(folder: str | os.PathLike) -> nn.Module:
         )
     if not isinstance(options, dict):
         raise ValueError(f"{config_path}: options must be an object, got {options!r}.")
-    encoder = create_encoder(name, **options)
-    encoder.load_state_dict(load_file(str(weights)))
+    try:
+        encoder = create_encoder(name, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: options do not build {name!r} ({err})") from None
+    try:
+        encoder.load_state_dict(load_file(str(weights)))
+    except Exception as err:  # SafetensorError, a missing / unexpected key, a shape mismatch
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{weights}: not the weights of the encoder {config_path.name} describes ({reason}); "
+            "re-export the run."
+        ) from None
     return encoder.eval()

@@ -3,8 +3,8 @@
 A folder written by ``SentenceTransformer.save`` lists its pipeline in ``modules.json``:
 ``Transformer`` (the Hugging Face model; ``sentence_bert_config.json`` may set
 ``max_seq_length`` and ``do_lower_case``) -> ``Pooling`` (``1_Pooling/config.json``) ->
-any number of ``Dense`` layers (``2_Dense/config.json`` + ``model.safetensors`` or
-``pytorch_model.bin``) and ``Normalize`` modules. ``config_sentence_transformers.json`` holds
+any number of ``Dense`` layers (``2_Dense/config.json`` + ``model.safetensors``; a pickled
+``pytorch_model.bin`` is refused with the command that converts it) and ``Normalize`` modules. ``config_sentence_transformers.json`` holds
 the ``prompts`` and ``default_prompt_name``. :func:`read_st_folder` turns these files into a
 :class:`FolderSpec`; :func:`pool_tokens` and :class:`Dense` compute what the Pooling and Dense
 modules compute, so :class:`contrastkit.encoders.TextEncoder` reproduces
@@ -225,6 +225,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON ({err.msg}); re-save the model.") from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        what = "not UTF-8" if isinstance(err, UnicodeDecodeError) else "JSON nested too deeply"
+        raise ValueError(f"{path}: unreadable ({what}); re-save the model.") from None
     if not isinstance(data, dict | list):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}.")
     return data  # type: ignore[return-value]
@@ -259,18 +262,32 @@ def _load_dense(folder: Path) -> Dense:
         activation=short,
         use_residual=bool(config.get("use_residual", False)),
     )
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(
-            f"{folder} has no model.safetensors or pytorch_model.bin for its Dense layer; "
-            "re-save the model with SentenceTransformer.save."
+    weights = folder / "model.safetensors"
+    if not weights.is_file() and (folder / "pytorch_model.bin").is_file():
+        # a pickle: never unpickled here (torch.load's weights_only is not a sandbox)
+        bin_file = folder / "pytorch_model.bin"
+        raise ValueError(
+            f"{bin_file}: contrastkit reads weights only from safetensors files, never a pickled "
+            'pytorch_model.bin; if you trust the file, convert it once: python -c "import torch; '
+            "from safetensors.torch import save_file; save_file(torch.load('"
+            f"{bin_file}', weights_only=True), '{weights}')\""
         )
-    layer.load_state_dict(state)
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no model.safetensors for its Dense layer; re-save the model with "
+            "SentenceTransformer.save (safe_serialization=True)."
+        )
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+        layer.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{weights}: not the weights of this Dense layer ({reason}); re-save the model."
+        ) from None
     return layer
 
 
@@ -286,13 +303,35 @@ def read_st_folder(folder: str | Path) -> FolderSpec | None:
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         return None
+    try:
+        return _read_modules(folder, modules_file)
+    except (KeyError, TypeError, AttributeError, OverflowError) as err:
+        # a value of the wrong type somewhere in the folder's JSON files
+        raise ValueError(
+            f"{folder}: malformed sentence-transformers configuration ({type(err).__name__}: "
+            f"{err}); re-save the model with SentenceTransformer.save."
+        ) from None
+
+
+def _module_folder(folder: Path, entry: dict[str, Any], modules_file: Path) -> Path:
+    """The module's sub-folder: a relative path inside ``folder`` (no ``..``, not absolute)."""
+    rel = Path(str(entry.get("path", "")))
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(
+            f"{modules_file}: module path {str(rel)!r} points outside the model folder; "
+            "module paths are sub-folders of it."
+        )
+    return folder / rel
+
+
+def _read_modules(folder: Path, modules_file: Path) -> FolderSpec:
     modules = _read_json(modules_file)
     if not isinstance(modules, list):
         raise ValueError(f"{modules_file}: expected a list of modules, got an object.")
     spec: FolderSpec | None = None
     for entry in sorted(modules, key=lambda m: m.get("idx", 0)):
         kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
-        sub = folder / str(entry.get("path", ""))
+        sub = _module_folder(folder, entry, modules_file)
         if kind not in MODULE_TYPES:
             raise ValueError(
                 f"{modules_file}: module type {entry.get('type')!r} is not supported; "

@@ -69,13 +69,58 @@ def _transformers() -> Any:
     return transformers
 
 
+# What from_pretrained is always given: weights from safetensors only (a pickled
+# pytorch_model.bin is never unpickled) and no Python from the model folder.
+SAFE_LOADING = {"use_safetensors": True, "trust_remote_code": False}
+
+
+def check_safetensors_folder(folder: Path) -> None:
+    """Refuse a model folder whose weights are only pickles (``pytorch_model.bin``, ``*.bin``),
+    with the one command that converts them (to run only on a file you trust)."""
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickles = sorted(p.name for p in folder.glob("*.bin"))
+    if pickles:
+        raise ValueError(
+            f"{folder}: weights only in {', '.join(pickles)} (a pickle); contrastkit loads "
+            'safetensors only. If you trust the folder, convert it once: python -c "from '
+            f"transformers import AutoModel; AutoModel.from_pretrained('{folder}', "
+            f"use_safetensors=False).save_pretrained('{folder}', safe_serialization=True)\""
+        )
+    raise FileNotFoundError(
+        f"{folder}: no model.safetensors; pass a folder saved with save_pretrained "
+        "(safe_serialization=True) / TextEncoder.save."
+    )
+
+
+def _load_folder(tf: Any, folder: Path) -> tuple[Any, nn.Module]:
+    """The tokenizer and model of a Hugging Face folder; a damaged folder (a config.json that
+    is not JSON or names an unknown architecture, weights that do not fit it) is one
+    ``ValueError`` naming the folder."""
+    check_safetensors_folder(folder)
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        return tokenizer, _load_model(tf, folder)
+    except ImportError:
+        raise
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError, TypeError...
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise ValueError(
+            f"{folder}: not a loadable model folder ({type(err).__name__}: {reason}); re-save it "
+            "with save_pretrained (safe_serialization=True) / TextEncoder.save."
+        ) from None
+
+
 def _load_model(tf: Any, folder: Path) -> nn.Module:
     """``AutoModel`` without BERT's unused pooler layer (mean pooling replaces it)."""
+    check_safetensors_folder(folder)
     with quiet_transformers(tf):  # "pooler weights unused/missing" is expected here
         try:
-            return tf.AutoModel.from_pretrained(str(folder), add_pooling_layer=False)
+            return tf.AutoModel.from_pretrained(
+                str(folder), add_pooling_layer=False, **SAFE_LOADING
+            )
         except TypeError:  # architectures without a pooler option
-            return tf.AutoModel.from_pretrained(str(folder))
+            return tf.AutoModel.from_pretrained(str(folder), **SAFE_LOADING)
 
 
 @contextlib.contextmanager
@@ -194,8 +239,7 @@ class TextEncoder(nn.Module):
                     "config.json); pass a folder saved with save_pretrained / TextEncoder.save, "
                     "or omit path for the packaged all-MiniLM-L6-v2."
                 )
-            tokenizer = tf.AutoTokenizer.from_pretrained(str(spec.transformer))
-            model = _load_model(tf, spec.transformer)
+            tokenizer, model = _load_folder(tf, spec.transformer)
             if max_length is None:
                 max_length = spec.max_length
         if max_length is None:
@@ -254,7 +298,7 @@ class TextEncoder(nn.Module):
         """
         tf = _transformers()
         folder = Path(tokenizer_path) if tokenizer_path is not None else default_model_path()
-        tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         config = tf.BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,

@@ -177,8 +177,9 @@ class Index(ABC):
         """Backend state as bytes (the vectors or a serialised FAISS index)."""
 
     @abstractmethod
-    def _restore(self, payload: bytes) -> None:
-        """Inverse of ``_payload`` on a freshly constructed index."""
+    def _restore(self, payload: bytes, count: int) -> None:
+        """Inverse of ``_payload`` on a freshly constructed index that must hold ``count``
+        vectors (the ids of the header); raise ``ValueError`` if the payload is anything else."""
 
     def params(self) -> dict[str, Any]:
         """Constructor keyword arguments other than ``dim`` and ``metric`` (saved with the index)."""
@@ -188,11 +189,15 @@ class Index(ABC):
         """Train on (n, D) float32 vectors (already normalised for cosine); only called while
         ``is_trained`` is False. Backends that need training override it."""
 
-    def _save_sidecars(self, path: Path) -> None:  # noqa: B027 - optional hook, no-op by default
-        """Write files that live beside the index file (called before the index file is written)."""
+    def _save_sidecars(self, path: Path) -> dict[str, dict[str, Any]]:
+        """Write files that live beside the index file (before the index file is written) under
+        names no earlier save used; return ``{file name: {"size", "sha256"}}`` for the header.
+        The index file, written last, is the one commit point: it names the files it goes with."""
+        return {}
 
-    def _load_sidecars(self, path: Path) -> None:  # noqa: B027 - optional hook, no-op by default
-        """Open the files :meth:`_save_sidecars` wrote, after ``_restore``."""
+    def _load_sidecars(self, path: Path, files: dict[str, dict[str, Any]]) -> None:  # noqa: B027
+        """Open the files :meth:`_save_sidecars` wrote (already checked against ``files``),
+        after ``_restore``."""
 
     def spool_to(self, folder: str | os.PathLike[str]) -> None:  # noqa: B027 - optional hook
         """Let a backend that keeps float copies beside its codes (``faiss_binary``) keep them in a
@@ -401,13 +406,16 @@ class Index(ABC):
             "metadata": self._metadata,
         }
         header["checksum"] = CHECKSUM  # the file ends in the sha256 of all bytes before it
+        # Sidecars first, under new names; the index file naming them (and their sha256) is
+        # renamed into place last: a reader sees the old pair or the new pair, never a mix.
+        header["sidecars"] = sidecars = self._save_sidecars(Path(path))
         head = json.dumps(header).encode("utf-8")
-        self._save_sidecars(Path(path))
         chunks = [MAGIC, struct.pack("<Q", len(head)), head, self._payload()]
         digest = hashlib.sha256()
         for chunk in chunks:
             digest.update(chunk)
         atomic_write(path, [*chunks, digest.digest()])
+        _drop_old_sidecars(Path(path), keep=set(sidecars))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Index:
@@ -511,12 +519,70 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
             f"{os.fspath(path)} has index format {header.get('format')!r}; this contrastkit "
             f"reads format {FORMAT_VERSION}; {_REBUILD}."
         )
-    end = len(data)
-    if header.get("checksum") == CHECKSUM:  # files written before it was added have none
-        end -= 32
-        if end < start + head_len or hashlib.sha256(data[:end]).digest() != data[end:]:
-            raise _bad_file(path, "corrupt index (its sha256 does not match the content)")
+    if header.get("checksum") != CHECKSUM:  # an older file, or one that dropped the field
+        raise _bad_file(path, "no sha256 checksum in the index header (an older or foreign file)")
+    end = len(data) - 32
+    if end < start + head_len or hashlib.sha256(data[:end]).digest() != data[end:]:
+        raise _bad_file(path, "corrupt index (its sha256 does not match the content)")
     return header, data[start + head_len : end]
+
+
+def _drop_old_sidecars(path: Path, keep: set[str]) -> None:
+    """Remove the sidecars of earlier saves of ``path`` (any ``<name>.*.f32``, and the
+    ``<name>.f32`` of older contrastkit) once the index file naming ``keep`` is in place."""
+    for old in path.parent.glob(f"{glob_escape(path.name)}.*f32"):
+        if old.name not in keep and old.is_file() and not old.is_symlink():
+            old.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters quoted."""
+    import glob
+
+    return glob.escape(name)
+
+
+def check_sidecars(path: Path, files: object) -> dict[str, dict[str, Any]]:
+    """Check the ``sidecars`` entry of an index header: every file named beside ``path``, of
+    the recorded size and sha256. Returns the entries; a ValueError / FileNotFoundError names
+    the file."""
+    if not isinstance(files, dict):
+        raise _bad_file(path, f"corrupt index header (sidecars is {type(files).__name__})")
+    checked: dict[str, dict[str, Any]] = {}
+    for name, entry in files.items():
+        if (
+            not isinstance(name, str)
+            or not name.startswith(path.name + ".")
+            or "/" in name
+            or "\\" in name
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("size"), int)
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise _bad_file(path, f"corrupt index header (sidecar entry {name!r})")
+        side = path.parent / name
+        if not side.is_file():
+            raise FileNotFoundError(
+                f"{os.fspath(side)!r} is missing: {path.name} keeps part of its data in it; copy "
+                "both files together, or rebuild the index."
+            )
+        size = side.stat().st_size
+        if size != entry["size"] or _file_sha256(side) != entry["sha256"]:
+            raise ValueError(
+                f"{os.fspath(side)!r} ({size} bytes) does not match the size and sha256 that "
+                f"{path.name} records for it: the files come from different saves or one is "
+                "damaged: rebuild the index."
+            )
+        checked[name] = entry
+    return checked
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def list_indexes(pattern: str = "*") -> list[str]:
@@ -565,19 +631,46 @@ def load_index(path: str | os.PathLike[str]) -> Index:
         ValueError: ``path`` is not a complete index file (foreign, truncated or corrupted);
             the message names the file and says to rebuild it.
     """
-    header, payload = _read(path)
+    for attempt in range(3):
+        before = _identity(path)
+        try:
+            return _load(path)
+        except FileNotFoundError:
+            # a sidecar of the file read was removed by a save that replaced the index file
+            # meanwhile: read the new pair (a missing file of an unchanged index is an error)
+            if attempt == 2 or _identity(path) in (before, None):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     try:
-        index = INDEXES.get(header["backend"])(
-            dim=header["dim"], metric=header["metric"], **header["params"]
-        )
-        index._restore(payload)
-        ids, metadata = list(header["ids"]), list(header["metadata"])
-    except Exception as err:  # any inconsistency of header and payload is a corrupt file
-        raise _bad_file(path, f"corrupt index ({type(err).__name__}: {err})") from None
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _load(path: str | os.PathLike[str]) -> Index:
+    header, payload = _read(path)
+    ids, metadata = header.get("ids"), header.get("metadata")
+    if not isinstance(ids, list) or not isinstance(metadata, list):
+        raise _bad_file(path, "corrupt index header (ids and metadata must be lists)")
     if len(metadata) != len(ids):
         raise _bad_file(path, f"corrupt index ({len(ids)} ids, {len(metadata)} metadata)")
+    if not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
+        raise _bad_file(path, "corrupt index header (ids must be unique strings)")
+    params = header.get("params")
+    if not isinstance(params, dict):
+        raise _bad_file(path, "corrupt index header (params is not a mapping)")
+    sidecars = check_sidecars(Path(path), header.get("sidecars", {}))
+    try:
+        index = INDEXES.get(header["backend"])(dim=header["dim"], metric=header["metric"], **params)
+        index._restore(payload, len(ids))  # the payload must hold exactly one vector per id
+    except Exception as err:  # any inconsistency of header and payload is a corrupt file
+        raise _bad_file(path, f"corrupt index ({type(err).__name__}: {err})") from None
     index._ids = ids
     index._id_set = set(index._ids)
     index._metadata = metadata
-    index._load_sidecars(Path(path))
+    index._load_sidecars(Path(path), sidecars)
     return index

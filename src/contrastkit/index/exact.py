@@ -227,7 +227,11 @@ class ExactIndex(Index):
     def _payload(self) -> bytes | memoryview:
         return memoryview(self.vectors.numpy().astype("<f4", copy=False)).cast("B")
 
-    def _restore(self, payload: bytes) -> None:
-        arr = np.frombuffer(payload, dtype="<f4").reshape(-1, self.dim)
+    def _restore(self, payload: bytes, count: int) -> None:
+        if len(payload) != count * self.dim * 4:
+            raise ValueError(
+                f"{len(payload)} bytes of vectors, expected {count} x {self.dim} float32"
+            )
+        arr = np.frombuffer(payload, dtype="<f4").reshape(count, self.dim)
         self._chunks = [torch.from_numpy(arr.astype(np.float32, copy=True))]
         self._vectors = None

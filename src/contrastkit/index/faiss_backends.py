@@ -14,13 +14,14 @@ Johnson, Douze & Jégou 2017, https://arxiv.org/abs/1702.08734.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from contrastkit.index.base import INDEXES, Index
+from contrastkit.index.faiss_format import FaissExpect, check_faiss_object, check_faiss_payload
 
 __all__ = ["FaissFlatIndex", "FaissHNSWIndex", "FaissIVFIndex", "check_training_size"]
 
@@ -103,9 +104,35 @@ class _FaissIndex(Index):
         # A view, not .tobytes(): saving a large index then holds one serialised copy, not two.
         return memoryview(self._lib.serialize_index(self._faiss)).cast("B")
 
-    def _restore(self, payload: bytes) -> None:
-        self._faiss = self._lib.deserialize_index(np.frombuffer(payload, dtype=np.uint8).copy())
+    #: What :mod:`contrastkit.index.faiss_format` checks a loaded payload against: the FAISS
+    #: layout this backend writes and the class FAISS must build from it.
+    faiss_kind: ClassVar[str] = ""
+    faiss_classes: ClassVar[tuple[str, ...]] = ()
+
+    def _faiss_params(self) -> dict[str, Any]:
+        """The parameters the payload must match (see :class:`FaissExpect`)."""
+        return {}
+
+    def _expect(self, count: int) -> FaissExpect:
+        return FaissExpect(self.faiss_kind, self.dim, count, self.metric, self._faiss_params())
+
+    def _restore(self, payload: bytes, count: int) -> None:
+        # FAISS's reader trusts what it reads: walk the payload first (type, dimension, count,
+        # parameters, every length field), then check the object it built.
+        expect = self._expect(count)
+        check_faiss_payload(payload, expect)
+        loaded = self._deserialize(np.frombuffer(payload, dtype=np.uint8).copy())
+        if type(loaded).__name__ not in self.faiss_classes:
+            raise ValueError(
+                f"FAISS built a {type(loaded).__name__}, a {self.backend} index is one of "
+                f"{self.faiss_classes}"
+            )
+        check_faiss_object(loaded, expect)
+        self._faiss = loaded
         self._apply_search_params()
+
+    def _deserialize(self, array: np.ndarray) -> Any:
+        return self._lib.deserialize_index(array)
 
     def _apply_search_params(self) -> None:
         """Re-apply search-time parameters that FAISS does not serialise."""
@@ -116,6 +143,8 @@ class FaissFlatIndex(_FaissIndex):
     """FAISS brute force (``IndexFlatIP`` / ``IndexFlatL2``): exact, multi-threaded BLAS."""
 
     backend = "faiss_flat"
+    faiss_kind = "flat"
+    faiss_classes = ("IndexFlatIP", "IndexFlatL2")
 
     def _new_index(self) -> Any:
         lib = self._lib
@@ -137,6 +166,8 @@ class FaissHNSWIndex(_FaissIndex):
 
     backend = "faiss_hnsw"
     search_knobs = {"ef": "ef_search"}  # noqa: RUF012 - a read-only class table
+    faiss_kind = "hnsw"
+    faiss_classes = ("IndexHNSWFlat",)
 
     def __init__(
         self,
@@ -153,6 +184,9 @@ class FaissHNSWIndex(_FaissIndex):
 
     def params(self) -> dict[str, Any]:
         return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+
+    def _faiss_params(self) -> dict[str, Any]:
+        return {"m": self.m}
 
     def _new_index(self) -> Any:
         index = self._lib.IndexHNSWFlat(self.dim, self.m, self.faiss_metric)
@@ -185,6 +219,8 @@ class FaissIVFIndex(_FaissIndex):
 
     backend = "faiss_ivf"
     search_knobs = {"nprobe": "nprobe"}  # noqa: RUF012 - a read-only class table
+    faiss_kind = "ivf"
+    faiss_classes = ("IndexIVFFlat",)
 
     def __init__(
         self, dim: int, metric: str = "cosine", nlist: int = 256, nprobe: int = 16, seed: int = 0
@@ -196,6 +232,9 @@ class FaissIVFIndex(_FaissIndex):
 
     def params(self) -> dict[str, Any]:
         return {"nlist": self.nlist, "nprobe": self.nprobe, "seed": self.seed}
+
+    def _faiss_params(self) -> dict[str, Any]:
+        return {"nlist": self.nlist}
 
     def _new_index(self) -> Any:
         lib = self._lib

@@ -29,8 +29,10 @@ Shakir, Aarsen & Lee 2024, "Binary and scalar embedding quantization"
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,6 +59,12 @@ class _ScalarQuantizerIndex(_FaissIndex):
     clamps_k = False
     quantizer_type: ClassVar[str] = ""
     bytes_per_dim: ClassVar[float] = 0.0
+    faiss_kind = "sq"
+    faiss_classes = ("IndexScalarQuantizer",)
+
+    def _faiss_params(self) -> dict[str, Any]:
+        qtype = int(getattr(self._lib.ScalarQuantizer, self.quantizer_type))
+        return {"qtype": qtype, "code_size": int(self.bytes_per_dim * self.dim)}
 
     def _new_index(self) -> Any:
         lib = self._lib
@@ -100,8 +108,24 @@ class FaissFP16Index(_ScalarQuantizerIndex):
 
 
 def sidecar_path(path: Path) -> Path:
-    """Where :class:`FaissBinaryIndex` keeps its float32 vectors: ``<index file>.f32``."""
-    return path.with_name(path.name + ".f32")
+    """A new name for :class:`FaissBinaryIndex`'s float32 vectors: ``<index file>.<token>.f32``.
+
+    Every save writes a fresh file; the index file (renamed into place last) names it with its
+    size and sha256, so a reader never pairs old codes with new vectors."""
+    return path.with_name(f"{path.name}.{secrets.token_hex(8)}.f32")
+
+
+class _HashedBlocks:
+    """Blocks handed to the atomic writer, hashed (sha256) as they are written."""
+
+    def __init__(self, blocks: Any, nbytes: int) -> None:
+        self.blocks, self.nbytes = blocks, nbytes
+        self.digest = hashlib.sha256()
+
+    def __iter__(self) -> Any:
+        for block in self.blocks:
+            self.digest.update(block)
+            yield block
 
 
 @INDEXES.register("faiss_binary")
@@ -131,6 +155,8 @@ class FaissBinaryIndex(_FaissIndex):
 
     backend = "faiss_binary"
     clamps_k = False
+    faiss_kind = "binary"
+    faiss_classes = ("IndexBinaryFlat",)
 
     def __init__(self, dim: int, metric: str = "cosine", rescore: int = 10) -> None:
         self.rescore = _check_int("rescore", rescore)
@@ -216,38 +242,40 @@ class FaissBinaryIndex(_FaissIndex):
     def _payload(self) -> bytes | memoryview:
         return memoryview(self._lib.serialize_index_binary(self._faiss)).cast("B")
 
-    def _restore(self, payload: bytes) -> None:
-        array = np.frombuffer(payload, dtype=np.uint8).copy()
-        self._faiss = self._lib.deserialize_index_binary(array)
+    def _deserialize(self, array: np.ndarray) -> Any:
+        return self._lib.deserialize_index_binary(array)
 
-    def _save_sidecars(self, path: Path) -> None:
+    def _save_sidecars(self, path: Path) -> dict[str, dict[str, Any]]:
+        side = sidecar_path(path)
         if self._spool is not None:  # copy the spool in blocks (page cache, not process memory)
             self._spool.flush()
             size, fd = self._spool_rows * self.dim * 4, self._spool.fileno()
             step = 1 << 23  # two blocks are alive at once while the writer moves on: 16 MB
-            atomic_write(sidecar_path(path), _pread_blocks(fd, size, step))
-            return
-        floats = self._float_matrix() if self._floats else np.empty((0, self.dim), np.float32)
-        rows = 1 << 16  # write in blocks: no second full copy of the vectors in memory
-        blocks = [
-            memoryview(np.ascontiguousarray(floats[s : s + rows], dtype="<f4")).cast("B")
-            for s in range(0, floats.shape[0], rows)
-        ]
-        atomic_write(sidecar_path(path), blocks)
+            blocks = _HashedBlocks(_pread_blocks(fd, size, step), size)
+        else:
+            floats = self._float_matrix() if self._floats else np.empty((0, self.dim), np.float32)
+            rows = 1 << 16  # write in blocks: no second full copy of the vectors in memory
+            parts = [
+                memoryview(np.ascontiguousarray(floats[s : s + rows], dtype="<f4")).cast("B")
+                for s in range(0, floats.shape[0], rows)
+            ]
+            blocks = _HashedBlocks(parts, floats.shape[0] * self.dim * 4)
+        atomic_write(side, blocks)  # type: ignore[arg-type]
+        return {side.name: {"size": blocks.nbytes, "sha256": blocks.digest.hexdigest()}}
 
-    def _load_sidecars(self, path: Path) -> None:
-        side = sidecar_path(path)
-        if not side.exists():
-            raise FileNotFoundError(
-                f"{os.fspath(side)!r} is missing: a faiss_binary index keeps its float vectors "
-                "beside the index file; copy both files together, or rebuild the index."
-            )
-        expected = len(self) * self.dim * 4
-        if side.stat().st_size != expected:
+    def _load_sidecars(self, path: Path, files: dict[str, dict[str, Any]]) -> None:
+        names = [name for name in files if name.endswith(".f32")]
+        if len(names) != 1:
             raise ValueError(
-                f"{os.fspath(side)!r} holds {side.stat().st_size} bytes but the index expects "
-                f"{expected} ({len(self)} x {self.dim} float32); the two files come from "
-                "different saves: rebuild the index."
+                f"{os.fspath(path)}: a faiss_binary index names one float32 file beside it, its "
+                f"header names {len(names)}: rebuild the index."
+            )
+        side = path.parent / names[0]
+        expected = len(self) * self.dim * 4
+        if files[names[0]]["size"] != expected:
+            raise ValueError(
+                f"{os.fspath(side)!r} holds {files[names[0]]['size']} bytes but the index expects "
+                f"{expected} ({len(self)} x {self.dim} float32): rebuild the index."
             )
         if expected == 0:
             self._floats = []
@@ -334,6 +362,12 @@ class FaissIVFPQIndex(_FaissIndex):
     backend = "faiss_ivfpq"
     clamps_k = False
     search_knobs = {"nprobe": "nprobe"}  # noqa: RUF012 - a read-only class table
+    faiss_kind = "ivfpq"
+    faiss_classes = ("IndexIVFPQ",)
+
+    def _faiss_params(self) -> dict[str, Any]:
+        named = {"nlist": self.nlist, "m": self.m, "nbits": self.nbits}
+        return {k: v for k, v in named.items() if v is not None}
 
     def __init__(
         self,

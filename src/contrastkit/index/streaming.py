@@ -7,10 +7,12 @@ Files written in ``folder`` (each chunk is complete before the progress file say
   memory-mapped by readers (written and read here with positioned I/O, so the OS page cache, not
   the process, holds them: :class:`EmbeddingFile`);
 - ``metadata.jsonl``: one JSON value per document, appended per chunk;
-- ``progress.json``: written atomically after every chunk: the settings, the rows done and the
-  metadata file's length at that point. An interrupted run restarted with the same settings
-  continues from ``done`` (the metadata file is cut back to its recorded length); other
-  settings start over. It is removed once the index file is saved.
+- ``progress.json``: written atomically after every chunk: the settings, the rows done, the
+  metadata file's length at that point, and per chunk the sha256 of its embedding and metadata
+  bytes. An interrupted run restarted with the same settings continues after the last chunk that
+  still hashes to what was written (the metadata file is cut back to its length there; a
+  damaged chunk and every later one are embedded again); other settings start over. It is
+  removed once the index file is saved.
 
 Peak memory is one chunk of embeddings, the training sample and the index itself (its codes plus
 the ids and metadata every index keeps); it does not grow with N otherwise.
@@ -30,6 +32,8 @@ metric and parameters, the training sample); how the embeddings are kept is one
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import warnings
@@ -41,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
+from contrastkit.atomic import open_nofollow, pwrite_all, refuse_symlink
 from contrastkit.errors import ArgumentError, ArgumentWarning
 from contrastkit.index.base import Index, atomic_write, create_index
 
@@ -176,10 +181,20 @@ def _read_progress(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | N
         return None
     try:
         state = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable: start over
         return None
-    if state.get("settings") != settings:
+    if not isinstance(state, dict) or state.get("settings") != settings:
         return None
+    done, meta_bytes = state.get("done"), state.get("metadata_bytes")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (done, meta_bytes)):
+        return None
+    meta = folder / METADATA_FILE
+    if (
+        not 0 <= done <= settings["n"]
+        or not meta_bytes >= 0
+        or (meta.is_file() and meta.stat().st_size < meta_bytes)
+    ):
+        return None  # not what this build wrote: start over
     return state
 
 
@@ -257,6 +272,7 @@ def embed_to_folder(
         raise ValueError(f"rows must satisfy 0 <= start <= stop <= {total}, got {rows!r}.")
     n = hi - lo
     folder = Path(folder)
+    refuse_symlink(folder, "index folder")  # a planted link would send every write elsewhere
     folder.mkdir(parents=True, exist_ok=True)
 
     probe = min(lo, total - 1)  # a shard may be empty: its width still comes from one row
@@ -283,15 +299,25 @@ def embed_to_folder(
     }
     emb_path = folder / EMBEDDINGS_FILES[dtype]
     meta_path = folder / METADATA_FILE
+    for leftover in folder.glob(f".{PROGRESS_FILE}.*.tmp"):  # a killed build's temporary file
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
     state = _read_progress(folder, settings)
+    chunks: list[list[Any]] = []
     if state is not None and emb_path.exists() and meta_path.exists():
-        done, meta_bytes = int(state["done"]), int(state["metadata_bytes"])
-        with open(meta_path, "r+b") as handle:  # drop a partial chunk's metadata
-            handle.truncate(meta_bytes)
         store = EmbeddingFile(emb_path, n, keep, dtype, create=False)
+        # every chunk recorded must still hash to what was written; the build resumes after
+        # the last one that does (a damaged chunk and all after it are embedded again)
+        chunks = _intact_chunks(state, store, meta_path, chunk)
+        done, meta_bytes = (chunks[-1][0], chunks[-1][1]) if chunks else (0, 0)
+        fd = open_nofollow(meta_path, os.O_RDWR)  # drop a partial chunk's metadata
+        try:
+            os.ftruncate(fd, meta_bytes)
+        finally:
+            os.close(fd)
     else:
         done, meta_bytes = 0, 0
-        meta_path.write_bytes(b"")
+        os.close(open_nofollow(meta_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
         store = EmbeddingFile(emb_path, n, keep, dtype, create=True)
     resumed_from = done
     renormalize = dim is not None and dim < width
@@ -301,7 +327,7 @@ def embed_to_folder(
     bar = tqdm(
         total=n, initial=done, unit="doc", unit_scale=True, desc="embed", disable=not progress
     )
-    with open(meta_path, "ab") as meta_out:
+    with os.fdopen(open_nofollow(meta_path, os.O_WRONLY | os.O_APPEND), "ab") as meta_out:
         for start in range(done, n, chunk):
             stop = min(start + chunk, n)
             if start == 0 and probe == lo:
@@ -316,15 +342,15 @@ def embed_to_folder(
                     f"{tuple(emb.shape)} and {len(meta)} metadata values; expected "
                     f"({stop - start}, {width}) and {stop - start}."
                 )
-            store.write(start, _prefix(emb, keep, renormalize))
+            data = store.write(start, _prefix(emb, keep, renormalize))
             lines = b"".join(json.dumps(m).encode("utf-8") + b"\n" for m in meta)
             meta_out.write(lines)
             meta_out.flush()
             os.fsync(meta_out.fileno())
             meta_bytes += len(lines)
-            _write_progress(
-                folder, {"settings": settings, "done": stop, "metadata_bytes": meta_bytes}
-            )
+            chunks.append([stop, meta_bytes, _chunk_digest(data, lines)])
+            state = {"settings": settings, "done": stop, "metadata_bytes": meta_bytes}
+            _write_progress(folder, {**state, "chunks": chunks})
             bar.update(stop - start)
             if on_chunk is not None:
                 on_chunk(stop)
@@ -367,7 +393,9 @@ def index_parts(
             )
         expected = part.stop
     n, keep = expected, parts[0].dim
+    refuse_symlink(Path(path).parent, "index folder")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(Path(path))
     files = [
         EmbeddingFile(p.embeddings_path, p.stop - p.start, keep, p.dtype, create=False)
         for p in parts
@@ -384,10 +412,10 @@ def index_parts(
             ]
             index.train(np.concatenate(sample))  # (S, D) evenly spaced sample
         for f, part in zip(files, parts):
-            with open(part.metadata_path, "rb") as meta_in:
+            with os.fdopen(open_nofollow(part.metadata_path, os.O_RDONLY), "rb") as meta_in:
                 for start in range(0, part.stop - part.start, chunk):
                     stop = min(start + chunk, part.stop - part.start)
-                    meta = [json.loads(next(meta_in)) for _ in range(stop - start)]
+                    meta = _read_metadata(meta_in, part.metadata_path, start, stop - start)
                     index.add(
                         f.read(start, stop),
                         ids=[str(part.start + i) for i in range(start, stop)],
@@ -402,6 +430,80 @@ def index_parts(
     for part in parts:  # complete: a later run starts fresh
         (part.folder / PROGRESS_FILE).unlink(missing_ok=True)
     return index, path
+
+
+def _chunk_digest(embeddings: bytes, metadata: bytes) -> str:
+    """What progress.json records per chunk: sha256 of its embedding and metadata bytes."""
+    digest = hashlib.sha256(embeddings)
+    digest.update(metadata)
+    return digest.hexdigest()[:32]
+
+
+def _intact_chunks(
+    state: dict[str, Any], store: EmbeddingFile, meta_path: Path, chunk: int
+) -> list[list[Any]]:
+    """The recorded chunks, in order, up to the first whose embeddings or metadata no longer
+    hash to what was written (or whose record is not one this build wrote)."""
+    records = state.get("chunks")
+    if not isinstance(records, list) or not records or not isinstance(records[-1], list):
+        return []
+    if records[-1][:2] != [state["done"], state["metadata_bytes"]]:
+        return []
+    intact: list[list[Any]] = []
+    start, meta_start = 0, 0
+    fd = open_nofollow(meta_path, os.O_RDONLY)
+    try:
+        for record in records:
+            if not (
+                isinstance(record, list)
+                and len(record) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in record[:2])
+                and record[0] == min(start + chunk, store.n)
+                and meta_start <= record[1] <= state["metadata_bytes"]
+                and isinstance(record[2], str)
+            ):
+                break
+            stop, meta_end, digest = record
+            lines = os.pread(fd, meta_end - meta_start, meta_start)
+            if _chunk_digest(store.read_bytes(start, stop), lines) != digest:
+                break
+            intact.append(record)
+            start, meta_start = stop, meta_end
+    finally:
+        os.close(fd)
+    return intact
+
+
+def _read_metadata(handle: Any, path: Path, start: int, n: int) -> list[Any]:
+    """The next ``n`` lines of ``metadata.jsonl`` (rows ``start...``) as JSON values; a short or
+    damaged file is a ValueError naming it (the embedding phase wrote one line per row)."""
+    out = []
+    for row in range(start, start + n):
+        line = handle.readline()
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("missing")
+            out.append(json.loads(line))
+        except (ValueError, RecursionError):
+            raise ValueError(
+                f"{path}: line {row + 1} is missing or not JSON; the embedding phase was "
+                "interrupted or the file was changed: remove the folder's progress.json and "
+                "rebuild the index"
+            ) from None
+    return out
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the temporary files a killed build of index file ``path`` left in its folder:
+    the atomic writer's ``.<name>.*.tmp`` (index, float file) and the binary backend's spool
+    ``.binary-floats.*.tmp``. Called with the folder's build lock held (``contrastkit index``
+    takes ``RUN/index.lock``), so no live build's file is touched."""
+    folder = path.parent
+    patterns = (f".{glob.escape(path.name)}.*.tmp", ".binary-floats.*.tmp")
+    for pattern in patterns:
+        for leftover in folder.glob(pattern):
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink(missing_ok=True)
 
 
 def shard_rows(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -467,15 +569,24 @@ class EmbeddingFile:
     def __init__(self, path: Path, n: int, dim: int, dtype: str, *, create: bool) -> None:
         self.dtype, self.dim, self.n = DTYPES[dtype], dim, n
         self.row_bytes = dim * self.dtype.itemsize
-        self._handle = open(path, "w+b" if create else "r+b")  # noqa: SIM115 - closed by close()
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        self._handle = os.fdopen(open_nofollow(path, flags), "r+b")  # closed by close()
         if create or os.fstat(self._handle.fileno()).st_size != n * self.row_bytes:
             self._handle.truncate(n * self.row_bytes)
 
-    def write(self, start: int, rows: np.ndarray) -> None:
-        """Rows ``start .. start + len(rows)``, durable (fsync) before returning."""
+    def write(self, start: int, rows: np.ndarray) -> bytes:
+        """Rows ``start .. start + len(rows)``, durable (fsync) before returning; returns the
+        bytes written."""
         data = np.ascontiguousarray(rows, dtype=self.dtype).tobytes()
-        os.pwrite(self._handle.fileno(), data, start * self.row_bytes)
+        pwrite_all(self._handle.fileno(), data, start * self.row_bytes)  # a short write resumes
         os.fsync(self._handle.fileno())
+        return data
+
+    def read_bytes(self, start: int, stop: int) -> bytes:
+        """The raw bytes of rows ``start:stop``."""
+        return os.pread(
+            self._handle.fileno(), (stop - start) * self.row_bytes, start * self.row_bytes
+        )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as (stop - start, D) float32."""

@@ -86,6 +86,7 @@ def build_index(
     coordinates, renormalised (Matryoshka); it warns when ``dim`` is not among the run's
     ``loss.matryoshka_dims``. ``params`` go to the backend (``nlist``, ``m``, ``nbits``...).
     """
+    from contrastkit.atomic import refuse_symlink
     from contrastkit.index import list_indexes
     from contrastkit.index.streaming import EmbeddingSpec, IndexSpec, stream_index_sharded
     from contrastkit.train.run import load_run
@@ -98,6 +99,7 @@ def build_index(
         create_index(backend, dim=1)  # raises the registry's error with a suggestion
     trained_dims = getattr(getattr(cfg, "loss", None), "matryoshka_dims", None)
     folder = (Path(run) / INDEX_FILE).parent
+    refuse_symlink(Path(run), "run folder")  # the index folder and its files: index/streaming.py
     embedding = EmbeddingSpec(
         dim=dim,
         dtype=dtype,
