@@ -988,9 +988,9 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
             raise ValueError(f"--image-size must be >= 2 pixels, got {args.image_size}.")
         model.size = args.image_size
     if model.size is None:  # an export of a size-agnostic CNN: the images' own size
-        from PIL import Image
+        from contrastkit.data.images import open_image
 
-        with Image.open(pairs.path(0)) as first:
+        with open_image(pairs.path(0)) as first:
             model.size = min(first.size)
     t0 = time.perf_counter()
     figures = verify_figures(model, pairs, args.batch_size)

@@ -248,7 +248,8 @@ def test_cli_eval_retrieval_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "BEIR folder not found" in capsys.readouterr().err
     assert main(["eval-retrieval", str(tmp_path / "nomodel"), str(data), "--k", "1"]) == 4
     assert "neither a run folder" in capsys.readouterr().err
-    assert main(["eval-retrieval", str(model), str(data)]) == 2  # default k=100 > 6 documents
+    # An explicit k beyond the corpus is refused (the default keeps the cut-offs that fit).
+    assert main(["eval-retrieval", str(model), str(data), "--k", "1", "100"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("contrastkit eval-retrieval: --k 100 is larger") and err.count("\n") == 1
     assert main(["eval-retrieval", str(model), str(data), "--split", "dev"]) == 4
