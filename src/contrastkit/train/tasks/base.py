@@ -380,3 +380,55 @@ def build_image_encoder(spec: dict[str, Any]) -> nn.Module:
     except TypeError as err:
         raise ValueError(f"model.options for {spec['backbone']!r}: {err}") from None
     return encoder.to(memory_format=torch.channels_last)
+
+
+class ImageCorpus:
+    """Index and search over a task's training images, shared by the image tasks: the corpus
+    is ``self.train_set`` (positions = rows), embedded by ``self.features``, labelled by
+    ``self._label_name``; queries are image files resized to ``self.image_shape``."""
+
+    train_set: Any
+    image_shape: tuple[int, int, int]
+
+    def features(self, images: Tensor) -> Tensor:  # pragma: no cover - the task's own
+        raise NotImplementedError
+
+    def _label_name(self, label: int) -> str:  # pragma: no cover - the task's own
+        raise NotImplementedError
+
+    def corpus_size(self) -> int:
+        """The corpus is the training images (positions = rows)."""
+        return len(self.train_set)
+
+    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
+        """Rows ``start:stop`` of the corpus; folder runs carry each file's path as text."""
+        emb = self.features(self.train_set.rows(start, stop))
+        labels = self.train_set.labels[start:stop]
+        items: list[Any] = [""] * len(emb)
+        if isinstance(self.train_set, FolderImages):  # decode this chunk's keys only
+            items = [self.train_set.files.key(i) for i in range(start, start + len(emb))]
+        return Corpus(emb, [self._label_name(int(y)) for y in labels], items)
+
+    def embed_corpus(self) -> Corpus:
+        return self.embed_corpus_chunk(0, self.corpus_size())
+
+    def corpus_items(self) -> Any:
+        """The corpus images, indexed like the index's positions ((C, H, W) each)."""
+        from contrastkit.data.image_source import Items
+
+        return Items(self.train_set)
+
+    def embed_query(self, query: str) -> tuple[Tensor, Any]:
+        """An image file -> (its (1, D) embedding, the (C, H, W) image)."""
+        from pathlib import Path
+
+        from contrastkit.data.images import load_image
+
+        if not Path(query).exists():
+            raise ValueError(
+                f"query {query!r}: this run embeds images; pass the path of an image file "
+                "(PNG/JPEG), it is converted and resized to the training size."
+            )
+        c, h, w = self.image_shape
+        x = load_image(query, channels=c, size=(h, w))
+        return self.features(x[None]), x

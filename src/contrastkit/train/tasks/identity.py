@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.image_source import FolderImages, Items, MemoryImages
+from contrastkit.data.image_source import FolderImages, MemoryImages
 from contrastkit.eval.verification import (
     indexed_pair_scores,
     open_set_identification,
@@ -54,9 +54,9 @@ from contrastkit.losses import loss_spec
 from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
     CallMethod,
-    Corpus,
     EvalResult,
     ExportTowers,
+    ImageCorpus,
     Step,
     build_image_encoder,
     build_views,
@@ -233,7 +233,7 @@ def split_figures(figures: dict[str, float]) -> tuple[dict[str, float], dict[str
     return metrics, counts
 
 
-class IdentityTask(BackwardAfterLossTerms):
+class IdentityTask(ImageCorpus, BackwardAfterLossTerms):
     """``identity``: one view per image, identity labels; verification on held-out pairs."""
 
     name: ClassVar[str] = "identity"
@@ -359,39 +359,8 @@ class IdentityTask(BackwardAfterLossTerms):
         return out
 
     # -- index and search -------------------------------------------------------------------
-    def corpus_size(self) -> int:
-        """The corpus is the training images (positions = rows)."""
-        return len(self.train_set)
-
     def _label_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else ""
-
-    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
-        emb = self.features(self.train_set.rows(start, stop))
-        labels = self.train_set.labels[start:stop]
-        items: list[Any] = [""] * len(emb)
-        if isinstance(self.train_set, FolderImages):
-            items = [self.train_set.files.key(i) for i in range(start, start + len(emb))]
-        return Corpus(emb, [self._label_name(int(y)) for y in labels], items)
-
-    def embed_corpus(self) -> Corpus:
-        return self.embed_corpus_chunk(0, self.corpus_size())
-
-    def corpus_items(self) -> Any:
-        """The training images, indexed like the index's positions ((C, H, W) each)."""
-        return Items(self.train_set)
-
-    def embed_query(self, query: str) -> tuple[Tensor, Any]:
-        from contrastkit.data.images import load_image
-
-        if not Path(query).exists():
-            raise ValueError(
-                f"query {query!r}: this run embeds images; pass the path of an image file "
-                "(PNG/JPEG), it is converted and resized to the training size."
-            )
-        c, h, w = self.image_shape
-        x = load_image(query, channels=c, size=(h, w))
-        return self.features(x[None]), x
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         """The first ``n`` held-out pair images and their names."""

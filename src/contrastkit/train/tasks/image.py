@@ -13,13 +13,11 @@ Shapes: B batch, V views, C x H x W images, D embedding dim.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from contrastkit.data.image_source import FolderImages, Items
 from contrastkit.encoders import MomentumEncoder, PredictionHead, cosine_momentum
 from contrastkit.eval.evaluate import KNN_ACCURACY, evaluate_embeddings
 from contrastkit.losses import loss_spec
@@ -28,9 +26,9 @@ from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.train.tasks.base import (
     BackwardAfterLossTerms,
     CallMethod,
-    Corpus,
     EvalResult,
     ExportTowers,
+    ImageCorpus,
     Step,
     build_image_encoder,
     build_views,
@@ -44,7 +42,7 @@ from contrastkit.train.tasks.base import (
 BYOL_MOMENTUM = 0.99  # the teacher's starting momentum, raised to 1 on a cosine
 
 
-class ImageTask(BackwardAfterLossTerms):
+class ImageTask(ImageCorpus, BackwardAfterLossTerms):
     """``views`` and ``supervised``: two random views per image."""
 
     name: ClassVar[str] = "views"
@@ -237,38 +235,6 @@ class ImageTask(BackwardAfterLossTerms):
     def _label_name(self, label: int) -> str:
         classes = self.train_set.classes
         return classes[label] if 0 <= label < len(classes) else ""
-
-    def corpus_size(self) -> int:
-        """The corpus is the train images (positions = rows)."""
-        return len(self.train_set)
-
-    def embed_corpus_chunk(self, start: int, stop: int) -> Corpus:
-        """Rows ``start:stop`` of the corpus; folder runs carry each file's path as text."""
-        emb = self.features(self.train_set.rows(start, stop))
-        labels = self.train_set.labels[start:stop]
-        items: list[Any] = [""] * len(emb)
-        if isinstance(self.train_set, FolderImages):  # decode this chunk's keys only
-            items = [self.train_set.files.key(i) for i in range(start, start + len(emb))]
-        return Corpus(emb, [self._label_name(int(y)) for y in labels], items)
-
-    def embed_corpus(self) -> Corpus:
-        return self.embed_corpus_chunk(0, self.corpus_size())
-
-    def corpus_items(self) -> Any:
-        """The corpus images, indexed like the index's positions ((C, H, W) each)."""
-        return Items(self.train_set)
-
-    def embed_query(self, query: str) -> tuple[Tensor, Any]:
-        from contrastkit.data.images import load_image
-
-        if not Path(query).exists():
-            raise ValueError(
-                f"query {query!r}: this run embeds images; pass the path of an image file "
-                "(PNG/JPEG), it is converted and resized to the training size."
-            )
-        c, h, w = self.image_shape
-        x = load_image(query, channels=c, size=(h, w))
-        return self.features(x[None]), x
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         test = self.test_set
