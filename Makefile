@@ -11,7 +11,7 @@ STAMP       := $(VENV)/.contrastkit-installed
 # Real datasets and fonts used by the loaders, tests and recipes (see docs/data.md), and the
 # headless browser the search page's tests drive (docs/serve.md).
 APT_PACKAGES := dataset-fashion-mnist wordnet-base sword-text-kjv sword-text-web libsword-utils \
-                dict-foldoc fonts-noto-color-emoji chromium chromium-driver fonts-noto-cjk fonts-arphic-uming fonts-arphic-ukai fonts-wqy-microhei fonts-wqy-zenhei fonts-ipafont-gothic fonts-ipafont-mincho fonts-hanazono fonts-babelstone-han
+                dict-foldoc fonts-noto-color-emoji chromium chromium-driver fonts-noto-cjk fonts-arphic-uming fonts-arphic-ukai fonts-wqy-microhei fonts-wqy-zenhei fonts-ipafont-gothic fonts-ipafont-mincho fonts-hanazono fonts-babelstone-han espeak-ng
 # Tests use both cores; torch gets one thread per worker so workers do not fight.
 PYTEST_WORKERS ?= 2
 
