@@ -60,9 +60,21 @@ def raw_pixels(limit: int | None = None) -> dict:
 
 
 def train_method(
-    method: str, budget: float, threads: int, out: Path, baseline: bool, scale: list[str]
+    method: str,
+    budget: float,
+    threads: int,
+    out: Path,
+    baseline: bool,
+    scale: list[str],
+    steps: int | None = None,
 ) -> tuple[dict, dict | None]:
-    """(eval.json, baseline.json or None) of one method's run."""
+    """(eval.json, baseline.json or None) of one method's run: ``budget`` seconds of training,
+    or exactly ``steps`` steps (the same compute for every loss on a machine whose load varies)."""
+    length = (
+        [f"train.max_steps={steps}", "train.time_budget_s=null"]
+        if steps
+        else [f"train.time_budget_s={budget}", "train.max_steps=100000"]
+    )
     from contrastkit.train import load_config, train
 
     loss = METHODS[method]
@@ -72,8 +84,7 @@ def train_method(
             f"name=bench_{method}",
             f"loss.name={loss['name']}",
             f"loss.params={json.dumps(loss['params'])}",
-            f"train.time_budget_s={budget}",
-            "train.max_steps=100000",
+            *length,
             "train.eval_every=0",
             "train.checkpoint_every=100000",
             "train.progress=false",
@@ -97,6 +108,7 @@ def run(
     width: int = 16,
     batch_size: int = 128,
     limit: int | None = None,
+    steps: int | None = None,
 ) -> dict:
     """The table (``benchmarks/run.py`` calls this with the defaults)."""
     budget = budget or float(os.environ.get("CK_BENCH_BUDGET_S", "60"))
@@ -110,7 +122,9 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             t0 = time.perf_counter()
-            ev, base = train_method(method, budget, threads, Path(tmp), untrained is None, scale)
+            ev, base = train_method(
+                method, budget, threads, Path(tmp), untrained is None, scale, steps
+            )
             if base is not None:
                 untrained = _row("untrained encoder", base["metrics"], steps=0, train_s=0.0)
                 rows.append(untrained)
@@ -137,10 +151,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="small_cnn width (16)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch (128)")
     parser.add_argument("--limit", type=int, help="the first N characters only (default all)")
+    parser.add_argument("--steps", type=int, help="train exactly N steps instead of --budget")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     methods = args.methods.split(",") if args.methods else None
-    result = run(args.budget, methods, args.threads, args.width, args.batch_size, args.limit)
+    result = run(
+        args.budget, methods, args.threads, args.width, args.batch_size, args.limit, args.steps
+    )
     keys = list(result["rows"][0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

@@ -117,6 +117,17 @@ def test_train_arcface_then_eval_verify_the_run_and_its_export(
     assert centres.shape == (len(TRAIN_IDS), 8)  # one centre per training identity, D = 8
     exported = load_file(str(out / "model.safetensors"))
     assert all(t.shape != centres.shape for t in exported.values())  # not exported
+    onnx_out = tmp_path / "onnx"
+    assert main(["export", str(run), str(onnx_out), "--format", "onnx"]) == 0
+    check_figures(verify_json(capsys, str(onnx_out), pairs))  # onnxruntime embeds the images
+    # after 3 steps the embeddings are nearly parallel (cosines ~1, figures decided by ties that
+    # float rounding breaks either way), so the graph is compared on what it computes
+    from contrastkit.cli import _verify_model
+
+    x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    by_onnx, by_run = _verify_model(str(onnx_out)), _verify_model(str(run))
+    assert (by_onnx.channels, by_onnx.size) == (1, 8)
+    torch.testing.assert_close(by_onnx.embed(x), by_run.embed(x), rtol=1e-5, atol=1e-5)
     # a CSV of the same pairs gives the same figures
     csv = ["path_a,path_b,same"]
     from contrastkit.data.identity import read_pairs
