@@ -295,7 +295,7 @@ LR_FROM_SCRATCH = 1e-3
 """optim.lr when unset and the model starts from a random initialisation."""
 LR_FINE_TUNE = 1e-4
 """optim.lr when unset and the model loads pretrained weights: 1e-3 degrades a pretrained
-MiniLM (measured on WordNet pairs, docs/training.md)."""
+MiniLM (measured on WordNet pairs, docs/results.md)."""
 
 
 class OptimConfig(_Strict):
