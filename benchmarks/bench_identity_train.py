@@ -131,11 +131,12 @@ def run(
             row = _row(method, ev["metrics"], steps=ev["step"], train_s=ev["train_seconds"])
             rows.append(row)
             print(json.dumps({**row, "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)
+    length = f"{steps} steps" if steps else f"{budget:.0f} s"
     chars = f"the first {limit} characters" if limit else "2,089 training / 479 held-out characters"
     notes = (
         f"Glyph set, 32 px, {chars} x 12 typefaces, split by character; the held-out "
         f"characters' pairs (10 folds). Same encoder (small_cnn width {width}, 64-d projection), "
-        f"views, sampler, optimizer, batch {batch_size} and {budget:.0f} s of training on "
+        f"views, sampler, optimizer, batch {batch_size} and {length} of training on "
         f"{threads} thread(s) for each loss; TAR at FAR = 1e-3 "
         "with 3,000 different pairs allows 3 false accepts. softmax = cosface with margin 0. "
         "untrained encoder: the runs' baseline (same seed, same initial weights)."
