@@ -172,6 +172,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-body-mb", type=float, default=8.0, help="largest body, MiB (8)")
     v.add_argument("--max-k", type=int, default=100, help="largest k a search may ask (100)")
     v.add_argument("--threads", type=int, default=1, help="torch threads of the model (1)")
+    v.add_argument("--max-concurrency", type=int, default=512,
+                   help="API requests in progress at once, then 429 + Retry-After (512)")  # fmt: skip
+    v.add_argument("--max-tokens", type=int, default=16384,
+                   help="tokens of all texts in one request, then 413 (16384)")  # fmt: skip
+    v.add_argument("--max-pixels", type=int, default=64_000_000,
+                   help="pixels of all images in one request, then 413 (64000000)")  # fmt: skip
+    v.add_argument("--decode-threads", type=int, default=2,
+                   help="images decoded at once; others wait (2)")  # fmt: skip
 
     r = sub.add_parser(
         "report",
@@ -607,6 +615,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         threads=args.threads,
         api_key=api_key,
+        max_concurrency=args.max_concurrency,
+        max_tokens=args.max_tokens,
+        max_pixels=args.max_pixels,
+        decode_threads=args.decode_threads,
     )
     import torch
 

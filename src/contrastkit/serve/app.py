@@ -154,7 +154,8 @@ def create_app(
     for build in ROUTERS:
         app.include_router(build(state))
     max_body = int(state.settings.max_body_mb * 1024 * 1024)
-    return Guard(app, state.settings.api_key, max_body, state.metrics)
+    return Guard(app, state.settings.api_key, max_body, state.metrics,
+                 max_concurrency=state.settings.max_concurrency)  # fmt: skip
 
 
 def _serve_state(
