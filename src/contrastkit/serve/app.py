@@ -231,6 +231,8 @@ def create_app_from_run(
         )
     from contrastkit.train.search import INDEX_FILE
 
+    if index is not None and str(index).startswith("milvus://"):  # a Milvus collection
+        return create_app(Embedder.from_run(run), str(index), settings, run=run)
     path = Path(index) if index is not None else run / INDEX_FILE
     if not path.is_file():
         raise FileNotFoundError(
