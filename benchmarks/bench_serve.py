@@ -142,6 +142,8 @@ async def _load(
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        if "model" in body:  # /v1/embeddings: the served run's name
+            body = {**body, "model": (await client.get("/v1/models")).json()["data"][0]["id"]}
         for _ in range(2):  # warm up the connection pool and the model
             await client.post(path, json=body)
         stop = time.perf_counter() + seconds
@@ -164,11 +166,15 @@ async def _load(
     return latencies, errors
 
 
-def _batch_stats(url: str) -> tuple[float, float]:
+def _batch_stats(url: str) -> tuple[float, float, float, float]:
+    """(sum, count) of the model batch sizes, then of the search batch sizes."""
     text = httpx.get(url + "/metrics").text
-    total = float(re.search(r"^contrastkit_batch_size_sum (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    count = float(re.search(r"^contrastkit_batch_size_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    return total, count
+
+    def value(name: str) -> float:
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+    return tuple(value(f"contrastkit_{kind}batch_size_{part}")  # type: ignore[return-value]
+                 for kind in ("", "search_") for part in ("sum", "count"))  # fmt: skip
 
 
 def _rows(route: str, run_dir: Path, path: str, body: dict) -> list[dict]:
@@ -183,6 +189,7 @@ def _rows(route: str, run_dir: Path, path: str, body: dict) -> list[dict]:
                 wall = time.perf_counter() - start
                 after = _batch_stats(url)
                 calls = after[1] - before[1]
+                searches = after[3] - before[3]
                 ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
                 rows.append({
                     "route": route,
@@ -195,6 +202,7 @@ def _rows(route: str, run_dir: Path, path: str, body: dict) -> list[dict]:
                     "p99_ms": float(np.percentile(ms, 99)),
                     "errors": errors,
                     "mean_batch": (after[0] - before[0]) / calls if calls else 0.0,
+                    "mean_search_batch": (after[2] - before[2]) / searches if searches else 0.0,
                 })  # fmt: skip
         finally:
             proc.terminate()
@@ -215,7 +223,7 @@ def run() -> dict:
     if "embeddings" in ROUTES:
         text = _text_run()
         served.append(f"/v1/embeddings on {text}")
-        body = {"input": "a quick brown fox jumps over the lazy dog", "model": "contrastkit"}
+        body = {"input": "a quick brown fox jumps over the lazy dog", "model": "(from /v1/models)"}
         rows += _rows("/v1/embeddings (text)", text, "/v1/embeddings", body)
     return {
         "title": f"contrastkit serve: clients {'/'.join(map(str, CLIENTS))} x {SECONDS:g} s, "

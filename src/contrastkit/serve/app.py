@@ -178,7 +178,7 @@ def _serve_state(
     # searches are batched too (one index call for the queries that arrive together), on their
     # own thread; no extra wait: they gather while the previous search runs
     searcher = Batcher(search_batch, max_batch=settings.max_batch, max_wait_ms=0,
-                       queue=settings.queue)  # fmt: skip
+                       queue=settings.queue, on_batch=metrics.observe_search_batch)  # fmt: skip
     return ServeState(embedder, settings, holder, batcher, searcher, metrics,
                       run=str(run) if run is not None else None)  # fmt: skip
 
