@@ -215,6 +215,7 @@ def test_concurrency_cap_answers_429_with_retry_after(tmp_path: Path) -> None:
     release.set()  # the probe at start passes
     app = _toy_app(tmp_path, toy, max_concurrency=1)
     release.clear()
+    entered.clear()  # the probe at start entered too
     with TestClient(app, base_url=LOCAL) as client:
         first: dict = {}
         worker = threading.Thread(
