@@ -66,9 +66,16 @@ def _image_run() -> Path:
         from contrastkit.train.search import build_index
 
         overrides = [
-            "train.max_steps=3", "train.checkpoint_every=3", "train.fit_schedule_to_budget=false",
-            "train.threads=1", "train.progress=false", "optim.batch_size=32", "optim.warmup_steps=1",
-            "data.test_subset=500", "eval.probe=false", "eval.raw_baseline=false",
+            "train.max_steps=3",
+            "train.checkpoint_every=3",
+            "train.fit_schedule_to_budget=false",
+            "train.threads=1",
+            "train.progress=false",
+            "optim.batch_size=32",
+            "optim.warmup_steps=1",
+            "data.test_subset=500",
+            "eval.probe=false",
+            "eval.raw_baseline=false",
         ]  # fmt: skip  (no data.subset: the corpus is all 60,000 training images, as the demo's)
         build_index(train(load_config("simclr_fashion_mnist_demo", overrides), run))
     return run
@@ -208,8 +215,12 @@ def _rows(route: str, run_dir: Path, path: str, body: dict) -> list[dict]:
             proc.terminate()
             proc.wait(60)
     for row in rows:
-        base = next(r for r in rows if r["config"] == "no batching" and r["clients"] == row["clients"])
-        row["gain_vs_batch_1"] = row["req_per_s"] / base["req_per_s"] if base["req_per_s"] else float("nan")
+        base = next(
+            r for r in rows if r["config"] == "no batching" and r["clients"] == row["clients"]
+        )
+        row["gain_vs_batch_1"] = (
+            row["req_per_s"] / base["req_per_s"] if base["req_per_s"] else float("nan")
+        )
     return rows
 
 

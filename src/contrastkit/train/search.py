@@ -208,16 +208,17 @@ def search(
 
     if k <= 0:
         raise ValueError(f"k must be a positive int, got {k}.")
+    remote = index is not None and _is_milvus(index)
+    loaded = None if remote else (_load(run) if index is None else _load_file(index))
     _, task, _ = load_run(run)
     vector, _ = task.embed_query(query)
-    if index is not None and _is_milvus(index):
+    if remote:
         from contrastkit.index.milvus import MilvusIndex
 
-        collection = MilvusIndex.open(index, dim=int(vector.shape[-1]), metric="cosine")
+        collection = MilvusIndex.open(str(index), dim=int(vector.shape[-1]), metric="cosine")
         if nprobe is not None or ef is not None:
             raise ValueError("--nprobe/--ef are FAISS settings; a Milvus collection takes neither.")
         return _hits(collection.search(vector, k, filter=filter), 0)
-    loaded = _load(run) if index is None else _load_file(index)
     vector = _fit(vector, loaded)
     if filter:
         if nprobe is not None or ef is not None:
