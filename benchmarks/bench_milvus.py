@@ -46,7 +46,14 @@ def run() -> dict:
         index = load_index(Path(tmp) / "corpus.ckindex")
 
         start = time.perf_counter()
-        milvus = MilvusIndex.create(str(Path(tmp) / "corpus.db"), "corpus", DIM, "cosine")
+        milvus = MilvusIndex.create(
+            str(Path(tmp) / "corpus.db"),
+            "corpus",
+            DIM,
+            "cosine",
+            ["label", "text"],
+            ["label", "text"],
+        )  # string metadata mirrored in VARCHAR columns, as `contrastkit index --to milvus` does
         for lo in range(0, N, 8192):
             milvus.add(vectors[lo : lo + 8192], ids[lo : lo + 8192], meta[lo : lo + 8192], lo)
         milvus.flush()

@@ -103,3 +103,28 @@ def test_an_unreachable_uri_is_one_line_exit_4(image_run: Path, capsys) -> None:
         code = main(argv)
         err = capsys.readouterr().err.strip()
         assert code == 4 and len(err.splitlines()) == 1 and "unreachable" in err, err
+
+
+def test_string_columns_filter_as_the_json_does(tmp_path: Path) -> None:
+    """A filter on a ``meta_KEY`` VARCHAR column (fast) answers as the same filter on the JSON
+    metadata, including rows whose value is missing, not a string, or the empty string."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.randn(60, 8, generator=g)
+    labels: list = ["a", "b", "", None, 3, "a" * 5000]
+    meta = [{"label": labels[i % 6]} if labels[i % 6] is not None else {} for i in range(60)]
+    ids = [str(i) for i in range(60)]
+    db = str(tmp_path / "s.db")
+    fast = MilvusIndex.create(db, "fast", 8, "cosine", ["label"], scalars=["label"])
+    slow = MilvusIndex.create(db, "slow", 8, "cosine", ["label"])
+    for index in (fast, slow):
+        index.add(vectors, ids, meta, 0)
+        index.flush()
+    assert MilvusIndex.open(f"milvus://{db}#fast").scalars == ("label",)
+    query = torch.randn(1, 8, generator=g)
+    for value in ("a", "b", "", 3, "a" * 5000, "none"):
+        got = fast.search(query, 60, filter={"label": value}).ids[0]
+        want = slow.search(query, 60, filter={"label": value}).ids[0]
+        expected = sorted(str(i) for i in range(60) if meta[i].get("label") == value)
+        assert sorted(got) == sorted(want) == expected, value

@@ -314,8 +314,10 @@ def index_to_milvus(
         vectors, meta = source.chunk(start, stop)  # (n, D), n dicts
         fields |= {key for m in meta if isinstance(m, dict) for key in m}
         if target is None:
+            strings = sorted(key for key in fields  # mirrored in VARCHAR columns: fast filters
+                             if all(isinstance((m or {}).get(key), str) for m in meta))  # fmt: skip
             target = MilvusIndex.create(uri, collection, int(vectors.shape[1]), "cosine",
-                                        sorted({"label", "text"} | fields))  # fmt: skip
+                                        sorted({"label", "text"} | fields), strings)  # fmt: skip
         target.add(vectors, [str(i) for i in range(start, stop)], meta, start)
         if progress:
             print(f"\rmilvus: {stop}/{total}", end="", file=sys.stderr, flush=True)
