@@ -96,6 +96,25 @@ def test_openai_client_errors(text_run: Path, served_text: str) -> None:
     assert "matryoshka" in err.value.response.json()["allowed"].lower()
 
 
+def test_huggingface_hub_inference_client(served_text: str) -> None:
+    """huggingface_hub's TEI client: ``feature_extraction`` posts ``{"inputs", "parameters"}`` to
+    the URL given as the model, ``sentence_similarity`` likewise."""
+    hub = pytest.importorskip("huggingface_hub")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    embed = hub.InferenceClient(model=served_text + "/embed", token=KEY)
+    rows = np.asarray(embed.feature_extraction("quickly"))
+    want = httpx.post(served_text + "/embed", json={"inputs": ["quickly"]}, headers=auth).json()
+    np.testing.assert_allclose(rows.reshape(1, -1), want, atol=1e-6)
+    raw = np.asarray(embed.feature_extraction("quickly", normalize=False))
+    own = httpx.post(served_text + "/embed", json={"texts": ["quickly"]}, headers=auth).json()
+    np.testing.assert_allclose(raw.reshape(1, -1), own["embeddings"], atol=1e-6)
+    similarity = hub.InferenceClient(model=served_text + "/similarity", token=KEY)
+    sims = similarity.sentence_similarity("quickly", other_sentences=["fast", "slowly"])
+    body = {"inputs": {"source_sentence": "quickly", "sentences": ["fast", "slowly"]}}
+    want = httpx.post(served_text + "/similarity", json=body, headers=auth).json()
+    np.testing.assert_allclose(sims, want, atol=1e-6)
+
+
 # --- OpenAI routes in-process: bad input -------------------------------------------------------
 
 

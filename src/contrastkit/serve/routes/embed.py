@@ -21,7 +21,7 @@ from contrastkit.serve.requests import (
 from contrastkit.serve.routes.tei import tei_embed
 from contrastkit.serve.state import ServeState
 
-_TEI_ONLY = ("normalize", "truncate", "truncation_direction", "prompt_name")
+_TEI_ONLY = ("normalize", "truncate", "truncation_direction", "prompt_name", "parameters")
 
 __all__ = ["router"]
 
@@ -51,6 +51,11 @@ def router(state: ServeState) -> APIRouter:
         truncate: StrictBool = Field(False, description="true or false (with inputs)")
         truncation_direction: str | None = Field(None, description="'Right' (with inputs)")
         prompt_name: None = Field(None, description="null: this service has no prompts")
+        parameters: dict[str, Any] | None = Field(
+            None,
+            description="an object (with inputs; huggingface_hub's InferenceClient sends "
+            "normalize/truncate here)",
+        )
 
         @model_validator(mode="before")
         @classmethod
@@ -73,7 +78,10 @@ def router(state: ServeState) -> APIRouter:
         """`{"texts": [...]}` or `{"images": [base64, ...]}` -> float32 embeddings (N, D);
         TEI's `{"inputs": ..., "normalize": true, "truncate": false}` -> `[[...], ...]`."""
         if body.inputs is not None:
-            return await tei_embed(state, list(body.inputs), body.normalize, body.truncate)
+            extra = body.parameters or {}
+            normalize = extra.get("normalize", body.normalize) is not False
+            truncate = extra.get("truncate", body.truncate) is True
+            return await tei_embed(state, list(body.inputs), normalize, truncate)
         if body.texts is not None:
             kind, batch = "text", list(body.texts)
             state.check_tokens(batch, "texts")
