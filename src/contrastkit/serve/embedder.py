@@ -9,6 +9,7 @@ Shapes: ``texts`` N strings -> (N, D) float32; ``images: (N, C, H, W)`` float in
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,5 +119,8 @@ def _text_tokenizer(task: object) -> tuple[object | None, int | None]:
         tokenizer = getattr(module, "tokenizer", None)
         if callable(tokenizer):
             length = getattr(module, "max_length", None)
-            return tokenizer, int(length) if isinstance(length, int) else None
+            # a copy: counting runs on the event loop while the model thread encodes, and a
+            # fast tokenizer shared by two threads that set truncation differently fails
+            # ("Already borrowed")
+            return copy.deepcopy(tokenizer), int(length) if isinstance(length, int) else None
     return None, None
