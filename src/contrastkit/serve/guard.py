@@ -31,9 +31,9 @@ __all__ = ["PUBLIC_PATHS", "Guard"]
 
 # Paths anyone may read: the page, health and the API documentation.
 PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")
-PUBLIC_PREFIXES = ("/docs-assets/",)
+PUBLIC_PREFIXES = ("/docs-assets/",)  # the API page's local JavaScript and CSS
 UNCAPPED_PATHS = ("/metrics", "/info")  # what an operator reads is never refused as busy
-RETRY_AFTER_S = 1  # the API page's local JavaScript and CSS
+RETRY_AFTER_S = 1  # the Retry-After of a 429 (--max-concurrency)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host header names of this machine
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 SAME_ORIGIN_FETCH = (b"same-origin", b"none")  # Sec-Fetch-Site values of this site's own requests
@@ -56,7 +56,8 @@ _SAME_ORIGIN = "a request from this server's own page (same origin) or a program
 
 class Guard:
     """ASGI wrapper around the app: API key (or, without one, the Host and same-origin checks:
-    421 / 403), body-size limit (413) and request metrics. ``request.state.authorised`` tells a
+    421 / 403), the concurrency cap (429 + ``Retry-After``), body-size limit (413) and request
+    metrics. ``request.state.authorised`` tells a
     route whether the caller sent the key (always True without a key).
 
     The body is read here up to the limit before the app sees it, so an oversized or endless
