@@ -6,7 +6,8 @@ code. Requests are embedded in micro-batches (:mod:`contrastkit.serve.batcher`);
 re-read when its file changes (``contrastkit index RUN`` replaces it by an atomic rename), and a
 request already searching keeps the index it started with, so a swap never fails one.
 
-Every bad input gets a 400 (404 for a thumbnail outside the corpus, 413 for a body too large)
+Every bad input gets a 400 (404 for a thumbnail outside the corpus or an unknown model, 413 for
+a body, token or pixel budget exceeded, 429 past ``--max-concurrency``)
 whose JSON body names the field, the value received and what is allowed:
 ``{"error": ..., "field": ..., "value": ..., "allowed": ...}``; the request models of the routes
 are the one place inputs are checked (:mod:`contrastkit.serve.requests`).
