@@ -129,6 +129,16 @@ def _parser() -> argparse.ArgumentParser:
         help="backend parameter, e.g. --param nlist=1024 --param m=48 (repeatable)",
     )
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i.add_argument(
+        "--to",
+        nargs=2,
+        metavar=("ENGINE", "URI"),
+        help="write into a vector database instead of the index file: `--to milvus URI` (a "
+        "server's http://HOST:19530, or a milvus-lite file PATH.db)",
+    )
+    i.add_argument(
+        "--collection", default="corpus", help="with --to milvus: the collection (corpus)"
+    )
 
     s = sub.add_parser(
         "search",
@@ -144,6 +154,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--ef", type=int, help="HNSW index: candidate list (>= k; higher: better recall, slower)"
     )
+    s.add_argument(
+        "--index",
+        help="another index file, or a Milvus collection: milvus://PATH.db[#COLLECTION] "
+        "(milvus-lite) or milvus://HOST:PORT[#COLLECTION]",
+    )
+    s.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only items whose metadata KEY equals VALUE (a string; repeatable; id=... for the "
+        "item id); pushed down to Milvus",
+    )
 
     v = sub.add_parser(
         "serve",
@@ -155,7 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("run")
     v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    v.add_argument("--index", help="index file (default RUN/index/corpus.ckindex)")
+    v.add_argument(
+        "--index",
+        help="index file (default RUN/index/corpus.ckindex), or a Milvus collection "
+        "milvus://PATH.db[#COLLECTION] / milvus://HOST:PORT[#COLLECTION]",
+    )
     v.add_argument(
         "--api-key", help="require this key (Authorization: Bearer KEY); needed off loopback"
     )
@@ -172,6 +200,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-body-mb", type=float, default=8.0, help="largest body, MiB (8)")
     v.add_argument("--max-k", type=int, default=100, help="largest k a search may ask (100)")
     v.add_argument("--threads", type=int, default=1, help="torch threads of the model (1)")
+    v.add_argument("--max-concurrency", type=int, default=512,
+                   help="API requests in progress at once, then 429 + Retry-After (512)")  # fmt: skip
+    v.add_argument("--max-tokens", type=int, default=16384,
+                   help="tokens of all texts in one request, then 413 (16384)")  # fmt: skip
+    v.add_argument("--max-pixels", type=int, default=64_000_000,
+                   help="pixels of all images in one request, then 413 (64000000)")  # fmt: skip
+    v.add_argument("--decode-threads", type=int, default=2,
+                   help="images decoded at once; others wait (2)")  # fmt: skip
 
     r = sub.add_parser(
         "report",
@@ -524,6 +560,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from contrastkit.train.search import build_index
 
+    if args.to is not None:
+        return _index_to(args)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         path, n = build_index(
@@ -545,6 +584,26 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"contrastkit index: warning: {message}", file=sys.stderr)
     print(f"indexed {n} items into {path}")
     _print_search_hint(args.run)
+    return 0
+
+
+def _index_to(args: argparse.Namespace) -> int:
+    """``contrastkit index RUN --to milvus URI [--collection NAME]``."""
+    from contrastkit.train.search import index_to_milvus
+
+    engine, uri = args.to
+    if engine != "milvus":
+        raise ValueError(f"--to {engine!r}: the engine written to is 'milvus' (--to milvus URI).")
+    if args.backend != "faiss_flat" or args.dim is not None or args.params:
+        raise ValueError("--to milvus writes an exact (FLAT) collection at the model's width; "
+                         "drop --backend, --dim and --param.")  # fmt: skip
+    spec, n = index_to_milvus(
+        args.run, uri, args.collection, chunk=args.chunk, progress=not args.no_progress
+    )
+    print(f"indexed {n} items into {spec}")
+    run = shlex.quote(str(args.run))
+    print(f"search it: {self_command()} search {run} QUERY --index {shlex.quote(spec)}; serve "
+          f"it: {self_command()} serve {run} --index {shlex.quote(spec)}")  # fmt: skip
     return 0
 
 
@@ -576,7 +635,14 @@ def _print_search_hint(run: str | Path) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from contrastkit.train.search import search
 
-    hits = search(args.run, args.query, k=args.k, nprobe=args.nprobe, ef=args.ef)
+    flt: dict[str, object] = {}
+    for pair in args.filters:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--filter {pair!r}: expected KEY=VALUE, e.g. --filter label=Bag.")
+        flt[key] = value
+    hits = search(args.run, args.query, k=args.k, nprobe=args.nprobe, ef=args.ef,
+                  index=args.index, filter=flt or None)  # fmt: skip
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>2}. {hit['score']:.4f}  [{hit['id']}] {hit['label']}  {hit.get('text', '')}")
     return 0
@@ -607,6 +673,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         threads=args.threads,
         api_key=api_key,
+        max_concurrency=args.max_concurrency,
+        max_tokens=args.max_tokens,
+        max_pixels=args.max_pixels,
+        decode_threads=args.decode_threads,
     )
     import torch
 

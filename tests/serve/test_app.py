@@ -188,6 +188,7 @@ def test_metrics_parse_with_prometheus_client(image_client: TestClient, image_ru
         "contrastkit_requests": "counter",
         "contrastkit_request_seconds": "histogram",
         "contrastkit_batch_size": "histogram",
+        "contrastkit_search_batch_size": "histogram",
         "contrastkit_rejected": "counter",
         "contrastkit_index_reloads": "counter",
         "contrastkit_queue_depth": "gauge",

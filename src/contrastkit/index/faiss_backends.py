@@ -23,7 +23,25 @@ from torch import Tensor
 from contrastkit.index.base import INDEXES, Index
 from contrastkit.index.faiss_format import FaissExpect, check_faiss_object, check_faiss_payload
 
-__all__ = ["FaissFlatIndex", "FaissHNSWIndex", "FaissIVFIndex", "check_training_size"]
+__all__ = [
+    "BLAS_MIN_QUERIES",
+    "FaissFlatIndex",
+    "FaissHNSWIndex",
+    "FaissIVFIndex",
+    "check_training_size",
+]
+
+BLAS_MIN_QUERIES = 4
+"""A search of at least this many queries scores them as one matrix product (BLAS GEMM).
+
+FAISS's flat search takes its per-query path below ``distance_compute_blas_threshold`` queries
+(the faiss-cpu wheel installed here reads 128,000): each query rescans the corpus alone. On a
+60,000 x 1,152 float32 corpus at one thread (measured, ``notes/serve32.md``): per-query path
+~20 ms per query at any batch size; one GEMM ~11 ms per query for 4 queries, ~3.5 ms for 32,
+but ~45 ms for a single query. So batches of 4 and more take the GEMM, smaller ones the
+per-query scan. A micro-batch of the service (:mod:`contrastkit.serve.live_index`) and
+``contrastkit search --queries`` both reach FAISS through :meth:`Index.search` and gain alike.
+"""
 
 
 def import_faiss() -> Any:
@@ -34,6 +52,10 @@ def import_faiss() -> Any:
             "FAISS backends need faiss: pip install 'contrastkit[index]' (faiss-cpu), or use "
             "backend='exact'."
         ) from err
+    # process-wide: every flat search (and IVF's coarse quantizer) of >= BLAS_MIN_QUERIES
+    # queries is one GEMM; results are the same up to float rounding
+    if faiss.cvar.distance_compute_blas_threshold != BLAS_MIN_QUERIES:
+        faiss.cvar.distance_compute_blas_threshold = BLAS_MIN_QUERIES
     return faiss
 
 

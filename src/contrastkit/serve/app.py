@@ -6,7 +6,8 @@ code. Requests are embedded in micro-batches (:mod:`contrastkit.serve.batcher`);
 re-read when its file changes (``contrastkit index RUN`` replaces it by an atomic rename), and a
 request already searching keeps the index it started with, so a swap never fails one.
 
-Every bad input gets a 400 (404 for a thumbnail outside the corpus, 413 for a body too large)
+Every bad input gets a 400 (404 for a thumbnail outside the corpus or an unknown model, 413 for
+a body, token or pixel budget exceeded, 429 past ``--max-concurrency``)
 whose JSON body names the field, the value received and what is allowed:
 ``{"error": ..., "field": ..., "value": ..., "allowed": ...}``; the request models of the routes
 are the one place inputs are checked (:mod:`contrastkit.serve.requests`).
@@ -154,7 +155,8 @@ def create_app(
     for build in ROUTERS:
         app.include_router(build(state))
     max_body = int(state.settings.max_body_mb * 1024 * 1024)
-    return Guard(app, state.settings.api_key, max_body, state.metrics)
+    return Guard(app, state.settings.api_key, max_body, state.metrics,
+                 max_concurrency=state.settings.max_concurrency)  # fmt: skip
 
 
 def _serve_state(
@@ -177,7 +179,7 @@ def _serve_state(
     # searches are batched too (one index call for the queries that arrive together), on their
     # own thread; no extra wait: they gather while the previous search runs
     searcher = Batcher(search_batch, max_batch=settings.max_batch, max_wait_ms=0,
-                       queue=settings.queue)  # fmt: skip
+                       queue=settings.queue, on_batch=metrics.observe_search_batch)  # fmt: skip
     return ServeState(embedder, settings, holder, batcher, searcher, metrics,
                       run=str(run) if run is not None else None)  # fmt: skip
 
@@ -230,6 +232,8 @@ def create_app_from_run(
         )
     from contrastkit.train.search import INDEX_FILE
 
+    if index is not None and str(index).startswith("milvus://"):  # a Milvus collection
+        return create_app(Embedder.from_run(run), str(index), settings, run=run)
     path = Path(index) if index is not None else run / INDEX_FILE
     if not path.is_file():
         raise FileNotFoundError(

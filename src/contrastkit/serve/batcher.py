@@ -1,9 +1,16 @@
 """Micro-batching: concurrent requests wait a few milliseconds and are embedded together.
 
 Every request puts one job (a kind and its items) on a bounded asyncio queue; one consumer task
-takes the first job, keeps taking jobs until ``max_batch`` items are collected or ``max_wait_ms``
-has passed, and runs each kind's items as one model call in a single worker thread (the model is
-never called from two threads at once). A full queue refuses the job at once with
+takes the first job and everything queued behind it (up to ``max_batch`` items), and runs each
+kind's items as one model call in a single worker thread (the model is never called from two
+threads at once).
+
+Batching adapts to load: a job that finds the worker idle and the queue empty runs at once (at
+one client the latency is that of no batching); requests that arrive while a batch runs queue
+and form the next batch. Only under load (the previous batch held more than one job) does the
+consumer wait, up to ``max_wait_ms``, for as many jobs as the previous batch held: closed-loop
+clients whose answers left together come back together, and waiting for them keeps the batches
+full instead of alternating one small and one large batch. A full queue refuses the job at once with
 :class:`Overloaded` (the app answers 503 with ``Retry-After``), so the backlog stays bounded.
 """
 
@@ -47,7 +54,8 @@ class Batcher:
         embed: ``(kind, items) -> (N, D)`` where items is a list of N texts or an
             (N, C, H, W) tensor.
         max_batch: most items per model call (a single larger job runs alone).
-        max_wait_ms: how long the first job of a batch waits for others.
+        max_wait_ms: under load, how long a batch waits for as many jobs as the previous one
+            held (an idle worker takes a lone job at once).
         queue: most jobs waiting; beyond it :meth:`submit` raises :class:`Overloaded`.
         threads: torch intra-op threads in the worker (None: leave torch's setting).
         on_batch: called with the size of every model call (the batch-size histogram).
@@ -121,10 +129,18 @@ class Batcher:
             raise Overloaded(self.queue_size) from None
         return await future
 
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the model's worker thread (between batches: the model is never
+        called from two threads at once), e.g. a cross-encoder's scores for ``/rerank``."""
+        if self._pool is None:
+            raise RuntimeError("the batcher is not started; call `await batcher.start()` first.")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     async def _consume(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         carry: _Job | None = None  # a job that did not fit the previous batch goes first
+        last_jobs = 1  # jobs in the previous batch: the load seen
         while True:
             jobs = [carry if carry is not None else await self._queue.get()]
             carry = None
@@ -135,7 +151,7 @@ class Batcher:
                     job = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     timeout = deadline - time.monotonic()
-                    if timeout <= 0:
+                    if timeout <= 0 or len(jobs) >= last_jobs:  # idle, or as many as last time
                         break
                     try:
                         job = await asyncio.wait_for(self._queue.get(), timeout)
@@ -146,6 +162,7 @@ class Batcher:
                     break
                 jobs.append(job)
                 size += len(job.items)
+            last_jobs = len(jobs)
             await self._run(loop, jobs)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:

@@ -9,6 +9,7 @@ Shapes: ``texts`` N strings -> (N, D) float32; ``images: (N, C, H, W)`` float in
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,16 @@ class Embedder:
         image_shape: (C, H, W) uploads are decoded and resized to (None for text-only models).
         thumbnails: the corpus images, (C, H, W) each, for ``/thumb/{position}``, or None when the
             corpus is text (the index metadata then carries the snippets).
+        count_tokens: N texts -> N token counts with the model's own tokenizer (the
+            ``usage`` of ``/v1/embeddings`` and the request token budget); None: whitespace
+            words are counted instead.
+        max_tokens: the longest text the model reads, in tokens (longer ones are truncated;
+            TEI's ``truncate: false`` refuses them); None when unknown.
+        trained_dims: the widths a Matryoshka-trained run was trained at
+            (``loss.matryoshka_dims``; ``dimensions`` of ``/v1/embeddings``); None otherwise.
+        rerank: ``(query, texts) -> (N,)`` relevance scores, for a run that is or has a
+            cross-encoder (``POST /rerank``); None otherwise. Built from the task's
+            ``rerank_scores(query: str, texts: list[str]) -> Tensor (N,)`` when it has one.
 
     >>> e = Embedder("toy", ("text",), embed_texts=lambda t: torch.ones(len(t), 4))
     >>> e.embed("text", ["a", "b"]).shape
@@ -44,6 +55,21 @@ class Embedder:
     embed_images: Callable[[Tensor], Tensor] | None = None
     image_shape: tuple[int, int, int] | None = None
     thumbnails: Sequence[Tensor] | None = None
+    count_tokens: Callable[[list[str]], list[int]] | None = None
+    max_tokens: int | None = None
+    trained_dims: tuple[int, ...] | None = None
+    rerank: Callable[[str, list[str]], Tensor] | None = None
+
+    def tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text: the model tokenizer's count (special tokens included), else
+        whitespace words.
+
+        >>> Embedder("toy", ("text",)).tokens(["two words", "one"])
+        [2, 1]
+        """
+        if self.count_tokens is not None:
+            return [int(n) for n in self.count_tokens(texts)]
+        return [max(1, len(text.split())) for text in texts]
 
     def embed(self, kind: str, items: list[str] | Tensor) -> Tensor:
         """Embed a batch of one kind: texts (list of N str) or images (N, C, H, W) -> (N, D)."""
@@ -64,6 +90,9 @@ class Embedder:
 
         cfg, task, _ = load_run(run)
         kinds = tuple(task.query_kinds)
+        tokenizer, max_tokens = _text_tokenizer(task) if "text" in kinds else (None, None)
+        dims = getattr(getattr(cfg, "loss", None), "matryoshka_dims", None)
+        rerank_scores = getattr(task, "rerank_scores", None)
         return cls(
             name=str(getattr(cfg, "name", Path(run).name)),
             kinds=kinds,
@@ -71,4 +100,27 @@ class Embedder:
             embed_images=task.embed_images if "image" in kinds else None,
             image_shape=task.image_shape if "image" in kinds else None,
             thumbnails=task.corpus_items(),
+            count_tokens=(
+                (lambda t: [len(ids) for ids in tokenizer(t, truncation=False)["input_ids"]])
+                if tokenizer is not None
+                else None
+            ),
+            max_tokens=max_tokens,
+            trained_dims=tuple(int(d) for d in dims) if dims else None,
+            rerank=rerank_scores if callable(rerank_scores) else None,
         )
+
+
+def _text_tokenizer(task: object) -> tuple[object | None, int | None]:
+    """The tokenizer and ``max_length`` of the first text encoder in the task's model (a
+    :class:`contrastkit.encoders.text.TextEncoder` holds both), or (None, None)."""
+    model = getattr(task, "model", None)
+    for module in model.modules() if isinstance(model, torch.nn.Module) else ():
+        tokenizer = getattr(module, "tokenizer", None)
+        if callable(tokenizer):
+            length = getattr(module, "max_length", None)
+            # a copy: counting runs on the event loop while the model thread encodes, and a
+            # fast tokenizer shared by two threads that set truncation differently fails
+            # ("Already borrowed")
+            return copy.deepcopy(tokenizer), int(length) if isinstance(length, int) else None
+    return None, None

@@ -32,6 +32,8 @@ __all__ = ["PUBLIC_PATHS", "Guard"]
 # Paths anyone may read: the page, health and the API documentation.
 PUBLIC_PATHS = ("/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 PUBLIC_PREFIXES = ("/docs-assets/",)  # the API page's local JavaScript and CSS
+UNCAPPED_PATHS = ("/metrics", "/info")  # what an operator reads is never refused as busy
+RETRY_AFTER_S = 1  # the Retry-After of a 429 (--max-concurrency)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host header names of this machine
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 SAME_ORIGIN_FETCH = (b"same-origin", b"none")  # Sec-Fetch-Site values of this site's own requests
@@ -54,16 +56,26 @@ _SAME_ORIGIN = "a request from this server's own page (same origin) or a program
 
 class Guard:
     """ASGI wrapper around the app: API key (or, without one, the Host and same-origin checks:
-    421 / 403), body-size limit (413) and request metrics. ``request.state.authorised`` tells a
+    421 / 403), the concurrency cap (429 + ``Retry-After``), body-size limit (413) and request
+    metrics. ``request.state.authorised`` tells a
     route whether the caller sent the key (always True without a key).
 
     The body is read here up to the limit before the app sees it, so an oversized or endless
     upload costs at most ``max_body`` bytes of memory.
     """
 
-    def __init__(self, app: Any, api_key: str | None, max_body: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: Any,
+        api_key: str | None,
+        max_body: int,
+        metrics: Metrics,
+        max_concurrency: int | None = None,
+    ) -> None:
         self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
         self.state = app.state
+        self.max_concurrency = max_concurrency  # None: no cap
+        self.in_flight = 0  # API requests in progress (the event loop is one thread: no lock)
 
     def _foreign(self, scope: dict, headers: dict[bytes, bytes]) -> BadInput | None:
         """Without a key: the answer for a request from another site (see the module doc)."""
@@ -130,24 +142,46 @@ class Guard:
                     {"WWW-Authenticate": "Bearer"},
                 )
                 return
-            body = await self._read_body(scope, receive, headers)
-            if body is None:
-                await _json(
-                    send_and_record,
-                    413,
-                    BadInput(
-                        "body",
-                        f"more than {self.max_body} bytes",
-                        f"at most {self.max_body / 2**20:g} MiB (--max-body-mb)",
-                        413,
-                    ).body(),
+            capped = not public and path not in UNCAPPED_PATHS and self.max_concurrency is not None
+            if capped and self.in_flight >= self.max_concurrency:  # type: ignore[operator]
+                self.metrics.observe_rejected()
+                busy = BadInput(
+                    "concurrency",
+                    f"{self.in_flight} requests in progress",
+                    f"at most {self.max_concurrency} at once (--max-concurrency); retry after "
+                    f"{RETRY_AFTER_S} s",
+                    429,
                 )
+                await _json(send_and_record, 429, busy.body(),
+                            {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
                 return
-            await self.app(scope, _replay(body, receive), send_and_record)
+            if capped:
+                self.in_flight += 1
+            try:
+                await self._admitted(scope, receive, headers, send_and_record)
+            finally:
+                if capped:
+                    self.in_flight -= 1
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or ("/" if path == "/" else "other")
             self.metrics.observe_request(endpoint, status["code"], time.perf_counter() - start)
+
+    async def _admitted(
+        self, scope: dict, receive: Callable, headers: dict[bytes, bytes], send: Callable
+    ) -> None:
+        """An admitted request: its body read up to the limit (413 past it), then the app."""
+        body = await self._read_body(scope, receive, headers)
+        if body is None:
+            too_large = BadInput(
+                "body",
+                f"more than {self.max_body} bytes",
+                f"at most {self.max_body / 2**20:g} MiB (--max-body-mb)",
+                413,
+            )
+            await _json(send, 413, too_large.body())
+            return
+        await self.app(scope, _replay(body, receive), send)
 
     async def _read_body(
         self, scope: dict, receive: Callable, headers: dict[bytes, bytes]

@@ -7,7 +7,7 @@ from typing import Any
 
 from contrastkit.serve.errors import BadInput
 
-__all__ = ["MAX_PIXELS", "decode_image", "png"]
+__all__ = ["MAX_PIXELS", "decode_image", "image_pixels", "png"]
 
 MAX_PIXELS = 25_000_000  # an upload larger than this (e.g. 5000 x 5000) is refused undecoded
 FORMATS = "PNG, JPEG, BMP, GIF, WebP or TIFF"
@@ -38,6 +38,23 @@ def decode_image(data: bytes, shape: tuple[int, int, int], field: str) -> Any:
         ) from None
     except ImageDecodeError:  # not an image of those formats, a truncated file
         raise BadInput(field, data[:16], f"the bytes of a {FORMATS} image") from None
+
+
+def image_pixels(data: bytes, field: str) -> int:
+    """Width x height of an encoded image, read from its header only (no pixel is decoded);
+    :class:`BadInput` naming ``field`` for bytes that are not an image of the allowed formats."""
+    from contrastkit.data.images import ImageDecodeError, ImageTooLargeError, open_image
+
+    try:
+        with open_image(data, name=field) as probe:  # reads the header only
+            width, height = probe.size
+    except ImageTooLargeError:
+        raise BadInput(
+            field, data[:16], f"a {FORMATS} image of at most {MAX_PIXELS:,} pixels"
+        ) from None
+    except ImageDecodeError:
+        raise BadInput(field, data[:16], f"the bytes of a {FORMATS} image") from None
+    return int(width) * int(height)
 
 
 def png(image: Any) -> bytes:

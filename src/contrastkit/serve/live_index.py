@@ -10,6 +10,10 @@ per field on its first filtered search): a value no item holds gets no hits with
 and a known one has only its items scored (:meth:`contrastkit.index.Index.search_among`), never
 the whole index in rounds.
 
+A Milvus collection (``--index milvus://...``, :class:`contrastkit.index.milvus.MilvusIndex`) is
+opened once (it has no file to watch: writes go to the collection), and filters are pushed down
+to Milvus as expressions instead of answered from the value map.
+
 Shapes: ``vectors: (Q, D)`` queries; hits are dicts ``{"id", "position", "score", "metadata"}``.
 """
 
@@ -116,9 +120,10 @@ class IndexHolder:
         on_reload: Callable[[], None] | None = None,
         dim: int | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.remote = str(path).startswith("milvus://")  # a Milvus collection, not a file
+        self.path = Path(path) if not self.remote else path  # type: ignore[assignment]
         self.dim = dim  # the model's embedding width: a wider index file is refused
-        if not self.path.is_file():
+        if not self.remote and not self.path.is_file():
             raise FileNotFoundError(
                 f"{self.path}: no index file; build it with `contrastkit index RUN` or pass "
                 "--index PATH."
@@ -129,6 +134,8 @@ class IndexHolder:
         self._bad: tuple[int, int, int] | None = None  # a file that failed to load
 
     def _signature(self) -> tuple[int, int, int] | None:
+        if self.remote:
+            return None  # never re-read: the collection is updated in place
         try:
             st = self.path.stat()
         except OSError:
@@ -139,6 +146,12 @@ class IndexHolder:
         from contrastkit.index import load_index
 
         signature = self._signature()
+        if self.remote:
+            from contrastkit.index.milvus import MilvusIndex
+
+            index: Any = MilvusIndex.open(str(self.path), dim=self.dim, metric="cosine")
+            fields = tuple(sorted({*index.fields, "id"}))
+            return LoadedIndex(index, (0, 0, 0), fields, version, time.time())
         index = load_index(self.path)
         # an index built with `contrastkit index RUN --dim D'` is narrower than the model:
         # queries are truncated to its width as `contrastkit search` does (Matryoshka)
@@ -198,6 +211,16 @@ def search_many(
     """
     index = loaded.index
     out: list[list[dict]] = [[] for _ in ks]
+    if getattr(index, "pushes_filters", False):  # Milvus: the filter is an expression there
+        plain = [i for i, flt in enumerate(filters) if not flt]
+        if plain:
+            result = index.search(vectors[plain], max(ks[i] for i in plain))  # (len(plain), K)
+            for row, i in enumerate(plain):
+                out[i] = _hits(result, row)[: ks[i]]
+        for i, flt in enumerate(filters):
+            if flt:
+                out[i] = _hits(index.search(vectors[i : i + 1], ks[i], filter=flt), 0)
+        return out
     plain = [i for i, flt in enumerate(filters) if not flt]
     if plain:
         k = min(len(index), max(ks[i] for i in plain))

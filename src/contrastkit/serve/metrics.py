@@ -40,7 +40,8 @@ class Metrics:
     """The service's metrics in a registry of their own; :meth:`render` gives the ``/metrics`` body.
 
     Series: ``contrastkit_requests_total{endpoint,status}``, ``contrastkit_request_seconds``
-    (histogram by endpoint), ``contrastkit_batch_size`` (histogram), ``contrastkit_rejected_total``,
+    (histogram by endpoint), ``contrastkit_batch_size`` and ``contrastkit_search_batch_size``
+    (histograms), ``contrastkit_rejected_total`` (503 and 429),
     ``contrastkit_index_reloads_total``, and the gauges added with :meth:`gauge` (queue depth,
     index size, uptime: read when scraped).
     """
@@ -54,9 +55,12 @@ class Metrics:
                                   ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self._batches = Histogram("contrastkit_batch_size", "Items per model call (micro-batch size).",
                                   buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
-        self._rejected = Counter("contrastkit_rejected", "Requests refused with 503 (queue full).",
+        self._rejected = Counter("contrastkit_rejected", "Requests refused with 503 (queue full) or 429 (busy).",
                                  registry=r)  # fmt: skip
         self._reloads = Counter("contrastkit_index_reloads", "Index swaps since start.", registry=r)
+        self._searches = Histogram("contrastkit_search_batch_size",
+                                   "Queries per index call (searched as one matrix product).",
+                                   buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         """One finished request: its route (not the raw path), status code and latency."""
@@ -66,6 +70,10 @@ class Metrics:
     def observe_batch(self, size: int) -> None:
         """One model call on ``size`` items."""
         self._batches.observe(size)
+
+    def observe_search_batch(self, size: int) -> None:
+        """One index call on ``size`` queries."""
+        self._searches.observe(size)
 
     def observe_rejected(self) -> None:
         """One request refused because the queue was full (503)."""

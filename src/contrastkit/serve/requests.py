@@ -49,6 +49,7 @@ __all__ = [
     "check_kind",
     "count_between",
     "exactly_one",
+    "one_or_many",
     "reject",
 ]
 
@@ -103,6 +104,20 @@ def count_between(low: int, high: int, what: str) -> BeforeValidator:
         return value
 
     return BeforeValidator(check)
+
+
+def one_or_many(value: Any) -> Any:
+    """A ``BeforeValidator`` body for OpenAI's ``input`` and TEI's ``inputs``: a string is a list
+    of one; token arrays (lists of ints) are refused.
+
+    >>> one_or_many("a text")
+    ['a text']
+    """
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
+        raise reject(None, value, "a string or a list of strings (token arrays are not taken)")
+    return value
 
 
 def check_kind(field: str, value: Any, kinds: Sequence[str]) -> None:

@@ -6,12 +6,15 @@ No web framework here: ``create_app`` builds one ``ServeState`` and hands it to 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from contrastkit.serve.batcher import Batcher
 from contrastkit.serve.embedder import Embedder
+from contrastkit.serve.errors import BadInput
+from contrastkit.serve.images import decode_image, image_pixels
 from contrastkit.serve.live_index import IndexHolder
 from contrastkit.serve.metrics import Metrics
 
@@ -32,6 +35,15 @@ class ServeSettings:
         threads: torch threads of the model worker (None: torch's default).
         api_key: when set, every request but the page, ``/health`` and the docs must send
             ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+        max_concurrency: most API requests in progress at once; beyond it 429 with
+            ``Retry-After`` (as text-embeddings-inference's ``--max-concurrent-requests``);
+            ``/health``, ``/metrics``, the page and the docs are never refused.
+        max_tokens: most tokens (the model's tokenizer) all texts of one request may hold,
+            counted before the model runs; beyond it 413.
+        max_pixels: most pixels all images of one request may hold, read from their headers
+            before any is decoded; beyond it 413.
+        decode_threads: images decoded at once; the others wait their turn, so a burst of
+            large uploads keeps at most this many threads busy.
     """
 
     max_batch: int = 32
@@ -42,9 +54,14 @@ class ServeSettings:
     max_items: int = 64
     threads: int | None = 1
     api_key: str | None = None
+    max_concurrency: int = 512
+    max_tokens: int = 16384
+    max_pixels: int = 64_000_000
+    decode_threads: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "queue", "max_k", "max_items"):
+        for name in ("max_batch", "queue", "max_k", "max_items", "max_concurrency",
+                     "max_tokens", "max_pixels", "decode_threads"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -83,7 +100,39 @@ class ServeState:
     run: str | None = None
     started: float = field(default_factory=time.time)
     thumbs: dict[int, bytes] = field(default_factory=dict)
+    decoding: asyncio.Semaphore | None = None
 
     async def embed(self, kind: str, items: list[Any]) -> Any:
         """``items`` (N texts, or N (C, H, W) images) -> (N, D) through the model batcher."""
         return await self.batcher.submit(kind, items)  # (N, D)
+
+    def check_tokens(self, texts: list[str], field: str) -> list[int]:
+        """Each text's token count; :class:`BadInput` (413) naming ``field`` when together they
+        pass ``settings.max_tokens``."""
+        counts = self.embedder.tokens(texts)
+        total, budget = sum(counts), self.settings.max_tokens
+        if total > budget:
+            raise BadInput(field, f"{total} tokens", f"at most {budget} tokens per request "
+                           "(--max-tokens); split the inputs over several requests", 413)  # fmt: skip
+        return counts
+
+    async def decode_images(self, datas: list[bytes], fields: list[str]) -> list[Any]:
+        """Encoded images -> (C, H, W) each at the model's input shape. The pixels of all of them
+        are read from their headers and checked against ``settings.max_pixels`` (413) before any
+        is decoded; decoding runs in a thread, at most ``settings.decode_threads`` at once."""
+        if self.decoding is None:
+            self.decoding = asyncio.Semaphore(self.settings.decode_threads)
+        total = 0
+        for data, name in zip(datas, fields):
+            total += image_pixels(data, name)
+        if total > self.settings.max_pixels:
+            raise BadInput(fields[0] if len(fields) == 1 else fields[0].split("[")[0],
+                           f"{total:,} pixels", f"at most {self.settings.max_pixels:,} pixels per "
+                           "request (--max-pixels); send fewer or smaller images", 413)  # fmt: skip
+        shape = self.embedder.image_shape
+        assert shape is not None, "decode_images is called for image models only"
+        out = []
+        for data, name in zip(datas, fields):
+            async with self.decoding:
+                out.append(await asyncio.to_thread(decode_image, data, shape, name))
+        return out

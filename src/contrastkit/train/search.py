@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,17 +196,50 @@ def search(
     *,
     nprobe: int | None = None,
     ef: int | None = None,
+    index: str | None = None,
+    filter: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The ``k`` nearest corpus items of a text or image-path ``query``; ``nprobe`` (IVF) and
-    ``ef`` (HNSW) override the index's search settings for this query."""
+    ``ef`` (HNSW) override the index's search settings for this query. ``index``: another index
+    file, or a Milvus collection (``milvus://...``, see :mod:`contrastkit.index.milvus`);
+    ``filter``: metadata field -> value, all equal (``"id"``: the item id), pushed down to Milvus
+    or, for a file index, scoring only the matching items."""
     from contrastkit.train.run import load_run
 
     if k <= 0:
         raise ValueError(f"k must be a positive int, got {k}.")
-    index = _load(run)
+    remote = index is not None and _is_milvus(index)
+    loaded = None if remote else (_load(run) if index is None else _load_file(index))
     _, task, _ = load_run(run)
     vector, _ = task.embed_query(query)
-    return _hits(index.search(_fit(vector, index), k, nprobe=nprobe, ef=ef), 0)
+    if remote:
+        from contrastkit.index.milvus import MilvusIndex
+
+        collection = MilvusIndex.open(str(index), dim=int(vector.shape[-1]), metric="cosine")
+        if nprobe is not None or ef is not None:
+            raise ValueError("--nprobe/--ef are FAISS settings; a Milvus collection takes neither.")
+        return _hits(collection.search(vector, k, filter=filter), 0)
+    vector = _fit(vector, loaded)
+    if filter:
+        if nprobe is not None or ef is not None:
+            raise ValueError("--nprobe/--ef do not apply to a filtered search; drop them.")
+        among = [i for i, (id_, meta) in enumerate(zip(loaded.ids, loaded.metadata))
+                 if all((id_ if key == "id" else (meta or {}).get(key)) == value
+                        for key, value in filter.items())]  # fmt: skip
+        return _hits(loaded.search_among(vector, k, among), 0) if among else []
+    return _hits(loaded.search(vector, k, nprobe=nprobe, ef=ef), 0)
+
+
+def _is_milvus(spec: str) -> bool:
+    return str(spec).startswith("milvus://")
+
+
+def _load_file(path: str | os.PathLike) -> Any:
+    from contrastkit.index import load_index
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--index {path}: no such index file.")
+    return load_index(path)
 
 
 def search_neighbours_of_test(
@@ -246,6 +280,51 @@ __all__ = [
     "build_index",
     "corpus_chunks",
     "example_queries",
+    "index_to_milvus",
     "search",
     "search_neighbours_of_test",
 ]
+
+
+def index_to_milvus(
+    run: str | os.PathLike,
+    uri: str,
+    collection: str = "corpus",
+    *,
+    chunk: int = 4096,
+    progress: bool = False,
+) -> tuple[str, int]:
+    """Embed the run's corpus chunk by chunk into the Milvus collection ``collection`` at
+    ``uri`` (a server's ``http://HOST:19530``, or a milvus-lite file ``PATH.db``): vectors, ids
+    (positions, as the file index) and metadata (``{"label", "text"}``). An older collection of
+    the same width and metric is replaced; another is refused. Returns the ``milvus://`` spec
+    that ``serve --index`` and ``search --index`` take, and the count written."""
+    from contrastkit.index.milvus import MilvusIndex
+    from contrastkit.train.run import load_run
+
+    if not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}.")
+    _, task, _ = load_run(run)
+    source = corpus_chunks(task)
+    total = source.size()
+    target: MilvusIndex | None = None
+    fields: set[str] = set()
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        vectors, meta = source.chunk(start, stop)  # (n, D), n dicts
+        fields |= {key for m in meta if isinstance(m, dict) for key in m}
+        if target is None:
+            strings = sorted(key for key in fields  # mirrored in VARCHAR columns: fast filters
+                             if all(isinstance((m or {}).get(key), str) for m in meta))  # fmt: skip
+            target = MilvusIndex.create(uri, collection, int(vectors.shape[1]), "cosine",
+                                        sorted({"label", "text"} | fields), strings)  # fmt: skip
+        target.add(vectors, [str(i) for i in range(start, stop)], meta, start)
+        if progress:
+            print(f"\rmilvus: {stop}/{total}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    if target is None:
+        raise ValueError(f"{run}: the corpus is empty; nothing to index.")
+    target.flush()
+    location = uri if uri.endswith(".db") else uri.removeprefix("http://")
+    return f"milvus://{location}#{collection}", total

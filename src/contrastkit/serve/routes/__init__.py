@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from fastapi import APIRouter
 
-from contrastkit.serve.routes import admin, embed, health, pages, search
+from contrastkit.serve.routes import admin, embed, health, openai, pages, search, tei
 from contrastkit.serve.state import ServeState
 
 __all__ = ["ROUTERS", "RouterFactory"]
@@ -26,4 +26,6 @@ ROUTERS: tuple[RouterFactory, ...] = (
     pages.router,
     health.router,
     admin.router,
+    openai.router,
+    tei.router,
 )

@@ -1,17 +1,27 @@
-"""``POST /embed``: texts or base64 images -> float32 embeddings (N, D).
+"""``POST /embed``: texts or base64 images -> float32 embeddings (N, D); or, with
+text-embeddings-inference's body (``inputs``, ``normalize``, ``truncate``), TEI's answer
+(a list of rows; :func:`contrastkit.serve.routes.tei.tei_embed`).
 
 (No ``from __future__ import annotations``: see ``routes/search.py``.)
 """
 
-import asyncio
 from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
-from contrastkit.serve.images import decode_image
-from contrastkit.serve.requests import Base64Image, NonBlank, count_between, exactly_one
+from contrastkit.serve.requests import (
+    Base64Image,
+    NonBlank,
+    count_between,
+    exactly_one,
+    one_or_many,
+    reject,
+)
+from contrastkit.serve.routes.tei import tei_embed
 from contrastkit.serve.state import ServeState
+
+_TEI_ONLY = ("normalize", "truncate", "truncation_direction", "prompt_name", "parameters")
 
 __all__ = ["router"]
 
@@ -32,22 +42,53 @@ def router(state: ServeState) -> APIRouter:
             list[Base64Image] | None, count_between(1, n, "base64-encoded images")
         ] = Field(None, description=f"a list of 1..{n} base64-encoded images")
 
-        one_kind = model_validator(mode="before")(
-            exactly_one(("texts", "images"), state.embedder.kinds)
+        inputs: Annotated[
+            list[NonBlank] | None,
+            BeforeValidator(one_or_many),
+            count_between(1, n, "non-empty strings"),
+        ] = Field(None, description=f"TEI's body: a string or a list of 1..{n} non-empty strings")
+        normalize: StrictBool = Field(True, description="true or false (with inputs)")
+        truncate: StrictBool = Field(False, description="true or false (with inputs)")
+        truncation_direction: str | None = Field(None, description="'Right' (with inputs)")
+        prompt_name: None = Field(None, description="null: this service has no prompts")
+        parameters: dict[str, Any] | None = Field(
+            None,
+            description="an object (with inputs; huggingface_hub's InferenceClient sends "
+            "normalize/truncate here)",
         )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _one_body(cls, data: Any) -> Any:
+            """Today's body (``texts`` or ``images``) or TEI's (``inputs`` and its options)."""
+            if not isinstance(data, dict) or "inputs" not in data:
+                tei = [key for key in _TEI_ONLY if key in data] if isinstance(data, dict) else []
+                if tei:
+                    raise reject(tei[0], data[tei[0]], 'only with TEI\'s body, {"inputs": ...}')
+                return exactly_one(("texts", "images"), state.embedder.kinds)(data)
+            given = [key for key in ("texts", "images") if data.get(key) is not None]
+            if given:
+                raise reject("inputs/" + given[0], "both", "one of texts, images or inputs")
+            return data
 
     api = APIRouter(tags=["embed"])
 
     @api.post("/embed", summary="Embed texts or images")
-    async def embed(body: EmbedRequest) -> dict[str, Any]:
-        """`{"texts": [...]}` or `{"images": [base64, ...]}` -> float32 embeddings (N, D)."""
+    async def embed(body: EmbedRequest) -> Any:
+        """`{"texts": [...]}` or `{"images": [base64, ...]}` -> float32 embeddings (N, D);
+        TEI's `{"inputs": ..., "normalize": true, "truncate": false}` -> `[[...], ...]`."""
+        if body.inputs is not None:
+            extra = body.parameters or {}
+            normalize = extra.get("normalize", body.normalize) is not False
+            truncate = extra.get("truncate", body.truncate) is True
+            return await tei_embed(state, list(body.inputs), normalize, truncate)
         if body.texts is not None:
             kind, batch = "text", list(body.texts)
+            state.check_tokens(batch, "texts")
         else:  # the images arrive validated to their bytes; decoding needs the model's shape
-            kind, shape, images = "image", state.embedder.image_shape, body.images or []
-            batch = await asyncio.to_thread(
-                lambda: [decode_image(x, shape, f"images[{i}]") for i, x in enumerate(images)]
-            )
+            images = body.images or []
+            kind = "image"
+            batch = await state.decode_images(images, [f"images[{i}]" for i in range(len(images))])
         out = await state.embed(kind, batch)  # (N, D)
         return {"tower": kind, "dim": int(out.shape[1]), "embeddings": out.tolist()}
 

@@ -5,14 +5,12 @@ annotations at runtime, and the request models are classes local to :func:`route
 this service's limits.)
 """
 
-import asyncio
 from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Form, UploadFile
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Json, model_validator
 
 from contrastkit.serve.errors import BadInput
-from contrastkit.serve.images import decode_image
 from contrastkit.serve.live_index import LoadedIndex
 from contrastkit.serve.requests import (
     FILTER_HINT,
@@ -78,16 +76,15 @@ def router(state: ServeState) -> APIRouter:
         if body.query is not None:
             kind, item = "text", body.query
         else:  # the image arrives validated to its bytes; decoding needs the model's shape
-            shape = state.embedder.image_shape
-            kind, item = "image", await asyncio.to_thread(decode_image, body.image, shape, "image")
+            (item,) = await state.decode_images([body.image], ["image"])
+            kind = "image"
         return {"tower": kind, **await _search(state, kind, item, body.k, body.filter)}
 
     @api.post("/search/upload", summary="Search with an uploaded image file (multipart)")
     async def search_upload(form: Annotated[UploadForm, Form()]) -> dict[str, Any]:
         """Multipart form: `file` (an image), optional `k` and `filter` (a JSON object)."""
         data = await form.file.read()
-        shape = state.embedder.image_shape
-        item = await asyncio.to_thread(decode_image, data, shape, "file")
+        (item,) = await state.decode_images([data], ["file"])
         return {"tower": "image", **await _search(state, "image", item, form.k, form.filter)}
 
     return api
