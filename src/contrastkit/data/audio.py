@@ -74,7 +74,9 @@ def _check_rate(name: str, rate: object, source: str | None = None) -> int:
     return int(rate)  # type: ignore[arg-type]
 
 
-def resample(wave: np.ndarray, orig_rate: int, new_rate: int, *, name: str | None = None) -> np.ndarray:
+def resample(
+    wave: np.ndarray, orig_rate: int, new_rate: int, *, name: str | None = None
+) -> np.ndarray:
     """Resample ``wave: (..., T)`` along its last axis from ``orig_rate`` to ``new_rate`` Hz with
     soxr (high quality, linear phase). Returns ``(..., T')`` with ``T' = ceil(T * new / orig)``
     (soxr's length), in ``wave``'s dtype (float32 or float64; other dtypes become float32).
@@ -140,14 +142,20 @@ def load_audio(
         label = name or "audio bytes"
         handle: io.BytesIO | str = io.BytesIO(bytes(source))
         if not source:
-            raise AudioError(f"{label}: empty (0 bytes), not audio; pass a WAV, FLAC, OGG or MP3 file.")
+            raise AudioError(
+                f"{label}: empty (0 bytes), not audio; pass a WAV, FLAC, OGG or MP3 file."
+            )
     else:
         path = Path(source)
         label = name or str(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{label}: no such audio file; pass the path of a WAV, FLAC, OGG or MP3 file.")
+            raise FileNotFoundError(
+                f"{label}: no such audio file; pass the path of a WAV, FLAC, OGG or MP3 file."
+            )
         if path.stat().st_size == 0:
-            raise AudioError(f"{label}: empty file (0 bytes), not audio; pass a WAV, FLAC, OGG or MP3 file.")
+            raise AudioError(
+                f"{label}: empty file (0 bytes), not audio; pass a WAV, FLAC, OGG or MP3 file."
+            )
         handle = str(path)
     try:
         data, rate = soundfile.read(handle, dtype="float32", always_2d=True)  # (T, C)
@@ -200,7 +208,9 @@ def crop_or_pad(
             start = (t - length) // 2
         else:
             start = int(torch.randint(0, t - length + 1, (1,), generator=generator))
-        return wave[start : start + length].clone(), torch.ones(length, dtype=torch.bool, device=wave.device)
+        return wave[start : start + length].clone(), torch.ones(
+            length, dtype=torch.bool, device=wave.device
+        )
     clip = wave.new_zeros(length)
     clip[:t] = wave
     mask = torch.zeros(length, dtype=torch.bool, device=wave.device)
@@ -229,8 +239,12 @@ def _mel_to_hz(m: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _filterbank_cpu(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
-    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (sample_rate / n_fft)  # (n_fft//2+1,)
+def _filterbank_cpu(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float
+) -> Tensor:
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (
+        sample_rate / n_fft
+    )  # (n_fft//2+1,)
     lo, hi = _hz_to_mel(torch.tensor([f_min, f_max], dtype=torch.float64)).tolist()
     mel_f = _mel_to_hz(torch.linspace(lo, hi, n_mels + 2, dtype=torch.float64))  # (M+2,) band edges
     fdiff = mel_f[1:] - mel_f[:-1]  # (M+1,)
@@ -268,7 +282,9 @@ def mel_filterbank(
 
 @functools.lru_cache(maxsize=8)
 def _hann_cpu(n_fft: int) -> Tensor:
-    return torch.hann_window(n_fft, periodic=True, dtype=torch.float64)  # scipy's "hann", fftbins=True
+    return torch.hann_window(
+        n_fft, periodic=True, dtype=torch.float64
+    )  # scipy's "hann", fftbins=True
 
 
 def power_to_db(power: Tensor, *, amin: float = 1e-10, top_db: float | None = 80.0) -> Tensor:
@@ -340,8 +356,14 @@ def log_mel(
         x = x.float()
     window = _hann_cpu(n_fft).to(device=x.device, dtype=x.dtype)
     spec = torch.stft(
-        x, n_fft, hop_length=hop_length, win_length=n_fft, window=window,
-        center=True, pad_mode="constant", return_complex=True,
+        x,
+        n_fft,
+        hop_length=hop_length,
+        win_length=n_fft,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
     )  # (B, n_fft//2+1, F)
     power = spec.real.square() + spec.imag.square()  # (B, n_fft//2+1, F)
     fb = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_hi, dtype=x.dtype, device=x.device)

@@ -66,7 +66,9 @@ def _randint(b: int, high: Tensor, generator: torch.Generator | None, device) ->
     return torch.minimum((u * (high.to(device) + 1).double()).long(), high.to(device))
 
 
-def _check_range(name: str, value: object, *, low_bound: float | None = None) -> tuple[float, float]:
+def _check_range(
+    name: str, value: object, *, low_bound: float | None = None
+) -> tuple[float, float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value, value)
     ok = (
@@ -112,7 +114,9 @@ def random_crop(
         lengths = torch.full((b,), t, dtype=torch.long, device=waves.device)
     else:
         if not isinstance(lengths, Tensor) or lengths.shape != (b,):
-            raise ValueError(f"lengths must be a ({b},) tensor of real clip lengths, got {lengths!r}.")
+            raise ValueError(
+                f"lengths must be a ({b},) tensor of real clip lengths, got {lengths!r}."
+            )
         lengths = lengths.to(device=waves.device, dtype=torch.long).clamp(0, t)
     start = _randint(b, (lengths - length).clamp(min=0), generator, waves.device)  # (B,)
     idx = start[:, None] + torch.arange(length, device=waves.device)[None, :]  # (B, length)
@@ -122,7 +126,10 @@ def random_crop(
 
 
 def gain(
-    waves: Tensor, db: float | tuple[float, float] = (-6.0, 6.0), *, generator: torch.Generator | None = None
+    waves: Tensor,
+    db: float | tuple[float, float] = (-6.0, 6.0),
+    *,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Scale each clip by a random gain: ``waves * 10 ** (g / 20)``, ``g`` uniform in ``db``
     (a ``(low, high)`` range in dB, or one number). Returns ``(B, T)``.
@@ -157,11 +164,15 @@ def add_noise(
     b, t = waves.shape
     if noise is None:
         gen_device = generator.device if generator is not None else waves.device
-        noise = torch.randn(b, t, generator=generator, device=gen_device, dtype=waves.dtype).to(waves.device)
+        noise = torch.randn(b, t, generator=generator, device=gen_device, dtype=waves.dtype).to(
+            waves.device
+        )
     else:
         noise = _check_waves(noise, "noise")
         if noise.shape != waves.shape:
-            raise ValueError(f"noise must have the shape of waves {tuple(waves.shape)}, got {tuple(noise.shape)}.")
+            raise ValueError(
+                f"noise must have the shape of waves {tuple(waves.shape)}, got {tuple(noise.shape)}."
+            )
         noise = noise.to(device=waves.device, dtype=waves.dtype)
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.shape != waves.shape:
@@ -201,7 +212,12 @@ def time_shift(
 
 
 def _stripe_mask(
-    spec: Tensor, dim: int, max_width: int, n_masks: int, generator: torch.Generator | None, value: float | None
+    spec: Tensor,
+    dim: int,
+    max_width: int,
+    n_masks: int,
+    generator: torch.Generator | None,
+    value: float | None,
 ) -> Tensor:
     if not isinstance(max_width, int) or isinstance(max_width, bool) or max_width < 0:
         raise ValueError(f"max_width must be an int >= 0, got {max_width!r}.")
@@ -211,10 +227,14 @@ def _stripe_mask(
     pos = torch.arange(size, device=spec.device)[None, :]  # (1, size)
     hit = torch.zeros(b, size, dtype=torch.bool, device=spec.device)  # (B, size)
     for _ in range(n_masks):
-        width = _randint(b, torch.full((b,), min(max_width, size), dtype=torch.long), generator, spec.device)
+        width = _randint(
+            b, torch.full((b,), min(max_width, size), dtype=torch.long), generator, spec.device
+        )
         start = _randint(b, size - width, generator, spec.device)  # (B,)
         hit |= (pos >= start[:, None]) & (pos < (start + width)[:, None])
-    fill = spec.mean(dim=(1, 2), keepdim=True) if value is None else spec.new_tensor(value)  # (B, 1, 1)
+    fill = (
+        spec.mean(dim=(1, 2), keepdim=True) if value is None else spec.new_tensor(value)
+    )  # (B, 1, 1)
     hit = hit[:, :, None] if dim == 1 else hit[:, None, :]  # (B, M, 1) or (B, 1, F)
     return torch.where(hit, fill, spec)
 
