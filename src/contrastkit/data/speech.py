@@ -34,6 +34,7 @@ processes asking at once generate it once. The default (1,000 phrases x 3 voices
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -108,6 +109,21 @@ def _plain(text: str) -> str | None:
     return text
 
 
+@functools.lru_cache(maxsize=1)
+def _plain_texts() -> dict[str, frozenset[str]]:
+    """The plain short texts of each kind (read once per process: WordNet takes seconds)."""
+    from contrastkit.data.foldoc import load_foldoc
+    from contrastkit.data.wordnet import load_wordnet
+
+    wordnet = load_wordnet("lemma_gloss", split="all")
+    sources = {
+        "wordnet lemma": wordnet.query,
+        "wordnet gloss": wordnet.positive,
+        "foldoc term": load_foldoc("all").query,
+    }
+    return {kind: frozenset(t for t in map(_plain, texts) if t) for kind, texts in sources.items()}
+
+
 def speech_phrases(phrases: int = 1000, seed: int = 0) -> list[tuple[str, str]]:
     """``phrases`` (text, kind) pairs: WordNet lemmas, short WordNet glosses and FOLDOC terms in
     equal shares (fewer when a source runs out), each text once (case-insensitive), in the
@@ -116,27 +132,15 @@ def speech_phrases(phrases: int = 1000, seed: int = 0) -> list[tuple[str, str]]:
     Raises:
         DataNotFoundError: WordNet (``wordnet-base``) or FOLDOC (``dict-foldoc``) is missing.
     """
-    from contrastkit.data.foldoc import load_foldoc
-    from contrastkit.data.wordnet import load_wordnet
-
     if not isinstance(phrases, int) or isinstance(phrases, bool) or phrases < 1:
         raise ValueError(
             f"phrases must be an int >= 1 (texts to speak), got {phrases!r}; e.g. 1000."
         )
-    wordnet = load_wordnet("lemma_gloss", split="all")
-    sources = {
-        "wordnet lemma": wordnet.query,
-        "wordnet gloss": wordnet.positive,
-        "foldoc term": load_foldoc("all").query,
-    }
     seen: set[str] = set()
-    per_kind: dict[str, list[str]] = {}
-    for kind, texts in sources.items():
-        ranked = sorted(
-            {t for t in (_plain(x) for x in texts) if t},
-            key=lambda t: (zlib.crc32(f"order:{seed}:{t}".encode()), t),
-        )
-        per_kind[kind] = ranked
+    per_kind = {
+        kind: sorted(texts, key=lambda t: (zlib.crc32(f"order:{seed}:{t}".encode()), t))
+        for kind, texts in _plain_texts().items()
+    }
     out: list[tuple[str, str]] = []
     cursors = dict.fromkeys(_KINDS, 0)
     while len(out) < phrases and any(cursors[k] < len(per_kind[k]) for k in _KINDS):
