@@ -174,3 +174,37 @@ def test_manifest_column_errors(corpus, tmp_path):
         AudioFiles(tmp_path / "missing.csv")
     with pytest.raises(ValueError, match="manifest must be"):
         read_audio_manifest(tmp_path / "m.txt")
+
+
+# -- open_audio: the tasks' entry point ---------------------------------------------------------
+
+
+def test_open_audio_reads_refills_and_crops_reproducibly(corpus):
+    from contrastkit.data.audio_source import open_audio
+
+    root, rows = corpus
+    path = _write(root, rows, "csv")
+    src = open_audio("audio_folder", "all", root=path, sample_rate=8000, clip_seconds=0.1)
+    assert len(src) == 14 and src.speakers[:7] == ["ann"] * 6 + ["bob"]
+    assert src.texts[0] == "red apple" and src.key(0) == "clips/ann_0.wav"
+    waves, mask, got, skipped = src.read(torch.tensor([12, 1, 13, 2]))
+    assert waves.shape == (4, 800) and skipped == 2
+    assert got.tolist() == [1, 2, 1, 2]  # the places of the 2 bad files refilled from the batch
+    centre, _, _, _ = src.read(torch.tensor([5]))
+    again, _, _, _ = src.read(torch.tensor([5]))
+    assert torch.equal(centre, again)  # no generator: the centre window
+    a = src.read(torch.tensor([5, 4]), torch.Generator().manual_seed(1))[0]
+    b = src.read(torch.tensor([5, 4]), torch.Generator().manual_seed(1))[0]
+    c = src.read(torch.tensor([5, 4]), torch.Generator().manual_seed(2))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    two = open_audio(
+        "audio_folder", "all", root=path, sample_rate=8000, clip_seconds=0.1, workers=2
+    )
+    d = two.read(torch.tensor([5, 4]), torch.Generator().manual_seed(1))[0]
+    assert torch.equal(a, d)  # the crops do not depend on the workers
+    walked = list(src.batches(5))
+    assert torch.cat([r for _, _, r in walked]).tolist() == list(range(12))
+    limited = open_audio("audio_folder", "all", root=path, sample_rate=8000, limit=3)
+    assert len(limited) == 3 and len(limited.texts) == 3
+    with pytest.raises(ArgumentError, match="no file of this batch decodes"):
+        src.read(torch.tensor([12, 13]))

@@ -426,14 +426,21 @@ class AudioFiles(Dataset):
         """The whole clip ``i`` (T,) float32 at ``sample_rate``, uncropped (raises AudioError)."""
         return load_audio(self.path(i), self.sample_rate)[0]
 
-    def __getitem__(self, i: int) -> dict[str, Any] | SkippedFile:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any] | SkippedFile:
+        """Item ``i``; ``i = (row, seed)`` crops at random with a generator seeded by ``seed``
+        (reproducible whatever the worker), a plain row crops as ``crop`` says."""
+        seed = None
+        if isinstance(i, (tuple, list)):
+            i, seed = int(i[0]), int(i[1])
         i = int(i)
         try:
             wave = self.load(i)
         except (AudioError, FileNotFoundError) as err:
             return SkippedFile(i, self.key(i), str(err))
         generator = None
-        if self.crop == "random":  # the worker's torch RNG, as ImageFiles' random crop
+        if seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        elif self.crop == "random":  # the worker's torch RNG, as ImageFiles' random crop
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
         audio, mask = crop_or_pad(torch.from_numpy(wave), self.clip_samples, generator=generator)
         item: dict[str, Any] = {
@@ -549,10 +556,15 @@ class AudioReader:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def read(self, rows: Sequence[int]) -> dict[str, Any]:
+    def read(self, rows: Sequence[int], seeds: Sequence[int] | None = None) -> dict[str, Any]:
         """``{"audio": (B', L), "mask": (B', L), "labels", "speakers", "index": (B',),
-        "skipped_files": int}`` (+ ``"texts"``) for the readable rows among ``rows``."""
-        rows = [int(r) for r in rows]
+        "skipped_files": int}`` (+ ``"texts"``) for the readable rows among ``rows``; with
+        ``seeds`` (one per row) each clip is cropped at random from its seed."""
+        rows = (
+            [int(r) for r in rows]
+            if seeds is None
+            else [(int(r), int(s)) for r, s in zip(rows, seeds)]
+        )  # type: ignore[misc]
         if not rows:
             return self.dataset.collate()([])
         parts = max(1, min(self.workers, len(rows)))
