@@ -188,7 +188,7 @@ def test_open_audio_reads_refills_and_crops_reproducibly(corpus):
     assert len(src) == 14 and src.speakers[:7] == ["ann"] * 6 + ["bob"]
     assert src.texts[0] == "red apple" and src.key(0) == "clips/ann_0.wav"
     waves, mask, got, skipped = src.read(torch.tensor([12, 1, 13, 2]))
-    assert waves.shape == (4, 800) and skipped == 2
+    assert waves.shape == mask.shape == (4, 800) and skipped == 2
     assert got.tolist() == [1, 2, 1, 2]  # the places of the 2 bad files refilled from the batch
     centre, _, _, _ = src.read(torch.tensor([5]))
     again, _, _, _ = src.read(torch.tensor([5]))
