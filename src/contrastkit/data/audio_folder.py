@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, default_collate
 
 from contrastkit.data._common import check_split, held_out_mask, missing
 from contrastkit.data.audio import AUDIO_SUFFIXES, AudioError, crop_or_pad, load_audio
@@ -478,8 +478,10 @@ class AudioSkippingCollate:
         kept = [it for it in items if not isinstance(it, SkippedFile)]
         skipped = [(it.key, it.reason) for it in items if isinstance(it, SkippedFile)]
         if kept:
-            audio = torch.stack([it["audio"] for it in kept])  # (B, L)
-            mask = torch.stack([it["mask"] for it in kept])  # (B, L)
+            # default_collate stacks straight into shared memory inside a worker (no second
+            # copy when the batch is sent to the main process)
+            audio = default_collate([it["audio"] for it in kept])  # (B, L)
+            mask = default_collate([it["mask"] for it in kept])  # (B, L)
         else:
             audio = torch.empty((0, self.clip_samples))
             mask = torch.empty((0, self.clip_samples), dtype=torch.bool)
