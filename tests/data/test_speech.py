@@ -76,3 +76,27 @@ def test_export_audio_through_the_cli(cache, tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("keep")
     assert main(["data", "export-audio", "speech", str(tmp_path / "busy"), "--phrases", "30"]) == 2
+
+
+def test_two_processes_at_once_get_one_complete_corpus(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from contrastkit.atomic import verify_manifest
+
+    code = (
+        "from contrastkit.data.speech import speech_folder;"
+        "print(speech_folder(phrases=8, voices_per_text=2, speakers=4))"
+    )
+    env = dict(os.environ, CONTRASTKIT_CACHE=str(tmp_path))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1]
+    folder = tmp_path / "speech" / os.path.basename(outs[0])
+    verify_manifest(folder)  # complete: every file the generator wrote, checksummed
+    assert len(list((folder / "clips").iterdir())) == 16
+    assert not [p for p in (tmp_path / "speech").iterdir() if p.name.startswith((".tmp", ".old"))]
