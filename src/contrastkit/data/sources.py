@@ -3,7 +3,7 @@
 >>> sorted(IMAGE_SOURCES)
 ['digits', 'emoji', 'fashion_mnist']
 >>> sorted(TEXT_PAIR_SOURCES)
-['beir', 'bible', 'hf', 'pairs_file', 'wordnet', 'wordnet_preference']
+['beir', 'bible', 'hf', 'pairs_file', 'wordnet', 'wordnet_graded', 'wordnet_preference']
 """
 
 from __future__ import annotations
@@ -62,6 +62,12 @@ def _wordnet(split: str, root: str | os.PathLike | None = None, **opts: Any) -> 
     return load_wordnet(split=split, root=root, **opts)
 
 
+def _wordnet_graded(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.wordnet_graded import load_wordnet_graded
+
+    return load_wordnet_graded(split=split, root=root, **opts)
+
+
 def _bible(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
     from contrastkit.data.bible import load_bible_pairs
 
@@ -111,6 +117,7 @@ TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
     "pairs_file": _pairs_file,
     "beir": _beir,
     "hf": _hf,
+    "wordnet_graded": _wordnet_graded,
 }
 
 

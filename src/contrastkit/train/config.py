@@ -191,6 +191,34 @@ class ImageTextModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class LossTerm(_Strict):
+    """One more weighted loss term of the run (``loss.terms``): a registered loss, its weight
+    and parameters; e.g. ``{name: margin_mse, weight: 0.5}`` beside ``info_nce``."""
+
+    name: str
+    weight: float = Field(default=1.0, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from contrastkit.losses import list_losses
+
+        if v not in list_losses():
+            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(list_losses())}")
+        return v
+
+    @model_validator(mode="after")
+    def _params_of_the_loss(self) -> LossTerm:
+        from contrastkit.losses import check_loss_params
+
+        try:
+            check_loss_params(self.name, self.params)
+        except ValueError as err:
+            raise ValueError(f"loss.terms: {err}") from None
+        return self
+
+
 class LossConfig(_Strict):
     """Any registered loss (``contrastkit.list_losses()``) and its keyword arguments.
 
@@ -200,6 +228,13 @@ class LossConfig(_Strict):
     name: str = "nt_xent"
     params: dict[str, Any] = Field(default_factory=dict)
     learnable_temperature: bool = False
+    weight: float = Field(default=1.0, gt=0, description="the weight of this term in the sum")
+    terms: list[LossTerm] = Field(
+        default_factory=list,
+        description="pairs: more weighted terms summed with loss.name, each logged as "
+        "loss/<name> (e.g. [{name: margin_mse, weight: 1.0}]); `loss:` may also be written as "
+        "the list of all terms, the first being loss.name",
+    )
     matryoshka_dims: list[int] | None = Field(
         default=None,
         description="Matryoshka (Kusupati et al. 2022): also train the loss on these prefix "
@@ -389,7 +424,7 @@ class EvalConfig(_Strict):
 
 
 IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
-TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir", "hf")
+TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir", "hf", "wordnet_graded")
 IMAGE_TEXT_DATASETS = ("emoji", "image_folder")
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
 IDENTITY_DATASETS = ("glyphs", "identity_folder")
@@ -407,6 +442,20 @@ class _RunBase(_Strict):
     # what the task can run: dataset names and loss inputs
     DATASETS: ClassVar[tuple[str, ...]] = ()
     INPUTS: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_as_terms(cls, v: Any) -> Any:
+        """``loss: [{name, weight, params}, ...]``: the first term is loss.name, the others
+        loss.terms."""
+        if isinstance(v, list):
+            if not v or not all(isinstance(t, dict) for t in v):
+                raise ValueError(
+                    "a list of loss terms needs >= 1 mapping, e.g. [{name: info_nce}, "
+                    "{name: margin_mse, weight: 0.5}]"
+                )
+            return {**v[0], "terms": list(v[1:])}
+        return v
 
     @model_validator(mode="after")
     def _fits_task(self) -> _RunBase:
@@ -456,7 +505,7 @@ class PairsRun(_RunBase):
     model: TextModelConfig = Field(default_factory=TextModelConfig)
     loss: LossConfig = Field(default_factory=lambda: LossConfig(name="info_nce"))
     DATASETS = TEXT_PAIR_DATASETS
-    INPUTS = ("pair",)
+    INPUTS = ("pair", "graded", "teacher_scores")
 
 
 class ImageTextRun(_RunBase):
@@ -577,6 +626,18 @@ def task_problems(cfg: _RunBase) -> list[str]:
             f"loss.name: got {cfg.loss.name!r}; it takes {spec.inputs} inputs, task: {cfg.task} "
             f"calls its loss with {' or '.join(cfg.INPUTS)}; use task: "
             f"{' or '.join(fit) or '(none)'} or another loss"
+        )
+    for term in cfg.loss.terms:
+        term_inputs = loss_spec(term.name).inputs
+        if cfg.task != "pairs" or term_inputs not in cfg.INPUTS:
+            problems.append(
+                f"loss.terms: got {term.name!r}; more loss terms run with task: pairs and "
+                f"losses taking {' or '.join(RUN_TYPES['pairs'].INPUTS)} inputs; remove it"
+            )
+    if cfg.loss.terms and cfg.train.grad_cache_chunk:
+        problems.append(
+            "train.grad_cache_chunk: gradient caching runs one loss; remove loss.terms or "
+            "train.grad_cache_chunk"
         )
     neg = cfg.negatives
     used = {
