@@ -181,6 +181,17 @@ class TextModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class CrossEncoderModelConfig(_Strict):
+    """A cross-encoder (reranker): ``minilm`` (the packaged MiniLM's encoder with a fresh
+    one-label head) or the path of a local Hugging Face folder; ``negatives`` scored with each
+    positive per step; ``eval_candidates`` documents each held-out query ranks."""
+
+    name: str = "minilm"
+    max_length: int = Field(default=128, ge=8, description="tokens per (query, document) pair")
+    negatives: int = Field(default=4, ge=1, description="negatives per query per step")
+    eval_candidates: int = Field(default=16, ge=2)
+
+
 class ImageTextModelConfig(_Strict):
     """Two towers (CLIP layout): a ``small_cnn`` image tower of ``width`` and a text tower
     (``options.text``: ``minilm`` or ``tiny_text``), both projected to ``out_dim``."""
@@ -567,6 +578,22 @@ class IdentityRun(_RunBase):
         return self
 
 
+class RerankRun(_RunBase):
+    """``task: rerank``: a cross-encoder scores each query's positive and its negatives;
+    ``loss(logits (B, 1 + M))`` (listwise) or ``loss(logits (N,), labels (N,))`` (pointwise)."""
+
+    task: Literal["rerank"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="beir"))
+    model: CrossEncoderModelConfig = Field(default_factory=CrossEncoderModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="listwise_ce"))
+    DATASETS = TEXT_PAIR_DATASETS
+    INPUTS = ("listwise", "pointwise")
+
+    def pretrained_model(self) -> bool:
+        """A cross-encoder starts from a pretrained encoder (minilm or your folder)."""
+        return True
+
+
 RUN_TYPES: dict[str, type[_RunBase]] = {
     "views": ViewsRun,
     "supervised": SupervisedRun,
@@ -574,9 +601,12 @@ RUN_TYPES: dict[str, type[_RunBase]] = {
     "image_text": ImageTextRun,
     "preference": PreferenceRun,
     "identity": IdentityRun,
+    "rerank": RerankRun,
 }
 RunConfig = Annotated[
-    Union[ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun, IdentityRun],  # noqa: UP007
+    Union[  # noqa: UP007
+        ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun, IdentityRun, RerankRun
+    ],
     Field(discriminator="task"),
 ]
 """A whole run: one of the task's config classes, chosen by ``task`` (default ``views``)."""

@@ -112,11 +112,14 @@ class ExportTowers:
             without an image side.
         encoder: the registered encoder that ``task.encoder_spec`` rebuilds (safetensors
             export, :func:`contrastkit.load_encoder`), or None.
+        cross_encoder: a :class:`~contrastkit.encoders.cross_encoder.CrossEncoder` (a reranker
+            run), written as a ``sentence_transformers.CrossEncoder`` folder, or None.
     """
 
     text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
     image: nn.Module | None = None
     encoder: nn.Module | None = None
+    cross_encoder: nn.Module | None = None
 
 
 class CallMethod(nn.Module):
