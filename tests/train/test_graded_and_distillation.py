@@ -90,10 +90,10 @@ def test_distillation_without_scores_is_one_line(tmp_path: Path) -> None:
     raw["data"].pop("sampler", None)
     raw["loss"] = {"name": "info_nce", "terms": [{"name": "margin_mse"}]}
     raw["negatives"] = {}
-    with pytest.raises(ValueError, match="margin_mse.*no 'scores' key") as err:
+    with pytest.raises(ValueError, match=r"margin_mse.*no 'scores' key") as err:
         train(load_config_dict(raw), tmp_path / "bad")
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="loss.terms.0.weight: got -1"):
+    with pytest.raises(ConfigError, match=r"loss\.terms\.0\.weight: got -1"):
         load_config_dict(
             {**raw, "loss": [{"name": "info_nce"}, {"name": "margin_mse", "weight": -1}]}
         )

@@ -101,10 +101,13 @@ class CrossEncoder(nn.Module):
 
 def load_cross_encoder(path: str | Path = "minilm", max_length: int = 256) -> CrossEncoder:
     """A :class:`CrossEncoder` from ``"minilm"`` (the packaged all-MiniLM-L6-v2 encoder with a
-    fresh one-label head) or a local Hugging Face folder (a sequence-classification model, or
+    fresh one-label head), ``"tiny"`` (a one-layer BERT from scratch with MiniLM's tokenizer,
+    seeded: tests and smoke runs) or a local Hugging Face folder (a sequence-classification model, or
     an encoder that gets a fresh head). A folder whose architecture has no sequence-
     classification form (or no model at all) is one ``ValueError`` naming it."""
     tf = _transformers()
+    if str(path) == "tiny":
+        return _tiny(tf, max_length)
     folder = default_model_path() if str(path) == "minilm" else Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -126,6 +129,20 @@ def load_cross_encoder(path: str | Path = "minilm", max_length: int = 256) -> Cr
             f"cross-encoder {str(folder)!r}: not a sequence-classification model folder "
             f"({reason}); pass a BERT-like encoder or reranker folder, or 'minilm'."
         ) from None
+    return CrossEncoder(model, tokenizer, max_length)
+
+
+def _tiny(tf: Any, max_length: int) -> CrossEncoder:
+    """A one-layer, 16-wide BERT cross-encoder from scratch (seed 0), MiniLM's tokenizer."""
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(default_model_path()))
+    cfg = tf.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, num_labels=1,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = tf.BertForSequenceClassification(cfg)
     return CrossEncoder(model, tokenizer, max_length)
 
 

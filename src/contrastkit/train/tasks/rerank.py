@@ -42,7 +42,7 @@ class RerankTask(BackwardAfterLossTerms, TextQueries):
     """``rerank``: a cross-encoder over (query, document) pairs."""
 
     name: ClassVar[str] = "rerank"
-    query_kinds: ClassVar[tuple[str, ...]] = ("text",)
+    query_kinds: ClassVar[tuple[str, ...]] = ()  # it embeds nothing: no index, no search
     EVAL_SEED: ClassVar[int] = 0
 
     def __init__(self, cfg: Any) -> None:
@@ -129,8 +129,9 @@ class RerankTask(BackwardAfterLossTerms, TextQueries):
     # -- a reranker embeds nothing: no index, no search ------------------------------------
     def _no_embeddings(self) -> ValueError:
         return ValueError(
-            "this run is a reranker (task: rerank): it scores (query, document) pairs and embeds "
-            "nothing; use it with `contrastkit eval-retrieval MODEL DIR --rerank EXPORTED`."
+            "texts: this run is a reranker (task: rerank): it scores (query, document) pairs and "
+            "embeds no texts; use it with `contrastkit eval-retrieval MODEL DIR --rerank "
+            "EXPORTED` or score_pairs."
         )
 
     def embed_texts(self, texts: list[str], side: str = "query") -> Tensor:
