@@ -309,9 +309,10 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
         ".csv, .parquet) as queries, documents and qrels/test.tsv (each query relevant to its "
         "own positives; negatives become distractors), to evaluate on with eval-retrieval or "
         "eval.heldout. contrastkit data export-beir hf FOLDER DIR: the same from a Hugging Face "
-        "datasets folder (save_to_disk).",
+        "datasets folder (save_to_disk). contrastkit data export-beir code DIR: the held-out "
+        "modules of the standard-library code search set (docstring -> function body).",
     )
-    ex.add_argument("name", help="wordnet, pairs or hf")
+    ex.add_argument("name", help="wordnet, code, pairs or hf")
     ex.add_argument("paths", nargs="+", metavar="[SOURCE] DIR", help="SOURCE (pairs, hf), DIR")
     ex.add_argument(
         "--columns",
@@ -893,6 +894,21 @@ def cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_code_search(args: argparse.Namespace) -> int:
+    """data export-beir code DIR: the held-out modules of the standard-library code search set
+    (docstring -> function) as a BEIR folder (qrels/test.tsv)."""
+    from contrastkit.data.beir import load_beir, pairs_to_beir
+    from contrastkit.data.code_search import load_code_search
+
+    if len(args.paths) != 1:
+        raise ValueError(f"data export-beir code DIR: got {len(args.paths)} paths {args.paths}.")
+    root = pairs_to_beir(load_code_search("test", seed=args.seed), args.paths[0])
+    data = load_beir(root, "test")
+    print(f"test: {len(data.qrels)} queries, {sum(len(v) for v in data.qrels.values())} judged")
+    print(f"wrote {root} ({len(data.corpus)} documents)")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from contrastkit.data.beir import export_beir, load_beir, pairs_to_beir
 
@@ -903,10 +919,13 @@ def cmd_data(args: argparse.Namespace) -> int:
             "data needs an action: contrastkit data export-beir wordnet DIR, or "
             "contrastkit data export-identity glyphs DIR."
         )
+    if args.name == "code":
+        return _export_code_search(args)
     if args.name not in ("wordnet", "pairs", "hf"):
         raise ValueError(
-            f"name must be one of wordnet (the packaged set), pairs (your .jsonl/.csv/.parquet "
-            f"file) or hf (a datasets save_to_disk folder), got {args.name!r}."
+            f"name must be one of wordnet (the packaged set), code (standard-library code "
+            f"search), pairs (your .jsonl/.csv/.parquet file) or hf (a datasets save_to_disk "
+            f"folder), got {args.name!r}."
         )
     wanted = 1 if args.name == "wordnet" else 2
     if len(args.paths) != wanted:

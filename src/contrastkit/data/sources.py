@@ -3,7 +3,7 @@
 >>> sorted(IMAGE_SOURCES)
 ['digits', 'emoji', 'fashion_mnist']
 >>> sorted(TEXT_PAIR_SOURCES)
-['beir', 'bible', 'hf', 'pairs_file', 'wordnet', 'wordnet_graded', 'wordnet_preference']
+['beir', 'bible', 'code_search', 'hf', 'pairs_file', 'wordnet', 'wordnet_graded', 'wordnet_preference']
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ def _wordnet_graded(split: str, root: str | os.PathLike | None = None, **opts: A
     return load_wordnet_graded(split=split, root=root, **opts)
 
 
+def _code_search(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.code_search import load_code_search
+
+    return load_code_search(split=split, root=root, **opts)
+
+
 def _bible(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
     from contrastkit.data.bible import load_bible_pairs
 
@@ -118,6 +124,7 @@ TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
     "beir": _beir,
     "hf": _hf,
     "wordnet_graded": _wordnet_graded,
+    "code_search": _code_search,
 }
 
 

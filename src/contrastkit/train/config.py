@@ -435,7 +435,15 @@ class EvalConfig(_Strict):
 
 
 IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
-TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir", "hf", "wordnet_graded")
+TEXT_PAIR_DATASETS = (
+    "wordnet",
+    "bible",
+    "pairs_file",
+    "beir",
+    "hf",
+    "wordnet_graded",
+    "code_search",
+)
 IMAGE_TEXT_DATASETS = ("emoji", "image_folder")
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
 IDENTITY_DATASETS = ("glyphs", "identity_folder")
