@@ -48,6 +48,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class MixtureSource(_Strict):
+    """One source of ``data.mixture``: a pairs dataset, its share, a prompt for its queries."""
+
+    dataset: str
+    weight: float = Field(default=1.0, description="share of the batches (proportional)")
+    prompt: str = Field(default="", description="prepended to this source's queries")
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, v: float) -> float:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError("needs a finite weight > 0 (a share of the batches), e.g. 1.0")
+        return v
+
+
 class DataConfig(_Strict):
     """What to train on.
 
@@ -80,6 +97,13 @@ class DataConfig(_Strict):
     sampler: Literal["random", "m_per_class", "no_duplicates"] = "random"
     sampler_m: int = Field(default=4, ge=2, description="m_per_class: items per class in a batch")
     options: dict[str, Any] = Field(default_factory=dict, description="loader keyword arguments")
+    mixture: list[MixtureSource] | None = Field(
+        default=None,
+        description="pairs: several sources in one run, [{dataset, weight, prompt, root, "
+        "options}]; every batch from one source; evaluated per source (metrics "
+        "'<dataset>/<metric>')",
+    )
+    mixture_sampling: Literal["proportional", "round_robin"] = "proportional"
 
 
 class ViewsConfig(_Strict):
@@ -627,6 +651,20 @@ def task_problems(cfg: _RunBase) -> list[str]:
     from contrastkit.losses import loss_spec
 
     problems = []
+    for i, source in enumerate(getattr(cfg.data, "mixture", None) or []):
+        if cfg.task != "pairs":
+            problems.append("data.mixture: only task: pairs trains on a mixture; remove it")
+            break
+        if source.dataset not in cfg.DATASETS:
+            problems.append(
+                f"data.mixture.{i}.dataset: got {source.dataset!r}; unknown source, allowed: "
+                f"{', '.join(cfg.DATASETS)}"
+            )
+        elif not source.root and source.dataset in ROOT_REQUIRED:
+            problems.append(
+                f"data.mixture.{i}.root: {source.dataset!r} needs it: "
+                f"{ROOT_REQUIRED[source.dataset]}."
+            )
     if not cfg.data.root and cfg.data.dataset in ROOT_REQUIRED:  # before any data is read
         problems.append(
             f"data.dataset={cfg.data.dataset!r} needs data.root: {ROOT_REQUIRED[cfg.data.dataset]}."

@@ -85,10 +85,16 @@ class TextPairsTask(TextQueries):
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.heldout: BeirData | None = None
+        self.sources: list[tuple[str, TextPairs, TextPairs]] = []
         if cfg.eval.heldout is not None:  # your held-out file: train on all of data.root
             self.heldout, self.test_pairs = load_heldout(cfg.eval.heldout, cfg.data.columns)
             self.train_pairs, _ = load_text_pairs(cfg, split="all")
             self.train_pairs = drop_texts(self.train_pairs, set(self.test_pairs.positive))
+        elif cfg.data.mixture:
+            self.sources = _load_mixture(cfg)
+            self.train_pairs = _concat([train for _, train, _ in self.sources])
+            self.test_pairs = self.sources[0][2]
+            self.source_sizes = [len(train) for _, train, _ in self.sources]
         else:
             self.train_pairs, self.test_pairs = load_text_pairs(cfg, drop_heldout_keys=True)
         kinds = ("pair", "graded", "teacher_scores")
@@ -262,6 +268,19 @@ class TextPairsTask(TextQueries):
     def evaluate(self, *, quick: bool = False) -> EvalResult:
         if self.heldout is not None:
             return self._evaluate_heldout()
+        if self.sources:  # a mixture: each source's held-out pairs, metrics "<source>/<name>"
+            metrics: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            for name, _, test in self.sources:
+                self.test_pairs, self._rows = test, None
+                result = self._evaluate_pairs(quick)
+                metrics.update({f"{name}/{k}": v for k, v in result.metrics.items()})
+                counts.update({f"{name}/{k}": v for k, v in result.counts.items()})
+            self.test_pairs, self._rows = self.sources[0][2], None
+            return EvalResult(metrics, "model", counts=counts)
+        return self._evaluate_pairs(quick)
+
+    def _evaluate_pairs(self, quick: bool) -> EvalResult:
         if self.test_pairs.scores is not None and self.test_pairs.negatives is None:
             return self._evaluate_graded(quick)
         e = self.cfg.eval
@@ -343,6 +362,51 @@ class TextPairsTask(TextQueries):
         """One shared text tower, the registered encoder of ``encoder_spec``."""
         encoder = self.model["encoder"]
         return ExportTowers(text={"": (encoder, None)}, encoder=encoder)
+
+
+def _load_mixture(cfg: Any) -> list[tuple[str, TextPairs, TextPairs]]:
+    """``data.mixture``: (name, train, test) of each source, its prompt before its queries,
+    held-out keys out of its training rows, ids prefixed by the name (no clash across sources)."""
+    from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
+
+    out = []
+    names: dict[str, int] = {}
+    for source in cfg.data.mixture:
+        n = names[source.dataset] = names.get(source.dataset, 0) + 1
+        name = source.dataset if n == 1 else f"{source.dataset}{n}"
+        kw = {"root": source.root, **source.options}
+        sides = [load_source(TEXT_PAIR_SOURCES, source.dataset, s, **kw) for s in ("train", "test")]
+        sides[0] = drop_texts(sides[0], set(sides[1].positive))
+        for pairs in sides:
+            pairs.query = [source.prompt + q for q in pairs.query]
+            pairs.ids = [f"{name}:{i}" for i in pairs.ids]
+        if cfg.data.subset:
+            sides[0] = sides[0].subset(torch.arange(min(cfg.data.subset, len(sides[0]))))
+        if cfg.data.test_subset:
+            sides[1] = sides[1].subset(torch.arange(min(cfg.data.test_subset, len(sides[1]))))
+        out.append((name, sides[0], sides[1]))
+    return out
+
+
+def _concat(parts: list[TextPairs]) -> TextPairs:
+    """The rows of ``parts`` one after the other (groups kept apart, labels dropped)."""
+    offsets = [0]
+    for p in parts:
+        offsets.append(offsets[-1] + int(p.groups.max()) + 1 if len(p) else offsets[-1])
+    negatives = None
+    if any(p.negatives is not None for p in parts):
+        negatives = [n for p in parts for n in (p.negatives or [[] for _ in range(len(p))])]
+    scores = None
+    if all(p.scores is not None for p in parts):
+        scores = [s for p in parts for s in p.scores]  # type: ignore[union-attr]
+    return TextPairs(
+        [q for p in parts for q in p.query],
+        [k for p in parts for k in p.positive],
+        groups=torch.cat([p.groups + o for p, o in zip(parts, offsets)]),
+        ids=[i for p in parts for i in p.ids],
+        negatives=negatives,
+        scores=scores,
+    )
 
 
 def _check_scores(pairs: TextPairs, terms: list[tuple[str, float, Any, str]], cfg: Any) -> int:
