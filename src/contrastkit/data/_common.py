@@ -269,3 +269,14 @@ def missing(what: str, path: object, debian: str | None, arg: str) -> DataNotFou
     alt = f"pass {arg}= pointing at your copy"
     how = f"{fix}, or {alt}" if fix else alt
     return DataNotFoundError(f"{what} not found at {path}: {how}.")
+
+
+def drop_texts(pairs: TextPairs, banned: set[str]) -> TextPairs:
+    """``pairs`` without the rows whose key (``positive``) is in ``banned``, and without
+    ``banned`` texts among their ``negatives``."""
+    keep = [r for r, text in enumerate(pairs.positive) if text not in banned]
+    if len(keep) < len(pairs):
+        pairs = pairs.subset(torch.tensor(keep, dtype=torch.long))
+    if pairs.negatives is not None:
+        pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
+    return pairs

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from contrastkit.data import TextPairs
 from contrastkit.data.beir import BeirData
+from contrastkit.data.mixture import concat_pairs, load_mixture
 from contrastkit.distributed import all_gather, get_rank, get_world_size
 from contrastkit.encoders import EmbedTokens
 from contrastkit.eval.beir import evaluate_retrieval
@@ -91,8 +92,8 @@ class TextPairsTask(TextQueries):
             self.train_pairs, _ = load_text_pairs(cfg, split="all")
             self.train_pairs = drop_texts(self.train_pairs, set(self.test_pairs.positive))
         elif cfg.data.mixture:
-            self.sources = _load_mixture(cfg)
-            self.train_pairs = _concat([train for _, train, _ in self.sources])
+            self.sources = load_mixture(cfg.data.mixture, cfg.data.subset, cfg.data.test_subset)
+            self.train_pairs = concat_pairs([train for _, train, _ in self.sources])
             self.test_pairs = self.sources[0][2]
             self.source_sizes = [len(train) for _, train, _ in self.sources]
         else:
@@ -362,51 +363,6 @@ class TextPairsTask(TextQueries):
         """One shared text tower, the registered encoder of ``encoder_spec``."""
         encoder = self.model["encoder"]
         return ExportTowers(text={"": (encoder, None)}, encoder=encoder)
-
-
-def _load_mixture(cfg: Any) -> list[tuple[str, TextPairs, TextPairs]]:
-    """``data.mixture``: (name, train, test) of each source, its prompt before its queries,
-    held-out keys out of its training rows, ids prefixed by the name (no clash across sources)."""
-    from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
-
-    out = []
-    names: dict[str, int] = {}
-    for source in cfg.data.mixture:
-        n = names[source.dataset] = names.get(source.dataset, 0) + 1
-        name = source.dataset if n == 1 else f"{source.dataset}{n}"
-        kw = {"root": source.root, **source.options}
-        sides = [load_source(TEXT_PAIR_SOURCES, source.dataset, s, **kw) for s in ("train", "test")]
-        sides[0] = drop_texts(sides[0], set(sides[1].positive))
-        for pairs in sides:
-            pairs.query = [source.prompt + q for q in pairs.query]
-            pairs.ids = [f"{name}:{i}" for i in pairs.ids]
-        if cfg.data.subset:
-            sides[0] = sides[0].subset(torch.arange(min(cfg.data.subset, len(sides[0]))))
-        if cfg.data.test_subset:
-            sides[1] = sides[1].subset(torch.arange(min(cfg.data.test_subset, len(sides[1]))))
-        out.append((name, sides[0], sides[1]))
-    return out
-
-
-def _concat(parts: list[TextPairs]) -> TextPairs:
-    """The rows of ``parts`` one after the other (groups kept apart, labels dropped)."""
-    offsets = [0]
-    for p in parts:
-        offsets.append(offsets[-1] + int(p.groups.max()) + 1 if len(p) else offsets[-1])
-    negatives = None
-    if any(p.negatives is not None for p in parts):
-        negatives = [n for p in parts for n in (p.negatives or [[] for _ in range(len(p))])]
-    scores = None
-    if all(p.scores is not None for p in parts):
-        scores = [s for p in parts for s in p.scores]  # type: ignore[union-attr]
-    return TextPairs(
-        [q for p in parts for q in p.query],
-        [k for p in parts for k in p.positive],
-        groups=torch.cat([p.groups + o for p, o in zip(parts, offsets)]),
-        ids=[i for p in parts for i in p.ids],
-        negatives=negatives,
-        scores=scores,
-    )
 
 
 def _check_scores(pairs: TextPairs, terms: list[tuple[str, float, Any, str]], cfg: Any) -> int:
