@@ -275,6 +275,16 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
         help="allow retrieving the document whose id equals the query's (BEIR ignores it)",
     )
     er.add_argument("--batch-size", type=int, default=4096, help="documents per chunk")
+    er.add_argument(
+        "--rerank",
+        metavar="CROSS_ENCODER",
+        help="also rerank each query's top candidates with this cross-encoder (a folder "
+        "`contrastkit export` wrote of a task: rerank run, or any sequence-classification "
+        "folder) and print the reranked figures beside the first-stage ones",
+    )
+    er.add_argument(
+        "--rerank-top", type=int, default=100, help="candidates reranked per query (default 100)"
+    )
 
     mi = sub.add_parser(
         "mine",
@@ -302,6 +312,25 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
     )
     mi.add_argument("--no-dedup", action="store_true", help="allow negatives with equal texts")
     mi.add_argument("--batch-size", type=int, default=1024, help="texts per encoder call")
+    mi.add_argument(
+        "--scorer",
+        metavar="CROSS_ENCODER",
+        help="rescore the mined candidates with this cross-encoder: drop likely false negatives "
+        "and write its score of the positive and of each negative (`scores`) for distillation",
+    )
+    mi.add_argument(
+        "--scorer-ratio",
+        type=float,
+        default=0.95,
+        help="with --scorer: drop a candidate whose sigmoid(score) exceeds RATIO times the "
+        "positive's (default 0.95)",
+    )
+    mi.add_argument(
+        "--scorer-candidates",
+        type=int,
+        help="with --scorer: candidates mined per row before the teacher filters them "
+        "(default 2 x --num-negatives)",
+    )
 
     da = sub.add_parser(
         "data", help="write packaged datasets", description="Write packaged datasets to disk."
@@ -316,9 +345,10 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
         ".csv, .parquet) as queries, documents and qrels/test.tsv (each query relevant to its "
         "own positives; negatives become distractors), to evaluate on with eval-retrieval or "
         "eval.heldout. contrastkit data export-beir hf FOLDER DIR: the same from a Hugging Face "
-        "datasets folder (save_to_disk).",
+        "datasets folder (save_to_disk). contrastkit data export-beir code DIR: the held-out "
+        "modules of the standard-library code search set (docstring -> function body).",
     )
-    ex.add_argument("name", help="wordnet, pairs or hf")
+    ex.add_argument("name", help="wordnet, code, pairs or hf")
     ex.add_argument("paths", nargs="+", metavar="[SOURCE] DIR", help="SOURCE (pairs, hf), DIR")
     ex.add_argument(
         "--columns",
@@ -786,6 +816,8 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         )
     model = load_text_model(args.model)
     t0 = time.perf_counter()
+    if args.rerank:
+        return _eval_with_rerank(args, data, model, t0)
     metrics = evaluate_retrieval(
         model.query,
         model.document,
@@ -812,6 +844,62 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
             "documents": len(data.corpus),
             "seconds": round(seconds, 3),
             "metrics": metrics,
+        }
+        atomic_write_bytes(Path(args.json_out), (json.dumps(out, indent=2) + "\n").encode())
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def _eval_with_rerank(args: argparse.Namespace, data: Any, model: Any, t0: float) -> int:
+    """eval-retrieval --rerank: the first-stage run (top max(k, --rerank-top)), then the same
+    run with each query's top --rerank-top rescored by the cross-encoder; both scored alike."""
+    from contrastkit.data._common import atomic_write_bytes
+    from contrastkit.encoders.cross_encoder import load_cross_encoder, score_pairs
+    from contrastkit.eval.beir import score_run, search_corpus
+    from contrastkit.eval.rerank import rerank_run
+
+    if args.rerank_top < 1:
+        raise ValueError(f"--rerank-top must be >= 1, got {args.rerank_top}.")
+    cross = load_cross_encoder(args.rerank)
+    ks = sorted(set(args.k))
+    judged = {q: data.queries[q] for q in data.qrels if q in data.queries}
+    depth = min(len(data.corpus), max(ks[-1], args.rerank_top))
+    run = search_corpus(
+        model.query,
+        model.document,
+        data.corpus,
+        judged,
+        depth,
+        ignore_identical_ids=not args.keep_identical_ids,
+        batch_size=args.batch_size,
+    )
+    first = score_run(run, data.qrels, ks)
+    t1 = time.perf_counter()
+    reranked_run = rerank_run(
+        run, lambda q, texts: score_pairs(cross, q, texts), data.corpus, judged, args.rerank_top
+    )
+    reranked = score_run(reranked_run, data.qrels, ks)
+    t2 = time.perf_counter()
+    print(
+        f"{model.name} on {args.dir} ({args.split}): {len(judged)} queries, {len(data.corpus)} "
+        f"documents, first stage {t1 - t0:.1f} s; {args.rerank} reranking the top "
+        f"{args.rerank_top}: {t2 - t1:.1f} s"
+    )
+    print("metric        first stage   reranked")
+    for name in first:
+        print(f"{name:<13} {first[name]:>11.4f} {reranked[name]:>10.4f}")
+    if args.json_out:
+        out = {
+            "model": str(args.model),
+            "data": str(args.dir),
+            "split": args.split,
+            "queries": len(judged),
+            "documents": len(data.corpus),
+            "seconds": round(t1 - t0, 3),
+            "metrics": first,
+            "rerank": {"model": str(args.rerank), "top": args.rerank_top},
+            "rerank_seconds": round(t2 - t1, 3),
+            "reranked_metrics": reranked,
         }
         atomic_write_bytes(Path(args.json_out), (json.dumps(out, indent=2) + "\n").encode())
         print(f"wrote {args.json_out}")
@@ -848,12 +936,22 @@ def cmd_mine(args: argparse.Namespace) -> int:
         model = TextModel(unused, unused, str(args.model))
     else:
         model = load_text_model(args.model)
+    scorer = None
+    if args.scorer:  # before the long search: a bad folder fails now
+        from contrastkit.encoders.cross_encoder import load_cross_encoder
+
+        if not 0 < args.scorer_ratio <= 1:
+            raise ValueError(f"--scorer-ratio must be in (0, 1], got {args.scorer_ratio}.")
+        scorer = load_cross_encoder(args.scorer)
+    candidates = args.num_negatives
+    if scorer is not None and args.num_negatives:
+        candidates = args.scorer_candidates or 2 * args.num_negatives
     t0 = time.perf_counter()
     mined = mine_text_negatives(
         model.query,
         model.document,
         rows,
-        num_negatives=args.num_negatives,
+        num_negatives=candidates,
         skip_top=args.skip_top,
         max_rank=args.max_rank,
         margin=args.margin,
@@ -861,12 +959,37 @@ def cmd_mine(args: argparse.Namespace) -> int:
         dedup=not args.no_dedup,
         batch_size=args.batch_size,
     )
+    if scorer is not None:
+        from contrastkit.encoders.cross_encoder import score_pairs
+        from contrastkit.negatives.offline import rescore_with_teacher
+
+        mined = rescore_with_teacher(
+            mined,
+            lambda q, texts: score_pairs(scorer, q, texts),
+            num_negatives=args.num_negatives,
+            max_ratio=args.scorer_ratio,
+        )
     write_pairs(mined, args.out)
     kept = sum(len(r["negatives"]) for r in mined)
     print(
         f"mined {kept} negatives for {len(mined)} rows over {len(rows.corpus)} documents in "
         f"{time.perf_counter() - t0:.1f} s -> {args.out}"
     )
+    return 0
+
+
+def _export_code_search(args: argparse.Namespace) -> int:
+    """data export-beir code DIR: the held-out modules of the standard-library code search set
+    (docstring -> function) as a BEIR folder (qrels/test.tsv)."""
+    from contrastkit.data.beir import load_beir, pairs_to_beir
+    from contrastkit.data.code_search import load_code_search
+
+    if len(args.paths) != 1:
+        raise ValueError(f"data export-beir code DIR: got {len(args.paths)} paths {args.paths}.")
+    root = pairs_to_beir(load_code_search("test", seed=args.seed), args.paths[0])
+    data = load_beir(root, "test")
+    print(f"test: {len(data.qrels)} queries, {sum(len(v) for v in data.qrels.values())} judged")
+    print(f"wrote {root} ({len(data.corpus)} documents)")
     return 0
 
 
@@ -882,10 +1005,13 @@ def cmd_data(args: argparse.Namespace) -> int:
             "data needs an action: contrastkit data export-beir wordnet DIR, "
             "contrastkit data export-identity glyphs DIR or contrastkit data export-audio speech DIR."
         )
+    if args.name == "code":
+        return _export_code_search(args)
     if args.name not in ("wordnet", "pairs", "hf"):
         raise ValueError(
-            f"name must be one of wordnet (the packaged set), pairs (your .jsonl/.csv/.parquet "
-            f"file) or hf (a datasets save_to_disk folder), got {args.name!r}."
+            f"name must be one of wordnet (the packaged set), code (standard-library code "
+            f"search), pairs (your .jsonl/.csv/.parquet file) or hf (a datasets save_to_disk "
+            f"folder), got {args.name!r}."
         )
     wanted = 1 if args.name == "wordnet" else 2
     if len(args.paths) != wanted:

@@ -7,7 +7,8 @@
   ``encode(texts, normalize_embeddings=True)`` equals the run's ``task.embed_texts(texts)``. A
   task with separate query and document towers writes ``out/query`` and ``out/document``. The
   image-text run's text side is Transformer -> Pooling -> (Normalize) -> Dense (its projection,
-  no activation) -> Normalize.
+  no activation) -> Normalize. A reranker run (``task: rerank``) writes a folder
+  ``sentence_transformers.CrossEncoder(out)`` loads, scoring as the run does.
 * ``onnx``: one graph per tower with dynamic batch (and sequence) axes: ``text.onnx``
   (``input_ids``, ``attention_mask``: (B, T) int64 -> ``embeddings`` (B, D); transformer +
   pooling + head + normalisation; prepend the side's prompt from ``export.json`` yourself; the
@@ -97,6 +98,10 @@ def _projected(encoder: TextEncoder, projection: nn.Linear | None) -> TextEncode
 
 def _write_sentence_transformers(task: Any, tmp: Path, run: Path) -> None:
     towers = _text_towers(task)
+    reranker = task.export_towers().cross_encoder
+    if reranker is not None:  # a folder sentence_transformers.CrossEncoder loads
+        reranker.save(tmp)
+        return
     if not towers:
         raise ValueError(
             f"run {str(run)!r} has no text tower (its queries: {', '.join(task.query_kinds)}); "

@@ -105,6 +105,10 @@ class TextPairs:
             negatives) and never straddle a train/test split.
         ids: N stable row ids (e.g. ``"n:02084071"``, ``"Genesis 1:1"``).
         negatives: N lists of hard-negative strings, or ``None``.
+        scores: N lists of scores, or ``None``: ``scores[i][0]`` grades (query, positive) (a
+            gold similarity, or a teacher's score), ``scores[i][1:]`` the first negatives of
+            row i (a teacher's scores, ``contrastkit mine --scorer``); never more than
+            1 + len(negatives[i]).
 
     >>> p = TextPairs(["a dog"], ["a domestic canine"])
     >>> len(p), p.labels.tolist(), p.ids
@@ -118,6 +122,7 @@ class TextPairs:
     groups: Tensor = field(default=None)  # type: ignore[assignment]
     ids: list[str] = field(default_factory=list)
     negatives: list[list[str]] | None = None
+    scores: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.query)
@@ -138,6 +143,8 @@ class TextPairs:
             raise ValueError(f"ids must have {n} entries, got {len(self.ids)}.")
         if self.negatives is not None and len(self.negatives) != n:
             raise ValueError(f"negatives must have {n} entries, got {len(self.negatives)}.")
+        if self.scores is not None and len(self.scores) != n:
+            raise ValueError(f"scores must have {n} entries, got {len(self.scores)}.")
 
     def __len__(self) -> int:
         return len(self.query)
@@ -153,6 +160,7 @@ class TextPairs:
             self.groups[rows],
             [self.ids[i] for i in rows],
             None if self.negatives is None else [self.negatives[i] for i in rows],
+            None if self.scores is None else [self.scores[i] for i in rows],
         )
 
 
@@ -261,3 +269,14 @@ def missing(what: str, path: object, debian: str | None, arg: str) -> DataNotFou
     alt = f"pass {arg}= pointing at your copy"
     how = f"{fix}, or {alt}" if fix else alt
     return DataNotFoundError(f"{what} not found at {path}: {how}.")
+
+
+def drop_texts(pairs: TextPairs, banned: set[str]) -> TextPairs:
+    """``pairs`` without the rows whose key (``positive``) is in ``banned``, and without
+    ``banned`` texts among their ``negatives``."""
+    keep = [r for r, text in enumerate(pairs.positive) if text not in banned]
+    if len(keep) < len(pairs):
+        pairs = pairs.subset(torch.tensor(keep, dtype=torch.long))
+    if pairs.negatives is not None:
+        pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
+    return pairs

@@ -266,7 +266,9 @@ def load_beir_pairs(
         negatives: give each row its query's documents judged 0 as ``negatives``.
         mined: a pairs file written by ``contrastkit mine`` (``query``, ``positive``,
             ``negatives``): each row of the split also gets the negatives mined for its
-            (query, document), after its judged-0 documents.
+            (query, document), after its judged-0 documents; when the file carries a
+            teacher's ``scores`` (``contrastkit mine --scorer``) the mined negatives come first
+            and ``scores`` holds the teacher's score of the positive and of each of them.
 
     Returns:
         :class:`TextPairs` in qrels order: ``query`` the query text, ``positive`` the document
@@ -280,6 +282,7 @@ def load_beir_pairs(
         )
     data = load_beir(root, split)
     query, positive, ids, negs = [], [], [], []
+    scores: list[list[float] | None] | None = None
     for qid, judged in data.qrels.items():
         zero = [
             document_text(data.corpus[d]) for d, g in judged.items() if g <= 0 and d in data.corpus
@@ -303,13 +306,20 @@ def load_beir_pairs(
             (q, p): list(n)
             for q, p, n in zip(found.query, found.positive, found.negatives or [[]] * len(found))
         }
-        negs = [zero + table.get((q, p), []) for q, p, zero in zip(query, positive, negs)]
+        if found.scores is not None:  # a teacher's scores: the scored negatives come first
+            teacher = dict(zip(zip(found.query, found.positive), found.scores))
+            scores = [teacher.get((q, p)) for q, p in zip(query, positive)]
+            negs = [table.get((q, p), []) + zero for q, p, zero in zip(query, positive, negs)]
+        else:
+            negs = [zero + table.get((q, p), []) for q, p, zero in zip(query, positive, negs)]
+    complete = scores is not None and all(s is not None for s in scores)
     return TextPairs(
         query,
         positive,
         groups=group_ids(ids),
         ids=ids,
         negatives=negs if negatives and any(negs) else None,
+        scores=scores if complete and negatives else None,  # type: ignore[arg-type]
     )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,7 @@ def pairs_from_rows(
     id (e.g. the line number) stands in for a missing ``id``, ``source`` names the input."""
     check_split(split)
     query, positive, negatives, keys, raw_labels, ids = [], [], [], [], [], []
+    scores: list[list[float] | None] = []
     for where, default_id, row in rows:
         for col in ("query", "positive"):
             value = row.get(col)
@@ -302,6 +304,7 @@ def pairs_from_rows(
         query.append(row["query"])
         positive.append(row["positive"])
         negatives.append(_negatives(row, where))
+        scores.append(_scores(row, where, len(negatives[-1])))
         row_id = row.get("id")
         ids.append(str(row_id) if row_id not in (None, "") else default_id)
         keys.append(f"id:{row_id}" if row_id not in (None, "") else f"q:{row['query']}")
@@ -327,8 +330,54 @@ def pairs_from_rows(
         group_ids(keys),
         ids,
         negatives if any(negatives) else None,
+        _all_or_none(scores, [where for where, _, _ in rows]),
     )
     return select_split(pairs, keys, split, test_fraction, seed)
+
+
+def _scores(row: dict[str, Any], where: str, negatives: int) -> list[float] | None:
+    """A row's ``score`` (the gold similarity of (query, positive)) or ``scores`` (a teacher's
+    score of the positive, then of its first negatives), as one list; None without either."""
+    if row.get("scores") not in (None, "", []):
+        value = row["scores"]
+        if isinstance(value, str):  # CSV cells hold JSON lists
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        ok = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+        if not ok or not 1 <= len(value) <= 1 + negatives:
+            raise PairFileError(
+                f"{where}: 'scores' must be a list of 1 to 1 + {negatives} finite numbers (the "
+                f"score of the positive, then of each negative), got {row['scores']!r}."
+            )
+        return [float(v) for v in value]
+    value = row.get("score")
+    if value in (None, ""):
+        return None
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        score = math.nan
+    if not math.isfinite(score) or isinstance(value, bool):
+        raise PairFileError(f"{where}: 'score' must be a finite number, got {value!r}.")
+    return [score]
+
+
+def _all_or_none(scores: list[list[float] | None], wheres: list[str]) -> list[list[float]] | None:
+    """Every row's scores, or None when no row has any; some rows without is an error."""
+    missing_rows = [i for i, s in enumerate(scores) if s is None]
+    if len(missing_rows) == len(scores):
+        return None
+    if missing_rows:
+        raise PairFileError(
+            f"{wheres[missing_rows[0]]}: no 'score'/'scores' while other rows have one; "
+            "give every row a score or none."
+        )
+    return scores  # type: ignore[return-value]
 
 
 def load_image_folder(

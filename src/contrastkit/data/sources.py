@@ -3,7 +3,7 @@
 >>> sorted(IMAGE_SOURCES)
 ['digits', 'emoji', 'fashion_mnist']
 >>> sorted(TEXT_PAIR_SOURCES)
-['beir', 'bible', 'hf', 'pairs_file', 'wordnet', 'wordnet_preference']
+['beir', 'bible', 'code_search', 'hf', 'pairs_file', 'wordnet', 'wordnet_graded', 'wordnet_preference']
 >>> sorted(AUDIO_SOURCES)
 ['audio_folder', 'speech']
 """
@@ -66,6 +66,18 @@ def _wordnet(split: str, root: str | os.PathLike | None = None, **opts: Any) -> 
     return load_wordnet(split=split, root=root, **opts)
 
 
+def _wordnet_graded(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.wordnet_graded import load_wordnet_graded
+
+    return load_wordnet_graded(split=split, root=root, **opts)
+
+
+def _code_search(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
+    from contrastkit.data.code_search import load_code_search
+
+    return load_code_search(split=split, root=root, **opts)
+
+
 def _bible(split: str, root: str | os.PathLike | None = None, **opts: Any) -> TextPairs:
     from contrastkit.data.bible import load_bible_pairs
 
@@ -115,6 +127,8 @@ TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
     "pairs_file": _pairs_file,
     "beir": _beir,
     "hf": _hf,
+    "wordnet_graded": _wordnet_graded,
+    "code_search": _code_search,
 }
 
 

@@ -1,16 +1,20 @@
 """Thin ``nn.Module`` wrappers over :mod:`contrastkit.functional`, one per file, and their registry."""
 
+from contrastkit.losses.angle import AnglE
 from contrastkit.losses.arcface import ArcFace
 from contrastkit.losses.barlow_twins import BarlowTwinsLoss
 from contrastkit.losses.byol import BYOLLoss
 from contrastkit.losses.circle import Circle
 from contrastkit.losses.contrastive_margin import ContrastiveMargin
+from contrastkit.losses.cosent import CoSENT
 from contrastkit.losses.cosface import CosFace
 from contrastkit.losses.debiased_contrastive import DebiasedContrastive
 from contrastkit.losses.decoupled_contrastive import DecoupledContrastive
 from contrastkit.losses.dino import DINOLoss
 from contrastkit.losses.hard_negative_contrastive import HardNegativeContrastive
 from contrastkit.losses.info_nce import InfoNCE
+from contrastkit.losses.listwise_kl import ListwiseKL
+from contrastkit.losses.margin_mse import MarginMSE
 from contrastkit.losses.matryoshka import (
     Matryoshka,
     matryoshka,
@@ -32,6 +36,7 @@ from contrastkit.losses.registry import (
     loss_spec,
     register,
 )
+from contrastkit.losses.rerank import ListwiseCE, PointwiseBCE
 from contrastkit.losses.sigmoid_contrastive import SigmoidContrastive
 from contrastkit.losses.simsiam import SimSiamLoss
 from contrastkit.losses.subcenter_arcface import SubCenterArcFace
@@ -43,10 +48,12 @@ from contrastkit.losses.vicreg import VICRegLoss
 
 __all__ = [
     "LOSSES",
+    "AnglE",
     "ArcFace",
     "BYOLLoss",
     "BarlowTwinsLoss",
     "Circle",
+    "CoSENT",
     "ContrastiveMargin",
     "CosFace",
     "DINOLoss",
@@ -55,10 +62,14 @@ __all__ = [
     "HardNegativeContrastive",
     "InfoNCE",
     "LearnableTemperature",
+    "ListwiseCE",
+    "ListwiseKL",
     "LossSpec",
+    "MarginMSE",
     "Matryoshka",
     "MultiSimilarity",
     "NTXent",
+    "PointwiseBCE",
     "PreferenceLoss",
     "ProxyAnchor",
     "ProxyNCA",

@@ -7,7 +7,11 @@ Each registered loss class sets three class attributes (read back with :func:`lo
   ``(query (B, D), key (B, D))``; ``"labelled"``: ``(embeddings (N, D), labels (N,))``;
   ``"prediction"``: ``(prediction1, prediction2, target1, target2)`` (BYOL / SimSiam: a predictor
   on the online branch); ``"scores"``: ``(chosen_scores (B,), rejected_scores (B,))``;
-  ``"pair_labels"``: ``(a (B, D), b (B, D), is_positive (B,))``.
+  ``"pair_labels"``: ``(a (B, D), b (B, D), is_positive (B,))``; ``"graded"``: ``(query (B, D),
+  key (B, D), scores (B,))`` (gold similarity of each pair: CoSENT, AnglE);
+  ``"teacher_scores"``: ``(query (B, D), key (B, D), negatives (B, M, D), teacher_scores
+  (B, 1 + M), *, mask)`` (distillation); ``"pointwise"``: ``(logits (N,), labels (N,))`` and
+  ``"listwise"``: ``(logits (B, 1 + M), *, mask)`` (cross-encoder scores).
 * ``distributed``: how it runs under ``torch.distributed``. ``"gather"``: it takes
   ``gather_distributed=True`` (local rows against the gathered columns, exact global-batch
   gradients); ``"local"``: a mean of per-example terms, already exact when DDP averages the
@@ -51,7 +55,17 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
     return LOSSES.create(name, **kwargs)
 
 
-INPUTS = ("pair", "labelled", "prediction", "scores", "pair_labels")
+INPUTS = (
+    "pair",
+    "labelled",
+    "prediction",
+    "scores",
+    "pair_labels",
+    "graded",
+    "teacher_scores",
+    "pointwise",
+    "listwise",
+)
 DISTRIBUTED = ("gather", "local", "global_batch")
 
 

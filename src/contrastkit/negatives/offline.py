@@ -25,7 +25,14 @@ from contrastkit.data._common import TextPairs, atomic_write_bytes, group_ids
 from contrastkit.data.beir import BeirData, document_text
 from contrastkit.negatives.miners import mine_hard_negatives
 
-__all__ = ["MiningRows", "mine_text_negatives", "rows_from_beir", "rows_from_pairs", "write_pairs"]
+__all__ = [
+    "MiningRows",
+    "mine_text_negatives",
+    "rescore_with_teacher",
+    "rows_from_beir",
+    "rows_from_pairs",
+    "write_pairs",
+]
 
 Encoder = Callable[[list[str]], Tensor]
 
@@ -182,6 +189,59 @@ def mine_text_negatives(
                 "positive": rows.corpus[rows.positives[i][0]],
                 "negatives": [rows.corpus[j] for j in negs if j >= 0],
                 "id": rows.ids[i],
+            }
+        )
+    return out
+
+
+def rescore_with_teacher(
+    rows: list[dict],
+    score: Callable[[str, list[str]], list[float]],
+    *,
+    num_negatives: int,
+    max_ratio: float = 0.95,
+) -> list[dict]:
+    """A teacher (a cross-encoder) rescores mined rows: likely false negatives leave, and the
+    teacher's scores are written for distillation.
+
+    A candidate is dropped when ``sigmoid(t_n) > max_ratio * sigmoid(t_p)`` (the teacher finds
+    it nearly as relevant as the positive: NV-Retriever's "TopK-PercPos" filter, Moreira et al.
+    2024, https://arxiv.org/abs/2407.15831, on the teacher's probability, which is positive
+    whatever the sign of its logits); the first ``num_negatives`` survivors, in mining order,
+    are kept. Each row gains ``scores``: the teacher's raw score of the positive, then of each
+    kept negative (what :func:`contrastkit.data.files.load_pairs` reads and the distillation
+    losses take).
+
+    Args:
+        rows: pairs rows with ``query``, ``positive``, ``negatives`` (from
+            :func:`mine_text_negatives`).
+        score: ``(query, N texts) -> N scores``.
+        num_negatives: negatives kept per row.
+        max_ratio: in (0, 1].
+
+    Returns:
+        New rows (the input is not changed).
+
+    >>> teacher = {"a dog": 3.0, "a wolf": 2.9, "a car": -2.0, "a cup": -1.0}
+    >>> rows = [{"query": "dog", "positive": "a dog", "negatives": ["a wolf", "a car", "a cup"]}]
+    >>> out = rescore_with_teacher(rows, lambda q, ts: [teacher[t] for t in ts], num_negatives=1)
+    >>> out[0]["negatives"], out[0]["scores"]
+    (['a car'], [3.0, -2.0])
+    """
+    if not 0 < max_ratio <= 1:
+        raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio!r}.")
+    out = []
+    for row in rows:
+        texts = [row["positive"], *row["negatives"]]
+        teacher = [float(s) for s in score(row["query"], texts)]
+        prob = torch.sigmoid(torch.tensor(teacher, dtype=torch.float64)).tolist()
+        keep = [i for i in range(1, len(texts)) if prob[i] <= max_ratio * prob[0]]
+        keep = keep[:num_negatives]
+        out.append(
+            {
+                **row,
+                "negatives": [texts[i] for i in keep],
+                "scores": [teacher[0], *(teacher[i] for i in keep)],
             }
         )
     return out

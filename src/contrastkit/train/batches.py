@@ -95,11 +95,78 @@ class SamplerOrder:
         self._load_epoch()
 
 
-def build_order(cfg: Any, task: Any, rank: int = 0, world: int = 1) -> DataOrder | SamplerOrder:
-    """The order ``cfg.data.sampler`` names over the task's training items."""
+class MixtureOrder:
+    """Batches from a mixture of sources (``data.mixture``): every batch from one source.
+
+    The training items are the sources' rows one after the other (``sizes``); each source keeps
+    its own epoch-wise :class:`DataOrder`. Step ``t`` draws its source from a generator seeded by
+    ``(seed, t)`` alone (``proportional``: with probability ``weight / sum(weights)``), or takes
+    source ``t mod S`` (``round_robin``): every process of a torchrun job draws the same source at
+    every step without communicating, and a resumed run (the per-source orders and ``t`` are the
+    state) draws what an uninterrupted one would.
+
+    >>> order = MixtureOrder([10, 20], [1.0, 1.0], batch_size=2, seed=0, sampling="round_robin")
+    >>> [order.source_of(t) for t in range(4)], int(order.next().max()) < 10
+    ([0, 1, 0, 1], True)
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        weights: list[float],
+        batch_size: int,
+        seed: int,
+        sampling: str = "proportional",
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.orders = [
+            DataOrder(n, batch_size, seed + 1000 * (i + 1), rank, world)
+            for i, n in enumerate(sizes)
+        ]
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.seed, self.sampling, self.step = seed, sampling, 0
+
+    def source_of(self, step: int) -> int:
+        """The source of step ``step`` (a function of the seed and the step only)."""
+        if self.sampling == "round_robin":
+            return step % len(self.orders)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return int(torch.multinomial(self.weights, 1, generator=g))
+
+    def next(self) -> Tensor:
+        source = self.source_of(self.step)
+        self.step += 1
+        return self.orders[source].next() + self.offsets[source]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "sources": [o.state_dict() for o in self.orders]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        for order, s in zip(self.orders, state["sources"]):
+            order.load_state_dict(s)
+
+
+def build_order(
+    cfg: Any, task: Any, rank: int = 0, world: int = 1
+) -> DataOrder | SamplerOrder | MixtureOrder:
+    """The order ``cfg.data.sampler`` names over the task's training items (``data.mixture``:
+    a :class:`MixtureOrder` over the task's ``source_sizes``)."""
     from contrastkit.negatives import MPerClassSampler, NoDuplicatesSampler
 
     d, b = cfg.data, cfg.optim.batch_size
+    if getattr(d, "mixture", None):
+        return MixtureOrder(
+            list(task.source_sizes),
+            [s.weight for s in d.mixture],
+            b,
+            cfg.seed,
+            d.mixture_sampling,
+            rank,
+            world,
+        )
     if d.sampler == "random":
         return DataOrder(task.num_train, b, cfg.seed, rank, world)
     if d.sampler == "m_per_class":

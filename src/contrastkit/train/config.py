@@ -48,6 +48,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class MixtureSource(_Strict):
+    """One source of ``data.mixture``: a pairs dataset, its share, a prompt for its queries."""
+
+    dataset: str
+    weight: float = Field(default=1.0, description="share of the batches (proportional)")
+    prompt: str = Field(default="", description="prepended to this source's queries")
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, v: float) -> float:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError("needs a finite weight > 0 (a share of the batches), e.g. 1.0")
+        return v
+
+
 class DataConfig(_Strict):
     """What to train on.
 
@@ -80,6 +97,13 @@ class DataConfig(_Strict):
     sampler: Literal["random", "m_per_class", "no_duplicates"] = "random"
     sampler_m: int = Field(default=4, ge=2, description="m_per_class: items per class in a batch")
     options: dict[str, Any] = Field(default_factory=dict, description="loader keyword arguments")
+    mixture: list[MixtureSource] | None = Field(
+        default=None,
+        description="pairs: several sources in one run, [{dataset, weight, prompt, root, "
+        "options}]; every batch from one source; evaluated per source (metrics "
+        "'<dataset>/<metric>')",
+    )
+    mixture_sampling: Literal["proportional", "round_robin"] = "proportional"
 
 
 class ViewsConfig(_Strict):
@@ -181,6 +205,17 @@ class TextModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class CrossEncoderModelConfig(_Strict):
+    """A cross-encoder (reranker): ``minilm`` (the packaged MiniLM's encoder with a fresh
+    one-label head) or the path of a local Hugging Face folder; ``negatives`` scored with each
+    positive per step; ``eval_candidates`` documents each held-out query ranks."""
+
+    name: str = "minilm"
+    max_length: int = Field(default=128, ge=8, description="tokens per (query, document) pair")
+    negatives: int = Field(default=4, ge=1, description="negatives per query per step")
+    eval_candidates: int = Field(default=16, ge=2)
+
+
 class ImageTextModelConfig(_Strict):
     """Two towers (CLIP layout): a ``small_cnn`` image tower of ``width`` and a text tower
     (``options.text``: ``minilm`` or ``tiny_text``), both projected to ``out_dim``."""
@@ -189,6 +224,34 @@ class ImageTextModelConfig(_Strict):
     width: int = Field(default=32, gt=0)
     out_dim: int = Field(default=128, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossTerm(_Strict):
+    """One more weighted loss term of the run (``loss.terms``): a registered loss, its weight
+    and parameters; e.g. ``{name: margin_mse, weight: 0.5}`` beside ``info_nce``."""
+
+    name: str
+    weight: float = Field(default=1.0, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from contrastkit.losses import list_losses
+
+        if v not in list_losses():
+            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(list_losses())}")
+        return v
+
+    @model_validator(mode="after")
+    def _params_of_the_loss(self) -> LossTerm:
+        from contrastkit.losses import check_loss_params
+
+        try:
+            check_loss_params(self.name, self.params)
+        except ValueError as err:
+            raise ValueError(f"loss.terms: {err}") from None
+        return self
 
 
 class LossConfig(_Strict):
@@ -200,6 +263,13 @@ class LossConfig(_Strict):
     name: str = "nt_xent"
     params: dict[str, Any] = Field(default_factory=dict)
     learnable_temperature: bool = False
+    weight: float = Field(default=1.0, gt=0, description="the weight of this term in the sum")
+    terms: list[LossTerm] = Field(
+        default_factory=list,
+        description="pairs: more weighted terms summed with loss.name, each logged as "
+        "loss/<name> (e.g. [{name: margin_mse, weight: 1.0}]); `loss:` may also be written as "
+        "the list of all terms, the first being loss.name",
+    )
     matryoshka_dims: list[int] | None = Field(
         default=None,
         description="Matryoshka (Kusupati et al. 2022): also train the loss on these prefix "
@@ -389,7 +459,15 @@ class EvalConfig(_Strict):
 
 
 IMAGE_DATASETS = ("fashion_mnist", "digits", "image_folder")
-TEXT_PAIR_DATASETS = ("wordnet", "bible", "pairs_file", "beir", "hf")
+TEXT_PAIR_DATASETS = (
+    "wordnet",
+    "bible",
+    "pairs_file",
+    "beir",
+    "hf",
+    "wordnet_graded",
+    "code_search",
+)
 IMAGE_TEXT_DATASETS = ("emoji", "image_folder")
 PREFERENCE_DATASETS = ("wordnet_preference", "pairs_file")
 IDENTITY_DATASETS = ("glyphs", "identity_folder")
@@ -407,6 +485,20 @@ class _RunBase(_Strict):
     # what the task can run: dataset names and loss inputs
     DATASETS: ClassVar[tuple[str, ...]] = ()
     INPUTS: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_as_terms(cls, v: Any) -> Any:
+        """``loss: [{name, weight, params}, ...]``: the first term is loss.name, the others
+        loss.terms."""
+        if isinstance(v, list):
+            if not v or not all(isinstance(t, dict) for t in v):
+                raise ValueError(
+                    "a list of loss terms needs >= 1 mapping, e.g. [{name: info_nce}, "
+                    "{name: margin_mse, weight: 0.5}]"
+                )
+            return {**v[0], "terms": list(v[1:])}
+        return v
 
     @model_validator(mode="after")
     def _fits_task(self) -> _RunBase:
@@ -456,7 +548,7 @@ class PairsRun(_RunBase):
     model: TextModelConfig = Field(default_factory=TextModelConfig)
     loss: LossConfig = Field(default_factory=lambda: LossConfig(name="info_nce"))
     DATASETS = TEXT_PAIR_DATASETS
-    INPUTS = ("pair",)
+    INPUTS = ("pair", "graded", "teacher_scores")
 
 
 class ImageTextRun(_RunBase):
@@ -518,6 +610,22 @@ class IdentityRun(_RunBase):
         return self
 
 
+class RerankRun(_RunBase):
+    """``task: rerank``: a cross-encoder scores each query's positive and its negatives;
+    ``loss(logits (B, 1 + M))`` (listwise) or ``loss(logits (N,), labels (N,))`` (pointwise)."""
+
+    task: Literal["rerank"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="beir"))
+    model: CrossEncoderModelConfig = Field(default_factory=CrossEncoderModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="listwise_ce"))
+    DATASETS = TEXT_PAIR_DATASETS
+    INPUTS = ("listwise", "pointwise")
+
+    def pretrained_model(self) -> bool:
+        """A cross-encoder starts from a pretrained encoder (minilm or your folder)."""
+        return True
+
+
 RUN_TYPES: dict[str, type[_RunBase]] = {
     "views": ViewsRun,
     "supervised": SupervisedRun,
@@ -525,9 +633,12 @@ RUN_TYPES: dict[str, type[_RunBase]] = {
     "image_text": ImageTextRun,
     "preference": PreferenceRun,
     "identity": IdentityRun,
+    "rerank": RerankRun,
 }
 RunConfig = Annotated[
-    Union[ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun, IdentityRun],  # noqa: UP007
+    Union[  # noqa: UP007
+        ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun, IdentityRun, RerankRun
+    ],
     Field(discriminator="task"),
 ]
 """A whole run: one of the task's config classes, chosen by ``task`` (default ``views``)."""
@@ -540,6 +651,20 @@ def task_problems(cfg: _RunBase) -> list[str]:
     from contrastkit.losses import loss_spec
 
     problems = []
+    for i, source in enumerate(getattr(cfg.data, "mixture", None) or []):
+        if cfg.task != "pairs":
+            problems.append("data.mixture: only task: pairs trains on a mixture; remove it")
+            break
+        if source.dataset not in cfg.DATASETS:
+            problems.append(
+                f"data.mixture.{i}.dataset: got {source.dataset!r}; unknown source, allowed: "
+                f"{', '.join(cfg.DATASETS)}"
+            )
+        elif not source.root and source.dataset in ROOT_REQUIRED:
+            problems.append(
+                f"data.mixture.{i}.root: {source.dataset!r} needs it: "
+                f"{ROOT_REQUIRED[source.dataset]}."
+            )
     if not cfg.data.root and cfg.data.dataset in ROOT_REQUIRED:  # before any data is read
         problems.append(
             f"data.dataset={cfg.data.dataset!r} needs data.root: {ROOT_REQUIRED[cfg.data.dataset]}."
@@ -577,6 +702,18 @@ def task_problems(cfg: _RunBase) -> list[str]:
             f"loss.name: got {cfg.loss.name!r}; it takes {spec.inputs} inputs, task: {cfg.task} "
             f"calls its loss with {' or '.join(cfg.INPUTS)}; use task: "
             f"{' or '.join(fit) or '(none)'} or another loss"
+        )
+    for term in cfg.loss.terms:
+        term_inputs = loss_spec(term.name).inputs
+        if cfg.task != "pairs" or term_inputs not in cfg.INPUTS:
+            problems.append(
+                f"loss.terms: got {term.name!r}; more loss terms run with task: pairs and "
+                f"losses taking {' or '.join(RUN_TYPES['pairs'].INPUTS)} inputs; remove it"
+            )
+    if cfg.loss.terms and cfg.train.grad_cache_chunk:
+        problems.append(
+            "train.grad_cache_chunk: gradient caching runs one loss; remove loss.terms or "
+            "train.grad_cache_chunk"
         )
     neg = cfg.negatives
     used = {

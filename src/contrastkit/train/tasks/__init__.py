@@ -2,7 +2,7 @@
 :class:`~contrastkit.train.tasks.base.Task`.
 
 >>> sorted(TASKS)
-['identity', 'image_text', 'pairs', 'preference', 'supervised', 'views']
+['identity', 'image_text', 'pairs', 'preference', 'rerank', 'supervised', 'views']
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from contrastkit.train.tasks.identity import IdentityTask
 from contrastkit.train.tasks.image import ImageTask, SupervisedTask
 from contrastkit.train.tasks.image_text import ImageTextTask
 from contrastkit.train.tasks.preference import PreferenceTask
+from contrastkit.train.tasks.rerank import RerankTask
 from contrastkit.train.tasks.text_pairs import TextPairsTask
 
 TASKS: dict[str, type[Any]] = {
@@ -25,6 +26,7 @@ TASKS: dict[str, type[Any]] = {
         ImageTextTask,
         PreferenceTask,
         IdentityTask,
+        RerankTask,
     )
 }
 

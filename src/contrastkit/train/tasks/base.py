@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastkit.data import TextPairs
+from contrastkit.data._common import drop_texts
 from contrastkit.data.image_source import FolderImages, MemoryImages, open_images
 from contrastkit.data.sources import TEXT_PAIR_SOURCES, load_source
 from contrastkit.data.views import SimCLRViews
@@ -112,11 +113,14 @@ class ExportTowers:
             without an image side.
         encoder: the registered encoder that ``task.encoder_spec`` rebuilds (safetensors
             export, :func:`contrastkit.load_encoder`), or None.
+        cross_encoder: a :class:`~contrastkit.encoders.cross_encoder.CrossEncoder` (a reranker
+            run), written as a ``sentence_transformers.CrossEncoder`` folder, or None.
     """
 
     text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
     image: nn.Module | None = None
     encoder: nn.Module | None = None
+    cross_encoder: nn.Module | None = None
 
 
 class CallMethod(nn.Module):
@@ -274,17 +278,6 @@ def load_text_pairs(
     if d.test_subset:
         test = test.subset(torch.arange(min(d.test_subset, len(test))))
     return train, test
-
-
-def drop_texts(pairs: TextPairs, banned: set[str]) -> TextPairs:
-    """``pairs`` without the rows whose key (``positive``) is in ``banned``, and without
-    ``banned`` texts among their ``negatives``."""
-    keep = [r for r, text in enumerate(pairs.positive) if text not in banned]
-    if len(keep) < len(pairs):
-        pairs = pairs.subset(torch.tensor(keep, dtype=torch.long))
-    if pairs.negatives is not None:
-        pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
-    return pairs
 
 
 def text_encoder_spec(name: str, options: dict[str, Any], seed: int) -> tuple[str, dict[str, Any]]:

@@ -22,6 +22,17 @@ Gradient caching (``train.grad_cache_chunk``) runs the chunked backward inside
 Hard negatives: when the loader gives per-row ``negatives``, each row draws one per step; the B
 drawn texts join every query's candidates (logits (B, W*B + W*B)); a drawn text equal to a
 query's own key is ignored.
+
+Loss terms (``loss.name`` and ``loss.terms``, each weighted and logged as ``loss/<name>``) are
+called by what they take (:func:`contrastkit.losses.loss_spec`): ``pair`` losses
+``(query, key[, negatives])``; ``graded`` losses (CoSENT, AnglE) ``(query, key, scores)`` with
+each row's gold score (``score`` of a pairs file, ``wordnet_graded``); ``teacher_scores``
+losses (MarginMSE, listwise KL) ``(query, key, negatives (B, M, D), teacher (B, 1 + M),
+mask=...)`` over each row's scored negatives (``scores`` written by ``contrastkit mine
+--scorer``; M the most any row has, shorter rows padded with their own key and masked). With
+teacher scores the B*M scored negatives are also the ``pair`` losses' extra negatives.
+When the held-out pairs carry gold scores, evaluation is the Spearman / Pearson correlation of
+cosine with them (:func:`contrastkit.eval.sts.sts_correlations`).
 """
 
 from __future__ import annotations
@@ -34,11 +45,12 @@ from torch import Tensor, nn
 
 from contrastkit.data import TextPairs
 from contrastkit.data.beir import BeirData
+from contrastkit.data.mixture import concat_pairs, load_mixture
 from contrastkit.distributed import all_gather, get_rank, get_world_size
 from contrastkit.encoders import EmbedTokens
 from contrastkit.eval.beir import evaluate_retrieval
 from contrastkit.eval.pairs import heldout_rows, recall_summary
-from contrastkit.losses import loss_spec
+from contrastkit.losses import create_loss, loss_spec
 from contrastkit.losses.matryoshka import truncate_embeddings
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.negatives import ExtraNegatives
@@ -74,13 +86,29 @@ class TextPairsTask(TextQueries):
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.heldout: BeirData | None = None
+        self.sources: list[tuple[str, TextPairs, TextPairs]] = []
         if cfg.eval.heldout is not None:  # your held-out file: train on all of data.root
             self.heldout, self.test_pairs = load_heldout(cfg.eval.heldout, cfg.data.columns)
             self.train_pairs, _ = load_text_pairs(cfg, split="all")
             self.train_pairs = drop_texts(self.train_pairs, set(self.test_pairs.positive))
+        elif cfg.data.mixture:
+            self.sources = load_mixture(cfg.data.mixture, cfg.data.subset, cfg.data.test_subset)
+            self.train_pairs = concat_pairs([train for _, train, _ in self.sources])
+            self.test_pairs = self.sources[0][2]
+            self.source_sizes = [len(train) for _, train, _ in self.sources]
         else:
             self.train_pairs, self.test_pairs = load_text_pairs(cfg, drop_heldout_keys=True)
-        check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, ("pair",))
+        kinds = ("pair", "graded", "teacher_scores")
+        check_loss_inputs(cfg.task, cfg.loss.name, loss_spec(cfg.loss.name).inputs, kinds)
+        # (name, weight, module or None for the loop's loss, what it takes)
+        self.terms: list[tuple[str, float, nn.Module | None, str]] = [
+            (cfg.loss.name, cfg.loss.weight, None, loss_spec(cfg.loss.name).inputs)
+        ] + [
+            (t.name, t.weight, create_loss(t.name, **t.params), loss_spec(t.name).inputs)
+            for t in cfg.loss.terms
+        ]
+        self.uses = {kind for *_, kind in self.terms}
+        self.teacher_m = _check_scores(self.train_pairs, self.terms, cfg)
         self.train_ids = ids_to_int(self.train_pairs.ids)
         self.encoder_spec = text_encoder_spec(cfg.model.name, cfg.model.options, cfg.seed)
         self.model = nn.ModuleDict({"encoder": build_text_encoder(self.encoder_spec)})
@@ -90,7 +118,7 @@ class TextPairsTask(TextQueries):
         self.class_names = list(self.test_pairs.classes)
         negatives = self.train_pairs.negatives
         self.hard_negatives = negatives is not None and any(negatives)
-        if self.hard_negatives:
+        if self.hard_negatives and self.terms[0][3] == "pair":
             _check_hard_negatives_fit(cfg)
         self.mask_ids = cfg.negatives.false_negatives.ids
         self._rows: list[int] | None = None
@@ -104,7 +132,18 @@ class TextPairsTask(TextQueries):
             "key": [self.train_pairs.positive[i] for i in rows],
             "ids": self.train_ids[indices],
         }
-        if self.hard_negatives:
+        if "graded" in self.uses:
+            out["scores"] = torch.tensor([self.train_pairs.scores[i][0] for i in rows])
+        if self.teacher_m:  # every scored negative of each row, padded to M with its own key
+            m, negs, teacher, mask = self.teacher_m, [], [], []
+            for i in rows:
+                s = self.train_pairs.scores[i]
+                mine = self.train_pairs.negatives[i][: len(s) - 1]
+                negs += mine + [self.train_pairs.positive[i]] * (m - len(mine))
+                teacher.append(s + [0.0] * (m - len(mine)))
+                mask.append([True] * len(mine) + [False] * (m - len(mine)))
+            out.update(negatives=negs, teacher=torch.tensor(teacher), mask=torch.tensor(mask))
+        elif self.hard_negatives:
             out["negatives"] = [self._draw_negative(i, generator) for i in rows]
         return out
 
@@ -172,13 +211,33 @@ class TextPairsTask(TextQueries):
             )
             return Step({name: value}, None)
         query = enc(queries).float()  # (B, D)
+        negatives = None
         if negs is None:
             key = enc(keys, side="document").float()  # (B, D)
-            value = loss(query, key, **kwargs)
         else:  # keys and negatives in one call: their length buckets pack better
-            key, negatives = enc(keys + negs, side="document").float().split(b)  # (B, D) each
-            value = loss(query, key, negatives, **kwargs)
-        return Step({name: value}, (query, key))
+            both = enc(keys + negs, side="document").float()  # (B + B*M, D)
+            key, negatives = both[:b], both[b:]  # (B, D), (B*M, D)
+        terms = {}
+        for term, weight, module, kind in self.terms:
+            fn = loss if module is None else module
+            if kind == "graded":
+                value = fn(query, key, batch["scores"].to(query))
+            elif kind == "teacher_scores":
+                m = self.teacher_m
+                assert negatives is not None
+                value = fn(
+                    query,
+                    key,
+                    negatives.view(b, m, -1),  # (B, M, D)
+                    batch["teacher"].to(query),
+                    mask=batch["mask"].to(query.device),
+                )
+            elif negatives is None:
+                value = fn(query, key, **kwargs)
+            else:
+                value = fn(query, key, negatives, **kwargs)
+            terms[term] = value if weight == 1.0 else weight * value
+        return Step(terms, (query, key))
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Nothing moves besides the optimizer's step."""
@@ -210,6 +269,21 @@ class TextPairsTask(TextQueries):
     def evaluate(self, *, quick: bool = False) -> EvalResult:
         if self.heldout is not None:
             return self._evaluate_heldout()
+        if self.sources:  # a mixture: each source's held-out pairs, metrics "<source>/<name>"
+            metrics: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            for name, _, test in self.sources:
+                self.test_pairs, self._rows = test, None
+                result = self._evaluate_pairs(quick)
+                metrics.update({f"{name}/{k}": v for k, v in result.metrics.items()})
+                counts.update({f"{name}/{k}": v for k, v in result.counts.items()})
+            self.test_pairs, self._rows = self.sources[0][2], None
+            return EvalResult(metrics, "model", counts=counts)
+        return self._evaluate_pairs(quick)
+
+    def _evaluate_pairs(self, quick: bool) -> EvalResult:
+        if self.test_pairs.scores is not None and self.test_pairs.negatives is None:
+            return self._evaluate_graded(quick)
         e = self.cfg.eval
         size = min(e.corpus_size or 10**9, 300) if quick else e.corpus_size
         q_rows, c_rows, relevant = heldout_rows(self.test_pairs.ids, size, e.queries)
@@ -230,6 +304,18 @@ class TextPairsTask(TextQueries):
         if bool((labels >= 0).all()):
             arrays.update({"test_embeddings": query, "test_labels": labels})
         return EvalResult(metrics, "model", arrays, counts)
+
+    def _evaluate_graded(self, quick: bool) -> EvalResult:
+        """Held-out pairs with gold scores: Spearman and Pearson correlation of cosine with them
+        over the first ``eval.corpus_size`` pairs (300 when quick)."""
+        from contrastkit.eval.sts import sts_correlations
+
+        p = self.test_pairs
+        n = min(len(p), 300 if quick else self.cfg.eval.corpus_size or len(p))
+        a = self.embed_texts(p.query[:n])
+        b = self.embed_texts(p.positive[:n], "document")
+        gold = torch.tensor([s[0] for s in p.scores[:n]])
+        return EvalResult(sts_correlations(a, b, gold), "model", counts={"pairs": n})
 
     def _evaluate_heldout(self) -> EvalResult:
         """``eval.heldout``: trec_eval's measures on your held-out queries, documents and
@@ -277,6 +363,29 @@ class TextPairsTask(TextQueries):
         """One shared text tower, the registered encoder of ``encoder_spec``."""
         encoder = self.model["encoder"]
         return ExportTowers(text={"": (encoder, None)}, encoder=encoder)
+
+
+def _check_scores(pairs: TextPairs, terms: list[tuple[str, float, Any, str]], cfg: Any) -> int:
+    """What the loss terms need of the data's scores; returns M, the most scored negatives of a
+    row (0 without a teacher_scores term). One line naming the loss and the key otherwise."""
+    for name, _, _, kind in terms:
+        if kind == "graded" and pairs.scores is None:
+            raise ValueError(
+                f"loss {name!r} takes graded pairs: data.dataset {cfg.data.dataset!r} gives no "
+                "'score' per pair; add a score column (a number per row) or use "
+                "data.dataset: wordnet_graded."
+            )
+        if kind == "teacher_scores":
+            m = max((len(s) - 1 for s in pairs.scores or []), default=0)
+            if m == 0:
+                raise ValueError(
+                    f"loss {name!r} distils a teacher's scores: the training data has no "
+                    "'scores' key (the score of the positive, then of each negative); write "
+                    "them with `contrastkit mine ... --scorer CROSS_ENCODER` and train on that "
+                    "file (data.options.mined)."
+                )
+            return m
+    return 0
 
 
 def _check_hard_negatives_fit(cfg: Any) -> None:

@@ -1,0 +1,48 @@
+"""CoSENT loss module; see :func:`contrastkit.functional.graded.cosent_loss`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from contrastkit.functional.graded import cosent_loss
+from contrastkit.losses.examples import graded_example, temperature_repr
+from contrastkit.losses.registry import register
+from contrastkit.losses.temperature import (
+    LearnableTemperature,
+    init_temperature,
+    resolve_temperature,
+)
+
+
+@register("cosent")
+class CoSENT(nn.Module):
+    """CoSENT (Su 2022): rank B pairs' cosines by their gold scores.
+
+    ``forward(query (B, D), key (B, D), scores (B,))``; ``temperature`` is sentence-transformers'
+    ``1 / scale``. Relations: :class:`~contrastkit.losses.angle.AnglE` is CoSENT on the angle
+    similarity; InfoNCE needs positive pairs only.
+
+    >>> q, k = torch.randn(4, 8), torch.randn(4, 8)
+    >>> CoSENT()(q, k, torch.tensor([0.1, 0.9, 0.5, 0.3])).shape
+    torch.Size([])
+    """
+
+    inputs = "graded"
+    distributed = "global_batch"
+    stop_gradient_inputs = (2,)  # gold scores are data
+
+    def __init__(self, temperature: float | LearnableTemperature = 0.05) -> None:
+        super().__init__()
+        self.temperature = init_temperature(temperature)
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward``, used by the registry-generated tests."""
+        return graded_example(generator)
+
+    def forward(self, query: Tensor, key: Tensor, scores: Tensor) -> Tensor:
+        return cosent_loss(query, key, scores, resolve_temperature(self.temperature))
+
+    def extra_repr(self) -> str:
+        return f"temperature={temperature_repr(self.temperature)}"
