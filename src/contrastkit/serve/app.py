@@ -35,7 +35,7 @@ from contrastkit.serve.batcher import Batcher, Overloaded
 from contrastkit.serve.embedder import Embedder
 from contrastkit.serve.errors import BadInput
 from contrastkit.serve.guard import Guard
-from contrastkit.serve.live_index import IndexHolder, search_batch
+from contrastkit.serve.live_index import IndexHolder, NoIndexHolder, search_batch
 from contrastkit.serve.metrics import Metrics
 from contrastkit.serve.requests import bad_input
 from contrastkit.serve.routes import ROUTERS
@@ -126,7 +126,15 @@ def create_app(
 
     Use it with uvicorn (``contrastkit serve``) or FastAPI's ``TestClient`` (as a context
     manager, so the batchers start). Its parts are ``app.state.serve`` (a ``ServeState``).
+
+    A model that embeds nothing (``embedder.kinds == ()``: a cross-encoder run) is served with
+    no index (``index_path`` is not read): ``/rerank``, ``/info``, ``/health``, ``/metrics``,
+    ``/v1/models`` and the docs answer, the embedding routes answer 404 naming why
+    (:func:`_refuse_embedding_routes`).
     """
+    if not embedder.kinds and embedder.rerank is None:
+        raise ValueError(f"{embedder.name}: the model neither embeds queries nor reranks texts; "
+                         "serve a run trained with an encoder or a cross-encoder (task: rerank).")  # fmt: skip
     state = _serve_state(embedder, index_path, settings or ServeSettings(), run)
 
     @contextlib.asynccontextmanager
@@ -152,8 +160,11 @@ def create_app(
     app.state.serve = state
     _add_error_handlers(app, state.metrics)
     _add_offline_docs(app)
-    for build in ROUTERS:
-        app.include_router(build(state))
+    routers = [build(state) for build in ROUTERS]
+    for api in routers:
+        app.include_router(api)
+    if not embedder.kinds:
+        _refuse_embedding_routes(app, embedder.name, [r for api in routers for r in api.routes])
     max_body = int(state.settings.max_body_mb * 1024 * 1024)
     return Guard(app, state.settings.api_key, max_body, state.metrics,
                  max_concurrency=state.settings.max_concurrency)  # fmt: skip
@@ -167,7 +178,11 @@ def _serve_state(
 ) -> ServeState:
     """The model, the index (checked against the model's width), the two batchers, the metrics."""
     metrics = Metrics()
-    holder = IndexHolder(index_path, on_reload=metrics.observe_reload, dim=_model_dim(embedder))
+    holder: Any = (
+        IndexHolder(index_path, on_reload=metrics.observe_reload, dim=_model_dim(embedder))
+        if embedder.kinds
+        else NoIndexHolder()  # a cross-encoder embeds nothing: no index to search
+    )
     batcher = Batcher(
         embedder.embed,
         max_batch=settings.max_batch,
@@ -219,6 +234,27 @@ def _model_dim(embedder: Embedder) -> int:
     return int(probe.shape[1])
 
 
+# what a run that embeds nothing (a cross-encoder) still answers; every other route of ROUTERS
+# answers 404 naming why
+RERANK_ROUTES = ("/rerank", "/info", "/health", "/metrics", "/v1/models", "/docs", "/openapi.json")
+
+
+def _refuse_embedding_routes(app: Any, name: str, routes: list[Any]) -> None:
+    """Answer the ``routes`` that embed or search (``/embed``, ``/search``, ``/v1/embeddings``,
+    ``/similarity``, the page, ...) with the service's one 404 body: this run embeds nothing."""
+    refused = [route.path_regex for route in routes
+               if getattr(route, "path", None) not in RERANK_ROUTES]  # fmt: skip
+    bad = BadInput("model", name, "a run that embeds texts or images; this run is a "
+                   "cross-encoder (task: rerank): it scores (query, text) pairs and embeds "
+                   "nothing, so it has no embeddings or index; use POST /rerank", 404)  # fmt: skip
+
+    @app.middleware("http")
+    async def _embeds_nothing(request: Request, call_next: Any) -> Any:
+        if any(pattern.match(request.url.path) for pattern in refused):
+            return JSONResponse(bad.body(), status_code=bad.status)
+        return await call_next(request)
+
+
 def create_app_from_run(
     run: str | os.PathLike,
     index: str | os.PathLike | None = None,
@@ -232,14 +268,30 @@ def create_app_from_run(
         )
     from contrastkit.train.search import INDEX_FILE
 
+    if index is None and not (run / INDEX_FILE).is_file():  # a cross-encoder run has no index
+        embedder = Embedder.from_run(run)
+        if not embedder.kinds:
+            return create_app(embedder, run / INDEX_FILE, settings, run=run)
     if index is not None and str(index).startswith("milvus://"):  # a Milvus collection
-        return create_app(Embedder.from_run(run), str(index), settings, run=run)
+        return create_app(_indexed_embedder(run, index), str(index), settings, run=run)
     path = Path(index) if index is not None else run / INDEX_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no index file; build it with `contrastkit index {run}` or pass --index PATH."
         )
-    return create_app(Embedder.from_run(run), path, settings, run=run)
+    return create_app(_indexed_embedder(run, path), path, settings, run=run)
+
+
+def _indexed_embedder(run: Path, index: str | os.PathLike) -> Embedder:
+    """The run's :class:`Embedder`, refused (one line) when it embeds nothing: a cross-encoder
+    run searches no index."""
+    embedder = Embedder.from_run(run)
+    if not embedder.kinds:
+        raise ValueError(
+            f"--index {index}: {run} is a cross-encoder run (task: rerank); it embeds nothing and "
+            "searches no index. Serve it without --index (it answers POST /rerank)."
+        )
+    return embedder
 
 
 def _add_offline_docs(app: Any) -> None:

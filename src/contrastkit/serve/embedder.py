@@ -27,7 +27,8 @@ class Embedder:
 
     Attributes:
         name: shown by ``/health`` (the run's config name).
-        kinds: the query kinds the model embeds, ``("image",)``, ``("text",)`` or both.
+        kinds: the query kinds the model embeds, ``("image",)``, ``("text",)`` or both; ``()``
+            for a cross-encoder run, which embeds nothing (served with ``rerank`` and no index).
         embed_texts: N texts -> (N, D) float32, or None when ``"text"`` is not in ``kinds``.
         embed_images: (N, C, H, W) in [0, 1] -> (N, D) float32, or None without ``"image"``.
         image_shape: (C, H, W) uploads are decoded and resized to (None for text-only models).
@@ -90,9 +91,10 @@ class Embedder:
 
         cfg, task, _ = load_run(run)
         kinds = tuple(task.query_kinds)
-        tokenizer, max_tokens = _text_tokenizer(task) if "text" in kinds else (None, None)
-        dims = getattr(getattr(cfg, "loss", None), "matryoshka_dims", None)
         rerank_scores = getattr(task, "rerank_scores", None)
+        reads_text = "text" in kinds or callable(rerank_scores)  # a cross-encoder reads texts
+        tokenizer, max_tokens = _text_tokenizer(task) if reads_text else (None, None)
+        dims = getattr(getattr(cfg, "loss", None), "matryoshka_dims", None)
         return cls(
             name=str(getattr(cfg, "name", Path(run).name)),
             kinds=kinds,

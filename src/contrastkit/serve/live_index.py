@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "IndexHolder",
     "LoadedIndex",
+    "NoIndexHolder",
     "search_batch",
     "search_index",
     "search_many",
@@ -258,3 +259,34 @@ def search_batch(kind: str, items: list[tuple[LoadedIndex, Any, int, dict]]) -> 
 
     vectors = torch.stack([item[1] for item in items])  # (Q, D)
     return search_many(items[0][0], vectors, [i[2] for i in items], [i[3] for i in items])
+
+
+class _NoIndex:
+    """The index of a run that embeds nothing: empty, of no width (what ``/health`` reads)."""
+
+    backend, metric, dim = "none", "none", None
+    ids: tuple[str, ...] = ()
+    metadata: tuple[Any, ...] = ()
+
+    def __len__(self) -> int:
+        return 0
+
+
+class NoIndexHolder:
+    """The holder of a run served without an index (a cross-encoder: ``POST /rerank`` only):
+    :meth:`current` always answers the same empty :class:`LoadedIndex`.
+
+    >>> holder = NoIndexHolder()
+    >>> len(holder.loaded.index), holder.path is None
+    (0, True)
+    """
+
+    remote = False
+    path = None
+    dim = None
+
+    def __init__(self) -> None:
+        self.loaded = LoadedIndex(_NoIndex(), (0, 0, 0), (), 1, time.time())
+
+    async def current(self, force: bool = False) -> LoadedIndex:
+        return self.loaded

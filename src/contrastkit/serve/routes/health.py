@@ -44,7 +44,9 @@ def router(state: ServeState) -> APIRouter:
             "run": path(state.run),
             "query_kinds": list(embedder.kinds),
             "corpus": "image" if embedder.thumbnails is not None else "text",
-            "index_path": str(state.holder.path)
+            "index_path": None  # a cross-encoder run is served without an index
+            if state.holder.path is None
+            else str(state.holder.path)
             if state.holder.remote
             else path(str(state.holder.path)),
             "index_size": len(index),

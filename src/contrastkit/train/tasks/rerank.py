@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from contrastkit.encoders.cross_encoder import CrossEncoder, load_cross_encoder
+from contrastkit.encoders.cross_encoder import CrossEncoder, load_cross_encoder, score_pairs
 from contrastkit.eval.pairs import heldout_rows
 from contrastkit.losses import loss_spec
 from contrastkit.train.tasks.base import (
@@ -148,6 +148,14 @@ class RerankTask(BackwardAfterLossTerms, TextQueries):
 
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
         raise self._no_embeddings()
+
+    @torch.no_grad()
+    def rerank_scores(self, query: str, texts: list[str]) -> Tensor:
+        """The cross-encoder's score (logit) of ``query`` with each of ``texts``: (N,) float32,
+        larger = more relevant (:func:`~contrastkit.encoders.cross_encoder.score_pairs`; what
+        ``contrastkit serve``'s ``POST /rerank`` answers with)."""
+        scores = score_pairs(self.cross_encoder, query, list(texts))
+        return torch.tensor(scores, dtype=torch.float32)  # (N,)
 
     def examples(self, n: int = 8) -> list[tuple[Any, str]]:
         p = self.test_pairs
