@@ -203,7 +203,16 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         required=True,
         metavar="FORMAT",
-        help="sentence-transformers, onnx or safetensors",
+        help="sentence-transformers, onnx, safetensors or hf (a fine-tuned CLIP / SigLIP "
+        "folder: CLIPModel.from_pretrained(OUT))",
+    )
+    x.add_argument(
+        "--interpolate",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="WiSE-FT: export (1 - ALPHA) * starting + ALPHA * fine-tuned weights (ALPHA in "
+        "[0, 1])",
     )
 
     sub.add_parser(
@@ -1022,7 +1031,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from contrastkit.export import export_run
 
     try:
-        out = export_run(args.run, args.out, args.format)
+        out = export_run(args.run, args.out, args.format, interpolate=args.interpolate)
     except ImportError as err:  # an optional extra is missing: one line, exit 2
         raise ValueError(str(err)) from None
     print(f"exported {args.run} as {args.format} to {out}")

@@ -112,11 +112,14 @@ class ExportTowers:
             without an image side.
         encoder: the registered encoder that ``task.encoder_spec`` rebuilds (safetensors
             export, :func:`contrastkit.load_encoder`), or None.
+        pretrained: a model whose ``save_pretrained(folder)`` writes a transformers folder
+            (a CLIP / SigLIP checkpoint: ``export --format hf``), or None.
     """
 
     text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
     image: nn.Module | None = None
     encoder: nn.Module | None = None
+    pretrained: nn.Module | None = None  # a checkpoint with save_pretrained (export --format hf)
 
 
 class CallMethod(nn.Module):
