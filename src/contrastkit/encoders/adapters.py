@@ -146,11 +146,17 @@ def enable_gradient_checkpointing(module: nn.Module) -> int:
         if getattr(child, "supports_gradient_checkpointing", False) and hasattr(
             child, "gradient_checkpointing_enable"
         ):
-            if getattr(child, "is_gradient_checkpointing", False):
+            new = hasattr(child, "activation_checkpointing_enable")  # transformers >= 5.x
+            if getattr(
+                child, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False
+            ):
                 continue  # a sub-model already switched by its parent
-            child.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            if new:
+                child.activation_checkpointing_enable({"use_reentrant": False})
+            else:  # pragma: no cover - older transformers
+                child.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
             done += 1
     return done
 

@@ -208,7 +208,7 @@ def pretrained_towers(options: dict[str, Any]) -> HFCLIPModel:
     except ArgumentError as err:
         raise ValueError(restate(err, {"path": "model.options.path"})) from None
     if lit:
-        lock(towers.model.vision_model, towers.model.visual_projection)
+        lock(towers.model.vision_model, getattr(towers.model, "visual_projection", None))
     return towers
 
 
