@@ -219,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
         "recipes", help="list the packaged recipes", description="List the packaged recipe configs."
     )
     _add_retrieval_commands(sub)
+    from contrastkit.cli_zero_shot import add_parser as add_zero_shot
+
+    add_zero_shot(sub)
     return p
 
 
@@ -1052,7 +1055,15 @@ COMMANDS = {
     "data": cmd_data,
     "export": cmd_export,
     "eval-verify": cmd_eval_verify,
+    "eval-zero-shot": lambda args: _zero_shot(args),
 }
+
+
+def _zero_shot(args: argparse.Namespace) -> int:
+    from contrastkit.cli_zero_shot import cmd_eval_zero_shot
+
+    return cmd_eval_zero_shot(args)
+
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

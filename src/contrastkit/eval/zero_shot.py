@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch  # noqa: F401  (used by the doctests)
 import torch.nn.functional as F
 from torch import Tensor
 
