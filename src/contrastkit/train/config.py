@@ -335,7 +335,7 @@ class OptimConfig(_Strict):
         default=None,
         gt=0,
         description="peak learning rate; unset: 1e-4 (LR_FINE_TUNE) for a model that loads "
-        "pretrained weights (model.name minilm, hf, hf_text), 1e-3 (LR_FROM_SCRATCH) otherwise",
+        "pretrained weights (model.name minilm, hf, hf_text, hf_vision, hf_clip), 1e-3 (LR_FROM_SCRATCH) otherwise",
     )
     weight_decay: float = Field(default=1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
