@@ -228,3 +228,56 @@ def test_layer_decay_gives_lower_layers_smaller_rates(tmp_path):
     assert top == pytest.approx(cfg.optim.lr * 0.5)  # 6 layers: the last is one step below
     assert emb == pytest.approx(cfg.optim.lr * 0.5**7)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+
+
+def test_hf_clip_run_exports_the_image_tower_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from contrastkit.export import export_run
+    from contrastkit.train.run import load_run
+
+    folder = tiny_clip(tmp_path / "clip")
+    run = train(load_config_dict(clip_config(tmp_path, folder)), tmp_path / "run")
+    out = export_run(run, tmp_path / "onnx", "onnx")
+    spec = json.loads((out / "export.json").read_text())
+    assert spec["graphs"]["image"]["image_shape"] == [3, 32, 32]
+    _, task, _ = load_run(run)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(out / "image.onnx"))
+    got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    torch.testing.assert_close(got, task.embed_images(images), atol=1e-4, rtol=0)
+
+
+def test_hf_vision_backbone_trains_in_the_views_task_and_reloads(tmp_path):
+    from tests.pretrained.tiny_models import tiny_vit
+
+    from contrastkit.encoders import load_encoder
+    from contrastkit.export import export_run
+    from contrastkit.train.run import load_run
+
+    folder = tiny_vit(tmp_path / "dinov2", "dinov2")
+    raw = {
+        "name": "views",
+        "task": "views",
+        "data": {"dataset": "digits", "subset": 64, "test_subset": 32},
+        "model": {
+            "name": "hf_vision",
+            "options": {"path": str(folder), "pooling": "cls"},
+            "out_dim": 16,
+            "projection_dim": 8,
+            "freeze": ["encoder.backbone.model.embeddings.*"],
+        },
+        "loss": {"name": "nt_xent", "params": {"temperature": 0.3}},
+        "optim": {"batch_size": 16, "warmup_steps": 1},
+        "train": {**TRAIN, "max_steps": 2, "output_dir": str(tmp_path / "runs")},
+        "eval": {"knn_k": 5, "probe": False},
+    }
+    cfg = load_config_dict(raw)
+    assert cfg.optim.lr == pytest.approx(1e-4)  # a pretrained backbone: the fine-tuning rate
+    run = train(cfg, tmp_path / "run")
+    _, task, _ = load_run(run)
+    out = export_run(run, tmp_path / "st", "safetensors")
+    encoder = load_encoder(out)
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(images), task.model["encoder"](images))
