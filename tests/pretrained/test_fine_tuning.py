@@ -281,3 +281,30 @@ def test_hf_vision_backbone_trains_in_the_views_task_and_reloads(tmp_path):
     images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(encoder(images), task.model["encoder"](images))
+
+
+def test_lora_on_clip_exports_a_plain_clip_folder(tmp_path):
+    import transformers as tf
+
+    from contrastkit.export import export_run
+    from contrastkit.train.run import load_run
+
+    folder = tiny_clip(tmp_path / "clip")
+    raw = clip_config(tmp_path, folder, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
+    run = train(load_config_dict(raw), tmp_path / "run")
+    _, task, _ = load_run(run)
+    texts = ["a grinning face", "an arrow"]
+    with torch.no_grad():
+        want = task.embed_texts(texts)
+    out = export_run(run, tmp_path / "hf", "hf")
+    saved = load_file(str(out / "model.safetensors"))
+    assert not any("lora" in k for k in saved)
+    back = tf.CLIPModel.from_pretrained(str(out)).eval()
+    start = tf.CLIPModel.from_pretrained(str(folder))
+    q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(back.state_dict()[q], start.state_dict()[q])  # merged update
+    from contrastkit.encoders.hf_clip import HFCLIPModel
+
+    with torch.no_grad():
+        got = HFCLIPModel(out).eval().encode_text(texts)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
