@@ -308,3 +308,31 @@ def test_lora_on_clip_exports_a_plain_clip_folder(tmp_path):
     with torch.no_grad():
         got = HFCLIPModel(out).eval().encode_text(texts)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_export_interpolate_outside_0_1_is_one_line_exit_2(tmp_path, capsys):
+    from tests.train.conftest import tiny_config
+
+    from contrastkit.cli import main
+
+    raw = tiny_config(tmp_path, train={"max_steps": 2, "checkpoint_every": 2})
+    run = train(load_config_dict(raw), tmp_path / "run")
+    out = tmp_path / "out"
+    assert (
+        main(["export", str(run), str(out), "--format", "safetensors", "--interpolate", "-0.1"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "--interpolate = -0.1 is outside [0, 1]" in err and "\n" not in err
+    assert (
+        main(["export", str(run), str(out), "--format", "safetensors", "--interpolate", "0"]) == 0
+    )
+    from contrastkit.encoders import load_encoder
+
+    torch.manual_seed(0)  # the start: the run's seeded initialisation
+    from contrastkit.train.tasks import build_task
+
+    start = build_task(load_config_dict(raw)).model["encoder"]
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(out)(x), start.eval()(x))
