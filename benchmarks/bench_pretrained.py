@@ -193,7 +193,9 @@ def checkpointing(quick: bool = False) -> dict[str, Any]:
                 "batch": batch,
                 "tokens": length,
                 "saved activations MB": round(got["saved_MB"], 1),
+                "RSS before the step MB": round(got["rss_warm_MB"], 0),
                 "peak RSS MB": round(got["rss_peak_MB"], 0),
+                "step peak over before MB": round(got["rss_peak_MB"] - got["rss_warm_MB"], 0),
                 "step s": round(got["step_s"], 2),
             }
         )
