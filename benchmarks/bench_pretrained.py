@@ -77,52 +77,53 @@ def _minilm_raw(out: Path, steps: int, lora: bool) -> dict[str, Any]:
     }
 
 
-def lora(quick: bool = False) -> dict[str, Any]:
+def lora_row(run: Path) -> dict[str, Any]:
+    """One row of the LoRA table from a finished run folder (its config, checkpoint, metrics)."""
     from safetensors import safe_open
 
-    from contrastkit.train.checkpoint import latest_checkpoint
+    from contrastkit.train.checkpoint import latest_checkpoint, load_state
+    from contrastkit.train.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    ckpt = latest_checkpoint(run)
+    weights = state = trainable = 0
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            weights += f.get_tensor(key).numel()
+    optimizer = load_state(ckpt)["optimizer"]["state"]  # param index -> AdamW moments
+    for moments in optimizer.values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            state += moments[key].numel() * moments[key].element_size()
+        trainable += moments["exp_avg"].numel()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    timed = [x for x in lines if "elapsed_s" in x and "loss" in x]
+    final = json.loads((run / "eval.json").read_text())["metrics"]
+    base = json.loads((run / "baseline.json").read_text())["metrics"]
+    return {
+        "mode": cfg.name,
+        "lr": cfg.optim.lr,
+        "steps": timed[-1]["step"],
+        "trainable params": trainable,
+        "trainable %": round(100 * trainable / weights, 2),
+        "AdamW state MB": round(state / 2**20, 2),
+        "step s": round(timed[-1]["elapsed_s"] / timed[-1]["step"], 3),
+        "R@1": round(final["R@1"], 4),
+        "R@10": round(final["R@10"], 4),
+        "R@1 before": round(base["R@1"], 4),
+        "R@10 before": round(base["R@10"], 4),
+    }
+
+
+def lora(quick: bool = False, modes: tuple[str, ...] = ("full", "lora")) -> dict[str, Any]:
     from contrastkit.train.config import load_config_dict
     from contrastkit.train.loop import train
 
     steps = 4 if quick else 30
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for use_lora in (False, True):
-            cfg = load_config_dict(_minilm_raw(Path(tmp), steps, use_lora))
-            run = train(cfg, Path(tmp) / cfg.name)
-            ckpt = latest_checkpoint(run)
-            weights, state = 0, 0
-            trainable = 0
-            with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-                for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    weights += f.get_tensor(key).numel()
-            with safe_open(str(ckpt / "state.safetensors"), "pt") as f:
-                for key in f.keys():  # noqa: SIM118
-                    if "exp_avg" in key:
-                        t = f.get_tensor(key)
-                        state += t.numel() * t.element_size()
-                        if "exp_avg_sq" not in key:
-                            trainable += t.numel()
-            lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-            timed = [x for x in lines if "elapsed_s" in x and "loss" in x]
-            step_s = timed[-1]["elapsed_s"] / timed[-1]["step"]
-            final = json.loads((run / "eval.json").read_text())["metrics"]
-            base = json.loads((run / "baseline.json").read_text())["metrics"]
-            rows.append(
-                {
-                    "mode": cfg.name,
-                    "lr": cfg.optim.lr,
-                    "steps": steps,
-                    "trainable params": trainable,
-                    "trainable %": round(100 * trainable / weights, 2),
-                    "AdamW state MB": round(state / 2**20, 2),
-                    "step s": round(step_s, 3),
-                    "R@1": round(final["R@1"], 4),
-                    "R@10": round(final["R@10"], 4),
-                    "R@1 before": round(base["R@1"], 4),
-                    "R@10 before": round(base["R@10"], 4),
-                }
-            )
+        for mode in modes:
+            cfg = load_config_dict(_minilm_raw(Path(tmp), steps, mode == "lora"))
+            rows.append(lora_row(train(cfg, Path(tmp) / cfg.name)))
     return {
         "title": "LoRA vs full fine-tuning: MiniLM, WordNet noun lemma -> gloss, batch 32",
         "rows": rows,
@@ -296,23 +297,29 @@ def _evaluate(folder: Path) -> dict[str, float]:
     return out
 
 
-def wiseft(quick: bool = False) -> dict[str, Any]:
+def wiseft(quick: bool = False, stages: tuple[str, ...] = ("pre", "ft", "eval"),
+           work: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """The forgetting / WiSE-FT table; ``stages`` run in ``work`` (kept between calls, so each
+    stage fits a 10-minute slot on a busy machine: ``wiseft-pre``, ``wiseft-ft``,
+    ``wiseft-eval``)."""
     from contrastkit.export import export_run
     from contrastkit.train.config import load_config_dict
     from contrastkit.train.loop import train
 
-    pre_steps, ft_steps = (3, 3) if quick else (200, 60)
+    pre_steps, ft_steps = (3, 3) if quick else (120, 40)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        random_clip = _tiny_clip(tmp_path / "random")
-        pre = train(load_config_dict(_clip_raw(tmp_path, "pre", random_clip, pre_steps)),
-                    tmp_path / "pre")  # fmt: skip
-        start = export_run(pre, tmp_path / "start", "hf")
-        rows.append({"model": "random init", "alpha": "-", **_evaluate(random_clip)})
-        rows.append({"model": "start (emoji names)", "alpha": "-", **_evaluate(start)})
-        (tmp_path / "blocks").mkdir()
+    holder = tempfile.TemporaryDirectory() if work is None else None
+    tmp_path = Path(holder.name) if holder is not None else Path(work)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    random_clip, start = tmp_path / "random", tmp_path / "start"
+    if "pre" in stages:
+        _tiny_clip(random_clip)
+        raw = _clip_raw(tmp_path, "pre", random_clip, pre_steps)
+        pre = train(load_config_dict(raw), tmp_path / "pre")
+        export_run(pre, start, "hf")
+    if "ft" in stages:
+        (tmp_path / "blocks").mkdir(exist_ok=True)
         manifest = _block_folder(tmp_path / "blocks")
         data = {
             "dataset": "image_folder",
@@ -325,11 +332,20 @@ def wiseft(quick: bool = False) -> dict[str, Any]:
             raw["optim"]["lr"] = 1e-4
             if mode == "LiT":
                 raw["model"]["options"]["lock_image"] = True
-            run = train(load_config_dict(raw), tmp_path / f"ft-{mode}")
+            train(load_config_dict(raw), tmp_path / f"ft-{mode}")
+    if "eval" in stages:
+        rows.append({"model": "random init", "alpha": "-", **_evaluate(random_clip)})
+        rows.append({"model": "start (emoji names)", "alpha": "-", **_evaluate(start)})
+        for mode in ("full", "LiT"):
+            run = tmp_path / f"ft-{mode}"
             for alpha in (0.0, 0.25, 0.5, 0.75, 1.0):
-                out = export_run(run, tmp_path / f"{mode}-{alpha}", "hf", interpolate=alpha)
+                out = tmp_path / f"{mode}-{alpha}"
+                if not out.exists():
+                    export_run(run, out, "hf", interpolate=alpha)
                 rows.append({"model": f"fine-tuned on blocks, {mode}", "alpha": alpha,
                              **_evaluate(out)})  # fmt: skip
+    if holder is not None:
+        holder.cleanup()
     rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     return {
         "title": "Forgetting and WiSE-FT: a tiny CLIP on emoji, fine-tuned on block captions",
@@ -338,7 +354,7 @@ def wiseft(quick: bool = False) -> dict[str, Any]:
         f"{ft_steps} steps emoji <-> Unicode block caption (lr 1e-4, batch 128); alpha 0 = the "
         "start, 1 = fine-tuned (export --interpolate). Held-out emoji (286, 20 blocks): "
         "zero-shot top-1/top-5 over block names, name R@k = image -> its Unicode name among "
-        f"all held-out names. {time.perf_counter() - t0:.0f} s in all.",
+        f"all held-out names. Stages {', '.join(stages)}: {time.perf_counter() - t0:.0f} s.",
     }
 
 
@@ -354,7 +370,13 @@ if __name__ == "__main__":
     quick = "--quick" in sys.argv
     for name in names:
         t = time.perf_counter()
-        section = SECTIONS[name](quick)
+        if name.startswith("lora-"):  # one mode of the LoRA table: lora-full, lora-lora
+            section = lora(quick, (name.split("-", 1)[1],))
+        elif name.startswith("wiseft-"):  # one stage, kept in $WISEFT_WORK (/tmp/wiseft_work)
+            work = Path(os.environ.get("WISEFT_WORK", tempfile.gettempdir() + "/wiseft_work"))
+            section = wiseft(quick, (name.split("-", 1)[1],), work)
+        else:
+            section = SECTIONS[name](quick)
         section["seconds"] = round(time.perf_counter() - t, 1)
         section["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         print(json.dumps(section, indent=1))
