@@ -241,7 +241,7 @@ def _clip_raw(out: Path, name: str, path: Path, steps: int, **data: Any) -> dict
         "data": data or {"dataset": "emoji", "options": {"size": 32}},
         "model": {"name": "hf_clip", "options": {"path": str(path)}},
         "loss": {"name": "info_nce", "params": {"symmetric": True}, "learnable_temperature": True},
-        "optim": {"lr": 1e-3, "warmup_steps": 20, "batch_size": 128, "grad_clip": 5.0},
+        "optim": {"lr": 2e-3, "warmup_steps": 5, "batch_size": 64, "grad_clip": 5.0},
         "train": {
             "max_steps": steps,
             "precision": "fp32",
@@ -306,7 +306,7 @@ def wiseft(quick: bool = False, stages: tuple[str, ...] = ("pre", "ft", "eval"),
     from contrastkit.train.config import load_config_dict
     from contrastkit.train.loop import train
 
-    pre_steps, ft_steps = (3, 3) if quick else (120, 40)
+    pre_steps, ft_steps = (3, 3) if quick else (40, 12)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     holder = tempfile.TemporaryDirectory() if work is None else None
@@ -350,7 +350,7 @@ def wiseft(quick: bool = False, stages: tuple[str, ...] = ("pre", "ft", "eval"),
     return {
         "title": "Forgetting and WiSE-FT: a tiny CLIP on emoji, fine-tuned on block captions",
         "rows": rows,
-        "notes": f"start: {pre_steps} steps emoji <-> name (lr 1e-3, batch 128); fine-tuning: "
+        "notes": f"start: {pre_steps} steps emoji <-> name (lr 2e-3, batch 64); fine-tuning: "
         f"{ft_steps} steps emoji <-> Unicode block caption (lr 1e-4, batch 128); alpha 0 = the "
         "start, 1 = fine-tuned (export --interpolate). Held-out emoji (286, 20 blocks): "
         "zero-shot top-1/top-5 over block names, name R@k = image -> its Unicode name among "
