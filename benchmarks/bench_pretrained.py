@@ -351,7 +351,7 @@ def wiseft(quick: bool = False, stages: tuple[str, ...] = ("pre", "ft", "eval"),
         "title": "Forgetting and WiSE-FT: a tiny CLIP on emoji, fine-tuned on block captions",
         "rows": rows,
         "notes": f"start: {pre_steps} steps emoji <-> name (lr 2e-3, batch 64); fine-tuning: "
-        f"{ft_steps} steps emoji <-> Unicode block caption (lr 1e-4, batch 128); alpha 0 = the "
+        f"{ft_steps} steps emoji <-> Unicode block caption (lr 1e-4, batch 64); alpha 0 = the "
         "start, 1 = fine-tuned (export --interpolate). Held-out emoji (286, 20 blocks): "
         "zero-shot top-1/top-5 over block names, name R@k = image -> its Unicode name among "
         f"all held-out names. Stages {', '.join(stages)}: {time.perf_counter() - t0:.0f} s.",
