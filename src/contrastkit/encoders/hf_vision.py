@@ -12,9 +12,9 @@ convolutional feature map), ``pooler`` (the model's own pooled output: ViT's tan
 CLIP's post-layernorm CLS token, DINOv2's normalised CLS token, ConvNeXt's pooled map);
 ``auto`` takes ``pooler`` when the model has one, else ``mean``.
 
-Numerics: torch's antialiased bilinear / bicubic resize is not PIL's, so pixel values differ
-from ``AutoImageProcessor`` output by about 1e-2 at the edges of a resized image; an image
-already at the model's size passes through the normalisation only (exact).
+Numerics: torch's antialiased bilinear / bicubic resize is not PIL's, so the pixels of a resized
+image differ slightly from ``AutoImageProcessor``'s (not measured here); an image already at the
+model's size passes through the normalisation only (exact).
 """
 
 from __future__ import annotations
