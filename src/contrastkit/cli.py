@@ -239,13 +239,25 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         required=True,
         metavar="FORMAT",
-        help="sentence-transformers, onnx or safetensors",
+        help="sentence-transformers, onnx, safetensors or hf (a fine-tuned CLIP / SigLIP "
+        "folder: CLIPModel.from_pretrained(OUT))",
+    )
+    x.add_argument(
+        "--interpolate",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="WiSE-FT: export (1 - ALPHA) * starting + ALPHA * fine-tuned weights (ALPHA in "
+        "[0, 1])",
     )
 
     sub.add_parser(
         "recipes", help="list the packaged recipes", description="List the packaged recipe configs."
     )
     _add_retrieval_commands(sub)
+    from contrastkit.cli_zero_shot import add_parser as add_zero_shot
+
+    add_zero_shot(sub)
     return p
 
 
@@ -1255,7 +1267,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from contrastkit.export import export_run
 
     try:
-        out = export_run(args.run, args.out, args.format)
+        out = export_run(args.run, args.out, args.format, interpolate=args.interpolate)
     except ImportError as err:  # an optional extra is missing: one line, exit 2
         raise ValueError(str(err)) from None
     print(f"exported {args.run} as {args.format} to {out}")
@@ -1276,7 +1288,15 @@ COMMANDS = {
     "data": cmd_data,
     "export": cmd_export,
     "eval-verify": cmd_eval_verify,
+    "eval-zero-shot": lambda args: _zero_shot(args),
 }
+
+
+def _zero_shot(args: argparse.Namespace) -> int:
+    from contrastkit.cli_zero_shot import cmd_eval_zero_shot
+
+    return cmd_eval_zero_shot(args)
+
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

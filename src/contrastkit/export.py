@@ -16,6 +16,10 @@
   the tokenizer is saved beside it in ``out/text_tokenizer``) and
   ``image.onnx`` (``images``: (B, C, H, W) float in [0, 1] -> ``embeddings`` (B, D));
   ``export.json`` lists the graphs, their inputs and the image shape / max token length.
+* ``hf``: a run that fine-tuned a CLIP / SigLIP folder (``model.name: hf_clip``): a folder
+  ``CLIPModel.from_pretrained`` / ``SiglipModel.from_pretrained`` loads, with the fine-tuned
+  weights, the learned temperature (and bias) as its logit scale (and bias), tokenizer and
+  image-processor config.
 * ``safetensors``: ``model.safetensors`` (the encoder's weights) + ``encoder.json`` (the encoder
   registry name and its resolved options, plus the run's model config);
   :func:`contrastkit.load_encoder` rebuilds the encoder from them without the run folder.
@@ -23,6 +27,11 @@
 What is written comes from the task protocol only (``task.export_towers()``, ``encoder_spec``,
 ``image_shape``, ``query_kinds``: :mod:`contrastkit.train.tasks.base`): a task says which towers
 it has; export never looks inside its model.
+
+LoRA adapters (``model.lora``) are merged into the weights first, so every format loads with
+no peft. ``interpolate=ALPHA`` (WiSE-FT) exports ``(1 - ALPHA) * start + ALPHA * fine-tuned``
+weights, the start being the model the run began from (the pretrained folder, or the seeded
+initialisation).
 
 ``out`` is written into a temporary sibling folder and renamed into place at the end
 (:func:`atomic_folder`), so a crash never leaves a half export behind; ``out`` must not exist or
@@ -46,7 +55,7 @@ from contrastkit.encoders.saved import ENCODER_CONFIG, WEIGHTS
 from contrastkit.encoders.st_folder import Dense, Normalize
 from contrastkit.encoders.text import TextEncoder
 
-FORMATS = ("sentence-transformers", "onnx", "safetensors")
+FORMATS = ("sentence-transformers", "onnx", "safetensors", "hf")
 # model.name of a text run -> the encoder registry name that rebuilds it
 
 
@@ -202,14 +211,50 @@ def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:
     write_text(tmp / ENCODER_CONFIG, json.dumps(config, indent=2, default=str))
 
 
-def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str) -> Path:
+def _write_hf(task: Any, loss: nn.Module, tmp: Path, run: Path) -> None:
+    from contrastkit.losses.temperature import LearnableTemperature
+    from contrastkit.train.run import base_loss
+
+    model = task.export_towers().pretrained
+    if model is None:
+        raise ValueError(
+            f"run {str(run)!r} did not fine-tune a transformers checkpoint (model.name: "
+            "hf_clip); --format hf is for those: use sentence-transformers, onnx or safetensors."
+        )
+    inner = base_loss(loss)
+    temperature = getattr(inner, "temperature", None)
+    if isinstance(temperature, LearnableTemperature):  # the learned scale goes back in
+        bias = getattr(inner, "bias", None)
+        model.set_logit_scale(float(temperature()), float(bias) if bias is not None else None)
+    model.save_pretrained(tmp)
+
+
+def interpolate_run(cfg: Any, task: Any, alpha: float) -> None:
+    """WiSE-FT in place: ``task.model``'s weights become ``(1 - alpha) * start + alpha *
+    fine-tuned``, the start rebuilt from the config as training built it (same seed); LoRA
+    adapters are merged in both first."""
+    from contrastkit.encoders.adapters import check_alpha, interpolate_state, merge_lora
+    from contrastkit.train.tasks import build_task
+
+    alpha = check_alpha(alpha)
+    torch.manual_seed(cfg.seed)
+    start = build_task(cfg).model
+    merge_lora(start)
+    merge_lora(task.model)
+    state = interpolate_state(start.state_dict(), task.model.state_dict(), alpha)
+    task.model.load_state_dict(state)
+
+
+def export_run(
+    run: str | os.PathLike, out: str | os.PathLike, format: str, interpolate: float | None = None
+) -> Path:
     """Export ``run`` (a run folder) to ``out`` in ``format`` (see :data:`FORMATS`); returns
     ``out``.
 
     >>> export_run("runs/pairs", "exported", "pdf")
     Traceback (most recent call last):
     ...
-    ValueError: format 'pdf' is not an export format; use one of sentence-transformers, onnx, safetensors.
+    ValueError: format 'pdf' is not an export format; use one of sentence-transformers, onnx, safetensors, hf.
     """
     if format not in FORMATS:
         raise ValueError(
@@ -227,12 +272,32 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, format: str) -> P
         )
     from contrastkit.train.run import load_run
 
-    cfg, task, _ = load_run(run)
-    with torch.no_grad(), atomic_folder(out) as tmp:
-        if format == "sentence-transformers":
-            _write_sentence_transformers(task, tmp, run)
-        elif format == "onnx":
-            _write_onnx(cfg, task, tmp)
-        else:
-            _write_safetensors(cfg, task, tmp, run)
+    if interpolate is not None:
+        from contrastkit.encoders.adapters import check_alpha
+        from contrastkit.errors import ArgumentError, restate
+
+        try:
+            check_alpha(interpolate)
+        except ArgumentError as err:
+            raise ValueError(restate(err, {"alpha": "--interpolate"})) from None
+    from contrastkit.encoders.adapters import merge_lora
+    from contrastkit.train.run import forget_loaded_runs
+
+    cfg, task, loss = load_run(run)
+    try:
+        with torch.no_grad():
+            if interpolate is not None:
+                interpolate_run(cfg, task, interpolate)
+            merge_lora(task.model)  # the plain architecture: loads with no peft
+        with torch.no_grad(), atomic_folder(out) as tmp:
+            if format == "sentence-transformers":
+                _write_sentence_transformers(task, tmp, run)
+            elif format == "onnx":
+                _write_onnx(cfg, task, tmp)
+            elif format == "hf":
+                _write_hf(task, loss, tmp, run)
+            else:
+                _write_safetensors(cfg, task, tmp, run)
+    finally:
+        forget_loaded_runs()  # the task was changed in place (merged, interpolated)
     return out

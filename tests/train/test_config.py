@@ -138,7 +138,7 @@ def test_every_packaged_recipe_validates(name: str) -> None:
         ),
         (
             {"task": "pairs", "data": {"dataset": "wordnet"}, "model": {"width": 8}},
-            "model.width: got 8; unknown key; allowed keys here: name, options",
+            "model.width: got 8; unknown key; allowed keys here: freeze, lora, name, options",
         ),
         ({"task": "pairs", "data": {"dataset": "digits"}}, "data.dataset: got 'digits'"),
         ({"loss": {"name": "supcon"}}, "use task: supervised"),

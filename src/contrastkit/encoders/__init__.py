@@ -4,6 +4,7 @@ Configs name encoders through the registry: ``create_encoder("small_cnn", in_cha
 """
 
 from contrastkit.encoders.heads import PredictionHead, ProjectedEncoder, ProjectionHead
+from contrastkit.encoders.hf_vision import HFVisionEncoder, ImagePreprocess
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
 from contrastkit.encoders.resnet import ResNet, resnet18, resnet50
@@ -16,6 +17,8 @@ __all__ = [
     "ENCODERS",
     "DualEncoder",
     "EmbedTokens",
+    "HFVisionEncoder",
+    "ImagePreprocess",
     "ImageTextModel",
     "MLPEncoder",
     "MomentumEncoder",

@@ -184,7 +184,34 @@ class KeyEncoderConfig(_Strict):
         return v
 
 
-class ImageModelConfig(_Strict):
+class LoraConfig(_Strict):
+    """LoRA adapters through ``peft`` (Hu et al. 2021): rank ``r``, scale ``alpha / r``, dropout,
+    and the linear layers they go into (names ending with one of ``target_modules``: BERT's
+    ``query`` / ``value``, CLIP's and SigLIP's ``q_proj`` / ``v_proj``). Every other weight of the
+    model is frozen; export merges the adapters."""
+
+    r: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value", "q_proj", "v_proj"], min_length=1
+    )
+
+
+class FineTuneKeys(_Strict):
+    """What every model section takes for fine-tuning: parameters frozen by shell-style name
+    pattern (``freeze``; a pattern matching nothing, or freezing everything, stops the run) and
+    LoRA adapters (``lora``)."""
+
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="shell-style patterns of parameter names to keep fixed, e.g. "
+        "'towers.model.vision_model.*'",
+    )
+    lora: LoraConfig | None = None
+
+
+class ImageModelConfig(FineTuneKeys):
     """An image encoder from the encoder registry (``small_cnn``, ``small_resnet``, ...) with a
     projection head (``projection_dim`` 0: none); ``options`` go to the encoder."""
 
@@ -197,7 +224,7 @@ class ImageModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class TextModelConfig(_Strict):
+class TextModelConfig(FineTuneKeys):
     """A text tower: ``minilm`` (the packaged pretrained MiniLM), ``tiny_text`` (a small BERT
     from scratch) or any registered text encoder; ``options`` go to it."""
 
@@ -216,11 +243,13 @@ class CrossEncoderModelConfig(_Strict):
     eval_candidates: int = Field(default=16, ge=2)
 
 
-class ImageTextModelConfig(_Strict):
-    """Two towers (CLIP layout): a ``small_cnn`` image tower of ``width`` and a text tower
-    (``options.text``: ``minilm`` or ``tiny_text``), both projected to ``out_dim``."""
+class ImageTextModelConfig(FineTuneKeys):
+    """Two towers (CLIP layout): ``emoji_towers``, a ``small_cnn`` image tower of ``width`` and
+    a text tower (``options.text``: ``minilm`` or ``tiny_text``), both projected to ``out_dim``;
+    or ``hf_clip``, a local CLIP / SigLIP folder (``options.path``) with its own towers and
+    projections (``options.lock_image: true``: LiT, the image tower stays fixed)."""
 
-    name: Literal["emoji_towers"] = "emoji_towers"
+    name: Literal["emoji_towers", "hf_clip"] = "emoji_towers"
     width: int = Field(default=32, gt=0)
     out_dim: int = Field(default=128, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
@@ -376,7 +405,7 @@ class OptimConfig(_Strict):
         default=None,
         gt=0,
         description="peak learning rate; unset: 1e-4 (LR_FINE_TUNE) for a model that loads "
-        "pretrained weights (model.name minilm, hf, hf_text), 1e-3 (LR_FROM_SCRATCH) otherwise",
+        "pretrained weights (model.name minilm, hf, hf_text, hf_vision, hf_clip), 1e-3 (LR_FROM_SCRATCH) otherwise",
     )
     weight_decay: float = Field(default=1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -386,6 +415,13 @@ class OptimConfig(_Strict):
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
     batch_size: int = Field(default=256, gt=1)
+    layer_decay: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay: layer l of L (embeddings 0, heads L + 1) "
+        "trains at lr * layer_decay ** (L + 1 - l); unset: one rate",
+    )
 
 
 class TrainConfig(_Strict):
@@ -419,6 +455,11 @@ class TrainConfig(_Strict):
     monitor_every: int = Field(default=50, ge=0)
     checkpoint_every: int = Field(default=200, ge=0)
     output_dir: str = "runs"
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="recompute the transformers towers' activations in the backward pass "
+        "(less memory, about a third more compute)",
+    )
     tensorboard: bool = False
     progress: bool = True
 
@@ -561,6 +602,9 @@ class ImageTextRun(_RunBase):
     loss: LossConfig = Field(default_factory=lambda: LossConfig(name="info_nce"))
     DATASETS = IMAGE_TEXT_DATASETS
     INPUTS = ("pair",)
+
+    def pretrained_model(self) -> bool:
+        return self.model.name == "hf_clip" or super().pretrained_model()
 
 
 class PreferenceRun(_RunBase):

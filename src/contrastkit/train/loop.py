@@ -48,6 +48,7 @@ from contrastkit.train.batches import build_order
 from contrastkit.train.budget import BudgetFit, BudgetSummary
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig, save_config
+from contrastkit.train.finetune import save_adapters
 from contrastkit.train.metrics_log import MetricsLog
 from contrastkit.train.run import (
     base_loss,
@@ -285,6 +286,7 @@ def _train(
             raise TrainingDiverged(diagnostic(step - 1, what, last_loss, cfg, run))
         if dist.is_main:
             save_checkpoint(run, step, weights, state)
+            save_adapters(run, task.model, cfg, step)  # LoRA runs: the adapters alone
         saved_step = step
 
     if not resume and dist.is_main:
@@ -451,6 +453,14 @@ def average_gradients(params: list[nn.Parameter]) -> None:
 def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
     """AdamW; matrices decay, biases / norms / temperatures do not."""
     params = [p for p in weights.parameters() if p.requires_grad]
+    if cfg.optim.layer_decay is not None:
+        from contrastkit.train.finetune import layer_decay_groups
+
+        named = [(n, p) for n, p in weights.named_parameters() if p.requires_grad]
+        groups = layer_decay_groups(
+            named, cfg.optim.lr, cfg.optim.layer_decay, cfg.optim.weight_decay
+        )
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas)
     return torch.optim.AdamW(
         [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},

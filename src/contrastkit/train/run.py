@@ -47,6 +47,7 @@ def build_loss(cfg: RunConfig, world: int = 1, task: Any = None) -> nn.Module:
     if "dim" in accepted and "dim" not in params and projection:
         params["dim"] = projection  # e.g. SwAV's prototypes live in that space
     params.update(_data_params(cfg, accepted, params, task))
+    params.update(_checkpoint_params(accepted, params, task))
     if cfg.loss.learnable_temperature:
         start = params.get("temperature", loss_defaults(cfg.loss.name)["temperature"])
         params["temperature"] = LearnableTemperature(float(start))
@@ -95,6 +96,19 @@ def _data_params(
                 f"class centre; remove loss.params.num_classes (the trainer sets it) or set it "
                 f">= {classes}."
             )
+    return out
+
+
+def _checkpoint_params(accepted: Any, params: dict[str, Any], task: Any) -> dict[str, Any]:
+    """A pretrained two-tower checkpoint's temperature (CLIP's logit scale) and bias (SigLIP's)
+    as where the loss starts, when ``loss.params`` does not set them."""
+    out: dict[str, Any] = {}
+    temperature = getattr(task, "initial_temperature", None)
+    if temperature is not None and "temperature" in accepted and "temperature" not in params:
+        out["temperature"] = float(temperature)
+    bias = getattr(task, "initial_bias", None)
+    if bias is not None and "bias" in accepted and "bias" not in params:
+        out["bias"] = float(bias)
     return out
 
 
@@ -193,6 +207,11 @@ def load_run(run: str | os.PathLike) -> tuple[RunConfig, Any, nn.Module]:
         _LOADED.clear()  # keep one run in memory
         _LOADED[key] = loaded
     return loaded
+
+
+def forget_loaded_runs() -> None:
+    """Drop the cached run of :func:`load_run` (after changing its task in place)."""
+    _LOADED.clear()
 
 
 def _load_run(run: Path) -> tuple[RunConfig, Any, nn.Module]:

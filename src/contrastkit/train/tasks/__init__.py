@@ -32,8 +32,13 @@ TASKS: dict[str, type[Any]] = {
 
 
 def build_task(cfg: Any) -> Task:
-    """The task object for ``cfg.task``."""
-    return TASKS[cfg.task](cfg)
+    """The task object for ``cfg.task``, with the model's fine-tuning keys applied
+    (:func:`contrastkit.train.finetune.apply_fine_tuning`)."""
+    from contrastkit.train.finetune import apply_fine_tuning
+
+    task = TASKS[cfg.task](cfg)
+    apply_fine_tuning(task.model, cfg)
+    return task
 
 
 __all__ = ["TASKS", "Corpus", "EvalResult", "ExportTowers", "Step", "Task", "build_task"]

@@ -115,12 +115,15 @@ class ExportTowers:
             export, :func:`contrastkit.load_encoder`), or None.
         cross_encoder: a :class:`~contrastkit.encoders.cross_encoder.CrossEncoder` (a reranker
             run), written as a ``sentence_transformers.CrossEncoder`` folder, or None.
+        pretrained: a model whose ``save_pretrained(folder)`` writes a transformers folder
+            (a CLIP / SigLIP checkpoint: ``export --format hf``), or None.
     """
 
     text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
     image: nn.Module | None = None
     encoder: nn.Module | None = None
     cross_encoder: nn.Module | None = None
+    pretrained: nn.Module | None = None  # a checkpoint with save_pretrained (export --format hf)
 
 
 class CallMethod(nn.Module):

@@ -15,8 +15,11 @@ from torch import Tensor, nn
 
 from contrastkit.data.image_source import Items
 from contrastkit.encoders import ImageTextModel, create_encoder
+from contrastkit.encoders.hf_clip import HFCLIPModel
 from contrastkit.encoders.vision import SmallCNN
+from contrastkit.errors import ArgumentError, restate
 from contrastkit.eval.pairs import recall_summary
+from contrastkit.eval.zero_shot import class_embeddings, zero_shot_accuracy
 from contrastkit.losses import loss_spec
 from contrastkit.monitor.functional import positive_negative_similarities
 from contrastkit.train.tasks.base import (
@@ -52,6 +55,13 @@ class ImageTextTask(BackwardAfterLossTerms):
                     f"data.dataset={d.dataset!r} have none (an image folder: a CSV/Parquet "
                     "manifest with data.options.caption_column)."
                 )
+        self.num_train = len(self.train_set)
+        self.train_labels: Tensor | None = self.train_set.labels if self.train_set.classes else None
+        self.train_groups: Tensor | None = None
+        self.class_names = list(self.test_set.classes)
+        if cfg.model.name == "hf_clip":
+            self.model = nn.ModuleDict({"towers": pretrained_towers(cfg.model.options)})
+            return
         mopts = dict(cfg.model.options)
         text_name, text_options = text_encoder_spec(
             mopts.pop("text", "minilm"), mopts.pop("text_options", {}), cfg.seed
@@ -62,11 +72,21 @@ class ImageTextTask(BackwardAfterLossTerms):
                 p.requires_grad_(False)
         channels, size, _ = self.train_set.image_shape
         image = SmallCNN(channels, width=cfg.model.width, stem_stride=2 if size > 32 else 1)
-        self.model = nn.ModuleDict({"towers": ImageTextModel(image, text, cfg.model.out_dim)})
-        self.num_train = len(self.train_set)
-        self.train_labels: Tensor | None = self.train_set.labels if self.train_set.classes else None
-        self.train_groups: Tensor | None = None
-        self.class_names = list(self.test_set.classes)
+        towers = ImageTextModel(image, text, cfg.model.out_dim)
+        if mopts.pop("lock_image", False):  # LiT: only the text side trains
+            lock(towers.image_encoder, towers.image_projection)
+        self.model = nn.ModuleDict({"towers": towers})
+
+    @property
+    def initial_temperature(self) -> float | None:
+        """The checkpoint's temperature (1 / exp(logit_scale)) of a CLIP / SigLIP folder:
+        where the loss's temperature starts unless ``loss.params`` sets one."""
+        return getattr(self.model["towers"], "initial_temperature", None)
+
+    @property
+    def initial_bias(self) -> float | None:
+        """SigLIP's logit bias: where the sigmoid loss's bias starts."""
+        return getattr(self.model["towers"], "initial_bias", None)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -121,6 +141,9 @@ class ImageTextTask(BackwardAfterLossTerms):
         metrics.update(
             {f"text->image {k}": v for k, v in recall_summary(text, image, rel, ks).items()}
         )
+        if ds.classes:  # class names as captions: forgetting shows from step 0 to the end
+            classes = class_embeddings(self.embed_texts, ds.classes)  # (C, D)
+            metrics.update(zero_shot_accuracy(image, classes, ds.labels))
         if quick:
             return EvalResult(metrics)
         pos, neg = positive_negative_similarities(image, text)
@@ -161,7 +184,36 @@ class ImageTextTask(BackwardAfterLossTerms):
         """The text tower with its projection, and the image side (``encode_image``: image
         tower, projection, L2 normalisation); no single registered encoder."""
         towers = self.model["towers"]
+        if isinstance(towers, HFCLIPModel):  # the whole checkpoint: export --format hf
+            return ExportTowers(image=CallMethod(towers, "encode_image"), pretrained=towers)
         return ExportTowers(
             text={"": (towers.text_encoder, towers.text_projection)},
             image=CallMethod(towers, "encode_image"),
         )
+
+
+def pretrained_towers(options: dict[str, Any]) -> HFCLIPModel:
+    """``model.name: hf_clip``: the CLIP / SigLIP folder ``options.path`` (``max_length``
+    optional; ``lock_image: true`` is LiT: the vision tower and its projection stay fixed)."""
+    opts = dict(options)
+    lit = opts.pop("lock_image", False)
+    unknown = sorted(set(opts) - {"path", "max_length"})
+    if unknown:
+        raise ValueError(
+            f"model.options: {', '.join(unknown)} not taken by hf_clip; it takes path, "
+            "max_length and lock_image."
+        )
+    try:
+        towers = HFCLIPModel(opts.get("path"), max_length=opts.get("max_length"))
+    except ArgumentError as err:
+        raise ValueError(restate(err, {"path": "model.options.path"})) from None
+    if lit:
+        lock(towers.model.vision_model, getattr(towers.model, "visual_projection", None))
+    return towers
+
+
+def lock(*modules: nn.Module | None) -> None:
+    """No gradient for these modules' parameters (LiT's locked image tower)."""
+    for module in modules:
+        for p in module.parameters() if module is not None else ():
+            p.requires_grad_(False)
