@@ -3,6 +3,7 @@
 Configs name encoders through the registry: ``create_encoder("small_cnn", in_channels=1)``.
 """
 
+from contrastkit.encoders.audio import AudioCNN, HFAudioEncoder
 from contrastkit.encoders.heads import PredictionHead, ProjectedEncoder, ProjectionHead
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
 from contrastkit.encoders.registry import ENCODERS, create_encoder, list_encoders, register
@@ -13,6 +14,8 @@ from contrastkit.encoders.towers import DualEncoder, ImageTextModel
 from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
 
 __all__ = [
+    "AudioCNN",
+    "HFAudioEncoder",
     "ENCODERS",
     "DualEncoder",
     "EmbedTokens",
