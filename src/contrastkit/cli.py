@@ -311,6 +311,20 @@ def _add_retrieval_commands(sub: argparse._SubParsersAction) -> None:
     ei.add_argument(
         "--pairs-per-fold", type=int, default=300, help="same (and different) pairs per fold"
     )
+    ea = dsub.add_parser(
+        "export-audio",
+        help="write the packaged speech corpus as WAV files + manifest.csv",
+        description="contrastkit data export-audio speech DIR: the espeak-ng speech corpus "
+        "(WordNet / FOLDOC phrases, many voices) as DIR/clips/*.wav and DIR/manifest.csv "
+        "(path,text,label,speaker,kind,split), for data.dataset: audio_folder with "
+        "data.root: DIR/manifest.csv.",
+    )
+    ea.add_argument("name", help="speech")
+    ea.add_argument("dir", help="folder to write (new, empty, or an earlier export)")
+    ea.add_argument("--phrases", type=int, default=1000, help="texts to speak (default 1000)")
+    ea.add_argument("--voices-per-text", type=int, default=3, help="voices per text (3)")
+    ea.add_argument("--test-fraction", type=float, default=0.1, help="held-out texts (0.1)")
+    ea.add_argument("--seed", type=int, default=0, help="phrase, voice and split seed")
     vf = sub.add_parser(
         "eval-verify",
         help="verification figures (TAR at FAR, EER, AUC, 10-fold accuracy) on a pairs file",
@@ -791,10 +805,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.data_command == "export-identity":
         return _export_identity(args)
+    if args.data_command == "export-audio":
+        return _export_audio(args)
     if args.data_command != "export-beir":
         raise ValueError(
-            "data needs an action: contrastkit data export-beir wordnet DIR, or "
-            "contrastkit data export-identity glyphs DIR."
+            "data needs an action: contrastkit data export-beir wordnet DIR, "
+            "contrastkit data export-identity glyphs DIR or contrastkit data export-audio speech DIR."
         )
     if args.name not in ("wordnet", "pairs", "hf"):
         raise ValueError(
@@ -867,6 +883,27 @@ def _export_identity(args: argparse.Namespace) -> int:
         print(f"{split}: {len(folder)} identities, {folder.num_images} images")
     print(f"pairs: {root / 'test' / 'pairs.txt'}")
     print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _export_audio(args: argparse.Namespace) -> int:
+    """``data export-audio speech DIR``: :func:`contrastkit.data.speech.export_speech`."""
+    from contrastkit.data.speech import export_speech
+
+    if args.name != "speech":
+        raise ValueError(
+            f"NAME must be speech (the packaged espeak-ng corpus), got {args.name!r}; e.g. "
+            "contrastkit data export-audio speech DIR."
+        )
+    t0 = time.perf_counter()
+    root = export_speech(
+        args.dir, phrases=args.phrases, voices_per_text=args.voices_per_text,
+        test_fraction=args.test_fraction, seed=args.seed,
+    )  # fmt: skip
+    with open(root / "manifest.csv", encoding="utf-8") as fh:
+        splits = [line.rsplit(",", 1)[-1] for line in fh.read().splitlines()[1:]]
+    print(f"train: {splits.count('train')} clips, test: {splits.count('test')} clips")
+    print(f"wrote {root} (manifest: {root / 'manifest.csv'}) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -4,6 +4,8 @@
 ['digits', 'emoji', 'fashion_mnist']
 >>> sorted(TEXT_PAIR_SOURCES)
 ['beir', 'bible', 'hf', 'pairs_file', 'wordnet', 'wordnet_preference']
+>>> sorted(AUDIO_SOURCES)
+['audio_folder', 'speech']
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ ROOT_REQUIRED: dict[str, str] = {
     "hf": "a datasets.save_to_disk folder or local .jsonl/.csv/.parquet data files",
     "image_folder": "a folder of class folders, a flat folder of images, or a CSV/Parquet "
     "manifest with a path column",
+    "audio_folder": "a folder of class folders, a flat folder of audio files, or a "
+    "CSV/JSONL/Parquet manifest with path (and text, label, speaker) columns",
 }
 """The sources that read the user's own files, and what their ``root`` must be (a config can
 check it before any data is read)."""
@@ -111,6 +115,28 @@ TEXT_PAIR_SOURCES: dict[str, Callable[..., TextPairs]] = {
     "pairs_file": _pairs_file,
     "beir": _beir,
     "hf": _hf,
+}
+
+
+def _audio_folder(split: str, root: str | os.PathLike | None = None, **opts: Any) -> Any:
+    from contrastkit.data.audio_folder import AudioFiles
+
+    if not root:
+        raise root_required("audio_folder")
+    return AudioFiles(root, split=split, **opts)
+
+
+def _speech(split: str, root: str | os.PathLike | None = None, **opts: Any) -> Any:
+    from contrastkit.data.speech import load_speech
+
+    return load_speech(split, **opts)
+
+
+# ``loader(split, root=None, **options)`` -> an AudioFiles (clips decoded on access; options:
+# sample_rate, clip_seconds, crop, test_fraction, seed, and the source's own)
+AUDIO_SOURCES: dict[str, Callable[..., Any]] = {
+    "audio_folder": _audio_folder,  # the user's folder or manifest (root)
+    "speech": _speech,  # the packaged espeak-ng corpus
 }
 
 
