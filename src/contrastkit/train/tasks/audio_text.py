@@ -82,7 +82,7 @@ def open_audio_split(cfg: Any, split: str, sample_rate: int) -> Any:
         root=d.root,
         options=d.options,
         sample_rate=sample_rate,
-        clip_samples=clip_frames(cfg.audio.clip_seconds, sample_rate),
+        clip_seconds=cfg.audio.clip_seconds,
         limit=d.subset if split == "train" else d.test_subset,
         workers=d.workers,
         seed=cfg.seed,
@@ -97,9 +97,10 @@ def training_views(
     from contrastkit.data import audio_views as av
 
     if audio.gain_db:
-        waves = av.random_gain(waves, audio.gain_db, generator=generator)
+        waves = av.gain(waves, (-audio.gain_db, audio.gain_db), generator=generator)
     if audio.time_shift:
-        waves = av.time_shift(waves, audio.time_shift, mask=mask, generator=generator)
+        shift = int(audio.time_shift * waves.shape[1])
+        waves = av.time_shift(waves, shift, wrap=True, generator=generator)
     if audio.noise_snr_db is not None:
         low, high = audio.noise_snr_db
         waves = av.add_noise(waves, (low, high), mask=mask, generator=generator)
@@ -191,7 +192,7 @@ class _AudioTask(BackwardAfterLossTerms):
         ds = self.test_set
         rows = list(range(start, stop))
         texts = [ds.texts[i] if ds.texts is not None else "" for i in rows]
-        return Corpus(self.embed_rows(ds, rows), texts, [ds.key(i) for i in rows])
+        return Corpus(self.embed_rows(ds, rows), texts, [str(ds.path(i)) for i in rows])
 
     def embed_corpus(self) -> Corpus:
         return self.embed_corpus_chunk(0, self.corpus_size())
@@ -348,7 +349,9 @@ class AudioViewsTask(_AudioTask):
         """A random ``crop_samples`` window of each clip, inside its real samples where it fits."""
         from contrastkit.data import audio_views as av
 
-        return av.random_crop(waves, mask, self.crop_samples, generator=generator)
+        return av.random_crop(
+            waves, self.crop_samples, lengths=mask.sum(1), generator=generator
+        )
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
         waves, mask, rows, skipped = self.train_set.read(indices, generator)  # (B, S)

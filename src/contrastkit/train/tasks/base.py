@@ -112,11 +112,14 @@ class ExportTowers:
             without an image side.
         encoder: the registered encoder that ``task.encoder_spec`` rebuilds (safetensors
             export, :func:`contrastkit.load_encoder`), or None.
+        audio: ``(waveform (B, T), mask (B, T))`` at the task's ``sample_rate`` -> (B, D), as
+            ``task.embed_audio``; None without an audio side.
     """
 
     text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
     image: nn.Module | None = None
     encoder: nn.Module | None = None
+    audio: nn.Module | None = None  # (waveform (B, T), mask (B, T)) -> (B, D), as embed_audio
 
 
 class CallMethod(nn.Module):
