@@ -14,11 +14,11 @@ from contrastkit.encoders.towers import DualEncoder, ImageTextModel
 from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
 
 __all__ = [
-    "AudioCNN",
-    "HFAudioEncoder",
     "ENCODERS",
+    "AudioCNN",
     "DualEncoder",
     "EmbedTokens",
+    "HFAudioEncoder",
     "ImageTextModel",
     "MLPEncoder",
     "MomentumEncoder",

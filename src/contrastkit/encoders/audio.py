@@ -162,9 +162,13 @@ class AudioCNN(nn.Module):
         self.out_features = self.projection.out_features
 
     def log_mel(self, waveform: Tensor) -> Tensor:
-        """(B, T) -> (B, n_mels, frames) in dB."""
+        """(B, T) -> (B, n_mels, frames) in dB: :func:`contrastkit.data.audio.log_mel`, or, while
+        ONNX export traces the module (``torch.stft``'s complex output does not export), the
+        same STFT as a strided convolution with the windowed DFT basis (:meth:`dft_log_mel`)."""
         from contrastkit.data.audio import log_mel
 
+        if torch.onnx.is_in_onnx_export():
+            return self.dft_log_mel(waveform)
         return log_mel(
             waveform,
             self.sample_rate,
@@ -174,6 +178,28 @@ class AudioCNN(nn.Module):
             f_min=self.f_min,
             f_max=self.f_max,
         )
+
+    def dft_log_mel(self, waveform: Tensor) -> Tensor:
+        """:func:`~contrastkit.data.audio.log_mel` with the STFT written as ``conv1d`` over the
+        zero-padded waveform (centred frames), kernels ``hann(n) * cos(2 pi k n / N)`` and
+        ``hann(n) * sin(...)``: real arithmetic only, so it exports to ONNX.
+        (B, T) -> (B, n_mels, 1 + T // hop_length)."""
+        from contrastkit.data.audio import _hann_cpu, mel_filterbank, power_to_db
+
+        n = self.n_fft
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]  # (K, 1)
+        angle = 2 * torch.pi * k * torch.arange(n, dtype=torch.float64)[None, :] / n  # (K, N)
+        window = _hann_cpu(n)[None, :]  # (1, N)
+        basis = torch.cat([window * torch.cos(angle), window * torch.sin(angle)])  # (2K, N)
+        basis = basis.to(waveform.dtype).unsqueeze(1)  # (2K, 1, N)
+        x = F.pad(waveform.unsqueeze(1), (n // 2, n // 2))  # (B, 1, T + N)
+        spec = F.conv1d(x, basis, stride=self.hop_length)  # (B, 2K, F)
+        real, imag = spec.chunk(2, dim=1)  # (B, K, F) each
+        f_hi = self.sample_rate / 2 if self.f_max is None else float(self.f_max)
+        fb = mel_filterbank(
+            self.sample_rate, n, self.n_mels, self.f_min, f_hi, dtype=waveform.dtype
+        )  # (M, K)
+        return power_to_db(torch.matmul(fb, real.square() + imag.square()))  # (B, M, F)
 
     def forward(self, waveform: Tensor, mask: Tensor | None = None) -> Tensor:
         waveform, mask = check_waveform(waveform, mask)
@@ -238,8 +264,11 @@ class HFAudioEncoder(nn.Module):
         self, path: str | Path, projection_dim: int | None = None, freeze: bool = False
     ) -> None:
         super().__init__()
-        from contrastkit.encoders.text import SAFE_LOADING, check_safetensors_folder
-        from contrastkit.encoders.text import quiet_transformers
+        from contrastkit.encoders.text import (
+            SAFE_LOADING,
+            check_safetensors_folder,
+            quiet_transformers,
+        )
 
         folder = Path(path)
         if not folder.is_dir():
@@ -274,9 +303,12 @@ class HFAudioEncoder(nn.Module):
             model = model.audio_model
         self.model, self.extractor = model, extractor
         self.path, self.input_name = str(folder), names[0]
-        self.raw_waveform = self.input_name == "input_values" and hasattr(
-            extractor, "do_normalize"
-        ) and not hasattr(extractor, "num_mel_bins")
+        self.raw_waveform = (
+            self.input_name == "input_values"
+            and hasattr(extractor, "do_normalize")
+            and not hasattr(extractor, "num_mel_bins")
+        )
+        self.onnx_exportable = self.raw_waveform  # spectrogram extractors run in numpy
         self.sample_rate = int(rate)
         self.do_normalize = bool(getattr(extractor, "do_normalize", False))
         self.padding_value = float(getattr(extractor, "padding_value", 0.0))
@@ -358,7 +390,7 @@ def clip_frames(seconds: float, sample_rate: int) -> int:
     >>> clip_frames(1.5, 16000)
     24000
     """
-    return max(1, int(math.floor(seconds * sample_rate)))
+    return max(1, math.floor(seconds * sample_rate))
 
 
 class AudioTextModel(nn.Module):

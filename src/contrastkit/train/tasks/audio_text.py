@@ -89,9 +89,7 @@ def open_audio_split(cfg: Any, split: str, sample_rate: int) -> Any:
     )
 
 
-def training_views(
-    waves: Tensor, mask: Tensor, audio: Any, generator: torch.Generator
-) -> Tensor:
+def training_views(waves: Tensor, mask: Tensor, audio: Any, generator: torch.Generator) -> Tensor:
     """Random gain, noise at an SNR and circular shift of a batch (``audio``: the config's
     ``audio`` section), through :mod:`contrastkit.data.audio_views`; ``waves``, ``mask``: (B, S)."""
     from contrastkit.data import audio_views as av
@@ -129,8 +127,7 @@ class _AudioTask(BackwardAfterLossTerms):
 
     def embed_images(self, images: Tensor) -> Tensor:
         raise ValueError(
-            f"images: this run (task: {self.cfg.task}) embeds audio; pass waveforms to "
-            "embed_audio."
+            f"images: this run (task: {self.cfg.task}) embeds audio; pass waveforms to embed_audio."
         )
 
     def _audio(self, waveform: Tensor, mask: Tensor | None) -> Tensor:
@@ -163,9 +160,9 @@ class _AudioTask(BackwardAfterLossTerms):
         (its start; a shorter clip padded)."""
         from contrastkit.data.audio import crop_or_pad, load_audio
 
-        wave, _ = load_audio(path, sample_rate=self.sample_rate)
-        wave, mask = crop_or_pad(wave, self.clip_samples)
-        return torch.as_tensor(wave)[None].float(), torch.as_tensor(mask)[None].bool()
+        wave, _ = load_audio(path, sample_rate=self.sample_rate)  # (T,) numpy
+        clip, mask = crop_or_pad(torch.from_numpy(wave), self.clip_samples)  # (S,) each
+        return clip[None].float(), mask[None].bool()
 
     def speaker_metrics(self, embeddings: Tensor, speakers: list[str]) -> dict[str, float]:
         """Speaker verification over every pair of the first :data:`SPEAKER_CLIPS` clips (same
@@ -233,6 +230,22 @@ class AudioTextTask(_AudioTask):
                 p.requires_grad_(False)
         self.model = nn.ModuleDict({"towers": AudioTextModel(audio, text, m.out_dim)})
         self.embedding_dim = m.out_dim
+        self._text_cache: dict[str, Tensor] = {}  # frozen text tower: its features per text
+
+    def _text_features(self, texts: list[str]) -> Tensor:
+        """(B, F) text-tower features of a batch. A frozen tower (``model.freeze_text``, LiT)
+        gives each text's features once, in eval mode, and they are reused on every step; a
+        tower that trains runs on every batch."""
+        encoder = self.model["towers"].text_encoder
+        if not self.cfg.model.freeze_text:
+            return encoder(texts)
+        new = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if new:
+            with torch.no_grad(), eval_mode(encoder):
+                for i in range(0, len(new), 256):
+                    feats = encoder(new[i : i + 256]).float()
+                    self._text_cache.update(zip(new[i : i + 256], feats, strict=True))
+        return torch.stack([self._text_cache[t] for t in texts])
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
         waves, mask, rows, skipped = self.train_set.read(indices, generator)  # (B, S) each
@@ -241,7 +254,10 @@ class AudioTextTask(_AudioTask):
         return {"waves": waves, "mask": mask, "texts": texts, "skipped_files": skipped}
 
     def loss_terms(self, batch: dict[str, Any], loss: nn.Module) -> Step:
-        audio, text = self.model["towers"](batch["waves"], batch["mask"], batch["texts"])
+        towers = self.model["towers"]
+        audio = towers.encode_audio(batch["waves"], batch["mask"])  # (B, D)
+        features = self._text_features(batch["texts"])  # (B, F)
+        text = torch.nn.functional.normalize(towers.text_projection(features), dim=-1)  # (B, D)
         counts = {"skipped_files": batch["skipped_files"]} if batch["skipped_files"] else {}
         return Step({self.cfg.loss.name: loss(audio.float(), text.float())}, (audio, text), counts)
 
@@ -272,14 +288,20 @@ class AudioTextTask(_AudioTask):
         audio = self.embed_rows(ds, queries)  # (N, D)
         text = self.embed_texts([ds.texts[i] for i in queries])  # (N, D)
         rel = torch.arange(len(queries))
-        metrics = {f"audio->text {k}": v for k, v in recall_summary(audio, text, rel, e.recall_at).items()}
+        metrics = {
+            f"audio->text {k}": v for k, v in recall_summary(audio, text, rel, e.recall_at).items()
+        }
         metrics.update(
-            {f"text->audio {k}": v for k, v in recall_summary(text, audio, rel, e.recall_at).items()}
+            {
+                f"text->audio {k}": v
+                for k, v in recall_summary(text, audio, rel, e.recall_at).items()
+            }
         )
         metrics.update(self.zero_shot(queries, audio))
         speakers = getattr(ds, "speakers", None)
-        if speakers is not None:
-            metrics.update(self.speaker_metrics(audio, [speakers[i] for i in queries]))
+        if speakers is not None:  # every held-out clip (several per speaker), not one per text
+            rows = list(range(min(len(ds), SPEAKER_CLIPS)))
+            metrics.update(self.speaker_metrics(self.embed_rows(ds, rows), speakers[: len(rows)]))
         if quick:
             return EvalResult(metrics)
         pos, neg = positive_negative_similarities(audio, text)
@@ -345,13 +367,13 @@ class AudioViewsTask(_AudioTask):
             clip_frames(crop, self.sample_rate) if crop else self.clip_samples, self.clip_samples
         )
 
-    def _crop(self, waves: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _crop(
+        self, waves: Tensor, mask: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         """A random ``crop_samples`` window of each clip, inside its real samples where it fits."""
         from contrastkit.data import audio_views as av
 
-        return av.random_crop(
-            waves, self.crop_samples, lengths=mask.sum(1), generator=generator
-        )
+        return av.random_crop(waves, self.crop_samples, lengths=mask.sum(1), generator=generator)
 
     def batch(self, indices: Tensor, generator: torch.Generator) -> dict[str, Any]:
         waves, mask, rows, skipped = self.train_set.read(indices, generator)  # (B, S)
