@@ -53,7 +53,7 @@ def _config(tmp_path: Path, folder: Path, task: str, **extra: object) -> Path:
         "data": {
             "dataset": "audio_folder",
             "root": str(folder / "manifest.csv"),
-            "options": {"test_fraction": 0.34, "sample_rate": RATE},
+            "options": {"test_fraction": 0.34},
         },
         "audio": {"clip_seconds": 0.6},
         "model": {
@@ -148,3 +148,27 @@ def test_audio_config_errors_name_the_key(tmp_path, folder, capsys) -> None:
     assert "model.name" in capsys.readouterr().err
     assert main(["train", str(path), "--set", "model.name=hf_audio"]) == 2
     assert "model.options.path" in capsys.readouterr().err
+
+
+def test_audio_text_with_a_hugging_face_audio_folder(tmp_path, folder) -> None:
+    """``hf_audio``: a tiny random Wav2Vec2 folder (16 kHz: the 8 kHz clips are resampled)."""
+    transformers = pytest.importorskip("transformers")
+    hf = tmp_path / "w2v"
+    cfg = transformers.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+    )  # fmt: skip
+    transformers.Wav2Vec2Model(cfg).save_pretrained(hf)
+    transformers.Wav2Vec2FeatureExtractor(
+        sampling_rate=16000, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(hf)
+    path = _config(tmp_path, folder, "audio_text")
+    model = yaml.safe_load(path.read_text())["model"]
+    model.update({"name": "hf_audio", "options": {"path": str(hf)}})
+    assert main(["train", str(path), "--set", f"model={json.dumps(model)}"]) == 0
+    from contrastkit.train.run import load_run
+
+    _, task, _ = load_run(tmp_path / "runs" / "audio_text")
+    assert task.sample_rate == 16000 and task.train_set.sample_rate == 16000
+    assert "text->audio R@1" in _eval(tmp_path / "runs" / "audio_text")
