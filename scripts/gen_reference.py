@@ -163,7 +163,7 @@ def key_table(model: type[BaseModel], prefix: str) -> list[str]:
     return rows
 
 
-DATA_PATH = ("data", "views", "model", "loss", "negatives", "optim", "train", "eval")
+DATA_PATH = ("data", "views", "audio", "model", "loss", "negatives", "optim", "train", "eval")
 """Sections in the order of the data path (the order config.py's docstring names them)."""
 
 

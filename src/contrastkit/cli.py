@@ -429,11 +429,13 @@ def _exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
     """The exception -> exit code table; the first match wins (ConfigError is a ValueError,
     DiskFullError an OSError, DataNotFoundError a FileNotFoundError)."""
     from contrastkit.atomic import WriteFailedError
+    from contrastkit.data.audio import AudioError
     from contrastkit.train.config import ConfigError
     from contrastkit.train.loop import TrainingDiverged
 
     return (
         (ConfigError, EXIT_USAGE),
+        (AudioError, EXIT_MISSING),  # an audio file that does not decode: a data error
         (TrainingDiverged, EXIT_DIVERGED),
         (FileNotFoundError, EXIT_MISSING),
         (NotADirectoryError, EXIT_MISSING),

@@ -15,6 +15,8 @@
   graph pools every token, also a prompt's when the folder says ``include_prompt: false``;
   the tokenizer is saved beside it in ``out/text_tokenizer``) and
   ``image.onnx`` (``images``: (B, C, H, W) float in [0, 1] -> ``embeddings`` (B, D));
+  ``audio.onnx`` (``waveform``: (B, T) float32 at the ``sample_rate`` export.json records,
+  ``mask``: (B, T) bool -> ``embeddings`` (B, D), the log-mel front end inside);
   ``export.json`` lists the graphs, their inputs and the image shape / max token length.
 * ``hf``: a run that fine-tuned a CLIP / SigLIP folder (``model.name: hf_clip``): a folder
   ``CLIPModel.from_pretrained`` / ``SiglipModel.from_pretrained`` loads, with the fine-tuned
@@ -184,7 +186,29 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
         example = torch.rand(2, c, h, w, generator=torch.Generator().manual_seed(0))
         _onnx_export(image, (example,), tmp / "image.onnx", {"images": {0: "batch"}})
         graphs["image"] = {"file": "image.onnx", "inputs": ["images"], "image_shape": [c, h, w]}
+    audio = task.export_towers().audio
+    if audio is not None:
+        graphs["audio"] = _write_audio_onnx(audio, tmp)
     write_json(tmp / "export.json", {"format": "onnx", "graphs": graphs})
+
+
+def _write_audio_onnx(audio: nn.Module, tmp: Path) -> dict[str, Any]:
+    """``audio.onnx``: ``waveform`` (B, T) float32 mono at ``sample_rate`` and ``mask`` (B, T)
+    bool (True on real samples) -> ``embeddings`` (B, D); batch and length dynamic."""
+    rate = int(getattr(audio, "sample_rate", 0))
+    if not getattr(audio, "onnx_exportable", True):
+        raise ValueError(
+            f"the audio tower {type(audio).__name__} computes its input features outside torch "
+            "(a spectrogram feature extractor); ONNX export covers audio_cnn and raw-waveform "
+            "Hugging Face models (Wav2Vec2, HuBERT, WavLM): use --format safetensors."
+        )
+    g = torch.Generator().manual_seed(0)
+    waveform = torch.randn(2, max(rate, 1600), generator=g) * 0.1
+    mask = torch.ones(waveform.shape, dtype=torch.bool)
+    mask[1, waveform.shape[1] // 2 :] = False
+    axes = {0: "batch", 1: "samples"}
+    _onnx_export(audio, (waveform, mask), tmp / "audio.onnx", {"waveform": axes, "mask": axes})
+    return {"file": "audio.onnx", "inputs": ["waveform", "mask"], "sample_rate": rate}
 
 
 def _write_safetensors(cfg: Any, task: Any, tmp: Path, run: Path) -> None:

@@ -27,6 +27,7 @@ def test_every_encoder_declares_its_inputs_and_weights(name: str) -> None:
 def test_pretrained_is_what_the_entries_declare() -> None:
     assert {n for n in list_encoders() if is_pretrained(n)} == {
         "hf",
+        "hf_audio",
         "hf_text",
         "hf_vision",
         "minilm",

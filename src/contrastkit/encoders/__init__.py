@@ -3,6 +3,7 @@
 Configs name encoders through the registry: ``create_encoder("small_cnn", in_channels=1)``.
 """
 
+from contrastkit.encoders.audio import AudioCNN, HFAudioEncoder
 from contrastkit.encoders.heads import PredictionHead, ProjectedEncoder, ProjectionHead
 from contrastkit.encoders.hf_vision import HFVisionEncoder, ImagePreprocess
 from contrastkit.encoders.momentum import MomentumEncoder, cosine_momentum
@@ -15,8 +16,10 @@ from contrastkit.encoders.vision import MLPEncoder, SmallCNN, SmallResNet
 
 __all__ = [
     "ENCODERS",
+    "AudioCNN",
     "DualEncoder",
     "EmbedTokens",
+    "HFAudioEncoder",
     "HFVisionEncoder",
     "ImagePreprocess",
     "ImageTextModel",

@@ -23,11 +23,12 @@ from torch import nn
 
 from contrastkit.registry import Registry
 
-INPUTS = ("image", "text", "embedding")
+INPUTS = ("image", "text", "embedding", "audio")
 """What an encoder's ``forward`` takes. ``"image"``: ``(B, C, H, W)`` float images (``mlp``
 flattens them, so it also takes ``(B, F)`` features); ``"text"``: a list of B strings (text
 towers also embed tokenized batches); ``"embedding"``: ``(B, D)`` features from another encoder
-(projection and prediction heads)."""
+(projection and prediction heads); ``"audio"``: ``(B, T)`` float mono waveforms and a ``(B, T)``
+bool mask of the real samples (audio towers)."""
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,71 @@ class LossTerm(_Strict):
         return self
 
 
+class AudioModelConfig(_Strict):
+    """An audio tower from the encoder registry: ``audio_cnn`` (a small CNN over log-mel, from
+    scratch; ``width``) or ``hf_audio`` (a local Hugging Face audio model folder:
+    ``options.path``), ending in a projection to ``out_dim`` (L2-normalised); ``options`` go to
+    the encoder (``audio_cnn``: n_mels, n_fft, hop_length, stages, sample_rate; ``hf_audio``:
+    path, freeze)."""
+
+    name: str = "audio_cnn"
+    width: int = Field(default=16, gt=0, description="audio_cnn: channels of the first stage")
+    out_dim: int = Field(default=128, gt=0, description="D: the projection the loss sees")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _audio_encoder(self) -> AudioModelConfig:
+        from contrastkit.encoders.registry import encoder_spec, list_encoders
+
+        audio = [n for n in list_encoders() if encoder_spec(n).inputs == "audio"]
+        if self.name not in audio:
+            raise ValueError(
+                f"model.name: got {self.name!r}; an audio task needs an audio encoder: "
+                f"{', '.join(audio)}"
+            )
+        if self.name == "hf_audio" and not self.options.get("path"):
+            raise ValueError(
+                "model.options.path: got None; model.name: hf_audio loads a local Hugging Face "
+                "audio model folder (Wav2Vec2, HuBERT, Whisper, AST): set it to that folder"
+            )
+        return self
+
+
+class AudioTextModelConfig(AudioModelConfig):
+    """Two towers (CLAP layout): the audio tower of :class:`AudioModelConfig` and a text tower
+    (``text``: ``minilm``, ``tiny_text``, ``hf``), both projected to ``out_dim``;
+    ``freeze_text`` keeps the text tower fixed (LiT: only its projection trains)."""
+
+    text: TextModelConfig = Field(default_factory=lambda: TextModelConfig())
+    freeze_text: bool = True
+
+
+class AudioConfig(_Strict):
+    """Clips and their random views (:mod:`contrastkit.data.audio_views`): every clip is
+    resampled to the audio tower's rate and cropped (training: at random) or padded to
+    ``clip_seconds`` with a mask; training views add noise at an SNR drawn from
+    ``noise_snr_db`` (null: none), a gain in +-``gain_db`` and a circular shift of up to
+    ``time_shift`` of the clip."""
+
+    clip_seconds: float = Field(default=3.0, gt=0, le=60)
+    noise_snr_db: tuple[float, float] | None = (10.0, 40.0)
+    gain_db: float = Field(default=6.0, ge=0)
+    time_shift: float = Field(default=0.0, ge=0, le=1)
+    crop_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="task: audio: each view is a random crop this long of the clip (COLA); "
+        "null: the whole clip",
+    )
+
+    @field_validator("noise_snr_db")
+    @classmethod
+    def _snr(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] <= v[1]:
+            raise ValueError("needs [low, high] dB with low <= high, e.g. [10, 40], or null")
+        return v
+
+
 class LossConfig(_Strict):
     """Any registered loss (``contrastkit.list_losses()``) and its keyword arguments.
 
@@ -670,6 +735,36 @@ class RerankRun(_RunBase):
         return True
 
 
+AUDIO_DATASETS = ("speech", "audio_folder")
+
+
+class AudioTextRun(_RunBase):
+    """``task: audio_text``: clips and their transcripts / captions through two towers (CLAP);
+    ``loss(audio, text)``. ``data.dataset``: ``speech`` (the packaged espeak-ng corpus) or
+    ``audio_folder`` (``data.root``: your folder or manifest)."""
+
+    task: Literal["audio_text"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="speech"))
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    model: AudioTextModelConfig = Field(default_factory=AudioTextModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="info_nce"))
+    DATASETS = AUDIO_DATASETS
+    INPUTS = ("pair",)
+
+
+class AudioViewsRun(_RunBase):
+    """``task: audio``: two random views (crops, noise, gain) of each clip (COLA, BYOL-A);
+    ``loss(z1, z2)``."""
+
+    task: Literal["audio"]
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset="speech"))
+    audio: AudioConfig = Field(default_factory=lambda: AudioConfig(crop_seconds=1.0))
+    model: AudioModelConfig = Field(default_factory=AudioModelConfig)
+    loss: LossConfig = Field(default_factory=lambda: LossConfig(name="nt_xent"))
+    DATASETS = AUDIO_DATASETS
+    INPUTS = ("pair",)
+
+
 RUN_TYPES: dict[str, type[_RunBase]] = {
     "views": ViewsRun,
     "supervised": SupervisedRun,
@@ -678,10 +773,20 @@ RUN_TYPES: dict[str, type[_RunBase]] = {
     "preference": PreferenceRun,
     "identity": IdentityRun,
     "rerank": RerankRun,
+    "audio_text": AudioTextRun,
+    "audio": AudioViewsRun,
 }
 RunConfig = Annotated[
     Union[  # noqa: UP007
-        ViewsRun, SupervisedRun, PairsRun, ImageTextRun, PreferenceRun, IdentityRun, RerankRun
+        ViewsRun,
+        SupervisedRun,
+        PairsRun,
+        ImageTextRun,
+        PreferenceRun,
+        IdentityRun,
+        RerankRun,
+        AudioTextRun,
+        AudioViewsRun,
     ],
     Field(discriminator="task"),
 ]

@@ -2,13 +2,14 @@
 :class:`~contrastkit.train.tasks.base.Task`.
 
 >>> sorted(TASKS)
-['identity', 'image_text', 'pairs', 'preference', 'rerank', 'supervised', 'views']
+['audio', 'audio_text', 'identity', 'image_text', 'pairs', 'preference', 'rerank', 'supervised', 'views']
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from contrastkit.train.tasks.audio_text import AudioTextTask, AudioViewsTask
 from contrastkit.train.tasks.base import Corpus, EvalResult, ExportTowers, Step, Task
 from contrastkit.train.tasks.identity import IdentityTask
 from contrastkit.train.tasks.image import ImageTask, SupervisedTask
@@ -27,6 +28,8 @@ TASKS: dict[str, type[Any]] = {
         PreferenceTask,
         IdentityTask,
         RerankTask,
+        AudioTextTask,
+        AudioViewsTask,
     )
 }
 

@@ -117,6 +117,8 @@ class ExportTowers:
             run), written as a ``sentence_transformers.CrossEncoder`` folder, or None.
         pretrained: a model whose ``save_pretrained(folder)`` writes a transformers folder
             (a CLIP / SigLIP checkpoint: ``export --format hf``), or None.
+        audio: ``(waveform (B, T), mask (B, T))`` at the task's ``sample_rate`` -> (B, D), as
+            ``task.embed_audio``; None without an audio side.
     """
 
     text: dict[str, tuple[nn.Module, nn.Linear | None]] = field(default_factory=dict)
@@ -124,6 +126,7 @@ class ExportTowers:
     encoder: nn.Module | None = None
     cross_encoder: nn.Module | None = None
     pretrained: nn.Module | None = None  # a checkpoint with save_pretrained (export --format hf)
+    audio: nn.Module | None = None  # (waveform (B, T), mask (B, T)) -> (B, D), as embed_audio
 
 
 class CallMethod(nn.Module):
