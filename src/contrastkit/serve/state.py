@@ -136,3 +136,19 @@ class ServeState:
             async with self.decoding:
                 out.append(await asyncio.to_thread(decode_image, data, shape, name))
         return out
+
+    async def decode_audio(self, datas: list[bytes], fields: list[str]) -> list[Any]:
+        """Encoded audio -> ``(clip (S,), mask (S,))`` each at the run's sample rate and clip
+        length (:func:`contrastkit.serve.audio.decode_audio`); decoding runs in a thread, in the
+        same ``settings.decode_threads`` slots as images."""
+        from contrastkit.serve.audio import decode_audio
+
+        if self.decoding is None:
+            self.decoding = asyncio.Semaphore(self.settings.decode_threads)
+        rate, samples = self.embedder.sample_rate, self.embedder.clip_samples
+        assert rate is not None and samples is not None, "decode_audio is for audio models only"
+        out = []
+        for data, name in zip(datas, fields):
+            async with self.decoding:
+                out.append(await asyncio.to_thread(decode_audio, data, rate, samples, name))
+        return out
