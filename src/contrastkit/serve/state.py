@@ -42,8 +42,8 @@ class ServeSettings:
             counted before the model runs; beyond it 413.
         max_pixels: most pixels all images of one request may hold, read from their headers
             before any is decoded; beyond it 413.
-        decode_threads: images decoded at once; the others wait their turn, so a burst of
-            large uploads keeps at most this many threads busy.
+        decode_threads: images (and audio clips) decoded at once; the others wait their turn,
+            so a burst of large uploads keeps at most this many threads busy.
     """
 
     max_batch: int = 32
