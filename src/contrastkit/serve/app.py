@@ -229,6 +229,9 @@ def _model_dim(embedder: Embedder) -> int:
 
     if "image" in embedder.kinds and embedder.image_shape is not None:
         probe = embedder.embed("image", torch.zeros(1, *embedder.image_shape))  # (1, D)
+    elif "text" not in embedder.kinds and embedder.clip_samples is not None:  # audio only
+        n = embedder.clip_samples
+        probe = embedder.embed("audio", [(torch.zeros(n), torch.ones(n, dtype=torch.bool))])
     else:
         probe = embedder.embed("text", ["probe"])  # (1, D)
     return int(probe.shape[1])

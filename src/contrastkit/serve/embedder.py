@@ -44,6 +44,13 @@ class Embedder:
         rerank: ``(query, texts) -> (N,)`` relevance scores, for a run that is or has a
             cross-encoder (``POST /rerank``); None otherwise. Built from the task's
             ``rerank_scores(query: str, texts: list[str]) -> Tensor (N,)`` when it has one.
+        embed_audio: ``(waveform (N, S), mask (N, S)) -> (N, D)`` float32 for a run with
+            ``"audio"`` among its kinds (the task's ``embed_audio``); None otherwise.
+        sample_rate: the rate in Hz audio queries are resampled to (audio runs only).
+        clip_samples: S, the samples an audio query is cropped or padded to (audio runs only).
+        clip_path: index position -> the corpus clip's file (``/audio/{position}``), for a run
+            whose corpus is audio files; None otherwise.
+        n_clips: the number of corpus clips ``clip_path`` answers (positions 0..n_clips-1).
 
     >>> e = Embedder("toy", ("text",), embed_texts=lambda t: torch.ones(len(t), 4))
     >>> e.embed("text", ["a", "b"]).shape
@@ -60,6 +67,11 @@ class Embedder:
     max_tokens: int | None = None
     trained_dims: tuple[int, ...] | None = None
     rerank: Callable[[str, list[str]], Tensor] | None = None
+    embed_audio: Callable[[Tensor, Tensor], Tensor] | None = None
+    sample_rate: int | None = None
+    clip_samples: int | None = None
+    clip_path: Callable[[int], Path] | None = None
+    n_clips: int = 0
 
     def tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text: the model tokenizer's count (special tokens included), else
@@ -73,14 +85,21 @@ class Embedder:
         return [max(1, len(text.split())) for text in texts]
 
     def embed(self, kind: str, items: list[str] | Tensor) -> Tensor:
-        """Embed a batch of one kind: texts (list of N str) or images (N, C, H, W) -> (N, D)."""
-        fn = self.embed_texts if kind == "text" else self.embed_images
+        """Embed a batch of one kind: texts (list of N str), images (N, C, H, W) or audio (list
+        of N ``(clip (S,), mask (S,))``) -> (N, D)."""
+        fns = {"text": self.embed_texts, "image": self.embed_images, "audio": self.embed_audio}
+        fn = fns.get(kind)
         if kind not in self.kinds or fn is None:
             raise ValueError(
                 f"kind {kind!r}: this model embeds {', '.join(self.kinds)} queries only."
             )
         with torch.inference_mode():
-            out = fn(items)  # type: ignore[arg-type]
+            if kind == "audio":
+                waves = torch.stack([clip for clip, _ in items])  # (N, S)
+                masks = torch.stack([mask for _, mask in items])  # (N, S)
+                out = self.embed_audio(waves, masks)  # type: ignore[misc]
+            else:
+                out = fn(items)  # type: ignore[operator]
         return out.detach().to("cpu", torch.float32)
 
     @classmethod
@@ -95,6 +114,8 @@ class Embedder:
         reads_text = "text" in kinds or callable(rerank_scores)  # a cross-encoder reads texts
         tokenizer, max_tokens = _text_tokenizer(task) if reads_text else (None, None)
         dims = getattr(getattr(cfg, "loss", None), "matryoshka_dims", None)
+        hears = "audio" in kinds
+        clip_path = getattr(task, "corpus_clip_path", None)
         return cls(
             name=str(getattr(cfg, "name", Path(run).name)),
             kinds=kinds,
@@ -110,6 +131,11 @@ class Embedder:
             max_tokens=max_tokens,
             trained_dims=tuple(int(d) for d in dims) if dims else None,
             rerank=rerank_scores if callable(rerank_scores) else None,
+            embed_audio=task.embed_audio if hears else None,
+            sample_rate=int(task.sample_rate) if hears else None,
+            clip_samples=int(task.clip_samples) if hears else None,
+            clip_path=clip_path if callable(clip_path) else None,
+            n_clips=int(task.corpus_size()) if callable(clip_path) else 0,
         )
 
 

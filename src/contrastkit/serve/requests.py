@@ -41,6 +41,7 @@ from contrastkit.serve.errors import BadInput
 
 __all__ = [
     "FILTER_HINT",
+    "Base64Audio",
     "Base64Image",
     "FilterValue",
     "NonBlank",
@@ -56,13 +57,15 @@ __all__ = [
 FilterValue = StrictStr | StrictInt | StrictFloat | StrictBool
 FILTER_HINT = 'an object of metadata field -> string/number/boolean, e.g. {"label": "x"}'
 # the other field to send when the model does not embed this one's kind
-_KIND = {"query": "text", "texts": "text", "image": "image", "images": "image", "file": "image"}
+_KIND = {"query": "text", "texts": "text", "image": "image", "images": "image", "file": "image",
+         "audio": "audio"}  # fmt: skip
 _INSTEAD = {
     "query": "image",
     "texts": "images",
     "image": "query",
     "images": "texts",
     "file": "query",
+    "audio": "query",
 }
 
 
@@ -79,19 +82,25 @@ def _nonblank(text: str) -> str:
     return text
 
 
-def _base64(text: str) -> bytes:
+def _base64(text: str, what: str = "image") -> bytes:
     if text.startswith("data:") and "," in text:  # a data: URL, as a browser makes it
         text = text.split(",", 1)[1]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise reject(None, text, "a base64-encoded image (standard alphabet)") from None
+        raise reject(None, text, f"a base64-encoded {what} (standard alphabet)") from None
+
+
+def _base64_audio(text: str) -> bytes:
+    return _base64(text, "audio file (WAV, FLAC, OGG or MP3)")
 
 
 NonBlank = Annotated[StrictStr, AfterValidator(_nonblank)]
 """A string with something but whitespace in it."""
 Base64Image = Annotated[StrictStr, AfterValidator(_base64)]
 """A base64 string (or a ``data:`` URL), validated to its bytes (decoded as an image later)."""
+Base64Audio = Annotated[StrictStr, AfterValidator(_base64_audio)]
+"""A base64 string (or a ``data:`` URL), validated to its bytes (decoded as audio later)."""
 
 
 def count_between(low: int, high: int, what: str) -> BeforeValidator:
@@ -128,7 +137,7 @@ def check_kind(field: str, value: Any, kinds: Sequence[str]) -> None:
                                    f"{_INSTEAD[field]!r} instead")  # fmt: skip
 
 
-def exactly_one(fields: tuple[str, str], kinds: Sequence[str]) -> Callable[[Any], Any]:
+def exactly_one(fields: tuple[str, ...], kinds: Sequence[str]) -> Callable[[Any], Any]:
     """A ``model_validator(mode="before")`` body: exactly one of ``fields`` is given (not None),
     and the model embeds its kind; runs before the fields are validated, so ``{"image": "@@@",
     "query": "x"}`` is answered as "both", not as bad base64."""
@@ -138,7 +147,9 @@ def exactly_one(fields: tuple[str, str], kinds: Sequence[str]) -> Callable[[Any]
             return data
         given = [name for name in fields if data.get(name) is not None]
         if len(given) != 1:
-            raise reject("/".join(fields), "both" if given else "neither", "exactly one of the two")
+            many = "both" if len(fields) == 2 else "several"
+            one = "exactly one of the two" if len(fields) == 2 else "exactly one of them"
+            raise reject("/".join(fields), many if given else "neither", one)
         check_kind(given[0], data[given[0]], kinds)
         return data
 

@@ -42,8 +42,8 @@ class ServeSettings:
             counted before the model runs; beyond it 413.
         max_pixels: most pixels all images of one request may hold, read from their headers
             before any is decoded; beyond it 413.
-        decode_threads: images decoded at once; the others wait their turn, so a burst of
-            large uploads keeps at most this many threads busy.
+        decode_threads: images (and audio clips) decoded at once; the others wait their turn,
+            so a burst of large uploads keeps at most this many threads busy.
     """
 
     max_batch: int = 32
@@ -135,4 +135,20 @@ class ServeState:
         for data, name in zip(datas, fields):
             async with self.decoding:
                 out.append(await asyncio.to_thread(decode_image, data, shape, name))
+        return out
+
+    async def decode_audio(self, datas: list[bytes], fields: list[str]) -> list[Any]:
+        """Encoded audio -> ``(clip (S,), mask (S,))`` each at the run's sample rate and clip
+        length (:func:`contrastkit.serve.audio.decode_audio`); decoding runs in a thread, in the
+        same ``settings.decode_threads`` slots as images."""
+        from contrastkit.serve.audio import decode_audio
+
+        if self.decoding is None:
+            self.decoding = asyncio.Semaphore(self.settings.decode_threads)
+        rate, samples = self.embedder.sample_rate, self.embedder.clip_samples
+        assert rate is not None and samples is not None, "decode_audio is for audio models only"
+        out = []
+        for data, name in zip(datas, fields):
+            async with self.decoding:
+                out.append(await asyncio.to_thread(decode_audio, data, rate, samples, name))
         return out

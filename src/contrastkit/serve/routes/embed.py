@@ -1,4 +1,4 @@
-"""``POST /embed``: texts or base64 images -> float32 embeddings (N, D); or, with
+"""``POST /embed``: texts, base64 images or base64 audio (audio runs) -> float32 embeddings (N, D); or, with
 text-embeddings-inference's body (``inputs``, ``normalize``, ``truncate``), TEI's answer
 (a list of rows; :func:`contrastkit.serve.routes.tei.tei_embed`).
 
@@ -11,8 +11,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from contrastkit.serve.requests import (
+    Base64Audio,
     Base64Image,
     NonBlank,
+    check_kind,
     count_between,
     exactly_one,
     one_or_many,
@@ -29,9 +31,13 @@ __all__ = ["router"]
 def router(state: ServeState) -> APIRouter:
     """The embedding route of ``state``'s service."""
     n = state.settings.max_items
+    kinds = state.embedder.kinds
+    hears = "audio" in kinds
+    fields = ("texts", "images", "audio") if hears else ("texts", "images")
 
     class EmbedRequest(BaseModel):
-        """``/embed``: exactly one of ``texts`` (N strings) or ``images`` (N base64 images)."""
+        """``/embed``: exactly one of ``texts`` (N strings), ``images`` (N base64 images) or
+        ``audio`` (N base64 audio files, audio runs)."""
 
         model_config = ConfigDict(extra="forbid")
         example: ClassVar[str] = '{"texts": ["a text"]}'
@@ -41,6 +47,10 @@ def router(state: ServeState) -> APIRouter:
         images: Annotated[
             list[Base64Image] | None, count_between(1, n, "base64-encoded images")
         ] = Field(None, description=f"a list of 1..{n} base64-encoded images")
+        audio: Annotated[
+            list[Base64Audio] | None, count_between(1, n, "base64-encoded audio files")
+        ] = Field(None, description=f"a list of 1..{n} base64-encoded audio files (WAV, FLAC, "
+                  "OGG or MP3)")  # fmt: skip
 
         inputs: Annotated[
             list[NonBlank] | None,
@@ -65,15 +75,17 @@ def router(state: ServeState) -> APIRouter:
                 tei = [key for key in _TEI_ONLY if key in data] if isinstance(data, dict) else []
                 if tei:
                     raise reject(tei[0], data[tei[0]], 'only with TEI\'s body, {"inputs": ...}')
-                return exactly_one(("texts", "images"), state.embedder.kinds)(data)
-            given = [key for key in ("texts", "images") if data.get(key) is not None]
+                if isinstance(data, dict) and data.get("audio") is not None and not hears:
+                    check_kind("audio", "(audio)", kinds)  # refused: this model hears nothing
+                return exactly_one(fields, kinds)(data)
+            given = [key for key in ("texts", "images", "audio") if data.get(key) is not None]
             if given:
                 raise reject("inputs/" + given[0], "both", "one of texts, images or inputs")
             return data
 
     api = APIRouter(tags=["embed"])
 
-    @api.post("/embed", summary="Embed texts or images")
+    @api.post("/embed", summary="Embed texts, images or audio")
     async def embed(body: EmbedRequest) -> Any:
         """`{"texts": [...]}` or `{"images": [base64, ...]}` -> float32 embeddings (N, D);
         TEI's `{"inputs": ..., "normalize": true, "truncate": false}` -> `[[...], ...]`."""
@@ -85,6 +97,10 @@ def router(state: ServeState) -> APIRouter:
         if body.texts is not None:
             kind, batch = "text", list(body.texts)
             state.check_tokens(batch, "texts")
+        elif body.audio is not None:  # decoded to the run's sample rate and clip length
+            kind = "audio"
+            names = [f"audio[{i}]" for i in range(len(body.audio))]
+            batch = await state.decode_audio(list(body.audio), names)
         else:  # the images arrive validated to their bytes; decoding needs the model's shape
             images = body.images or []
             kind = "image"

@@ -43,7 +43,11 @@ def router(state: ServeState) -> APIRouter:
             "model": embedder.name,
             "run": path(state.run),
             "query_kinds": list(embedder.kinds),
-            "corpus": "image" if embedder.thumbnails is not None else "text",
+            "corpus": "image"
+            if embedder.thumbnails is not None
+            else "audio"
+            if embedder.n_clips
+            else "text",
             "index_path": None  # a cross-encoder run is served without an index
             if state.holder.path is None
             else str(state.holder.path)

@@ -1,4 +1,5 @@
-"""What a browser reads: the search page ``GET /`` and corpus thumbnails ``GET /thumb/{position}``.
+"""What a browser reads: the search page ``GET /``, corpus thumbnails ``GET /thumb/{position}``
+and corpus clips ``GET /audio/{position}`` (audio runs).
 
 (No ``from __future__ import annotations``: see ``routes/search.py``.)
 """
@@ -9,6 +10,7 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
+from contrastkit.serve.audio import audio_media_type
 from contrastkit.serve.errors import BadInput
 from contrastkit.serve.images import png
 from contrastkit.serve.state import ServeState
@@ -45,6 +47,26 @@ def router(state: ServeState) -> APIRouter:
             media_type="image/png",
             headers={"Cache-Control": "max-age=3600"},
         )
+
+    @api.get("/audio/{position}", summary="A corpus clip, as its file's bytes")
+    async def audio(position: int) -> Response:
+        """The corpus clip at index position `position` (audio corpora only): the bytes of the
+        run's own corpus file at that position (a position, never a path, is taken)."""
+        clip_path, n = state.embedder.clip_path, state.embedder.n_clips
+        if clip_path is None or not 0 <= position < n:
+            allowed = (
+                f"an index position from 0 to {n - 1}" if n else "none: this corpus is not audio"
+            )
+            raise BadInput("position", position, allowed, 404)
+        path = clip_path(position)
+        async with slots:
+            try:
+                data = await asyncio.to_thread(path.read_bytes)
+            except OSError:  # the corpus file went away since the run was indexed
+                raise BadInput("position", position, f"a clip whose file exists ({path.name} "
+                               "is missing)", 404) from None  # fmt: skip
+        return Response(data, media_type=audio_media_type(path),
+                        headers={"Cache-Control": "max-age=3600"})  # fmt: skip
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -1,4 +1,5 @@
-"""Search: ``POST /search`` (a text or a base64 image) and ``POST /search/upload`` (multipart).
+"""Search: ``POST /search`` (a text, a base64 image or base64 audio) and ``POST /search/upload``
+(multipart: an image, or an audio file for an audio run).
 
 (No ``from __future__ import annotations`` in route modules: FastAPI reads the endpoints'
 annotations at runtime, and the request models are classes local to :func:`router`, bounded by
@@ -14,6 +15,7 @@ from contrastkit.serve.errors import BadInput
 from contrastkit.serve.live_index import LoadedIndex
 from contrastkit.serve.requests import (
     FILTER_HINT,
+    Base64Audio,
     Base64Image,
     FilterValue,
     NonBlank,
@@ -34,19 +36,31 @@ def router(state: ServeState) -> APIRouter:
     """The search routes of ``state``'s service."""
     kinds, max_k = state.embedder.kinds, state.settings.max_k
     k_hint = f"an integer from 1 to {max_k}"
+    hears = "audio" in kinds
+    fields = ("query", "image", "audio") if hears else ("query", "image")
+    upload_kind = "audio" if hears and "image" not in kinds else "image"
+
+    def _one_query(data: Any) -> Any:
+        if isinstance(data, dict) and data.get("audio") is not None and not hears:
+            check_kind("audio", "(audio)", kinds)  # refused: this model hears nothing
+        return exactly_one(fields, kinds)(data)
 
     class SearchRequest(BaseModel):
-        """``/search``: exactly one of ``query`` (text) or ``image`` (base64), ``k`` and an
-        optional exact-match ``filter`` on the index metadata (e.g. ``{"label": "Ankle boot"}``)."""
+        """``/search``: exactly one of ``query`` (text), ``image`` (base64) or ``audio`` (base64,
+        audio runs), ``k`` and an optional exact-match ``filter`` on the index metadata (e.g.
+        ``{"label": "Ankle boot"}``)."""
 
         model_config = ConfigDict(extra="forbid")
         example: ClassVar[str] = '{"query": "a text", "k": 5}'
         query: NonBlank | None = Field(None, description="a non-empty string (a text query)")
         image: Base64Image | None = Field(None, description="a base64-encoded image")
+        audio: Base64Audio | None = Field(
+            None, description="a base64-encoded audio file (WAV, FLAC, OGG or MP3)"
+        )
         k: StrictInt = Field(10, ge=1, le=max_k, description=k_hint)
         filter: dict[str, FilterValue] | None = Field(None, description=FILTER_HINT)
 
-        one_query = model_validator(mode="before")(exactly_one(("query", "image"), kinds))
+        one_query = model_validator(mode="before")(_one_query)
 
     class UploadForm(BaseModel):
         """``/search/upload``: a multipart form with ``file`` (an image), ``k`` and ``filter``
@@ -54,7 +68,10 @@ def router(state: ServeState) -> APIRouter:
 
         model_config = ConfigDict(extra="forbid")
         example: ClassVar[str] = "a multipart form with file=<image>, k=5"
-        file: UploadFile = Field(description="a multipart file field named 'file' holding an image")
+        file: UploadFile = Field(
+            description=f"a multipart file field named 'file' holding an {upload_kind}"
+            + (" (WAV, FLAC, OGG or MP3)" if upload_kind == "audio" else "")
+        )
         k: int = Field(10, ge=1, le=max_k, description=k_hint)  # a form sends text: "5" is 5
         filter: Annotated[Json[dict[str, FilterValue]] | None, BeforeValidator(_empty_is_none)] = (
             Field(None, description=f"{FILTER_HINT}, as JSON text")
@@ -63,29 +80,38 @@ def router(state: ServeState) -> APIRouter:
         @model_validator(mode="before")
         @classmethod
         def _image_model(cls, data: Any) -> Any:
-            if isinstance(data, dict) and data.get("file") is not None:
+            if isinstance(data, dict) and data.get("file") is not None and upload_kind == "image":
                 check_kind("file", getattr(data["file"], "filename", data["file"]), kinds)
             return data
 
     api = APIRouter(tags=["search"])
 
-    @api.post("/search", summary="Search the index with a text or a base64 image")
+    @api.post("/search", summary="Search the index with a text, a base64 image or base64 audio")
     async def search(body: SearchRequest) -> dict[str, Any]:
-        """`{"query": "text"}` or `{"image": base64}`, `k`, optional `filter` -> ranked hits
-        (id, position in the index, score, metadata, thumbnail URL for image corpora)."""
+        """`{"query": "text"}`, `{"image": base64}` or `{"audio": base64}`, `k`, optional
+        `filter` -> ranked hits (id, position in the index, score, metadata, thumbnail URL for
+        image corpora, clip URL for audio corpora)."""
         if body.query is not None:
             kind, item = "text", body.query
+        elif body.audio is not None:  # decoded to the run's rate and clip length
+            (item,) = await state.decode_audio([body.audio], ["audio"])
+            kind = "audio"
         else:  # the image arrives validated to its bytes; decoding needs the model's shape
             (item,) = await state.decode_images([body.image], ["image"])
             kind = "image"
         return {"tower": kind, **await _search(state, kind, item, body.k, body.filter)}
 
-    @api.post("/search/upload", summary="Search with an uploaded image file (multipart)")
+    @api.post("/search/upload", summary="Search with an uploaded image or audio file (multipart)")
     async def search_upload(form: Annotated[UploadForm, Form()]) -> dict[str, Any]:
-        """Multipart form: `file` (an image), optional `k` and `filter` (a JSON object)."""
+        """Multipart form: `file` (an image; an audio file for an audio run), optional `k` and
+        `filter` (a JSON object)."""
         data = await form.file.read()
-        (item,) = await state.decode_images([data], ["file"])
-        return {"tower": "image", **await _search(state, "image", item, form.k, form.filter)}
+        if upload_kind == "audio":
+            (item,) = await state.decode_audio([data], ["file"])
+        else:
+            (item,) = await state.decode_images([data], ["file"])
+        kind = upload_kind
+        return {"tower": kind, **await _search(state, kind, item, form.k, form.filter)}
 
     return api
 
@@ -103,9 +129,12 @@ async def _search(
     (hits,) = await state.searcher.submit(f"search@{loaded.version}", [job])
     thumbs = state.embedder.thumbnails
     n_thumbs = len(thumbs) if thumbs is not None else 0
+    n_clips = state.embedder.n_clips
     for rank, hit in enumerate(hits, 1):
         hit["rank"] = rank
         hit["thumb"] = f"/thumb/{hit['position']}" if hit["position"] < n_thumbs else None
+        if n_clips:
+            hit["audio"] = f"/audio/{hit['position']}" if hit["position"] < n_clips else None
     return {"k": k, "results": hits, "index_version": loaded.version}
 
 

@@ -198,6 +198,11 @@ class _AudioTask(BackwardAfterLossTerms):
         """None: the items are the clips' file paths (the index metadata)."""
         return None
 
+    def corpus_clip_path(self, position: int) -> Path:
+        """The file of the corpus clip at index ``position`` (``0 <= position < corpus_size()``;
+        the service plays it at ``/audio/{position}``)."""
+        return Path(self.test_set.path(position))
+
     def embed_query(self, query: str) -> tuple[Tensor, Any]:
         """An audio file -> its (1, D) embedding (text queries: the audio_text task)."""
         waves, mask = self.load_clip(query)
