@@ -280,3 +280,68 @@ def drop_texts(pairs: TextPairs, banned: set[str]) -> TextPairs:
     if pairs.negatives is not None:
         pairs.negatives = [[n for n in negs if n not in banned] for negs in pairs.negatives]
     return pairs
+
+
+def _has_suffix(name: str, suffixes: frozenset[str] | set[str] | tuple[str, ...]) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in suffixes
+
+
+def walk_files(folder: str, suffixes: frozenset[str] | set[str] | tuple[str, ...]) -> list[str]:
+    """Files under ``folder`` whose suffix is one of ``suffixes`` (recursive, hidden entries
+    skipped), as sorted relative posix paths."""
+    out = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(here, folder)
+        for name in files:
+            if _has_suffix(name, suffixes):
+                out.append(name if rel == "." else f"{Path(rel).as_posix()}/{name}")
+    return sorted(out)
+
+
+def list_class_folder(
+    root: str | os.PathLike,
+    suffixes: frozenset[str] | set[str] | tuple[str, ...],
+    *,
+    kind: str,
+    noun: str,
+    empty_hint: str,
+) -> tuple[list[str], list[int], list[str]]:
+    """The files of a class folder (``root/<class>/...``) or a flat folder, whose suffix is one
+    of ``suffixes`` (the image and audio folders' one listing rule).
+
+    Args:
+        kind: what the folder is, for the not-a-folder error ("image folder").
+        noun: what the files are called in messages ("images", "audio files").
+        empty_hint: the end of the empty-folder message: where to put the files.
+
+    Returns:
+        ``keys`` (sorted relative posix paths), ``labels`` (class index per file, -1 for a flat
+        folder) and ``classes`` (sorted class folder names holding files; ``[]`` when flat).
+
+    Raises:
+        DataNotFoundError: ``root`` is not a folder.
+        ValueError: ``root`` holds no such files, or files beside class folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise missing(kind, root, None, "root")
+    top = sorted(e.name for e in os.scandir(root) if e.is_file() and _has_suffix(e.name, suffixes))
+    subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    per_class = {name: walk_files(str(root / name), suffixes) for name in subdirs}
+    classes = [name for name in subdirs if per_class[name]]
+    if classes and top:
+        raise ValueError(
+            f"root {root} has {len(top)} {noun} (e.g. {top[0]!r}) beside class folders "
+            f"{classes[:3]}; move them into a class folder, or point root at a flat folder."
+        )
+    if classes:
+        keys = [f"{name}/{rel}" for name in classes for rel in per_class[name]]
+        labels = [label for label, name in enumerate(classes) for _ in per_class[name]]
+        return keys, labels, classes
+    if not top:
+        listed = ", ".join(sorted(s.lstrip(".") for s in suffixes))
+        raise ValueError(
+            f"root {root} is empty: no class folders and no {noun} ({listed}); {empty_hint}"
+        )
+    return top, [-1] * len(top), []

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, default_collate
 
-from contrastkit.data._common import check_split, held_out_mask, missing
+from contrastkit.data._common import check_split, held_out_mask, list_class_folder, missing
 from contrastkit.data.audio import AUDIO_SUFFIXES, AudioError, crop_or_pad, load_audio
 from contrastkit.data.image_folder import (
     SkippedFile,
@@ -114,21 +114,6 @@ class _Strings:
 # -- listing --------------------------------------------------------------------------------
 
 
-def _is_audio(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_SUFFIXES
-
-
-def _walk_audio(folder: str) -> list[str]:
-    out = []
-    for here, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = os.path.relpath(here, folder)
-        for name in files:
-            if _is_audio(name):
-                out.append(name if rel == "." else f"{Path(rel).as_posix()}/{name}")
-    return sorted(out)
-
-
 def list_audio_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
     """The audio files of a class folder (``root/<class>/...``) or a flat folder: ``keys``
     (sorted relative posix paths), ``labels`` (-1 when flat) and ``classes``.
@@ -137,30 +122,14 @@ def list_audio_folder(root: str | os.PathLike) -> tuple[list[str], list[int], li
         DataNotFoundError: ``root`` is not a folder.
         ValueError: no audio files, or files beside class folders.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise missing("audio folder", root, None, "root")
-    top = sorted(e.name for e in os.scandir(root) if e.is_file() and _is_audio(e.name))
-    subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    per_class = {name: _walk_audio(str(root / name)) for name in subdirs}
-    classes = [name for name in subdirs if per_class[name]]
-    suffixes = ", ".join(sorted(s.lstrip(".") for s in AUDIO_SUFFIXES))
-    if classes and top:
-        raise ValueError(
-            f"root {root} has {len(top)} audio files (e.g. {top[0]!r}) beside class folders "
-            f"{classes[:3]}; move them into a class folder, or point root at a flat folder."
-        )
-    if classes:
-        keys = [f"{name}/{rel}" for name in classes for rel in per_class[name]]
-        labels = [label for label, name in enumerate(classes) for _ in per_class[name]]
-        return keys, labels, classes
-    if not top:
-        raise ValueError(
-            f"root {root} is empty: no class folders and no audio files ({suffixes}); put them in "
-            "root/<class>/<file> (labelled) or directly in root, or pass a manifest "
-            "(.csv/.jsonl/.parquet with path and text columns)."
-        )
-    return top, [-1] * len(top), []
+    return list_class_folder(
+        root,
+        AUDIO_SUFFIXES,
+        kind="audio folder",
+        noun="audio files",
+        empty_hint="put them in root/<class>/<file> (labelled) or directly in root, or pass a "
+        "manifest (.csv/.jsonl/.parquet with path and text columns).",
+    )
 
 
 def _jsonl_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:

@@ -55,7 +55,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from contrastkit.data._common import check_split, held_out_mask, missing
+from contrastkit.data._common import (
+    check_split,
+    held_out_mask,
+    list_class_folder,
+    missing,
+    walk_files,
+)
 from contrastkit.data.images import IMAGE_SUFFIXES, ImageDecodeError, bomb_error, open_image
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
@@ -74,21 +80,10 @@ class SkippedFile(NamedTuple):
 # -- listing --------------------------------------------------------------------------------
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
-
 def _walk_images(folder: str) -> list[str]:
     """Image files under ``folder`` (recursive, hidden entries skipped), as sorted relative
     posix paths."""
-    out = []
-    for here, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = os.path.relpath(here, folder)
-        for name in files:
-            if _is_image(name):
-                out.append(name if rel == "." else f"{Path(rel).as_posix()}/{name}")
-    return sorted(out)
+    return walk_files(folder, IMAGE_SUFFIXES)
 
 
 def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
@@ -102,29 +97,13 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], li
         DataNotFoundError: ``root`` is not a folder.
         ValueError: ``root`` holds no images, or images beside class folders.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise missing("image folder", root, None, "root")
-    top = sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image(e.name))
-    subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    per_class = {name: _walk_images(str(root / name)) for name in subdirs}
-    classes = [name for name in subdirs if per_class[name]]
-    suffixes = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
-    if classes and top:
-        raise ValueError(
-            f"root {root} has {len(top)} images (e.g. {top[0]!r}) beside class folders "
-            f"{classes[:3]}; move them into a class folder, or point root at a flat folder."
-        )
-    if classes:
-        keys = [f"{name}/{rel}" for name in classes for rel in per_class[name]]
-        labels = [label for label, name in enumerate(classes) for _ in per_class[name]]
-        return keys, labels, classes
-    if not top:
-        raise ValueError(
-            f"root {root} is empty: no class folders and no images ({suffixes}); put images "
-            "in root/<class>/<file> (labelled) or directly in root (unlabelled)."
-        )
-    return top, [-1] * len(top), []
+    return list_class_folder(
+        root,
+        IMAGE_SUFFIXES,
+        kind="image folder",
+        noun="images",
+        empty_hint="put images in root/<class>/<file> (labelled) or directly in root (unlabelled).",
+    )
 
 
 def _manifest_columns(path: Path) -> list[str]:
