@@ -35,17 +35,27 @@ def _inputs(name: str, seed: int = 0) -> tuple:
 
 
 def reference(loss_fn, inputs: tuple, dims=DIMS, weights=WEIGHTS) -> torch.Tensor:
-    """sum_i w_i * loss(z[:, :d_i], ...), each (B, D) embedding input sliced by hand."""
+    """sum_i w_i * loss(z[..., :d_i], ...), each (B, D) or (B, M, D) embedding input sliced by
+    hand (D = 16; scores and labels have another last size)."""
     total = torch.zeros((), dtype=torch.float64)
     for d, w in zip(dims, weights):
-        sliced = [x[:, :d] if x.is_floating_point() and x.ndim == 2 else x for x in inputs]
+        sliced = [
+            x[..., :d] if x.is_floating_point() and x.ndim >= 2 and x.shape[-1] == 16 else x
+            for x in inputs
+        ]
         total = total + w * loss_fn(*sliced)
     return total
 
 
 def test_the_embedding_losses_are_all_but_the_score_losses() -> None:
     assert {"info_nce", "nt_xent", "supcon", "triplet_margin", "vicreg"} <= set(EMBEDDING_LOSSES)
-    assert set(list_losses()) - set(EMBEDDING_LOSSES) == {"dino", "swav", "preference"}
+    assert set(list_losses()) - set(EMBEDDING_LOSSES) == {
+        "dino",
+        "swav",
+        "preference",
+        "listwise_ce",
+        "pointwise_bce",
+    }
 
 
 @pytest.mark.parametrize("name", EMBEDDING_LOSSES)

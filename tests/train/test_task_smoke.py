@@ -52,7 +52,15 @@ TINY_MODEL = {  # model.name of a recipe -> the overrides that shrink it
     ],
 }
 
+TINY_AUDIO = [  # the speech corpus at 40 phrases x 2 voices (espeak-ng, cached), a small CNN
+    "data.options={phrases: 40, voices_per_text: 2}",
+    "model.width=4",
+    "model.out_dim=8",
+    "model.options={n_mels: 16, stages: 2}",
+]
 TINY_TASK = {  # task -> the overrides that shrink its recipe (its model is no encoder name)
+    "audio": TINY_AUDIO,
+    "audio_text": [*TINY_AUDIO, f"model.text={{name: tiny_text, options: {TINY_TEXT}}}"],
     "rerank": [
         "model.name=tiny",
         "model.max_length=16",

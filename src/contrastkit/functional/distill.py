@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from contrastkit._checks import check_embeddings, check_temperature, check_tensor
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import check_metric, paired_similarity_unchecked
 
 __all__ = ["candidate_scores", "listwise_kl_distillation", "margin_mse"]
@@ -72,6 +73,7 @@ def _mask(mask: Tensor | None, b: int, m: int, device: torch.device) -> Tensor:
     return mask
 
 
+@own_precision("float32")
 def margin_mse(
     query: Tensor,
     key: Tensor,
@@ -106,6 +108,7 @@ def margin_mse(
     return (error.pow(2) * keep).sum() / keep.sum().clamp_min(1)
 
 
+@own_precision("float32")
 def listwise_kl_distillation(
     query: Tensor,
     key: Tensor,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from contrastkit._checks import check_embeddings, check_pair, check_temperature, check_tensor
+from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import normalize
 
 __all__ = ["angle_loss", "cosent_loss", "paired_angle_similarity", "ranked_pairs_loss"]
@@ -88,6 +89,7 @@ def ranked_pairs_loss(similarity: Tensor, scores: Tensor, temperature: float | T
     return torch.logsumexp(torch.cat([zero, diff.flatten()]), dim=0)
 
 
+@own_precision("float32")
 def cosent_loss(
     query: Tensor, key: Tensor, scores: Tensor, temperature: float | Tensor = 0.05
 ) -> Tensor:
@@ -113,6 +115,7 @@ def cosent_loss(
     return ranked_pairs_loss(similarity, scores, temperature)
 
 
+@own_precision("float32")
 def angle_loss(
     query: Tensor, key: Tensor, scores: Tensor, temperature: float | Tensor = 0.05
 ) -> Tensor:

@@ -18,10 +18,12 @@ import torch
 from torch import Tensor
 
 from contrastkit._checks import check_tensor
+from contrastkit.functional.precision import own_precision
 
 __all__ = ["listwise_softmax_cross_entropy", "pointwise_binary_cross_entropy"]
 
 
+@own_precision("float32")
 def pointwise_binary_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean binary cross-entropy of ``sigmoid(logits)`` against ``labels``.
 
@@ -45,6 +47,7 @@ def pointwise_binary_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
+@own_precision("float32")
 def listwise_softmax_cross_entropy(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean over queries of ``-log softmax(logits[b])[0]`` (the positive is column 0).
 

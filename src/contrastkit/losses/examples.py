@@ -42,13 +42,13 @@ def graded_example(
 
 
 def distillation_example(
-    generator: torch.Generator, batch: int = 6, negatives: int = 3, dim: int = 8
+    generator: torch.Generator, batch: int = 6, negatives: int = 3, dim: int = 16
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Float64 query (B, D), key (B, D), negatives (B, M, D) and teacher scores (B, 1 + M).
 
     >>> q, k, n, t = distillation_example(torch.Generator().manual_seed(0))
     >>> n.shape, t.shape
-    (torch.Size([6, 3, 8]), torch.Size([6, 4]))
+    (torch.Size([6, 3, 16]), torch.Size([6, 4]))
     """
     q, k = paired_example(generator, batch, dim)
     n = torch.randn(batch, negatives, dim, generator=generator, dtype=torch.float64)

@@ -52,7 +52,9 @@ __all__ = [
 ]
 
 #: Registered losses whose inputs are not embeddings, so a prefix of them means nothing.
-NOT_EMBEDDING_LOSSES = frozenset({"dino", "swav", "preference"})
+NOT_EMBEDDING_LOSSES = frozenset(
+    {"dino", "swav", "preference", "listwise_ce", "pointwise_bce"}  # rerankers: logits in
+)
 
 
 def check_dims(dims: Sequence[int]) -> tuple[int, ...]:
