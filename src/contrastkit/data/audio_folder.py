@@ -66,9 +66,9 @@ from contrastkit.data.audio import AUDIO_SUFFIXES, AudioError, crop_or_pad, load
 from contrastkit.data.image_folder import (
     SkippedFile,
     _encode_labels,
-    _freeze_inherited_objects,
     _manifest_cells,
     _manifest_columns,
+    decoding_loader,
 )
 
 __all__ = [
@@ -482,21 +482,7 @@ def audio_folder_loader(
     drops and counts unreadable files (as :func:`contrastkit.data.image_folder_loader`)."""
     if not isinstance(dataset, AudioFiles):
         raise TypeError(f"dataset must be an AudioFiles, got {type(dataset).__name__}.")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ValueError(
-            f"workers must be an int >= 0 (0 decodes in the main process), got {workers!r}."
-        )
-    extra: dict[str, Any] = {}
-    if workers > 0:
-        extra = {
-            "persistent_workers": workers > 0 if persistent is None else persistent,
-            "prefetch_factor": prefetch_factor,
-            "worker_init_fn": _freeze_inherited_objects,
-        }
-    return DataLoader(
-        dataset, batch_sampler=batch_sampler, num_workers=workers,
-        collate_fn=dataset.collate(), pin_memory=pin_memory, **extra,
-    )  # fmt: skip
+    return decoding_loader(dataset, batch_sampler, workers, persistent, prefetch_factor, pin_memory)
 
 
 def audio_batches(

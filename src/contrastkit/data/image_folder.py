@@ -512,6 +512,20 @@ def image_folder_loader(
     """
     if not isinstance(dataset, ImageFiles):
         raise TypeError(f"dataset must be an ImageFiles, got {type(dataset).__name__}.")
+    return decoding_loader(dataset, batch_sampler, workers, persistent, prefetch_factor, pin_memory)
+
+
+def decoding_loader(
+    dataset: Dataset,
+    batch_sampler: Iterable[Sequence[int]],
+    workers: int,
+    persistent: bool | None,
+    prefetch_factor: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """The ``DataLoader`` of a folder dataset whose ``collate()`` drops and counts unreadable
+    files (:class:`ImageFiles`, :class:`contrastkit.data.audio_folder.AudioFiles`): the checks and
+    worker settings of :func:`image_folder_loader`."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ValueError(
             f"workers must be an int >= 0 (0 decodes in the main process), got {workers!r}."
