@@ -100,3 +100,11 @@ def test_two_processes_at_once_get_one_complete_corpus(tmp_path):
     verify_manifest(folder)  # complete: every file the generator wrote, checksummed
     assert len(list((folder / "clips").iterdir())) == 16
     assert not [p for p in (tmp_path / "speech").iterdir() if p.name.startswith((".tmp", ".old"))]
+
+
+def test_export_audio_under_a_file_is_one_line_exit_4(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["data", "export-audio", "speech", str(blocker / "out")]) == 4
+    err = capsys.readouterr().err.strip()
+    assert f"{blocker} is not a folder" in err and "\n" not in err

@@ -298,6 +298,12 @@ def export_speech(
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"{dest} is a file; pass a folder to write the corpus into.")
+    above = next((p for p in dest.parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # e.g. DEST under /dev/null
+        raise NotADirectoryError(
+            f"{dest}: {above} is not a folder, so nothing can be written under it; pass a folder "
+            "path whose existing part is a folder."
+        )
     if dest.is_dir() and any(dest.iterdir()) and not (dest / "manifest.csv").is_file():
         raise ValueError(
             f"{dest} is not empty and not an earlier export; pass a new or empty folder."
