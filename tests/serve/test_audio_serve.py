@@ -6,7 +6,6 @@ the page (in Debian's chromium) plays the hits of a text search with ``<audio>``
 
 from __future__ import annotations
 
-import csv
 import io
 import threading
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ pytest.importorskip("soundfile", reason="soundfile decodes audio")
 import soundfile
 from fastapi.testclient import TestClient
 
+from audio_tones import RATE, write_tones
 from contrastkit.cli import main
 from contrastkit.data.audio import crop_or_pad, load_audio
 from contrastkit.serve import create_app_from_run
@@ -30,35 +30,13 @@ from contrastkit.train.search import search
 
 from .conftest import LOCAL, b64, free_port, wait_healthy
 
-RATE = 8000
-WORDS = ["low", "middle", "high", "rising", "falling", "pulsing"]
-SPEAKERS = ["ann", "bob", "cid"]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
-def _clip(word: int, speaker: int, rng: np.random.Generator) -> np.ndarray:
-    seconds = 0.4 + 0.1 * speaker
-    t = np.arange(int(seconds * RATE)) / RATE
-    f = 200.0 * (1 + word) * (1 + 0.05 * speaker)
-    return (0.3 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """18 clips (6 tones x 3 speakers), a manifest, and a text file named ``notes.wav``."""
-    root = tmp_path_factory.mktemp("tones")
-    rng = np.random.default_rng(0)
-    rows = []
-    for w, word in enumerate(WORDS):
-        for s, speaker in enumerate(SPEAKERS):
-            name = f"{word}_{speaker}.wav"
-            soundfile.write(root / name, _clip(w, s, rng), RATE)
-            kind = "tone" if w % 2 else "sound"
-            rows.append([name, f"a {word} {kind}", kind, speaker])
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["path", "text", "label", "speaker"], *rows])
-    (root / "notes.wav").write_text("this is not audio")
-    return root
+    return write_tones(tmp_path_factory.mktemp("tones"))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ and the run is searched with a WAV or a text query and exported (ONNX parity, sa
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,37 +12,16 @@ import pytest
 import torch
 import yaml
 
+from audio_tones import RATE, write_tones
 from contrastkit.cli import main
 
 soundfile = pytest.importorskip("soundfile")
-RATE = 8000
-WORDS = ["low", "middle", "high", "rising", "falling", "pulsing"]
-SPEAKERS = ["ann", "bob", "cid"]
-
-
-def _clip(word: int, speaker: int, rng: np.random.Generator) -> np.ndarray:
-    seconds = 0.4 + 0.1 * speaker
-    t = np.arange(int(seconds * RATE)) / RATE
-    f = 200.0 * (1 + word) * (1 + 0.05 * speaker)
-    return (0.3 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """18 clips (6 tones x 3 speakers) and a manifest (path, text, label, speaker)."""
-    root = tmp_path_factory.mktemp("tones")
-    rng = np.random.default_rng(0)
-    rows = []
-    for w, word in enumerate(WORDS):
-        for s, speaker in enumerate(SPEAKERS):
-            name = f"{word}_{speaker}.wav"
-            soundfile.write(root / name, _clip(w, s, rng), RATE)
-            kind = "tone" if w % 2 else "sound"
-            rows.append([name, f"a {word} {kind}", kind, speaker])
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["path", "text", "label", "speaker"], *rows])
-    (root / "notes.wav").write_text("this is not audio")
-    return root
+    return write_tones(tmp_path_factory.mktemp("tones"))
 
 
 def _config(tmp_path: Path, folder: Path, task: str, **extra: object) -> Path:
