@@ -89,6 +89,7 @@ from contrastkit._checks import (
     check_reduction,
     check_temperature,
 )
+from contrastkit.functional.fused import FusedSoftmaxLoss, runs_fused
 from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import (
     check_metric,
@@ -732,7 +733,16 @@ def softmax_contrastive(
         )
         return reduce_valid(loss, valid, reduction, p.query).to(out_dtype)
     operand, scales = _kernel_operand(p.query), (None, None)
-    if metric == "cosine" and operand is not None and HALF_PRODUCTS == "raw":
+    raw = metric == "cosine" and operand is not None and HALF_PRODUCTS == "raw"
+    if not raw and runs_fused(p, metric):  # the chunked path's fused Triton kernels
+        q, k, neg = _logit_space(p, temperature, metric)
+        row, col, row_valid, col_valid = FusedSoftmaxLoss.apply(q, k, neg, p.structure(), operand)
+        if p.symmetric:
+            loss, valid = 0.5 * (row + col), row_valid & col_valid
+        else:
+            loss, valid = row, row_valid
+        return reduce_valid(loss, valid, reduction, q).to(out_dtype)
+    if raw:
         q, k, neg, *scales = _raw_space(p, temperature)
         operand = None  # the raw inputs are the operands already
     else:

@@ -1,0 +1,373 @@
+"""Fused Triton kernels for the engine's softmax losses (the chunked path's GPU form).
+
+The torch tile loop (:mod:`contrastkit.functional.tiled`) launches a GEMM, an ``exp``, a
+reduction and a weight update per tile, each writing its ``chunk x col_chunk`` intermediate to
+memory. The kernels here are FlashAttention-style (Dao et al., 2022, "FlashAttention: Fast and
+Memory-Efficient Exact Attention with IO-Awareness", https://arxiv.org/abs/2205.14135;
+Inf-CL, Wang et al., 2024, https://arxiv.org/abs/2410.17243, for the contrastive loss): a
+block of queries stays on chip while blocks of keys stream past it, and every logit lives only
+in registers:
+
+* forward: block products ``Q_blk K_blk^T`` with float32 accumulation, an online log-sum-exp by
+  rows and (symmetric loss) by columns, and the positive (target) logits and their count, all
+  float32 (:func:`~contrastkit.functional._fused_kernels.stats_kernel`, run once over the rows
+  and once over the columns);
+* backward: each tile's logits recomputed from the embeddings and the saved log-sum-exps, the
+  logit gradient ``G`` formed in float32 and rounded to the operand dtype for the products
+  ``dQ = G K`` and ``dK = G^T Q``, accumulated in float32
+  (:func:`~contrastkit.functional._fused_kernels.grad_kernel`, once for dQ, once for dK).
+
+Peak extra memory is O(B + N) floats of statistics plus the float32 gradients: no tile is
+ever written to memory.
+
+**Which problems take it** (:func:`unsupported` says why one does not): float32, bf16 and fp16
+inputs; ``metric`` ``"cosine"`` or ``"dot"``; any ``positive_offset`` (or None) and
+``self_offset``; ``symmetric`` or one-directional, every ``reduction``; label positives
+(``KeyRoles(query_labels=, key_labels=)``) and id-ignored keys (``query_ids=, key_ids=``);
+shared extra negatives ``(M, D)``. Everything else runs the torch tile loop, which stays the
+reference: float64 inputs, ``"euclidean"``, per-query negatives ``(B, M, D)``, the dense
+``positive_mask`` / ``ignore_mask``, ``row_shards`` (the symmetric loss sharded over
+processes), and ``engine.HALF_PRODUCTS = "raw"`` for half inputs.
+
+**When**: the engine takes the fused path wherever it would take the chunked path (above
+``DENSE_MAX_LOGITS``, or inside :func:`~contrastkit.functional.engine.tiling`; the kernels pick
+their own blocks) for CUDA tensors when Triton imports. ``CONTRASTKIT_FUSED_KERNELS=off`` in
+the environment (read at each call) or ``with fused_kernels("off"):`` keeps the torch tile loop;
+``with fused_kernels("interpret"):`` also runs CPU tensors through Triton's interpreter, which
+must be switched on before Triton is imported (``TRITON_INTERPRET=1`` in the process's
+environment): this is how the tests prove the kernels on a machine without a GPU.
+
+>>> with fused_kernels("off"):
+...     current_mode()
+'off'
+>>> from contrastkit.functional.engine import ContrastiveProblem
+>>> x = torch.randn(4, 2, dtype=torch.float64)
+>>> unsupported(ContrastiveProblem(x, x), "dot")
+'float64 inputs (the torch path is the float64 reference)'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+from collections.abc import Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from contrastkit.functional.tiled import Structure
+
+if TYPE_CHECKING:  # engine imports this module
+    from contrastkit.functional.engine import ContrastiveProblem
+
+__all__ = ["MODES", "FusedSoftmaxLoss", "current_mode", "fused_kernels", "unsupported"]
+
+MODES = ("auto", "off", "interpret")
+"""``"auto"``: CUDA tensors take the fused path when Triton imports; ``"off"``: never (the
+torch tile loop); ``"interpret"``: CUDA and CPU tensors, through Triton's interpreter
+(``TRITON_INTERPRET=1`` set before Triton is imported)."""
+ENV = "CONTRASTKIT_FUSED_KERNELS"
+"""The environment variable that sets the default mode (``off`` to switch the kernels off)."""
+
+_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "contrastkit_fused_kernels", default=None
+)
+
+
+def _check_mode(mode: object, where: str) -> str:
+    if mode not in MODES:
+        raise ValueError(
+            f"{where} must be one of {MODES}, got {mode!r}; use 'off' to keep the torch tile loop."
+        )
+    return mode
+
+
+@contextlib.contextmanager
+def fused_kernels(mode: str = "auto") -> Iterator[None]:
+    """Within the block, the engine's chunked path uses the fused kernels as ``mode`` says
+    (:data:`MODES`); scoped like :func:`~contrastkit.functional.engine.tiling`, read when a
+    loss runs its forward pass.
+
+    >>> with fused_kernels("off"):
+    ...     with fused_kernels():
+    ...         current_mode()
+    'auto'
+    """
+    token = _MODE.set(_check_mode(mode, "fused_kernels(mode)"))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def current_mode() -> str:
+    """The innermost :func:`fused_kernels` setting, else ``$CONTRASTKIT_FUSED_KERNELS``, else
+    ``"auto"``."""
+    mode = _MODE.get()
+    if mode is None:
+        mode = _check_mode(os.environ.get(ENV, "auto").strip().lower(), f"${ENV}")
+    return mode
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The kernels module, or None when Triton does not import."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return None
+    from contrastkit.functional import _fused_kernels
+
+    return _fused_kernels
+
+
+def interpreter_on() -> bool:
+    """Whether Triton's kernels run in its interpreter in this process (``TRITON_INTERPRET=1``
+    when Triton was imported)."""
+    kernels = _kernels()
+    if kernels is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(kernels.stats_kernel, InterpretedFunction)
+
+
+def unsupported(problem: ContrastiveProblem, metric: str) -> str | None:
+    """Why the fused kernels do not compute ``problem`` (None: they do), whatever the device.
+
+    ``metric`` is the engine's (``"cosine"``, ``"dot"``, ``"euclidean"``).
+    """
+    p, r = problem, problem.roles
+    if p.query.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        what = "float64" if p.query.dtype == torch.float64 else str(p.query.dtype)
+        return f"{what} inputs (the torch path is the float64 reference)"
+    if metric == "euclidean":
+        return "the euclidean metric"
+    if p.negatives is not None and p.negatives.ndim == 3:
+        return "per-query negatives (B, M, D)"
+    if r.positive_mask is not None or r.ignore_mask is not None:
+        return "a dense positive_mask / ignore_mask"
+    if p.row_shards is not None:
+        return "row_shards (the symmetric loss sharded over processes)"
+    return None
+
+
+def runs_fused(problem: ContrastiveProblem, metric: str) -> bool:
+    """Whether the engine's chunked path should run the fused kernels for ``problem`` now: the
+    mode (:func:`current_mode`), the device, Triton and :func:`unsupported` agree."""
+    mode = current_mode()
+    if mode == "off":
+        return False
+    device = problem.query.device.type
+    if mode == "auto" and device != "cuda":
+        return False
+    if unsupported(problem, metric) is not None or _kernels() is None:
+        return False
+    if mode == "interpret" and not interpreter_on():
+        raise RuntimeError(
+            "fused_kernels('interpret') needs Triton's interpreter, which is chosen when Triton "
+            "is imported: set TRITON_INTERPRET=1 in the environment of the process (before "
+            "anything imports triton)."
+        )
+    return device == "cuda" or mode == "interpret"
+
+
+@functools.cache
+def _blocks(interpret: bool, dim: int) -> dict[str, dict[str, int]]:
+    """Block sizes and launch settings of both kernels (small ones in the interpreter, which
+    runs every program in numpy; on a GPU untuned first choices, no GPU having been lent)."""
+    if interpret:
+        tile = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+        return {"stats": tile, "grad": {**tile, "BLOCK_DO": 16}}
+    block_do = min(256, max(16, 1 << (dim - 1).bit_length()))
+    return {
+        "stats": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        "grad": {
+            "BLOCK_M": 64,
+            "BLOCK_N": 64,
+            "BLOCK_K": 64,
+            "BLOCK_DO": block_do,
+            "num_warps": 8,
+            "num_stages": 2,
+        },
+    }
+
+
+class _Roles:
+    """The kernels' view of a :class:`~contrastkit.functional.tiled.Structure`: offsets reduced
+    mod N, flags, and label / id tensors (a placeholder pointer when absent)."""
+
+    def __init__(self, s: Structure, like: Tensor) -> None:
+        n = s.n_keys
+        self.n_keys = n
+        self.has_pos = s.positive_offset is not None
+        self.has_self = s.self_offset is not None
+        self.pos_off = 0 if s.positive_offset is None else s.positive_offset % n
+        self.self_off = 0 if s.self_offset is None else s.self_offset % n
+        self.has_labels = s.query_labels is not None
+        self.has_ids = s.query_ids is not None
+        self.labels = (
+            (s.query_labels.contiguous(), s.key_labels.contiguous())
+            if self.has_labels
+            else (like, like)
+        )
+        self.ids = (
+            (s.query_ids.contiguous(), s.key_ids.contiguous()) if self.has_ids else (like, like)
+        )
+
+    def args(self) -> tuple:
+        return (*self.labels, *self.ids)
+
+    def scalars(self) -> tuple[int, int, int]:
+        return self.n_keys, self.pos_off, self.self_off
+
+    def flags(self, transposed: bool) -> dict[str, bool]:
+        return {
+            "TRANSPOSED": transposed,
+            "HAS_POS": self.has_pos,
+            "HAS_SELF": self.has_self,
+            "HAS_LABELS": self.has_labels,
+            "HAS_IDS": self.has_ids,
+        }
+
+
+def _precision(x: Tensor) -> str:
+    """float32 operands: IEEE products unless torch allows TF32 for its own matmuls."""
+    if x.dtype == torch.float32 and x.device.type == "cuda":
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "ieee"
+
+
+def _stats(a: Tensor, b: Tensor, roles: _Roles, transposed: bool) -> tuple[Tensor, ...]:
+    """``(lse, pos_sum, count)`` of every row of ``a`` against ``b``, each (rows of a,)."""
+    kernels, interpret = _kernels(), interpreter_on()
+    n_a, dim = a.shape
+    out = [torch.empty(n_a, dtype=torch.float32, device=a.device) for _ in range(3)]
+    cfg = _blocks(interpret, dim)["stats"]
+    grid = (_cdiv(n_a, cfg["BLOCK_M"]),)
+    kernels.stats_kernel[grid](
+        a,
+        b,
+        *out,
+        *roles.args(),
+        n_a,
+        b.shape[0],
+        dim,
+        *roles.scalars(),
+        **roles.flags(transposed),
+        PRECISION=_precision(a),
+        DOT_F32=interpret,
+        **cfg,
+    )
+    return tuple(out)
+
+
+def _grad(
+    a: Tensor,
+    b: Tensor,
+    roles: _Roles,
+    transposed: bool,
+    a_stats: tuple[Tensor, Tensor, Tensor] | None,
+    b_stats: tuple[Tensor, Tensor, Tensor] | None,
+) -> Tensor:
+    """``dA = G B`` (rows of a, D) in float32; ``*_stats`` are ``(lse, w, pw)`` or None."""
+    kernels, interpret = _kernels(), interpreter_on()
+    n_a, dim = a.shape
+    out = torch.empty(n_a, dim, dtype=torch.float32, device=a.device)
+    cfg = _blocks(interpret, dim)["grad"]
+    grid = (_cdiv(n_a, cfg["BLOCK_M"]), _cdiv(dim, cfg["BLOCK_DO"]))
+    none = (out, out, out)
+    kernels.grad_kernel[grid](
+        a,
+        b,
+        out,
+        *(a_stats or none),
+        *(b_stats or none),
+        *roles.args(),
+        n_a,
+        b.shape[0],
+        dim,
+        *roles.scalars(),
+        **roles.flags(transposed),
+        HAS_A=a_stats is not None,
+        HAS_B=b_stats is not None,
+        PRECISION=_precision(a),
+        DOT_F32=interpret,
+        **cfg,
+    )
+    return out
+
+
+def _cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints."""
+    return -(-a // b)
+
+
+def _pad(x: Tensor, width: int, value: float) -> Tensor:
+    """``x`` (N,) extended to (width,) with ``value`` (the shared negatives' columns)."""
+    if x.shape[0] == width:
+        return x
+    return torch.cat([x, x.new_full((width - x.shape[0],), value)])
+
+
+class FusedSoftmaxLoss(torch.autograd.Function):
+    """Per-anchor softmax-contrastive losses with the fused kernels; the contract of
+    :class:`~contrastkit.functional.tiled.TiledSoftmaxLoss`.
+
+    ``apply(query, key, negatives, structure, operand)`` with logit-space ``query: (B, D)``,
+    ``key: (N, D)``, shared ``negatives: (M, D)`` or None (float32 from the engine's
+    preparation), a :class:`~contrastkit.functional.tiled.Structure` of a problem that
+    :func:`unsupported` accepts, and the operand dtype of the block products (None: the inputs'
+    own). Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,), col_valid (N,) or
+    empty)``, float32; a loss is ``lse - mean positive logit``, 0 without a positive. The
+    gradients come back in the inputs' dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, negatives, structure, operand):
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (query, key, negatives))
+        op = operand or query.dtype
+        n = key.shape[0]
+        q = query.to(op).contiguous()
+        kk = key if negatives is None else torch.cat([key, negatives.to(key.dtype)])
+        kk = kk.to(op).contiguous()  # (N + M, D)
+        roles = _Roles(structure, q)
+        row_lse, row_pos, row_cnt = _stats(q, kk, roles, transposed=False)
+        row_valid = row_cnt > 0
+        row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
+        row_lse = torch.where(row_valid, row_lse, float("inf"))  # no loss: zero probability
+        if structure.symmetric:
+            col_lse, col_pos, col_cnt = _stats(kk[:n], q, roles, transposed=True)
+            col_valid = col_cnt > 0
+            col_loss = torch.where(col_valid, col_lse - col_pos / col_cnt.clamp(min=1.0), 0.0)
+            col_lse = torch.where(col_valid, col_lse, float("inf"))
+        else:
+            col_valid = torch.zeros(0, dtype=torch.bool, device=q.device)
+            col_loss = col_lse = col_cnt = row_lse.new_zeros(0)
+        ctx.save_for_backward(q, kk, row_lse, row_cnt, col_lse, col_cnt)
+        ctx.roles, ctx.symmetric, ctx.n = roles, structure.symmetric, n
+        ctx.mark_non_differentiable(row_valid, col_valid)
+        return row_loss, col_loss, row_valid, col_valid
+
+    @staticmethod
+    def backward(ctx, g_row, g_col, _g_row_valid, _g_col_valid):
+        q, kk, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
+        roles, n, width = ctx.roles, ctx.n, kk.shape[0]
+        row_w = torch.zeros_like(row_lse) if g_row is None else g_row.float() * (row_cnt > 0)
+        rows = (row_lse, row_w, row_w / row_cnt.clamp(min=1.0))
+        cols = None
+        if ctx.symmetric and g_col is not None:
+            col_w = g_col.float() * (col_cnt > 0)
+            col_pw = col_w / col_cnt.clamp(min=1.0)
+            # the shared negatives' columns have no key -> query loss
+            cols = (_pad(col_lse, width, float("inf")), _pad(col_w, width, 0.0))
+            cols = (*cols, _pad(col_pw, width, 0.0))
+        dq = _grad(q, kk, roles, False, rows, cols)  # (B, D)
+        dkk = _grad(kk, q, roles, True, cols, rows)  # (N + M, D)
+        q_dtype, k_dtype, n_dtype = ctx.dtypes
+        dneg = None if n_dtype is None else dkk[n:].to(n_dtype)
+        return dq.to(q_dtype), dkk[:n].to(k_dtype), dneg, None, None
