@@ -1,0 +1,261 @@
+"""The engine on a GPU (issue 34): CUDA parity tests, then the loss benchmark, in one script.
+
+On a CUDA machine (``python benchmarks/bench_gpu_engine.py``, about 10 minutes):
+
+1. the parity tests, ``pytest tests/functional/test_engine_cuda.py`` (every CUDA case with the
+   fused Triton kernels compiled for real and with the torch tile loop) and
+   ``tests/functional/test_engine_fused.py`` (the interpreter parity, run here too);
+2. the GPU's matmul rate in bf16 and fp32 (``torch.mm``, square 8,192 and the loss's own shape
+   8,192 x D @ D x 8,192), measured in this process;
+3. symmetric InfoNCE (cosine, tau = 0.07), forward + backward, at B = 8,192 / 32,768 / 131,072,
+   D = 512, bf16 and fp32 inputs: the fused Triton path, the torch tile loop
+   (``fused_kernels("off")``) and open_clip's dense ``ClipLoss`` formulation (the (B, B) logits
+   in the input dtype, cross-entropy both ways) where it fits. Per row: median time of the
+   timed runs after a warm-up (CUDA events), effective TFLOP/s counting the three necessary
+   products (``3 * 2 B^2 D``: logits, dQ, dK) and their share of the bf16 / fp32 matmul rate,
+   peak memory above the inputs (``torch.cuda.max_memory_allocated``), and for the fused rows
+   whether the fused kernels really ran (their autograd node in the loss's graph).
+
+It prints a table and writes ``benchmarks/results/gpu_engine.json`` (``--out`` to change;
+the targets of issue 34: fused >= 2x the torch tile loop and >= 50 % of the bf16 matmul rate at
+B = 32,768).
+
+``--dry-run`` runs the same code on a CPU at tiny sizes (B = 24, D = 16), the kernels
+through Triton's interpreter (``TRITON_INTERPRET=1``, set here before anything imports Triton),
+no pytest: to know the script imports and its logic runs (``tests/functional/test_engine_fused.py``
+calls it). Its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and "--dry-run" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from contrastkit.atomic import write_json  # noqa: E402
+from contrastkit.functional import info_nce, tiling  # noqa: E402
+from contrastkit.functional.fused import fused_kernels, interpreter_on  # noqa: E402
+
+SIZES = (8192, 32768, 131072)
+DIM = 512
+DTYPES = ("bfloat16", "float32")
+PATHS = ("fused", "tiled", "dense_clip")
+TEMPERATURE = 0.07
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: torch.device, reps: int) -> list[float]:
+    """Seconds per call of ``fn`` (CUDA events on a GPU, wall clock on a CPU)."""
+    out = []
+    for _ in range(reps):
+        _sync(device)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, m: int, k: int, reps: int) -> float:
+    """TFLOP/s of ``(m, k) @ (k, m)`` in ``dtype`` (median of ``reps`` after a warm-up)."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, m, device=device).to(dtype)
+    torch.mm(a, b)
+    times = _time(lambda: torch.mm(a, b), device, reps)
+    return 2 * m * m * k / statistics.median(times) / 1e12
+
+
+def uses_fused(loss: torch.Tensor) -> bool:
+    """Whether ``loss``'s autograd graph holds the fused kernels' node."""
+    todo, seen = [loss.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "FusedSoftmaxLoss" in type(node).__name__:
+            return True
+        todo.extend(n for n, _ in node.next_functions)
+    return False
+
+
+def _clip_loss(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``ClipLoss``: dense (B, B) logits in the input dtype, cross-entropy both ways."""
+    qn = torch.nn.functional.normalize(q, dim=-1)
+    kn = torch.nn.functional.normalize(k, dim=-1)
+    logits = qn @ kn.T / TEMPERATURE
+    labels = torch.arange(q.shape[0], device=q.device)
+    ce = torch.nn.functional.cross_entropy
+    return 0.5 * (ce(logits, labels) + ce(logits.T, labels))
+
+
+def _dense_fits(b: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """The dense formulation holds about four (B, B) matrices (logits, their transpose's
+    softmax, two gradients) in the input dtype and float32: skip it where that exceeds 80 % of
+    the free memory."""
+    if device.type != "cuda":
+        return True
+    need = b * b * (2 * torch.finfo(dtype).bits // 8 + 2 * 4)
+    free, _ = torch.cuda.mem_get_info(device)
+    return need <= 0.8 * free
+
+
+def run_row(b: int, dim: int, dtype: torch.dtype, path: str, device: torch.device, reps: int):
+    """One row: time, effective rate and peak memory of symmetric InfoNCE forward + backward."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(b, dim, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    k = (0.5 * q.detach().float() + torch.randn(b, dim, generator=g).to(device)).to(dtype)
+    k.requires_grad_()
+    row = {"B": b, "D": dim, "dtype": str(dtype).removeprefix("torch."), "path": path}
+    if path == "dense_clip" and not _dense_fits(b, dtype, device):
+        return {**row, "skipped": "does not fit: the dense (B, B) logits"}
+    mode = "off" if path == "tiled" else ("interpret" if interpreter_on() else "auto")
+    chunk = None if device.type == "cuda" else 16  # tiny dry-run sizes: force the chunked path
+    fused_seen = []
+
+    def step():
+        q.grad = k.grad = None
+        if path == "dense_clip":
+            loss = _clip_loss(q, k)
+        else:
+            with fused_kernels(mode), tiling(chunk_size=chunk):
+                loss = info_nce(q, k, temperature=TEMPERATURE, symmetric=True)
+            fused_seen.append(uses_fused(loss))
+        loss.backward()
+        return loss
+
+    try:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        loss = step()  # warm-up (and the kernels' compilation)
+        times = _time(step, device, reps)
+    except torch.cuda.OutOfMemoryError:
+        q.grad = k.grad = None
+        return {**row, "skipped": "out of memory"}
+    seconds = statistics.median(times)
+    flops = 3 * 2 * b * b * dim
+    row.update(
+        seconds=seconds,
+        times=times,
+        tflops=flops / seconds / 1e12,
+        loss=float(loss.detach()),
+        fused_ran=any(fused_seen),
+    )
+    if device.type == "cuda":
+        row["peak_extra_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return row
+
+
+def parity_tests() -> dict:
+    """The CUDA parity tests (and the interpreter parity) in a pytest subprocess."""
+    files = ["tests/functional/test_engine_cuda.py", "tests/functional/test_engine_fused.py"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    tail = proc.stdout.strip().splitlines()[-30:]
+    print("\n".join(tail))
+    return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "tail": tail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes on a CPU, interpreter")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_engine.json")
+    parser.add_argument("--skip-tests", action="store_true", help="only the benchmark")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if args.dry_run:
+        if not interpreter_on():
+            print("--dry-run needs TRITON_INTERPRET=1 before triton is imported", file=sys.stderr)
+            return 2
+        device, sizes, dim, reps, mm_size = torch.device("cpu"), (24,), 16, 1, 64
+    elif not cuda:
+        print("no CUDA GPU here; use --dry-run on a CPU", file=sys.stderr)
+        return 2
+    else:
+        device, sizes, dim, reps, mm_size = torch.device("cuda"), SIZES, DIM, 3, 8192
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows: IEEE products throughout
+    report: dict = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "dry_run": args.dry_run,
+    }
+    if cuda and not args.dry_run and not args.skip_tests:
+        report["parity_tests"] = parity_tests()
+    report["matmul_tflops"] = {
+        name: {
+            "square": matmul_tflops(device, getattr(torch, name), mm_size, mm_size, 10),
+            "loss_shape": matmul_tflops(device, getattr(torch, name), mm_size, dim, 10),
+        }
+        for name in DTYPES
+    }
+    rows = []
+    for b in sizes:
+        for name in DTYPES:
+            for path in PATHS:
+                r = run_row(b, dim, getattr(torch, name), path, device, 1 if b >= 131072 else reps)
+                ref = report["matmul_tflops"][name]["square"]
+                if "tflops" in r:
+                    r["pct_of_matmul"] = 100 * r["tflops"] / ref
+                rows.append(r)
+                print(_line(r), flush=True)
+    for r in rows:  # the targets: fused vs the torch tile loop of the same B and dtype
+        twin = [
+            t for t in rows if t["path"] == "tiled" and (t["B"], t["dtype"]) == (r["B"], r["dtype"])
+        ]
+        if r["path"] == "fused" and "seconds" in r and twin and "seconds" in twin[0]:
+            r["speedup_vs_tiled"] = twin[0]["seconds"] / r["seconds"]
+            print(f"B={r['B']} {r['dtype']}: fused {r['speedup_vs_tiled']:.2f}x the tile loop")
+    report["rows"] = rows
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, report)
+    print(json.dumps(report["matmul_tflops"]))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _line(r: dict) -> str:
+    head = f"B={r['B']:>7} {r['dtype']:>8} {r['path']:>10}"
+    if "skipped" in r:
+        return f"{head}  skipped: {r['skipped']}"
+    mem = f"{r['peak_extra_mib']:9.0f} MiB" if "peak_extra_mib" in r else ""
+    ran = "" if r["path"] != "fused" else ("  fused ran" if r["fused_ran"] else "  FELL BACK")
+    return (
+        f"{head}  {r['seconds']:9.4f} s  {r['tflops']:8.2f} TFLOP/s  "
+        f"{r['pct_of_matmul']:5.1f} % mm  {mem}{ran}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
