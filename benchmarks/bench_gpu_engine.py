@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from contrastkit.atomic import write_json  # noqa: E402
 from contrastkit.functional import info_nce, tiling  # noqa: E402
-from contrastkit.functional.fused import fused_kernels, interpreter_on  # noqa: E402
+from contrastkit.functional.fused import fused_kernels, in_graph, interpreter_on  # noqa: E402
 
 SIZES = (8192, 32768, 131072)
 DIM = 512
@@ -88,20 +88,6 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, m: int, k: int, reps
     torch.mm(a, b)
     times = _time(lambda: torch.mm(a, b), device, reps)
     return 2 * m * m * k / statistics.median(times) / 1e12
-
-
-def uses_fused(loss: torch.Tensor) -> bool:
-    """Whether ``loss``'s autograd graph holds the fused kernels' node."""
-    todo, seen = [loss.grad_fn], set()
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if "FusedSoftmaxLoss" in type(node).__name__:
-            return True
-        todo.extend(n for n, _ in node.next_functions)
-    return False
 
 
 def _clip_loss(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -145,7 +131,7 @@ def run_row(b: int, dim: int, dtype: torch.dtype, path: str, device: torch.devic
         else:
             with fused_kernels(mode), tiling(chunk_size=chunk):
                 loss = info_nce(q, k, temperature=TEMPERATURE, symmetric=True)
-            fused_seen.append(uses_fused(loss))
+            fused_seen.append(in_graph(loss))
         loss.backward()
         return loss
 

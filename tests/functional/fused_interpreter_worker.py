@@ -34,32 +34,19 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
-def _uses_fused(loss: torch.Tensor) -> bool:
-    todo, seen = [loss.grad_fn], set()
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if "FusedSoftmaxLoss" in type(node).__name__:
-            return True
-        todo.extend(n for n, _ in node.next_functions)
-    return False
-
-
 def case_figures(fn: Callable, tensors: list[torch.Tensor]) -> dict:
     """``fn`` with the fused kernels vs the torch tile loop (same dtype) and vs float64 (the
     torch path on the same rounded inputs, ``x.double()``): loss error, per-anchor error
     (error / max(|loss_i|, 1)), gradient cosines, dtypes, and whether the fused path ran."""
     from contrastkit.functional import tiling
-    from contrastkit.functional.fused import fused_kernels
+    from contrastkit.functional.fused import fused_kernels, in_graph
 
     half = tensors[0].dtype in (torch.bfloat16, torch.float16)
     scale = LOSS_SCALE if half else 1.0
     with tiling(chunk_size=16):
         with fused_kernels("interpret"):
             out, grads = _run(fn, tensors, scale)
-        ran = _uses_fused(out)  # the graph's nodes outlive the backward pass
+        ran = in_graph(out)  # the graph's nodes outlive the backward pass
         with fused_kernels("off"):
             torch_out, torch_grads = _run(fn, tensors, scale)
         ref_in = [t.detach().double().requires_grad_() for t in tensors]

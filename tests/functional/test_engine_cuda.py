@@ -1,7 +1,10 @@
 """The engine on CUDA: parity with the CPU float64 reference, half-precision block products with
 float32 logits (``torch.mm(..., out_dtype=torch.float32)``), buffers on the input's device and
-no host sync inside the tile loop. Skipped without a GPU (none was lent when this was written:
-these tests have not run yet; the lead runs them on a GPU machine).
+no host sync inside the tile loop. Every test runs twice: with the fused Triton kernels
+(``contrastkit.functional.fused``, compiled for real; the default on CUDA when Triton imports)
+and with the torch tile loop (``fused_kernels("off")``). Skipped without a GPU (none was lent
+when this was written: these tests have not run yet; ``benchmarks/bench_gpu_engine.py`` runs
+them first on a GPU machine).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import pytest
 import torch
 
 import contrastkit.functional as F
-from contrastkit.functional import KeyRoles, engine, tiled, tiling
+from contrastkit.functional import KeyRoles, engine, fused, tiled, tiling
 from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -28,6 +31,15 @@ def _half_products(request):
     """Both half-operand modes (``engine.HALF_PRODUCTS``); float32 ignores the setting."""
     with mock.patch.object(engine, "HALF_PRODUCTS", request.param):
         yield
+
+
+@pytest.fixture(params=["auto", "off"], autouse=True)
+def kernels(request):
+    """The fused Triton kernels (where they take the problem) and the torch tile loop."""
+    if request.param == "auto" and fused._kernels() is None:
+        pytest.skip("triton does not import: the fused kernels cannot run")
+    with fused.fused_kernels(request.param):
+        yield request.param
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +147,25 @@ def test_masks_labels_negatives_supcon_sigmoid(dtype):
     }
     for name, fn in cases.items():
         _check(fn, args[name], dtype, where=f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_fused_kernels_run_on_cuda(kernels, dtype, symmetric):
+    """With Triton the chunked path's problems that the kernels take do run them (their autograd
+    node is in the graph), symmetric and not, and match float64."""
+    q, k = _inputs((300, 96), (300, 96), seed=5, dtype=dtype)
+    with tiling(chunk_size=64), mock.patch.object(engine, "HALF_PRODUCTS", "normalized"):
+        loss = F.info_nce(q, k, temperature=0.05, symmetric=symmetric)
+    assert fused.in_graph(loss) == (kernels == "auto"), (dtype, symmetric)
+    _check(
+        lambda q_, k_: tiling(chunk_size=64)(F.info_nce)(
+            q_, k_, temperature=0.05, symmetric=symmetric
+        ),
+        [q, k],
+        dtype,
+        where=f"{dtype} symmetric={symmetric} kernels={kernels}",
+    )
 
 
 def test_no_host_sync_in_the_tile_loop():

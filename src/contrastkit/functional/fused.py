@@ -64,7 +64,15 @@ from contrastkit.functional.tiled import Structure
 if TYPE_CHECKING:  # engine imports this module
     from contrastkit.functional.engine import ContrastiveProblem
 
-__all__ = ["MODES", "FusedSoftmaxLoss", "current_mode", "fused_kernels", "unsupported"]
+__all__ = [
+    "MODES",
+    "FusedSoftmaxLoss",
+    "current_mode",
+    "fused_kernels",
+    "in_graph",
+    "runs_fused",
+    "unsupported",
+]
 
 MODES = ("auto", "off", "interpret")
 """``"auto"``: CUDA tensors take the fused path when Triton imports; ``"off"``: never (the
@@ -174,6 +182,25 @@ def runs_fused(problem: ContrastiveProblem, metric: str) -> bool:
             "anything imports triton)."
         )
     return device == "cuda" or mode == "interpret"
+
+
+def in_graph(loss: Tensor) -> bool:
+    """Whether the fused kernels computed (part of) ``loss``: their autograd node is in its graph
+    (the nodes outlive a backward pass).
+
+    >>> in_graph(torch.ones(2, requires_grad=True).sum())
+    False
+    """
+    todo, seen = [loss.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "FusedSoftmaxLossBackward":
+            return True
+        todo.extend(nxt for nxt, _ in node.next_functions)
+    return False
 
 
 @functools.cache
