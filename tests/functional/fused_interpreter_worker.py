@@ -153,6 +153,78 @@ def fp16_operand_case() -> dict:
     }
 
 
+def _sharded(q: torch.Tensor, k: torch.Tensor, world: int, mode: str):
+    """Symmetric InfoNCE with the rows of ``q`` split over ``world`` thread "ranks" (an
+    in-memory all-reduce), each computing its (B / world, N) block with ``row_shards``; returns
+    the summed loss and the gradients of q (rows of every rank) and k (summed over the ranks)."""
+    import threading
+
+    from contrastkit.functional import tiling
+    from contrastkit.functional.engine import ContrastiveProblem, RowShards, softmax_contrastive
+    from contrastkit.functional.fused import fused_kernels
+
+    rows = q.shape[0] // world
+    slots: list = [None] * world
+    barrier = threading.Barrier(world, timeout=120)
+    results: list = [None] * world
+
+    def reduce_for(rank: int):
+        def reduce(x: torch.Tensor, op: str) -> torch.Tensor:
+            slots[rank] = x.clone()
+            barrier.wait()
+            stacked = torch.stack(slots)
+            out = stacked.amax(0) if op == "max" else stacked.sum(0)
+            barrier.wait()
+            return x.copy_(out)
+
+        return reduce
+
+    def rank_fn(rank: int) -> None:
+        q_r = q[rank * rows : (rank + 1) * rows].detach().clone().requires_grad_()
+        k_r = k.detach().clone().requires_grad_()
+        shards = RowShards(column_offset=rank * rows, all_reduce=reduce_for(rank))
+        problem = ContrastiveProblem(
+            q_r, k_r, positive_offset=rank * rows, symmetric=True, row_shards=shards
+        )
+        with tiling(chunk_size=8), fused_kernels(mode):
+            loss = softmax_contrastive(problem, temperature=0.1, reduction="sum")
+        results[rank] = (loss.detach(), *torch.autograd.grad(loss, [q_r, k_r]), in_graph(loss))
+
+    from contrastkit.functional.fused import in_graph
+
+    threads = [threading.Thread(target=rank_fn, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loss = sum(r[0] for r in results)
+    dq = torch.cat([r[1] for r in results])
+    dk = sum(r[2] for r in results)
+    return loss, dq, dk, all(r[3] for r in results)
+
+
+def row_shards_case() -> dict:
+    """The symmetric loss over 2 simulated ranks (``row_shards``): fused vs the torch path's
+    sharded run and vs the whole batch in float64 in one process."""
+    from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
+
+    q, k = _inputs((B, D), (B, D), dtype=torch.float32, seed=10)
+    loss, dq, dk, ran = _sharded(q, k, 2, "interpret")
+    t_loss, t_dq, t_dk, _ = _sharded(q, k, 2, "off")
+    qd, kd = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    whole = softmax_contrastive(
+        ContrastiveProblem(qd, kd, symmetric=True), temperature=0.1, reduction="sum"
+    )
+    ref_dq, ref_dk = torch.autograd.grad(whole, [qd, kd])
+    return {
+        "fused_ran": ran,
+        "rel_vs_f64": float((loss.double() - whole).abs() / whole.abs()),
+        "cos_vs_f64": min(_cos(dq, ref_dq), _cos(dk, ref_dk)),
+        "rel_vs_torch": float((loss - t_loss).abs() / t_loss.abs()),
+        "cos_vs_torch": min(_cos(dq, t_dq), _cos(dk, t_dk)),
+    }
+
+
 def main() -> int:
     torch.set_num_threads(1)
     from contrastkit.functional.fused import interpreter_on
@@ -160,7 +232,11 @@ def main() -> int:
     if not interpreter_on():
         print(json.dumps({"error": "TRITON_INTERPRET=1 was not set before triton was imported"}))
         return 1
-    figures = {"engine": engine_cases(), "fp16_operands": fp16_operand_case()}
+    figures = {
+        "engine": engine_cases(),
+        "fp16_operands": fp16_operand_case(),
+        "row_shards": row_shards_case(),
+    }
     bench = Path(__file__).resolve().parents[2] / "benchmarks"
     sys.path.insert(0, str(bench))
     import bench_gpu_engine

@@ -87,6 +87,15 @@ def test_fp16_operands(interpreted):
     assert f["cos_vs_f64"] >= CONTRACT["grad_cos"], f
 
 
+def test_row_shards(interpreted):
+    """The symmetric loss with its rows on 2 simulated ranks (column statistics all-reduced):
+    the same as the torch path's sharded run and as the whole batch in float64."""
+    f = interpreted["row_shards"]
+    assert f["fused_ran"], f
+    assert f["rel_vs_f64"] <= FP32["loss_rtol"] and f["cos_vs_f64"] >= FP32["grad_cos"], f
+    assert f["rel_vs_torch"] <= FP32["loss_rtol"] and f["cos_vs_torch"] >= FP32["grad_cos"], f
+
+
 def test_benchmark_dry_run(interpreted):
     """benchmarks/bench_gpu_engine.py --dry-run: the GPU script's logic at tiny sizes."""
     run = interpreted["bench_dry_run"]
@@ -117,16 +126,14 @@ def test_unsupported_structures_say_why():
                                                              key_ids=torch.arange(6))),
         _problem(dtype=torch.bfloat16),
     ]  # fmt: skip
-    assert [fused.unsupported(p, "cosine") for p in ok] == [None] * 4
+    ok.append(_problem(symmetric=True, row_shards=RowShards(0, lambda x, op: x)))
+    assert [fused.unsupported(p, "cosine") for p in ok] == [None] * 5
     mask = torch.eye(6, dtype=torch.bool)
     reasons = {
         "float64": fused.unsupported(_problem(dtype=torch.float64), "cosine"),
         "euclidean": fused.unsupported(_problem(), "euclidean"),
         "per-query": fused.unsupported(_problem(negatives=torch.randn(6, 2, 4)), "dot"),
         "mask": fused.unsupported(_problem(roles=KeyRoles(positive_mask=mask)), "dot"),
-        "row_shards": fused.unsupported(
-            _problem(symmetric=True, row_shards=RowShards(0, lambda x, op: x)), "dot"
-        ),
     }
     for word, reason in reasons.items():
         assert reason is not None and word in reason, (word, reason)

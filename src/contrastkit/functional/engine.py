@@ -737,11 +737,7 @@ def softmax_contrastive(
     if not raw and runs_fused(p, metric):  # the chunked path's fused Triton kernels
         q, k, neg = _logit_space(p, temperature, metric)
         row, col, row_valid, col_valid = FusedSoftmaxLoss.apply(q, k, neg, p.structure(), operand)
-        if p.symmetric:
-            loss, valid = 0.5 * (row + col), row_valid & col_valid
-        else:
-            loss, valid = row, row_valid
-        return reduce_valid(loss, valid, reduction, q).to(out_dtype)
+        return _reduce_rows_columns(p, row, col, row_valid, col_valid, reduction, q, out_dtype)
     if raw:
         q, k, neg, *scales = _raw_space(p, temperature)
         operand = None  # the raw inputs are the operands already
@@ -761,6 +757,20 @@ def softmax_contrastive(
     row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
         q, k, neg, p.structure(), blocks, *scales
     )
+    return _reduce_rows_columns(p, row, col, row_valid, col_valid, reduction, q, out_dtype)
+
+
+def _reduce_rows_columns(
+    p: ContrastiveProblem,
+    row: Tensor,
+    col: Tensor,
+    row_valid: Tensor,
+    col_valid: Tensor,
+    reduction: str,
+    graph_source: Tensor,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    """The anchors' losses from the row (B,) and column (N,) losses of the blocked kernels."""
     if p.row_shards is not None:  # col: the N columns over all shards' rows; ours follow
         own = slice(p.row_shards.column_offset, p.row_shards.column_offset + p.n_queries)
         loss, valid = 0.5 * (row + col[own]), row_valid & col_valid[own]
@@ -768,7 +778,7 @@ def softmax_contrastive(
         loss, valid = 0.5 * (row + col), row_valid & col_valid
     else:
         loss, valid = row, row_valid
-    return reduce_valid(loss, valid, reduction, q).to(out_dtype)
+    return reduce_valid(loss, valid, reduction, graph_source).to(out_dtype)
 
 
 def _warn_no_positive() -> None:

@@ -24,10 +24,11 @@ ever written to memory.
 inputs; ``metric`` ``"cosine"`` or ``"dot"``; any ``positive_offset`` (or None) and
 ``self_offset``; ``symmetric`` or one-directional, every ``reduction``; label positives
 (``KeyRoles(query_labels=, key_labels=)``) and id-ignored keys (``query_ids=, key_ids=``);
-shared extra negatives ``(M, D)``. Everything else runs the torch tile loop, which stays the
+shared extra negatives ``(M, D)``; ``row_shards`` (the symmetric loss of
+``info_nce(..., group=)``, its column statistics all-reduced over the ranks as the torch path
+does). Everything else runs the torch tile loop, which stays the
 reference: float64 inputs, ``"euclidean"``, per-query negatives ``(B, M, D)``, the dense
-``positive_mask`` / ``ignore_mask``, ``row_shards`` (the symmetric loss sharded over
-processes), and ``engine.HALF_PRODUCTS = "raw"`` for half inputs.
+``positive_mask`` / ``ignore_mask``, and ``engine.HALF_PRODUCTS = "raw"`` for half inputs.
 
 **When**: the engine takes the fused path wherever it would take the chunked path (above
 ``DENSE_MAX_LOGITS``, or inside :func:`~contrastkit.functional.engine.tiling`; the kernels pick
@@ -52,6 +53,7 @@ import contextlib
 import contextvars
 import functools
 import os
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -59,7 +61,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from contrastkit.functional.tiled import Structure
+from contrastkit.functional.tiled import Structure, combine_column_shards
 
 if TYPE_CHECKING:  # engine imports this module
     from contrastkit.functional.engine import ContrastiveProblem
@@ -159,8 +161,6 @@ def unsupported(problem: ContrastiveProblem, metric: str) -> str | None:
         return "per-query negatives (B, M, D)"
     if r.positive_mask is not None or r.ignore_mask is not None:
         return "a dense positive_mask / ignore_mask"
-    if p.row_shards is not None:
-        return "row_shards (the symmetric loss sharded over processes)"
     return None
 
 
@@ -203,25 +203,65 @@ def in_graph(loss: Tensor) -> bool:
     return False
 
 
-@functools.cache
-def _blocks(interpret: bool, dim: int) -> dict[str, dict[str, int]]:
-    """Block sizes and launch settings of both kernels (small ones in the interpreter, which
-    runs every program in numpy; on a GPU untuned first choices, no GPU having been lent)."""
+def _configs(kind: str, interpret: bool, dim: int) -> list[dict[str, int]]:
+    """Block sizes and launch settings to try, in order, for ``kind`` (``"stats"`` or
+    ``"grad"``): small blocks in the interpreter (it runs every program in numpy; 16 is
+    ``tl.dot``'s least size); on a GPU first choices that nobody has tuned (no GPU was lent),
+    each smaller than the last, the next one tried when a kernel does not fit the chip's
+    shared memory (:func:`_launch`)."""
     if interpret:
         tile = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
-        return {"stats": tile, "grad": {**tile, "BLOCK_DO": 16}}
-    block_do = min(256, max(16, 1 << (dim - 1).bit_length()))
-    return {
-        "stats": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-        "grad": {
-            "BLOCK_M": 64,
-            "BLOCK_N": 64,
-            "BLOCK_K": 64,
-            "BLOCK_DO": block_do,
-            "num_warps": 8,
-            "num_stages": 2,
-        },
-    }
+        return [tile if kind == "stats" else {**tile, "BLOCK_DO": 16}]
+    if kind == "stats":
+        return [
+            {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+            {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
+            {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1},
+        ]
+    d = max(16, 1 << (dim - 1).bit_length())  # D rounded up to a power of two
+    return [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_DO": min(256, d), "num_warps": 8,
+         "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "BLOCK_DO": min(128, d), "num_warps": 4,
+         "num_stages": 1},
+        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_DO": min(64, d), "num_warps": 4,
+         "num_stages": 1},
+    ]  # fmt: skip
+
+
+_CHOSEN: dict[tuple, dict[str, int]] = {}
+"""The config that launched, per (kernel, operand dtype, D, device): the next call starts there."""
+_INTERPRETER_LOCK = threading.Lock()
+"""Triton's interpreter patches ``triton.language`` while a kernel runs: one launch at a time
+(threads computing losses at once, e.g. the row-shard tests' simulated ranks)."""
+
+
+def _launch(kind: str, a: Tensor, grid, *args, **flags) -> None:
+    """Launch kernel ``kind`` on ``grid(config)`` with the first config of :func:`_configs` that
+    fits the device (``OutOfResources``: the next, smaller one)."""
+    kernels, interpret = _kernels(), interpreter_on()
+    kernel = kernels.stats_kernel if kind == "stats" else kernels.grad_kernel
+    key = (kind, a.dtype, a.shape[1], str(a.device))
+    configs = _configs(kind, interpret, a.shape[1])
+    if key in _CHOSEN:
+        configs = configs[configs.index(_CHOSEN[key]) :]
+    flags.update(PRECISION=_precision(a), DOT_F32=interpret)
+    if interpret:
+        with _INTERPRETER_LOCK:
+            kernel[grid(configs[0])](*args, **flags, **configs[0])
+        return
+    from triton.runtime.errors import OutOfResources
+
+    with torch.cuda.device(a.device):
+        for i, cfg in enumerate(configs):
+            try:
+                kernel[grid(cfg)](*args, **flags, **cfg)
+            except OutOfResources:
+                if i == len(configs) - 1:
+                    raise
+                continue
+            _CHOSEN[key] = cfg
+            return
 
 
 class _Roles:
@@ -263,20 +303,23 @@ class _Roles:
 
 
 def _precision(x: Tensor) -> str:
-    """float32 operands: IEEE products unless torch allows TF32 for its own matmuls."""
-    if x.dtype == torch.float32 and x.device.type == "cuda":
-        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    """``tl.dot``'s ``input_precision``, which only concerns float32 operands: IEEE products
+    unless torch allows TF32 for its own CUDA matmuls (half operands: the default)."""
+    if x.dtype != torch.float32:
+        return "tf32"
+    if x.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
     return "ieee"
 
 
 def _stats(a: Tensor, b: Tensor, roles: _Roles, transposed: bool) -> tuple[Tensor, ...]:
-    """``(lse, pos_sum, count)`` of every row of ``a`` against ``b``, each (rows of a,)."""
-    kernels, interpret = _kernels(), interpreter_on()
+    """``(lse, pos_sum, count)`` of every row of ``a`` against ``b``, each (rows of a,) float32."""
     n_a, dim = a.shape
     out = [torch.empty(n_a, dtype=torch.float32, device=a.device) for _ in range(3)]
-    cfg = _blocks(interpret, dim)["stats"]
-    grid = (_cdiv(n_a, cfg["BLOCK_M"]),)
-    kernels.stats_kernel[grid](
+    _launch(
+        "stats",
+        a,
+        lambda cfg: (_cdiv(n_a, cfg["BLOCK_M"]),),
         a,
         b,
         *out,
@@ -286,9 +329,6 @@ def _stats(a: Tensor, b: Tensor, roles: _Roles, transposed: bool) -> tuple[Tenso
         dim,
         *roles.scalars(),
         **roles.flags(transposed),
-        PRECISION=_precision(a),
-        DOT_F32=interpret,
-        **cfg,
     )
     return tuple(out)
 
@@ -302,13 +342,13 @@ def _grad(
     b_stats: tuple[Tensor, Tensor, Tensor] | None,
 ) -> Tensor:
     """``dA = G B`` (rows of a, D) in float32; ``*_stats`` are ``(lse, w, pw)`` or None."""
-    kernels, interpret = _kernels(), interpreter_on()
     n_a, dim = a.shape
     out = torch.empty(n_a, dim, dtype=torch.float32, device=a.device)
-    cfg = _blocks(interpret, dim)["grad"]
-    grid = (_cdiv(n_a, cfg["BLOCK_M"]), _cdiv(dim, cfg["BLOCK_DO"]))
-    none = (out, out, out)
-    kernels.grad_kernel[grid](
+    none = (out, out, out)  # placeholders the kernel never reads (HAS_A / HAS_B false)
+    _launch(
+        "grad",
+        a,
+        lambda cfg: (_cdiv(n_a, cfg["BLOCK_M"]), _cdiv(dim, cfg["BLOCK_DO"])),
         a,
         b,
         out,
@@ -322,9 +362,6 @@ def _grad(
         **roles.flags(transposed),
         HAS_A=a_stats is not None,
         HAS_B=b_stats is not None,
-        PRECISION=_precision(a),
-        DOT_F32=interpret,
-        **cfg,
     )
     return out
 
@@ -367,8 +404,14 @@ class FusedSoftmaxLoss(torch.autograd.Function):
         row_valid = row_cnt > 0
         row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
         row_lse = torch.where(row_valid, row_lse, float("inf"))  # no loss: zero probability
+        reduce = structure.column_reduce if structure.symmetric else None
         if structure.symmetric:
             col_lse, col_pos, col_cnt = _stats(kk[:n], q, roles, transposed=True)
+            if reduce is not None:  # the columns over the rows of every shard
+                col_lse, col_sum, col_pos, col_cnt = combine_column_shards(
+                    reduce, col_lse, torch.ones_like(col_lse), col_pos, col_cnt
+                )
+                col_lse = col_lse + col_sum.log()
             col_valid = col_cnt > 0
             col_loss = torch.where(col_valid, col_lse - col_pos / col_cnt.clamp(min=1.0), 0.0)
             col_lse = torch.where(col_valid, col_lse, float("inf"))
@@ -376,7 +419,7 @@ class FusedSoftmaxLoss(torch.autograd.Function):
             col_valid = torch.zeros(0, dtype=torch.bool, device=q.device)
             col_loss = col_lse = col_cnt = row_lse.new_zeros(0)
         ctx.save_for_backward(q, kk, row_lse, row_cnt, col_lse, col_cnt)
-        ctx.roles, ctx.symmetric, ctx.n = roles, structure.symmetric, n
+        ctx.roles, ctx.symmetric, ctx.n, ctx.reduce = roles, structure.symmetric, n, reduce
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row_loss, col_loss, row_valid, col_valid
 
@@ -387,6 +430,11 @@ class FusedSoftmaxLoss(torch.autograd.Function):
         row_w = torch.zeros_like(row_lse) if g_row is None else g_row.float() * (row_cnt > 0)
         rows = (row_lse, row_w, row_w / row_cnt.clamp(min=1.0))
         cols = None
+        if ctx.reduce is not None:
+            # every shard's column losses depend on this shard's rows: sum their gradients (each
+            # shard sends its own columns', zeros elsewhere), on every shard, g_col or not
+            g_col = torch.zeros_like(col_lse) if g_col is None else g_col.float()
+            g_col = ctx.reduce(g_col.contiguous().clone(), "sum")
         if ctx.symmetric and g_col is not None:
             col_w = g_col.float() * (col_cnt > 0)
             col_pw = col_w / col_cnt.clamp(min=1.0)
