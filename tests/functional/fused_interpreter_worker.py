@@ -124,8 +124,26 @@ def engine_cases() -> dict[str, dict]:
             ),
             _inputs((B, D), (B, D), (7, D), dtype=fp32, seed=8),
         ),
+        "symmetric info_nce bf16, shared negatives, raw products": (
+            _raw_products(lambda q, k, n: F.info_nce(q, k, n, temperature=0.05, symmetric=True)),
+            _inputs((B, D), (B, D), (5, D), dtype=bf16, seed=11),
+        ),
     }
     return {name: case_figures(fn, tensors) for name, (fn, tensors) in cases.items()}
+
+
+def _raw_products(fn: Callable) -> Callable:
+    """``fn`` with ``engine.HALF_PRODUCTS = "raw"`` (the module setting, restored after)."""
+    from contrastkit.functional import engine
+
+    def wrapped(*args):
+        old, engine.HALF_PRODUCTS = engine.HALF_PRODUCTS, "raw"
+        try:
+            return fn(*args)
+        finally:
+            engine.HALF_PRODUCTS = old
+
+    return wrapped
 
 
 def fp16_operand_case() -> dict:

@@ -39,6 +39,7 @@ CASES = (
     "supcon fp32 (labels, self_offset)",
     "symmetric info_nce bf16, labels + ids, reduction=none",
     "info_nce fp32, shared negatives + ids, dot",
+    "symmetric info_nce bf16, shared negatives, raw products",
 )
 
 

@@ -15,6 +15,10 @@ B rows the queries, so the same code serves the key -> query direction: the role
   either side's terms only with ``HAS_A`` / ``HAS_B``). ``G`` is complete in float32 before it
   is rounded to the operand dtype for its product.
 
+``HAS_SCALE`` (``engine.HALF_PRODUCTS = "raw"``): the operands are the raw half inputs and a
+logit is ``l_ab = a_a b_b (x_a . y_b)`` with per-row scales ``a`` of A and ``b`` of B; the
+gradient weights are scaled the same way before their product, which then gives ``dL/dx``.
+
 ``DOT_F32`` upcasts half operands to float32 for ``tl.dot`` (exact: the product of two bf16 or
 fp16 values fits a float32, and the sums are float32 either way). The interpreter needs it: in
 Triton 3.9 its ``tl.dot`` multiplies bf16 tensors' bit patterns (it stores bf16 as uint16) and
@@ -129,6 +133,8 @@ def stats_kernel(
     lse_ptr,
     pos_ptr,
     cnt_ptr,
+    scale_a_ptr,
+    scale_b_ptr,
     qlab_ptr,
     klab_ptr,
     qid_ptr,
@@ -144,6 +150,7 @@ def stats_kernel(
     HAS_SELF: tl.constexpr,
     HAS_LABELS: tl.constexpr,
     HAS_IDS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -158,11 +165,16 @@ def stats_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     pos_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     pos_cnt = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if HAS_SCALE:
+        scale_a = tl.load(scale_a_ptr + ra, mask=ra < n_a, other=0.0)
     for b0 in range(0, n_b, BLOCK_N):
         rb = b0 + tl.arange(0, BLOCK_N)
         s = _tile_logits(
             a_ptr, b_ptr, ra, rb, n_a, n_b, dim, PRECISION, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K
         )
+        if HAS_SCALE:  # raw-input products: l_ab = a_a b_b (x_a . y_b)
+            scale_b = tl.load(scale_b_ptr + rb, mask=rb < n_b, other=0.0)
+            s = s * scale_a[:, None] * scale_b[None, :]
         keep, pos = _tile_roles(
             ra,
             rb,
@@ -205,6 +217,8 @@ def grad_kernel(
     lse_b_ptr,
     w_b_ptr,
     pw_b_ptr,
+    scale_a_ptr,
+    scale_b_ptr,
     qlab_ptr,
     klab_ptr,
     qid_ptr,
@@ -222,6 +236,7 @@ def grad_kernel(
     HAS_IDS: tl.constexpr,
     HAS_A: tl.constexpr,
     HAS_B: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -238,6 +253,8 @@ def grad_kernel(
         lse_a = tl.load(lse_a_ptr + ra, mask=a_in, other=float("inf"))
         w_a = tl.load(w_a_ptr + ra, mask=a_in, other=0.0)
         pw_a = tl.load(pw_a_ptr + ra, mask=a_in, other=0.0)
+    if HAS_SCALE:
+        scale_a = tl.load(scale_a_ptr + ra, mask=a_in, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=tl.float32)
     for b0 in range(0, n_b, BLOCK_N):
         rb = b0 + tl.arange(0, BLOCK_N)
@@ -245,6 +262,9 @@ def grad_kernel(
         s = _tile_logits(
             a_ptr, b_ptr, ra, rb, n_a, n_b, dim, PRECISION, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K
         )
+        if HAS_SCALE:
+            scale_b = tl.load(scale_b_ptr + rb, mask=b_in, other=0.0)
+            s = s * scale_a[:, None] * scale_b[None, :]
         keep, pos = _tile_roles(
             ra,
             rb,
@@ -275,6 +295,8 @@ def grad_kernel(
             g += tl.where(keep, tl.exp(s - lse_b[None, :]) * w_b[None, :], 0.0)
             pw += pw_b[None, :]
         g -= tl.where(pos, pw, 0.0)
+        if HAS_SCALE:  # back to the raw inputs: dL/dx_a = sum_b g_ab a_a b_b y_b
+            g = g * scale_a[:, None] * scale_b[None, :]
         b_blk = tl.load(
             b_ptr + rb[:, None] * dim + rd[None, :],
             mask=b_in[:, None] & (rd[None, :] < dim),

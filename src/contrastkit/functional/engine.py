@@ -733,16 +733,16 @@ def softmax_contrastive(
         )
         return reduce_valid(loss, valid, reduction, p.query).to(out_dtype)
     operand, scales = _kernel_operand(p.query), (None, None)
-    raw = metric == "cosine" and operand is not None and HALF_PRODUCTS == "raw"
-    if not raw and runs_fused(p, metric):  # the chunked path's fused Triton kernels
-        q, k, neg = _logit_space(p, temperature, metric)
-        row, col, row_valid, col_valid = FusedSoftmaxLoss.apply(q, k, neg, p.structure(), operand)
-        return _reduce_rows_columns(p, row, col, row_valid, col_valid, reduction, q, out_dtype)
-    if raw:
+    if metric == "cosine" and operand is not None and HALF_PRODUCTS == "raw":
         q, k, neg, *scales = _raw_space(p, temperature)
         operand = None  # the raw inputs are the operands already
     else:
         q, k, neg = _logit_space(p, temperature, metric)
+    if runs_fused(p, metric):  # the chunked path's fused Triton kernels (GPU)
+        row, col, row_valid, col_valid = FusedSoftmaxLoss.apply(
+            q, k, neg, p.structure(), operand, *scales
+        )
+        return _reduce_rows_columns(p, row, col, row_valid, col_valid, reduction, q, out_dtype)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
     if fused:
         blocks = Blocks(kernel_metric, chunk, operand=operand)

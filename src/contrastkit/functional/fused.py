@@ -21,14 +21,14 @@ Peak extra memory is O(B + N) floats of statistics plus the float32 gradients: n
 ever written to memory.
 
 **Which problems take it** (:func:`unsupported` says why one does not): float32, bf16 and fp16
-inputs; ``metric`` ``"cosine"`` or ``"dot"``; any ``positive_offset`` (or None) and
+inputs (every ``engine.HALF_PRODUCTS`` mode); ``metric`` ``"cosine"`` or ``"dot"``; any ``positive_offset`` (or None) and
 ``self_offset``; ``symmetric`` or one-directional, every ``reduction``; label positives
 (``KeyRoles(query_labels=, key_labels=)``) and id-ignored keys (``query_ids=, key_ids=``);
 shared extra negatives ``(M, D)``; ``row_shards`` (the symmetric loss of
 ``info_nce(..., group=)``, its column statistics all-reduced over the ranks as the torch path
 does). Everything else runs the torch tile loop, which stays the
 reference: float64 inputs, ``"euclidean"``, per-query negatives ``(B, M, D)``, the dense
-``positive_mask`` / ``ignore_mask``, and ``engine.HALF_PRODUCTS = "raw"`` for half inputs.
+``positive_mask`` / ``ignore_mask``.
 
 **When**: the engine takes the fused path wherever it would take the chunked path (above
 ``DENSE_MAX_LOGITS``, or inside :func:`~contrastkit.functional.engine.tiling`; the kernels pick
@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from contrastkit.functional.tiled import Structure, combine_column_shards
+from contrastkit.functional.tiled import Structure, _scale_grads, combine_column_shards
 
 if TYPE_CHECKING:  # engine imports this module
     from contrastkit.functional.engine import ContrastiveProblem
@@ -312,8 +312,11 @@ def _precision(x: Tensor) -> str:
     return "ieee"
 
 
-def _stats(a: Tensor, b: Tensor, roles: _Roles, transposed: bool) -> tuple[Tensor, ...]:
-    """``(lse, pos_sum, count)`` of every row of ``a`` against ``b``, each (rows of a,) float32."""
+def _stats(
+    a: Tensor, b: Tensor, roles: _Roles, transposed: bool, scales: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, ...]:
+    """``(lse, pos_sum, count)`` of every row of ``a`` against ``b``, each (rows of a,) float32;
+    ``scales``: the row scales of a and of b (raw-input products) or None."""
     n_a, dim = a.shape
     out = [torch.empty(n_a, dtype=torch.float32, device=a.device) for _ in range(3)]
     _launch(
@@ -323,12 +326,14 @@ def _stats(a: Tensor, b: Tensor, roles: _Roles, transposed: bool) -> tuple[Tenso
         a,
         b,
         *out,
+        *(scales or (out[0], out[0])),
         *roles.args(),
         n_a,
         b.shape[0],
         dim,
         *roles.scalars(),
         **roles.flags(transposed),
+        HAS_SCALE=scales is not None,
     )
     return tuple(out)
 
@@ -340,8 +345,10 @@ def _grad(
     transposed: bool,
     a_stats: tuple[Tensor, Tensor, Tensor] | None,
     b_stats: tuple[Tensor, Tensor, Tensor] | None,
+    scales: tuple[Tensor, Tensor] | None,
 ) -> Tensor:
-    """``dA = G B`` (rows of a, D) in float32; ``*_stats`` are ``(lse, w, pw)`` or None."""
+    """``dA = G B`` (rows of a, D) in float32; ``*_stats`` are ``(lse, w, pw)`` or None,
+    ``scales`` as for :func:`_stats`."""
     n_a, dim = a.shape
     out = torch.empty(n_a, dim, dtype=torch.float32, device=a.device)
     none = (out, out, out)  # placeholders the kernel never reads (HAS_A / HAS_B false)
@@ -354,6 +361,7 @@ def _grad(
         out,
         *(a_stats or none),
         *(b_stats or none),
+        *(scales or none[:2]),
         *roles.args(),
         n_a,
         b.shape[0],
@@ -362,6 +370,7 @@ def _grad(
         **roles.flags(transposed),
         HAS_A=a_stats is not None,
         HAS_B=b_stats is not None,
+        HAS_SCALE=scales is not None,
     )
     return out
 
@@ -382,17 +391,19 @@ class FusedSoftmaxLoss(torch.autograd.Function):
     """Per-anchor softmax-contrastive losses with the fused kernels; the contract of
     :class:`~contrastkit.functional.tiled.TiledSoftmaxLoss`.
 
-    ``apply(query, key, negatives, structure, operand)`` with logit-space ``query: (B, D)``,
-    ``key: (N, D)``, shared ``negatives: (M, D)`` or None (float32 from the engine's
-    preparation), a :class:`~contrastkit.functional.tiled.Structure` of a problem that
-    :func:`unsupported` accepts, and the operand dtype of the block products (None: the inputs'
-    own). Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,), col_valid (N,) or
+    ``apply(query, key, negatives, structure, operand, row_scale=None, col_scale=None)`` with
+    logit-space ``query: (B, D)``, ``key: (N, D)``, shared ``negatives: (M, D)`` or None
+    (float32 from the engine's preparation), a :class:`~contrastkit.functional.tiled.Structure`
+    of a problem that :func:`unsupported` accepts, and the operand dtype of the block products
+    (None: the inputs' own). With ``row_scale: (B,)`` and ``col_scale: (N + M,)`` the inputs are
+    the raw half embeddings and ``l_ij = row_scale_i col_scale_j (q_i . k_j)``
+    (``engine.HALF_PRODUCTS = "raw"``; the scales get their gradients). Returns ``(row_loss (B,), col_loss (N,) or empty, row_valid (B,), col_valid (N,) or
     empty)``, float32; a loss is ``lse - mean positive logit``, 0 without a positive. The
     gradients come back in the inputs' dtypes.
     """
 
     @staticmethod
-    def forward(ctx, query, key, negatives, structure, operand):
+    def forward(ctx, query, key, negatives, structure, operand, row_scale=None, col_scale=None):
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (query, key, negatives))
         op = operand or query.dtype
         n = key.shape[0]
@@ -400,13 +411,15 @@ class FusedSoftmaxLoss(torch.autograd.Function):
         kk = key if negatives is None else torch.cat([key, negatives.to(key.dtype)])
         kk = kk.to(op).contiguous()  # (N + M, D)
         roles = _Roles(structure, q)
-        row_lse, row_pos, row_cnt = _stats(q, kk, roles, transposed=False)
+        scales = None if row_scale is None else (row_scale.float(), col_scale.float())
+        row_lse, row_pos, row_cnt = _stats(q, kk, roles, False, scales)
         row_valid = row_cnt > 0
         row_loss = torch.where(row_valid, row_lse - row_pos / row_cnt.clamp(min=1.0), 0.0)
         row_lse = torch.where(row_valid, row_lse, float("inf"))  # no loss: zero probability
         reduce = structure.column_reduce if structure.symmetric else None
         if structure.symmetric:
-            col_lse, col_pos, col_cnt = _stats(kk[:n], q, roles, transposed=True)
+            t_scales = None if scales is None else (scales[1][:n], scales[0])
+            col_lse, col_pos, col_cnt = _stats(kk[:n], q, roles, True, t_scales)
             if reduce is not None:  # the columns over the rows of every shard
                 col_lse, col_sum, col_pos, col_cnt = combine_column_shards(
                     reduce, col_lse, torch.ones_like(col_lse), col_pos, col_cnt
@@ -418,14 +431,15 @@ class FusedSoftmaxLoss(torch.autograd.Function):
         else:
             col_valid = torch.zeros(0, dtype=torch.bool, device=q.device)
             col_loss = col_lse = col_cnt = row_lse.new_zeros(0)
-        ctx.save_for_backward(q, kk, row_lse, row_cnt, col_lse, col_cnt)
+        ctx.save_for_backward(q, kk, row_lse, row_cnt, col_lse, col_cnt, *(scales or (None, None)))
         ctx.roles, ctx.symmetric, ctx.n, ctx.reduce = roles, structure.symmetric, n, reduce
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row_loss, col_loss, row_valid, col_valid
 
     @staticmethod
     def backward(ctx, g_row, g_col, _g_row_valid, _g_col_valid):
-        q, kk, row_lse, row_cnt, col_lse, col_cnt = ctx.saved_tensors
+        q, kk, row_lse, row_cnt, col_lse, col_cnt, *scales = ctx.saved_tensors
+        scales = None if scales[0] is None else (scales[0], scales[1])
         roles, n, width = ctx.roles, ctx.n, kk.shape[0]
         row_w = torch.zeros_like(row_lse) if g_row is None else g_row.float() * (row_cnt > 0)
         rows = (row_lse, row_w, row_w / row_cnt.clamp(min=1.0))
@@ -441,8 +455,10 @@ class FusedSoftmaxLoss(torch.autograd.Function):
             # the shared negatives' columns have no key -> query loss
             cols = (_pad(col_lse, width, float("inf")), _pad(col_w, width, 0.0))
             cols = (*cols, _pad(col_pw, width, 0.0))
-        dq = _grad(q, kk, roles, False, rows, cols)  # (B, D)
-        dkk = _grad(kk, q, roles, True, cols, rows)  # (N + M, D)
+        t_scales = None if scales is None else (scales[1], scales[0])
+        dq = _grad(q, kk, roles, False, rows, cols, scales)  # (B, D)
+        dkk = _grad(kk, q, roles, True, cols, rows, t_scales)  # (N + M, D)
+        d_rows, d_cols = _scale_grads(dq, dkk, q, kk, scales)
         q_dtype, k_dtype, n_dtype = ctx.dtypes
         dneg = None if n_dtype is None else dkk[n:].to(n_dtype)
-        return dq.to(q_dtype), dkk[:n].to(k_dtype), dneg, None, None
+        return dq.to(q_dtype), dkk[:n].to(k_dtype), dneg, None, None, d_rows, d_cols
