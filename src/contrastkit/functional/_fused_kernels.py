@@ -8,7 +8,8 @@ B rows the queries, so the same code serves the key -> query direction: the role
 (positive, ignored) are always computed for (query ``qi``, key ``kj``).
 
 * :func:`stats_kernel`: per A row, the online log-sum-exp over the kept B entries, the sum of
-  the positive logits and their count (the forward pass, rows or columns).
+  the positive logits and their count (the forward pass, rows or columns; with ``COLUMNS`` the
+  columns' sums too, in the same pass, when the logits are bounded).
 * :func:`grad_kernel`: per A row and ``BLOCK_DO`` slice of D, ``dA = G B`` with the logit
   gradient ``G_ab = e^{s_ab - lse_a} w_a + e^{s_ab - lse_b} w_b - [pos_ab] (pw_a + pw_b)``
   recomputed tile by tile (``w``: upstream gradient of a row / column loss, ``pw = w / |P|``;
@@ -133,6 +134,9 @@ def stats_kernel(
     lse_ptr,
     pos_ptr,
     cnt_ptr,
+    col_sum_ptr,
+    col_pos_ptr,
+    col_cnt_ptr,
     scale_a_ptr,
     scale_b_ptr,
     qlab_ptr,
@@ -151,14 +155,18 @@ def stats_kernel(
     HAS_LABELS: tl.constexpr,
     HAS_IDS: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    COLUMNS: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Per A row (n_a,): log-sum-exp over the kept B entries (-inf when none), the sum of the
-    positive logits and their count, all float32."""
+    """Per A row (n_a,): log-sum-exp over the kept B entries (~-1e30 when none), the sum of the
+    positive logits and their count, all float32. With ``COLUMNS`` (rows = queries, every logit
+    known to be within +-40) the same pass adds, per key column j < n_keys, ``sum_i e^{s_ij}``
+    over the kept entries (no max shift: it cannot overflow), the positive logits and their
+    count into ``col_*`` with atomic adds: the key -> query direction without a second pass."""
     ra = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     # a finite floor for the running max: exp(floor - floor) is 1, never nan
     m_i = tl.zeros((BLOCK_M,), dtype=tl.float32) - 1.0e30
@@ -199,6 +207,15 @@ def stats_kernel(
         m_i = m_new
         pos_sum += tl.sum(tl.where(pos, s, 0.0), 1)
         pos_cnt += tl.sum(pos.to(tl.float32), 1)
+        if COLUMNS:
+            is_col = rb < n_keys
+            key_col = keep & is_col[None, :]
+            col_e = tl.sum(tl.where(key_col, tl.exp(s), 0.0), 0)
+            tl.atomic_add(col_sum_ptr + rb, col_e, mask=is_col, sem="relaxed")
+            col_pos = tl.sum(tl.where(pos, s, 0.0), 0)
+            tl.atomic_add(col_pos_ptr + rb, col_pos, mask=is_col, sem="relaxed")
+            col_cnt = tl.sum(pos.to(tl.float32), 0)
+            tl.atomic_add(col_cnt_ptr + rb, col_cnt, mask=is_col, sem="relaxed")
     inside = ra < n_a
     # rows with nothing kept (out of range, or all ignored: no positive) get ~-1e30, not log(0)
     tl.store(lse_ptr + ra, m_i + tl.log(tl.maximum(l_i, 1.0e-30)), mask=inside)
