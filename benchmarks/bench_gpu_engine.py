@@ -7,7 +7,9 @@ On a CUDA machine (``python benchmarks/bench_gpu_engine.py``, about 10 minutes):
    ``tests/functional/test_engine_fused.py`` (the interpreter parity, run here too);
 2. the GPU's matmul rate in bf16 and fp32 (``torch.mm``, square 8,192 and the loss's own shape
    8,192 x D @ D x 8,192), measured in this process;
-3. symmetric InfoNCE (cosine, tau = 0.07), forward + backward, at B = 8,192 / 32,768 / 131,072,
+3. a short tuning of the kernels' block configs at B = 32,768 (each of
+   ``fused.default_configs`` timed, the fastest first in ``fused.CONFIGS`` for the rows);
+4. symmetric InfoNCE (cosine, tau = 0.07), forward + backward, at B = 8,192 / 32,768 / 131,072,
    D = 512, bf16 and fp32 inputs: the fused Triton path, the torch tile loop
    (``fused_kernels("off")``) and open_clip's dense ``ClipLoss`` formulation (the (B, B) logits
    in the input dtype, cross-entropy both ways) where it fits. Per row: median time of the
@@ -47,7 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from contrastkit.atomic import write_json  # noqa: E402
-from contrastkit.functional import info_nce, tiling  # noqa: E402
+from contrastkit.functional import (  # noqa: E402
+    fused,
+    info_nce,
+    tiling,
+)
 from contrastkit.functional.fused import fused_kernels, in_graph, interpreter_on  # noqa: E402
 
 SIZES = (8192, 32768, 131072)
@@ -159,6 +165,39 @@ def run_row(b: int, dim: int, dtype: torch.dtype, path: str, device: torch.devic
     return row
 
 
+def _fused_seconds(b: int, dim: int, dtype: torch.dtype, device: torch.device, reps: int):
+    """Median seconds of the fused forward + backward (the row's inputs), or the error."""
+    try:
+        r = run_row(b, dim, dtype, "fused", device, reps)
+    except Exception as err:  # a config that does not compile: say so, try the next
+        return None, repr(err)[:300]
+    if not r.get("fused_ran"):
+        return None, r.get("skipped", "fell back to the torch path")
+    return r["seconds"], None
+
+
+def tune(b: int, dim: int, dtype: torch.dtype, device: torch.device, dry_run: bool) -> dict:
+    """Time each default block config of both kernels at (b, dim, dtype) -- the stats kernel's
+    with the gradient kernel's default, then the gradient kernel's with the fastest stats
+    config -- and set ``fused.CONFIGS`` to the fastest first (the rest after, as fallbacks).
+    The dry run tries one candidate each (the interpreter ignores the configs)."""
+    out: dict = {}
+    fused.CONFIGS.clear()
+    for kind in ("stats", "grad"):
+        candidates = fused.default_configs(kind, dim)[: 1 if dry_run else None]
+        trials = []
+        for cfg in candidates:
+            fused.CONFIGS[kind] = [cfg]
+            seconds, error = _fused_seconds(b, dim, dtype, device, reps=1 if dry_run else 3)
+            trials.append({"config": cfg, "seconds": seconds, "error": error})
+            print(f"tune {kind} {cfg}: {seconds if error is None else error}", flush=True)
+        ok = [t for t in trials if t["seconds"] is not None]
+        best = min(ok, key=lambda t: t["seconds"])["config"] if ok else candidates[0]
+        fused.CONFIGS[kind] = [best] + [c for c in candidates if c != best]
+        out[kind] = {"trials": trials, "chosen": best}
+    return out
+
+
 def parity_tests() -> dict:
     """The CUDA parity tests (and the interpreter parity) in a pytest subprocess."""
     files = ["tests/functional/test_engine_cuda.py", "tests/functional/test_engine_fused.py"]
@@ -206,16 +245,31 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name in DTYPES
     }
-    rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tune_b = sizes[min(1, len(sizes) - 1)]  # B = 32,768 on a GPU, the targets' size
+    report["tuning"], chosen = {}, {}
+    for name in DTYPES[:1] if args.dry_run else DTYPES:  # the dry run: its logic, once
+        report["tuning"][name] = tune(tune_b, dim, getattr(torch, name), device, args.dry_run)
+        chosen[name] = {kind: list(cfgs) for kind, cfgs in fused.CONFIGS.items()}
+        write_json(args.out, report)
+    rows = report["rows"] = []
     for b in sizes:
         for name in DTYPES:
+            fused.CONFIGS.clear()
+            fused.CONFIGS.update(chosen.get(name, {}))
             for path in PATHS:
-                r = run_row(b, dim, getattr(torch, name), path, device, 1 if b >= 131072 else reps)
+                try:
+                    r = run_row(
+                        b, dim, getattr(torch, name), path, device, 1 if b >= 131072 else reps
+                    )
+                except Exception as err:  # report it and go on with the other rows
+                    r = {"B": b, "dtype": name, "path": path, "error": repr(err)[:500]}
                 ref = report["matmul_tflops"][name]["square"]
                 if "tflops" in r:
                     r["pct_of_matmul"] = 100 * r["tflops"] / ref
                 rows.append(r)
                 print(_line(r), flush=True)
+                write_json(args.out, report)  # a run cut short keeps what it measured
     for r in rows:  # the targets: fused vs the torch tile loop of the same B and dtype
         twin = [
             t for t in rows if t["path"] == "tiled" and (t["B"], t["dtype"]) == (r["B"], r["dtype"])
@@ -223,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
         if r["path"] == "fused" and "seconds" in r and twin and "seconds" in twin[0]:
             r["speedup_vs_tiled"] = twin[0]["seconds"] / r["seconds"]
             print(f"B={r['B']} {r['dtype']}: fused {r['speedup_vs_tiled']:.2f}x the tile loop")
-    report["rows"] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, report)
     print(json.dumps(report["matmul_tflops"]))
     print(f"wrote {args.out}")
@@ -233,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _line(r: dict) -> str:
     head = f"B={r['B']:>7} {r['dtype']:>8} {r['path']:>10}"
-    if "skipped" in r:
-        return f"{head}  skipped: {r['skipped']}"
+    if "skipped" in r or "error" in r:
+        return f"{head}  {r.get('skipped') or 'ERROR ' + r['error']}"
     mem = f"{r['peak_extra_mib']:9.0f} MiB" if "peak_extra_mib" in r else ""
     ran = "" if r["path"] != "fused" else ("  fused ran" if r["fused_ran"] else "  FELL BACK")
     return (

@@ -101,6 +101,8 @@ def test_benchmark_dry_run(interpreted):
     """benchmarks/bench_gpu_engine.py --dry-run: the GPU script's logic at tiny sizes."""
     run = interpreted["bench_dry_run"]
     assert run["returncode"] == 0
+    tuning = run["report"]["tuning"]["bfloat16"]
+    assert {kind: bool(t["chosen"]) for kind, t in tuning.items()} == {"stats": True, "grad": True}
     rows = run["report"]["rows"]
     assert {(r["dtype"], r["path"]) for r in rows} == {
         (d, p) for d in ("bfloat16", "float32") for p in ("fused", "tiled", "dense_clip")

@@ -74,9 +74,11 @@ if TYPE_CHECKING:  # engine imports this module
     from contrastkit.functional.engine import ContrastiveProblem
 
 __all__ = [
+    "CONFIGS",
     "MODES",
     "FusedSoftmaxLoss",
     "current_mode",
+    "default_configs",
     "fused_kernels",
     "in_graph",
     "runs_fused",
@@ -210,15 +212,25 @@ def in_graph(loss: Tensor) -> bool:
     return False
 
 
-def _configs(kind: str, interpret: bool, dim: int) -> list[dict[str, int]]:
-    """Block sizes and launch settings to try, in order, for ``kind`` (``"stats"`` or
-    ``"grad"``): small blocks in the interpreter (it runs every program in numpy; 16 is
-    ``tl.dot``'s least size); on a GPU first choices that nobody has tuned (no GPU was lent),
-    each smaller than the last, the next one tried when a kernel does not fit the chip's
-    shared memory (:func:`_launch`)."""
-    if interpret:
-        tile = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
-        return [tile if kind == "stats" else {**tile, "BLOCK_DO": 16}]
+CONFIGS: dict[str, list[dict[str, int]]] = {}
+"""Block configs to try on a GPU instead of :func:`default_configs`, by kernel (``"stats"``,
+``"grad"``), in order: for tuning (``benchmarks/bench_gpu_engine.py`` measures the candidates
+and sets the fastest first). Empty: the defaults."""
+
+
+def default_configs(kind: str, dim: int) -> list[dict[str, int]]:
+    """The GPU block configs of kernel ``kind`` (``"stats"`` or ``"grad"``) for embeddings of
+    dimension ``dim``, in the order :func:`_launch` tries them (the next when one does not fit
+    the chip's shared memory). First choices that nobody has measured: no GPU was lent.
+
+    The gradient kernel keeps a ``BLOCK_M x BLOCK_DO`` float32 accumulator; where D is wider
+    than ``BLOCK_DO`` the D slices are separate programs, each recomputing its tiles' logits,
+    so the first config holds all of D up to 512 and the next ones trade recomputation for
+    registers and shared memory.
+
+    >>> [c["BLOCK_DO"] for c in default_configs("grad", 512)]
+    [512, 256, 128, 64]
+    """
     if kind == "stats":
         return [
             {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
@@ -226,7 +238,9 @@ def _configs(kind: str, interpret: bool, dim: int) -> list[dict[str, int]]:
             {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1},
         ]
     d = max(16, 1 << (dim - 1).bit_length())  # D rounded up to a power of two
-    return [
+    ladder = [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_DO": min(512, d), "num_warps": 8,
+         "num_stages": 2},
         {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_DO": min(256, d), "num_warps": 8,
          "num_stages": 2},
         {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "BLOCK_DO": min(128, d), "num_warps": 4,
@@ -234,6 +248,16 @@ def _configs(kind: str, interpret: bool, dim: int) -> list[dict[str, int]]:
         {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_DO": min(64, d), "num_warps": 4,
          "num_stages": 1},
     ]  # fmt: skip
+    return [c for i, c in enumerate(ladder) if c not in ladder[:i]]  # no duplicates (small D)
+
+
+def _configs(kind: str, interpret: bool, dim: int) -> list[dict[str, int]]:
+    """The configs :func:`_launch` tries: small blocks in the interpreter (it runs every program
+    in numpy; 16 is ``tl.dot``'s least size), else :data:`CONFIGS` or the defaults."""
+    if interpret:
+        tile = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+        return [tile if kind == "stats" else {**tile, "BLOCK_DO": 16}]
+    return CONFIGS.get(kind) or default_configs(kind, dim)
 
 
 _CHOSEN: dict[tuple, dict[str, int]] = {}
@@ -250,7 +274,7 @@ def _launch(kind: str, a: Tensor, grid, *args, **flags) -> None:
     kernel = kernels.stats_kernel if kind == "stats" else kernels.grad_kernel
     key = (kind, a.dtype, a.shape[1], str(a.device))
     configs = _configs(kind, interpret, a.shape[1])
-    if key in _CHOSEN:
+    if _CHOSEN.get(key) in configs:  # start from the one that fitted last time
         configs = configs[configs.index(_CHOSEN[key]) :]
     flags.update(PRECISION=_precision(a), DOT_F32=interpret)
     if interpret:
