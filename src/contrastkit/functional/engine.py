@@ -51,6 +51,11 @@ Two paths compute it, with the same value and gradients:
   Cosine inputs are normalised and divided by the temperature in one autograd node
   (:func:`contrastkit.functional.similarity.normalize_over`).
 
+On CUDA the chunked path runs fused Triton kernels instead of the torch tile loop when Triton
+imports and they take the problem (:mod:`contrastkit.functional.fused`: FlashAttention-style,
+no tile written to memory; ``CONTRASTKIT_FUSED_KERNELS=off`` or ``fused_kernels("off")`` keeps
+the tile loop, which stays the fallback and the reference).
+
 :func:`softmax_contrastive` picks the path; tiling is the engine's, not the losses': by default
 it is automatic -- dense while ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in
 float32, i.e. B = N = 2048), chunked with :func:`default_chunk_size` rows beyond; inside
