@@ -22,6 +22,10 @@ It prints a table and writes ``benchmarks/results/gpu_engine.json`` (``--out`` t
 the targets of issue 34: fused >= 2x the torch tile loop and >= 50 % of the bf16 matmul rate at
 B = 32,768).
 
+``--compile-check 90`` compiles every default block config of both kernels for sm_90 (or
+another compute capability) with Triton's bundled ``ptxas``, on any machine: shared memory,
+registers, spills and tensor-core use per config (docs/engine.md has the figures).
+
 ``--dry-run`` runs the same code on a CPU at tiny sizes (B = 24, D = 16), the kernels
 through Triton's interpreter (``TRITON_INTERPRET=1``, set here before anything imports Triton),
 no pytest: to know the script imports and its logic runs (``tests/functional/test_engine_fused.py``
@@ -184,7 +188,7 @@ def tune(b: int, dim: int, dtype: torch.dtype, device: torch.device, dry_run: bo
     out: dict = {}
     fused.CONFIGS.clear()
     for kind in ("stats", "grad"):
-        candidates = fused.default_configs(kind, dim)[: 1 if dry_run else None]
+        candidates = fused.default_configs(kind, dim, dtype)[: 1 if dry_run else None]
         trials = []
         for cfg in candidates:
             fused.CONFIGS[kind] = [cfg]
@@ -195,6 +199,89 @@ def tune(b: int, dim: int, dtype: torch.dtype, device: torch.device, dry_run: bo
         best = min(ok, key=lambda t: t["seconds"])["config"] if ok else candidates[0]
         fused.CONFIGS[kind] = [best] + [c for c in candidates if c != best]
         out[kind] = {"trials": trials, "chosen": best}
+    return out
+
+
+def compile_check(dim: int, cc: int, dtypes: tuple[str, ...] = ("bf16", "fp32")) -> list[dict]:
+    """Compile every default block config of both kernels ahead of time for compute capability
+    ``cc`` with Triton's own ``ptxas`` (no GPU needed), in their heaviest variant (labels, ids,
+    self pairs, scales, the atomic column sums, both gradient terms): per config the shared
+    memory, registers per thread, spilled bytes (ptxas's stack) and the product instructions
+    (``wgmma`` / ``mma.sync`` tensor cores, or ``fma``)."""
+    import re
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from contrastkit.functional import _fused_kernels as kernels
+
+    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    flags = {
+        "TRANSPOSED": False,
+        "HAS_POS": True,
+        "HAS_SELF": True,
+        "HAS_LABELS": True,
+        "HAS_IDS": True,
+        "HAS_SCALE": True,
+        "DOT_F32": False,
+    }
+    out = []
+    for op in dtypes:
+        operand = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[op]
+        for kind, kernel in (("stats", kernels.stats_kernel), ("grad", kernels.grad_kernel)):
+            extra = {"COLUMNS": True} if kind == "stats" else {"HAS_A": True, "HAS_B": True}
+            precision = {"PRECISION": "ieee" if op == "fp32" else "tf32"}
+            for cfg in fused.default_configs(kind, dim, operand):
+                consts = {**flags, **extra, **precision}
+                consts.update({k: v for k, v in cfg.items() if k.startswith("BLOCK")})
+                sig = {}
+                for name in kernel.arg_names:
+                    if name in consts:
+                        sig[name] = "constexpr"
+                    elif name in ("a_ptr", "b_ptr"):
+                        sig[name] = f"*{op}"
+                    elif name.endswith(("lab_ptr", "id_ptr")):
+                        sig[name] = "*i64"
+                    else:
+                        sig[name] = "*fp32" if name.endswith("_ptr") else "i32"
+                options = {k: v for k, v in cfg.items() if k.startswith("num_")}
+                t0 = time.perf_counter()
+                row = {"cc": cc, "operand": op, "kernel": kind, "config": cfg}
+                try:
+                    compiled = triton.compile(
+                        ASTSource(kernel, sig, constexprs=consts),
+                        target=GPUTarget("cuda", cc, 32),
+                        options=options,
+                    )
+                except Exception as err:  # a compile error is the finding
+                    out.append({**row, "error": repr(err)[:1000]})
+                    print(out[-1], flush=True)
+                    continue
+                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                    f.write(compiled.asm["cubin"])
+                    f.flush()
+                    usage = subprocess.run(
+                        [str(cuobjdump), "--dump-resource-usage", f.name],
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                found = re.search(r"REG:(\d+).*?STACK:(\d+)", usage)
+                ptx = compiled.asm["ptx"]
+                row.update(
+                    seconds=time.perf_counter() - t0,
+                    shared_bytes=compiled.metadata.shared,
+                    registers=int(found.group(1)) if found else None,
+                    spill_bytes=int(found.group(2)) if found else None,
+                    products="wgmma"
+                    if "wgmma" in ptx
+                    else "mma.sync"
+                    if "mma.sync" in ptx
+                    else "fma",
+                )
+                out.append(row)
+                print(row, flush=True)
     return out
 
 
@@ -219,7 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on a CPU, interpreter")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_engine.json")
     parser.add_argument("--skip-tests", action="store_true", help="only the benchmark")
+    parser.add_argument(
+        "--compile-check",
+        type=int,
+        metavar="CC",
+        help="only compile the kernels for compute capability CC (e.g. 90) and report their "
+        "resources; no GPU needed",
+    )
     args = parser.parse_args(argv)
+    if args.compile_check:
+        rows = compile_check(DIM, args.compile_check)
+        write_json(args.out, {"compile_check": rows, "D": DIM})
+        print(f"wrote {args.out}")
+        return 1 if any("error" in r for r in rows) else 0
     cuda = torch.cuda.is_available()
     if args.dry_run:
         if not interpreter_on():

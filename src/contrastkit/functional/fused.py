@@ -218,46 +218,105 @@ CONFIGS: dict[str, list[dict[str, int]]] = {}
 and sets the fastest first). Empty: the defaults."""
 
 
-def default_configs(kind: str, dim: int) -> list[dict[str, int]]:
-    """The GPU block configs of kernel ``kind`` (``"stats"`` or ``"grad"``) for embeddings of
-    dimension ``dim``, in the order :func:`_launch` tries them (the next when one does not fit
-    the chip's shared memory). First choices that nobody has measured: no GPU was lent.
+def default_configs(
+    kind: str, dim: int, operand: torch.dtype = torch.bfloat16
+) -> list[dict[str, int]]:
+    """The GPU block configs of kernel ``kind`` (``"stats"`` or ``"grad"``) for ``operand``
+    (the block products' dtype) and embeddings of dimension ``dim``, in the order
+    :func:`_launch` tries them (the next when one does not fit the chip's shared memory).
 
-    The gradient kernel keeps a ``BLOCK_M x BLOCK_DO`` float32 accumulator; where D is wider
-    than ``BLOCK_DO`` the D slices are separate programs, each recomputing its tiles' logits,
-    so the first config holds all of D up to 512 and the next ones trade recomputation for
-    registers and shared memory.
+    Chosen from an ahead-of-time compilation for sm_90 with Triton's own ``ptxas``
+    (``benchmarks/bench_gpu_engine.py --compile-check 90``, no GPU needed): the first config of
+    each list compiles without register spills, the half ones onto ``wgmma`` tensor cores. No
+    GPU was lent, so none is timed; the benchmark times them all on its first GPU.
+
+    The gradient kernel keeps a ``BLOCK_M x BLOCK_DO`` float32 accumulator: where D is wider
+    than ``BLOCK_DO`` its D slices are separate programs that each recompute their tiles'
+    logits (D = 512: twice with ``BLOCK_DO = 256``; holding all 512 spills 792 bytes a thread
+    at sm_90, the second half config). float32 products run on FMA units (IEEE; no TF32
+    unless torch allows it) and need smaller tiles.
 
     >>> [c["BLOCK_DO"] for c in default_configs("grad", 512)]
-    [512, 256, 128, 64]
+    [256, 512, 128, 64]
+    >>> [c["BLOCK_DO"] for c in default_configs("grad", 64, torch.float32)]
+    [64]
     """
-    if kind == "stats":
-        return [
+    d = max(16, 1 << (dim - 1).bit_length())  # D rounded up to a power of two
+    if kind == "stats" and operand == torch.float32:
+        ladder = [
+            {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "num_warps": 8, "num_stages": 2},
+            {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1},
+        ]
+    elif kind == "stats":
+        ladder = [
             {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
             {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
             {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1},
         ]
-    d = max(16, 1 << (dim - 1).bit_length())  # D rounded up to a power of two
-    ladder = [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_DO": min(512, d), "num_warps": 8,
-         "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_DO": min(256, d), "num_warps": 8,
-         "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "BLOCK_DO": min(128, d), "num_warps": 4,
-         "num_stages": 1},
-        {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_DO": min(64, d), "num_warps": 4,
-         "num_stages": 1},
-    ]  # fmt: skip
-    return [c for i, c in enumerate(ladder) if c not in ladder[:i]]  # no duplicates (small D)
+    elif operand == torch.float32:
+        ladder = [
+            {
+                "BLOCK_M": 32,
+                "BLOCK_N": 32,
+                "BLOCK_K": 32,
+                "BLOCK_DO": min(128, d),
+                "num_warps": 4,
+                "num_stages": 1,
+            },
+            {
+                "BLOCK_M": 32,
+                "BLOCK_N": 32,
+                "BLOCK_K": 32,
+                "BLOCK_DO": min(64, d),
+                "num_warps": 4,
+                "num_stages": 1,
+            },
+        ]
+    else:
+        ladder = [
+            {
+                "BLOCK_M": 64,
+                "BLOCK_N": 64,
+                "BLOCK_K": 64,
+                "BLOCK_DO": min(256, d),
+                "num_warps": 8,
+                "num_stages": 2,
+            },
+            {
+                "BLOCK_M": 64,
+                "BLOCK_N": 64,
+                "BLOCK_K": 64,
+                "BLOCK_DO": min(512, d),
+                "num_warps": 8,
+                "num_stages": 2,
+            },
+            {
+                "BLOCK_M": 64,
+                "BLOCK_N": 64,
+                "BLOCK_K": 32,
+                "BLOCK_DO": min(128, d),
+                "num_warps": 4,
+                "num_stages": 1,
+            },
+            {
+                "BLOCK_M": 32,
+                "BLOCK_N": 32,
+                "BLOCK_K": 32,
+                "BLOCK_DO": min(64, d),
+                "num_warps": 4,
+                "num_stages": 1,
+            },
+        ]
+    return [c for i, c in enumerate(ladder) if c not in ladder[:i]]  # small D: duplicates
 
 
-def _configs(kind: str, interpret: bool, dim: int) -> list[dict[str, int]]:
+def _configs(kind: str, interpret: bool, dim: int, operand: torch.dtype) -> list[dict[str, int]]:
     """The configs :func:`_launch` tries: small blocks in the interpreter (it runs every program
     in numpy; 16 is ``tl.dot``'s least size), else :data:`CONFIGS` or the defaults."""
     if interpret:
         tile = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
         return [tile if kind == "stats" else {**tile, "BLOCK_DO": 16}]
-    return CONFIGS.get(kind) or default_configs(kind, dim)
+    return CONFIGS.get(kind) or default_configs(kind, dim, operand)
 
 
 _CHOSEN: dict[tuple, dict[str, int]] = {}
@@ -273,7 +332,7 @@ def _launch(kind: str, a: Tensor, grid, *args, **flags) -> None:
     kernels, interpret = _kernels(), interpreter_on()
     kernel = kernels.stats_kernel if kind == "stats" else kernels.grad_kernel
     key = (kind, a.dtype, a.shape[1], str(a.device))
-    configs = _configs(kind, interpret, a.shape[1])
+    configs = _configs(kind, interpret, a.shape[1], a.dtype)
     if _CHOSEN.get(key) in configs:  # start from the one that fitted last time
         configs = configs[configs.index(_CHOSEN[key]) :]
     flags.update(PRECISION=_precision(a), DOT_F32=interpret)
