@@ -170,6 +170,9 @@ def unsupported(problem: ContrastiveProblem, metric: str) -> str | None:
         return "per-query negatives (B, M, D)"
     if r.positive_mask is not None or r.ignore_mask is not None:
         return "a dense positive_mask / ignore_mask"
+    rows = max(p.n_queries, p.n_keys + p.n_negatives)
+    if rows * p.query.shape[1] >= 2**31:
+        return "more than 2**31 elements in one input (the kernels' offsets are 32-bit)"
     return None
 
 
