@@ -79,6 +79,22 @@ def _tile_logits(
 
 
 @jit
+def _same_value(q_ptr, k_ptr, ra, rb, n_a, n_b, n_keys, TRANSPOSED: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool: the query's and the key's value (label, id) are equal. The two
+    vectors are loaded once per tile and compared by broadcasting (a (BLOCK_M, BLOCK_N) gather
+    of int64 values would hold a tile of them in registers)."""
+    if TRANSPOSED:  # A rows are keys, B rows queries
+        q_val = tl.load(q_ptr + rb, mask=rb < n_b, other=0)
+        k_val = tl.load(k_ptr + ra, mask=(ra < n_a) & (ra < n_keys), other=0)
+        same = k_val[:, None] == q_val[None, :]
+    else:
+        q_val = tl.load(q_ptr + ra, mask=ra < n_a, other=0)
+        k_val = tl.load(k_ptr + rb, mask=(rb < n_b) & (rb < n_keys), other=0)
+        same = q_val[:, None] == k_val[None, :]
+    return same
+
+
+@jit
 def _tile_roles(
     ra,
     rb,
@@ -111,18 +127,16 @@ def _tile_roles(
     if HAS_POS:
         pos = pos | (is_key & (kj == (qi + pos_off) % n_keys))
     if HAS_LABELS:
-        q_lab = tl.load(qlab_ptr + qi, mask=inside, other=0)
-        k_lab = tl.load(klab_ptr + kj, mask=is_key, other=0)
-        pos = pos | (is_key & (q_lab == k_lab))
+        same_label = _same_value(qlab_ptr, klab_ptr, ra, rb, n_a, n_b, n_keys, TRANSPOSED)
+        pos = pos | (is_key & same_label)
     ignore = inside & (kj < 0)
     if HAS_SELF:
         is_self = is_key & (kj == (qi + self_off) % n_keys)
         pos = pos & (~is_self)
         ignore = ignore | is_self
     if HAS_IDS:
-        q_id = tl.load(qid_ptr + qi, mask=inside, other=0)
-        k_id = tl.load(kid_ptr + kj, mask=is_key, other=0)
-        ignore = ignore | (is_key & (q_id == k_id) & (~pos))
+        same_id = _same_value(qid_ptr, kid_ptr, ra, rb, n_a, n_b, n_keys, TRANSPOSED)
+        ignore = ignore | (is_key & same_id & (~pos))
     keep = inside & (~ignore)
     return keep, pos
 
