@@ -204,10 +204,10 @@ def tune(b: int, dim: int, dtype: torch.dtype, device: torch.device, dry_run: bo
 
 def compile_check(dim: int, cc: int, dtypes: tuple[str, ...] = ("bf16", "fp32")) -> list[dict]:
     """Compile every default block config of both kernels ahead of time for compute capability
-    ``cc`` with Triton's own ``ptxas`` (no GPU needed), in their heaviest variant (labels, ids,
-    self pairs, scales, the atomic column sums, both gradient terms): per config the shared
-    memory, registers per thread, spilled bytes (ptxas's stack) and the product instructions
-    (``wgmma`` / ``mma.sync`` tensor cores, or ``fma``)."""
+    ``cc`` with Triton's own ``ptxas`` (no GPU needed): per config the shared memory, registers per thread, spilled bytes (ptxas's stack) and the product instructions
+    (``wgmma`` / ``mma.sync`` tensor cores, or ``fma``). Every config in CLIP's variant (paired
+    positives; the column sums in the forward pass, both terms in the backward), the first one
+    also with every option on (labels, ids, self pairs, raw-product scales)."""
     import re
     import tempfile
 
@@ -218,22 +218,20 @@ def compile_check(dim: int, cc: int, dtypes: tuple[str, ...] = ("bf16", "fp32"))
     from contrastkit.functional import _fused_kernels as kernels
 
     cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    flags = {
-        "TRANSPOSED": False,
-        "HAS_POS": True,
-        "HAS_SELF": True,
-        "HAS_LABELS": True,
-        "HAS_IDS": True,
-        "HAS_SCALE": True,
-        "DOT_F32": False,
-    }
+    plain = {"TRANSPOSED": False, "HAS_POS": True, "HAS_SELF": False, "HAS_LABELS": False}
+    plain.update(HAS_IDS=False, HAS_SCALE=False, DOT_F32=False)  # CLIP: paired positives
+    heavy = {**plain, "HAS_SELF": True, "HAS_LABELS": True, "HAS_IDS": True, "HAS_SCALE": True}
     out = []
     for op in dtypes:
         operand = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[op]
         for kind, kernel in (("stats", kernels.stats_kernel), ("grad", kernels.grad_kernel)):
             extra = {"COLUMNS": True} if kind == "stats" else {"HAS_A": True, "HAS_B": True}
             precision = {"PRECISION": "ieee" if op == "fp32" else "tf32"}
-            for cfg in fused.default_configs(kind, dim, operand):
+            configs = fused.default_configs(kind, dim, operand)
+            # every config in CLIP's variant; the first also with every option on
+            for variant, flags, cfg in [("plain", plain, c) for c in configs] + [
+                ("all options", heavy, configs[0])
+            ]:
                 consts = {**flags, **extra, **precision}
                 consts.update({k: v for k, v in cfg.items() if k.startswith("BLOCK")})
                 sig = {}
@@ -248,7 +246,7 @@ def compile_check(dim: int, cc: int, dtypes: tuple[str, ...] = ("bf16", "fp32"))
                         sig[name] = "*fp32" if name.endswith("_ptr") else "i32"
                 options = {k: v for k, v in cfg.items() if k.startswith("num_")}
                 t0 = time.perf_counter()
-                row = {"cc": cc, "operand": op, "kernel": kind, "config": cfg}
+                row = {"cc": cc, "operand": op, "kernel": kind, "variant": variant, "config": cfg}
                 try:
                     compiled = triton.compile(
                         ASTSource(kernel, sig, constexprs=consts),
