@@ -23,14 +23,15 @@ Peak extra memory is O(B + N) floats of statistics plus the float32 gradients: n
 ever written to memory.
 
 **Which problems take it** (:func:`unsupported` says why one does not): float32, bf16 and fp16
-inputs (every ``engine.HALF_PRODUCTS`` mode); ``metric`` ``"cosine"`` or ``"dot"``; any ``positive_offset`` (or None) and
-``self_offset``; ``symmetric`` or one-directional, every ``reduction``; label positives
-(``KeyRoles(query_labels=, key_labels=)``) and id-ignored keys (``query_ids=, key_ids=``);
-shared extra negatives ``(M, D)``; ``row_shards`` (the symmetric loss of
-``info_nce(..., group=)``, its column statistics all-reduced over the ranks as the torch path
-does). Everything else runs the torch tile loop, which stays the
-reference: float64 inputs, ``"euclidean"``, per-query negatives ``(B, M, D)``, the dense
-``positive_mask`` / ``ignore_mask``.
+inputs (every ``engine.HALF_PRODUCTS`` mode); ``metric`` ``"cosine"`` or ``"dot"``; any
+``positive_offset`` (or None) and ``self_offset``; ``symmetric`` or one-directional, every
+``reduction``; label positives (``KeyRoles(query_labels=, key_labels=)``) and id-ignored keys
+(``query_ids=, key_ids=``); shared extra negatives ``(M, D)``; ``row_shards`` (the symmetric
+loss of ``info_nce(..., group=)``, its column statistics all-reduced over the ranks as the
+torch path does). So InfoNCE / CLIP in every form, NT-Xent and SupCon. Everything else runs
+the torch tile loop, which stays the reference: float64 inputs, ``"euclidean"``, per-query
+negatives ``(B, M, D)``, the dense ``positive_mask`` / ``ignore_mask``, inputs of 2**31
+elements or more.
 
 **When**: the engine takes the fused path wherever it would take the chunked path (above
 ``DENSE_MAX_LOGITS``, or inside :func:`~contrastkit.functional.engine.tiling`; the kernels pick
