@@ -57,6 +57,7 @@ import contextvars
 import functools
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -135,10 +136,18 @@ def current_mode() -> str:
 
 @functools.cache
 def _kernels() -> ModuleType | None:
-    """The kernels module, or None when Triton does not import."""
+    """The kernels module, or None when Triton does not import (a broken install warns once)."""
     try:
         import triton  # noqa: F401
     except ImportError:
+        return None
+    except Exception as err:  # e.g. a triton built for another torch: keep the torch path
+        warnings.warn(
+            f"triton is installed but does not import ({err!r}); the engine keeps its torch "
+            f"tile loop. Reinstall triton or set {ENV}=off to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     from contrastkit.functional import _fused_kernels
 
