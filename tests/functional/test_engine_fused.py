@@ -4,8 +4,9 @@ contract, in value and gradient, for fp32 / bf16 / fp16 and every structure the 
 
 Triton chooses its interpreter when it is imported (``TRITON_INTERPRET=1``) for the whole
 process, so the interpreter cases run in one subprocess (``fused_interpreter_worker.py``,
-~10 s of CPU) whose figures the tests below read; the benchmark's dry run
-(``benchmarks/bench_gpu_engine.py --dry-run``) runs in it too. The path selection runs here.
+~13 s of CPU) whose figures one test reads (one test, so that pytest-xdist never starts the
+subprocess twice); the benchmark's dry run (``benchmarks/bench_gpu_engine.py --dry-run``) runs
+in it too. The path selection is tested in this process.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ CASES = (
 )
 
 
-@pytest.fixture(scope="module")
-def interpreted(tmp_path_factory) -> dict:
-    """The worker's figures (one subprocess for the whole module)."""
+def _interpreted(out: Path) -> dict:
+    """The worker's figures: one subprocess with Triton's interpreter on."""
     src = str(HERE.parents[1] / "src")
     env = {
         **os.environ,
@@ -53,7 +53,6 @@ def interpreted(tmp_path_factory) -> dict:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
     }
-    out = tmp_path_factory.mktemp("fused")
     proc = subprocess.run(
         [sys.executable, str(HERE / "fused_interpreter_worker.py"), str(out)],
         capture_output=True,
@@ -65,54 +64,71 @@ def interpreted(tmp_path_factory) -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_interpreter_parity(interpreted, case):
-    f = interpreted["engine"][case]
+def _engine_case_problems(case: str, f: dict) -> list[str]:
+    """What is wrong with one case's figures (empty: within the contract)."""
     tol = CONTRACT if f["half"] else FP32
-    assert f["fused_ran"], f"{case}: the engine did not take the fused path"
-    assert f["loss_dtype"] == "torch.float32" and f["grad_dtypes_ok"], case
-    assert f["rel_vs_f64"] <= tol["loss_rtol"], f
-    assert f["anchor_vs_f64"] <= tol["anchor_tol"], f
-    assert f["cos_vs_f64"] >= tol["grad_cos"], f
-    # and the same as the torch tile loop in the same dtype, within the same contract
-    assert f["rel_vs_torch"] <= tol["loss_rtol"], f
-    assert f["cos_vs_torch"] >= tol["grad_cos"], f
-    if not f["half"]:
-        assert f["grad_err_vs_torch"] <= 1e-5, f
-
-
-def test_fp16_operands(interpreted):
-    """fp16 operands in the kernels (the CUDA case; a CPU upcasts fp16 inputs to float32)."""
-    f = interpreted["fp16_operands"]
-    assert f["rel_vs_f64"] <= CONTRACT["loss_rtol"], f
-    assert f["cos_vs_f64"] >= CONTRACT["grad_cos"], f
-
-
-def test_row_shards(interpreted):
-    """The symmetric loss with its rows on 2 simulated ranks (column statistics all-reduced):
-    the same as the torch path's sharded run and as the whole batch in float64."""
-    f = interpreted["row_shards"]
-    assert f["fused_ran"], f
-    assert f["rel_vs_f64"] <= FP32["loss_rtol"] and f["cos_vs_f64"] >= FP32["grad_cos"], f
-    assert f["rel_vs_torch"] <= FP32["loss_rtol"] and f["cos_vs_torch"] >= FP32["grad_cos"], f
-
-
-def test_benchmark_dry_run(interpreted):
-    """benchmarks/bench_gpu_engine.py --dry-run: the GPU script's logic at tiny sizes."""
-    run = interpreted["bench_dry_run"]
-    assert run["returncode"] == 0
-    tuning = run["report"]["tuning"]["bfloat16"]
-    assert {kind: bool(t["chosen"]) for kind, t in tuning.items()} == {"stats": True, "grad": True}
-    rows = run["report"]["rows"]
-    assert {(r["dtype"], r["path"]) for r in rows} == {
-        (d, p) for d in ("bfloat16", "float32") for p in ("fused", "tiled", "dense_clip")
+    checks = {
+        "the engine took the fused path": f["fused_ran"],
+        "loss float32, gradients in the input dtypes": f["loss_dtype"] == "torch.float32"
+        and f["grad_dtypes_ok"],
+        "loss vs float64": f["rel_vs_f64"] <= tol["loss_rtol"],
+        "per-anchor loss vs float64": f["anchor_vs_f64"] <= tol["anchor_tol"],
+        "gradients vs float64": f["cos_vs_f64"] >= tol["grad_cos"],
+        # and the same as the torch tile loop in the same dtype, within the same contract
+        "loss vs the torch path": f["rel_vs_torch"] <= tol["loss_rtol"],
+        "gradients vs the torch path": f["cos_vs_torch"] >= tol["grad_cos"]
+        and (f["half"] or f["grad_err_vs_torch"] <= 1e-5),
     }
-    assert all(r["fused_ran"] for r in rows if r["path"] == "fused")
-    losses = {r["dtype"]: [] for r in rows}
-    for r in rows:
-        losses[r["dtype"]].append(r["loss"])
-    for dtype, values in losses.items():  # three paths, one loss
-        assert max(values) - min(values) <= 1e-2 * abs(values[0]), (dtype, values)
+    return [f"{case}: {what} ({f})" for what, ok in checks.items() if not ok]
+
+
+def _dry_run_problems(run: dict) -> list[str]:
+    """benchmarks/bench_gpu_engine.py --dry-run: its logic ran, all three paths, one loss."""
+    if run["returncode"] != 0:
+        return [f"bench dry run exited {run['returncode']}"]
+    report, out = run["report"], []
+    if not all(t["chosen"] for t in report["tuning"]["bfloat16"].values()):
+        out.append(f"bench tuning chose nothing: {report['tuning']}")
+    rows = report["rows"]
+    paths = {(r["dtype"], r["path"]) for r in rows}
+    if paths != {(d, p) for d in ("bfloat16", "float32") for p in ("fused", "tiled", "dense_clip")}:
+        out.append(f"bench rows: {sorted(paths)}")
+    if not all(r.get("fused_ran") for r in rows if r["path"] == "fused"):
+        out.append(f"bench fused rows fell back: {rows}")
+    for dtype in ("bfloat16", "float32"):
+        values = [r["loss"] for r in rows if r["dtype"] == dtype and "loss" in r]
+        if max(values) - min(values) > 1e-2 * abs(values[0]):
+            out.append(f"bench {dtype}: three paths, three losses {values}")
+    return out
+
+
+def test_fused_kernels_through_the_interpreter(tmp_path):
+    """Every case of the worker in one test (one subprocess, whatever pytest-xdist's split):
+    the engine cases within the contract against float64 and the torch path, fp16 operands in
+    the kernels themselves (the CUDA case; a CPU upcasts fp16 inputs to float32), the symmetric
+    loss with its rows on 2 simulated ranks (column statistics all-reduced) against the whole
+    batch, and the GPU benchmark's dry run."""
+    figures = _interpreted(tmp_path)
+    assert set(figures["engine"]) == set(CASES)
+    problems = []
+    for case in CASES:
+        problems += _engine_case_problems(case, figures["engine"][case])
+    f16 = figures["fp16_operands"]
+    if not (
+        f16["rel_vs_f64"] <= CONTRACT["loss_rtol"] and f16["cos_vs_f64"] >= CONTRACT["grad_cos"]
+    ):
+        problems.append(f"fp16 operands: {f16}")
+    shards = figures["row_shards"]
+    if not (
+        shards["fused_ran"]
+        and shards["rel_vs_f64"] <= FP32["loss_rtol"]
+        and shards["cos_vs_f64"] >= FP32["grad_cos"]
+        and shards["rel_vs_torch"] <= FP32["loss_rtol"]
+        and shards["cos_vs_torch"] >= FP32["grad_cos"]
+    ):
+        problems.append(f"row_shards: {shards}")
+    problems += _dry_run_problems(figures["bench_dry_run"])
+    assert not problems, "\n".join(problems)
 
 
 def _problem(**kw) -> ContrastiveProblem:
