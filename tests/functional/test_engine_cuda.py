@@ -151,21 +151,29 @@ def test_masks_labels_negatives_supcon_sigmoid(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_the_fused_kernels_run_on_cuda(kernels, dtype, symmetric):
+@pytest.mark.parametrize("with_roles", [False, True])
+def test_the_fused_kernels_run_on_cuda(kernels, dtype, symmetric, with_roles):
     """With Triton the chunked path's problems that the kernels take do run them (their autograd
-    node is in the graph), symmetric and not, and match float64."""
+    node is in the graph), symmetric and not, with labels and ids or without, and match
+    float64 (both half-product modes, from the autouse fixture)."""
     q, k = _inputs((300, 96), (300, 96), seed=5, dtype=dtype)
-    with tiling(chunk_size=64), mock.patch.object(engine, "HALF_PRODUCTS", "normalized"):
-        loss = F.info_nce(q, k, temperature=0.05, symmetric=symmetric)
-    assert fused.in_graph(loss) == (kernels == "auto"), (dtype, symmetric)
-    _check(
-        lambda q_, k_: tiling(chunk_size=64)(F.info_nce)(
-            q_, k_, temperature=0.05, symmetric=symmetric
-        ),
-        [q, k],
-        dtype,
-        where=f"{dtype} symmetric={symmetric} kernels={kernels}",
+    g = torch.Generator().manual_seed(6)
+    labels, ids = (
+        torch.randint(0, 20, (300,), generator=g),
+        torch.randint(0, 250, (300,), generator=g),
     )
+
+    def loss_fn(q_, k_):
+        roles = KeyRoles()
+        if with_roles:
+            lab, idx = labels.to(q_.device), ids.to(q_.device)
+            roles = KeyRoles(query_labels=lab, key_labels=lab, query_ids=idx, key_ids=idx)
+        with tiling(chunk_size=64):
+            return F.info_nce(q_, k_, temperature=0.05, symmetric=symmetric, roles=roles)
+
+    assert fused.in_graph(loss_fn(q, k)) == (kernels == "auto"), (dtype, symmetric, with_roles)
+    where = f"{dtype} symmetric={symmetric} roles={with_roles} kernels={kernels}"
+    _check(loss_fn, [q, k], dtype, where=where)
 
 
 def test_no_host_sync_in_the_tile_loop():
