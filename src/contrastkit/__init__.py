@@ -25,6 +25,7 @@ from contrastkit.encoders.saved import load_encoder
 from contrastkit.functional import (
     KeyRoles,
     contrastive_margin,
+    fused_kernels,
     info_nce,
     margin_ranking,
     nt_xent,
@@ -46,6 +47,7 @@ __all__ = [
     "__version__",
     "contrastive_margin",
     "create_loss",
+    "fused_kernels",
     "info_nce",
     "list_losses",
     "load_encoder",

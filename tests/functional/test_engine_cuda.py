@@ -1,7 +1,10 @@
 """The engine on CUDA: parity with the CPU float64 reference, half-precision block products with
 float32 logits (``torch.mm(..., out_dtype=torch.float32)``), buffers on the input's device and
-no host sync inside the tile loop. Skipped without a GPU (none was lent when this was written:
-these tests have not run yet; the lead runs them on a GPU machine).
+no host sync inside the tile loop. Every test runs twice: with the fused Triton kernels
+(``contrastkit.functional.fused``, compiled for real; the default on CUDA when Triton imports)
+and with the torch tile loop (``fused_kernels("off")``). Skipped without a GPU (none was lent
+when this was written: these tests have not run yet; ``benchmarks/bench_gpu_engine.py`` runs
+them first on a GPU machine).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import pytest
 import torch
 
 import contrastkit.functional as F
-from contrastkit.functional import KeyRoles, engine, tiled, tiling
+from contrastkit.functional import KeyRoles, engine, fused, tiled, tiling
 from contrastkit.functional.engine import ContrastiveProblem, softmax_contrastive
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -28,6 +31,15 @@ def _half_products(request):
     """Both half-operand modes (``engine.HALF_PRODUCTS``); float32 ignores the setting."""
     with mock.patch.object(engine, "HALF_PRODUCTS", request.param):
         yield
+
+
+@pytest.fixture(params=["auto", "off"], autouse=True)
+def kernels(request):
+    """The fused Triton kernels (where they take the problem) and the torch tile loop."""
+    if request.param == "auto" and fused._kernels() is None:
+        pytest.skip("triton does not import: the fused kernels cannot run")
+    with fused.fused_kernels(request.param):
+        yield request.param
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +147,33 @@ def test_masks_labels_negatives_supcon_sigmoid(dtype):
     }
     for name, fn in cases.items():
         _check(fn, args[name], dtype, where=f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("with_roles", [False, True])
+def test_the_fused_kernels_run_on_cuda(kernels, dtype, symmetric, with_roles):
+    """With Triton the chunked path's problems that the kernels take do run them (their autograd
+    node is in the graph), symmetric and not, with labels and ids or without, and match
+    float64 (both half-product modes, from the autouse fixture)."""
+    q, k = _inputs((300, 96), (300, 96), seed=5, dtype=dtype)
+    g = torch.Generator().manual_seed(6)
+    labels, ids = (
+        torch.randint(0, 20, (300,), generator=g),
+        torch.randint(0, 250, (300,), generator=g),
+    )
+
+    def loss_fn(q_, k_):
+        roles = KeyRoles()
+        if with_roles:
+            lab, idx = labels.to(q_.device), ids.to(q_.device)
+            roles = KeyRoles(query_labels=lab, key_labels=lab, query_ids=idx, key_ids=idx)
+        with tiling(chunk_size=64):
+            return F.info_nce(q_, k_, temperature=0.05, symmetric=symmetric, roles=roles)
+
+    assert fused.in_graph(loss_fn(q, k)) == (kernels == "auto"), (dtype, symmetric, with_roles)
+    where = f"{dtype} symmetric={symmetric} roles={with_roles} kernels={kernels}"
+    _check(loss_fn, [q, k], dtype, where=where)
 
 
 def test_no_host_sync_in_the_tile_loop():

@@ -12,6 +12,7 @@ from contrastkit.functional.contrastive import (
     supervised_contrastive,
 )
 from contrastkit.functional.engine import tiling
+from contrastkit.functional.fused import fused_kernels
 from contrastkit.functional.margin import (
     contrastive_margin,
     margin_ranking,
@@ -42,6 +43,7 @@ __all__ = [
     "byol_loss",
     "contrastive_margin",
     "dino_loss",
+    "fused_kernels",
     "info_nce",
     "margin_ranking",
     "normalize",

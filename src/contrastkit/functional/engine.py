@@ -51,6 +51,11 @@ Two paths compute it, with the same value and gradients:
   Cosine inputs are normalised and divided by the temperature in one autograd node
   (:func:`contrastkit.functional.similarity.normalize_over`).
 
+On CUDA the chunked path runs fused Triton kernels instead of the torch tile loop when Triton
+imports and they take the problem (:mod:`contrastkit.functional.fused`: FlashAttention-style,
+no tile written to memory; ``CONTRASTKIT_FUSED_KERNELS=off`` or ``fused_kernels("off")`` keeps
+the tile loop, which stays the fallback and the reference).
+
 :func:`softmax_contrastive` picks the path; tiling is the engine's, not the losses': by default
 it is automatic -- dense while ``B * (N + M) <= DENSE_MAX_LOGITS`` (2**22 logits, 16 MiB in
 float32, i.e. B = N = 2048), chunked with :func:`default_chunk_size` rows beyond; inside
@@ -89,6 +94,7 @@ from contrastkit._checks import (
     check_reduction,
     check_temperature,
 )
+from contrastkit.functional.fused import FusedSoftmaxLoss, runs_fused
 from contrastkit.functional.precision import own_precision
 from contrastkit.functional.similarity import (
     check_metric,
@@ -737,6 +743,11 @@ def softmax_contrastive(
         operand = None  # the raw inputs are the operands already
     else:
         q, k, neg = _logit_space(p, temperature, metric)
+    if runs_fused(p, metric):  # the chunked path's fused Triton kernels (GPU)
+        row, col, row_valid, col_valid = FusedSoftmaxLoss.apply(
+            q, k, neg, p.structure(), operand, *scales
+        )
+        return _reduce_rows_columns(p, row, col, row_valid, col_valid, reduction, q, out_dtype)
     kernel_metric = "euclidean" if metric == "euclidean" else "dot"
     if fused:
         blocks = Blocks(kernel_metric, chunk, operand=operand)
@@ -751,6 +762,20 @@ def softmax_contrastive(
     row, col, row_valid, col_valid = TiledSoftmaxLoss.apply(
         q, k, neg, p.structure(), blocks, *scales
     )
+    return _reduce_rows_columns(p, row, col, row_valid, col_valid, reduction, q, out_dtype)
+
+
+def _reduce_rows_columns(
+    p: ContrastiveProblem,
+    row: Tensor,
+    col: Tensor,
+    row_valid: Tensor,
+    col_valid: Tensor,
+    reduction: str,
+    graph_source: Tensor,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    """The anchors' losses from the row (B,) and column (N,) losses of the blocked kernels."""
     if p.row_shards is not None:  # col: the N columns over all shards' rows; ours follow
         own = slice(p.row_shards.column_offset, p.row_shards.column_offset + p.n_queries)
         loss, valid = 0.5 * (row + col[own]), row_valid & col_valid[own]
@@ -758,7 +783,7 @@ def softmax_contrastive(
         loss, valid = 0.5 * (row + col), row_valid & col_valid
     else:
         loss, valid = row, row_valid
-    return reduce_valid(loss, valid, reduction, q).to(out_dtype)
+    return reduce_valid(loss, valid, reduction, graph_source).to(out_dtype)
 
 
 def _warn_no_positive() -> None:
