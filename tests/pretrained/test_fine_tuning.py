@@ -166,15 +166,28 @@ def test_lora_minilm_resumes_exactly_saves_adapters_and_exports_merged(tmp_path)
     assert any("lora_A" in k for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    adapters = load_file(str(full / "adapters" / "adapter_model.safetensors"))
-    assert adapters and all("lora_" in k for k in adapters)
-    assert json.loads((full / "adapters" / "adapter_config.json").read_text())["r"] == 4
     base = "model.encoder.model.encoder.layer.0.attention.self.query"
     assert any(k.startswith(base + ".lora_B") for k in a)
 
     texts = ["quickly", "in a slow manner", "very"]
     _, task, _ = load_run(full)
     want = task.embed_texts(texts)
+
+    # run/adapters is a PEFT adapter folder: PeftModel loads it onto the base MiniLM
+    import peft
+    import transformers as tf
+
+    config = json.loads((full / "adapters" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["peft_type"] == "LORA"
+    tokens = task.model["encoder"].tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        bert = tf.AutoModel.from_pretrained(config["base_model_name_or_path"])
+        plain = bert.eval()(**tokens).last_hidden_state
+        loaded = peft.PeftModel.from_pretrained(bert, str(full / "adapters")).eval()
+        got = loaded(**tokens).last_hidden_state
+        trained = task.model["encoder"].model.eval()(**tokens).last_hidden_state
+    torch.testing.assert_close(got, trained, atol=1e-5, rtol=0)
+    assert (got - plain).abs().max() > 1e-3  # the adapters trained
     out = export_run(full, tmp_path / "st", "sentence-transformers")
     saved = load_file(str(out / "model.safetensors"))
     assert not any("lora" in k for k in saved)  # merged: a plain BERT folder, no peft needed
@@ -296,6 +309,21 @@ def test_lora_on_clip_exports_a_plain_clip_folder(tmp_path):
     texts = ["a grinning face", "an arrow"]
     with torch.no_grad():
         want = task.embed_texts(texts)
+    import peft
+
+    adapters = run / "adapters"  # a PEFT folder for the CLIPModel it started from
+    config = json.loads((adapters / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(folder)
+    tokens = task.model["towers"].tokenize(texts)
+    with torch.no_grad():
+        peft_clip = peft.PeftModel.from_pretrained(tf.CLIPModel.from_pretrained(str(folder)),
+                                                   str(adapters)).eval()  # fmt: skip
+        from contrastkit.encoders.hf_clip import _features
+
+        direct = torch.nn.functional.normalize(
+            _features(peft_clip.get_text_features(**tokens)), dim=-1
+        )
+    torch.testing.assert_close(direct, want, atol=1e-5, rtol=0)
     out = export_run(run, tmp_path / "hf", "hf")
     saved = load_file(str(out / "model.safetensors"))
     assert not any("lora" in k for k in saved)
