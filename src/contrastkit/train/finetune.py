@@ -105,7 +105,9 @@ def save_adapters(run: Any, model: nn.Module, cfg: Any, step: int) -> None:
     model (the folder its config names as ``base_model_name_or_path``); rewritten at each
     checkpoint of a LoRA run, nothing without LoRA. A model with several transformers towers
     holding adapters writes one folder per tower, ``adapters/<tower's module path>``. The
-    checkpoints hold the adapters too (resume reads those); ``export`` merges them."""
+    checkpoints hold the adapters too (resume reads those; adapters on a layer outside every
+    transformers model, e.g. a head a target happens to name, are kept there only);
+    ``export`` merges them."""
     from pathlib import Path
 
     from safetensors.torch import save
