@@ -8,15 +8,19 @@ folder with one sub-folder per class. ``--classes``: one line per class, ``FOLDE
 template per line with ``{}`` where the class name goes (default:
 :data:`contrastkit.eval.zero_shot.DEFAULT_TEMPLATES`).
 
-Prints one JSON object: ``zero-shot top-1`` / ``top-5`` and the counts. Application code (it
-reads runs); the library never imports it.
+Prints one JSON object: ``zero-shot top-1`` / ``top-5`` and the counts. ``--interpolate
+0,0.25,0.5,0.75,1`` (a run only) is WiSE-FT's evaluation sweep: the run's weights become
+``(1 - alpha) * start + alpha * fine-tuned`` for each alpha in turn (as ``export
+--interpolate`` writes them) and the JSON holds one row per alpha under ``"sweep"``; the sweep
+is also kept in ``RUN/wiseft.json`` (one entry per DATA and classes file), which the run's
+report shows as a table. Application code (it reads runs); the library never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,12 @@ def add_parser(sub: Any) -> None:
         help="one class per line: FOLDER, or FOLDER<TAB>name used in the prompts",
     )
     z.add_argument("--templates", metavar="FILE", help="one prompt template per line, with {}")
+    z.add_argument(
+        "--interpolate",
+        metavar="ALPHAS",
+        help="a run only: WiSE-FT sweep, comma-separated alphas in [0, 1] (0 = the start, "
+        "1 = fine-tuned), e.g. 0,0.25,0.5,0.75,1; kept in RUN/wiseft.json for the report",
+    )
     z.add_argument("--image-size", type=int, default=None, help="image folder: side to load")
     z.add_argument("--batch-size", type=int, default=128)
 
@@ -113,35 +123,131 @@ def _model(model: str) -> tuple[Callable[[list[str]], Tensor], Callable[[Tensor]
     )
 
 
-def cmd_eval_zero_shot(args: argparse.Namespace) -> int:
+def parse_alphas(text: str) -> list[float]:
+    """``--interpolate`` as a list of alphas in [0, 1].
+
+    >>> parse_alphas("0, 0.5,1")
+    [0.0, 0.5, 1.0]
+    """
+    from contrastkit.encoders.adapters import check_alpha
+    from contrastkit.errors import ArgumentError, restate
+
+    alphas = []
+    for cell in text.split(","):
+        try:
+            alphas.append(check_alpha(float(cell)))
+        except ValueError as err:
+            if isinstance(err, ArgumentError):
+                raise ValueError(restate(err, {"alpha": "--interpolate"})) from None
+            raise ValueError(
+                f"--interpolate {text!r}: {cell.strip()!r} is not a number; give alphas in "
+                "[0, 1] separated by commas, e.g. 0,0.25,0.5,0.75,1."
+            ) from None
+    return alphas
+
+
+def _source(args: argparse.Namespace, side: int) -> Any:
+    from contrastkit.data.image_source import open_images
+
+    if args.data == "emoji":
+        return open_images("emoji", "test", options={"size": side or 64})
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(
+            f"DATA {args.data!r} is not a folder; pass an image folder with one sub-folder "
+            "per class, or emoji."
+        )
+    size = args.image_size or side or None
+    return open_images("image_folder", "all", root=args.data, image_size=size)
+
+
+def _classify(
+    embed_texts: Callable[[list[str]], Tensor],
+    embed_images: Callable[[Tensor], Tensor],
+    source: Any,
+    names: list[str],
+    templates: Sequence[str],
+    batch_size: int,
+) -> dict[str, float]:
     import torch
 
-    from contrastkit.data.image_source import open_images
-    from contrastkit.eval.zero_shot import DEFAULT_TEMPLATES, ZeroShotClassifier
+    from contrastkit.eval.zero_shot import ZeroShotClassifier
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
-    lines = _read_lines(args.classes, "--classes")
-    templates = _read_lines(args.templates, "--templates") if args.templates else DEFAULT_TEMPLATES
-    embed_texts, embed_images, side = _model(args.model)
-    if args.data == "emoji":
-        source = open_images("emoji", "test", options={"size": side or 64})
-    else:
-        if not Path(args.data).is_dir():
-            raise FileNotFoundError(
-                f"DATA {args.data!r} is not a folder; pass an image folder with one sub-folder "
-                "per class, or emoji."
-            )
-        size = args.image_size or side or None
-        source = open_images("image_folder", "all", root=args.data, image_size=size)
-    if not source.classes:
-        raise ValueError(f"DATA {args.data!r} has no classes; use one sub-folder per class.")
-    names = class_names(lines, list(source.classes), args.classes)
     clf = ZeroShotClassifier(embed_texts, names, templates)
-    for images, rows in source.batches(args.batch_size):
+    for images, rows in source.batches(batch_size):
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
         clf.update(embed_images(images), source.labels[rows])
-    out = {**clf.compute(), "items": clf.n, "classes": len(names), "templates": len(templates)}
-    print(json.dumps(out, indent=2))
+    return clf.compute()
+
+
+def sweep_alphas(run: Path, alphas: list[float], evaluate: Callable[[Any], dict]) -> list[dict]:
+    """WiSE-FT sweep: for each alpha, the loaded run's weights become ``(1 - alpha) * start +
+    alpha * fine-tuned`` (:func:`contrastkit.export.start_state`, LoRA merged) and
+    ``evaluate(task)`` gives its row."""
+    import torch
+
+    from contrastkit.encoders.adapters import interpolate_state, merge_lora
+    from contrastkit.export import start_state
+    from contrastkit.train.run import forget_loaded_runs, load_run
+
+    cfg, task, _ = load_run(run)
+    rows = []
+    try:
+        with torch.no_grad():
+            merge_lora(task.model)
+            end = {k: v.clone() for k, v in task.model.state_dict().items()}
+            start = start_state(cfg)
+            for alpha in alphas:
+                task.model.load_state_dict(interpolate_state(start, end, alpha))
+                rows.append({"alpha": alpha, **evaluate(task)})
+    finally:
+        forget_loaded_runs()  # the task was changed in place
+    return rows
+
+
+def keep_sweep(run: Path, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to ``run/wiseft.json``, replacing one for the same data and classes."""
+    from contrastkit.atomic import write_json
+
+    path = run / "wiseft.json"
+    sweeps = json.loads(path.read_text())["sweeps"] if path.is_file() else []
+    same = (entry["data"], entry["classes_file"])
+    sweeps = [x for x in sweeps if (x.get("data"), x.get("classes_file")) != same] + [entry]
+    write_json(path, {"sweeps": sweeps})
+
+
+def cmd_eval_zero_shot(args: argparse.Namespace) -> int:
+    from contrastkit.eval.zero_shot import DEFAULT_TEMPLATES
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    alphas = parse_alphas(args.interpolate) if args.interpolate is not None else None
+    run = Path(args.model)
+    if alphas is not None and not (run / "config.yaml").is_file():
+        raise ValueError(
+            f"--interpolate needs a run folder (config.yaml) as MODEL_OR_RUN, got "
+            f"{args.model!r}: the sweep mixes the run's start and fine-tuned weights."
+        )
+    lines = _read_lines(args.classes, "--classes")
+    templates = _read_lines(args.templates, "--templates") if args.templates else DEFAULT_TEMPLATES
+    embed_texts, embed_images, side = _model(args.model)
+    source = _source(args, side)
+    if not source.classes:
+        raise ValueError(f"DATA {args.data!r} has no classes; use one sub-folder per class.")
+    names = class_names(lines, list(source.classes), args.classes)
+    counts = {"items": len(source.labels), "classes": len(names), "templates": len(templates)}
+    if alphas is None:
+        acc = _classify(embed_texts, embed_images, source, names, templates, args.batch_size)
+        print(json.dumps({**acc, **counts}, indent=2))
+        return 0
+    rows = sweep_alphas(
+        run,
+        alphas,
+        lambda task: _classify(
+            task.embed_texts, task.embed_images, source, names, templates, args.batch_size
+        ),
+    )
+    entry = {"data": str(args.data), "classes_file": str(args.classes), "sweep": rows, **counts}
+    keep_sweep(run, entry)
+    print(json.dumps(entry, indent=2))
     return 0

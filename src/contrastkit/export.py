@@ -13,7 +13,9 @@
   (``input_ids``, ``attention_mask``: (B, T) int64 -> ``embeddings`` (B, D); transformer +
   pooling + head + normalisation; prepend the side's prompt from ``export.json`` yourself; the
   graph pools every token, also a prompt's when the folder says ``include_prompt: false``;
-  the tokenizer is saved beside it in ``out/text_tokenizer``) and
+  the tokenizer is saved beside it in ``out/text_tokenizer``; a fine-tuned CLIP / SigLIP
+  writes its text tower the same way, SigLIP's graph taking ``input_ids`` only, padded to
+  ``max_length``) and
   ``image.onnx`` (``images``: (B, C, H, W) float in [0, 1] -> ``embeddings`` (B, D));
   ``audio.onnx`` (``waveform``: (B, T) float32 at the ``sample_rate`` export.json records,
   ``mask``: (B, T) bool -> ``embeddings`` (B, D), the log-mel front end inside);
@@ -180,6 +182,9 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
             # the graph pools every token: with include_prompt false it also pools the prompt
             "include_prompt": enc.include_prompt,
         }
+    pretrained = task.export_towers().pretrained
+    if pretrained is not None and not graphs:  # a CLIP / SigLIP checkpoint's text tower
+        graphs["text"] = _write_pretrained_text_onnx(pretrained, tmp)
     image = task.export_towers().image
     if image is not None:
         c, h, w = task.image_shape
@@ -190,6 +195,37 @@ def _write_onnx(cfg: Any, task: Any, tmp: Path) -> None:
     if audio is not None:
         graphs["audio"] = _write_audio_onnx(audio, tmp)
     write_json(tmp / "export.json", {"format": "onnx", "graphs": graphs})
+
+
+class _TokenGraph(nn.Module):
+    """``(input_ids[, attention_mask]) (B, T) -> embeddings (B, D)`` of a checkpoint's
+    ``encode_tokens`` (a CLIP / SigLIP text tower)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *tokens: Tensor) -> Tensor:
+        return self.model.encode_tokens(*tokens)
+
+
+def _write_pretrained_text_onnx(model: Any, tmp: Path) -> dict[str, Any]:
+    """``text.onnx`` of a fine-tuned CLIP / SigLIP (``export_towers().pretrained``): its
+    tokenizer's ids (and CLIP's attention mask) -> the normalised ``get_text_features``; the
+    tokenizer goes to ``text_tokenizer``. CLIP pads to the longest text of a batch, SigLIP to
+    ``max_length`` (``padding`` in export.json), as the run embeds."""
+    tokens = model.tokenize(["an example text", "a second, longer example text"])
+    names = list(tokens)  # input_ids (+ attention_mask for CLIP)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    _onnx_export(_TokenGraph(model), tuple(tokens.values()), tmp / "text.onnx", axes)
+    model.tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
+    return {
+        "file": "text.onnx",
+        "inputs": names,
+        "tokenizer": "text_tokenizer",
+        "max_length": int(model.max_length),
+        "padding": "max_length" if model.kind == "siglip" else "longest",
+    }
 
 
 def _write_audio_onnx(audio: nn.Module, tmp: Path) -> dict[str, Any]:
@@ -258,15 +294,24 @@ def interpolate_run(cfg: Any, task: Any, alpha: float) -> None:
     fine-tuned``, the start rebuilt from the config as training built it (same seed); LoRA
     adapters are merged in both first."""
     from contrastkit.encoders.adapters import check_alpha, interpolate_state, merge_lora
-    from contrastkit.train.tasks import build_task
 
     alpha = check_alpha(alpha)
+    merge_lora(task.model)
+    state = interpolate_state(start_state(cfg), task.model.state_dict(), alpha)
+    task.model.load_state_dict(state)
+
+
+def start_state(cfg: Any) -> dict[str, Tensor]:
+    """The weights a run began from (WiSE-FT's start): its task's model rebuilt from the config
+    as training built it (same seed; a pretrained folder as it is on disk), LoRA merged (a
+    no-op: fresh adapters add zero)."""
+    from contrastkit.encoders.adapters import merge_lora
+    from contrastkit.train.tasks import build_task
+
     torch.manual_seed(cfg.seed)
     start = build_task(cfg).model
     merge_lora(start)
-    merge_lora(task.model)
-    state = interpolate_state(start.state_dict(), task.model.state_dict(), alpha)
-    task.model.load_state_dict(state)
+    return start.state_dict()
 
 
 def export_run(

@@ -105,7 +105,7 @@ def test_hf_clip_run_zero_shot_temperature_and_hf_export(tmp_path):
     assert again.encode_text(["a face"]).shape == (1, again.out_features)
 
 
-def test_wise_ft_interpolates_between_start_and_fine_tuned(tmp_path):
+def test_wise_ft_interpolates_between_start_and_fine_tuned(tmp_path, capsys):
     from contrastkit.export import export_run
 
     folder = tiny_clip(tmp_path / "clip")
@@ -121,6 +121,43 @@ def test_wise_ft_interpolates_between_start_and_fine_tuned(tmp_path):
         torch.testing.assert_close(got, torch.lerp(start, end, alpha))
     with pytest.raises(ValueError, match=r"--interpolate = 1\.5 is outside \[0, 1\]"):
         export_run(run, tmp_path / "bad", "hf", interpolate=1.5)
+
+    # eval-zero-shot --interpolate: the sweep's ends are the start folder and the run itself
+    from PIL import Image
+
+    from contrastkit.cli import main
+    from contrastkit.report.html import write_report
+
+    data = tmp_path / "data"
+    for k, name in enumerate(["red", "blue", "green"]):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new(
+                "RGB", (32, 32), tuple((60 * i + 200 * (c == k)) % 256 for c in range(3))
+            ).save(data / name / f"{i}.png")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("red\nblue\ngreen\n")
+
+    def zero_shot(model, *extra):
+        capsys.readouterr()
+        assert (
+            main(["eval-zero-shot", str(model), str(data), "--classes", str(classes), *extra]) == 0
+        )
+        return json.loads(capsys.readouterr().out)
+
+    sweep = zero_shot(run, "--interpolate", "0,0.5,1")["sweep"]
+    assert [r["alpha"] for r in sweep] == [0.0, 0.5, 1.0]
+    for row, model in ((sweep[0], folder), (sweep[2], run)):
+        want = zero_shot(model)
+        assert row["zero-shot top-1"] == pytest.approx(want["zero-shot top-1"])
+    kept = json.loads((run / "wiseft.json").read_text())["sweeps"]
+    assert len(kept) == 1 and kept[0]["sweep"] == sweep
+    assert "WiSE-FT" in write_report(run).read_text()
+    capsys.readouterr()
+    bad = ["eval-zero-shot", str(run), str(data), "--classes", str(classes), "--interpolate"]
+    assert main([*bad, "0,2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--interpolate = 2.0 is outside [0, 1]" in err and "\n" not in err
 
 
 def test_lit_locks_the_image_tower_and_siglip_starts_from_its_bias(tmp_path):
@@ -166,15 +203,28 @@ def test_lora_minilm_resumes_exactly_saves_adapters_and_exports_merged(tmp_path)
     assert any("lora_A" in k for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    adapters = load_file(str(full / "adapters" / "adapter_model.safetensors"))
-    assert adapters and all("lora_" in k for k in adapters)
-    assert json.loads((full / "adapters" / "adapter_config.json").read_text())["r"] == 4
     base = "model.encoder.model.encoder.layer.0.attention.self.query"
     assert any(k.startswith(base + ".lora_B") for k in a)
 
     texts = ["quickly", "in a slow manner", "very"]
     _, task, _ = load_run(full)
     want = task.embed_texts(texts)
+
+    # run/adapters is a PEFT adapter folder: PeftModel loads it onto the base MiniLM
+    import peft
+    import transformers as tf
+
+    config = json.loads((full / "adapters" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["peft_type"] == "LORA"
+    tokens = task.model["encoder"].tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        bert = tf.AutoModel.from_pretrained(config["base_model_name_or_path"])
+        plain = bert.eval()(**tokens).last_hidden_state
+        loaded = peft.PeftModel.from_pretrained(bert, str(full / "adapters")).eval()
+        got = loaded(**tokens).last_hidden_state
+        trained = task.model["encoder"].model.eval()(**tokens).last_hidden_state
+    torch.testing.assert_close(got, trained, atol=1e-5, rtol=0)
+    assert (got - plain).abs().max() > 1e-3  # the adapters trained
     out = export_run(full, tmp_path / "st", "sentence-transformers")
     saved = load_file(str(out / "model.safetensors"))
     assert not any("lora" in k for k in saved)  # merged: a plain BERT folder, no peft needed
@@ -230,22 +280,39 @@ def test_layer_decay_gives_lower_layers_smaller_rates(tmp_path):
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
 
 
-def test_hf_clip_run_exports_the_image_tower_to_onnx(tmp_path):
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_hf_clip_run_exports_both_towers_to_onnx(tmp_path, kind):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from contrastkit.export import export_run
     from contrastkit.train.run import load_run
 
-    folder = tiny_clip(tmp_path / "clip")
-    run = train(load_config_dict(clip_config(tmp_path, folder)), tmp_path / "run")
+    folder = (tiny_clip if kind == "clip" else tiny_siglip)(tmp_path / kind)
+    raw = clip_config(tmp_path, folder)
+    raw["train"]["max_steps"] = 1
+    run = train(load_config_dict(raw), tmp_path / "run")
     out = export_run(run, tmp_path / "onnx", "onnx")
-    spec = json.loads((out / "export.json").read_text())
-    assert spec["graphs"]["image"]["image_shape"] == [3, 32, 32]
+    spec = json.loads((out / "export.json").read_text())["graphs"]
+    assert spec["image"]["image_shape"] == [3, 32, 32]
     _, task, _ = load_run(run)
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(str(out / "image.onnx"))
     got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
-    torch.testing.assert_close(got, task.embed_images(images), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, task.embed_images(images), atol=1e-5, rtol=0)
+
+    import transformers as tf
+
+    text = spec["text"]  # the text tower: tokenizer ids (+ CLIP's mask) -> embeddings
+    assert text["padding"] == ("longest" if kind == "clip" else "max_length")
+    texts = ["a grinning face", "a red apple on a white plate", "x"]
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(out / text["tokenizer"]))
+    padding = True if text["padding"] == "longest" else "max_length"
+    tokens = tokenizer(
+        texts, padding=padding, truncation=True, max_length=text["max_length"], return_tensors="np"
+    )
+    session = ort.InferenceSession(str(out / text["file"]))
+    got = torch.from_numpy(session.run(None, {k: tokens[k] for k in text["inputs"]})[0])
+    torch.testing.assert_close(got, task.embed_texts(texts), atol=1e-5, rtol=0)
 
 
 def test_hf_vision_backbone_trains_in_the_views_task_and_reloads(tmp_path):
@@ -296,6 +363,21 @@ def test_lora_on_clip_exports_a_plain_clip_folder(tmp_path):
     texts = ["a grinning face", "an arrow"]
     with torch.no_grad():
         want = task.embed_texts(texts)
+    import peft
+
+    adapters = run / "adapters"  # a PEFT folder for the CLIPModel it started from
+    config = json.loads((adapters / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(folder)
+    tokens = task.model["towers"].tokenize(texts)
+    with torch.no_grad():
+        peft_clip = peft.PeftModel.from_pretrained(tf.CLIPModel.from_pretrained(str(folder)),
+                                                   str(adapters)).eval()  # fmt: skip
+        from contrastkit.encoders.hf_clip import _features
+
+        direct = torch.nn.functional.normalize(
+            _features(peft_clip.get_text_features(**tokens)), dim=-1
+        )
+    torch.testing.assert_close(direct, want, atol=1e-5, rtol=0)
     out = export_run(run, tmp_path / "hf", "hf")
     saved = load_file(str(out / "model.safetensors"))
     assert not any("lora" in k for k in saved)

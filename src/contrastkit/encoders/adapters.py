@@ -104,13 +104,47 @@ def has_lora(module: nn.Module) -> bool:
     return any("lora_A" in n for n, _ in module.named_parameters())
 
 
-def lora_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    """The adapter tensors only (``lora_A`` / ``lora_B``), by parameter name."""
-    return {
-        n: p.detach().cpu().contiguous()
-        for n, p in module.named_parameters()
-        if "lora_A" in n or "lora_B" in n
-    }
+def peft_adapters(
+    module: nn.Module,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: Sequence[str],
+) -> dict[str, tuple[dict[str, Any], dict[str, Tensor]]]:
+    """PEFT's saved form of the adapters of each ``transformers`` model inside ``module`` that
+    holds LoRA layers: module path -> (``adapter_config.json`` content, the
+    ``adapter_model.safetensors`` tensors keyed as ``PeftModel.save_pretrained`` keys them,
+    ``base_model.model.<name>.lora_A.weight``), so ``peft.PeftModel.from_pretrained(base,
+    folder)`` loads them onto the base model (``base_model_name_or_path``)."""
+    import peft
+    from transformers import PreTrainedModel
+
+    out: dict[str, tuple[dict[str, Any], dict[str, Tensor]]] = {}
+    taken: list[str] = []
+    for path, child in module.named_modules():
+        if not isinstance(child, PreTrainedModel) or any(path.startswith(t + ".") for t in taken):
+            continue  # the outermost transformers model only (CLIPModel, not its towers)
+        state = {
+            "base_model.model." + name.replace(".default.", "."): p.detach().cpu().contiguous()
+            for name, p in child.named_parameters()
+            if ".lora_A.default." in name or ".lora_B.default." in name
+        }
+        if not state:
+            continue
+        taken.append(path)
+        config = peft.LoraConfig(
+            r=int(r),
+            lora_alpha=float(alpha),
+            lora_dropout=float(dropout),
+            target_modules=sorted(target_modules),
+            base_model_name_or_path=str(getattr(child, "name_or_path", "") or ""),
+        ).to_dict()
+        config = {
+            k: sorted(v) if isinstance(v, set) else (v.value if hasattr(v, "value") else v)
+            for k, v in config.items()
+        }
+        out[path] = (config, state)
+    return out
 
 
 def merge_lora(module: nn.Module) -> int:

@@ -115,7 +115,15 @@ class HFCLIPModel(nn.Module):
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """B texts -> (B, D) normalised ``get_text_features``."""
-        return F.normalize(_features(self.model.get_text_features(**self.tokenize(texts))), dim=-1)
+        return self.encode_tokens(**self.tokenize(texts))
+
+    def encode_tokens(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``input_ids`` (B, T) (and CLIP's ``attention_mask`` (B, T)) from :meth:`tokenize` ->
+        (B, D) normalised ``get_text_features``: the text tower's graph (ONNX export)."""
+        tokens = {"input_ids": input_ids}
+        if attention_mask is not None:
+            tokens["attention_mask"] = attention_mask
+        return F.normalize(_features(self.model.get_text_features(**tokens)), dim=-1)
 
     def forward(self, images: Tensor, texts: list[str]) -> tuple[Tensor, Tensor]:
         return self.encode_image(images), self.encode_text(texts)

@@ -181,6 +181,9 @@ def write_report(run: str | os.PathLike) -> Path:
                 names = _class_names(run)
             p = plots.plot_projection(arrays["test_embeddings"], arrays["test_labels"], names, out)
             sections.append(f'<h2>Test embeddings</h2><img src="{p.name}" alt="projection">')
+    wiseft = _wiseft(run)
+    if wiseft:
+        sections.append(wiseft)
     sections.append(f"<h2>Nearest neighbours</h2>{_neighbours(run, out)}")
     sections.append(f"<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre>")
 
@@ -196,6 +199,43 @@ def write_report(run: str | os.PathLike) -> Path:
     path = out / "index.html"
     write_text(path, page)
     return path
+
+
+def _wiseft(run: Path) -> str:
+    """The WiSE-FT sweeps of ``contrastkit eval-zero-shot RUN DATA --interpolate ALPHAS``
+    (``run/wiseft.json``): one table per data / classes file, a row per alpha."""
+    path = run / "wiseft.json"
+    if not path.is_file():
+        return ""
+    try:
+        sweeps = json.loads(path.read_text(encoding="utf-8"))["sweeps"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path}: unreadable ({err}); rerun `contrastkit eval-zero-shot RUN DATA --classes "
+            "FILE --interpolate ALPHAS` to rewrite it"
+        ) from None
+    parts = [
+        "<h2>WiSE-FT: zero-shot accuracy between the start and the fine-tuned weights</h2>"
+        "<p>Weights (1 - alpha) * start + alpha * fine-tuned (Wortsman et al. 2022); alpha 0 "
+        "is the model the run began from, 1 the fine-tuned one "
+        "(<code>contrastkit export RUN OUT --interpolate ALPHA</code> writes any of them).</p>"
+    ]
+    for sweep in sweeps:
+        rows = sweep.get("sweep", [])
+        keys = [k for k in (rows[0] if rows else {}) if k != "alpha"]
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in ["alpha", *keys])
+        body = "".join(
+            "<tr>" + "".join(f"<td>{r.get(k, '')}</td>" if k == "alpha" else
+                             f"<td>{r.get(k, float('nan')):.4f}</td>" for k in ["alpha", *keys])
+            + "</tr>"
+            for r in rows
+        )  # fmt: skip
+        what = html.escape(
+            f"{sweep.get('data')} ({sweep.get('items')} items, {sweep.get('classes')} classes "
+            f"from {sweep.get('classes_file')})"
+        )
+        parts.append(f"<h3>{what}</h3><table><tr>{head}</tr>{body}</table>")
+    return "".join(parts)
 
 
 def _verification(arrays: dict[str, torch.Tensor], ev: dict[str, Any] | None, out: Path) -> str:

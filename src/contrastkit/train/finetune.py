@@ -99,20 +99,30 @@ ADAPTERS = "adapters"
 
 
 def save_adapters(run: Any, model: nn.Module, cfg: Any, step: int) -> None:
-    """``run/adapters/adapter_model.safetensors`` (the LoRA tensors only, a few hundred KB) and
-    ``adapter_config.json`` (``model.lora`` and the step), rewritten at each checkpoint of a
-    LoRA run; nothing without LoRA. The checkpoints hold them too (resume reads those)."""
+    """``run/adapters/``: the LoRA adapters as a PEFT adapter folder
+    (``adapter_config.json`` + ``adapter_model.safetensors``, a few hundred KB) that
+    ``peft.PeftModel.from_pretrained(base, run / "adapters")`` loads onto the base transformers
+    model (the folder its config names as ``base_model_name_or_path``); rewritten at each
+    checkpoint of a LoRA run, nothing without LoRA. A model with several transformers towers
+    holding adapters writes one folder per tower, ``adapters/<tower's module path>``. The
+    checkpoints hold the adapters too (resume reads those; adapters on a layer outside every
+    transformers model, e.g. a head a target happens to name, are kept there only);
+    ``export`` merges them."""
     from pathlib import Path
 
     from safetensors.torch import save
 
     from contrastkit.atomic import write_bytes, write_json
-    from contrastkit.encoders.adapters import has_lora, lora_state_dict
+    from contrastkit.encoders.adapters import peft_adapters
 
     lora = getattr(cfg.model, "lora", None)
-    if lora is None or not has_lora(model):
+    if lora is None:
         return
-    folder = Path(run) / ADAPTERS
-    folder.mkdir(parents=True, exist_ok=True)
-    write_bytes(folder / "adapter_model.safetensors", save(lora_state_dict(model)))
-    write_json(folder / "adapter_config.json", {**lora.model_dump(), "step": int(step)})
+    towers = peft_adapters(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    for name, (config, state) in towers.items():
+        folder = Path(run) / ADAPTERS / (name if len(towers) > 1 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_bytes(folder / "adapter_model.safetensors", save(state, {"format": "pt"}))
+        write_json(folder / "adapter_config.json", config)
+    if towers:
+        write_json(Path(run) / ADAPTERS / "step.json", {"step": int(step)})
