@@ -8,10 +8,16 @@ is dispatched at once) and without (``--max-batch 1``), on two runs:
   packaged MiniLM).
 
 Each configuration is a real ``contrastkit serve`` process (uvicorn, one model thread, one torch
-thread); the clients are asyncio + httpx in this process, sending back to back. Reported per
-row: requests/s, p50/p95/p99 latency, errors (any non-200 or transport error), the mean
-micro-batch size read from ``/metrics``, and the gain over ``--max-batch 1`` at the same load.
-The clients share the machine with the server, so on few cores the numbers are a lower bound.
+thread); both configurations of a route run at once and are loaded in turn (batching, then
+without, at each client count, ``CK_BENCH_SERVE_REPEATS`` times), so a change in the machine's
+load hits both alike. The clients are as cheap as a closed loop can be, so that they leave the
+shared cores to the server: asyncio streams in this process send pre-encoded HTTP/1.1 requests
+(a pool of 32 different queries, cycled) on keep-alive connections and read the status line and
+``content-length`` of each answer. Reported per row: requests/s, p50/p95/p99 latency, errors (any
+non-200 or transport error), the mean micro-batch size and search batch size read from
+``/metrics``, the server's CPU time per request (all its threads, from ``/proc``), the clients'
+CPU share (CPU seconds of this process per second of load), the load average when the row
+started, and the throughput gain and p99 ratio over ``--max-batch 1`` at the same load.
 
 The runs: ``CK_BENCH_SERVE_RUN`` (e.g. ``runs/simclr_fashion_mnist_demo`` after ``make demo``;
 it must have an index), else the demo when it exists, else a stand-in of the same shape: the
@@ -19,10 +25,11 @@ demo recipe's model (small CNN, width 32, 1,152-d backbone features) trained for
 60,000 Fashion-MNIST training images into ``.bench/serve/`` (throughput does not depend on how
 well it is trained; about 2 minutes of CPU once). ``CK_BENCH_SERVE_TEXT_RUN`` likewise, else
 ``minilm_wordnet`` trained for 1 step into ``.bench/serve/``. ``CK_BENCH_SERVE_CLIENTS``
-("1,8,32") and ``CK_BENCH_SERVE_SECONDS`` (10) size the load, ``CK_BENCH_SERVE_ROUTES``
-("search,embeddings") picks the routes; ``CK_BENCH_QUICK=1`` is 8 clients x 3 s.
+("1,8,32"), ``CK_BENCH_SERVE_SECONDS`` (10) and ``CK_BENCH_SERVE_REPEATS`` (2) size the load,
+``CK_BENCH_SERVE_ROUTES`` ("search,embeddings") picks the routes; ``CK_BENCH_QUICK=1`` is 8
+clients x 3 s, once.
 
-Run: ``.venv/bin/python benchmarks/run.py serve`` (about 4 minutes at the defaults, plus the
+Run: ``.venv/bin/python benchmarks/run.py serve`` (about 5 minutes at the defaults, plus the
 stand-ins' first build).
 """
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import socket
@@ -47,6 +55,8 @@ QUICK = os.environ.get("CK_BENCH_QUICK") == "1"
 CLIENTS = [int(c) for c in os.environ.get("CK_BENCH_SERVE_CLIENTS", "8" if QUICK else "1,8,32")
            .split(",")]  # fmt: skip
 SECONDS = float(os.environ.get("CK_BENCH_SERVE_SECONDS", 3 if QUICK else 10))
+REPEATS = int(os.environ.get("CK_BENCH_SERVE_REPEATS", 1 if QUICK else 2))
+POOL = 32  # different queries, cycled by every client
 ROUTES = os.environ.get("CK_BENCH_SERVE_ROUTES", "search,embeddings").split(",")
 CONFIGS = [("batching", ["--max-batch", "32", "--max-wait-ms", "5"]),
            ("no batching", ["--max-batch", "1", "--max-wait-ms", "0"])]  # fmt: skip
@@ -99,18 +109,21 @@ def _text_run() -> Path:
     return run
 
 
-def _query_png(run: Path) -> str:
+def _query_pngs(run: Path, n: int = POOL) -> list[str]:
+    """The first ``n`` test images of the run, as base64 PNG."""
     from PIL import Image
 
     from contrastkit.train.run import load_run
 
     _, task, _ = load_run(run)
-    image = task.examples(1)[0][0]  # (C, H, W) in [0, 1]
-    pixels = (image.clamp(0, 1) * 255).round().byte()
-    array = pixels[0] if pixels.shape[0] == 1 else pixels.permute(1, 2, 0)
-    buf = io.BytesIO()
-    Image.fromarray(array.contiguous().numpy()).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    out = []
+    for image, _label in task.examples(n):  # (C, H, W) in [0, 1]
+        pixels = (image.clamp(0, 1) * 255).round().byte()
+        array = pixels[0] if pixels.shape[0] == 1 else pixels.permute(1, 2, 0)
+        buf = io.BytesIO()
+        Image.fromarray(array.contiguous().numpy()).save(buf, format="PNG")
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
 
 
 def _free_port() -> int:
@@ -142,35 +155,57 @@ def _start(run: Path, args: list[str], clients: int) -> tuple[subprocess.Popen, 
     raise TimeoutError("contrastkit serve did not start in 180 s")
 
 
+def request_bytes(path: str, body: dict, port: int) -> bytes:
+    """One HTTP/1.1 keep-alive POST of ``body`` as JSON, encoded once."""
+    data = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    return head.encode() + data
+
+
+async def _client(
+    port: int, requests: list[bytes], first: int, stop: float, latencies: list[float]
+) -> int:
+    """One closed-loop client: send, read the answer, repeat until ``stop``; returns errors.
+    Answers are read by their ``content-length`` (every route answers JSON with one)."""
+    errors, i = 0, first
+    reader = writer = None
+    while time.perf_counter() < stop:
+        start = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(requests[i % len(requests)])
+            head = await reader.readuntil(b"\r\n\r\n")  # type: ignore[union-attr]
+            at = head.lower().find(b"content-length:")
+            if at < 0:
+                raise ConnectionError("an answer without content-length")
+            await reader.readexactly(int(head[at + 15 : head.find(b"\r\n", at)]))  # type: ignore[union-attr]
+            ok = head[9:12] == b"200"
+        except (OSError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            ok = False
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+        if ok:
+            latencies.append(time.perf_counter() - start)
+        else:
+            errors += 1
+        i += 1
+    if writer is not None:
+        writer.close()
+    return errors
+
+
 async def _load(
-    url: str, path: str, body: dict, clients: int, seconds: float
+    port: int, requests: list[bytes], clients: int, seconds: float
 ) -> tuple[list[float], int]:
     latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        if "model" in body:  # /v1/embeddings: the served run's name
-            body = {**body, "model": (await client.get("/v1/models")).json()["data"][0]["id"]}
-        for _ in range(2):  # warm up the connection pool and the model
-            await client.post(path, json=body)
-        stop = time.perf_counter() + seconds
-
-        async def one_client() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop:
-                start = time.perf_counter()
-                try:
-                    response = await client.post(path, json=body)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors += 1
-
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-    return latencies, errors
+    stop = time.perf_counter() + seconds
+    errors = await asyncio.gather(
+        *(_client(port, requests, c, stop, latencies) for c in range(clients))
+    )
+    return latencies, sum(errors)
 
 
 def _batch_stats(url: str) -> tuple[float, float, float, float]:
@@ -184,35 +219,80 @@ def _batch_stats(url: str) -> tuple[float, float, float, float]:
                  for kind in ("", "search_") for part in ("sum", "count"))  # fmt: skip
 
 
-def _rows(route: str, run_dir: Path, path: str, body: dict) -> list[dict]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc``; NaN where
+    there is no ``/proc``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(proc: subprocess.Popen, url: str, requests: list[bytes], clients: int) -> dict:
+    """One load of ``clients`` x ``SECONDS`` against one server: the raw sums of a row."""
+    port = int(url.rsplit(":", 1)[1])
+    load = os.getloadavg()[0]
+    before, server_before = _batch_stats(url), cpu_seconds(proc.pid)
+    cpu, start = time.process_time(), time.perf_counter()
+    latencies, errors = asyncio.run(_load(port, requests, clients, SECONDS))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    server = cpu_seconds(proc.pid) - server_before
+    after = _batch_stats(url)
+    return {"latencies": latencies, "errors": errors, "wall": wall, "client_cpu": cpu,
+            "server_cpu": server, "load": load,
+            "batch": (after[0] - before[0], after[1] - before[1]),
+            "search": (after[2] - before[2], after[3] - before[3])}  # fmt: skip
+
+
+def _row(route: str, name: str, clients: int, parts: list[dict]) -> dict:
+    latencies = [x for p in parts for x in p["latencies"]]
+    wall = sum(p["wall"] for p in parts)
+    n = len(latencies)
+    ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
+    batch = [sum(p["batch"][i] for p in parts) for i in (0, 1)]
+    search = [sum(p["search"][i] for p in parts) for i in (0, 1)]
+    return {
+        "route": route,
+        "config": name,
+        "clients": clients,
+        "requests": n,
+        "req_per_s": n / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": sum(p["errors"] for p in parts),
+        "mean_batch": batch[0] / batch[1] if batch[1] else 0.0,
+        "mean_search_batch": search[0] / search[1] if search[1] else 0.0,
+        "server_cpu_ms_per_req": 1000 * sum(p["server_cpu"] for p in parts) / max(n, 1),
+        "client_cpu_share": sum(p["client_cpu"] for p in parts) / wall,
+        "load_avg": min(p["load"] for p in parts),
+    }
+
+
+def _rows(route: str, run_dir: Path, path: str, bodies: list[dict]) -> list[dict]:
+    """Both configurations served at once, loaded in turn at each client count."""
+    servers = {name: _start(run_dir, args, max(CLIENTS)) for name, args in CONFIGS}
     rows = []
-    for name, args in CONFIGS:
-        proc, url = _start(run_dir, args, max(CLIENTS))
-        try:
-            for clients in CLIENTS:
-                before = _batch_stats(url)
-                start = time.perf_counter()
-                latencies, errors = asyncio.run(_load(url, path, body, clients, SECONDS))
-                wall = time.perf_counter() - start
-                after = _batch_stats(url)
-                calls = after[1] - before[1]
-                searches = after[3] - before[3]
-                ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
-                rows.append({
-                    "route": route,
-                    "config": name,
-                    "clients": clients,
-                    "requests": len(latencies),
-                    "req_per_s": len(latencies) / wall,
-                    "p50_ms": float(np.percentile(ms, 50)),
-                    "p95_ms": float(np.percentile(ms, 95)),
-                    "p99_ms": float(np.percentile(ms, 99)),
-                    "errors": errors,
-                    "mean_batch": (after[0] - before[0]) / calls if calls else 0.0,
-                    "mean_search_batch": (after[2] - before[2]) / searches if searches else 0.0,
-                })  # fmt: skip
-        finally:
+    try:
+        requests = {}
+        for name, (_, url) in servers.items():
+            port = int(url.rsplit(":", 1)[1])
+            if path == "/v1/embeddings":  # the served run's name
+                model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+                bodies = [{**body, "model": model} for body in bodies]
+            requests[name] = [request_bytes(path, body, port) for body in bodies]
+            asyncio.run(_load(port, requests[name], 2, 1.0))  # warm up the model and the index
+        for clients in CLIENTS:
+            parts: dict[str, list[dict]] = {name: [] for name in servers}
+            for _ in range(REPEATS):
+                for name, (proc, url) in servers.items():
+                    parts[name].append(_measure(proc, url, requests[name], clients))
+            rows += [_row(route, name, clients, parts[name]) for name in servers]
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
+        for proc, _ in servers.values():
             proc.wait(60)
     for row in rows:
         base = next(
@@ -221,7 +301,16 @@ def _rows(route: str, run_dir: Path, path: str, body: dict) -> list[dict]:
         row["gain_vs_batch_1"] = (
             row["req_per_s"] / base["req_per_s"] if base["req_per_s"] else float("nan")
         )
+        row["p99_vs_batch_1"] = row["p99_ms"] / base["p99_ms"] if base["p99_ms"] else float("nan")
     return rows
+
+
+TEXTS = [
+    "a quick brown fox jumps over the lazy dog", "how do I reset my password", "quickly",
+    "the weather tomorrow in Paris", "a recipe for bread without yeast", "slowly but surely",
+    "what is the capital of Australia", "an ankle boot in black leather", "running shoes",
+    "the history of the printing press", "a red dress for a summer wedding", "to be or not to be",
+]  # fmt: skip
 
 
 def run() -> dict:
@@ -230,22 +319,24 @@ def run() -> dict:
     if "search" in ROUTES:
         image = _image_run()
         served.append(f"/search on {image}")
-        rows += _rows("/search (image)", image, "/search", {"image": _query_png(image), "k": 10})
+        bodies = [{"image": png, "k": 10} for png in _query_pngs(image)]
+        rows += _rows("/search (image)", image, "/search", bodies)
     if "embeddings" in ROUTES:
         text = _text_run()
         served.append(f"/v1/embeddings on {text}")
-        body = {"input": "a quick brown fox jumps over the lazy dog", "model": "(from /v1/models)"}
-        rows += _rows("/v1/embeddings (text)", text, "/v1/embeddings", body)
+        bodies = [{"input": text, "model": "(from /v1/models)"} for text in TEXTS]
+        rows += _rows("/v1/embeddings (text)", text, "/v1/embeddings", bodies)
     return {
         "title": f"contrastkit serve: clients {'/'.join(map(str, CLIENTS))} x {SECONDS:g} s, "
         "batching on/off",
         "rows": rows,
         "notes": f"Runs served: {'; '.join(served)}. Server: one process, one model thread, torch "
-        "threads 1; clients (asyncio + httpx) share the machine with it.",
+        f"threads 1; both configurations loaded in turn, {REPEATS} x {SECONDS:g} s per row. Clients: "
+        "asyncio streams sending pre-encoded requests, in this process, on the same machine "
+        "(their CPU share is a column); load_avg is the machine's 1-minute load when the row "
+        "started.",
     }
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(run(), indent=2))

@@ -263,6 +263,10 @@ def test_concurrent_requests_share_a_batch(text_run: Path) -> None:
     metrics = app.state.serve.metrics
     calls, items = (metrics.value(f"contrastkit_batch_size_{s}") for s in ("count", "sum"))
     assert calls < 8 and items == 8  # fewer model calls than requests
+    searches, queries = (
+        metrics.value(f"contrastkit_search_batch_size_{s}") for s in ("count", "sum")
+    )
+    assert searches < 8 and queries == 8  # and fewer index calls: a model batch searches together
     # each got the answer of its own query, not a neighbour's in the batch
     _, task, _ = load_run(text_run)
     for text, response in zip(texts, responses):

@@ -192,9 +192,12 @@ def _serve_state(
         on_batch=metrics.observe_batch,
     )
     # searches are batched too (one index call for the queries that arrive together), on their
-    # own thread; no extra wait: they gather while the previous search runs
-    searcher = Batcher(search_batch, max_batch=settings.max_batch, max_wait_ms=0,
-                       queue=settings.queue, on_batch=metrics.observe_search_batch)  # fmt: skip
+    # own thread, adapting to load as the model's batches do: a search of a flat index costs one
+    # pass over the corpus whatever the batch (276 MB for the demo's), so under load it waits
+    # (at most --max-wait-ms) for the rest of the model batch its queries came from
+    searcher = Batcher(search_batch, max_batch=settings.max_batch,
+                       max_wait_ms=settings.max_wait_ms, queue=settings.queue,
+                       on_batch=metrics.observe_search_batch)  # fmt: skip
     return ServeState(embedder, settings, holder, batcher, searcher, metrics,
                       run=str(run) if run is not None else None)  # fmt: skip
 
