@@ -45,6 +45,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,6 +55,7 @@ from torch import Tensor
 from contrastkit._checks import check_mask, check_temperature
 from contrastkit.collectives import Ranks
 from contrastkit.functional.engine import (
+    _CHUNK_SIZE,
     COLUMN_BLOCK_RATIO,
     NO_ROLES,
     ContrastiveProblem,
@@ -61,7 +63,6 @@ from contrastkit.functional.engine import (
     _logit_space,
     _warn_no_positive,
     compute_dtype,
-    resolve_chunk_size,
 )
 from contrastkit.functional.similarity import check_metric
 
@@ -82,6 +83,14 @@ RING_MIN_GATHERED_BYTES = 2**25
 + M) * D`` elements of the compute dtype, would hold at least this many bytes (32 MiB: e.g. W =
 4, B = 8192, D = 256 in float32), the gathered path below (docs/scaling.md has the measured
 comparison)."""
+
+UNSHIFTED_BOUND = 40.0
+"""Blocks whose logits are provably within +-40 (from the norms) take one ``exp`` per logit
+for both directions, without a max pass (like the engine's tiles)."""
+RING_TILE_ROWS = 256
+"""The ring's tiles: ``RING_TILE_ROWS`` queries by ``COLUMN_BLOCK_RATIO * RING_TILE_ROWS``
+columns of the held block (1 MiB of float32 logits), unless :func:`contrastkit.functional.
+tiling` sets the rows."""
 
 _TAG_STATS = 64  # message tags: the key block uses 0.., its column statistics / gradient these
 _TAG_GRAD = 96
@@ -142,8 +151,8 @@ class _Ring:
     own: str | None
     symmetric: bool
     roles: KeyRoles  # local labels / ids (B,), masks (B, global columns)
-    chunk: int | None
-    col_chunk: int | None
+    chunk: int
+    col_chunk: int
 
     def travelling(self) -> list[Tensor]:
         """This rank's labels / ids that travel with its keys."""
@@ -151,7 +160,7 @@ class _Ring:
         return [t for t in (r.key_labels, r.key_ids) if t is not None]
 
     def tiles(self, rows: int, width: int) -> list[tuple[int, int, int, int]]:
-        step_r, step_c = self.chunk or rows, self.col_chunk or width
+        step_r, step_c = self.chunk, self.col_chunk
         return [
             (r0, min(r0 + step_r, rows), c0, min(c0 + step_c, width))
             for r0 in range(0, rows, step_r)
@@ -233,24 +242,52 @@ def _per_query_logits(q: Tensor, neg: Tensor, metric: str) -> Tensor:
     return out
 
 
-def _online(
-    top: Tensor, total: Tensor, logits: Tensor, dim: int
-) -> None:  # running log-sum-exp over ``dim``
+def _online(top: Tensor, total: Tensor, logits: Tensor, dim: int) -> None:
+    """Running log-sum-exp over ``dim`` (``top``: max so far, ``total``: sum of exp(l - top))."""
     new = torch.maximum(top, logits.amax(dim))
     scaled = logits - (new[:, None] if dim == 1 else new[None, :])
     total.mul_((top - new).exp_()).add_(scaled.exp_().sum(dim))
     top.copy_(new)
 
 
+def _add_unshifted(top: Tensor, total: Tensor, sums: Tensor) -> None:
+    """Add ``sums`` = sum of exp(l) (no shift: every |l| <= UNSHIFTED_BOUND) to the running
+    ``(top, total)`` of :func:`_online`, shifting by ``max(top, 0)``."""
+    new = top.clamp(min=0.0)
+    total.mul_((top - new).exp_()).add_(sums * (-new).exp_())
+    top.copy_(new)
+
+
+def _merge(a: Tensor, b: Tensor) -> Tensor:
+    """Two (4, n) partial column statistics (max, sum of exp(l - max), positive sum, count)
+    of the same columns over different rows -> those over all the rows."""
+    top = torch.maximum(a[0], b[0])
+    total = a[1] * (a[0] - top).exp() + b[1] * (b[0] - top).exp()
+    return torch.stack([top, total, a[2] + b[2], a[3] + b[3]])
+
+
 def _lse(top: Tensor, total: Tensor) -> Tensor:
     return top + torch.where(total > 0, total, 1.0).log()
+
+
+def _bounded(q_norm: float, kk: Tensor, metric: str) -> bool:
+    """Every logit of these queries against the block ``kk`` is within +-UNSHIFTED_BOUND
+    (Cauchy-Schwarz: ``|q . k| <= |q| |k|``, ``|q - k| <= |q| + |k|``)."""
+    k_norm = float(torch.linalg.vector_norm(kk, dim=1).max()) if kk.shape[0] else 0.0
+    bound = q_norm * k_norm if metric == "dot" else q_norm + k_norm
+    return bound <= UNSHIFTED_BOUND
 
 
 class _RingSoftmaxLoss(torch.autograd.Function):
     """Per-anchor row and own-column losses over the ring (module docstring). Inputs in logit
     space: ``q: (B, D)``, ``kk: (B + M, D)`` this rank's keys then shared negatives, ``neg:
     (B, M, D)`` per-query negatives or None. Outputs: row (B,), col (B,) (this rank's keys;
-    zeros unless symmetric), row_valid (B,), col_valid (B,)."""
+    zeros unless symmetric), row_valid (B,), col_valid (B,).
+
+    Each step sends the block on while computing on it; the column statistics (forward) and
+    the gradient accumulator (backward) of the block a rank holds are computed into a fresh
+    buffer and merged with the ones arriving from the previous rank after the compute, so
+    their transfer overlaps the compute too."""
 
     @staticmethod
     def forward(ctx: Any, q: Tensor, kk: Tensor, neg: Tensor | None, ring: _Ring) -> Any:
@@ -258,42 +295,58 @@ class _RingSoftmaxLoss(torch.autograd.Function):
         floor = torch.finfo(dtype).min
         rows = torch.zeros(4, b, dtype=dtype, device=q.device)  # max, sum exp, pos sum, count
         rows[0] = floor
-        cols = torch.zeros(4, ring.n_keys, dtype=dtype, device=q.device)
-        cols[0] = floor
         q, kk = q.detach(), kk.detach()
+        q_norm = float(torch.linalg.vector_norm(q, dim=1).max())
         if neg is not None:
             _per_query_forward(ring, q, neg.detach(), rows)
         held = [kk, *ring.travelling()]
+        stats: Callable[[], list[Tensor]] | None = None  # column statistics in flight
         for step in range(ranks.world):
             block = (ranks.rank - step) % ranks.world
             wait = ranks.ring_pass(held) if step < ranks.world - 1 else None
+            bounded = _bounded(q_norm, held[0], ring.metric)
+            cols = torch.zeros(4, ring.n_keys, dtype=dtype, device=q.device)  # this rank's rows
+            cols[0] = floor
             for r0, r1, c0, c1 in ring.tiles(b, kk.shape[0]):
                 logits = _logits(q[r0:r1], held[0][c0:c1], ring.metric)
                 pos, drop, ck = ring.masks(block, r0, r1, c0, c1, held[1:], q.device)
+                keys = slice(c0, c0 + ck)
                 if drop is not None:
                     logits.masked_fill_(drop, float("-inf"))
-                _online(rows[0, r0:r1], rows[1, r0:r1], logits, 1)
                 if pos is not None:
-                    rows[2, r0:r1] += torch.where(pos, logits[:, :ck], 0.0).sum(1)
+                    pos_logits = torch.where(pos, logits[:, :ck], 0.0)
+                    rows[2, r0:r1] += pos_logits.sum(1)
                     rows[3, r0:r1] += pos.sum(1)
-                if ring.symmetric and ck:
-                    keys = slice(c0, c0 + ck)
-                    _online(cols[0, keys], cols[1, keys], logits[:, :ck], 0)
-                    if pos is not None:
-                        cols[2, keys] += torch.where(pos, logits[:, :ck], 0.0).sum(0)
+                    if ring.symmetric:
+                        cols[2, keys] += pos_logits.sum(0)
                         cols[3, keys] += pos.sum(0)
-            if ring.symmetric:  # this block's column statistics travel on with it (W hops: home)
-                cols = ranks.ring_pass([cols], _TAG_STATS)()[0]
+                if bounded:  # one exp for both directions, no max pass
+                    e = logits.exp_()
+                    _add_unshifted(rows[0, r0:r1], rows[1, r0:r1], e.sum(1))
+                    if ring.symmetric and ck:
+                        _add_unshifted(cols[0, keys], cols[1, keys], e[:, :ck].sum(0))
+                    continue
+                _online(rows[0, r0:r1], rows[1, r0:r1], logits, 1)
+                if ring.symmetric and ck:
+                    _online(cols[0, keys], cols[1, keys], logits[:, :ck], 0)
+            if ring.symmetric:  # with the previous ranks' share, on to the next (W hops: home)
+                if stats is not None:
+                    cols = _merge(stats()[0], cols)
+                stats = ranks.ring_pass([cols], _TAG_STATS)
             if wait is not None:
                 held = wait()
         row_lse, row_valid = _lse(rows[0], rows[1]), rows[3] > 0
         row = torch.where(row_valid, row_lse - rows[2] / rows[3].clamp(min=1.0), 0.0)
-        col_lse, col_valid = _lse(cols[0], cols[1]), cols[3] > 0
-        col = torch.where(col_valid, col_lse - cols[2] / cols[3].clamp(min=1.0), 0.0)
-        if not ring.symmetric:
-            col_valid = torch.ones_like(col_valid)
-        ctx.save_for_backward(q, kk, neg, row_lse, rows[3], col_lse, cols[3])
-        ctx.ring = ring
+        if stats is not None:
+            cols = stats()[0]
+            col_lse, col_n = _lse(cols[0], cols[1]), cols[3]
+            col_valid = col_n > 0
+            col = torch.where(col_valid, col_lse - cols[2] / col_n.clamp(min=1.0), 0.0)
+        else:
+            col_lse = col_n = col = torch.zeros_like(row)
+            col_valid = torch.ones_like(row_valid)
+        ctx.save_for_backward(q, kk, neg, row_lse, rows[3], col_lse, col_n)
+        ctx.ring, ctx.q_norm = ring, q_norm
         ctx.mark_non_differentiable(row_valid, col_valid)
         return row, col, row_valid, col_valid
 
@@ -305,39 +358,59 @@ class _RingSoftmaxLoss(torch.autograd.Function):
         g_row = torch.zeros_like(row_lse) if g_row is None else g_row.to(q.dtype)
         g_row = torch.where(row_n > 0, g_row, 0.0)
         row_pos = g_row / row_n.clamp(min=1.0)  # the weight of each positive logit
+        # exp(l - lse) g = exp(l) * (g exp(-lse)) on bounded blocks; lse >= -bound there
+        row_unshifted = g_row * (-row_lse.clamp(min=-UNSHIFTED_BOUND)).exp()
         dq = torch.zeros_like(q)
         dneg = None if neg is None else _per_query_backward(ring, q, neg, row_lse, g_row, dq)
         held = [kk, *ring.travelling()]
         if ring.symmetric:
             g_col = torch.zeros_like(col_lse) if g_col is None else g_col.to(q.dtype)
             g_col = torch.where(col_n > 0, g_col, 0.0)
-            held.append(torch.stack([col_lse, g_col, g_col / col_n.clamp(min=1.0)]))  # (3, B)
-        grad = torch.zeros_like(kk)  # this block's dL/dk, collected along the ring
+            col_unshifted = g_col * (-col_lse.clamp(min=-UNSHIFTED_BOUND)).exp()
+            info = [col_lse, g_col, g_col / col_n.clamp(min=1.0), col_unshifted]
+            held.append(torch.stack(info))  # (4, B), travels with the keys
+        sending: Callable[[], list[Tensor]] | None = None  # a gradient accumulator in flight
         for step in range(ranks.world):
             block = (ranks.rank - step) % ranks.world
             wait = ranks.ring_pass(held) if step < ranks.world - 1 else None
+            bounded = _bounded(ctx.q_norm, held[0], ring.metric)
             col_info = held[-1] if ring.symmetric else None
             n_ints = len(held) - 1 - int(ring.symmetric)
+            grad = torch.zeros_like(kk)  # this rank's share of the held block's dL/dk
             for r0, r1, c0, c1 in ring.tiles(b, kk.shape[0]):
                 q_t, k_t = q[r0:r1], held[0][c0:c1]
                 logits = _logits(q_t, k_t, ring.metric)
                 pos, drop, ck = ring.masks(block, r0, r1, c0, c1, held[1 : 1 + n_ints], q.device)
                 if drop is not None:
                     logits.masked_fill_(drop, float("-inf"))
-                g = (logits - row_lse[r0:r1, None]).exp_().mul_(g_row[r0:r1, None])
+                sym = col_info is not None and ck > 0
+                if bounded:
+                    e = logits.exp_() if ring.metric == "dot" else logits.exp()
+                    weight = row_unshifted[r0:r1, None]
+                    if sym:
+                        e[:, :ck].mul_(weight + col_info[3, None, c0 : c0 + ck])
+                        e[:, ck:].mul_(weight)
+                        g = e
+                    else:
+                        g = e.mul_(weight)
+                else:
+                    g = (logits - row_lse[r0:r1, None]).exp_().mul_(g_row[r0:r1, None])
+                    if sym:
+                        lse, w = col_info[0, c0 : c0 + ck], col_info[1, c0 : c0 + ck]
+                        g[:, :ck] += (logits[:, :ck] - lse[None, :]).exp_().mul_(w[None, :])
                 if pos is not None:
-                    g[:, :ck].sub_(pos * row_pos[r0:r1, None])
-                if col_info is not None and ck:
-                    lse, w, w_pos = col_info[:, c0 : c0 + ck]
-                    gc = (logits[:, :ck] - lse[None, :]).exp_().mul_(w[None, :])
-                    if pos is not None:
-                        gc.sub_(pos * w_pos[None, :])
-                    g[:, :ck] += gc
+                    w_pos = row_pos[r0:r1, None]
+                    if sym:
+                        w_pos = w_pos + col_info[2, None, c0 : c0 + ck]
+                    g[:, :ck].sub_(pos * w_pos)
                 _backprop(g, logits, q_t, k_t, ring.metric, dq[r0:r1], grad[c0:c1])
-            grad = ranks.ring_pass([grad], _TAG_GRAD)()[0]  # W hops: home with every rank's share
+            if sending is not None:  # the previous ranks' share of this block, arrived meanwhile
+                grad += sending()[0]
+            sending = ranks.ring_pass([grad], _TAG_GRAD)  # W hops: home with every share
             if wait is not None:
                 held = wait()
-        return dq, grad, dneg, None
+        assert sending is not None  # world >= 1
+        return dq, sending()[0], dneg, None
 
 
 def _backprop(
@@ -464,7 +537,7 @@ def ring_softmax_contrastive(
         check_mask("ignore_mask", roles.ignore_mask, (b, w * b + (w * m if shared else m)))
     q, k, neg = _logit_space(problem, temperature, metric)
     kk = torch.cat([k, neg]) if shared else k  # (B + M, D): what travels
-    chunk = resolve_chunk_size(b, w * b + (w * m if shared else m), tiled=True)
+    chunk = min(_CHUNK_SIZE.get() or RING_TILE_ROWS, b)  # tiling() or the ring's own tiles
     ring = _Ring(
         ranks=ranks,
         metric="euclidean" if metric == "euclidean" else "dot",
@@ -474,7 +547,7 @@ def ring_softmax_contrastive(
         symmetric=symmetric,
         roles=roles,
         chunk=chunk,
-        col_chunk=None if chunk is None else COLUMN_BLOCK_RATIO * chunk,
+        col_chunk=COLUMN_BLOCK_RATIO * chunk,
     )
     row, col, row_valid, col_valid = _RingSoftmaxLoss.apply(q, kk, None if shared else neg, ring)
     if symmetric:
