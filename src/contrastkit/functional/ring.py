@@ -19,10 +19,17 @@ online log-sum-exp, so the loss and the gradients are exact:
   ``dL/dk`` (each tile's logits are recomputed); after W hops it is home: the key's gradient
   summed over the ranks, which the gathered path gets from its all-reduce.
 
+The column statistics and the gradient accumulator of the block a rank holds are computed
+into a fresh buffer and merged with the ones arriving from the previous rank after the
+compute, so their transfer overlaps the compute as well. Tiles are ``RING_TILE_ROWS`` queries
+by ``COLUMN_BLOCK_RATIO * RING_TILE_ROWS`` columns (:func:`~contrastkit.functional.tiling`
+sets the rows); on a block whose logits are provably within ``+-UNSHIFTED_BOUND`` (from the
+norms: cosine at a temperature >= 0.025 always is) one ``exp`` per logit serves both
+directions, without a max pass, as in the engine's tiles.
+
 A rank holds its queries and keys, two key blocks (the one it computes on and the one
-arriving), their gradient accumulators, the per-row and per-column statistics and one
-``(chunk, COLUMN_BLOCK_RATIO * chunk)`` tile of logits (the engine's tiling): memory that does
-not grow with W. Shared extra negatives ``(M, D)`` travel with their rank's keys; per-query
+arriving), three gradient accumulators (its share, the one arriving, the one leaving), the
+per-row and per-column statistics and one tile of logits: memory that does not grow with W. Shared extra negatives ``(M, D)`` travel with their rank's keys; per-query
 negatives ``(B, M, D)`` stay local; labels and ids travel with the keys they describe; the
 masks are this rank's rows against the global columns, as for the gathered path.
 
@@ -78,12 +85,13 @@ __all__ = [
 COLLECTIVES = ("auto", "gather", "ring")
 """How a loss with a ``group`` reaches the other ranks' keys: all-gather them, pass them
 around a ring, or choose by size (:func:`use_ring`)."""
-RING_MIN_GATHERED_BYTES = 2**25
+RING_MIN_GATHERED_BYTES = 2**30
 """``collective="auto"`` takes the ring when the gathered keys (and shared negatives), ``W * (B
-+ M) * D`` elements of the compute dtype, would hold at least this many bytes (32 MiB: e.g. W =
-4, B = 8192, D = 256 in float32), the gathered path below (docs/scaling.md has the measured
-comparison)."""
-
++ M) * D`` elements of the compute dtype, would hold at least this many bytes (1 GiB: e.g. W =
+64, B = 16,384, D = 256 in float32; the gathered path then holds about four times that with the
+keys' gradient and copies), the gathered path below. The ring trades step time for memory
+(1.3-1.5x the gathered step on this CPU, docs/scaling.md), so it is the default only where the
+gathered keys themselves are a real cost."""
 UNSHIFTED_BOUND = 40.0
 """Blocks whose logits are provably within +-40 (from the norms) take one ``exp`` per logit
 for both directions, without a max pass (like the engine's tiles)."""
@@ -121,8 +129,8 @@ def use_ring(
     ``dtype`` would hold at least :data:`RING_MIN_GATHERED_BYTES`. Every rank decides the
     same (its arguments are checked equal across ranks first).
 
-    >>> two = Ranks(group=None, world=2, rank=0)
-    >>> use_ring("auto", two, 4096, 256, torch.float32), use_ring("auto", two, 16384, 256, torch.bfloat16)
+    >>> two, many = Ranks(group=None, world=2, rank=0), Ranks(group=None, world=64, rank=0)
+    >>> use_ring("auto", two, 4096, 256, torch.float32), use_ring("auto", many, 16384, 256, torch.bfloat16)
     (False, True)
     """
     collective = check_collective(collective)
