@@ -90,7 +90,7 @@ RING_MIN_GATHERED_BYTES = 2**30
 + M) * D`` elements of the compute dtype, would hold at least this many bytes (1 GiB: e.g. W =
 64, B = 16,384, D = 256 in float32; the gathered path then holds about four times that with the
 keys' gradient and copies), the gathered path below. The ring trades step time for memory
-(1.3-1.5x the gathered step on this CPU, docs/scaling.md), so it is the default only where the
+(1.35-1.55x the gathered step on this CPU, docs/scaling.md), so it is the default only where the
 gathered keys themselves are a real cost."""
 UNSHIFTED_BOUND = 40.0
 """Blocks whose logits are provably within +-40 (from the norms) take one ``exp`` per logit
