@@ -265,3 +265,37 @@ class Ranks:
         """Raise on every rank if the ranks disagree on ``n`` (:func:`check_same_batch_size`)."""
         if self.world > 1:
             check_same_batch_size(name, n, self.group)
+
+    def ring_pass(self, tensors: Sequence[Tensor], tag: int = 0) -> Callable[[], list[Tensor]]:
+        """Start one step of a ring: send each tensor to rank ``rank + 1`` and receive tensors
+        of the same shapes and dtypes from rank ``rank - 1`` (mod W), without waiting.
+
+        Returns ``wait()``, which blocks until the step is done and returns the received
+        tensors. The sends read ``tensors`` until then, so do not modify them before
+        ``wait()``; compute on them meanwhile (that is how the ring of
+        :mod:`contrastkit.functional.ring` hides the transfer). Tags ``tag, tag + 1, ...``
+        (one per tensor) keep two steps in flight at once apart. Every rank must call it with
+        the same shapes. One process: ``wait()`` returns ``tensors`` (a ring of one).
+
+        >>> Ranks.of(None).ring_pass([torch.ones(2)])()[0].tolist()
+        [1.0, 1.0]
+        """
+        if self.world == 1:
+            return lambda: list(tensors)
+        to = dist.get_global_rank(self.group, (self.rank + 1) % self.world)
+        frm = dist.get_global_rank(self.group, (self.rank - 1) % self.world)
+        sends = [t.contiguous() for t in tensors]  # referenced until wait()
+        received = [torch.empty_like(t) for t in sends]
+        ops = []
+        for i, (out, into) in enumerate(zip(sends, received)):
+            ops.append(dist.P2POp(dist.isend, out.contiguous(), to, self.group, tag + i))
+            ops.append(dist.P2POp(dist.irecv, into, frm, self.group, tag + i))
+        works = dist.batch_isend_irecv(ops)
+
+        def wait() -> list[Tensor]:
+            for work in works:
+                work.wait()
+            del sends[:]
+            return received
+
+        return wait

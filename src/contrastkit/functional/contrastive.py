@@ -46,6 +46,12 @@ from contrastkit.functional.engine import (
     softmax_contrastive,
 )
 from contrastkit.functional.precision import own_precision
+from contrastkit.functional.ring import (
+    check_collective,
+    ring_reduce,
+    ring_softmax_contrastive,
+    use_ring,
+)
 from contrastkit.functional.similarity import (
     check_metric,
     check_paired_loss_inputs,
@@ -95,6 +101,7 @@ def info_nce(
     roles: KeyRoles | None = None,
     reduction: str = "mean",
     group: ProcessGroup | None = None,
+    collective: str = "auto",
 ) -> Tensor:
     """InfoNCE with in-batch negatives (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
 
@@ -134,6 +141,11 @@ def info_nce(
             the keys (and shared negatives, labels, ids) gathered from all its ranks, masks as
             the local rows against those global columns, per-query negatives local; see the
             module docstring. None (default) or a single process: this batch alone.
+        collective: how a ``group``'s keys reach this rank: ``"gather"`` (all-gather them),
+            ``"ring"`` (pass them around the ranks; no rank holds all W*B keys,
+            :mod:`contrastkit.functional.ring`) or ``"auto"`` (default: the ring from
+            :data:`~contrastkit.functional.ring.RING_MIN_GATHERED_BYTES` of gathered keys).
+            The same value and gradients either way.
 
     Returns:
         Scalar loss, or (B,) with ``reduction="none"``: float64 for float64 ``query``, float32
@@ -167,20 +179,37 @@ def info_nce(
     for name in ("query_labels", "key_labels", "query_ids", "key_ids"):
         if getattr(roles, name) is not None:  # local (B,) before the keys' are gathered
             check_labels(name, getattr(roles, name), b, what=name.split("_")[0])
+    collective = check_collective(collective)
     ranks = Ranks.of(group)
     ranks.check_same_batch_size("query", b)
     n = ranks.world * b
-    all_key = ranks.gather_with_grad(key)  # (W*B, D) rank-major
+    shared = 0
     if negatives is not None:
         _check_negatives(negatives, query)
         if negatives.ndim == 2:
             ranks.check_same_batch_size("negatives", negatives.shape[0])
-            negatives = ranks.gather_with_grad(negatives)  # (W*M, D), after the W*B keys
-    m = 0 if negatives is None else negatives.shape[-2]
+            shared = negatives.shape[0]
+    m = 0 if negatives is None else (ranks.world * shared or negatives.shape[-2])
     if roles.positive_mask is not None:
         _check_global_mask("positive_mask", roles.positive_mask, (b, n), ranks.world)
     if roles.ignore_mask is not None:
         _check_global_mask("ignore_mask", roles.ignore_mask, (b, n + m), ranks.world)
+    if use_ring(collective, ranks, b, query.shape[1], query.dtype, shared):
+        loss, valid = ring_softmax_contrastive(
+            query,
+            key,
+            negatives,
+            ranks=ranks,
+            temperature=temperature,
+            metric=metric,
+            roles=roles,
+            symmetric=symmetric,
+        )
+        loss = ring_reduce(loss, valid, reduction)
+        return _share(loss, n, reduction, ranks).to(compute_dtype(query.dtype))
+    all_key = ranks.gather_with_grad(key)  # (W*B, D) rank-major
+    if shared:
+        negatives = ranks.gather_with_grad(negatives)  # (W*M, D), after the W*B keys
     # Symmetric on W > 1 ranks: only this rank's row block (B, W*B); the key -> query direction
     # of every global key combines the blocks' column statistics over the ranks (RowShards).
     shards = RowShards(ranks.rank * b, ranks.all_reduce_) if symmetric and ranks.world > 1 else None
@@ -216,6 +245,7 @@ def nt_xent(
     metric: str = "cosine",
     reduction: str = "mean",
     group: ProcessGroup | None = None,
+    collective: str = "auto",
 ) -> Tensor:
     """NT-Xent, the SimCLR loss (Chen et al. 2020, https://arxiv.org/abs/2002.05709).
 
@@ -236,6 +266,7 @@ def nt_xent(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` ((2B,) per view: z1 rows then z2 rows).
         group: the process group whose ranks hold the rest of the batch (see
             :func:`info_nce`); None (default): this batch alone.
+        collective: ``"gather"``, ``"ring"`` or ``"auto"`` (default), see :func:`info_nce`.
 
     Returns:
         Scalar loss, or (2B,) with ``reduction="none"``.
@@ -248,9 +279,24 @@ def nt_xent(
         "z1", z1, "z2", z2, temperature=temperature, metric=metric, reduction=reduction
     )
     b = z1.shape[0]
+    collective = check_collective(collective)
     ranks = Ranks.of(group)
     ranks.check_same_batch_size("z1", b)
     anchors = torch.cat([z1, z2], dim=0)  # (2B, D): this rank's block of the candidates
+    if use_ring(collective, ranks, 2 * b, z1.shape[1], z1.dtype):
+        example = torch.arange(b, device=z1.device) + ranks.rank * b
+        labels = torch.cat([example, example])  # (2B,): a view's partner shares its example
+        loss, valid = ring_softmax_contrastive(
+            anchors,
+            anchors,
+            ranks=ranks,
+            temperature=temperature,
+            metric=metric,
+            own="self",
+            roles=KeyRoles(query_labels=labels, key_labels=labels),
+        )
+        loss = ring_reduce(loss, valid, reduction)
+        return _share(loss, 2 * ranks.world * b, reduction, ranks).to(compute_dtype(z1.dtype))
     candidates = ranks.gather_with_grad(anchors)  # (2WB, D): [z1_r; z2_r] for r = 0..W-1
     if ranks.world == 1:
         # The partner of anchor i is z[(i + B) mod 2B]: an index, no labels to compare.
@@ -288,6 +334,7 @@ def supervised_contrastive(
     metric: str = "cosine",
     reduction: str = "mean",
     group: ProcessGroup | None = None,
+    collective: str = "auto",
 ) -> Tensor:
     """Supervised contrastive loss, SupCon "outside" form (Khosla et al. 2020,
     https://arxiv.org/abs/2004.11362).
@@ -309,6 +356,7 @@ def supervised_contrastive(
             all first views, then all second views; 0 for anchors without a positive).
         group: the process group whose ranks hold the rest of the batch (see
             :func:`info_nce`); None (default): this batch alone.
+        collective: ``"gather"``, ``"ring"`` or ``"auto"`` (default), see :func:`info_nce`.
 
     The positives come from the labels (never a dense (BV, BV) mask on the chunked path).
 
@@ -324,9 +372,25 @@ def supervised_contrastive(
     check_temperature(temperature)
     metric = check_metric(metric)
     reduction = check_reduction(reduction)
+    collective = check_collective(collective)
     ranks = Ranks.of(group)
     ranks.check_same_batch_size("embeddings", embeddings.shape[0])
     z, lab = flatten_views(embeddings, labels)  # (V*B, D), (V*B,) local anchors, view-major
+    if use_ring(collective, ranks, z.shape[0], z.shape[1], z.dtype):
+        loss, valid = ring_softmax_contrastive(
+            z,
+            z,
+            ranks=ranks,
+            temperature=temperature,
+            metric=metric,
+            own="self",
+            roles=KeyRoles(query_labels=lab, key_labels=lab),
+        )
+        loss = ring_reduce(loss, valid, reduction)
+        if reduction == "none":
+            return loss
+        n_valid = ranks.all_reduce_(valid.sum().to(torch.long))  # valid anchors of all ranks
+        return _share(loss, int(n_valid), reduction, ranks).to(compute_dtype(embeddings.dtype))
     all_lab = ranks.gather(lab)  # (W*V*B,)
     problem = ContrastiveProblem(
         z,

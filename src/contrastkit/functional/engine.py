@@ -753,9 +753,9 @@ def softmax_contrastive(
         blocks = Blocks(kernel_metric, chunk, operand=operand)
         total, valid = FusedRowSoftmaxLoss.apply(q, k, neg, p.structure(), blocks, *scales)
         n_valid = valid.sum()
-        if int(n_valid) == 0:
+        if int(n_valid) == 0:  # a zero through the Function: see reduce_valid
             _warn_no_positive()
-            return (q.sum() * 0.0).to(out_dtype)
+            return (total * 0.0).to(out_dtype)
         out = total / n_valid if reduction == "mean" else total
         return out.to(out_dtype)
     blocks = Blocks(kernel_metric, chunk, COLUMN_BLOCK_RATIO * chunk, TILE_CACHE_BYTES, operand)
@@ -799,7 +799,11 @@ def reduce_valid(loss: Tensor, valid: Tensor, reduction: str, graph_source: Tens
     """Reduce per-anchor losses over valid anchors only; all-invalid gives a differentiable 0."""
     if not bool(valid.any()):
         _warn_no_positive()
-        zero = graph_source.sum() * 0.0
+        # A zero through the loss's own graph, not only its inputs': with a process group every
+        # rank must run the backward's collectives (the keys' gather), also a rank whose anchors
+        # are all invalid, or the others hang and miss its rows' share of their gradient.
+        source = loss if loss.requires_grad else graph_source
+        zero = torch.where(valid, source, 0.0).sum() * 0.0 if source is loss else source.sum() * 0.0
         return zero.expand(loss.shape).clone() if reduction == "none" else zero
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if reduction == "mean":

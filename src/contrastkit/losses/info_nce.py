@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from contrastkit.collectives import world_group
 from contrastkit.functional import KeyRoles, info_nce
+from contrastkit.functional.ring import check_collective
 from contrastkit.functional.similarity import check_metric
 from contrastkit.losses.examples import paired_example, temperature_repr
 from contrastkit.losses.registry import register
@@ -27,6 +28,8 @@ class InfoNCE(nn.Module):
         symmetric: average with the key -> query direction.
         gather_distributed: compute the problem over all ranks of the default process group
             (``group=world_group()``, see :mod:`contrastkit.distributed`); the trainer sets it.
+        collective: under a process group, ``"gather"`` the keys, pass them around a
+            ``"ring"`` or ``"auto"`` (default) by size (:mod:`contrastkit.functional.ring`).
 
     >>> import torch
     >>> loss = InfoNCE(temperature=0.1, symmetric=True)
@@ -45,11 +48,13 @@ class InfoNCE(nn.Module):
         metric: str = "cosine",
         symmetric: bool = False,
         gather_distributed: bool = False,
+        collective: str = "auto",
     ) -> None:
         super().__init__()
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
         self.gather_distributed = bool(gather_distributed)
+        self.collective = check_collective(collective)
         self.symmetric = bool(symmetric)
 
     @classmethod
@@ -80,6 +85,7 @@ class InfoNCE(nn.Module):
             roles=KeyRoles(positive_mask=positive_mask, ignore_mask=ignore_mask),
             reduction=reduction,
             group=world_group() if self.gather_distributed else None,
+            collective=self.collective,
         )
 
     def extra_repr(self) -> str:

@@ -144,7 +144,7 @@ def check_loss_params(name: str, params: dict[str, Any]) -> None:
     Traceback (most recent call last):
     ...
     ValueError: info_nce takes no parameter 'temprature'. Did you mean 'temperature'? Accepted: \
-temperature, metric, symmetric.
+temperature, metric, symmetric, collective.
     """
     accepted = [p for p in _parameters(name) if p not in TRAINER_PARAMS]
     for key in params:

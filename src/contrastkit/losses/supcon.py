@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from contrastkit.collectives import world_group
 from contrastkit.functional import supervised_contrastive
+from contrastkit.functional.ring import check_collective
 from contrastkit.functional.similarity import check_metric
 from contrastkit.losses.examples import temperature_repr
 from contrastkit.losses.registry import register
@@ -34,11 +35,13 @@ class SupCon(nn.Module):
         temperature: float | LearnableTemperature = 0.1,
         metric: str = "cosine",
         gather_distributed: bool = False,
+        collective: str = "auto",
     ) -> None:
         super().__init__()
         self.temperature = init_temperature(temperature)
         self.metric = check_metric(metric)
         self.gather_distributed = bool(gather_distributed)
+        self.collective = check_collective(collective)
 
     @classmethod
     def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
@@ -54,6 +57,7 @@ class SupCon(nn.Module):
             metric=self.metric,
             reduction=reduction,
             group=world_group() if self.gather_distributed else None,
+            collective=self.collective,
         )
 
     def extra_repr(self) -> str:
