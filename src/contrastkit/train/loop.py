@@ -473,10 +473,8 @@ def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
         ]
     if held:
         centres = [p for _, p in named if id(p) in held]
-        groups.append(
-            {"params": centres, "sgd": True, "lr": o.centre_lr, "momentum": 0.9,
-             "weight_decay": 0.0}  # fmt: skip
-        )
+        sgd_group = {"sgd": True, "lr": o.centre_lr, "momentum": 0.9, "weight_decay": 0.0}
+        groups.append({"params": centres, **sgd_group})
     return MixedAdamW(groups, lr=o.lr, betas=o.betas)
 
 
