@@ -72,3 +72,32 @@ def test_a_step_pulls_the_centres_of_the_batch_classes_onto_their_rows() -> None
     first step against SGD's 0.49): the cause of the class-centre losses not learning."""
     assert _pull("sgd") > 0.5
     assert _pull("adamw") < 0.3
+
+
+def test_the_mixed_optimizer_resumes_exactly() -> None:
+    """state_dict / load_state_dict carry AdamW's moments and the SGD momentum buffer."""
+
+    def build() -> tuple[nn.ModuleDict, MixedAdamW]:
+        weights = _weights("arcface")
+        return weights, make_optimizer(load_config("arcface_glyphs"), weights)
+
+    def step(weights: nn.ModuleDict, opt: MixedAdamW, k: int) -> None:
+        g = torch.Generator().manual_seed(k)
+        x, y = torch.randn(8, DIM, generator=g), torch.randint(0, CLASSES, (8,), generator=g)
+        opt.zero_grad()
+        weights["loss"](weights["model"](x), y).backward()
+        opt.step()
+
+    full, opt = build()
+    for k in range(3):
+        step(full, opt, k)
+    part, opt = build()
+    step(part, opt, 0)
+    saved = (part.state_dict(), opt.state_dict())
+    part, opt = build()
+    part.load_state_dict(saved[0])
+    opt.load_state_dict(saved[1])
+    for k in (1, 2):
+        step(part, opt, k)
+    for (name, a), b in zip(full.state_dict().items(), part.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

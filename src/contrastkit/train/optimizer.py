@@ -36,7 +36,7 @@ class MixedAdamW(torch.optim.AdamW):
 
     One optimizer, so one learning-rate schedule scales every group's ``lr`` and
     ``state_dict`` / ``load_state_dict`` checkpoint all of them (the SGD groups' momentum
-    buffer is the state ``"momentum_buffer"``).
+    buffer is the state ``"momentum_buffer"``, beside a ``"step"`` count).
 
     >>> a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     >>> opt = MixedAdamW([{"params": [a]}, {"params": [b], "sgd": True, "lr": 0.5,
@@ -76,10 +76,12 @@ class MixedAdamW(torch.optim.AdamW):
             if p.grad is None:
                 continue
             grad: Tensor = p.grad
+            state = self.state[p]
+            # a step count as AdamW's state has one (its __setstate__ reads it on load)
+            state["step"] = state.get("step", torch.tensor(0.0)) + 1
             if decay:
                 p.mul_(1.0 - lr * decay)
             if momentum:
-                state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
                     buf = state["momentum_buffer"] = grad.detach().clone()
