@@ -12,7 +12,10 @@ Two baselines without training: raw pixels (cosine of the 1,024 grey levels) and
 encoder (the runs' own baseline, identical for all: same seed).
 
 ``python benchmarks/bench_identity_train.py --budget 60`` (default 60 s a method;
-``CK_BENCH_BUDGET_S`` sets it under ``make bench``; ``--methods arcface,supcon`` selects).
+``CK_BENCH_BUDGET_S`` sets it under ``make bench``; ``--methods arcface,supcon`` selects);
+``--steps 600`` trains every method exactly 600 steps instead (the same compute whatever the
+machine's load); ``--set optim.centre_optimizer=adamw`` (any config override, repeatable) trains
+the class centres as the encoder instead of with SGD (docs/identity.md: why that fails).
 """
 
 from __future__ import annotations
