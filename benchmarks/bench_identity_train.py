@@ -12,7 +12,10 @@ Two baselines without training: raw pixels (cosine of the 1,024 grey levels) and
 encoder (the runs' own baseline, identical for all: same seed).
 
 ``python benchmarks/bench_identity_train.py --budget 60`` (default 60 s a method;
-``CK_BENCH_BUDGET_S`` sets it under ``make bench``; ``--methods arcface,supcon`` selects).
+``CK_BENCH_BUDGET_S`` sets it under ``make bench``; ``--methods arcface,supcon`` selects);
+``--steps 600`` trains every method exactly 600 steps instead (the same compute whatever the
+machine's load); ``--set optim.centre_optimizer=adamw`` (any config override, repeatable) trains
+the class centres as the encoder instead of with SGD (docs/identity.md: why that fails).
 """
 
 from __future__ import annotations
@@ -109,10 +112,12 @@ def run(
     batch_size: int = 128,
     limit: int | None = None,
     steps: int | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
     """The table (``benchmarks/run.py`` calls this with the defaults)."""
     budget = budget or float(os.environ.get("CK_BENCH_BUDGET_S", "60"))
     scale = [f"model.width={width}", f"optim.batch_size={batch_size}", "optim.warmup_steps=10"]
+    scale += overrides or []  # e.g. optim.centre_optimizer=adamw (the centres as the encoder)
     if limit:  # the first N characters of the set (both splits)
         scale.append(f"data.options.limit={limit}")
     methods = methods or list(METHODS)
@@ -153,11 +158,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="batch (128)")
     parser.add_argument("--limit", type=int, help="the first N characters only (default all)")
     parser.add_argument("--steps", type=int, help="train exactly N steps instead of --budget")
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override for every method (KEY=VALUE)"
+    )
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     methods = args.methods.split(",") if args.methods else None
     result = run(
-        args.budget, methods, args.threads, args.width, args.batch_size, args.limit, args.steps
+        args.budget,
+        methods,
+        args.threads,
+        args.width,
+        args.batch_size,
+        args.limit,
+        args.steps,
+        args.set,
     )
     keys = list(result["rows"][0])
     print("| " + " | ".join(keys) + " |")

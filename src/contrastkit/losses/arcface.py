@@ -39,6 +39,7 @@ class ArcFace(nn.Module):
     """
 
     inputs = "labelled"
+    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
     distributed = "local"
 
     def __init__(

@@ -10,6 +10,25 @@ import contrastkit.collectives as cd
 from contrastkit.functional.class_logits import class_shard
 
 
+def centre_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The class-centre parameters (the ``weight`` of each loss module built with
+    :func:`centres`, marked by its class attribute ``class_centres = "weight"``) inside
+    ``module``, which trainers optimise apart (:func:`contrastkit.train.loop.make_optimizer`).
+
+    >>> from contrastkit.losses import create_loss
+    >>> [tuple(p.shape) for p in centre_parameters(create_loss("arcface", num_classes=3,
+    ...                                                          embedding_dim=4))]
+    [(3, 4)]
+    """
+    out: list[nn.Parameter] = []
+    for m in module.modules():
+        name = getattr(type(m), "class_centres", None)
+        p = getattr(m, name, None) if isinstance(name, str) else None
+        if isinstance(p, nn.Parameter) and p.requires_grad and all(p is not q for q in out):
+            out.append(p)
+    return out
+
+
 def _positive_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}.")

@@ -22,6 +22,7 @@ class CosFace(nn.Module):
     """
 
     inputs = "labelled"
+    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
     distributed = "local"
 
     def __init__(

@@ -24,6 +24,7 @@ class ProxyAnchor(nn.Module):
     """
 
     inputs = "labelled"
+    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
     distributed = "global_batch"
 
     def __init__(

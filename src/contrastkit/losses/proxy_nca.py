@@ -30,6 +30,7 @@ class ProxyNCA(nn.Module):
     """
 
     inputs = "labelled"
+    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
     distributed = "local"
 
     def __init__(

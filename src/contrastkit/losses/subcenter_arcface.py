@@ -25,6 +25,7 @@ class SubCenterArcFace(nn.Module):
     """
 
     inputs = "labelled"
+    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
     distributed = "local"
 
     def __init__(

@@ -487,6 +487,19 @@ class OptimConfig(_Strict):
         description="layer-wise learning-rate decay: layer l of L (embeddings 0, heads L + 1) "
         "trains at lr * layer_decay ** (L + 1 - l); unset: one rate",
     )
+    centre_optimizer: Literal["sgd", "adamw"] = Field(
+        default="sgd",
+        description="the class centres of the identity losses (arcface, cosface, "
+        "subcenter_arcface, proxy_nca, proxy_anchor): sgd (momentum 0.9, no weight decay, "
+        "rate centre_lr; AdamW's per-coordinate steps make a centre whose class is rarely in "
+        "the batch drift away from it: contrastkit.train.optimizer) or adamw (as the encoder)",
+    )
+    centre_lr: float = Field(
+        default=1.0,
+        gt=0,
+        description="peak SGD learning rate of the class centres (centre_optimizer: sgd), on "
+        "the same warm-up and schedule as lr",
+    )
 
 
 class TrainConfig(_Strict):

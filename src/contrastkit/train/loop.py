@@ -451,24 +451,31 @@ def average_gradients(params: list[nn.Parameter]) -> None:
 
 
 def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, biases / norms / temperatures do not."""
-    params = [p for p in weights.parameters() if p.requires_grad]
-    if cfg.optim.layer_decay is not None:
+    """AdamW; matrices decay, biases / norms / temperatures do not. The identity losses'
+    class centres take SGD with momentum at ``optim.centre_lr``, no weight decay
+    (``optim.centre_optimizer: sgd``, the default; why: :mod:`contrastkit.train.optimizer`)."""
+    from contrastkit.losses.class_centres import centre_parameters
+    from contrastkit.train.optimizer import MixedAdamW
+
+    o = cfg.optim
+    sgd = o.centre_optimizer == "sgd"
+    held = {id(p) for p in centre_parameters(weights)} if sgd else set()
+    named = [(n, p) for n, p in weights.named_parameters() if p.requires_grad]
+    rest = [(n, p) for n, p in named if id(p) not in held]
+    if o.layer_decay is not None:
         from contrastkit.train.finetune import layer_decay_groups
 
-        named = [(n, p) for n, p in weights.named_parameters() if p.requires_grad]
-        groups = layer_decay_groups(
-            named, cfg.optim.lr, cfg.optim.layer_decay, cfg.optim.weight_decay
-        )
-        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas)
-    return torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ],
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-    )
+        groups = layer_decay_groups(rest, o.lr, o.layer_decay, o.weight_decay)
+    else:
+        groups = [
+            {"params": [p for _, p in rest if p.ndim >= 2], "weight_decay": o.weight_decay},
+            {"params": [p for _, p in rest if p.ndim < 2], "weight_decay": 0.0},
+        ]
+    if held:
+        centres = [p for _, p in named if id(p) in held]
+        sgd_group = {"sgd": True, "lr": o.centre_lr, "momentum": 0.9, "weight_decay": 0.0}
+        groups.append({"params": centres, **sgd_group})
+    return MixedAdamW(groups, lr=o.lr, betas=o.betas)
 
 
 def restore(
