@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from contrastkit.functional.class_logits import DEFAULT_BLOCK_SIZE
 from contrastkit.functional.proxy import arcface_loss
-from contrastkit.losses.class_centres import centres, labelled_example
+from contrastkit.losses.class_centres import StreamedCentreLoss
 from contrastkit.losses.registry import register
 
 
 @register("arcface")
-class ArcFace(nn.Module):
+class ArcFace(StreamedCentreLoss):
     """ArcFace (additive angular margin, radians) over ``num_classes`` learnable class centres.
 
     ``forward(embeddings (B, D), labels (B,))``; the centres are ``self.weight: (C, D)``: give
@@ -33,14 +32,11 @@ class ArcFace(nn.Module):
         shard_classes: under ``torchrun`` each rank holds ``C / W`` centres and the softmax is
             combined across ranks (build the module after ``init_process_group``).
 
+    >>> import torch
     >>> loss = ArcFace(num_classes=5, embedding_dim=8)
     >>> loss(torch.randn(4, 8), torch.tensor([0, 1, 1, 4])).ndim
     0
     """
-
-    inputs = "labelled"
-    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
-    distributed = "local"
 
     def __init__(
         self,
@@ -54,17 +50,14 @@ class ArcFace(nn.Module):
         shard_classes: bool = False,
     ) -> None:
         super().__init__()
-        self.num_classes, self.embedding_dim = num_classes, embedding_dim
-        self.weight = centres(num_classes, embedding_dim, shard_classes=shard_classes)
+        self._init_centres(
+            num_classes,
+            embedding_dim,
+            block_size=block_size,
+            sample_fraction=sample_fraction,
+            shard_classes=shard_classes,
+        )
         self.margin, self.scale, self.easy_margin = float(margin), float(scale), bool(easy_margin)
-        self.block_size, self.sample_fraction = block_size, float(sample_fraction)
-        self.shard_classes = bool(shard_classes)
-
-    @classmethod
-    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Small float64 positional inputs of ``forward`` (D = 16: a prefix of the default
-        ``embedding_dim``, as a Matryoshka wrapper passes; C = 10)."""
-        return labelled_example(generator)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return arcface_loss(
@@ -74,13 +67,8 @@ class ArcFace(nn.Module):
             margin=self.margin,
             scale=self.scale,
             easy_margin=self.easy_margin,
-            block_size=self.block_size,
-            sample_fraction=self.sample_fraction,
-            shard_classes=self.shard_classes,
+            **self.engine_options(),
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
-            f"margin={self.margin}, scale={self.scale}"
-        )
+    def repr_options(self) -> dict[str, object]:
+        return {"margin": self.margin, "scale": self.scale}

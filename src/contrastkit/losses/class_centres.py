@@ -66,6 +66,59 @@ def centres(
     return nn.Parameter(weight)
 
 
+class StreamedCentreLoss(nn.Module):
+    """Base of the class-centre losses whose logits stream through the engine
+    (:mod:`contrastkit.functional.class_logits`): it holds ``weight: (C * K, D)`` and the engine
+    options (``block_size``, ``sample_fraction``, ``shard_classes``) and declares how the module
+    is called (``inputs = "labelled"``: ``forward(embeddings (B, D), labels (B,))``).
+    Subclasses keep their own ``__init__`` signature (the registry reads it) and ``forward``.
+    """
+
+    inputs = "labelled"
+    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
+    distributed = "local"
+
+    def _init_centres(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        *,
+        num_subcenters: int = 1,
+        block_size: int,
+        sample_fraction: float,
+        shard_classes: bool,
+    ) -> None:
+        self.num_classes, self.embedding_dim = num_classes, embedding_dim
+        self.weight = centres(
+            num_classes, embedding_dim, num_subcenters=num_subcenters, shard_classes=shard_classes
+        )
+        self.block_size, self.sample_fraction = block_size, float(sample_fraction)
+        self.shard_classes = bool(shard_classes)
+
+    def engine_options(self) -> dict[str, object]:
+        """The keyword arguments every streamed class-logit loss takes."""
+        return {
+            "block_size": self.block_size,
+            "sample_fraction": self.sample_fraction,
+            "shard_classes": self.shard_classes,
+        }
+
+    @classmethod
+    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Small float64 positional inputs of ``forward`` (D = 16: a prefix of the default
+        ``embedding_dim``, as a Matryoshka wrapper passes; C = 10)."""
+        return labelled_example(generator)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, " + ", ".join(
+            f"{k}={v}" for k, v in self.repr_options().items()
+        )
+
+    def repr_options(self) -> dict[str, object]:
+        """The loss's own hyper-parameters, shown by ``repr``."""
+        return {}
+
+
 def labelled_example(
     generator: torch.Generator, dim: int = 16, num_classes: int = 10, batch: int = 8
 ) -> tuple[Tensor, Tensor]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from contrastkit.functional.class_logits import DEFAULT_BLOCK_SIZE
 from contrastkit.functional.proxy import proxy_nca_loss
-from contrastkit.losses.class_centres import centres, labelled_example
+from contrastkit.losses.class_centres import StreamedCentreLoss
 from contrastkit.losses.examples import temperature_repr
 from contrastkit.losses.registry import register
 from contrastkit.losses.temperature import (
@@ -18,20 +17,17 @@ from contrastkit.losses.temperature import (
 
 
 @register("proxy_nca")
-class ProxyNCA(nn.Module):
+class ProxyNCA(StreamedCentreLoss):
     """Proxy-NCA / normalized softmax: cross-entropy over ``cos(x, proxy) / temperature``
     (0.05; float or :class:`~contrastkit.losses.temperature.LearnableTemperature`), one proxy
     per class in ``self.weight: (C, D)``. Same engine options as
     :class:`~contrastkit.losses.arcface.ArcFace`.
 
+    >>> import torch
     >>> loss = ProxyNCA(num_classes=5, embedding_dim=8)
     >>> loss(torch.randn(4, 8), torch.tensor([0, 1, 1, 4])).ndim
     0
     """
-
-    inputs = "labelled"
-    class_centres = "weight"  # trainers give it SGD: contrastkit.train.optimizer
-    distributed = "local"
 
     def __init__(
         self,
@@ -43,17 +39,14 @@ class ProxyNCA(nn.Module):
         shard_classes: bool = False,
     ) -> None:
         super().__init__()
-        self.num_classes, self.embedding_dim = num_classes, embedding_dim
-        self.weight = centres(num_classes, embedding_dim, shard_classes=shard_classes)
+        self._init_centres(
+            num_classes,
+            embedding_dim,
+            block_size=block_size,
+            sample_fraction=sample_fraction,
+            shard_classes=shard_classes,
+        )
         self.temperature = init_temperature(temperature)
-        self.block_size, self.sample_fraction = block_size, float(sample_fraction)
-        self.shard_classes = bool(shard_classes)
-
-    @classmethod
-    def example_inputs(cls, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Small float64 positional inputs of ``forward`` (D = 16: a prefix of the default
-        ``embedding_dim``, as a Matryoshka wrapper passes; C = 10)."""
-        return labelled_example(generator)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return proxy_nca_loss(
@@ -61,13 +54,8 @@ class ProxyNCA(nn.Module):
             labels,
             self.weight,
             temperature=resolve_temperature(self.temperature),
-            block_size=self.block_size,
-            sample_fraction=self.sample_fraction,
-            shard_classes=self.shard_classes,
+            **self.engine_options(),
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
-            f"temperature={temperature_repr(self.temperature)}"
-        )
+    def repr_options(self) -> dict[str, object]:
+        return {"temperature": temperature_repr(self.temperature)}
