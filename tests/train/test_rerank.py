@@ -93,3 +93,40 @@ def test_a_trained_reranker_folder_keeps_its_head(tmp_path: Path) -> None:
     a = score_pairs(load_cross_encoder(folder), "q 1", ["doc 1", "other"])
     b = score_pairs(load_cross_encoder(folder), "q 1", ["doc 1", "other"])
     assert a == b  # no fresh (random) head when the folder has one
+
+
+def test_a_saved_reranker_scores_at_its_own_max_length_as_sentence_transformers(
+    tmp_path: Path,
+) -> None:
+    """A reranker trained at 8 tokens per pair truncates at 8 when loaded again (it once fell
+    back to 256, so pairs longer than the training length scored differently here and in
+    sentence-transformers' CrossEncoder, which reads the tokenizer's model_max_length)."""
+    st = pytest.importorskip("sentence_transformers")
+    trained = load_cross_encoder(tiny_bert(tmp_path / "ce", head=True), max_length=8)
+    out = trained.save(tmp_path / "saved")
+    loaded = load_cross_encoder(out)
+    assert loaded.max_length == 8
+    docs = ["a long document about 1 2 3 4 5 6 7 8 9 and more", "doc 2"]
+    theirs = st.CrossEncoder(str(out)).predict([("q 1", d) for d in docs])
+    assert score_pairs(loaded, "q 1", docs) == pytest.approx(theirs.tolist(), abs=1e-5)
+    assert score_pairs(trained, "q 1", docs) == pytest.approx(theirs.tolist(), abs=1e-5)
+
+
+def test_length_sorted_groups_score_and_train_like_one_padded_batch(tmp_path: Path) -> None:
+    """bucket_size only trims padding: the scores and their gradients equal one padded call."""
+    model = load_cross_encoder(tiny_bert(tmp_path / "ce", head=True))
+    model.eval()
+    queries = [f"q {i}" for i in range(7)]
+    docs = ["doc " + " ".join(str(j) for j in range(i * 3)) for i in range(7)]  # lengths vary
+    grads = []
+    for size in (None, 2, 3):
+        model.bucket_size = size
+        model.zero_grad()
+        scores = model(queries, docs)
+        (scores * torch.arange(7.0)).sum().backward()
+        grads.append((scores.detach(), model.model.classifier.weight.grad.clone()))
+    for scores, grad in grads[1:]:
+        torch.testing.assert_close(scores, grads[0][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, grads[0][1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="bucket_size must be an int >= 1"):
+        type(model)(model.model, model.tokenizer, bucket_size=0)
