@@ -135,9 +135,12 @@ def test_registry_text_entries():
 
 def test_length_buckets_change_neither_embeddings_nor_gradients():
     """``bucket_size``: length-sorted groups, each padded to its own longest, give the plain
-    batch's embeddings (rows in input order) and the same gradients; ``encode`` sorts too."""
+    batch's embeddings (rows in input order) and the same gradients (the word-piece table's
+    too: the groups share one lookup); ``encode`` sorts too."""
     texts = [TEXTS[1], "x", TEXTS[2], "a dog", TEXTS[3], "a b c d e f", "y", TEXTS[0]]
-    plain = TextEncoder.from_scratch(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0)
+    plain = TextEncoder.from_scratch(
+        hidden_size=16, num_layers=1, num_heads=2, dropout=0.0, bucket_size=None
+    )
     bucketed = TextEncoder.from_scratch(
         hidden_size=16, num_layers=1, num_heads=2, dropout=0.0, bucket_size=3
     )
@@ -151,15 +154,33 @@ def test_length_buckets_change_neither_embeddings_nor_gradients():
     torch.testing.assert_close(plain.encode(texts, batch_size=3), za.detach(), atol=1e-5, rtol=0)
     # pre-tokenized input (gradient caching's chunks) is bucketed the same way
     tokens = bucketed.tokenize(texts)
-    widths: list[int] = []
+    calls: list[tuple[int, bool]] = []  # (width, looked up before the call)
     hook = bucketed.model.register_forward_hook(
-        lambda _m, _a, kw, _out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+        lambda _m, _a, kw, _out: calls.append(
+            (kw["attention_mask"].shape[1], kw.get("inputs_embeds") is not None)
+        ),
+        with_kwargs=True,
     )
     torch.testing.assert_close(bucketed.embed_tokens(**tokens), za, atol=1e-5, rtol=0)
+    with torch.no_grad():  # no gradient for the table: each group looks its own rows up
+        bucketed.embed_tokens(**tokens)
     hook.remove()
-    assert len(widths) == 3 and min(widths) < max(widths) == tokens["input_ids"].shape[1]
+    widths = [w for w, _ in calls]
+    assert len(calls) == 6 and min(widths) < max(widths) == tokens["input_ids"].shape[1]
+    assert [shared for _, shared in calls] == [True] * 3 + [False] * 3
     with pytest.raises(ValueError, match="bucket_size must be an int >= 1"):
         TextEncoder(model=plain.model, tokenizer=plain.tokenizer, bucket_size=0)
+
+
+def test_length_buckets_default_to_groups_of_eight_on_cpu():
+    """``bucket_size="auto"`` (the default): AUTO_BUCKET_ROWS texts per group on CPU."""
+    from contrastkit.encoders.text import AUTO_BUCKET_ROWS
+
+    enc = TextEncoder.from_scratch(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0)
+    assert enc.bucket_size == "auto" and enc.group_rows() == AUTO_BUCKET_ROWS == 8
+    assert (
+        TextEncoder(model=enc.model, tokenizer=enc.tokenizer, bucket_size=None).group_rows() is None
+    )
 
 
 def test_frozen_word_embeddings_get_no_gradient(tiny):

@@ -389,3 +389,15 @@ def test_gradient_caching_refuses_fp16_with_one_line(tmp_path: Path) -> None:
     cfg = load_config_dict(raw, ["train.grad_cache_chunk=4", "train.precision=fp16"])
     with pytest.raises(ValueError, match=r"train.grad_cache_chunk: .* set train.precision"):
         train(cfg, tmp_path / "fp16")
+
+
+def test_fused_adamw_only_where_every_parameter_is_contiguous() -> None:
+    """The fused AdamW walks parameters and moments as flat memory: a channels-last weight
+    (whose moments come back contiguous from a checkpoint) keeps torch's own choice."""
+    from contrastkit.train.loop import fused_adamw_ok
+
+    linear = torch.nn.Linear(4, 3)
+    assert fused_adamw_ok(list(linear.parameters())) is True
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    assert fused_adamw_ok([*linear.parameters(), *conv.parameters()]) is None
+    assert fused_adamw_ok([]) is None

