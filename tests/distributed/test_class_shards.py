@@ -5,11 +5,7 @@ value and gradient. One process group runs every check of :mod:`class_shard_work
 from __future__ import annotations
 
 import itertools
-import json
-import multiprocessing as mp
-import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,35 +16,13 @@ import class_shard_worker
 
 from contrastkit.functional.class_logits import class_shard
 from contrastkit.functional.proxy import arcface_loss
+from spawn_ranks import spawn_ranks
 
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_holding_half_the_classes_equal_one_process() -> None:
-    out = Path(tempfile.mkdtemp(prefix="ck_shard_"))
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [
-        ctx.Process(target=class_shard_worker.worker, args=(r, WORLD, port, str(out)))
-        for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    files = [out / f"rank{r}.json" for r in range(WORLD)]
-    missing = [str(f) for f in files if not f.exists()]
-    assert not missing, f"ranks did not report (exit codes {[p.exitcode for p in procs]})"
-    results = [json.loads(f.read_text()) for f in files]
+    results = spawn_ranks(class_shard_worker.worker, WORLD, "ck_shard_")
     failures = [
         f"{check} on rank {rank}:\n{res.get(check, 'did not run')}"
         for check in sorted(class_shard_worker.CHECKS)

@@ -6,11 +6,7 @@ part); each check is reported as its own test item.
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
-import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,35 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dist_worker
 
 from contrastkit import distributed as cd
+from spawn_ranks import spawn_ranks
 
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_group() -> list[dict[str, str]]:
-    out = Path(tempfile.mkdtemp(prefix="ck_dist_"))
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [
-        ctx.Process(target=dist_worker.worker, args=(r, WORLD, port, str(out)))
-        for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    files = [out / f"rank{r}.json" for r in range(WORLD)]
-    missing = [str(f) for f in files if not f.exists()]
-    assert not missing, f"ranks did not report (exit codes {[p.exitcode for p in procs]})"
-    return [json.loads(f.read_text()) for f in files]
+    return spawn_ranks(dist_worker.worker, WORLD, "ck_dist_")
 
 
 def test_two_ranks_equal_the_global_batch() -> None:

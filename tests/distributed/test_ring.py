@@ -4,11 +4,7 @@ batch's (the checks of :mod:`ring_worker`); and the one clear error for an unkno
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
-import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,33 +16,11 @@ import ring_worker
 
 from contrastkit.functional import info_nce, nt_xent, supervised_contrastive
 from contrastkit.losses import create_loss
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from spawn_ranks import spawn_ranks
 
 
 def _run_group(world: int) -> list[dict[str, str]]:
-    out = Path(tempfile.mkdtemp(prefix=f"ck_ring{world}_"))
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [
-        ctx.Process(target=ring_worker.worker, args=(r, world, port, str(out)))
-        for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    files = [out / f"rank{r}.json" for r in range(world)]
-    missing = [str(f) for f in files if not f.exists()]
-    assert not missing, f"ranks did not report (exit codes {[p.exitcode for p in procs]})"
-    return [json.loads(f.read_text()) for f in files]
+    return spawn_ranks(ring_worker.worker, world, f"ck_ring{world}_")
 
 
 def test_ring_equals_gather_and_the_global_batch_on_2_3_4_ranks() -> None:
